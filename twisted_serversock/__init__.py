@@ -1,0 +1,77 @@
+"""
+twisted-serversock: Gecko's server-socket API (C{nsIServerSocket} and
+friends) over Twisted's reactor, and C{gecko:} / C{geckounix:} endpoints for
+C{twistd}.
+
+The names most programs need are importable from here::
+
+    from twisted_serversock import ServerSocket, NSError, results
+
+Importing this package never imports (and so never installs) the global
+reactor.
+"""
+
+from . import results
+from .interfaces import (
+    IAsyncInputStream,
+    IAsyncOutputStream,
+    IInputStreamCallback,
+    IIOService,
+    INetAddr,
+    IOutputStreamCallback,
+    IServerSocket,
+    IServerSocketListener,
+    ISocketTransport,
+    ITCPServerSocket,
+    ITCPServerSocketInternal,
+    ITCPSocket,
+    nsIAsyncInputStream,
+    nsIAsyncOutputStream,
+    nsIInputStreamCallback,
+    nsINetAddr,
+    nsIOutputStreamCallback,
+    nsIServerSocket,
+    nsIServerSocketListener,
+    nsISocketTransport,
+    nsITCPServerSocketInternal,
+)
+from .ioservice import IOService, ioService
+from .netaddr import NetAddr
+from .results import NSError
+from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
+from .transport import SocketTransport
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "results",
+    "NSError",
+    "ServerSocket",
+    "LoopbackOnly",
+    "KeepWhenOffline",
+    "IOService",
+    "ioService",
+    "NetAddr",
+    "SocketTransport",
+    "IServerSocket",
+    "IServerSocketListener",
+    "ISocketTransport",
+    "IAsyncInputStream",
+    "IAsyncOutputStream",
+    "IInputStreamCallback",
+    "IOutputStreamCallback",
+    "INetAddr",
+    "IIOService",
+    "ITCPServerSocket",
+    "ITCPServerSocketInternal",
+    "ITCPSocket",
+    "nsIServerSocket",
+    "nsIServerSocketListener",
+    "nsISocketTransport",
+    "nsINetAddr",
+    "nsITCPServerSocketInternal",
+    "nsIAsyncInputStream",
+    "nsIAsyncOutputStream",
+    "nsIInputStreamCallback",
+    "nsIOutputStreamCallback",
+]

@@ -1,0 +1,60 @@
+"""
+One FIFO of deferred calls, drained by one scheduled reactor call.
+
+Several C{reactor.callLater(0, ...)} calls are not guaranteed to run in the
+order they were made (the timed-call heap orders by time only), yet Gecko
+promises listeners their callbacks in order.  A server socket therefore
+owns one L{CallQueue}; everything it and its connections must report "later"
+goes through it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+class CallQueue:
+    """
+    Run calls later, in the order they were queued, from the reactor.
+
+    @ivar _calls: the pending C{(function, args)} pairs.
+    @ivar _scheduled: whether a drain is already scheduled.
+    """
+
+    __slots__ = ("_reactor", "_calls", "_scheduled")
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._calls: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def call(self, function: Callable[..., object], *args: Any) -> None:
+        """
+        Queue C{function(*args)}; it runs in a later reactor turn, after every
+        call queued before it.  An exception it raises is logged.
+        """
+        self._calls.append((function, args))
+        if not self._scheduled:
+            self._scheduled = True
+            self._reactor.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        # Run only what was queued before this turn: calls queued by these
+        # callbacks wait for the next turn, so a callback that keeps queueing
+        # cannot starve the reactor.
+        self._scheduled = False
+        calls = self._calls
+        for _ in range(len(calls)):
+            function, args = calls.popleft()
+            try:
+                function(*args)
+            except Exception:
+                _log.failure("Unhandled error in callback {function!r}", function=function)
+        if calls and not self._scheduled:
+            self._scheduled = True
+            self._reactor.callLater(0, self._drain)

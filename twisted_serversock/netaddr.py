@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.test_transport -*-
+"""
+L{NetAddr}, the scriptable address (Gecko's C{nsINetAddr}), and the
+"is this address local" rules Gecko applies when going offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from zope.interface import implementer
+
+from .interfaces import INetAddr
+from .results import NS_ERROR_NOT_AVAILABLE, NSError
+
+FAMILY_INET = 1
+FAMILY_INET6 = 2
+FAMILY_LOCAL = 3
+
+__all__ = ["NetAddr", "FAMILY_INET", "FAMILY_INET6", "FAMILY_LOCAL"]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+@implementer(INetAddr)
+class NetAddr:
+    """
+    An immutable L{INetAddr} built from a Twisted address.
+    """
+
+    FAMILY_INET = FAMILY_INET
+    FAMILY_INET6 = FAMILY_INET6
+    FAMILY_LOCAL = FAMILY_LOCAL
+
+    def __init__(
+        self,
+        family: int,
+        address: str,
+        port: int = 0,
+        flow: int = 0,
+        scope: int = 0,
+    ) -> None:
+        self.family = family
+        self.address = address
+        self._port = port
+        self._flow = flow
+        self._scope = scope
+
+    @classmethod
+    def fromTwisted(cls, addr: object) -> NetAddr:
+        """
+        Convert a Twisted C{IPv4Address}, C{IPv6Address} or C{UNIXAddress}.
+
+        A UNIX address's C{address} is its path; an unnamed peer and an
+        abstract address (leading NUL) both give C{""}, as in Gecko.
+        """
+        if isinstance(addr, IPv4Address):
+            return cls(FAMILY_INET, addr.host, addr.port)
+        if isinstance(addr, IPv6Address):
+            return cls(FAMILY_INET6, addr.host, addr.port, addr.flowInfo, addr.scopeID)
+        if isinstance(addr, UNIXAddress):
+            name = _text(addr.name)
+            if name.startswith("\0"):
+                name = ""
+            return cls(FAMILY_LOCAL, name)
+        raise TypeError(f"not a Twisted address: {addr!r}")
+
+    def _inet6Only(self, value: Any) -> Any:
+        if self.family != FAMILY_INET6:
+            raise NSError(NS_ERROR_NOT_AVAILABLE, "only IPv6 addresses have this field")
+        return value
+
+    @property
+    def port(self) -> int:
+        if self.family == FAMILY_LOCAL:
+            raise NSError(NS_ERROR_NOT_AVAILABLE, "a UNIX-domain address has no port")
+        return self._port
+
+    @property
+    def flow(self) -> int:
+        return int(self._inet6Only(self._flow))
+
+    @property
+    def scope(self) -> int:
+        return int(self._inet6Only(self._scope))
+
+    @property
+    def isV4Mapped(self) -> bool:
+        return bool(self._inet6Only(self.address.lower().startswith("::ffff:")))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NetAddr):
+            return NotImplemented
+        return (self.family, self.address, self._port) == (
+            other.family,
+            other.address,
+            other._port,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.family, self.address, self._port))
+
+    def __repr__(self) -> str:
+        return f"NetAddr(family={self.family}, address={self.address!r}, port={self._port})"
+
+
+# What Gecko's IsLocal() calls local for a *listening* socket: exactly these.
+_LOCAL_LISTEN_HOSTS = frozenset(["127.0.0.1", "::1", "::ffff:127.0.0.1"])
+
+
+def isLocalListenAddress(host: str) -> bool:
+    """
+    Whether a listening socket bound to IP C{host} survives going offline
+    without C{KeepWhenOffline} (Gecko's C{nsServerSocket::IsLocal}).
+    """
+    return host in _LOCAL_LISTEN_HOSTS
+
+
+def isLoopbackPeer(host: str) -> bool:
+    """
+    Whether a connection from IP C{host} survives going offline: the whole
+    IPv4 loopback network 127.0.0.0/8 (also v4-mapped) and C{::1}.
+    """
+    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")

@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_serversocket -*-
+"""
+L{ServerSocket}: Gecko's C{nsIServerSocket} over Twisted's reactor.
+
+Life cycle, as in Gecko::
+
+    ServerSocket() --init*()--> bound+listening --asyncListen()--> accepting
+         ^   ^                        |                                |
+         |   '-------close()----------'                              close()
+         |                                                             |
+         '----- (onStopListening queued, exactly once) <---------------'
+
+Binding and C{listen()} happen inside the C{init*} call, so errors are
+raised there and clients can connect (into the kernel's queue) before
+L{ServerSocket.asyncListen}.  Accepted connections are reported by the
+reactor's accept event; the one C{onStopListening} goes through the socket's
+FIFO (L{CallQueue}), which no accept can follow because the listening socket
+is closed first.
+"""
+
+from __future__ import annotations
+
+import operator
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import ioservice as _ioservice
+from ._callqueue import CallQueue
+from ._port import ListeningPort
+from .interfaces import INetAddr, IServerSocket
+from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, isLocalListenAddress, isLoopbackPeer
+from .results import (
+    NS_BINDING_ABORTED,
+    NS_ERROR_ABORT,
+    NS_ERROR_ALREADY_INITIALIZED,
+    NS_ERROR_FAILURE,
+    NS_ERROR_IN_PROGRESS,
+    NS_ERROR_INVALID_ARG,
+    NS_ERROR_NOT_IMPLEMENTED,
+    NS_ERROR_NOT_INITIALIZED,
+    NS_ERROR_OFFLINE,
+    NS_ERROR_UNEXPECTED,
+    NSError,
+    nameOf,
+)
+from .transport import SocketTransport
+
+__all__ = ["ServerSocket", "LoopbackOnly", "KeepWhenOffline"]
+
+LoopbackOnly = 1
+KeepWhenOffline = 2
+
+_MAX_PORT = 65535
+_MAX_BACKLOG = 2**31 - 1
+
+_log = Logger()
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise NSError(NS_ERROR_INVALID_ARG, f"{what} must be an integer, not {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise NSError(NS_ERROR_INVALID_ARG, f"{what} must be an integer, not {value!r}") from None
+
+
+def _checkPort(port: Any) -> int:
+    port = _integer(port, "port")
+    if port > _MAX_PORT:
+        raise NSError(NS_ERROR_INVALID_ARG, f"port {port} is above {_MAX_PORT}")
+    return max(port, 0)
+
+
+def _checkBacklog(backlog: Any) -> int:
+    backlog = _integer(backlog, "backlog")
+    if backlog < 0:
+        return socket.SOMAXCONN
+    if backlog > _MAX_BACKLOG:
+        raise NSError(NS_ERROR_INVALID_ARG, f"backlog {backlog} is too large")
+    return backlog
+
+
+def _ipFamily(host: Any) -> int:
+    """
+    The address family of IP literal C{host}.
+
+    @raise NSError: C{NS_ERROR_INVALID_ARG} if C{host} is not an IP literal
+        (host names are refused: resolving them would block the reactor).
+    """
+    if isinstance(host, str):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host.split("%", 1)[0])
+            except (OSError, ValueError):
+                continue
+            return family
+    raise NSError(NS_ERROR_INVALID_ARG, f"not an IP address literal: {host!r}")
+
+
+@implementer(IServerSocket)
+class ServerSocket:
+    """
+    A listening socket with Gecko's C{nsIServerSocket} API.  See
+    L{IServerSocket} for the contract.
+
+    @ivar _reactor: the reactor (the global one unless given).
+    @ivar _ioService: the L{IOService<twisted_serversock.ioservice.IOService>}
+        whose offline switch this socket obeys.
+    @ivar _socket: the bound, listening socket from a successful C{init*}
+        until L{close}.
+    @ivar _port: the reactor's L{ListeningPort} after L{asyncListen}.
+    @ivar _listener: the listener, from L{asyncListen} until stopped.
+    @ivar _address: the Twisted address actually bound (kept after close,
+        as Gecko keeps it).
+    @ivar _keepWhenOffline: whether C{KeepWhenOffline} was asked.
+    @ivar _queue: the FIFO of deferred callbacks, shared with the
+        connections this socket accepts.
+    """
+
+    LoopbackOnly = LoopbackOnly
+    KeepWhenOffline = KeepWhenOffline
+
+    def __init__(self, reactor: Any = None, ioService: Any = None) -> None:
+        self._reactor = reactor
+        self._ioService = ioService if ioService is not None else _ioservice.ioService
+        self._socket: socket.socket | None = None
+        self._port: ListeningPort | None = None
+        self._listener: Any = None
+        self._address: Any = None
+        self._keepWhenOffline = False
+        self._queue: CallQueue | None = None
+        self._transportClass: Any = tcp.Server
+        self._sessionno = 0
+
+    def __repr__(self) -> str:
+        state = "listening" if self._port else "bound" if self._socket else "closed"
+        return f"<ServerSocket {state} on {self._address}>"
+
+    def _getReactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # ------------------------------------------------------------------
+    # The init family.
+
+    def init(self, port: int, loopbackOnly: bool, backLog: int) -> None:
+        self.initSpecialConnection(port, LoopbackOnly if loopbackOnly else 0, backLog)
+
+    def initSpecialConnection(self, port: int, flags: int, backLog: int) -> None:
+        flags = _integer(flags, "flags")
+        host = "127.0.0.1" if flags & LoopbackOnly else "0.0.0.0"
+        self._listenIP(host, port, backLog, keepWhenOffline=bool(flags & KeepWhenOffline))
+
+    def initIPv6(self, port: int, loopbackOnly: bool, backLog: int) -> None:
+        self._listenIP("::1" if loopbackOnly else "::", port, backLog, v6only=True)
+
+    def initDualStack(self, port: int, backLog: int) -> None:
+        self._listenIP("::", port, backLog, v6only=False)
+
+    def initWithAddress(self, addr: Any, backLog: int) -> None:
+        if isinstance(addr, (IPv4Address, IPv6Address)):
+            if addr.type != "TCP":
+                raise NSError(NS_ERROR_INVALID_ARG, f"not a TCP address: {addr!r}")
+            host, port = addr.host, addr.port
+        elif isinstance(addr, UNIXAddress):
+            self.initWithFilename(addr.name, 0o600, backLog)
+            return
+        elif INetAddr.providedBy(addr):
+            family = addr.family
+            if family == FAMILY_LOCAL:
+                self.initWithFilename(addr.address, 0o600, backLog)
+                return
+            if family not in (FAMILY_INET, FAMILY_INET6):
+                raise NSError(NS_ERROR_INVALID_ARG, f"unknown address family {family!r}")
+            host, port = addr.address, addr.port
+        elif isinstance(addr, tuple) and len(addr) == 2:
+            host, port = addr
+        else:
+            raise NSError(
+                NS_ERROR_INVALID_ARG,
+                f"cannot listen on {addr!r}: expected a Twisted address, an INetAddr "
+                "or a (host, port) tuple",
+            )
+        family = _ipFamily(host)
+        self._listenIP(host, port, backLog, v6only=True if family == socket.AF_INET6 else None)
+
+    def initWithFilename(self, path: Any, permissions: int, backlog: int, **kwargs: Any) -> None:
+        raise NSError(NS_ERROR_NOT_IMPLEMENTED, "UNIX-domain server sockets are not implemented yet")
+
+    def initWithAbstractAddress(self, name: str, backlog: int, **kwargs: Any) -> None:
+        raise NSError(NS_ERROR_NOT_IMPLEMENTED, "abstract UNIX server sockets are not implemented yet")
+
+    def _checkUninitialized(self) -> None:
+        if self._socket is not None:
+            raise NSError(NS_ERROR_ALREADY_INITIALIZED, f"{self!r} is already initialised")
+
+    def _listenIP(
+        self,
+        host: str,
+        port: Any,
+        backLog: Any,
+        v6only: bool | None = None,
+        keepWhenOffline: bool = False,
+    ) -> None:
+        port = _checkPort(port)
+        backlog = _checkBacklog(backLog)
+        self._checkUninitialized()
+        family = _ipFamily(host)
+        if self._ioService.offline and not (keepWhenOffline or isLocalListenAddress(host)):
+            raise NSError(
+                NS_ERROR_OFFLINE,
+                f"the I/O service is offline; a listener on {host} would not survive it",
+            )
+        if family == socket.AF_INET6:
+            try:
+                sockaddr = socket.getaddrinfo(
+                    host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+                )[0][4]
+            except socket.gaierror as e:
+                raise NSError(NS_ERROR_INVALID_ARG, f"bad IPv6 address {host!r}: {e}") from None
+        else:
+            sockaddr = (host, port)
+        what = f"listen on {_describe(family, host, port)} (backlog {backlog})"
+        skt = None
+        try:
+            skt = socket.socket(family, socket.SOCK_STREAM)
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if v6only is not None:
+                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+            skt.bind(sockaddr)
+            skt.listen(backlog)
+            skt.setblocking(False)
+            name = skt.getsockname()
+        except OSError as e:
+            if skt is not None:
+                skt.close()
+            raise NSError.fromOSError(e, what) from None
+        if family == socket.AF_INET6:
+            address: Any = IPv6Address("TCP", name[0], name[1], name[2], name[3])
+        else:
+            address = IPv4Address("TCP", name[0], name[1])
+        self._adopt(skt, address, tcp.Server, keepWhenOffline)
+
+    def _adopt(self, skt: socket.socket, address: Any, transportClass: Any, keepWhenOffline: bool) -> None:
+        """
+        Take a freshly bound and listening socket as this object's.
+        """
+        self._socket = skt
+        self._address = address
+        self._transportClass = transportClass
+        self._keepWhenOffline = keepWhenOffline
+        self._ioService._addServerSocket(self)
+
+    # ------------------------------------------------------------------
+    # Listening.
+
+    def asyncListen(self, listener: Any) -> None:
+        if self._socket is None:
+            raise NSError(NS_ERROR_NOT_INITIALIZED, "asyncListen needs a successful init first")
+        if self._port is not None:
+            raise NSError(NS_ERROR_IN_PROGRESS, f"{self!r} is already listening")
+        for method in ("onSocketAccepted", "onStopListening"):
+            if not callable(getattr(listener, method, None)):
+                raise NSError(NS_ERROR_INVALID_ARG, f"the listener {listener!r} has no {method}()")
+        reactor = self._getReactor()
+        if self._queue is None:
+            self._queue = CallQueue(reactor)
+        self._listener = listener
+        self._port = ListeningPort(self._socket, self, reactor)
+        self._port.startListening()
+
+    def _accepted(self, skt: socket.socket, addr: Any) -> None:
+        """
+        The listening port accepted C{skt} from C{addr}: wrap it and hand it
+        to the listener.  Never raises: an accepted socket must never vanish
+        without a trace.
+        """
+        port = self._port
+        try:
+            sessionno = self._sessionno
+            self._sessionno = sessionno + 1
+            conn = SocketTransport(self._queue)
+            transport = self._transportClass(skt, conn, addr, port, sessionno, self._reactor)
+            conn._tcp = transport
+            if type(addr) is tuple and not isLoopbackPeer(addr[0]):
+                self._ioService._addConnection(transport)
+        except Exception:
+            _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
+            skt.close()
+            return
+        try:
+            self._listener.onSocketAccepted(self, conn)
+        except Exception:
+            _log.failure(
+                "Unhandled error in {listener!r}.onSocketAccepted", listener=self._listener
+            )
+
+    def _acceptFailed(self, error: object) -> None:
+        _log.error(
+            "Fatal error on the listening socket of {serv!r}: {error}; it stops listening",
+            serv=self,
+            error=error,
+        )
+        self._stop(NS_ERROR_UNEXPECTED)
+
+    def _survivesOffline(self) -> bool:
+        if self._keepWhenOffline:
+            return True
+        address = self._address
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            return isLocalListenAddress(address.host)
+        return True
+
+    def _stop(self, status: int) -> None:
+        """
+        Close the listening socket now and, if a listener was listening,
+        queue its one C{onStopListening(self, status)}.
+        """
+        port, skt, listener = self._port, self._socket, self._listener
+        self._port = self._socket = self._listener = None
+        self._ioService._removeServerSocket(self)
+        if port is not None:
+            port.stop()
+        elif skt is not None:
+            skt.close()
+        if listener is not None:
+            if status == NS_ERROR_ABORT:
+                _log.info("{serv!r} closed: the I/O service went offline", serv=self)
+            assert self._queue is not None
+            self._queue.call(self._notifyStop, listener, status)
+
+    def _notifyStop(self, listener: Any, status: int) -> None:
+        try:
+            listener.onStopListening(self, status)
+        except Exception:
+            _log.failure(
+                "Unhandled error in {listener!r}.onStopListening({status})",
+                listener=listener,
+                status=nameOf(status),
+            )
+
+    def close(self) -> None:
+        self._stop(NS_BINDING_ABORTED)
+
+    # ------------------------------------------------------------------
+    # Addresses.
+
+    @property
+    def port(self) -> int:
+        address = self._address
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            return int(address.port)
+        raise NSError(
+            NS_ERROR_FAILURE,
+            "only an initialised TCP server socket has a port"
+            if address is not None
+            else "the server socket is not initialised",
+        )
+
+    def getAddress(self) -> Any:
+        if self._address is None:
+            raise NSError(NS_ERROR_NOT_INITIALIZED, "the server socket is not initialised")
+        return self._address
+
+
+def _describe(family: int, host: str, port: int) -> str:
+    if family == socket.AF_INET6:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+

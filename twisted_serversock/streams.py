@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_streams -*-
+"""
+Gecko-style asynchronous input and output streams of an accepted
+connection, built on Twisted's producer/consumer machinery.
+
+The input stream is a bounded buffer that the reactor fills: past its
+bound it pauses the Twisted transport (C{pauseProducing}), and reading below
+the bound resumes it, so a slow consumer holds a fast peer back through TCP
+flow control instead of growing memory.
+
+The output stream writes into the Twisted transport's own write buffer and
+derives writability from that buffer's size: it accepts bytes while fewer
+than C{segsize * segcount} are waiting to be sent.  To learn when a full
+buffer has drained it registers itself, only while someone waits, as a pull
+producer, which Twisted resumes when its buffer empties.  (A streaming
+producer would only be resumed after being paused, which Twisted does only
+past its own C{bufferSize}: a limit at or below that would never wake up.)
+
+Notifications from C{asyncWait} are one-shot.  When the awaited condition
+already holds, the notification is queued on the server socket's FIFO; when
+a reactor event (data, end of stream, drained buffer) brings it about, it is
+made from that event.  Either way it is the reactor that calls it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import implementer
+
+from .interfaces import IAsyncInputStream, IAsyncOutputStream
+from .results import (
+    NS_BASE_STREAM_CLOSED,
+    NS_BASE_STREAM_WOULD_BLOCK,
+    NS_ERROR_INVALID_ARG,
+    NS_OK,
+    NSError,
+    succeeded,
+)
+
+if TYPE_CHECKING:
+    from .transport import SocketTransport
+
+__all__ = [
+    "InputStream",
+    "OutputStream",
+    "DEFAULT_SEGMENT_SIZE",
+    "DEFAULT_SEGMENT_COUNT",
+    "WAIT_CLOSURE_ONLY",
+]
+
+#: Gecko's default segment size and count: 24 segments of 4 KiB.
+DEFAULT_SEGMENT_SIZE = 4096
+DEFAULT_SEGMENT_COUNT = 24
+
+#: asyncWait flag: notify only when the stream is closed.
+WAIT_CLOSURE_ONLY = 1
+
+
+def bufferLimit(segsize: int, segcount: int) -> int:
+    """
+    The byte bound of a stream opened with C{segsize} and C{segcount}
+    (0 means the default of each).
+
+    @raise NSError: C{NS_ERROR_INVALID_ARG} for a negative or non-integer
+        value.
+    """
+    for name, value in (("segsize", segsize), ("segcount", segcount)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise NSError(NS_ERROR_INVALID_ARG, f"{name} must be an integer >= 0, not {value!r}")
+    return (segsize or DEFAULT_SEGMENT_SIZE) * (segcount or DEFAULT_SEGMENT_COUNT)
+
+
+def _notify(callback: Any, method: str, stream: object) -> None:
+    getattr(callback, method, callback)(stream)
+
+
+class _AsyncStream:
+    """
+    What both streams share: the close status and the one-shot waiter.
+
+    @ivar _status: C{NS_OK} while open, else the close status.
+    @ivar _waiter: the pending C{asyncWait} callback, or L{None}.
+    @ivar _closureOnly: whether the waiter wants closure only.
+    """
+
+    __slots__ = ("_transport", "_status", "_waiter", "_closureOnly")
+
+    WAIT_CLOSURE_ONLY = WAIT_CLOSURE_ONLY
+    _callbackMethod = ""
+
+    def __init__(self, transport: SocketTransport) -> None:
+        self._transport = transport
+        self._status = NS_OK
+        self._waiter: Any = None
+        self._closureOnly = False
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _whenNotReady(self) -> None:
+        """
+        Called by L{asyncWait} when the condition does not hold yet.
+        """
+
+    def asyncWait(
+        self,
+        callback: Any,
+        flags: int = 0,
+        requestedCount: int = 0,
+        eventTarget: object = None,
+    ) -> None:
+        if callback is None:
+            self._waiter = None
+            return
+        if not (callable(callback) or callable(getattr(callback, self._callbackMethod, None))):
+            raise NSError(
+                NS_ERROR_INVALID_ARG,
+                f"callback must be callable or have {self._callbackMethod}(), not {callback!r}",
+            )
+        self._waiter = callback
+        self._closureOnly = bool(flags & WAIT_CLOSURE_ONLY)
+        if self._ready():
+            self._fire(direct=False)
+        else:
+            self._whenNotReady()
+
+    def _fire(self, direct: bool) -> None:
+        callback = self._waiter
+        self._waiter = None
+        if direct:
+            try:
+                _notify(callback, self._callbackMethod, self)
+            except Exception:
+                self._transport._log.failure(
+                    "Unhandled error in {method} callback", method=self._callbackMethod
+                )
+        else:
+            self._transport._queue.call(_notify, callback, self._callbackMethod, self)
+
+    def isNonBlocking(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closeWithStatus(NS_BASE_STREAM_CLOSED)
+
+    def closeWithStatus(self, status: int) -> None:
+        raise NotImplementedError
+
+
+@implementer(IAsyncInputStream)
+class InputStream(_AsyncStream):
+    """
+    The bounded, non-blocking input stream of a L{SocketTransport}.
+
+    It exists from the first byte received (so nothing that arrives before
+    the listener opens it is lost); L{SocketTransport.openInputStream} sets
+    its bound and hands it out.
+
+    @ivar _chunks: the received, unread byte strings.
+    @ivar _size: their total length.
+    @ivar _limit: past this many buffered bytes, reading pauses.
+    @ivar _paused: whether this stream paused the transport.
+    @ivar _opened: whether the stream was handed out.
+    """
+
+    __slots__ = ("_chunks", "_size", "_limit", "_paused", "_opened")
+
+    _callbackMethod = "onInputStreamReady"
+
+    def __init__(self, transport: SocketTransport) -> None:
+        super().__init__(transport)
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._limit = DEFAULT_SEGMENT_SIZE * DEFAULT_SEGMENT_COUNT
+        self._paused = False
+        self._opened = False
+
+    # --- the transport's side
+
+    def _open(self, limit: int) -> None:
+        self._opened = True
+        self._limit = limit
+        self._checkLimit()
+
+    def _checkLimit(self) -> None:
+        if self._size > self._limit:
+            if not self._paused:
+                self._paused = True
+                self._transport._pauseReading()
+        elif self._paused:
+            self._paused = False
+            self._transport._resumeReading()
+
+    def _dataReceived(self, data: bytes) -> None:
+        if self._status != NS_OK:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self._limit and not self._paused:
+            self._paused = True
+            self._transport._pauseReading()
+        if self._waiter is not None and not self._closureOnly:
+            self._fire(direct=True)
+
+    def _closed(self, status: int, keepData: bool, direct: bool) -> None:
+        """
+        The connection ended (or our side closed it) with C{status}.
+
+        @param keepData: whether bytes already received stay readable (the
+            peer ended the stream) or are dropped (we closed it).
+        """
+        if self._status != NS_OK:
+            return
+        self._status = status
+        if not keepData:
+            self._chunks.clear()
+            self._size = 0
+        if self._waiter is not None:
+            self._fire(direct)
+
+    def _takeAll(self) -> list[bytes]:
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return chunks
+
+    def _ready(self) -> bool:
+        if self._closureOnly:
+            return self._status != NS_OK
+        return self._size > 0 or self._status != NS_OK
+
+    # --- IAsyncInputStream
+
+    def available(self) -> int:
+        if self._size:
+            return self._size
+        if self._status != NS_OK:
+            raise NSError(self._status, "the input stream is closed")
+        return 0
+
+    def read(self, count: int) -> bytes:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise NSError(NS_ERROR_INVALID_ARG, f"count must be an integer >= 0, not {count!r}")
+        if not self._size:
+            if self._status == NS_OK:
+                raise NSError(NS_BASE_STREAM_WOULD_BLOCK, "no data buffered yet")
+            if self._status == NS_BASE_STREAM_CLOSED:
+                return b""
+            raise NSError(self._status, "the input stream is closed")
+        chunks = self._chunks
+        if count >= self._size:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._size = 0
+        else:
+            parts = []
+            need = count
+            while need:
+                chunk = chunks[0]
+                if len(chunk) <= need:
+                    parts.append(chunks.popleft())
+                    need -= len(chunk)
+                else:
+                    parts.append(chunk[:need])
+                    chunks[0] = chunk[need:]
+                    need = 0
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._size -= count
+        if self._paused and self._size <= self._limit:
+            self._paused = False
+            self._transport._resumeReading()
+        return data
+
+    def closeWithStatus(self, status: int) -> None:
+        if self._status != NS_OK:
+            return
+        if succeeded(status):
+            status = NS_BASE_STREAM_CLOSED
+        self._closed(status, keepData=False, direct=False)
+        self._transport._inputClosed()
+
+
+@implementer(IAsyncOutputStream)
+class OutputStream(_AsyncStream):
+    """
+    The non-blocking output stream of a L{SocketTransport}.
+
+    @ivar _limit: the most bytes that may wait in the transport's buffer.
+    @ivar _registered: whether this stream is registered as the transport's
+        pull producer (only while a waiter waits for room).
+    """
+
+    __slots__ = ("_limit", "_registered")
+
+    _callbackMethod = "onOutputStreamReady"
+
+    def __init__(self, transport: SocketTransport, limit: int) -> None:
+        super().__init__(transport)
+        self._limit = limit
+        self._registered = False
+
+    def _ready(self) -> bool:
+        if self._status != NS_OK:
+            return True
+        return not self._closureOnly and self._transport._bufferedOutput() < self._limit
+
+    def _whenNotReady(self) -> None:
+        if not self._registered and not self._closureOnly:
+            self._registered = True
+            self._transport._registerProducer(self)
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._transport._unregisterProducer(self)
+
+    def _closed(self, status: int, direct: bool) -> None:
+        if self._status != NS_OK:
+            return
+        self._status = status
+        self._unregister()
+        if self._waiter is not None:
+            self._fire(direct)
+
+    # --- IPullProducer, while registered
+
+    def resumeProducing(self) -> None:
+        """
+        Twisted's write buffer drained: wake the waiter.
+        """
+        if self._waiter is None:
+            self._unregister()
+        elif self._ready():
+            self._unregister()
+            self._fire(direct=True)
+
+    def stopProducing(self) -> None:
+        """
+        The connection is gone; Twisted already dropped us as its producer.
+        """
+        self._registered = False
+
+    # --- IAsyncOutputStream
+
+    def write(self, data: bytes) -> int:
+        if self._status != NS_OK:
+            raise NSError(self._status, "the output stream is closed")
+        if not isinstance(data, bytes):
+            if not isinstance(data, (bytearray, memoryview)):
+                raise NSError(
+                    NS_ERROR_INVALID_ARG,
+                    f"data must be bytes-like, not {type(data).__name__}",
+                )
+            data = bytes(data)
+        size = len(data)
+        if not size:
+            return 0
+        room = self._limit - self._transport._bufferedOutput()
+        if room <= 0:
+            raise NSError(NS_BASE_STREAM_WOULD_BLOCK, "the output buffer is full")
+        if size > room:
+            data = data[:room]
+            size = room
+        self._transport._write(data)
+        return size
+
+    def flush(self) -> None:
+        if self._status not in (NS_OK, NS_BASE_STREAM_CLOSED):
+            raise NSError(self._status, "the output stream is closed")
+
+    def closeWithStatus(self, status: int) -> None:
+        if self._status != NS_OK:
+            return
+        if succeeded(status):
+            status = NS_BASE_STREAM_CLOSED
+        self._closed(status, direct=False)
+        self._transport._outputClosed()

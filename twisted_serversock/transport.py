@@ -1,0 +1,487 @@
+# -*- test-case-name: tests.test_transport -*-
+"""
+L{SocketTransport}: an accepted connection (Gecko's C{nsISocketTransport}).
+
+Like Gecko's C{nsSocketTransport}, which is the socket thread's handler for
+its socket, a L{SocketTransport} is the Twisted protocol of its connection
+while the listener uses it Gecko's way: it receives the bytes, feeds the
+input stream, sees the peer's half-close and the connection's end.
+L{SocketTransport.attachProtocol} takes it out of the way: the user's
+protocol becomes the Twisted transport's protocol, with no layer (and no
+per-byte work) in between.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .interfaces import ISocketTransport
+from .netaddr import NetAddr
+from .results import (
+    NS_BASE_STREAM_CLOSED,
+    NS_ERROR_IN_PROGRESS,
+    NS_ERROR_INVALID_ARG,
+    NS_ERROR_NET_RESET,
+    NS_ERROR_NET_TIMEOUT,
+    NS_ERROR_NOT_AVAILABLE,
+    NS_ERROR_NOT_IMPLEMENTED,
+    NS_ERROR_OFFLINE,
+    NS_OK,
+    NSError,
+    nameOf,
+    succeeded,
+)
+from .streams import InputStream, OutputStream, bufferLimit
+
+__all__ = ["SocketTransport"]
+
+OPEN_BLOCKING = 1
+OPEN_UNBUFFERED = 2
+TIMEOUT_CONNECT = 0
+TIMEOUT_READ_WRITE = 1
+#: A timeout of this many seconds or more means "no timeout".
+NO_TIMEOUT = 0xFFFF
+_MAX_KEEPALIVE = 32767
+_CRED = struct.Struct("3i")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    return value if not value.startswith("\0") else ""
+
+
+@implementer(ISocketTransport, IHalfCloseableProtocol)
+class SocketTransport:
+    """
+    An accepted connection.  See L{ISocketTransport}.
+
+    @ivar _tcp: the Twisted transport (a C{tcp.Server} or C{unix.Server}).
+    @ivar _queue: the server socket's FIFO for deferred notifications.
+    @ivar _input: the input stream, created at the first byte or when
+        opened.
+    @ivar _output: the output stream, once opened.
+    @ivar _status: C{NS_OK} while open; once the connection is closing or
+        closed, the status its streams report.
+    @ivar _peerClosed: whether the peer shut down its sending side.
+    @ivar _inputDone: whether no more input is wanted (end of stream, or the
+        input stream was closed).
+    @ivar _outputDone: whether the output stream was closed.
+    @ivar _attached: whether L{attachProtocol} handed the connection over.
+    @ivar _timeouts: C{[connect, readWrite]} seconds, or L{None} for both
+        unset.
+    @ivar _timer: the pending idle check, or L{None}.
+    @ivar _lastActivity: when something was last read or written (only
+        kept up to date while a timer runs).
+    """
+
+    __slots__ = (
+        "_tcp",
+        "_queue",
+        "_input",
+        "_output",
+        "_status",
+        "_peerClosed",
+        "_inputDone",
+        "_outputDone",
+        "_attached",
+        "_timeouts",
+        "_timer",
+        "_lastActivity",
+        "__weakref__",
+    )
+
+    OPEN_BLOCKING = OPEN_BLOCKING
+    OPEN_UNBUFFERED = OPEN_UNBUFFERED
+    TIMEOUT_CONNECT = TIMEOUT_CONNECT
+    TIMEOUT_READ_WRITE = TIMEOUT_READ_WRITE
+
+    _log = Logger()
+
+    def __init__(self, queue: Any) -> None:
+        self._tcp: Any = None
+        self._queue = queue
+        self._input: InputStream | None = None
+        self._output: OutputStream | None = None
+        self._status = NS_OK
+        self._peerClosed = False
+        self._inputDone = False
+        self._outputDone = False
+        self._attached = False
+        self._timeouts: list[float] | None = None
+        self._timer: Any = None
+        self._lastActivity = 0.0
+
+    def __repr__(self) -> str:
+        return f"<SocketTransport {self._tcp!r} {nameOf(self._status)}>"
+
+    # ------------------------------------------------------------------
+    # Twisted protocol side (private): the reactor calls these while the
+    # connection is in stream mode.
+
+    def makeConnection(self, transport: Any) -> None:
+        self._tcp = transport
+
+    def logPrefix(self) -> str:
+        return "SocketTransport"
+
+    def dataReceived(self, data: bytes) -> None:
+        inp = self._input
+        if inp is None:
+            inp = self._input = InputStream(self)
+        if self._timer is not None:
+            self._lastActivity = self._tcp.reactor.seconds()
+        inp._dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._peerClosed = True
+        self._inputDone = True
+        if self._input is not None:
+            self._input._closed(NS_BASE_STREAM_CLOSED, keepData=True, direct=True)
+        self._maybeFinish()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        status = self._status
+        peerCaused = status == NS_OK
+        if peerCaused:
+            status = NS_BASE_STREAM_CLOSED if reason.check(ConnectionDone) else NS_ERROR_NET_RESET
+            self._status = status
+        self._cancelTimer()
+        if self._input is not None:
+            self._input._closed(status, keepData=peerCaused, direct=True)
+        if self._output is not None:
+            self._output._closed(status, direct=True)
+
+    # ------------------------------------------------------------------
+    # Helpers for the streams.
+
+    def _pauseReading(self) -> None:
+        self._tcp.pauseProducing()
+
+    def _resumeReading(self) -> None:
+        if self._status == NS_OK and not self._inputDone:
+            self._tcp.resumeProducing()
+
+    def _bufferedOutput(self) -> int:
+        # What waits in Twisted's write buffer (abstract.FileDescriptor keeps
+        # it as dataBuffer[offset:] plus the _tempDataBuffer list).
+        t = self._tcp
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    def _write(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._lastActivity = self._tcp.reactor.seconds()
+        self._tcp.write(data)
+
+    def _registerProducer(self, producer: OutputStream) -> None:
+        self._tcp.registerProducer(producer, False)
+
+    def _unregisterProducer(self, producer: OutputStream) -> None:
+        if self._tcp.producer is producer:
+            self._tcp.unregisterProducer()
+
+    def _inputClosed(self) -> None:
+        self._inputDone = True
+        # Nothing more is wanted from the peer: stop reading for good.
+        self._tcp.pauseProducing()
+        self._maybeFinish()
+
+    def _outputClosed(self) -> None:
+        self._outputDone = True
+        self._maybeFinish()
+
+    def _maybeFinish(self) -> None:
+        # Gecko keeps the socket while either stream is open.  Both closed:
+        # close the connection once written data is flushed.  Only the
+        # output closed: shut down our sending side so the peer sees the end.
+        if self._status != NS_OK or not self._outputDone:
+            return
+        if self._inputDone:
+            self._status = NS_BASE_STREAM_CLOSED
+            self._cancelTimer()
+            self._tcp.loseConnection()
+        else:
+            self._tcp.loseWriteConnection()
+
+    def _newInput(self) -> InputStream:
+        inp = self._input = InputStream(self)
+        if self._status != NS_OK:
+            inp._closed(self._status, keepData=False, direct=False)
+        elif self._peerClosed:
+            inp._closed(NS_BASE_STREAM_CLOSED, keepData=True, direct=False)
+        return inp
+
+    def _closeWithStatus(self, status: int, abort: bool) -> None:
+        """
+        Close both streams with C{status} and then the connection: after a
+        flush, or at once (C{abort}) for errors that make flushing pointless.
+        """
+        if self._status != NS_OK:
+            if abort and self._tcp.connected:
+                self._tcp.abortConnection()
+            return
+        self._status = status
+        self._cancelTimer()
+        if self._input is not None:
+            self._input._closed(status, keepData=False, direct=False)
+        if self._output is not None:
+            self._output._closed(status, direct=False)
+        if abort:
+            self._tcp.abortConnection()
+        else:
+            self._tcp.loseConnection()
+
+    def _goOffline(self) -> None:
+        self._closeWithStatus(NS_ERROR_OFFLINE, abort=True)
+
+    def _isUnix(self) -> bool:
+        return bool(self._tcp.getHandle().family == socket.AF_UNIX)
+
+    # ------------------------------------------------------------------
+    # Timeouts.
+
+    def _cancelTimer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _armTimer(self) -> None:
+        self._cancelTimer()
+        if self._timeouts is None or self._attached or self._status != NS_OK:
+            return
+        seconds = self._timeouts[TIMEOUT_READ_WRITE]
+        if seconds >= NO_TIMEOUT:
+            return
+        reactor = self._tcp.reactor
+        self._lastActivity = reactor.seconds()
+        self._timer = reactor.callLater(seconds, self._checkIdle)
+
+    def _checkIdle(self) -> None:
+        self._timer = None
+        assert self._timeouts is not None
+        seconds = self._timeouts[TIMEOUT_READ_WRITE]
+        reactor = self._tcp.reactor
+        idle = reactor.seconds() - self._lastActivity
+        if idle >= seconds:
+            self._log.info(
+                "Closing {transport}: idle for {idle:.3f}s (read/write timeout {timeout}s)",
+                transport=self,
+                idle=idle,
+                timeout=seconds,
+            )
+            self._closeWithStatus(NS_ERROR_NET_TIMEOUT, abort=True)
+        else:
+            self._timer = reactor.callLater(seconds - idle, self._checkIdle)
+
+    def getTimeout(self, type: int) -> float:
+        _checkTimeoutType(type)
+        if self._timeouts is None:
+            return NO_TIMEOUT
+        return self._timeouts[type]
+
+    def setTimeout(self, type: int, seconds: float) -> None:
+        _checkTimeoutType(type)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise NSError(NS_ERROR_INVALID_ARG, f"timeout must be a number >= 0, not {seconds!r}")
+        if self._timeouts is None:
+            self._timeouts = [NO_TIMEOUT, NO_TIMEOUT]
+        self._timeouts[type] = min(seconds, NO_TIMEOUT)
+        if type == TIMEOUT_READ_WRITE:
+            self._armTimer()
+
+    # ------------------------------------------------------------------
+    # ISocketTransport: addresses.
+
+    @property
+    def host(self) -> str:
+        return _text(self._tcp.hostname)
+
+    @property
+    def port(self) -> int:
+        return int(self._tcp.client[1] or 0)
+
+    def getPeerAddr(self) -> Any:
+        return self._tcp.getPeer()
+
+    def getSelfAddr(self) -> Any:
+        return self._tcp.getHost()
+
+    def getScriptablePeerAddr(self) -> NetAddr:
+        return NetAddr.fromTwisted(self._tcp.getPeer())
+
+    def getScriptableSelfAddr(self) -> NetAddr:
+        return NetAddr.fromTwisted(self._tcp.getHost())
+
+    # ------------------------------------------------------------------
+    # ISocketTransport: streams and protocols.
+
+    def _checkOpen(self, flags: int) -> None:
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise NSError(NS_ERROR_INVALID_ARG, f"flags must be an integer, not {flags!r}")
+        if flags & OPEN_BLOCKING:
+            raise NSError(
+                NS_ERROR_NOT_IMPLEMENTED,
+                "OPEN_BLOCKING streams would block the reactor; use asyncWait",
+            )
+        if self._attached:
+            raise NSError(NS_ERROR_IN_PROGRESS, "the connection was handed to a protocol")
+
+    def openInputStream(self, flags: int = 0, segsize: int = 0, segcount: int = 0) -> InputStream:
+        self._checkOpen(flags)
+        limit = bufferLimit(segsize, segcount)
+        inp = self._input
+        if inp is None:
+            inp = self._newInput()
+        elif inp._opened:
+            raise NSError(NS_ERROR_IN_PROGRESS, "the input stream is already open")
+        inp._open(limit)
+        return inp
+
+    def openOutputStream(self, flags: int = 0, segsize: int = 0, segcount: int = 0) -> OutputStream:
+        self._checkOpen(flags)
+        limit = bufferLimit(segsize, segcount)
+        if self._output is not None:
+            raise NSError(NS_ERROR_IN_PROGRESS, "the output stream is already open")
+        out = self._output = OutputStream(self, limit)
+        if self._status != NS_OK:
+            out._closed(self._status, direct=False)
+        elif self._outputDone:
+            out._closed(NS_BASE_STREAM_CLOSED, direct=False)
+        return out
+
+    def attachProtocol(self, protocol: Any) -> None:
+        """
+        See L{ISocketTransport.attachProtocol}.
+
+        @raise NSError: C{NS_ERROR_IN_PROGRESS} if a stream was opened or a
+            protocol attached already; C{NS_ERROR_INVALID_ARG} if
+            C{protocol} has no C{makeConnection}; the close status if the
+            connection is already closed.
+        """
+        if self._attached:
+            raise NSError(NS_ERROR_IN_PROGRESS, "a protocol is already attached")
+        inp = self._input
+        if self._output is not None or (inp is not None and inp._opened):
+            raise NSError(NS_ERROR_IN_PROGRESS, "the connection's streams are in use")
+        if not callable(getattr(protocol, "makeConnection", None)):
+            raise NSError(NS_ERROR_INVALID_ARG, f"not a Twisted protocol: {protocol!r}")
+        if self._status != NS_OK:
+            raise NSError(self._status, "the connection is already closed")
+        self._attached = True
+        self._cancelTimer()
+        tcp = self._tcp
+        tcp.protocol = protocol
+        # Twisted formats its log prefix from the protocol at construction.
+        tcp.logstr = f"{tcp._getLogPrefix(protocol)},{tcp.sessionno},{tcp.hostname}"
+        protocol.makeConnection(tcp)
+        if inp is not None:
+            self._input = None
+            self._replay(inp, protocol)
+
+    def _replay(self, inp: InputStream, protocol: Any) -> None:
+        # Bytes (and an end of stream) that arrived before the protocol.
+        tcp = self._tcp
+        for chunk in inp._takeAll():
+            if not tcp.connected:
+                return
+            protocol.dataReceived(chunk)
+        if inp._paused:
+            tcp.resumeProducing()
+        if self._peerClosed and tcp.connected:
+            tcp.readConnectionLost(Failure(ConnectionDone()))
+
+    def close(self, reason: int = NS_OK) -> None:
+        if isinstance(reason, bool) or not isinstance(reason, int):
+            raise NSError(NS_ERROR_INVALID_ARG, f"reason must be a result code, not {reason!r}")
+        if succeeded(reason):
+            reason = NS_BASE_STREAM_CLOSED
+        if self._attached:
+            self._tcp.loseConnection()
+            return
+        if self._output is not None:
+            self._output._unregister()
+        self._closeWithStatus(reason, abort=False)
+
+    def isAlive(self) -> bool:
+        tcp = self._tcp
+        if self._status != NS_OK or self._peerClosed or not tcp.connected or tcp.disconnecting:
+            return False
+        try:
+            return bool(tcp.getHandle().recv(1, socket.MSG_PEEK))
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------
+    # ISocketTransport: socket options.
+
+    def _tcpSocket(self, what: str) -> socket.socket:
+        if self._isUnix():
+            raise NSError(NS_ERROR_NOT_AVAILABLE, f"{what} applies to TCP connections only")
+        return self._tcp.getHandle()  # type: ignore[no-any-return]
+
+    @property
+    def keepaliveEnabled(self) -> bool:
+        if self._isUnix():
+            return False
+        try:
+            return bool(self._tcp.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+        except OSError as e:
+            raise NSError.fromOSError(e, "getsockopt(SO_KEEPALIVE)") from None
+
+    @keepaliveEnabled.setter
+    def keepaliveEnabled(self, enabled: bool) -> None:
+        skt = self._tcpSocket("keepalive")
+        try:
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enabled else 0)
+        except OSError as e:
+            raise NSError.fromOSError(e, "setsockopt(SO_KEEPALIVE)") from None
+
+    def setKeepaliveVals(self, idleTime: int, retryInterval: int) -> None:
+        for name, value in (("idleTime", idleTime), ("retryInterval", retryInterval)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= _MAX_KEEPALIVE
+            ):
+                raise NSError(
+                    NS_ERROR_INVALID_ARG,
+                    f"{name} must be an integer from 1 to {_MAX_KEEPALIVE}, not {value!r}",
+                )
+        skt = self._tcpSocket("keepalive")
+        try:
+            skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idleTime)
+            skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, retryInterval)
+        except OSError as e:
+            raise NSError.fromOSError(e, "setsockopt(TCP_KEEPIDLE/TCP_KEEPINTVL)") from None
+
+    def getPeerCredentials(self) -> tuple[int, int, int]:
+        if not self._isUnix():
+            raise NSError(NS_ERROR_NOT_AVAILABLE, "peer credentials exist for UNIX connections only")
+        try:
+            raw = self._tcp.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+        except OSError as e:
+            raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None
+        pid, uid, gid = _CRED.unpack(raw)
+        return pid, uid, gid
+
+
+def _checkTimeoutType(type: int) -> None:
+    if isinstance(type, bool) or not isinstance(type, int) or not 0 <= type <= TIMEOUT_READ_WRITE:
+        raise NSError(NS_ERROR_INVALID_ARG, f"timeout type must be 0 or 1, not {type!r}")
