@@ -13,7 +13,8 @@ import socket
 from typing import Any
 
 import pytest
-from twisted.internet import defer, protocol, reactor
+import pytest_twisted
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -23,6 +24,17 @@ from zope.interface import implementer
 
 from twisted_serversock import IOService
 
+def theReactor() -> Any:
+    """
+    The reactor pytest-twisted installed.  (Importing it at this module's
+    import time would install the default reactor before pytest-twisted can
+    install the one asked for with C{--reactor}.)
+    """
+    from twisted.internet import reactor
+
+    return reactor
+
+
 #: Seconds any single wait in a test may take before it fails.
 WAIT = 10.0
 
@@ -31,14 +43,14 @@ def timeout(d: defer.Deferred[Any], seconds: float = WAIT) -> defer.Deferred[Any
     """
     Give C{d} a timeout, so a test that waits on it fails instead of hanging.
     """
-    return d.addTimeout(seconds, reactor)
+    return d.addTimeout(seconds, theReactor())
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
     """
     A Deferred that fires after C{seconds} of reactor time.
     """
-    return deferLater(reactor, seconds, lambda: None)
+    return deferLater(theReactor(), seconds, lambda: None)
 
 
 async def eventually(predicate: Any, seconds: float = WAIT, step: float = 0.01) -> None:
@@ -142,9 +154,9 @@ async def connect(port: int, host: str = "127.0.0.1") -> Client:
     """
     factory = protocol.Factory.forProtocol(Client)
     if ":" in host:
-        endpoint: Any = TCP6ClientEndpoint(reactor, host, port, timeout=WAIT)
+        endpoint: Any = TCP6ClientEndpoint(theReactor(), host, port, timeout=WAIT)
     else:
-        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=WAIT)
+        endpoint = TCP4ClientEndpoint(theReactor(), host, port, timeout=WAIT)
     return await timeout(endpoint.connect(factory))  # type: ignore[no-any-return]
 
 
@@ -153,7 +165,7 @@ async def connectUNIX(path: str) -> Client:
     Connect a L{Client} over a UNIX-domain socket.
     """
     factory = protocol.Factory.forProtocol(Client)
-    return await timeout(UNIXClientEndpoint(reactor, path, timeout=WAIT).connect(factory))  # type: ignore[no-any-return]
+    return await timeout(UNIXClientEndpoint(theReactor(), path, timeout=WAIT).connect(factory))  # type: ignore[no-any-return]
 
 
 def hasIPv6Loopback() -> bool:
@@ -192,3 +204,185 @@ def failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     The logged events that carry a failure (unhandled errors).
     """
     return [e for e in events if e.get("log_failure") is not None or e.get("isError")]
+
+
+class Served:
+    """
+    A loopback L{ServerSocket} listening with a L{Recorder}, which makes
+    client/server connection pairs and tears everything down afterwards
+    (see the L{served} fixture).
+
+    @ivar srv: the server socket.
+    @ivar rec: its listener.
+    """
+
+    def __init__(self, ipv6: bool = False) -> None:
+        from twisted_serversock import ServerSocket
+
+        self.srv = ServerSocket()
+        if ipv6:
+            self.srv.initIPv6(-1, True, -1)
+        else:
+            self.srv.init(-1, True, -1)
+        self.rec = Recorder()
+        self.srv.asyncListen(self.rec)
+        self.clients: list[Client] = []
+        self.transports: list[Any] = []
+
+    async def pair(self, host: str | None = None) -> tuple[Client, Any]:
+        """
+        Connect a L{Client} and return it with the server's accepted transport.
+        """
+        if host is None:
+            host = self.srv.getAddress().host
+        client = await connect(self.srv.port, host)
+        self.clients.append(client)
+        t = await self.rec.nextAccepted()
+        self.transports.append(t)
+        return client, t
+
+    async def cleanup(self) -> None:
+        """
+        Abort every connection on both sides, wait until all are gone, and
+        stop the server.
+        """
+        for t in self.transports:
+            tcp = t._tcp
+            if tcp is not None and tcp.connected:
+                tcp.abortConnection()
+        for c in self.clients:
+            if c.transport.connected:
+                c.transport.abortConnection()
+        for c in self.clients:
+            await c.whenClosed()
+        await eventually(lambda: not any(t._tcp.connected for t in self.transports))
+        self.srv.close()
+        await self.rec.whenStopped()
+
+
+@pytest_twisted.async_yield_fixture
+async def served() -> Any:
+    """
+    A L{Served} loopback IPv4 server, torn down (every connection aborted on
+    both sides, the server stopped) after the test.
+    """
+    s = Served()
+    try:
+        yield s
+    finally:
+        await s.cleanup()
+
+
+# ----------------------------------------------------------------------
+# A peer that is not local: a client in a network namespace of our own.
+
+_NS_SERVER_IP = "198.18.7.1"  # RFC 2544 benchmarking range, only on our veth
+_NS_CLIENT_IP = "198.18.7.2"
+
+_NS_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+print("connected", s.getsockname()[1], flush=True)
+while True:
+    line = sys.stdin.readline().strip()
+    if not line or line == "close":
+        break
+    try:
+        s.sendall(line.encode() + b"\n")
+        data = s.recv(65536)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+        break
+    print("got" if data else "eof", data.decode().strip(), flush=True)
+    if not data:
+        break
+s.close()
+"""
+
+
+class ForeignClient(protocol.ProcessProtocol):
+    """
+    A TCP client running in another network namespace, driven line by line:
+    each line written to it is sent, and the reply (or C{eof}/C{error})
+    comes back as a line.
+    """
+
+    def __init__(self) -> None:
+        self.lines: defer.DeferredQueue[str] = defer.DeferredQueue()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._buffer = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.lines.put(line.decode())
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+    def nextLine(self) -> defer.Deferred[str]:
+        return timeout(self.lines.get())
+
+    def send(self, line: str) -> None:
+        self.transport.write(line.encode() + b"\n")
+
+
+class ForeignHost:
+    """
+    A network namespace joined to this one by a veth pair: C{serverIP} is
+    our side's address, and L{connect} runs a client from the other side,
+    whose address (C{clientIP}) is not a loopback address.
+    """
+
+    serverIP = _NS_SERVER_IP
+    clientIP = _NS_CLIENT_IP
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def connect(self, port: int) -> ForeignClient:
+        import sys
+
+        client = ForeignClient()
+        theReactor().spawnProcess(
+            client,
+            "ip",
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", _NS_CLIENT, self.serverIP, str(port)],
+            env=None,
+        )
+        line = await client.nextLine()
+        assert line.startswith("connected"), line
+        return client
+
+
+@pytest.fixture(scope="module")
+def foreignHost() -> Any:
+    """
+    Create (and afterwards remove) a network namespace with a veth pair.
+    Needs root and iproute2, which CI has.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    if os.getuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("creating a network namespace needs root and iproute2")
+    name = f"tss{os.getpid()}"
+    here, there = f"tsa{os.getpid()}"[:15], f"tsb{os.getpid()}"[:15]
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", here, "type", "veth", "peer", "name", there, "netns", name],
+        ["ip", "addr", "add", f"{_NS_SERVER_IP}/30", "dev", here],
+        ["ip", "link", "set", here, "up"],
+        ["ip", "netns", "exec", name, "ip", "addr", "add", f"{_NS_CLIENT_IP}/30", "dev", there],
+        ["ip", "netns", "exec", name, "ip", "link", "set", there, "up"],
+        ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True, timeout=30)
+        yield ForeignHost(name)
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)

@@ -20,7 +20,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import base, tcp
-from twisted.internet.tcp import _accept, _BuffersLogs, _reservedFD  # type: ignore[attr-defined]
+from twisted.internet.tcp import _accept, _BuffersLogs, _reservedFD
 from twisted.logger import Logger
 
 if TYPE_CHECKING:

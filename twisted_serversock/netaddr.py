@@ -6,6 +6,7 @@ L{NetAddr}, the scriptable address (Gecko's C{nsINetAddr}), and the
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -27,6 +28,16 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     return str(value)
+
+
+def _scopeIndex(scope: int | str) -> int:
+    # Twisted keeps a scope id as given: an index, or an interface name.
+    if isinstance(scope, int):
+        return scope
+    try:
+        return socket.if_nametoindex(scope)
+    except OSError:
+        return 0
 
 
 @implementer(INetAddr)
@@ -64,7 +75,7 @@ class NetAddr:
         if isinstance(addr, IPv4Address):
             return cls(FAMILY_INET, addr.host, addr.port)
         if isinstance(addr, IPv6Address):
-            return cls(FAMILY_INET6, addr.host, addr.port, addr.flowInfo, addr.scopeID)
+            return cls(FAMILY_INET6, addr.host, addr.port, addr.flowInfo, _scopeIndex(addr.scopeID))
         if isinstance(addr, UNIXAddress):
             name = _text(addr.name)
             if name.startswith("\0"):

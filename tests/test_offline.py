@@ -1,0 +1,256 @@
+"""
+SPEC 5: the offline switch.  Which listeners and connections survive going
+offline is exactly Gecko's rule: local (loopback-bound or UNIX) or
+KeepWhenOffline listeners, and connections from local peers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import protocol
+from twisted.internet.error import ConnectError
+
+import twisted_serversock
+from twisted_serversock import IOService, NSError, ServerSocket, results
+
+from .conftest import Recorder, connect, eventually, needsIPv6, sleep
+
+
+@pytest.fixture
+def servers(io: IOService) -> Iterator[Any]:
+    made: list[ServerSocket] = []
+
+    def make(ioService: Any = None) -> ServerSocket:
+        s = ServerSocket(ioService=ioService or io)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def listening(servers: Any, init: Any) -> tuple[ServerSocket, Recorder]:
+    srv = servers()
+    init(srv)
+    rec = Recorder()
+    srv.asyncListen(rec)
+    return srv, rec
+
+
+def test_defaultService() -> None:
+    assert isinstance(twisted_serversock.ioService, IOService)
+    assert ServerSocket()._ioService is twisted_serversock.ioService
+    assert twisted_serversock.ioService.offline is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_wildcardListenerClosed(servers: Any, io: IOService) -> None:
+    srv, rec = listening(servers, lambda s: s.init(-1, False, -1))
+    port = srv.port
+    io.offline = True
+    assert rec.statuses == []  # delivered by the reactor, not inside the setter
+    assert await rec.whenStopped() == results.NS_ERROR_ABORT
+    with pytest.raises(ConnectError):
+        await connect(port)
+    # Going back online reopens nothing.
+    io.offline = False
+    await sleep(0.05)
+    with pytest.raises(ConnectError):
+        await connect(port)
+    assert rec.statuses == [results.NS_ERROR_ABORT]
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        pytest.param(lambda s: s.init(-1, True, -1), id="loopback"),
+        pytest.param(lambda s: s.initSpecialConnection(-1, ServerSocket.LoopbackOnly, -1), id="LoopbackOnly"),
+        pytest.param(lambda s: s.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1), id="KeepWhenOffline"),
+        pytest.param(lambda s: s.initWithAddress(("127.0.0.1", 0), -1), id="address-127.0.0.1"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_survivors(servers: Any, io: IOService, init: Any) -> None:
+    srv, rec = listening(servers, init)
+    io.offline = True
+    await sleep(0.05)
+    assert rec.statuses == []
+    client = await connect(srv.port)
+    await rec.nextAccepted()
+    client.transport.loseConnection()
+
+
+@needsIPv6
+@pytest_twisted.ensureDeferred
+async def test_ipv6LoopbackSurvives(servers: Any, io: IOService) -> None:
+    srv, rec = listening(servers, lambda s: s.initIPv6(-1, True, -1))
+    io.offline = True
+    client = await connect(srv.port, "::1")
+    await rec.nextAccepted()
+    assert rec.statuses == []
+    client.transport.loseConnection()
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        pytest.param(lambda s: s.initWithAddress(("127.0.0.2", 0), -1), id="127.0.0.2-is-not-exactly-loopback"),
+        pytest.param(lambda s: s.initIPv6(-1, False, -1), id="ipv6-any", marks=needsIPv6),
+        pytest.param(lambda s: s.initDualStack(-1, -1), id="dualstack", marks=needsIPv6),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_nonLocalListenersClosed(servers: Any, io: IOService, init: Any) -> None:
+    srv, rec = listening(servers, init)
+    io.offline = True
+    assert await rec.whenStopped() == results.NS_ERROR_ABORT
+
+
+@pytest_twisted.ensureDeferred
+async def test_boundNotListeningClosedSilently(servers: Any, io: IOService) -> None:
+    srv = servers()
+    srv.init(-1, False, -1)
+    io.offline = True
+    with pytest.raises(NSError) as e:
+        srv.asyncListen(Recorder())
+    assert e.value.result == results.NS_ERROR_NOT_INITIALIZED
+
+
+@pytest.mark.parametrize(
+    "init,allowed",
+    [
+        (lambda s: s.init(-1, False, -1), False),
+        (lambda s: s.init(-1, True, -1), True),
+        (lambda s: s.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1), True),
+        (lambda s: s.initSpecialConnection(-1, 0, -1), False),
+        (lambda s: s.initWithAddress(("127.0.0.1", 0), -1), True),
+        (lambda s: s.initWithAddress(("127.0.0.2", 0), -1), False),
+    ],
+)
+def test_initWhileOffline(servers: Any, io: IOService, init: Any, allowed: bool) -> None:
+    io.offline = True
+    srv = servers()
+    if allowed:
+        init(srv)
+        assert srv.port > 0
+    else:
+        with pytest.raises(NSError) as e:
+            init(srv)
+        assert e.value.result == results.NS_ERROR_OFFLINE
+        assert "offline" in str(e.value)
+
+
+@needsIPv6
+@pytest.mark.parametrize(
+    "init,allowed",
+    [
+        (lambda s: s.initIPv6(-1, True, -1), True),
+        (lambda s: s.initIPv6(-1, False, -1), False),
+        (lambda s: s.initDualStack(-1, -1), False),
+    ],
+)
+def test_initIPv6WhileOffline(servers: Any, io: IOService, init: Any, allowed: bool) -> None:
+    io.offline = True
+    srv = servers()
+    if allowed:
+        init(srv)
+    else:
+        with pytest.raises(NSError) as e:
+            init(srv)
+        assert e.value.result == results.NS_ERROR_OFFLINE
+
+
+@pytest_twisted.ensureDeferred
+async def test_otherServiceUntouched(servers: Any, io: IOService) -> None:
+    other = IOService()
+    srv = servers(ioService=other)
+    srv.init(-1, False, -1)
+    rec = Recorder()
+    srv.asyncListen(rec)
+    io.offline = True
+    await sleep(0.05)
+    assert rec.statuses == []
+    client = await connect(srv.port)
+    await rec.nextAccepted()
+    client.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopbackConnectionContinues(servers: Any, io: IOService) -> None:
+    """
+    A wildcard listener is closed, but its connection from a loopback peer
+    is local and carries on in both directions.
+    """
+    srv, rec = listening(servers, lambda s: s.init(-1, False, -1))
+    client = await connect(srv.port)
+    transport = await rec.nextAccepted()
+    inp = transport.openInputStream(0, 0, 0)
+    out = transport.openOutputStream(0, 0, 0)
+    io.offline = True
+    assert await rec.whenStopped() == results.NS_ERROR_ABORT
+    out.write(b"still here")
+    assert await client.waitFor(10) == b"still here"
+    client.transport.write(b"me too")
+    await eventually(lambda: inp.available() == 6)
+    assert inp.read(6) == b"me too"
+    assert transport.isAlive()
+    transport.close(0)
+    await client.whenClosed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreignConnectionClosed(servers: Any, io: IOService, foreignHost: Any) -> None:
+    """
+    A connection from a peer that is not local is closed when going
+    offline; its streams report NS_ERROR_OFFLINE.
+    """
+    srv, rec = listening(servers, lambda s: s.init(-1, False, -1))
+    foreign = await foreignHost.connect(srv.port)
+    transport = await rec.nextAccepted()
+    assert transport.host == foreignHost.clientIP
+    local = await connect(srv.port)
+    localTransport = await rec.nextAccepted()
+    inp = transport.openInputStream(0, 0, 0)
+    out = transport.openOutputStream(0, 0, 0)
+    woken: list[Any] = []
+    inp.asyncWait(woken.append)
+
+    io.offline = True
+    await eventually(lambda: woken == [inp])
+    for call in (inp.available, lambda: inp.read(10), lambda: out.write(b"x")):
+        with pytest.raises(NSError) as e:
+            call()
+        assert e.value.result == results.NS_ERROR_OFFLINE
+    assert not transport.isAlive()
+    foreign.send("hello")
+    assert (await foreign.nextLine()).split()[0] in ("eof", "error")
+    # The loopback connection of the same listener is untouched.
+    assert localTransport.isAlive()
+    foreign.send("close")
+    local.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreignAttachedConnectionClosed(servers: Any, io: IOService, foreignHost: Any) -> None:
+    """
+    The rule holds for a connection handed to a Twisted protocol too.
+    """
+    srv, rec = listening(servers, lambda s: s.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1))
+    foreign = await foreignHost.connect(srv.port)
+    transport = await rec.nextAccepted()
+    lost: list[Any] = []
+
+    class P(protocol.Protocol):
+        def connectionLost(self, reason: Any) -> None:
+            lost.append(reason)
+
+    transport.attachProtocol(P())
+    io.offline = True
+    await eventually(lambda: len(lost) == 1)
+    # The KeepWhenOffline listener itself stays.
+    assert rec.statuses == []
+    foreign.send("close")
