@@ -208,6 +208,12 @@ class IServerSocket(Interface):
 class INetAddr(Interface):
     """
     A scriptable network address (Gecko's C{nsINetAddr}).
+
+    Gecko's IPv6-only fields (C{flow}, C{scope}, C{isV4Mapped}), which raise
+    C{NS_ERROR_NOT_AVAILABLE} for other families, are provided by
+    L{twisted_serversock.netaddr.NetAddr} but are not part of this
+    interface: an attribute that raises by design cannot pass
+    C{verifyObject}.
     """
 
     FAMILY_INET = Attribute("1: an IPv4 address.")
@@ -220,17 +226,9 @@ class INetAddr(Interface):
         "an unnamed or abstract UNIX peer."
     )
     port = Attribute(
-        "The port; raises NSError(NS_ERROR_NOT_AVAILABLE) for FAMILY_LOCAL."
-    )
-    flow = Attribute(
-        "The IPv6 flow information; NS_ERROR_NOT_AVAILABLE unless FAMILY_INET6."
-    )
-    scope = Attribute(
-        "The IPv6 scope id; NS_ERROR_NOT_AVAILABLE unless FAMILY_INET6."
-    )
-    isV4Mapped = Attribute(
-        "Whether an IPv6 address is v4-mapped; NS_ERROR_NOT_AVAILABLE unless "
-        "FAMILY_INET6."
+        "The port; raises NSError(NS_ERROR_NOT_AVAILABLE) for FAMILY_LOCAL "
+        "(so, as with an uninitialised server socket's port, verifyObject "
+        "applies to IP addresses only)."
     )
 
 

@@ -44,6 +44,10 @@ def _scopeIndex(scope: int | str) -> int:
 class NetAddr:
     """
     An immutable L{INetAddr} built from a Twisted address.
+
+    Besides the interface, it has Gecko's IPv6-only fields C{flow},
+    C{scope} and C{isV4Mapped}, which raise C{NS_ERROR_NOT_AVAILABLE} for
+    other families, as in Gecko.
     """
 
     FAMILY_INET = FAMILY_INET

@@ -21,14 +21,17 @@ is closed first.
 from __future__ import annotations
 
 import operator
+import os
 import socket
-from typing import Any
+import struct
+from typing import Any, Iterable
 
-from twisted.internet import tcp
+from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import _unix
 from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
@@ -41,7 +44,6 @@ from .results import (
     NS_ERROR_FAILURE,
     NS_ERROR_IN_PROGRESS,
     NS_ERROR_INVALID_ARG,
-    NS_ERROR_NOT_IMPLEMENTED,
     NS_ERROR_NOT_INITIALIZED,
     NS_ERROR_OFFLINE,
     NS_ERROR_UNEXPECTED,
@@ -59,6 +61,32 @@ _MAX_PORT = 65535
 _MAX_BACKLOG = 2**31 - 1
 
 _log = Logger()
+_CRED = struct.Struct("3i")
+
+
+class _UNIXServer(unix.Server):
+    """
+    An accepted UNIX connection whose C{getHost()} is the path the server
+    socket was created at.  (The kernel's name for the listening socket is
+    the temporary one it was bound to before being linked into place; see
+    L{twisted_serversock._unix}.)
+    """
+
+    def getHost(self) -> UNIXAddress:
+        return self.server._owner._address  # type: ignore[no-any-return]
+
+
+def _uidSet(allowedUids: Any) -> frozenset[int] | None:
+    if allowedUids is None:
+        return None
+    try:
+        uids = frozenset(allowedUids)
+    except TypeError:
+        raise NSError(NS_ERROR_INVALID_ARG, f"allowedUids must be an iterable of uids, not {allowedUids!r}") from None
+    for uid in uids:
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+            raise NSError(NS_ERROR_INVALID_ARG, f"not a uid: {uid!r}")
+    return uids
 
 
 def _integer(value: Any, what: str) -> int:
@@ -137,6 +165,10 @@ class ServerSocket:
         self._queue: CallQueue | None = None
         self._transportClass: Any = tcp.Server
         self._sessionno = 0
+        self._fileIdentity: tuple[int, int] | None = None
+        self._filePath = b""
+        self._allowedUids: frozenset[int] | None = None
+        self._refusedPeers: set[tuple[int, int]] = set()
 
     def __repr__(self) -> str:
         state = "listening" if self._port else "bound" if self._socket else "closed"
@@ -172,7 +204,11 @@ class ServerSocket:
                 raise NSError(NS_ERROR_INVALID_ARG, f"not a TCP address: {addr!r}")
             host, port = addr.host, addr.port
         elif isinstance(addr, UNIXAddress):
-            self.initWithFilename(addr.name, 0o600, backLog)
+            name = addr.name
+            if isinstance(name, (str, bytes)) and name[:1] in ("\0", b"\0"):
+                self.initWithAbstractAddress(name[1:], backLog)
+            else:
+                self.initWithFilename(name, 0o600, backLog)
             return
         elif INetAddr.providedBy(addr):
             family = addr.family
@@ -193,11 +229,54 @@ class ServerSocket:
         family = _ipFamily(host)
         self._listenIP(host, port, backLog, v6only=True if family == socket.AF_INET6 else None)
 
-    def initWithFilename(self, path: Any, permissions: int, backlog: int, **kwargs: Any) -> None:
-        raise NSError(NS_ERROR_NOT_IMPLEMENTED, "UNIX-domain server sockets are not implemented yet")
+    def initWithFilename(
+        self,
+        path: Any,
+        permissions: int,
+        backlog: int,
+        *,
+        reclaimStale: bool = False,
+        allowedUids: Iterable[int] | None = None,
+    ) -> None:
+        """
+        See L{IServerSocket.initWithFilename}; the safety rules are those of
+        L{twisted_serversock._unix}.
 
-    def initWithAbstractAddress(self, name: str, backlog: int, **kwargs: Any) -> None:
-        raise NSError(NS_ERROR_NOT_IMPLEMENTED, "abstract UNIX server sockets are not implemented yet")
+        @param reclaimStale: (extension) remove a stale socket file at
+            C{path} - a socket nobody listens on - instead of failing.
+        @param allowedUids: (extension) if not L{None}, the uids whose
+            connections are accepted; others are closed before the listener
+            sees them.
+        """
+        raw = _unix.fsPath(path)  # the length check comes before any system call
+        mode = _unix.checkMode(permissions)
+        backlog = _checkBacklog(backlog)
+        uids = _uidSet(allowedUids)
+        self._checkUninitialized()
+        skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=bool(reclaimStale))
+        name: Any = path if isinstance(path, (str, bytes)) else os.fspath(path)
+        self._adopt(skt, UNIXAddress(name), _UNIXServer, False)
+        self._fileIdentity = (identity[0], identity[1])
+        self._filePath = os.path.abspath(raw)
+        self._allowedUids = uids
+
+    def initWithAbstractAddress(
+        self, name: str, backlog: int, *, allowedUids: Iterable[int] | None = None
+    ) -> None:
+        """
+        See L{IServerSocket.initWithAbstractAddress}.
+
+        @param allowedUids: (extension) as for L{initWithFilename}: the only
+            access control an abstract socket can have.
+        """
+        address = _unix.abstractName(name)
+        backlog = _checkBacklog(backlog)
+        uids = _uidSet(allowedUids)
+        self._checkUninitialized()
+        skt = _unix.listenAbstract(address, backlog)
+        shown: Any = "\0" + name if isinstance(name, str) else address
+        self._adopt(skt, UNIXAddress(shown), _UNIXServer, False)
+        self._allowedUids = uids
 
     def _checkUninitialized(self) -> None:
         if self._socket is not None:
@@ -258,6 +337,8 @@ class ServerSocket:
         self._address = address
         self._transportClass = transportClass
         self._keepWhenOffline = keepWhenOffline
+        self._fileIdentity = None
+        self._allowedUids = None
         self._ioService._addServerSocket(self)
 
     # ------------------------------------------------------------------
@@ -285,6 +366,8 @@ class ServerSocket:
         without a trace.
         """
         port = self._port
+        if self._allowedUids is not None and not self._peerAllowed(skt):
+            return
         try:
             sessionno = self._sessionno
             self._sessionno = sessionno + 1
@@ -303,6 +386,33 @@ class ServerSocket:
             _log.failure(
                 "Unhandled error in {listener!r}.onSocketAccepted", listener=self._listener
             )
+
+    def _peerAllowed(self, skt: socket.socket) -> bool:
+        """
+        Whether the peer of UNIX connection C{skt} may connect; closes it
+        (and logs once per pid and uid) if not.
+        """
+        try:
+            pid, uid, gid = _CRED.unpack(
+                skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+            )
+        except OSError as e:
+            pid = uid = -1
+            _log.warn("Cannot read the peer credentials of a connection ({error}); refusing it", error=e)
+        else:
+            assert self._allowedUids is not None
+            if uid in self._allowedUids:
+                return True
+        if (pid, uid) not in self._refusedPeers:
+            self._refusedPeers.add((pid, uid))
+            _log.warn(
+                "Refused a connection to {address} from pid {pid}, uid {uid}: uid not allowed",
+                address=self._address,
+                pid=pid,
+                uid=uid,
+            )
+        skt.close()
+        return False
 
     def _acceptFailed(self, error: object) -> None:
         _log.error(
@@ -332,6 +442,9 @@ class ServerSocket:
             port.stop()
         elif skt is not None:
             skt.close()
+        identity, self._fileIdentity = self._fileIdentity, None
+        if identity is not None and (port is not None or skt is not None):
+            _unix.unlinkIfOurs(self._filePath, identity)
         if listener is not None:
             if status == NS_ERROR_ABORT:
                 _log.info("{serv!r} closed: the I/O service went offline", serv=self)

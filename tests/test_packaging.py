@@ -1,0 +1,105 @@
+"""
+Packaging: the wheel ships exactly the dropins under twisted/plugins/ (never
+a dropin.cache, never a twisted/__init__.py), and the plugins are found from
+a wheel install as well as from the editable install the tests run in.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DROPINS = {"twisted/plugins/twisted_serversock_endpoints.py"}
+
+DISCOVER = (
+    "import sys\n"
+    "from twisted.plugin import getPlugins\n"
+    "from twisted.internet.interfaces import IStreamServerEndpointStringParser as I\n"
+    "prefixes = sorted(p.prefix for p in getPlugins(I))\n"
+    "print(' '.join(prefixes))\n"
+    "import twisted_serversock\n"
+    "print(twisted_serversock.__file__)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    # A stray cache in the work tree must not reach the wheel.
+    stray = ROOT / "twisted" / "plugins" / "dropin.cache"
+    created = not stray.exists()
+    if created:
+        stray.write_bytes(b"not a real cache")
+    out = tmp_path_factory.mktemp("wheel")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+            check=True,
+            timeout=600,
+        )
+    finally:
+        if created:
+            stray.unlink()
+    (built,) = out.glob("twisted_serversock-*.whl")
+    yield built
+
+
+def test_wheelContents(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    underTwisted = {n for n in names if n.startswith("twisted/")}
+    assert underTwisted == DROPINS
+    assert not any(n.endswith("dropin.cache") for n in names)
+    assert "twisted_serversock/__init__.py" in names
+    assert "twisted_serversock/endpoints.py" in names
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def test_pluginsFoundFromWheel(wheel: Path, tmp_path: Path) -> None:
+    """
+    Install the wheel alone into a new virtual environment that sees the
+    dependencies (Twisted, zope.interface) but not this checkout, and
+    discover the plugins there.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    target = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    # The dependencies, through a path (.pth lines add directories; the .pth
+    # files inside them, like this checkout's editable hook, are not run).
+    deps = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    Path(target, "deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(target)
+    out = subprocess.run(
+        [str(python), "-c", DISCOVER], capture_output=True, text=True, cwd="/", timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert out.returncode == 0, out.stderr
+    prefixes, location = out.stdout.split("\n")[:2]
+    assert {"gecko", "geckounix"} <= set(prefixes.split())
+    assert location.startswith(target), "the package was not imported from the wheel install"
+
+
+def test_pluginsFoundFromEditableInstall() -> None:
+    out = subprocess.run([sys.executable, "-c", DISCOVER], capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert {"gecko", "geckounix"} <= set(out.stdout.split("\n")[0].split())
+
+
+def test_noPackageInitUnderTwisted() -> None:
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if tracked:  # (an sdist is not a git checkout)
+        assert not [t for t in tracked if t.endswith("dropin.cache")]

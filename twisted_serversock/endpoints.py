@@ -1,0 +1,530 @@
+# -*- test-case-name: tests.test_endpoints -*-
+"""
+Twisted server endpoints over L{ServerSocket}, and the parsers behind the
+C{gecko:} and C{geckounix:} endpoint strings.
+
+An endpoint binds synchronously inside C{listen()} and returns an already
+fired Deferred, so C{twistd} and C{strports} fail at once, with the
+C{NSError} in the C{CannotListenError}, instead of running without their
+port.  Each accepted connection reaches the factory's protocol through
+L{ISocketTransport.attachProtocol}: the protocol talks to the real Twisted
+transport, with no stream layer in between.
+
+The string parsers are reached through the dropin
+C{twisted/plugins/twisted_serversock_endpoints.py}, which imports this module
+only when a C{gecko:} or C{geckounix:} string is parsed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Iterable
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .results import NS_BINDING_ABORTED, NSError, nameOf
+from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
+
+__all__ = [
+    "GeckoServerEndpoint",
+    "GeckoUNIXServerEndpoint",
+    "GeckoListeningPort",
+    "parseGecko",
+    "parseGeckoUNIX",
+]
+
+_log = Logger()
+
+
+def _describe(address: Any) -> str:
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "backslashreplace")
+        return "@" + name[1:] if name.startswith("\0") else str(name)
+    return repr(address)
+
+
+class _Listener:
+    """
+    The L{IServerSocketListener} of a L{GeckoListeningPort}: builds a
+    protocol for each connection and attaches it.
+    """
+
+    __slots__ = ("_port",)
+
+    def __init__(self, port: GeckoListeningPort) -> None:
+        self._port = port
+
+    def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:
+        factory = self._port.factory
+        try:
+            protocol = factory.buildProtocol(transport.getPeerAddr())
+        except Exception:
+            _log.failure("{factory!r}.buildProtocol failed; closing the connection", factory=factory)
+            transport.close(NS_BINDING_ABORTED)
+            return
+        if protocol is None:
+            transport.close(NS_BINDING_ABORTED)
+        else:
+            transport.attachProtocol(protocol)
+
+    def onStopListening(self, serv: ServerSocket, status: int) -> None:
+        self._port._stopped(self, status)
+
+
+@implementer(IListeningPort)
+class GeckoListeningPort:
+    """
+    The C{IListeningPort} of a gecko endpoint.
+
+    @ivar serverSocket: the L{ServerSocket} behind this port (a new one after
+        each L{startListening} that follows a L{stopListening}).
+    @ivar factory: the protocol factory.
+    """
+
+    def __init__(self, endpoint: _GeckoEndpointBase, factory: Any) -> None:
+        self._endpoint = endpoint
+        self.factory = factory
+        self.serverSocket: ServerSocket | None = None
+        self._listener: _Listener | None = None
+        self._stopping: list[defer.Deferred[None]] = []
+        self._address: Any = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} on {_describe(self._address)}>"
+
+    def startListening(self) -> None:
+        """
+        Listen (again, after L{stopListening}); binds synchronously.
+
+        @raise CannotListenError: if binding fails; its C{socketError} is the
+            L{NSError}.
+        """
+        if self._listener is not None:
+            return
+        serv = self._endpoint._bind()
+        self.serverSocket = serv
+        self._address = serv.getAddress()
+        self._listener = _Listener(self)
+        self.factory.doStart()
+        serv.asyncListen(self._listener)
+        _log.info(
+            "{endpoint} listening on {address}",
+            endpoint=type(self._endpoint).__name__,
+            address=_describe(self._address),
+        )
+
+    def stopListening(self) -> defer.Deferred[None]:
+        """
+        Stop listening; accepted connections are not affected.
+
+        @return: a Deferred that fires once the server socket has reported
+            C{onStopListening}.
+        """
+        if self._listener is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stopping.append(d)
+        assert self.serverSocket is not None
+        self.serverSocket.close()
+        return d
+
+    loseConnection = stopListening
+
+    def _stopped(self, listener: _Listener, status: int) -> None:
+        if listener is not self._listener:
+            return
+        self._listener = None
+        _log.info(
+            "{endpoint} on {address} stopped listening ({status})",
+            endpoint=type(self._endpoint).__name__,
+            address=_describe(self._address),
+            status=nameOf(status),
+        )
+        try:
+            self.factory.doStop()
+        finally:
+            stopping, self._stopping = self._stopping, []
+            for d in stopping:
+                d.callback(None)
+
+    def getHost(self) -> Any:
+        """
+        The address actually bound (the real port when 0 or -1 was asked).
+        """
+        return self._address
+
+
+class _GeckoEndpointBase:
+    """
+    What both endpoints share: bind in C{listen()}, fail with
+    C{CannotListenError}.
+    """
+
+    _reactor: Any
+
+    def _init(self, serv: ServerSocket) -> None:
+        raise NotImplementedError
+
+    def _where(self) -> tuple[str, Any]:
+        raise NotImplementedError
+
+    def _bind(self) -> ServerSocket:
+        serv = ServerSocket(self._reactor)
+        try:
+            self._init(serv)
+        except NSError as e:
+            interface, port = self._where()
+            raise CannotListenError(interface, port, e) from None
+        return serv
+
+    def listen(self, protocolFactory: Any) -> defer.Deferred[GeckoListeningPort]:
+        """
+        Bind and listen now, and start handing connections to
+        C{protocolFactory}.
+
+        @return: a Deferred that has already fired: with the listening port,
+            or with C{CannotListenError} whose C{socketError} is the
+            L{NSError}.
+        """
+        port = GeckoListeningPort(self, protocolFactory)
+        try:
+            port.startListening()
+        except CannotListenError:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+@implementer(IStreamServerEndpoint)
+class GeckoServerEndpoint(_GeckoEndpointBase):
+    """
+    A TCP server endpoint over L{ServerSocket}.
+
+    @param port: the port; -1 or 0 picks a free one.
+    @param loopback: listen on the loopback address only.
+    @param backlog: the listen backlog; -1 means C{socket.SOMAXCONN}.
+    @param keepWhenOffline: keep listening when the I/O service goes offline
+        (IPv4 only).
+    @param interface: an IP literal to listen on (instead of C{loopback}).
+    @param ipv6: listen on IPv6 only (C{::1} with C{loopback}, else C{::}).
+    @param dualStack: listen on C{::} for both IPv4 and IPv6.
+
+    @raise ValueError: for a combination that makes no sense (for example
+        C{interface} with C{loopback}).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        port: int = -1,
+        loopback: bool = False,
+        backlog: int = -1,
+        keepWhenOffline: bool = False,
+        interface: str | None = None,
+        ipv6: bool = False,
+        dualStack: bool = False,
+    ) -> None:
+        if interface is not None and loopback:
+            raise ValueError("interface and loopback cannot be combined: pick one address")
+        if dualStack and (ipv6 or loopback or interface is not None):
+            raise ValueError("dualstack listens on :: for both families; it cannot be combined with ipv6, loopback or interface")
+        if keepWhenOffline and (ipv6 or dualStack or interface is not None):
+            raise ValueError("keepWhenOffline applies to IPv4 listeners (port and loopback only)")
+        if interface is not None:
+            family = _ipFamily(interface)
+            if ipv6 and family != socket.AF_INET6:
+                raise ValueError(f"ipv6=1 contradicts the IPv4 interface {interface!r}")
+        self._reactor = reactor
+        self._port = port
+        self._loopback = loopback
+        self._backlog = backlog
+        self._keepWhenOffline = keepWhenOffline
+        self._interface = interface
+        self._ipv6 = ipv6
+        self._dualStack = dualStack
+
+    def __repr__(self) -> str:
+        return f"<GeckoServerEndpoint {self._where()}>"
+
+    def _where(self) -> tuple[str, Any]:
+        if self._interface is not None:
+            return self._interface, self._port
+        if self._dualStack or self._ipv6:
+            return ("::1" if self._loopback else "::"), self._port
+        return ("127.0.0.1" if self._loopback else "0.0.0.0"), self._port
+
+    def _init(self, serv: ServerSocket) -> None:
+        if self._interface is not None:
+            addressType = IPv6Address if _ipFamily(self._interface) == socket.AF_INET6 else IPv4Address
+            serv.initWithAddress(addressType("TCP", self._interface, max(self._port, 0)), self._backlog)
+        elif self._dualStack:
+            serv.initDualStack(self._port, self._backlog)
+        elif self._ipv6:
+            serv.initIPv6(self._port, self._loopback, self._backlog)
+        elif self._keepWhenOffline:
+            flags = KeepWhenOffline | (LoopbackOnly if self._loopback else 0)
+            serv.initSpecialConnection(self._port, flags, self._backlog)
+        else:
+            serv.init(self._port, self._loopback, self._backlog)
+
+
+@implementer(IStreamServerEndpoint)
+class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
+    """
+    A UNIX-domain server endpoint over L{ServerSocket}: a socket file
+    created safely at C{path} with exactly C{mode}, or an abstract address.
+
+    @param path: the socket file's path (exclusive with C{abstract}).
+    @param mode: the socket file's permissions.
+    @param backlog: the listen backlog; -1 means C{socket.SOMAXCONN}.
+    @param abstract: a Linux abstract-namespace name (without the leading
+        NUL).
+    @param reclaimStale: remove a stale socket file (nobody listening) at
+        C{path} instead of failing.
+    @param allowedUids: if not L{None}, only peers with these uids may
+        connect (checked with SO_PEERCRED).
+
+    @raise ValueError: for neither or both of C{path} and C{abstract}, or
+        C{reclaimStale} with C{abstract}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        path: Any = None,
+        mode: int = 0o600,
+        backlog: int = -1,
+        abstract: str | None = None,
+        reclaimStale: bool = False,
+        allowedUids: Iterable[int] | None = None,
+    ) -> None:
+        if (path is None) == (abstract is None):
+            raise ValueError("give exactly one of path and abstract")
+        if abstract is not None and reclaimStale:
+            raise ValueError("reclaim applies to socket files, not abstract addresses")
+        self._reactor = reactor
+        self._path = path
+        self._mode = mode
+        self._backlog = backlog
+        self._abstract = abstract
+        self._reclaimStale = reclaimStale
+        self._allowedUids = None if allowedUids is None else frozenset(allowedUids)
+
+    def __repr__(self) -> str:
+        return f"<GeckoUNIXServerEndpoint {self._where()[0]}>"
+
+    def _where(self) -> tuple[str, Any]:
+        if self._abstract is not None:
+            return "@" + self._abstract, None
+        return os.fsdecode(self._path), None
+
+    def _init(self, serv: ServerSocket) -> None:
+        if self._abstract is not None:
+            serv.initWithAbstractAddress(self._abstract, self._backlog, allowedUids=self._allowedUids)
+        else:
+            serv.initWithFilename(
+                self._path,
+                self._mode,
+                self._backlog,
+                reclaimStale=self._reclaimStale,
+                allowedUids=self._allowedUids,
+            )
+
+
+# ----------------------------------------------------------------------
+# The string parsers.
+
+
+def _ipFamily(host: str) -> int:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host.split("%", 1)[0])
+        except (OSError, ValueError):
+            continue
+        return family
+    raise ValueError(f"interface must be an IP address literal (escape colons as \\:), not {host!r}")
+
+
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+def _boolean(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of 0/1/true/false/yes/no, not {value!r}")
+
+
+def _integer(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {value!r}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be from {low} to {high}, not {number}")
+    return number
+
+
+def _octalMode(value: str) -> int:
+    text = value.strip()
+    try:
+        mode = int(text[2:] if text[:2].lower() == "0o" else text, 8)
+    except ValueError:
+        raise ValueError(f"mode must be octal permissions such as 0600, not {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be from 0 to 0777, not {value!r}")
+    return mode
+
+
+def _uids(value: str) -> frozenset[int]:
+    uids = set()
+    for item in value.split(","):
+        item = item.strip()
+        if item.lower() == "self":
+            uids.add(os.getuid())
+        elif item.isdigit():
+            uids.add(int(item))
+        else:
+            raise ValueError(f"uids must be a comma-separated list of uids or 'self', not {value!r}")
+    return frozenset(uids)
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} is not valid UTF-8: {value!r}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {value!r}")
+    return value
+
+
+def _options(
+    prefix: str,
+    args: tuple[Any, ...],
+    kwargs: dict[Any, Any],
+    valid: Iterable[str],
+    positional: str,
+) -> dict[str, str]:
+    """
+    Normalise a description's arguments: option names lower-cased and
+    checked, at most one positional argument (the value of C{positional}),
+    every value a C{str}.
+    """
+    names = {name.lower(): name for name in valid}
+    options: dict[str, str] = {}
+    if len(args) == 1 and args[0] in ("", b""):
+        args = ()  # "gecko:" with nothing after the colon
+    for key, value in kwargs.items():
+        key = _text(key, "an option name")
+        canonical = names.get(key.lower())
+        if canonical is None:
+            raise ValueError(
+                f"unknown option {key!r} for {prefix}: endpoints; valid options are "
+                + ", ".join(sorted(names.values()))
+            )
+        if canonical in options:
+            raise ValueError(f"option {canonical!r} given twice")
+        options[canonical] = _text(value, f"option {canonical}")
+    if len(args) > 1:
+        extra = ":".join(_text(a, "an argument") for a in args[1:])
+        raise ValueError(
+            f"{prefix}: takes at most one positional argument ({positional}); got extra {extra!r}"
+            " (escape a colon inside a value as \\:)"
+        )
+    if args:
+        if positional in options:
+            raise ValueError(f"{positional} given both as a positional argument and as {positional}=")
+        options[positional] = _text(args[0], positional)
+    return options
+
+
+_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids")
+_MAX_BACKLOG = 2**31 - 1
+
+
+def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
+    """
+    Build a L{GeckoServerEndpoint} from the arguments of a C{gecko:}
+    description (as Twisted's grammar split them).
+
+    @raise ValueError: naming the offending option or value, for every bad
+        description.
+    """
+    o = _options("gecko", args, kwargs, _GECKO_OPTIONS, "port")
+    port = _integer("port", o["port"], -1, 65535) if "port" in o else -1
+    backlog = _integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1
+    interface = o.get("interface")
+    if interface is not None:
+        interface = interface.strip()
+        _ipFamily(interface)
+    return GeckoServerEndpoint(
+        reactor,
+        port=port,
+        loopback=_boolean("loopback", o["loopback"]) if "loopback" in o else False,
+        backlog=backlog,
+        keepWhenOffline=_boolean("keepWhenOffline", o["keepWhenOffline"]) if "keepWhenOffline" in o else False,
+        interface=interface,
+        ipv6=_boolean("ipv6", o["ipv6"]) if "ipv6" in o else False,
+        dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
+    )
+
+
+def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEndpoint:
+    """
+    Build a L{GeckoUNIXServerEndpoint} from the arguments of a
+    C{geckounix:} description.  A positional C{@name} is the abstract
+    address C{name}.
+
+    @raise ValueError: naming the offending option or value, for every bad
+        description.
+    """
+    o = _options("geckounix", args, kwargs, _GECKOUNIX_OPTIONS, "path")
+    path = o.get("path")
+    abstract = o.get("abstract")
+    if path is not None and path.startswith("@") and "path" not in kwargs:
+        if abstract is not None:
+            raise ValueError("@name and abstract= both name an abstract address; give one")
+        path, abstract = None, path[1:]
+    if path is not None and abstract is not None:
+        raise ValueError("path and abstract cannot be combined: a socket is a file or an abstract name")
+    if path is None and abstract is None:
+        raise ValueError("geckounix: needs a socket path (geckounix:/run/app.sock) or abstract=name")
+    if path is not None and not path:
+        raise ValueError("the socket path is empty")
+    if abstract is not None:
+        if not abstract:
+            raise ValueError("the abstract name is empty")
+        if "mode" in o:
+            raise ValueError("mode applies to socket files; an abstract address has no permissions (use uids=)")
+        if "reclaim" in o:
+            raise ValueError("reclaim applies to socket files, not abstract addresses")
+    return GeckoUNIXServerEndpoint(
+        reactor,
+        path=path,
+        mode=_octalMode(o["mode"]) if "mode" in o else 0o600,
+        backlog=_integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1,
+        abstract=abstract,
+        reclaimStale=_boolean("reclaim", o["reclaim"]) if "reclaim" in o else False,
+        allowedUids=_uids(o["uids"]) if "uids" in o else None,
+    )
+
+
+#: The parsers by plugin prefix (for the dropin).
+PARSERS: dict[str, Callable[..., Any]] = {"gecko": parseGecko, "geckounix": parseGeckoUNIX}
