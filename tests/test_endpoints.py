@@ -140,6 +140,8 @@ def test_geckoRows(description: str, call: Any) -> None:
         ("geckounix:path=/run/app.sock:reclaim=1", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("reclaimStale", True)))),
         ("geckounix:/tmp/a\\:b.sock", ("initWithFilename", ("/tmp/a:b.sock", 0o600, -1, ("allowedUids", None), ("reclaimStale", False)))),
         ("geckounix:abstract=name", ("initWithAbstractAddress", ("name", -1, ("allowedUids", None)))),
+        # Only a positional @name is abstract; path= is always a file name.
+        ("geckounix:PATH=@name", ("initWithFilename", ("@name", 0o600, -1, ("allowedUids", None), ("reclaimStale", False)))),
         ("geckounix:@name", ("initWithAbstractAddress", ("name", -1, ("allowedUids", None)))),
         ("geckounix:@name:uids=1000,1001", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({1000, 1001}))))),
         ("geckounix:@name:uids=self", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({os.getuid()}))))),

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .netaddr import ipFamily
 from .results import NS_BINDING_ABORTED, NSError, nameOf
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
 
@@ -48,10 +49,9 @@ def _describe(address: Any) -> str:
     if isinstance(address, IPv4Address):
         return f"{address.host}:{address.port}"
     if isinstance(address, UNIXAddress):
-        name = address.name
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "backslashreplace")
-        return "@" + name[1:] if name.startswith("\0") else str(name)
+        raw: Any = address.name
+        name = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+        return "@" + name[1:] if name.startswith("\0") else name
     return repr(address)
 
 
@@ -189,7 +189,7 @@ class _GeckoEndpointBase:
             raise CannotListenError(interface, port, e) from None
         return serv
 
-    def listen(self, protocolFactory: Any) -> defer.Deferred[GeckoListeningPort]:
+    def listen(self, protocolFactory: Any) -> defer.Deferred[IListeningPort]:
         """
         Bind and listen now, and start handing connections to
         C{protocolFactory}.
@@ -347,13 +347,10 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
 
 
 def _ipFamily(host: str) -> int:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-        except (OSError, ValueError):
-            continue
-        return family
-    raise ValueError(f"interface must be an IP address literal (escape colons as \\:), not {host!r}")
+    family = ipFamily(host)
+    if family is None:
+        raise ValueError(f"interface must be an IP address literal (escape colons as \\:), not {host!r}")
+    return family
 
 
 _TRUE = {"1", "true", "yes"}
@@ -420,11 +417,14 @@ def _options(
     kwargs: dict[Any, Any],
     valid: Iterable[str],
     positional: str,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], bool]:
     """
-    Normalise a description's arguments: option names lower-cased and
-    checked, at most one positional argument (the value of C{positional}),
-    every value a C{str}.
+    Normalise a description's arguments: option names matched
+    case-insensitively and checked, at most one positional argument (the
+    value of C{positional}), every value a C{str}.
+
+    @return: the options by canonical name, and whether C{positional} was
+        given positionally.
     """
     names = {name.lower(): name for name in valid}
     options: dict[str, str] = {}
@@ -451,7 +451,7 @@ def _options(
         if positional in options:
             raise ValueError(f"{positional} given both as a positional argument and as {positional}=")
         options[positional] = _text(args[0], positional)
-    return options
+    return options, bool(args)
 
 
 _GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
@@ -467,7 +467,7 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
     @raise ValueError: naming the offending option or value, for every bad
         description.
     """
-    o = _options("gecko", args, kwargs, _GECKO_OPTIONS, "port")
+    o, _ = _options("gecko", args, kwargs, _GECKO_OPTIONS, "port")
     port = _integer("port", o["port"], -1, 65535) if "port" in o else -1
     backlog = _integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1
     interface = o.get("interface")
@@ -495,13 +495,14 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
     @raise ValueError: naming the offending option or value, for every bad
         description.
     """
-    o = _options("geckounix", args, kwargs, _GECKOUNIX_OPTIONS, "path")
-    path = o.get("path")
-    abstract = o.get("abstract")
-    if path is not None and path.startswith("@") and "path" not in kwargs:
+    o, positionalPath = _options("geckounix", args, kwargs, _GECKOUNIX_OPTIONS, "path")
+    path: str | None = o.get("path")
+    abstract: str | None = o.get("abstract")
+    if path is not None and positionalPath and path.startswith("@"):
         if abstract is not None:
             raise ValueError("@name and abstract= both name an abstract address; give one")
-        path, abstract = None, path[1:]
+        abstract = path[1:]
+        path = None
     if path is not None and abstract is not None:
         raise ValueError("path and abstract cannot be combined: a socket is a file or an abstract name")
     if path is None and abstract is None:

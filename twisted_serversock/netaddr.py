@@ -126,6 +126,21 @@ class NetAddr:
         return f"NetAddr(family={self.family}, address={self.address!r}, port={self._port})"
 
 
+def ipFamily(host: object) -> int | None:
+    """
+    The address family of IP literal C{host} (an IPv6 literal may carry a
+    C{%scope}), or L{None} if it is not one.  Never resolves a name.
+    """
+    if isinstance(host, str):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host.split("%", 1)[0])
+            except (OSError, ValueError):
+                continue
+            return family
+    return None
+
+
 # What Gecko's IsLocal() calls local for a *listening* socket: exactly these.
 _LOCAL_LISTEN_HOSTS = frozenset(["127.0.0.1", "::1", "::ffff:127.0.0.1"])
 

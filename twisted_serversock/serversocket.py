@@ -36,7 +36,7 @@ from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
 from .interfaces import INetAddr, IServerSocket
-from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, isLocalListenAddress, isLoopbackPeer
+from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress, isLoopbackPeer
 from .results import (
     NS_BINDING_ABORTED,
     NS_ERROR_ABORT,
@@ -73,7 +73,8 @@ class _UNIXServer(unix.Server):
     """
 
     def getHost(self) -> UNIXAddress:
-        return self.server._owner._address  # type: ignore[no-any-return]
+        port: Any = self.server
+        return port._owner._address
 
 
 def _uidSet(allowedUids: Any) -> frozenset[int] | None:
@@ -121,14 +122,10 @@ def _ipFamily(host: Any) -> int:
     @raise NSError: C{NS_ERROR_INVALID_ARG} if C{host} is not an IP literal
         (host names are refused: resolving them would block the reactor).
     """
-    if isinstance(host, str):
-        for family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                socket.inet_pton(family, host.split("%", 1)[0])
-            except (OSError, ValueError):
-                continue
-            return family
-    raise NSError(NS_ERROR_INVALID_ARG, f"not an IP address literal: {host!r}")
+    family = ipFamily(host)
+    if family is None:
+        raise NSError(NS_ERROR_INVALID_ARG, f"not an IP address literal: {host!r}")
+    return family
 
 
 @implementer(IServerSocket)
@@ -261,7 +258,7 @@ class ServerSocket:
         self._allowedUids = uids
 
     def initWithAbstractAddress(
-        self, name: str, backlog: int, *, allowedUids: Iterable[int] | None = None
+        self, name: str | bytes, backlog: int, *, allowedUids: Iterable[int] | None = None
     ) -> None:
         """
         See L{IServerSocket.initWithAbstractAddress}.
