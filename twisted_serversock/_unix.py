@@ -205,7 +205,9 @@ def _bindAndLink(
         skt.listen(backlog)
         skt.setblocking(False)
         st = os.stat(b"s", dir_fd=privateFD, follow_symlinks=False)
-        parentFD = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        # O_PATH: link() needs write and search permission on the parent,
+        # not read (a drop-box directory, mode 0733, must do).
+        parentFD = os.open(parent, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.link(b"s", name, src_dir_fd=privateFD, dst_dir_fd=parentFD, follow_symlinks=False)
         finally:

@@ -435,13 +435,15 @@ class ServerSocket:
         port, skt, listener = self._port, self._socket, self._listener
         self._port = self._socket = self._listener = None
         self._ioService._removeServerSocket(self)
+        # Unlink a socket file first: once the socket is closed, the path
+        # would still be there but refuse connections.
+        identity, self._fileIdentity = self._fileIdentity, None
+        if identity is not None and (port is not None or skt is not None):
+            _unix.unlinkIfOurs(self._filePath, identity)
         if port is not None:
             port.stop()
         elif skt is not None:
             skt.close()
-        identity, self._fileIdentity = self._fileIdentity, None
-        if identity is not None and (port is not None or skt is not None):
-            _unix.unlinkIfOurs(self._filePath, identity)
         if listener is not None:
             if status == NS_ERROR_ABORT:
                 _log.info("{serv!r} closed: the I/O service went offline", serv=self)
