@@ -235,6 +235,30 @@ async def test_foreignConnectionClosed(servers: Any, io: IOService, foreignHost:
 
 
 @pytest_twisted.ensureDeferred
+async def test_foreignFlushingConnectionAborted(servers: Any, io: IOService, foreignHost: Any) -> None:
+    """
+    A connection to a non-local peer that is still flushing after close()
+    (the peer does not read) is aborted when going offline.
+    """
+    srv, rec = listening(servers, lambda s: s.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1))
+    foreign = await foreignHost.connect(srv.port)
+    transport = await rec.nextAccepted()
+    out = transport.openOutputStream(0, 1024 * 1024, 64)
+    written = 0
+    while written < 16 * 1024 * 1024:
+        try:
+            written += out.write(b"x" * 65536)
+        except NSError:
+            break
+    tcp = transport._tcp
+    transport.close(0)
+    assert tcp.connected and tcp.disconnecting  # flushing to a peer that does not read
+    io.offline = True
+    await eventually(lambda: not tcp.connected)
+    foreign.send("close")
+
+
+@pytest_twisted.ensureDeferred
 async def test_foreignAttachedConnectionClosed(servers: Any, io: IOService, foreignHost: Any) -> None:
     """
     The rule holds for a connection handed to a Twisted protocol too.

@@ -309,7 +309,10 @@ class IAsyncInputStream(Interface):
 
     def closeWithStatus(status: int) -> None:
         """
-        Close the stream with C{status}; readers then see that status.
+        Close the stream with C{status}; readers then see that status.  A
+        success status closes only this stream; an error status fails the
+        whole connection, as in Gecko: the output stream reports it too, and
+        bytes already written are flushed before the connection closes.
         """
 
     def isNonBlocking() -> bool:
@@ -343,7 +346,9 @@ class IAsyncOutputStream(Interface):
     ) -> None:
         """
         Ask for one notification when the stream can accept data again or is
-        closed.  Same rules as L{IAsyncInputStream.asyncWait}.
+        closed.  Same rules as L{IAsyncInputStream.asyncWait}.  When the
+        buffer is full, "again" means once Twisted's write buffer has fully
+        drained (Twisted tells its producers no sooner).
         """
 
     def flush() -> None:
@@ -362,7 +367,9 @@ class IAsyncOutputStream(Interface):
 
     def closeWithStatus(status: int) -> None:
         """
-        Close the stream with C{status}; writers then see that status.
+        Close the stream with C{status}; writers then see that status.  An
+        error status fails the whole connection (see
+        L{IAsyncInputStream.closeWithStatus}).
         """
 
     def isNonBlocking() -> bool:

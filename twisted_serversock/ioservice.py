@@ -80,8 +80,9 @@ class IOService:
 def _goOffline(transport: Any) -> None:
     # In stream mode the connection's protocol is our SocketTransport, which
     # closes its streams with NS_ERROR_OFFLINE; an attached Twisted protocol
-    # simply loses its connection.
-    if not transport.connected or transport.disconnecting:
+    # simply loses its connection.  A connection still flushing after a
+    # close is aborted too: nothing more may reach a non-local peer.
+    if not transport.connected:
         return
     from .transport import SocketTransport
 

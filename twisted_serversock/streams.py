@@ -19,7 +19,15 @@ past its own C{bufferSize}: a limit at or below that would never wake up.)
 Notifications from C{asyncWait} are one-shot.  When the awaited condition
 already holds, the notification is queued on the server socket's FIFO; when
 a reactor event (data, end of stream, drained buffer) brings it about, it is
-made from that event.  Either way it is the reactor that calls it.
+made from that event.  Either way it is the reactor that calls it, and a
+wait can be cancelled (C{asyncWait(None)}) or replaced until then.
+
+Closing a stream with C{NS_BASE_STREAM_CLOSED} (C{close()}, or any success
+status) closes that direction only.  Closing it with an error status fails
+the whole connection with that status, as in Gecko
+(C{nsSocketTransport::OnMsgInputClosed}/C{OnMsgOutputClosed}): the other
+stream reports it too, and the connection closes once written bytes are
+flushed.
 """
 
 from __future__ import annotations
@@ -72,6 +80,11 @@ def bufferLimit(segsize: int, segcount: int) -> int:
     return (segsize or DEFAULT_SEGMENT_SIZE) * (segcount or DEFAULT_SEGMENT_COUNT)
 
 
+def _checkStatus(status: Any) -> None:
+    if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 0xFFFFFFFF:
+        raise NSError(NS_ERROR_INVALID_ARG, f"status must be a result code, not {status!r}")
+
+
 def _notify(callback: Any, method: str, stream: object) -> None:
     getattr(callback, method, callback)(stream)
 
@@ -83,9 +96,12 @@ class _AsyncStream:
     @ivar _status: C{NS_OK} while open, else the close status.
     @ivar _waiter: the pending C{asyncWait} callback, or L{None}.
     @ivar _closureOnly: whether the waiter wants closure only.
+    @ivar _generation: counts C{asyncWait} calls, so that a notification
+        queued for an earlier wait is dropped once that wait was cancelled
+        or replaced.
     """
 
-    __slots__ = ("_transport", "_status", "_waiter", "_closureOnly")
+    __slots__ = ("_transport", "_status", "_waiter", "_closureOnly", "_generation")
 
     WAIT_CLOSURE_ONLY = WAIT_CLOSURE_ONLY
     _callbackMethod = ""
@@ -95,6 +111,7 @@ class _AsyncStream:
         self._status = NS_OK
         self._waiter: Any = None
         self._closureOnly = False
+        self._generation = 0
 
     def _ready(self) -> bool:
         raise NotImplementedError
@@ -112,13 +129,17 @@ class _AsyncStream:
         eventTarget: object = None,
     ) -> None:
         if callback is None:
+            self._generation += 1
             self._waiter = None
             return
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise NSError(NS_ERROR_INVALID_ARG, f"flags must be an integer, not {flags!r}")
         if not (callable(callback) or callable(getattr(callback, self._callbackMethod, None))):
             raise NSError(
                 NS_ERROR_INVALID_ARG,
                 f"callback must be callable or have {self._callbackMethod}(), not {callback!r}",
             )
+        self._generation += 1
         self._waiter = callback
         self._closureOnly = bool(flags & WAIT_CLOSURE_ONLY)
         if self._ready():
@@ -127,17 +148,34 @@ class _AsyncStream:
             self._whenNotReady()
 
     def _fire(self, direct: bool) -> None:
+        """
+        Notify the waiter now (C{direct}, from a reactor event) or from the
+        FIFO.  A queued notification stays cancellable: the waiter is kept
+        until it is delivered, so C{asyncWait(None)} or a new C{asyncWait}
+        before then drops it (as in Gecko, where the callback is only taken
+        when the socket thread delivers it).
+        """
+        if not direct:
+            self._transport._queue.call(self._deliver, self._generation)
+            return
         callback = self._waiter
         self._waiter = None
-        if direct:
-            try:
-                _notify(callback, self._callbackMethod, self)
-            except Exception:
-                self._transport._log.failure(
-                    "Unhandled error in {method} callback", method=self._callbackMethod
-                )
-        else:
-            self._transport._queue.call(_notify, callback, self._callbackMethod, self)
+        try:
+            _notify(callback, self._callbackMethod, self)
+        except Exception:
+            self._transport._log.failure(
+                "Unhandled error in {method} callback", method=self._callbackMethod
+            )
+
+    def _wake(self, direct: bool) -> None:
+        if self._waiter is not None:
+            self._fire(direct)
+
+    def _deliver(self, generation: int) -> None:
+        # A queued notification: only if its wait is still the current one
+        # and was not notified directly in the meantime.
+        if generation == self._generation and self._waiter is not None:
+            self._fire(direct=True)
 
     def isNonBlocking(self) -> bool:
         return True
@@ -204,21 +242,25 @@ class InputStream(_AsyncStream):
         if self._waiter is not None and not self._closureOnly:
             self._fire(direct=True)
 
-    def _closed(self, status: int, keepData: bool, direct: bool) -> None:
+    def _closed(self, status: int, keepData: bool, direct: bool | None) -> bool:
         """
         The connection ended (or our side closed it) with C{status}.
 
         @param keepData: whether bytes already received stay readable (the
             peer ended the stream) or are dropped (we closed it).
+        @param direct: how to notify a waiter (see L{_fire}); L{None}: not
+            now, the caller calls L{_wake}.
+        @return: whether the stream was open until now.
         """
         if self._status != NS_OK:
-            return
+            return False
         self._status = status
         if not keepData:
             self._chunks.clear()
             self._size = 0
-        if self._waiter is not None:
-            self._fire(direct)
+        if direct is not None:
+            self._wake(direct)
+        return True
 
     def _takeAll(self) -> list[bytes]:
         chunks = list(self._chunks)
@@ -249,6 +291,8 @@ class InputStream(_AsyncStream):
             if self._status == NS_BASE_STREAM_CLOSED:
                 return b""
             raise NSError(self._status, "the input stream is closed")
+        if not count:
+            return b""
         chunks = self._chunks
         if count >= self._size:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -274,12 +318,13 @@ class InputStream(_AsyncStream):
         return data
 
     def closeWithStatus(self, status: int) -> None:
+        _checkStatus(status)
         if self._status != NS_OK:
             return
         if succeeded(status):
             status = NS_BASE_STREAM_CLOSED
         self._closed(status, keepData=False, direct=False)
-        self._transport._inputClosed()
+        self._transport._inputClosed(status)
 
 
 @implementer(IAsyncOutputStream)
@@ -316,13 +361,17 @@ class OutputStream(_AsyncStream):
             self._registered = False
             self._transport._unregisterProducer(self)
 
-    def _closed(self, status: int, direct: bool) -> None:
+    def _closed(self, status: int, direct: bool | None) -> bool:
+        """
+        Like L{InputStream._closed}.
+        """
         if self._status != NS_OK:
-            return
+            return False
         self._status = status
         self._unregister()
-        if self._waiter is not None:
-            self._fire(direct)
+        if direct is not None:
+            self._wake(direct)
+        return True
 
     # --- IPullProducer, while registered
 
@@ -371,9 +420,10 @@ class OutputStream(_AsyncStream):
             raise NSError(self._status, "the output stream is closed")
 
     def closeWithStatus(self, status: int) -> None:
+        _checkStatus(status)
         if self._status != NS_OK:
             return
         if succeeded(status):
             status = NS_BASE_STREAM_CLOSED
         self._closed(status, direct=False)
-        self._transport._outputClosed()
+        self._transport._outputClosed(status)

@@ -160,10 +160,17 @@ class SocketTransport:
             status = NS_BASE_STREAM_CLOSED if reason.check(ConnectionDone) else NS_ERROR_NET_RESET
             self._status = status
         self._cancelTimer()
-        if self._input is not None:
-            self._input._closed(status, keepData=peerCaused, direct=True)
-        if self._output is not None:
-            self._output._closed(status, direct=True)
+        # Both streams are closed before either callback runs, so that a
+        # callback never sees the other stream still open on a dead
+        # connection.
+        inp, out = self._input, self._output
+        wake: list[InputStream | OutputStream] = []
+        if inp is not None and inp._closed(status, keepData=peerCaused, direct=None):
+            wake.append(inp)
+        if out is not None and out._closed(status, direct=None):
+            wake.append(out)
+        for stream in wake:
+            stream._wake(direct=True)
 
     # ------------------------------------------------------------------
     # Helpers for the streams.
@@ -193,13 +200,21 @@ class SocketTransport:
         if self._tcp.producer is producer:
             self._tcp.unregisterProducer()
 
-    def _inputClosed(self) -> None:
+    def _inputClosed(self, status: int) -> None:
+        if status != NS_BASE_STREAM_CLOSED:
+            # As in Gecko (nsSocketTransport::OnMsgInputClosed), closing a
+            # stream with an error fails the whole connection with it.
+            self._closeWithStatus(status, abort=False)
+            return
         self._inputDone = True
         # Nothing more is wanted from the peer: stop reading for good.
         self._tcp.pauseProducing()
         self._maybeFinish()
 
-    def _outputClosed(self) -> None:
+    def _outputClosed(self, status: int) -> None:
+        if status != NS_BASE_STREAM_CLOSED:
+            self._closeWithStatus(status, abort=False)
+            return
         self._outputDone = True
         self._maybeFinish()
 
@@ -370,7 +385,9 @@ class SocketTransport:
 
         @raise NSError: C{NS_ERROR_IN_PROGRESS} if a stream was opened or a
             protocol attached already; C{NS_ERROR_INVALID_ARG} if
-            C{protocol} has no C{makeConnection}; the close status if the
+            C{protocol} is not a protocol instance (it needs
+            C{makeConnection}, C{dataReceived} and C{connectionLost}); the
+            close status if the
             connection is already closed.
         """
         if self._attached:
@@ -378,8 +395,13 @@ class SocketTransport:
         inp = self._input
         if self._output is not None or (inp is not None and inp._opened):
             raise NSError(NS_ERROR_IN_PROGRESS, "the connection's streams are in use")
-        if not callable(getattr(protocol, "makeConnection", None)):
-            raise NSError(NS_ERROR_INVALID_ARG, f"not a Twisted protocol: {protocol!r}")
+        if isinstance(protocol, type) or not all(
+            callable(getattr(protocol, name, None))
+            for name in ("makeConnection", "dataReceived", "connectionLost")
+        ):
+            # (A class has these as unbound functions: calling them would
+            # raise TypeError half-way through the hand-over.)
+            raise NSError(NS_ERROR_INVALID_ARG, f"not a Twisted protocol instance: {protocol!r}")
         if self._status != NS_OK:
             raise NSError(self._status, "the connection is already closed")
         self._attached = True
@@ -388,25 +410,32 @@ class SocketTransport:
         tcp.protocol = protocol
         # Twisted formats its log prefix from the protocol at construction.
         tcp.logstr = f"{tcp._getLogPrefix(protocol)},{tcp.sessionno},{tcp.hostname}"
-        protocol.makeConnection(tcp)
         if inp is not None:
             self._input = None
+            if inp._paused:
+                # The unopened input stream held reading back.  Resume before
+                # the protocol runs, so that a pauseProducing() it does in
+                # connectionMade or dataReceived is not undone.  (Nothing is
+                # read before this call returns: the reactor is ours.)
+                inp._paused = False
+                tcp.resumeProducing()
+        protocol.makeConnection(tcp)
+        if inp is not None:
             self._replay(inp, protocol)
 
     def _replay(self, inp: InputStream, protocol: Any) -> None:
-        # Bytes (and an end of stream) that arrived before the protocol.
+        # Bytes (and an end of stream) that arrived before the protocol,
+        # unless the protocol already closed the connection.
         tcp = self._tcp
         for chunk in inp._takeAll():
-            if not tcp.connected:
+            if not _readable(tcp):
                 return
             protocol.dataReceived(chunk)
-        if inp._paused:
-            tcp.resumeProducing()
-        if self._peerClosed and tcp.connected:
+        if self._peerClosed and _readable(tcp):
             tcp.readConnectionLost(Failure(ConnectionDone()))
 
     def close(self, reason: int = NS_OK) -> None:
-        if isinstance(reason, bool) or not isinstance(reason, int):
+        if isinstance(reason, bool) or not isinstance(reason, int) or not 0 <= reason <= 0xFFFFFFFF:
             raise NSError(NS_ERROR_INVALID_ARG, f"reason must be a result code, not {reason!r}")
         if succeeded(reason):
             reason = NS_BASE_STREAM_CLOSED
@@ -434,7 +463,7 @@ class SocketTransport:
     def _tcpSocket(self, what: str) -> socket.socket:
         if self._isUnix():
             raise NSError(NS_ERROR_NOT_AVAILABLE, f"{what} applies to TCP connections only")
-        return self._tcp.getHandle()  # type: ignore[no-any-return]
+        return self._tcp.getHandle()
 
     @property
     def keepaliveEnabled(self) -> bool:
@@ -480,6 +509,14 @@ class SocketTransport:
             raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None
         pid, uid, gid = _CRED.unpack(raw)
         return pid, uid, gid
+
+
+def _readable(tcp: Any) -> bool:
+    """
+    Whether Twisted would still deliver input on C{tcp}: not after
+    C{loseConnection} or C{abortConnection}.
+    """
+    return bool(tcp.connected and not tcp.disconnecting and not getattr(tcp, "_aborting", False))
 
 
 def _checkTimeoutType(type: int) -> None:
