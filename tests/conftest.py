@@ -199,6 +199,46 @@ def logged() -> Any:
     globalLogPublisher.removeObserver(events.append)
 
 
+@pytest.fixture
+def noUnhandledErrors(logged: list[dict[str, Any]]) -> Any:
+    """
+    Fail the test if an unhandled error was logged during it (checked after
+    its connections were torn down).  Modules use it with
+    C{pytestmark = pytest.mark.usefixtures("noUnhandledErrors")}.
+    """
+    yield
+    assert failures(logged) == []
+
+
+@pytest.fixture
+def servers(io: IOService) -> Any:
+    """
+    Make server sockets (on the test's private I/O service unless another
+    is given) and close them all after the test.
+    """
+    from twisted_serversock import ServerSocket
+
+    made: list[Any] = []
+
+    def make(ioService: Any = None) -> Any:
+        s = ServerSocket(ioService=ioService if ioService is not None else io)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def code(excinfo: Any) -> str:
+    """
+    The result-code name of the NSError in a C{pytest.raises} context.
+    """
+    from twisted_serversock import results
+
+    return results.nameOf(excinfo.value.result)
+
+
 def failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     The logged events that carry a failure (unhandled errors).

@@ -6,7 +6,7 @@ KeepWhenOffline listeners, and connections from local peers.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -17,20 +17,6 @@ import twisted_serversock
 from twisted_serversock import IOService, NSError, ServerSocket, results
 
 from .conftest import Recorder, connect, eventually, needsIPv6, sleep
-
-
-@pytest.fixture
-def servers(io: IOService) -> Iterator[Any]:
-    made: list[ServerSocket] = []
-
-    def make(ioService: Any = None) -> ServerSocket:
-        s = ServerSocket(ioService=ioService or io)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def listening(servers: Any, init: Any) -> tuple[ServerSocket, Recorder]:

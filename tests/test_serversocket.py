@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -20,29 +20,7 @@ from twisted.internet.error import ConnectError
 
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
-from .conftest import Recorder, connect, eventually, failures, needsIPv6, sleep, timeout
-
-
-@pytest.fixture
-def servers(io: IOService) -> Iterator[Any]:
-    """
-    Make server sockets on a private I/O service and close them all after
-    the test.
-    """
-    made: list[ServerSocket] = []
-
-    def make() -> ServerSocket:
-        s = ServerSocket(ioService=io)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
-def code(excinfo: Any) -> str:
-    return results.nameOf(excinfo.value.result)
+from .conftest import Recorder, code, connect, eventually, failures, needsIPv6, sleep
 
 
 def openFDs() -> int:

@@ -18,24 +18,13 @@ from twisted.internet import defer
 
 from twisted_serversock import NSError, results
 
-from .conftest import Client, Served, eventually, failures, sleep, timeout
+from .conftest import Client, Served, code, eventually, failures, sleep, timeout
 
 #: The most bytes Twisted reads from a TCP socket in one go.
 TWISTED_READ = 65536
 
 
-@pytest.fixture(autouse=True)
-def noUnhandledErrors(logged: list[dict[str, Any]]) -> Any:
-    """
-    Every flow in this module must run without an unhandled error logged
-    (checked after the connections were torn down).
-    """
-    yield
-    assert failures(logged) == []
-
-
-def code(excinfo: Any) -> str:
-    return results.nameOf(excinfo.value.result)
+pytestmark = pytest.mark.usefixtures("noUnhandledErrors")
 
 
 def sha(data: bytes) -> str:

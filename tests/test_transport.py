@@ -33,27 +33,16 @@ from twisted_serversock import (
 from .conftest import (
     Recorder,
     Served,
+    code,
     connectUNIX,
     eventually,
-    failures,
     needsIPv6,
     sleep,
     timeout,
 )
 
 
-@pytest.fixture(autouse=True)
-def noUnhandledErrors(logged: list[dict[str, Any]]) -> Any:
-    """
-    Every flow in this module must run without an unhandled error logged
-    (checked after the connections were torn down).
-    """
-    yield
-    assert failures(logged) == []
-
-
-def code(excinfo: Any) -> str:
-    return results.nameOf(excinfo.value.result)
+pytestmark = pytest.mark.usefixtures("noUnhandledErrors")
 
 
 def serverBuffered(t: Any) -> int:

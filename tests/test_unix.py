@@ -40,19 +40,15 @@ from twisted.internet.error import ConnectError
 from zope.interface.interface import Method
 from zope.interface.verify import verifyClass, verifyObject
 
-from twisted_serversock import IOService, IServerSocket, NetAddr, NSError, ServerSocket, results
+from twisted_serversock import IOService, IServerSocket, NetAddr, NSError, results
 from twisted_serversock.netaddr import FAMILY_LOCAL
 
-from .conftest import WAIT, Recorder, connectUNIX, eventually, failures, sleep, theReactor, timeout
+from .conftest import WAIT, Recorder, code, connectUNIX, eventually, failures, sleep, theReactor, timeout
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux UNIX-domain semantics")
 
 NOBODY = 65534
 ROOT = os.getuid() == 0
-
-
-def code(excinfo: Any) -> str:
-    return results.nameOf(excinfo.value.result)
 
 
 def _removeTree(path: str) -> None:
@@ -91,24 +87,6 @@ def shared() -> Iterator[str]:
         yield path
     finally:
         _removeTree(path)
-
-
-@pytest.fixture
-def servers(io: IOService) -> Iterator[Any]:
-    """
-    Make server sockets on a private I/O service and close them all after
-    the test.
-    """
-    made: list[ServerSocket] = []
-
-    def make() -> ServerSocket:
-        s = ServerSocket(ioService=io)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 @pytest.fixture
