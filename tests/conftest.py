@@ -9,7 +9,16 @@ test waits on goes through L{timeout}.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import json
+import os
+import shutil
 import socket
+import stat
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -426,3 +435,103 @@ def foreignHost() -> Any:
     finally:
         subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+# ----------------------------------------------------------------------
+# Running Python as an unprivileged user (CI runs as root, so permission
+# errors only happen for another uid).
+
+NOBODY = 65534
+
+_NEEDED = (
+    "import json, sys, sysconfig\n"
+    "import twisted_serversock, twisted_serversock.endpoints, twisted.internet.reactor\n"
+    "std = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib')}\n"
+    "roots = sorted((p for p in sys.path if p and p not in std), key=len, reverse=True)\n"
+    "found = set()\n"
+    "for m in list(sys.modules.values()):\n"
+    "    f = getattr(m, '__file__', None)\n"
+    "    for r in roots:\n"
+    "        if f and f.startswith(r + '/'):\n"
+    "            found.add((r, f[len(r) + 1:].split('/')[0]))\n"
+    "            break\n"
+    "print(json.dumps(sorted(found)))\n"
+)
+
+
+def _othersCanRead(path: str) -> bool:
+    """
+    Whether a user who is neither owner nor in the group can read C{path}:
+    every ancestor searchable by others, C{path} itself readable (and, for a
+    directory, searchable).
+    """
+    path = os.path.realpath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    need = 0o005 if stat.S_ISDIR(mode) else 0o004
+    if mode & need != need:
+        return False
+    parent = os.path.dirname(path)
+    while parent != path:
+        path, parent = parent, os.path.dirname(parent)
+        if not os.stat(path).st_mode & 0o001:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def unprivilegedPythonPath() -> str:
+    """
+    A C{PYTHONPATH} under which an unprivileged user can import
+    C{twisted_serversock} and everything it needs.
+
+    Where the virtual environment or the checkout is not readable by others
+    (CI builds its venv in a 0700 C{mktemp -d} directory), the packages
+    needed are copied into a world-readable temporary directory, removed
+    when the test run ends.
+    """
+    out = subprocess.run([sys.executable, "-c", _NEEDED], capture_output=True, text=True, check=True, cwd="/")
+    entries: list[str] = []
+    copies: str | None = None
+    for root, name in json.loads(out.stdout):
+        source = os.path.join(root, name)
+        if _othersCanRead(source):
+            if root not in entries:
+                entries.append(root)
+            continue
+        if copies is None:
+            copies = tempfile.mkdtemp(prefix="/tmp/tsspy")
+            os.chmod(copies, 0o755)
+            atexit.register(shutil.rmtree, copies, True)
+            entries.insert(0, copies)
+        target = os.path.join(copies, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    if copies is not None:
+        for dirpath, dirnames, filenames in os.walk(copies):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+    return os.pathsep.join(entries)
+
+
+def asNobody(argv: list[str]) -> list[str]:
+    """
+    The command that runs C{argv} as uid/gid 65534 when we are root (as
+    ourselves otherwise: permission checks already apply then).
+    """
+    if os.getuid() == 0:
+        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] + argv
+    return argv
+
+
+def nobodyEnv() -> dict[str, str]:
+    """
+    The environment for a Python child run with L{asNobody}.
+    """
+    return dict(os.environ, PYTHONPATH=unprivilegedPythonPath())

@@ -20,7 +20,7 @@ from twisted.internet.error import ConnectError
 
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
-from .conftest import Recorder, code, connect, eventually, failures, needsIPv6, sleep
+from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6, sleep
 
 
 def openFDs() -> int:
@@ -175,11 +175,9 @@ def test_permissionDenied(tmp_path: Any) -> None:
         "except NSError as e:\n"
         "    print(e.name)\n"
     )
-    cmd = [sys.executable, "-c", script]
-    if os.getuid() == 0:
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=60)
+    out = subprocess.run(
+        asNobody([sys.executable, "-c", script]), capture_output=True, text=True, env=nobodyEnv(), cwd="/", timeout=60
+    )
     assert out.stdout.strip() == "NS_ERROR_CONNECTION_REFUSED", out.stderr
 
 

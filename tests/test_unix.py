@@ -43,7 +43,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from twisted_serversock import IOService, IServerSocket, NetAddr, NSError, results
 from twisted_serversock.netaddr import FAMILY_LOCAL
 
-from .conftest import WAIT, Recorder, code, connectUNIX, eventually, failures, sleep, theReactor, timeout
+from .conftest import WAIT, Recorder, asNobody, code, nobodyEnv, connectUNIX, eventually, failures, sleep, theReactor, timeout
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux UNIX-domain semantics")
 
@@ -161,18 +161,8 @@ def staleSocket(path: str) -> None:
     assert isSocket(path)
 
 
-def unprivileged(args: list[str]) -> list[str]:
-    """
-    The command that runs C{args} as nobody when we are root (as ourselves
-    otherwise: then permission checks already apply).
-    """
-    if ROOT:
-        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] + args
-    return args
-
-
-def childEnv() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+unprivileged = asNobody
+childEnv = nobodyEnv
 
 
 def runUnprivileged(script: str, *args: str) -> Any:
