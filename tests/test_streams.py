@@ -27,6 +27,25 @@ TWISTED_READ = 65536
 pytestmark = pytest.mark.usefixtures("noUnhandledErrors")
 
 
+async def assertNotifiedAfterReturn(stream: Any) -> None:
+    """
+    C{stream} is ready already: C{asyncWait} must still notify through the
+    reactor, after C{asyncWait} has returned, never from inside it.
+    """
+    state = {"returned": False}
+    seen: list[bool] = []
+    d: defer.Deferred[Any] = defer.Deferred()
+
+    def callback(ready: Any) -> None:
+        seen.append(state["returned"])
+        d.callback(ready)
+
+    stream.asyncWait(callback)
+    state["returned"] = True
+    assert await timeout(d) is stream
+    assert seen == [True]
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -387,18 +406,7 @@ async def test_inputAsyncWaitNeverSynchronous(served: Served) -> None:
     inp = t.openInputStream()
     client.transport.write(b"ready")
     await eventually(lambda: inp.available() == 5)
-    state = {"returned": False}
-    seen: list[bool] = []
-    d: defer.Deferred[Any] = defer.Deferred()
-
-    def callback(stream: Any) -> None:
-        seen.append(state["returned"])
-        d.callback(stream)
-
-    inp.asyncWait(callback)
-    state["returned"] = True
-    assert await timeout(d) is inp
-    assert seen == [True]
+    await assertNotifiedAfterReturn(inp)
 
 
 @pytest_twisted.ensureDeferred
@@ -701,18 +709,7 @@ async def test_writeAfterCloseWithStatus(served: Served) -> None:
 async def test_outputAsyncWaitNeverSynchronous(served: Served) -> None:
     client, t = await served.pair()
     out = t.openOutputStream()
-    state = {"returned": False}
-    seen: list[bool] = []
-    d: defer.Deferred[Any] = defer.Deferred()
-
-    def callback(stream: Any) -> None:
-        seen.append(state["returned"])
-        d.callback(stream)
-
-    out.asyncWait(callback)
-    state["returned"] = True
-    assert await timeout(d) is out
-    assert seen == [True]
+    await assertNotifiedAfterReturn(out)
 
 
 @pytest_twisted.ensureDeferred
