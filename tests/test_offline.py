@@ -27,6 +27,18 @@ def listening(servers: Any, init: Any) -> tuple[ServerSocket, Recorder]:
     return srv, rec
 
 
+async def assertStillListening(srv: ServerSocket, rec: Recorder) -> None:
+    """
+    Going offline left C{srv} listening: no onStopListening, and a new
+    client is accepted.
+    """
+    await sleep(0.05)
+    assert rec.statuses == []
+    client = await connect(srv.port)
+    await rec.nextAccepted()
+    client.transport.loseConnection()
+
+
 def test_defaultService() -> None:
     assert isinstance(twisted_serversock.ioService, IOService)
     assert ServerSocket()._ioService is twisted_serversock.ioService
@@ -63,11 +75,7 @@ async def test_wildcardListenerClosed(servers: Any, io: IOService) -> None:
 async def test_survivors(servers: Any, io: IOService, init: Any) -> None:
     srv, rec = listening(servers, init)
     io.offline = True
-    await sleep(0.05)
-    assert rec.statuses == []
-    client = await connect(srv.port)
-    await rec.nextAccepted()
-    client.transport.loseConnection()
+    await assertStillListening(srv, rec)
 
 
 @needsIPv6
@@ -158,11 +166,7 @@ async def test_otherServiceUntouched(servers: Any, io: IOService) -> None:
     rec = Recorder()
     srv.asyncListen(rec)
     io.offline = True
-    await sleep(0.05)
-    assert rec.statuses == []
-    client = await connect(srv.port)
-    await rec.nextAccepted()
-    client.transport.loseConnection()
+    await assertStillListening(srv, rec)
 
 
 @pytest_twisted.ensureDeferred

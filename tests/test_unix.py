@@ -150,6 +150,23 @@ def rawConnect(path: Any) -> socket.socket:
     return s
 
 
+async def assertServesThenCleansUp(srv: Any, path: str, directory: str) -> None:
+    """
+    C{srv} (initialised at C{path}) accepts a client and reports C{path} as
+    the accepted connection's own address; closing it leaves C{directory}
+    empty.
+    """
+    rec = Recorder()
+    srv.asyncListen(rec)
+    client = await connectUNIX(path)
+    t = await rec.nextAccepted()
+    assert t.getScriptableSelfAddr().address == path
+    srv.close()
+    await rec.whenStopped()
+    assert listing(directory) == []
+    client.transport.loseConnection()
+
+
 def staleSocket(path: str) -> None:
     """
     Leave a stale socket file at C{path}: bound, then closed without
@@ -1042,15 +1059,7 @@ async def test_longParentUsesProcFallback(servers: Any, umask: Any) -> None:
             umask(0o022)
         assert isSocket(path) and mode(path) == 0o640
         assert listing(parent) == ["s"]
-        rec = Recorder()
-        srv.asyncListen(rec)
-        client = await connectUNIX(path)
-        t = await rec.nextAccepted()
-        assert t.getScriptableSelfAddr().address == path
-        srv.close()
-        await rec.whenStopped()
-        assert listing(parent) == []
-        client.transport.loseConnection()
+        await assertServesThenCleansUp(srv, path, parent)
     finally:
         _removeTree(base)
 
@@ -1385,15 +1394,7 @@ async def test_pathForms(servers: Any, d: str, form: str) -> None:
     with pytest.raises(NSError) as e:
         srv.port
     assert code(e) == "NS_ERROR_FAILURE"
-    rec = Recorder()
-    srv.asyncListen(rec)
-    client = await connectUNIX(path)
-    t = await rec.nextAccepted()
-    assert t.getScriptableSelfAddr().address == path
-    srv.close()
-    await rec.whenStopped()
-    assert listing(d) == []
-    client.transport.loseConnection()
+    await assertServesThenCleansUp(srv, path, d)
 
 
 def test_initWithAddressUNIX(servers: Any, d: str) -> None:

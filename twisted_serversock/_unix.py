@@ -31,6 +31,7 @@ import fcntl
 import os
 import socket
 import stat
+import struct
 import sys
 import tempfile
 from typing import Any
@@ -51,6 +52,20 @@ MAX_ABSTRACT_NAME = 106
 
 #: The longest socket mode accepted.
 _MODE_BITS = 0o777
+
+
+_CRED = struct.Struct("3i")
+
+
+def peerCredentials(skt: socket.socket) -> tuple[int, int, int]:
+    """
+    C{(pid, uid, gid)} of the peer of connected UNIX socket C{skt}
+    (C{SO_PEERCRED}).
+
+    @raise OSError: if the kernel cannot tell.
+    """
+    pid, uid, gid = _CRED.unpack(skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return pid, uid, gid
 
 
 def fsPath(path: Any) -> bytes:

@@ -241,10 +241,14 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
             raise ValueError("dualstack listens on :: for both families; it cannot be combined with ipv6, loopback or interface")
         if keepWhenOffline and (ipv6 or dualStack or interface is not None):
             raise ValueError("keepWhenOffline applies to IPv4 listeners (port and loopback only)")
+        #: The address to listen on when an interface is given.
+        self._address: IPv4Address | IPv6Address | None = None
         if interface is not None:
             family = _ipFamily(interface)
             if ipv6 and family != socket.AF_INET6:
                 raise ValueError(f"ipv6=1 contradicts the IPv4 interface {interface!r}")
+            addressType = IPv6Address if family == socket.AF_INET6 else IPv4Address
+            self._address = addressType("TCP", interface, max(port, 0))
         self._reactor = reactor
         self._port = port
         self._loopback = loopback
@@ -265,9 +269,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         return ("127.0.0.1" if self._loopback else "0.0.0.0"), self._port
 
     def _init(self, serv: ServerSocket) -> None:
-        if self._interface is not None:
-            addressType = IPv6Address if _ipFamily(self._interface) == socket.AF_INET6 else IPv4Address
-            serv.initWithAddress(addressType("TCP", self._interface, max(self._port, 0)), self._backlog)
+        if self._address is not None:
+            serv.initWithAddress(self._address, self._backlog)
         elif self._dualStack:
             serv.initDualStack(self._port, self._backlog)
         elif self._ipv6:
@@ -471,16 +474,13 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
     port = _integer("port", o["port"], -1, 65535) if "port" in o else -1
     backlog = _integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1
     interface = o.get("interface")
-    if interface is not None:
-        interface = interface.strip()
-        _ipFamily(interface)
     return GeckoServerEndpoint(
         reactor,
         port=port,
         loopback=_boolean("loopback", o["loopback"]) if "loopback" in o else False,
         backlog=backlog,
         keepWhenOffline=_boolean("keepWhenOffline", o["keepWhenOffline"]) if "keepWhenOffline" in o else False,
-        interface=interface,
+        interface=None if interface is None else interface.strip(),
         ipv6=_boolean("ipv6", o["ipv6"]) if "ipv6" in o else False,
         dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
     )

@@ -22,12 +22,16 @@ FAMILY_LOCAL = 3
 __all__ = ["NetAddr", "FAMILY_INET", "FAMILY_INET6", "FAMILY_LOCAL"]
 
 
-def _text(value: Any) -> str:
+def unixName(value: Any) -> str:
+    """
+    A UNIX address as Gecko shows it: the path as text, and C{""} for an
+    unnamed peer (L{None} or empty) or an abstract address (leading NUL).
+    """
     if value is None:
         return ""
     if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return str(value)
+        value = value.decode("utf-8", "surrogateescape")
+    return "" if value.startswith("\0") else str(value)
 
 
 def _scopeIndex(scope: int | str) -> int:
@@ -81,10 +85,7 @@ class NetAddr:
         if isinstance(addr, IPv6Address):
             return cls(FAMILY_INET6, addr.host, addr.port, addr.flowInfo, _scopeIndex(addr.scopeID))
         if isinstance(addr, UNIXAddress):
-            name = _text(addr.name)
-            if name.startswith("\0"):
-                name = ""
-            return cls(FAMILY_LOCAL, name)
+            return cls(FAMILY_LOCAL, unixName(addr.name))
         raise TypeError(f"not a Twisted address: {addr!r}")
 
     def _inet6Only(self, value: Any) -> Any:

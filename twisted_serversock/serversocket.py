@@ -23,7 +23,6 @@ from __future__ import annotations
 import operator
 import os
 import socket
-import struct
 from typing import Any, Iterable
 
 from twisted.internet import tcp, unix
@@ -61,7 +60,6 @@ _MAX_PORT = 65535
 _MAX_BACKLOG = 2**31 - 1
 
 _log = Logger()
-_CRED = struct.Struct("3i")
 
 
 class _UNIXServer(unix.Server):
@@ -190,7 +188,7 @@ class ServerSocket:
         self._listenIP(host, port, backLog, keepWhenOffline=bool(flags & KeepWhenOffline))
 
     def initIPv6(self, port: int, loopbackOnly: bool, backLog: int) -> None:
-        self._listenIP("::1" if loopbackOnly else "::", port, backLog, v6only=True)
+        self._listenIP("::1" if loopbackOnly else "::", port, backLog)
 
     def initDualStack(self, port: int, backLog: int) -> None:
         self._listenIP("::", port, backLog, v6only=False)
@@ -223,8 +221,7 @@ class ServerSocket:
                 f"cannot listen on {addr!r}: expected a Twisted address, an INetAddr "
                 "or a (host, port) tuple",
             )
-        family = _ipFamily(host)
-        self._listenIP(host, port, backLog, v6only=True if family == socket.AF_INET6 else None)
+        self._listenIP(host, port, backLog)
 
     def initWithFilename(
         self,
@@ -284,7 +281,7 @@ class ServerSocket:
         host: str,
         port: Any,
         backLog: Any,
-        v6only: bool | None = None,
+        v6only: bool = True,
         keepWhenOffline: bool = False,
     ) -> None:
         port = _checkPort(port)
@@ -310,7 +307,9 @@ class ServerSocket:
         try:
             skt = socket.socket(family, socket.SOCK_STREAM)
             skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if v6only is not None:
+            if family == socket.AF_INET6:
+                # Always explicit: the result must not depend on the host's
+                # net.ipv6.bindv6only.  Only initDualStack turns it off.
                 skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
             skt.bind(sockaddr)
             skt.listen(backlog)
@@ -390,9 +389,7 @@ class ServerSocket:
         (and logs once per pid and uid) if not.
         """
         try:
-            pid, uid, gid = _CRED.unpack(
-                skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-            )
+            pid, uid, _gid = _unix.peerCredentials(skt)
         except OSError as e:
             pid = uid = -1
             _log.warn("Cannot read the peer credentials of a connection ({error}); refusing it", error=e)

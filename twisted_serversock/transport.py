@@ -14,7 +14,6 @@ per-byte work) in between.
 from __future__ import annotations
 
 import socket
-import struct
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
@@ -24,7 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import ISocketTransport
-from .netaddr import NetAddr
+from ._unix import peerCredentials
+from .netaddr import NetAddr, unixName
 from .results import (
     NS_BASE_STREAM_CLOSED,
     NS_ERROR_IN_PROGRESS,
@@ -50,15 +50,6 @@ TIMEOUT_READ_WRITE = 1
 #: A timeout of this many seconds or more means "no timeout".
 NO_TIMEOUT = 0xFFFF
 _MAX_KEEPALIVE = 32767
-_CRED = struct.Struct("3i")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "surrogateescape")
-    return value if not value.startswith("\0") else ""
 
 
 @implementer(ISocketTransport, IHalfCloseableProtocol)
@@ -324,7 +315,8 @@ class SocketTransport:
 
     @property
     def host(self) -> str:
-        return _text(self._tcp.hostname)
+        # A peer IP literal, or a UNIX peer's path ("" if unnamed/abstract).
+        return unixName(self._tcp.hostname)
 
     @property
     def port(self) -> int:
@@ -395,17 +387,21 @@ class SocketTransport:
         inp = self._input
         if self._output is not None or (inp is not None and inp._opened):
             raise NSError(NS_ERROR_IN_PROGRESS, "the connection's streams are in use")
-        if isinstance(protocol, type) or not all(
-            callable(getattr(protocol, name, None))
-            for name in ("makeConnection", "dataReceived", "connectionLost")
+        # (A class has these as unbound functions: calling them would raise
+        # TypeError half-way through the hand-over.  Spelled out rather than
+        # looped: this runs for every connection an endpoint accepts.)
+        if (
+            isinstance(protocol, type)
+            or not callable(getattr(protocol, "makeConnection", None))
+            or not callable(getattr(protocol, "dataReceived", None))
+            or not callable(getattr(protocol, "connectionLost", None))
         ):
-            # (A class has these as unbound functions: calling them would
-            # raise TypeError half-way through the hand-over.)
             raise NSError(NS_ERROR_INVALID_ARG, f"not a Twisted protocol instance: {protocol!r}")
         if self._status != NS_OK:
             raise NSError(self._status, "the connection is already closed")
         self._attached = True
-        self._cancelTimer()
+        if self._timer is not None:
+            self._cancelTimer()
         tcp = self._tcp
         tcp.protocol = protocol
         # Twisted formats its log prefix from the protocol at construction.
@@ -504,11 +500,9 @@ class SocketTransport:
         if not self._isUnix():
             raise NSError(NS_ERROR_NOT_AVAILABLE, "peer credentials exist for UNIX connections only")
         try:
-            raw = self._tcp.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+            return peerCredentials(self._tcp.getHandle())
         except OSError as e:
             raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None
-        pid, uid, gid = _CRED.unpack(raw)
-        return pid, uid, gid
 
 
 def _readable(tcp: Any) -> bool:
