@@ -26,7 +26,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from .netaddr import ipFamily
 from .results import NS_BINDING_ABORTED, NSError, nameOf
@@ -41,6 +41,19 @@ __all__ = [
 ]
 
 _log = Logger()
+
+
+class _IRawAcceptingFactory(Interface):
+    """
+    (Private, for L{twisted_serversock.ipc}.)  A protocol factory that takes
+    accepted sockets raw, without a Twisted transport: a gecko endpoint
+    listening for it calls L{socketAccepted} instead of building a protocol.
+    """
+
+    def socketAccepted(skt: socket.socket, addr: Any) -> None:
+        """
+        Take ownership of C{skt}, accepted from C{addr}.
+        """
 
 
 def _describe(address: Any) -> str:
@@ -117,6 +130,8 @@ class GeckoListeningPort:
         self.serverSocket = serv
         self._address = serv.getAddress()
         self._listener = _Listener(self)
+        if _IRawAcceptingFactory.providedBy(self.factory):
+            serv._rawAccept = self.factory.socketAccepted
         self.factory.doStart()
         serv.asyncListen(self._listener)
         _log.info(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import operator
 import os
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -164,6 +164,11 @@ class ServerSocket:
         self._filePath = b""
         self._allowedUids: frozenset[int] | None = None
         self._refusedPeers: set[tuple[int, int]] = set()
+        #: If set, accepted sockets go to this callable, raw, instead of
+        #: becoming a L{SocketTransport} for the listener: the process that
+        #: hands connections to workers must not build a Twisted transport
+        #: (its orderly close would C{shutdown()} the worker's copy too).
+        self._rawAccept: Callable[[socket.socket, Any], None] | None = None
 
     def __repr__(self) -> str:
         state = "listening" if self._port else "bound" if self._socket else "closed"
@@ -363,6 +368,14 @@ class ServerSocket:
         """
         port = self._port
         if self._allowedUids is not None and not self._peerAllowed(skt):
+            return
+        raw = self._rawAccept
+        if raw is not None:
+            try:
+                raw(skt, addr)
+            except Exception:
+                _log.failure("Could not hand over the connection accepted from {addr!r}; closing it", addr=addr)
+                skt.close()
             return
         try:
             sessionno = self._sessionno
