@@ -1,0 +1,272 @@
+# -*- test-case-name: tests.test_ipc -*-
+"""
+The child side of cross-process server sockets: L{ParentLink} (the child's
+end of its channel) and L{TCPServerSocketChild}, Gecko's
+C{nsITCPServerSocketInternal} - a L{TCPServerSocket} whose listening socket
+lives in the parent process.
+
+A connection message is acknowledged before the connection is adopted: once
+the parent has the ack it closes its copy, and until then it can give the
+connection to another child.  Adoption waits until the kernel has taken the
+ack, so a child never serves a connection the parent may also re-send.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
+from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
+from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
+from .wire import Ack, Channel, Conn, Control, Message, encodeAck, encodeControl
+
+__all__ = ["ParentLink", "TCPServerSocketChild"]
+
+_log = Logger()
+
+
+class ParentLink:
+    """
+    The child's end of its channel to the parent.
+
+    @ivar onConnection: called with C{(route, socket)} for a connection of a
+        route no L{TCPServerSocketChild} asked for (a worker pool's
+        listeners); the callee owns the socket.
+    @ivar onControl: called with each control message not handled here
+        (C{stop}, for a worker).
+    @ivar onLost: called once when the parent's end is gone.
+    """
+
+    def __init__(self, skt: socket.socket, reactor: Any, name: str = "parent") -> None:
+        self._reactor = reactor
+        self.onConnection: Callable[[int, socket.socket], None] | None = None
+        self.onControl: Callable[[Control], None] | None = None
+        self.onLost: Callable[[Failure], None] | None = None
+        self._servers: dict[int, TCPServerSocketChild] = {}  # by route
+        self._requests: dict[int, TCPServerSocketChild] = {}  # by listen id
+        self._listenIds = itertools.count(1)
+        self._adopting: dict[int, socket.socket] = {}
+        self.channel = Channel(skt, self, reactor, name)
+        self.channel.startReading()
+
+    @property
+    def connected(self) -> bool:
+        return self.channel.connected
+
+    def sendControl(self, type: str, **fields: Any) -> None:
+        """
+        Send a control message to the parent.
+        """
+        self.channel.send(encodeControl(type, **fields))
+
+    def _listen(self, server: TCPServerSocketChild, port: int, backlog: int) -> int:
+        listenId = next(self._listenIds)
+        self._requests[listenId] = server
+        self.sendControl("listen", id=listenId, port=port, backlog=backlog)
+        return listenId
+
+    def _close(self, listenId: int, route: int | None) -> None:
+        self._requests.pop(listenId, None)
+        if route is not None:
+            self._servers.pop(route, None)
+        if self.channel.connected:
+            self.sendControl("close", id=listenId)
+
+    # Receiver
+    def messageReceived(self, message: Message) -> None:
+        if isinstance(message, Conn):
+            skt = socket.socket(fileno=message.fd)
+            connId, route = message.connId, message.route
+            self._adopting[connId] = skt
+            self.channel.send(encodeAck((connId,)), then=lambda: self._deliver(connId, route))
+        elif isinstance(message, Control):
+            handler = getattr(self, "_control_" + message.type, None)
+            if handler is not None:
+                try:
+                    handler(**message.fields)
+                except TypeError as e:
+                    _log.warn("Bad {type!r} message from the parent: {error}", type=message.type, error=e)
+            elif self.onControl is not None:
+                self.onControl(message)
+            else:
+                _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
+        else:
+            assert isinstance(message, Ack)
+            _log.warn("Ignored an ack from the parent: only children acknowledge")
+
+    def _deliver(self, connId: int, route: int) -> None:
+        skt = self._adopting.pop(connId, None)
+        if skt is None:
+            return
+        server = self._servers.get(route)
+        try:
+            if server is not None:
+                server.callListenerAccept(skt)
+            elif self.onConnection is not None:
+                self.onConnection(route, skt)
+            else:
+                _log.error("A connection for unknown route {route} arrived; closing it", route=route)
+                skt.close()
+        except Exception:
+            _log.failure("Could not adopt connection {id}; closing it", id=connId)
+            skt.close()
+
+    def channelLost(self, reason: Failure) -> None:
+        # Connections received but not acknowledged go back with the
+        # parent's copies; ours are closed.
+        for skt in self._adopting.values():
+            skt.close()
+        self._adopting.clear()
+        if self.onLost is not None:
+            self.onLost(reason)
+
+    # Control messages from the parent.
+    def _control_listening(self, id: int, route: int, port: int) -> None:
+        server = self._requests.get(id)
+        if server is None:
+            return
+        self._servers[route] = server
+        server._listening(route, port)
+
+    def _control_error(self, id: int, message: str, filename: str = "", lineNumber: int = 0, columnNumber: int = 0) -> None:
+        server = self._requests.get(id)
+        if server is None:
+            _log.error("Error from the parent: {message} ({filename}:{line})", message=message, filename=filename, line=lineNumber)
+            return
+        server.callListenerError(message, filename, lineNumber, columnNumber)
+
+
+@implementer(ITCPServerSocket, ITCPServerSocketInternal)
+class TCPServerSocketChild:
+    """
+    A L{TCPServerSocket<twisted_serversock.tcpsocket.TCPServerSocket>}
+    whose listening socket is in the parent process (Gecko's
+    C{nsITCPServerSocketInternal}).  Use::
+
+        server = TCPServerSocketChild(parentLink)
+        server.init(None)
+        server.onconnect = ...
+        server.listen(8080, {"binaryType": "arraybuffer"}, -1)
+
+    @ivar localPort: the requested port until the parent reports the bound
+        one (Gecko's child never learns it; this one does).
+    @ivar windowVal: what L{init} stored.
+    """
+
+    def __init__(self, parent: ParentLink, reactor: Any = None) -> None:
+        self._parent = parent
+        self._reactor = reactor
+        self.windowVal: Any = None
+        self.binaryType = "string"
+        self.localPort = -1
+        self.onconnect: Callable[[Any], Any] | None = None
+        self.onerror: Callable[[Any], Any] | None = None
+        self._listenId: int | None = None
+        self._route: int | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<TCPServerSocketChild port {self.localPort}>"
+
+    def _getReactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # ITCPServerSocketInternal
+    def init(self, windowVal: object) -> None:
+        self.windowVal = windowVal
+
+    def listen(self, localPort: int, options: object, backlog: int) -> None:
+        """
+        Ask the parent to listen on C{localPort}; connections then come to
+        L{callListenerAccept}, errors to L{callListenerError}.
+
+        @raise NSError: C{NS_ERROR_FAILURE} if already listening,
+            C{NS_ERROR_NOT_INITIALIZED} if the parent is gone,
+            C{NS_ERROR_INVALID_ARG} for bad options.
+        """
+        if self._listenId is not None:
+            raise NSError(NS_ERROR_FAILURE, "Child TCPServerSocket is already listening.")
+        if not self._parent.connected:
+            raise NSError(NS_ERROR_NOT_INITIALIZED, "the channel to the parent process is closed")
+        for name, value in (("localPort", localPort), ("backlog", backlog)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NSError(NS_ERROR_INVALID_ARG, f"{name} must be an integer, not {value!r}")
+        self.binaryType = _checkBinaryType(options)
+        self.localPort = localPort
+        self._listenId = self._parent._listen(self, localPort, backlog)
+
+    def _listening(self, route: int, port: int) -> None:
+        self._route = route
+        self.localPort = port
+        if self._closed:
+            self._parent._close(self._listenId or 0, route)
+
+    def callListenerAccept(self, socketChild: object) -> None:
+        """
+        A connection accepted in the parent arrived: C{socketChild} is its
+        connected C{socket.socket} in this process (this call takes it).
+        """
+        if not isinstance(socketChild, socket.socket):
+            raise NSError(NS_ERROR_INVALID_ARG, f"expected a connected socket.socket, not {socketChild!r}")
+        if self._closed:
+            socketChild.close()
+            return
+        sock = TCPSocket(self.binaryType)
+        try:
+            self._getReactor().adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
+        finally:
+            socketChild.close()  # the reactor adopted a duplicate
+        _connected(self, sock)
+
+    def callListenerError(self, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
+        """
+        An error in the parent: report it to C{onerror}.
+        """
+        name = message.split(":", 1)[0] if message.startswith("NS_") else "Error"
+        event = TCPSocketErrorEvent(self, message, name=name, filename=filename, lineNumber=lineNumber, columnNumber=columnNumber)
+        if self.onerror is None:
+            _log.error("{server!r}: {message} ({filename}:{line})", server=self, message=message, filename=filename, line=lineNumber)
+            return
+        try:
+            self.onerror(event)
+        except Exception:
+            _log.failure("Unhandled error in {server!r}'s onerror handler", server=self)
+
+    def close(self) -> None:
+        """
+        Ask the parent to stop listening; accepted sockets stay open.
+        Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._listenId is not None and self._route is not None:
+            self._parent._close(self._listenId, self._route)
+
+
+class _One:
+    """
+    A protocol factory for exactly one, already built, protocol.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._protocol
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass

@@ -1,0 +1,280 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+L{WorkerPool}: the worker processes of C{twistd serversock}, each with a
+channel to the parent, restarted with backoff when they die.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .parent import Dispatcher, Route, WorkerLink
+from .wire import channelPair
+
+__all__ = ["WorkerPool"]
+
+_log = Logger()
+
+#: A worker that lived at least this long before dying is restarted after
+#: the shortest delay.
+_STABLE_SECONDS = 5.0
+_FIRST_DELAY = 0.1
+_MAX_DELAY = 10.0
+_CHANNEL_FD = 3
+
+
+class _WorkerProcess(ProcessProtocol):
+    """
+    One worker process: relays its stderr into the parent's log and reports
+    its end to the pool.
+    """
+
+    def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot = slot
+        self._partial = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._relay(line)
+
+    def _relay(self, line: bytes) -> None:
+        text = line.decode("utf-8", "backslashreplace").rstrip()
+        if text:
+            _log.info("[worker {index} pid {pid}] {line}", index=self._slot.index, pid=self._slot.pid, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._partial:
+            self._relay(self._partial)
+            self._partial = b""
+        self._pool._ended(self._slot, reason)
+
+
+class _Slot:
+    """
+    The state of worker number C{index} across its restarts.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.link: WorkerLink | None = None
+        self.process: Any = None
+        self.startedAt = 0.0
+        self.failures = 0
+        self.restarts = 0
+        self.adopted = 0
+        self.pending: Any = None
+
+
+class WorkerPool:
+    """
+    C{count} worker processes running the protocol factory C{factoryName},
+    serving the pool's routes.
+
+    @ivar dispatcher: where accepted connections go.
+    """
+
+    def __init__(self, reactor: Any, dispatcher: Dispatcher, factoryName: str, count: int) -> None:
+        self._reactor = reactor
+        self.dispatcher = dispatcher
+        self._factoryName = factoryName
+        self._slots = [_Slot(i + 1) for i in range(count)]
+        self._routes: list[Route] = []
+        self._stopping = False
+        self._ended_d: defer.Deferred[None] | None = None
+
+    def addRoute(self, route: Route) -> None:
+        """
+        Let every worker (now and after restarts) serve C{route}.
+        """
+        self._routes.append(route)
+        for slot in self._slots:
+            if slot.link is not None and slot.link.ready:
+                self.dispatcher.join(route, slot.link)
+
+    def start(self) -> None:
+        """
+        Start every worker.
+        """
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.pending = None
+        if self._stopping:
+            return
+        parentEnd, childEnd = channelPair()
+        if childEnd.fileno() == _CHANNEL_FD:
+            # dup2 onto itself would keep close-on-exec set.
+            moved = childEnd.dup()
+            childEnd.close()
+            childEnd = moved
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        argv = [
+            sys.executable,
+            "-m",
+            "twisted_serversock.ipc.worker",
+            "--channel-fd",
+            str(_CHANNEL_FD),
+            "--factory",
+            self._factoryName,
+            "--index",
+            str(slot.index),
+        ]
+        link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
+        link.onReady = lambda link: self._ready(slot, link)
+        slot.link = link
+        slot.startedAt = time.monotonic()
+        try:
+            slot.process = self._reactor.spawnProcess(
+                _WorkerProcess(self, slot),
+                sys.executable,
+                argv,
+                env=env,
+                childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: childEnd.fileno()},
+            )
+        except Exception:
+            _log.failure("Could not start worker {index}", index=slot.index)
+            link.close()
+            slot.link = None
+            self._scheduleRestart(slot)
+            return
+        finally:
+            childEnd.close()
+        slot.pid = slot.process.pid
+        link.name = f"worker {slot.index} (pid {slot.pid})"
+        _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=slot.pid)
+
+    def _ready(self, slot: _Slot, link: WorkerLink) -> None:
+        if slot.link is not link or self._stopping:
+            return
+        for route in self._routes:
+            self.dispatcher.join(route, link)
+
+    def _ended(self, slot: _Slot, reason: Failure) -> None:
+        link, slot.link, slot.process = slot.link, None, None
+        if link is not None:
+            slot.adopted += link.adopted
+            if not link.lost:
+                link.close()
+        status = getattr(reason.value, "status", None)
+        signal = getattr(reason.value, "signal", None)
+        how = f"signal {signal}" if signal else f"status {getattr(reason.value, 'exitCode', status)}"
+        if self._stopping:
+            _log.info("Worker {index} (pid {pid}) exited ({how})", index=slot.index, pid=slot.pid, how=how)
+            self._checkEnded()
+            return
+        lived = time.monotonic() - slot.startedAt
+        slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
+        delay = self._scheduleRestart(slot)
+        _log.warn(
+            "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} "
+            "connection(s); restarting it in {delay:.2f} s",
+            index=slot.index,
+            pid=slot.pid,
+            how=how,
+            lived=lived,
+            adopted=link.adopted if link is not None else 0,
+            delay=delay,
+        )
+
+    def _scheduleRestart(self, slot: _Slot) -> float:
+        delay = min(_FIRST_DELAY * 2 ** max(slot.failures - 1, 0), _MAX_DELAY)
+        slot.restarts += 1
+        slot.pending = self._reactor.callLater(delay, self._spawn, slot)
+        return delay
+
+    # ------------------------------------------------------------------
+    # Stopping.
+
+    def stop(self, grace: float) -> defer.Deferred[None]:
+        """
+        Stop: tell every worker to finish its connections within C{grace}
+        seconds and exit; kill those that do not.  Connections the parent
+        still holds go to the workers first.
+
+        @return: a Deferred that fires when every worker has exited.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._ended_d = d
+        deadline = time.monotonic() + grace
+
+        def tellWorkers() -> None:
+            self._stopping = True
+            for slot in self._slots:
+                if slot.pending is not None and slot.pending.active():
+                    slot.pending.cancel()
+                slot.pending = None
+                if slot.link is not None and not slot.link.lost:
+                    slot.link.sendControl("stop", grace=max(deadline - time.monotonic(), 0.0))
+            self._killer = self._reactor.callLater(max(deadline - time.monotonic(), 0.0) + 2.0, self._kill)
+            self._checkEnded()
+
+        if self.dispatcher.held:
+            _log.info("Handing {n} held connection(s) to workers before stopping", n=len(self.dispatcher.held))
+            waiter = self._reactor.callLater(grace, self._giveUp)
+
+            def idle() -> None:
+                if waiter.active():
+                    waiter.cancel()
+                    tellWorkers()
+
+            self._tellWorkers = tellWorkers
+            self.dispatcher.whenIdle(idle)
+        else:
+            tellWorkers()
+        return d
+
+    def _giveUp(self) -> None:
+        lost = self.dispatcher.dropAll("the grace period ended before a worker adopted it")
+        _log.error("{n} held connection(s) closed unserved at the end of the grace period", n=lost)
+        self._tellWorkers()
+
+    def _kill(self) -> None:
+        for slot in self._slots:
+            if slot.process is not None:
+                _log.warn("Worker {index} (pid {pid}) did not exit in time; killing it", index=slot.index, pid=slot.pid)
+                try:
+                    slot.process.signalProcess("KILL")
+                except Exception:
+                    pass
+
+    def _checkEnded(self) -> None:
+        if self._ended_d is None or not self._stopping:
+            return
+        if any(slot.process is not None for slot in self._slots):
+            return
+        killer = getattr(self, "_killer", None)
+        if killer is not None and killer.active():
+            killer.cancel()
+        for slot in self._slots:
+            _log.info(
+                "Worker {index}: {n} connection(s) adopted, {r} restart(s)",
+                index=slot.index,
+                n=slot.adopted,
+                r=slot.restarts,
+            )
+        d, self._ended_d = self._ended_d, None
+        d.callback(None)
+
+    def adoptedCounts(self) -> dict[int, int]:
+        """
+        Connections adopted so far, by worker number.
+        """
+        return {
+            slot.index: slot.adopted + (slot.link.adopted if slot.link is not None else 0)
+            for slot in self._slots
+        }

@@ -1,0 +1,356 @@
+# -*- test-case-name: tests.test_ipc_wire -*-
+"""
+The worker channel: one C{SOCK_SEQPACKET} UNIX socket pair between the
+parent process and each child, and the messages that travel over it.
+
+Why C{SOCK_SEQPACKET}: each message arrives whole, in one C{recvmsg}, with
+exactly the file descriptors that were sent with it.  A byte stream would
+need framing and would let descriptors drift away from the message that
+names them.
+
+Messages (the first byte says which kind)::
+
+    C  conn     parent -> child   ">QI": connection id, route id; exactly one fd
+    A  ack      child  -> parent  ">Q" repeated: connection ids adopted
+    J  control  both directions   a UTF-8 JSON object with a "type" string
+
+Anything else - an unknown kind, a wrong length, descriptors on a message
+that carries none, more than one descriptor, an oversized or truncated
+message, JSON that is not an object with a string "type" - is a
+L{ProtocolError}: the message is dropped, every descriptor that came with it
+is closed, and the channel stays up.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import struct
+from collections import deque
+from typing import Any, Callable, Protocol
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "MAX_MESSAGE",
+    "ProtocolError",
+    "Conn",
+    "Ack",
+    "Control",
+    "decode",
+    "encodeConn",
+    "encodeAck",
+    "encodeControl",
+    "Channel",
+    "channelPair",
+]
+
+#: The largest message either side accepts, in bytes.
+MAX_MESSAGE = 65536
+#: The most descriptors read with one message (more is a protocol error).
+_MAX_FDS = 4
+_CONN = struct.Struct(">QI")
+_ID = struct.Struct(">Q")
+_ANCILLARY = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+
+_log = Logger()
+
+
+class ProtocolError(ValueError):
+    """
+    A message that breaks the wire format; the text says how.
+    """
+
+
+class Conn:
+    """
+    A connection handed to a child: C{fd} is the child's descriptor.
+    """
+
+    __slots__ = ("connId", "route", "fd")
+
+    def __init__(self, connId: int, route: int, fd: int) -> None:
+        self.connId = connId
+        self.route = route
+        self.fd = fd
+
+    def __repr__(self) -> str:
+        return f"Conn(connId={self.connId}, route={self.route}, fd={self.fd})"
+
+
+class Ack:
+    """
+    The child has adopted the connections C{connIds}.
+    """
+
+    __slots__ = ("connIds",)
+
+    def __init__(self, connIds: tuple[int, ...]) -> None:
+        self.connIds = connIds
+
+    def __repr__(self) -> str:
+        return f"Ack({self.connIds})"
+
+
+class Control:
+    """
+    A control message: C{type} and the other JSON fields in C{fields}.
+    """
+
+    __slots__ = ("type", "fields")
+
+    def __init__(self, type: str, fields: dict[str, Any]) -> None:
+        self.type = type
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        return f"Control({self.type!r}, {self.fields!r})"
+
+
+Message = Conn | Ack | Control
+
+
+def encodeConn(connId: int, route: int) -> bytes:
+    """
+    The bytes of a C{conn} message (its descriptor travels beside them).
+    """
+    return b"C" + _CONN.pack(connId, route)
+
+
+def encodeAck(connIds: tuple[int, ...] | list[int]) -> bytes:
+    """
+    The bytes of an C{ack} message for C{connIds} (at least one).
+    """
+    return b"A" + b"".join(_ID.pack(i) for i in connIds)
+
+
+def encodeControl(type: str, **fields: Any) -> bytes:
+    """
+    The bytes of a control message.
+
+    @raise ProtocolError: if it would be larger than L{MAX_MESSAGE}.
+    """
+    fields["type"] = type
+    data = b"J" + json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"control message {type!r} is {len(data)} bytes; the limit is {MAX_MESSAGE}")
+    return data
+
+
+def decode(data: bytes, fds: list[int]) -> Message:
+    """
+    Decode one message and the descriptors that came with it.
+
+    @raise ProtocolError: naming what is wrong.  The caller still owns
+        C{fds} and must close them.
+    """
+    if not data:
+        raise ProtocolError("empty message")
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit")
+    kind, body = data[:1], data[1:]
+    if kind == b"C":
+        if len(body) != _CONN.size:
+            raise ProtocolError(f"conn message has {len(body)} bytes of body, not {_CONN.size}")
+        if len(fds) != 1:
+            raise ProtocolError(f"conn message came with {len(fds)} descriptors, not 1")
+        connId, route = _CONN.unpack(body)
+        return Conn(connId, route, fds[0])
+    if fds:
+        raise ProtocolError(f"unexpected {len(fds)} descriptor(s) on a {kind!r} message")
+    if kind == b"A":
+        if not body or len(body) % _ID.size:
+            raise ProtocolError(f"ack message has {len(body)} bytes of body, not a positive multiple of {_ID.size}")
+        return Ack(tuple(i for (i,) in _ID.iter_unpack(body)))
+    if kind == b"J":
+        try:
+            fields = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ProtocolError(f"control message is not UTF-8 JSON: {e}") from None
+        if not isinstance(fields, dict) or not isinstance(fields.get("type"), str):
+            raise ProtocolError("control message is not a JSON object with a string 'type'")
+        return Control(fields.pop("type"), fields)
+    raise ProtocolError(f"unknown message kind {kind!r}")
+
+
+class Receiver(Protocol):
+    """
+    What a L{Channel} delivers to.
+    """
+
+    def messageReceived(self, message: Message) -> None: ...
+
+    def channelLost(self, reason: Failure) -> None: ...
+
+
+def _closeAll(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Channel:
+    """
+    One end of a worker channel, driven by the reactor: it reads whole
+    messages as they arrive and writes without ever blocking (messages the
+    kernel cannot take yet wait, in order, for the socket to be writable).
+
+    @ivar receiver: gets each decoded message and, once, the channel's end.
+    @ivar rejected: how many malformed messages were dropped.
+    """
+
+    def __init__(self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel") -> None:
+        skt.setblocking(False)
+        self._socket = skt
+        self.receiver = receiver
+        self._reactor = reactor
+        self._name = name
+        self._queue: deque[tuple[bytes, list[int], Callable[[], None] | None]] = deque()
+        self._writing = False
+        self.connected = True
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return f"<Channel {self._name}>"
+
+    def fileno(self) -> int:
+        return self._socket.fileno() if self.connected else -1
+
+    def logPrefix(self) -> str:
+        return self._name
+
+    def startReading(self) -> None:
+        """
+        Start delivering messages.
+        """
+        self._reactor.addReader(self)
+
+    # ------------------------------------------------------------------
+    # Sending.
+
+    def send(self, data: bytes, fds: list[int] | tuple[int, ...] = (), then: Callable[[], None] | None = None) -> None:
+        """
+        Send one message with descriptors C{fds} (which stay the caller's:
+        they are duplicated into the message when the kernel takes it).
+
+        @param then: called once the kernel has taken the message (at once
+            if it could, else from a later writable event); not called if
+            the channel is lost first.
+        """
+        if not self.connected:
+            return
+        if self._queue or not self._sendNow(data, fds):
+            self._queue.append((data, list(fds), then))
+            if not self._writing:
+                self._writing = True
+                self._reactor.addWriter(self)
+        elif then is not None:
+            then()
+
+    def _sendNow(self, data: bytes, fds: list[int] | tuple[int, ...]) -> bool:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        try:
+            self._socket.sendmsg([data], ancillary)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            self._reactor.callLater(0, self._lose, Failure(e))
+            return True
+        return True
+
+    def doWrite(self) -> None:
+        while self._queue:
+            data, fds, then = self._queue[0]
+            if not self._sendNow(data, fds):
+                return
+            self._queue.popleft()
+            if then is not None:
+                then()
+            if not self.connected:
+                return
+        self._writing = False
+        self._reactor.removeWriter(self)
+
+    # ------------------------------------------------------------------
+    # Receiving.
+
+    def doRead(self) -> None:
+        for _ in range(64):
+            if not self.connected:
+                return
+            try:
+                data, ancdata, flags, _addr = self._socket.recvmsg(MAX_MESSAGE + 1, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._lose(Failure(e))
+                return
+            fds: list[int] = []
+            for level, type_, cdata in ancdata:
+                if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                    arr = array.array("i")
+                    arr.frombytes(cdata[: len(cdata) - len(cdata) % arr.itemsize])
+                    fds.extend(arr)
+            if not data and not fds:
+                from twisted.internet.error import ConnectionDone
+
+                self._lose(Failure(ConnectionDone("the other end closed the channel")))
+                return
+            try:
+                if flags & socket.MSG_CTRUNC:
+                    raise ProtocolError(f"more than {_MAX_FDS} descriptors on one message")
+                if flags & socket.MSG_TRUNC:
+                    raise ProtocolError(f"message over the {MAX_MESSAGE}-byte limit")
+                message = decode(data, fds)
+            except ProtocolError as e:
+                self.rejected += 1
+                _closeAll(fds)
+                _log.warn("{channel}: rejected a malformed message ({error})", channel=self._name, error=e)
+                continue
+            try:
+                self.receiver.messageReceived(message)
+            except Exception:
+                _log.failure("{channel}: error handling {message!r}", channel=self._name, message=message)
+
+    # ------------------------------------------------------------------
+    # Ending.
+
+    def loseConnection(self) -> None:
+        """
+        Close the channel now; messages not yet sent are dropped.
+        """
+        from twisted.internet.error import ConnectionDone
+
+        self._lose(Failure(ConnectionDone("channel closed")))
+
+    def _lose(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self._reactor.removeReader(self)
+        if self._writing:
+            self._reactor.removeWriter(self)
+        self.connected = False
+        self._writing = False
+        self._queue.clear()
+        self._socket.close()
+        try:
+            self.receiver.channelLost(reason)
+        except Exception:
+            _log.failure("{channel}: error in channelLost", channel=self._name)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor calls this if it drops the descriptor itself.
+        self._lose(reason)
+
+
+def channelPair() -> tuple[socket.socket, socket.socket]:
+    """
+    A new connected C{SOCK_SEQPACKET} pair (close-on-exec; hand one end to a
+    child explicitly).
+    """
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd serversock}: run a protocol factory behind one or more listening
+sockets, in worker processes that get each accepted connection as a file
+descriptor (or in this process with C{--workers 0}).
+
+    twistd -n serversock --listen gecko:8080 --factory myapp.factory --workers 2
+
+The parent listens on every C{--listen} endpoint (any endpoint string),
+accepts, and hands connections to the workers (see
+L{twisted_serversock.ipc}).  SIGTERM or SIGINT stops listening at once, lets
+the workers finish their open connections for C{--grace} seconds, and exits
+with status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from .ipc.parent import Dispatcher, HandOffFactory
+from .ipc.pool import WorkerPool
+from .ipc.worker import resolveFactory
+
+__all__ = ["Options", "makeService", "ServerSockService"]
+
+_log = Logger()
+
+DEFAULT_FACTORY = "twisted_serversock.examples.echo"
+DEFAULT_LISTEN = "gecko:8080"
+
+
+def _cpuCount() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _NoReactor:
+    """
+    Stands in for the reactor while endpoint strings are only checked.
+    """
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd serversock}.
+    """
+
+    synopsis = "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS]"
+    longdesc = (
+        "Serve a Twisted protocol factory on every --listen endpoint, in N worker processes "
+        "that receive each accepted connection as a file descriptor (0 = in this process)."
+    )
+    optParameters = [
+        ["factory", "f", DEFAULT_FACTORY, "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
+        ["workers", "w", None, "Worker processes (default: the number of CPUs; 0 = serve in this process)."],
+        ["grace", "g", "10", "Seconds open connections get to finish after SIGTERM."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        An endpoint to listen on (repeatable; default gecko:8080).
+        """
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        workers = self["workers"]
+        if workers is None:
+            self["workers"] = _cpuCount()
+        else:
+            try:
+                self["workers"] = int(workers)
+            except ValueError:
+                raise usage.UsageError(f"--workers must be a whole number, not {workers!r}") from None
+            if self["workers"] < 0:
+                raise usage.UsageError(f"--workers must be 0 or more, not {workers}")
+        try:
+            self["grace"] = float(self["grace"])
+        except ValueError:
+            raise usage.UsageError(f"--grace must be a number of seconds, not {self['grace']!r}") from None
+        if not self["grace"] >= 0:
+            raise usage.UsageError(f"--grace must be 0 or more seconds, not {self['grace']}")
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        for description in self["listen"]:
+            try:
+                serverFromString(_NoReactor(), description)
+            except Exception as e:
+                raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        try:
+            self["protocolFactory"] = resolveFactory(self["factory"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class ServerSockService(service.Service):
+    """
+    Listens on every endpoint and serves the factory (in worker processes
+    unless C{workers} is 0).
+
+    @ivar ports: the listening ports, once listening.
+    @ivar pool: the L{WorkerPool}, if there are workers.
+    """
+
+    def __init__(
+        self,
+        descriptions: list[str],
+        factory: Any,
+        factoryName: str,
+        workers: int,
+        grace: float,
+        reactor: Any = None,
+    ) -> None:
+        self._descriptions = descriptions
+        self._factory = factory
+        self._factoryName = factoryName
+        self._workers = workers
+        self._grace = grace
+        self._reactor = reactor
+        self.ports: list[Any] = []
+        self.pool: WorkerPool | None = None
+        self._dispatcher = Dispatcher()
+        self._stopped: defer.Deferred[Any] | None = None
+        self._waiters: list[defer.Deferred[None]] | None = []
+
+    def _getReactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def privilegedStartService(self) -> None:
+        # Bind before twistd drops privileges, and synchronously: a port
+        # that cannot be had must stop twistd now, not be logged later.
+        reactor = self._getReactor()
+        if self._workers:
+            self.pool = WorkerPool(reactor, self._dispatcher, self._factoryName, self._workers)
+        try:
+            for description in self._descriptions:
+                endpoint = serverFromString(reactor, description)
+                if self.pool is not None:
+                    route = self._dispatcher.addRoute(description)
+                    self.pool.addRoute(route)
+                    factory: Any = HandOffFactory(self._dispatcher, route, self._factory)
+                else:
+                    factory = self._factory
+                self.ports.append(_listenNow(endpoint, factory, description))
+        except BaseException:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            raise
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        reactor = self._getReactor()
+        if self.pool is not None:
+            self.pool.start()
+        reactor.callWhenRunning(self._installSignals)
+
+    def _installSignals(self) -> None:
+        # twistd's own SIGTERM handler makes the process end "killed by
+        # SIGTERM" once the reactor stops; a graceful stop is a success.
+        reactor = self._getReactor()
+
+        def graceful(signum: int, frame: Any) -> None:
+            reactor.callFromThread(self._terminate, signal.Signals(signum).name)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, graceful)
+
+    def _terminate(self, why: str) -> None:
+        _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self._grace)
+        d = self._stop()
+        d.addBoth(lambda _: self._getReactor().stop())
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return self._stop()
+
+    def _stop(self) -> defer.Deferred[None]:
+        """
+        Stop listening, then stop the workers; every caller gets its own
+        Deferred that fires when all of it is done.
+        """
+        if self._stopped is None:
+            ports, self.ports = self.ports, []
+            stops = [defer.maybeDeferred(port.stopListening) for port in ports]
+            stopped: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
+            stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
+            pool = self.pool
+            if pool is not None:
+                stopped.addCallback(lambda _: pool.stop(self._grace))
+            stopped.addBoth(self._fireWaiters)
+            self._stopped = stopped
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._waiters is None:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _fireWaiters(self, result: object) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        for d in waiters:
+            d.callback(None)
+
+
+def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
+    d = endpoint.listen(factory)
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError(f"--listen {description}: the endpoint did not bind synchronously")
+    outcome = results[0]
+    if hasattr(outcome, "raiseException"):
+        outcome.raiseException()
+    _log.info("serversock listening on {description}", description=description)
+    return outcome
+
+
+def makeService(options: Options) -> ServerSockService:
+    """
+    The C{twistd serversock} service for parsed C{options}.
+    """
+    return ServerSockService(
+        list(options["listen"]),
+        options["protocolFactory"],
+        options["factory"],
+        int(options["workers"]),
+        float(options["grace"]),
+    )
