@@ -1,0 +1,16 @@
+"""
+Cross-process server sockets: the parent process owns the listening
+sockets and hands each accepted connection to a child process as a file
+descriptor (C{SCM_RIGHTS}); no byte of a connection passes through the
+parent.
+
+ - L{wire}: the channel between parent and child and its messages.
+ - L{parent}: the dispatcher that holds each connection until a child
+   acknowledges it, and the parent's end of a child's channel.
+ - L{child}: the child's end, and L{TCPServerSocketChild} (Gecko's
+   C{nsITCPServerSocketInternal}).
+ - L{pool}: the worker processes of C{twistd serversock}.
+ - L{worker}: the worker process's main program.
+
+The process model is described in C{docs/workers.md}.
+"""
