@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_serversocket,tests.test_hardening_fds -*-
 """
 The reactor side of a listening socket: a small subclass of Twisted's TCP
 port that adopts a socket L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
@@ -9,18 +10,36 @@ chmods and unlinks the path.  Why not Twisted's own C{doRead}: it catches
 every exception with C{log.deferr()} and keeps accepting after
 C{stopReading()}, so a fatal error would never stop the listener and a
 C{close()} from inside a listener callback would not stop the current batch.
-This class keeps Twisted's accept loop (C{_accept}: EAGAIN, EPERM from
-netfilter, EMFILE recovery through the reserved descriptor, and the other
-transient errors logged) and replaces only the loop body.
+
+Why not Twisted's accept loop (C{tcp._accept}) either: under descriptor
+exhaustion it logs once per connection it sheds, and once its reserved
+descriptor is gone a level-triggered listener is woken again at once for
+the same queued connection, fails the same way and logs again - a busy
+loop.  This module's loop (see L{ListeningPort.doRead}):
+
+  - skips the errors that belong to one connection only (C{EPERM} from
+    netfilter, C{ECONNABORTED} and the network errors Linux reports for a
+    connection that died in the queue) and goes on accepting;
+  - on C{EMFILE}, frees the process's reserved descriptor (L{_Reserve}),
+    accepts and closes what is queued - the clients see a close at once
+    instead of hanging - and re-reserves it;
+  - on C{EMFILE} with no reserve, and on C{ENFILE}, C{ENOBUFS} and
+    C{ENOMEM} (which a freed descriptor of ours would not cure), stops
+    reading for a short, growing delay and then tries again: the queued
+    clients wait in the kernel and are served as soon as resources are
+    back.  The listener is never stopped for good by these errors;
+  - logs such a shortage once per burst: one warning when it starts, one
+    summary when an accept succeeds again (L{_Shortage}).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import base, tcp
-from twisted.internet.tcp import _accept, _BuffersLogs, _reservedFD
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
@@ -28,12 +47,134 @@ if TYPE_CHECKING:
 
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
+#: Errors of one queued connection, not of the listener: skip it and go on.
+#: (C{EPERM}: netfilter; the rest: accept(2) on Linux passes on a network
+#: error already pending on the new connection and asks to retry.)
+_CONNECTION_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "ENETDOWN",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
+
+#: Out of a resource the next accept needs: try again later.
+_SHORTAGE_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+#: The first and the longest pause (seconds) before accepting is retried
+#: after a shortage that shedding could not clear.
+RETRY_FIRST = 0.01
+RETRY_MAX = 0.25
+
+
+class _Reserve:
+    """
+    One descriptor (on C{/dev/null}) the process keeps open so that, when it
+    has run out, it can free one to accept and close what is queued.
+    Shared by every listening port of the process, like Twisted's own.
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1
+
+    def available(self) -> bool:
+        return self._fd >= 0
+
+    def reserve(self) -> bool:
+        """
+        Hold a descriptor if none is held yet.
+
+        @return: whether one is held now.
+        """
+        if self._fd < 0:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+_reserve = _Reserve()
+
+
+class _Shortage:
+    """
+    One burst of accept failures for want of descriptors or memory, from
+    the first failure to the next successful accept.
+
+    @ivar error: the C{errno} name of the first failure.
+    @ivar started: reactor time of the first failure.
+    @ivar shed: connections accepted and closed unserved (C{EMFILE}
+        recovery).
+    @ivar retries: pauses taken before trying again.
+    @ivar delay: the next pause, in seconds.
+    """
+
+    def __init__(self, error: str, started: float) -> None:
+        self.error = error
+        self.started = started
+        self.shed = 0
+        self.retries = 0
+        self.delay = RETRY_FIRST
+
+    def nextDelay(self) -> float:
+        delay = self.delay
+        self.delay = min(delay * 2, RETRY_MAX)
+        self.retries += 1
+        return delay
+
+
+def _shedQueued(listener: Any) -> tuple[int, bool]:
+    """
+    C{EMFILE} recovery: free the reserved descriptor, accept and close every
+    queued connection, and reserve again.
+
+    Nothing in here may open a descriptor (not even logging).
+
+    @return: how many connections were closed, and whether the queue was
+        drained (the loop ended on C{EAGAIN}).
+    """
+    shed = 0
+    drained = False
+    _reserve.release()
+    try:
+        while True:
+            try:
+                client, _addr = listener.accept()
+            except OSError as e:
+                if e.errno in _CONNECTION_ERRORS:
+                    continue
+                drained = e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+                break
+            client.close()
+            shed += 1
+    finally:
+        _reserve.reserve()
+    return shed, drained
+
 
 class ListeningPort(tcp.Port):
     """
     Accepts connections on a socket that is already bound and listening.
 
     @ivar _owner: the server socket to which accepted sockets go.
+    @ivar _shortage: the shortage of descriptors or memory under way, if
+        any (see the module docstring).
+    @ivar _retry: the delayed call that resumes accepting after a pause.
+    @ivar _clock: the reactor (as a clock).
     """
 
     _logger = Logger()
@@ -50,11 +191,15 @@ class ListeningPort(tcp.Port):
         self.fileno = skt.fileno  # type: ignore[method-assign]
         self.addressFamily = skt.family
         self._owner = owner
+        #: The reactor, typed for its clock (BasePort types it as an FD set).
+        self._clock: Any = reactor
         if skt.family == socket.AF_UNIX:
             self._realPortNumber = 0
         else:
             self._realPortNumber = skt.getsockname()[1]
         self.numberAccepts = 100
+        self._shortage: _Shortage | None = None
+        self._retry: Any = None
 
     def __repr__(self) -> str:
         return f"<ListeningPort of {self._owner!r}>"
@@ -66,7 +211,7 @@ class ListeningPort(tcp.Port):
         """
         Start accepting (the socket is already listening).
         """
-        _reservedFD.reserve()
+        _reserve.reserve()
         self.connected = True
         self.startReading()
 
@@ -76,26 +221,109 @@ class ListeningPort(tcp.Port):
         """
         owner = self._owner
         accepted = 0
-        try:
-            with _BuffersLogs(self._logger.namespace, self._logger.observer) as logger:
-                clients = _accept(logger, range(self.numberAccepts), self.socket, _reservedFD)
-                for accepted, (skt, addr) in enumerate(clients, 1):
-                    if len(addr) == 4:
-                        # IPv6: keep the scope id in the host, as Twisted does.
-                        host = socket.getnameinfo(addr, _NUMERIC)[0]
-                        addr = (host,) + tuple(addr[1:])
-                    owner._accepted(skt, addr)
-                    if self.disconnecting or not self.connected:
-                        # close() was called from a listener callback: the
-                        # rest of the kernel queue is not ours any more.
-                        return
-        except OSError as e:
-            owner._acceptFailed(e)
-            return
+        listener = self.socket
+        for _ in range(self.numberAccepts):
+            try:
+                skt, addr = listener.accept()
+            except OSError as e:
+                err = e.errno
+                if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    break
+                if err in _CONNECTION_ERRORS:
+                    continue
+                if err in _SHORTAGE_ERRORS:
+                    self._shortOf(err)
+                    return
+                owner._acceptFailed(e)
+                return
+            accepted += 1
+            if self._shortage is not None:
+                self._shortageOver()
+            if len(addr) == 4:
+                # IPv6: keep the scope id in the host, as Twisted does.
+                host = socket.getnameinfo(addr, _NUMERIC)[0]
+                addr = (host,) + tuple(addr[1:])
+            owner._accepted(skt, addr)
+            if self.disconnecting or not self.connected:
+                # close() was called from a listener callback: the rest of
+                # the kernel queue is not ours any more.
+                return
         if accepted == self.numberAccepts:
             self.numberAccepts += 20
         else:
             self.numberAccepts = max(1, accepted)
+
+    def _shortOf(self, err: int) -> None:
+        """
+        C{accept()} failed with C{err}, one of L{_SHORTAGE_ERRORS}: shed
+        what is queued if C{EMFILE} recovery can, else pause and retry.
+        Logs once per burst.
+        """
+        shed, drained = 0, False
+        if err == errno.EMFILE and _reserve.available():
+            shed, drained = _shedQueued(self.socket)
+        shortage = self._shortage
+        first = shortage is None
+        if shortage is None:
+            shortage = self._shortage = _Shortage(errno.errorcode.get(err, str(err)), self._clock.seconds())
+        shortage.shed += shed
+        delay = None
+        if not drained:
+            # Level-triggered: reading on would wake us at once for the
+            # same queued connection.  Pause instead.
+            delay = shortage.nextDelay()
+            self.stopReading()
+            self._retry = self._clock.callLater(delay, self._resume)
+        if not first:
+            return
+        address = self._owner._address
+        if drained:
+            self._logger.warn(
+                "Cannot accept connections on {address}: {error} (out of file descriptors); "
+                "EMFILE recovery closed {shed} queued connection(s) unserved and closes further "
+                "ones until an accept succeeds again (logged once for this burst)",
+                address=address,
+                error=shortage.error,
+                shed=shed,
+            )
+        else:
+            self._logger.warn(
+                "Cannot accept connections on {address}: {error}; pausing accepts and retrying "
+                "(every {retryMax}s at most) until an accept succeeds again; queued clients wait "
+                "(logged once for this burst)",
+                address=address,
+                error=shortage.error,
+                retryMax=RETRY_MAX,
+            )
+
+    def _shortageOver(self) -> None:
+        shortage = self._shortage
+        assert shortage is not None
+        self._shortage = None
+        self._logger.info(
+            "Accepting connections on {address} again after {seconds:.3f}s short of resources "
+            "({error}): {shed} connection(s) closed unserved, {retries} pause(s)",
+            address=self._owner._address,
+            seconds=self._clock.seconds() - shortage.started,
+            error=shortage.error,
+            shed=shortage.shed,
+            retries=shortage.retries,
+        )
+
+    def _resume(self) -> None:
+        """
+        The pause after a shortage is over: take the reserve back if it was
+        lost, and accept again (a queued connection wakes C{doRead} at once).
+        """
+        self._retry = None
+        if self.connected and not self.disconnecting:
+            _reserve.reserve()
+            self.startReading()
+
+    def _cancelRetry(self) -> None:
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
 
     def stop(self) -> None:
         """
@@ -105,6 +333,7 @@ class ListeningPort(tcp.Port):
         later) frees the port for an immediate re-listen and makes new
         connection attempts fail at once instead of being queued and reset.
         """
+        self._cancelRetry()
         if not self.connected:
             return
         self.stopReading()
