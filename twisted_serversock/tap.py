@@ -232,8 +232,21 @@ def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
     outcome = results[0]
     if hasattr(outcome, "raiseException"):
         outcome.raiseException()
-    _log.info("serversock listening on {description}", description=description)
+    _log.info("serversock listening on {description} ({address})", description=description, address=_where(outcome))
     return outcome
+
+
+def _where(port: Any) -> str:
+    try:
+        address = port.getHost()
+    except Exception:
+        return "?"
+    host, number, name = getattr(address, "host", None), getattr(address, "port", None), getattr(address, "name", None)
+    if host is not None:
+        return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return str(name)
 
 
 def makeService(options: Options) -> ServerSockService:

@@ -161,6 +161,7 @@ class WorkerPool:
     def _ready(self, slot: _Slot, link: WorkerLink) -> None:
         if slot.link is not link or self._stopping:
             return
+        _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=slot.pid)
         for route in self._routes:
             self.dispatcher.join(route, link)
 

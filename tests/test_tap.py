@@ -1,0 +1,285 @@
+"""
+C{twistd serversock} in real processes: echo served from two worker
+processes, a killed worker restarted with nothing lost that the parent had
+not handed over, SIGTERM's graceful stop with exit status 0, any endpoint
+string, and bad input refused before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import textwrap
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from .conftest import connect, connectUNIX, eventually, sleep, theReactor, timeout
+from .test_twistd import TWISTD, Proc, spawn
+
+SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
+LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="/tmp/ssk")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def echo(port: int, data: bytes) -> bytes:
+    client = await connect(port)
+    client.transport.write(data)
+    got = await client.waitFor(len(data))
+    client.transport.loseConnection()
+    await client.whenClosed()
+    return got
+
+
+def workerPids(proc: Proc) -> dict[int, int]:
+    """
+    The pid of each worker number, latest start last.
+    """
+    return {int(i): int(p) for i, p in re.findall(r"Started worker (\d+) \(pid (\d+)\)", proc.output)}
+
+
+async def stopCleanly(proc: Proc) -> int:
+    """
+    SIGTERM; the exit status (which must come within the wait).
+    """
+    if not proc.ended.called:
+        proc.transport.signalProcess(signal.SIGTERM)
+    return int(await timeout(proc.ended, 30))
+
+
+async def started(argv: list[str], cwd: str, workers: int) -> tuple[Proc, int]:
+    proc = spawn(SERVERSOCK + argv, cwd)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    for i in range(1, workers + 1):
+        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+    return proc, port
+
+
+@pytest_twisted.ensureDeferred
+async def test_twoWorkersServeEchoAndStopCleanly(workdir: str) -> None:
+    """
+    Two worker processes share the connections; SIGTERM closes the port,
+    logs each worker's connection count and exits 0.
+    """
+    proc, port = await started(["--listen", "gecko:port=0:loopback=1", "--workers", "2"], workdir, 2)
+    try:
+        replies = await defer.gatherResults([defer.ensureDeferred(echo(port, b"hello %d" % i)) for i in range(20)])
+        assert replies == [b"hello %d" % i for i in range(20)]
+        pids = workerPids(proc)
+        assert len(pids) == 2 and os.getpid() not in pids.values()
+    finally:
+        status = await stopCleanly(proc)
+    assert status == 0, proc.output
+    counts = {int(i): int(n) for i, n in re.findall(r"Worker (\d+): (\d+) connection\(s\) adopted", proc.output)}
+    assert set(counts) == {1, 2} and sum(counts.values()) == 20 and min(counts.values()) > 0, proc.output
+    assert "Traceback" not in proc.output
+    with pytest.raises(Exception):
+        await connect(port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_killedWorkerIsRestartedAndLosesNothingHeld(workdir: str) -> None:
+    """
+    A worker is stopped (SIGSTOP) so that connections handed to it stay
+    unacknowledged, then SIGKILLed while a stream of new connections
+    arrives: every connection is served - the parent re-sends what the dead
+    worker never adopted - and the worker is restarted.
+    """
+    proc, port = await started(["--listen", "gecko:port=0:loopback=1", "--workers", "2"], workdir, 2)
+    try:
+        victim = workerPids(proc)[1]
+        os.kill(victim, signal.SIGSTOP)
+        first = [defer.ensureDeferred(echo(port, b"held %d" % i)) for i in range(10)]
+        await sleep(0.3)
+        os.kill(victim, signal.SIGKILL)
+        stream = []
+        for i in range(20):
+            stream.append(defer.ensureDeferred(echo(port, b"stream %d" % i)))
+            await sleep(0.02)
+        replies = await timeout(defer.gatherResults(first + stream), 30)
+        assert replies == [b"held %d" % i for i in range(10)] + [b"stream %d" % i for i in range(20)]
+        await proc.waitFor(r"Worker 1 \(pid %d\) died \(signal 9\)" % victim)
+        assert "handing them to another child" in proc.output, proc.output
+        await eventually(lambda: workerPids(proc)[1] != victim, seconds=20)
+        await proc.waitFor(r"Worker 1 \(pid %d\) is ready" % workerPids(proc)[1])
+        assert await echo(port, b"after restart") == b"after restart"
+    finally:
+        status = await stopCleanly(proc)
+    assert status == 0, proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigtermLetsOpenConnectionsFinish(workdir: str) -> None:
+    """
+    After SIGTERM the port is closed at once, but an open connection keeps
+    being served until its client closes it; then the process exits 0.
+    """
+    proc, port = await started(["--listen", "gecko:port=0:loopback=1", "--workers", "1", "--grace", "20"], workdir, 1)
+    client = await connect(port)
+    client.transport.write(b"before")
+    await client.waitFor(6)
+    proc.transport.signalProcess(signal.SIGTERM)
+    await proc.waitFor(r"stopped listening")
+    with pytest.raises(Exception):
+        await connect(port)
+    await sleep(0.2)
+    client.transport.write(b" after")
+    assert await client.waitFor(12) == b"before after"
+    assert not proc.ended.called
+    client.transport.loseConnection()
+    assert int(await timeout(proc.ended, 20)) == 0, proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_graceEndsIdleConnections(workdir: str) -> None:
+    """
+    A connection still open when the grace period ends is closed, and the
+    process still exits 0.
+    """
+    proc, port = await started(["--listen", "gecko:port=0:loopback=1", "--workers", "1", "--grace", "0.5"], workdir, 1)
+    client = await connect(port)
+    client.transport.write(b"x")
+    await client.waitFor(1)
+    assert await stopCleanly(proc) == 0, proc.output
+    await client.whenClosed()
+    assert "aborting 1 open connection" in proc.output
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix", "geckounix"])
+@pytest_twisted.ensureDeferred
+async def test_anyEndpointString(workdir: str, kind: str) -> None:
+    """
+    Plain Twisted endpoints hand their connections over too (the parent's
+    Twisted transport goes without shutting the worker's copy down).
+    """
+    path = os.path.join(workdir, "s.sock")
+    listen = {"tcp": "tcp:0:interface=127.0.0.1", "unix": f"unix:{path}", "geckounix": f"geckounix:{path}"}[kind]
+    proc = spawn(SERVERSOCK + ["--listen", listen, "--workers", "1"], workdir)
+    try:
+        match = await proc.waitFor(r"serversock listening on \S+ \((.*)\)")
+        await proc.waitFor(r"Worker 1 \(pid \d+\) is ready")
+        for i in range(5):
+            if kind == "tcp":
+                client = await connect(int(match.group(1).rsplit(":", 1)[1]))
+            else:
+                client = await connectUNIX(path)
+            client.transport.write(b"over %s %d" % (kind.encode(), i))
+            expected = b"over %s %d" % (kind.encode(), i)
+            assert await client.waitFor(len(expected)) == expected
+            client.transport.loseConnection()
+            await client.whenClosed()
+        assert "serving them in the parent" not in proc.output
+    finally:
+        assert await stopCleanly(proc) == 0, proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrappedEndpointIsServedInTheParent(workdir: str) -> None:
+    """
+    A PROXY-protocol endpoint's connections cannot be handed over (the
+    parent must read the header): they are served in the parent, with one
+    warning, not dropped.
+    """
+    proc = spawn(SERVERSOCK + ["--listen", "haproxy:gecko:port=0:loopback=1", "--workers", "1"], workdir)
+    try:
+        port = int((await proc.waitFor(r"GeckoServerEndpoint listening on 127\.0\.0\.1:(\d+)")).group(1))
+        await proc.waitFor(r"Worker 1 \(pid \d+\) is ready")
+        for i in range(2):
+            client = await connect(port)
+            client.transport.write(b"PROXY TCP4 10.1.2.3 10.0.0.1 5555 80\r\nproxied %d" % i)
+            assert await client.waitFor(9) == b"proxied %d" % i
+            client.transport.loseConnection()
+        assert proc.output.count("serving them in the parent process") == 1
+    finally:
+        assert await stopCleanly(proc) == 0, proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_inProcessWithZeroWorkersAndAFactoryFromTheWorkingDirectory(workdir: str) -> None:
+    """
+    --workers 0 serves in the parent; --factory names a zero-argument
+    callable in a module of the working directory (workers import it too).
+    """
+    with open(os.path.join(workdir, "shout.py"), "w") as f:
+        f.write(
+            textwrap.dedent(
+                """
+                from twisted.internet.protocol import Factory, Protocol
+
+                class Shout(Protocol):
+                    def dataReceived(self, data):
+                        self.transport.write(data.upper())
+
+                def make():
+                    return Factory.forProtocol(Shout)
+                """
+            )
+        )
+    for workers in ("0", "1"):
+        proc, port = await started(
+            ["--listen", "gecko:port=0:loopback=1", "--workers", workers, "--factory", "shout.make"], workdir, int(workers)
+        )
+        try:
+            assert await echo(port, b"quiet") == b"QUIET"
+            assert ("Started worker" in proc.output) == (workers == "1")
+        finally:
+            assert await stopCleanly(proc) == 0, proc.output
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--factory", "no_such_module.factory"], r"--factory no_such_module.factory cannot be imported: .*does not name an object"),
+        (["--factory", "os.sep"], r"--factory os.sep is '/', which is neither an IProtocolFactory"),
+        (["--factory", "os.getpid"], r"--factory os.getpid\(\) returned \d+, which is not an IProtocolFactory"),
+        (["--factory", "not a name"], r"--factory must be a dotted name"),
+        (["--listen", "gecko:port=99999"], r"--listen 'gecko:port=99999': port must be from -1 to 65535, not 99999"),
+        (["--listen", "nosuchendpoint:1"], r"--listen 'nosuchendpoint:1': .*nosuchendpoint"),
+        (["--workers", "-1"], r"--workers must be 0 or more, not -1"),
+        (["--workers", "two"], r"--workers must be a whole number, not 'two'"),
+        (["--grace", "-3"], r"--grace must be 0 or more seconds"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_badInputFailsBeforeAnyWorker(workdir: str, argv: list[str], message: str) -> None:
+    """
+    Each bad option is one clear line and a non-zero exit; no worker is
+    started and nothing listens.
+    """
+    proc = spawn(SERVERSOCK + argv, workdir)
+    status = await timeout(proc.ended, 30)
+    assert status != 0
+    lines = [line for line in proc.output.splitlines() if re.search(message, line)]
+    assert len(lines) == 1, proc.output
+    assert "Started worker" not in proc.output and "Traceback" not in proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_busyPortFailsFast(workdir: str) -> None:
+    """
+    A port that cannot be had stops twistd at once, with the NSError, and
+    starts no worker.
+    """
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        proc = spawn(SERVERSOCK + ["--listen", f"gecko:port={busy.getsockname()[1]}:loopback=1", "--workers", "2"], workdir)
+        status = await timeout(proc.ended, 30)
+    finally:
+        busy.close()
+    assert status != 0
+    assert "NS_ERROR_SOCKET_ADDRESS_IN_USE" in proc.output
+    assert "Started worker" not in proc.output
