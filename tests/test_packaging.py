@@ -18,13 +18,16 @@ from typing import Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DROPINS = {"twisted/plugins/twisted_serversock_endpoints.py"}
+DROPINS = {"twisted/plugins/twisted_serversock_endpoints.py", "twisted/plugins/twisted_serversock_tap.py"}
 
 DISCOVER = (
     "import sys\n"
     "from twisted.plugin import getPlugins\n"
     "from twisted.internet.interfaces import IStreamServerEndpointStringParser as I\n"
     "prefixes = sorted(p.prefix for p in getPlugins(I))\n"
+    "from twisted.application.service import IServiceMaker\n"
+    "prefixes += [m.tapname for m in getPlugins(IServiceMaker) if m.tapname == 'serversock']\n"
+    "assert 'twisted.internet.reactor' not in sys.modules, 'a dropin imported the reactor'\n"
     "print(' '.join(prefixes))\n"
     "import twisted_serversock\n"
     "print(twisted_serversock.__file__)\n"
@@ -87,14 +90,14 @@ def test_pluginsFoundFromWheel(wheel: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     prefixes, location = out.stdout.split("\n")[:2]
-    assert {"gecko", "geckounix"} <= set(prefixes.split())
+    assert {"gecko", "geckounix", "serversock"} <= set(prefixes.split())
     assert location.startswith(target), "the package was not imported from the wheel install"
 
 
 def test_pluginsFoundFromEditableInstall() -> None:
     out = subprocess.run([sys.executable, "-c", DISCOVER], capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
-    assert {"gecko", "geckounix"} <= set(out.stdout.split("\n")[0].split())
+    assert {"gecko", "geckounix", "serversock"} <= set(out.stdout.split("\n")[0].split())
 
 
 def test_noPackageInitUnderTwisted() -> None:

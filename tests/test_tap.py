@@ -14,13 +14,13 @@ import signal
 import socket
 import tempfile
 import textwrap
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from .conftest import connect, connectUNIX, eventually, sleep, theReactor, timeout
+from .conftest import connect, connectUNIX, eventually, sleep, timeout
 from .test_twistd import TWISTD, Proc, spawn
 
 SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]

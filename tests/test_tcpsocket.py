@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from twisted_serversock import NSError, results
+from twisted_serversock import NSError
 from twisted_serversock.interfaces import ITCPServerSocket, ITCPSocket
 from twisted_serversock.tcpsocket import TCPServerSocket, TCPSocket
 from zope.interface.verify import verifyObject

@@ -39,6 +39,7 @@ from .ioservice import IOService, ioService
 from .netaddr import NetAddr
 from .results import NSError
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
+from .tcpsocket import TCPServerSocket, TCPSocket
 from .transport import SocketTransport
 
 __version__ = "0.1.0.dev0"
@@ -53,6 +54,8 @@ __all__ = [
     "ioService",
     "NetAddr",
     "SocketTransport",
+    "TCPServerSocket",
+    "TCPSocket",
     "IServerSocket",
     "IServerSocketListener",
     "ISocketTransport",

@@ -235,10 +235,11 @@ class TCPSocket(Protocol):
         if self._waitingForDrain:
             self._waitingForDrain = False
             _fire(self.ondrain, TCPSocketEvent("drain", self), self)
-        if self.readyState == "closing" and self.transport is not None:
+        transport: Any = self.transport
+        if self.readyState == "closing" and transport is not None:
             # close() left the producer registered so that this drain event
             # could come; now let the transport finish closing.
-            self.transport.unregisterProducer()
+            transport.unregisterProducer()
 
     def connectionLost(self, reason: Failure = _error.ConnectionDone()) -> None:  # type: ignore[assignment]
         wasConnecting = self.readyState == "connecting"

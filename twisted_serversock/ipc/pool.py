@@ -7,7 +7,6 @@ channel to the parent, restarted with backoff when they die.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from typing import Any

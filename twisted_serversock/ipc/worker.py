@@ -19,7 +19,8 @@ import sys
 import time
 from typing import Any
 
-from twisted.logger import Logger, formatEvent, globalLogBeginner
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
+from zope.interface import implementer
 from twisted.python.failure import Failure
 
 __all__ = ["main", "resolveFactory"]
@@ -57,12 +58,20 @@ def resolveFactory(name: str) -> Any:
     raise ValueError(f"--factory {name} is {obj!r}, which is neither an IProtocolFactory nor a callable returning one")
 
 
+@implementer(ILogObserver)
 def _stderrObserver(event: dict[str, Any]) -> None:
+    """
+    One line an event (plus a traceback), for the parent to relay; the
+    level is written unless it is info.
+    """
     text = formatEvent(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"
-    sys.stderr.write(f"{event.get('log_level').name if event.get('log_level') else 'info'} {text}\n")
+    level = event.get("log_level")
+    if level is not None and level is not LogLevel.info:
+        text = f"{level.name}: {text}"
+    sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
 
@@ -155,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([_stderrObserver], redirectStandardIO=False)
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
 
+    reactor: Any = _reactor
     try:
         factory = resolveFactory(args.factory)
     except ValueError as e:
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(worker.stop, 10.0))
     reactor.callWhenRunning(worker.start)
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)
     return 0
 
 
