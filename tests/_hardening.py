@@ -60,10 +60,15 @@ def nofile(wanted: int) -> Iterator[int]:
     @return: the soft limit in force inside the block.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
     newHard = hard
-    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
-        newHard = wanted
-    newSoft = max(soft, min(wanted, newHard) if newHard != resource.RLIM_INFINITY else wanted)
+    if hard != infinite and hard < wanted:
+        try:  # root with CAP_SYS_RESOURCE may raise the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
+            newHard = wanted
+        except (ValueError, OSError):
+            pass
+    newSoft = max(soft, wanted if newHard == infinite else min(wanted, newHard))
     resource.setrlimit(resource.RLIMIT_NOFILE, (newSoft, newHard))
     try:
         yield newSoft
