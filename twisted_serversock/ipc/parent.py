@@ -98,15 +98,22 @@ class Dispatcher:
 
     @ivar held: every connection not yet acknowledged, by id.
     @ivar waiting: connections with no child to go to yet, oldest first.
+    @ivar accepted: how many connections were submitted.
+    @ivar adopted: how many a child acknowledged.
     @ivar redispatched: how many connections went to a second child because
         the first one was lost before acknowledging.
+    @ivar dropped: how many were closed unserved (their listener's last
+        child gone, or a shutdown's grace period over).
     """
 
     def __init__(self) -> None:
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
         self.waiting: deque[_Held] = deque()
+        self.accepted = 0
+        self.adopted = 0
         self.redispatched = 0
+        self.dropped = 0
         self._connIds = itertools.count(1)
         self._routeIds = itertools.count(1)
         self._idleWaiters: list[Callable[[], None]] = []
@@ -135,6 +142,7 @@ class Dispatcher:
         a child of the route can take it.
         """
         held = _Held(next(self._connIds), route, skt)
+        self.accepted += 1
         self.held[held.connId] = held
         if not self._send(held):
             self.waiting.append(held)
@@ -170,6 +178,7 @@ class Dispatcher:
                 continue
             del self.held[connId]
             link.adopted += 1
+            self.adopted += 1
             held.socket.close()  # a plain close: the child's copy lives on
         self._checkIdle()
 
@@ -214,6 +223,7 @@ class Dispatcher:
 
     def _drop(self, held: _Held, why: str) -> None:
         self.held.pop(held.connId, None)
+        self.dropped += 1
         _log.error(
             "Closing connection {id} of {route!r}: {why}",
             id=held.connId,

@@ -267,6 +267,15 @@ class WorkerPool:
                 n=slot.adopted,
                 r=slot.restarts,
             )
+        dispatcher = self.dispatcher
+        _log.info(
+            "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
+            "after a worker died, {dropped} closed unserved",
+            accepted=dispatcher.accepted,
+            adopted=dispatcher.adopted,
+            redispatched=dispatcher.redispatched,
+            dropped=dispatcher.dropped,
+        )
         d, self._ended_d = self._ended_d, None
         d.callback(None)
 
