@@ -16,6 +16,14 @@ The rules this module enforces (and Twisted's own UNIX port does not):
     nor refuse connections there.
   - B{No leftovers.}  The private directory and the temporary name are
     removed on every path, success or failure.
+  - B{Symbolic links.}  One at the final component is never followed
+    (C{lstat} sees it and the bind is refused; C{link()} would not follow
+    one that appears later; the lock file is opened C{O_NOFOLLOW}).  Links
+    above it are followed, as for any path, but the parent directory is
+    resolved exactly once and everything after goes through its
+    descriptor; the private directory is opened C{O_NOFOLLOW} and refused
+    unless it is owned by us, so someone who may write to the parent
+    cannot slip their own directory (and then their own socket) in.
   - B{Clean up only what is ours.}  On close the path is unlinked only if it
     is still the very inode we linked there (same device and inode number).
   - B{Reclaim only when asked, and only the dead.}  With C{reclaimStale}, an
@@ -33,10 +41,11 @@ import socket
 import stat
 import struct
 import sys
-import tempfile
+import secrets
 from typing import Any
 
 from .results import (
+    NS_ERROR_FAILURE,
     NS_ERROR_FILE_NAME_TOO_LONG,
     NS_ERROR_INVALID_ARG,
     NS_ERROR_SOCKET_ADDRESS_IN_USE,
@@ -203,70 +212,148 @@ def _describeEntry(path: bytes, st: os.stat_result) -> str:
 def _bindAndLink(
     path: bytes, parent: bytes, name: bytes, mode: int, backlog: int
 ) -> tuple[socket.socket, tuple[int, int]]:
-    shown = os.fsdecode(path)
+    """
+    Bind, chmod and listen in a private directory, then link into place.
+
+    The parent directory is resolved once, here; everything after goes
+    through its descriptor, so a symbolic link above the socket that is
+    re-pointed meanwhile cannot split the work between two directories.
+    """
     try:
-        private = tempfile.mkdtemp(prefix=b".tss-", dir=parent)
+        # O_PATH: link() needs write and search permission on the parent,
+        # not read (a drop-box directory, mode 0733, must do).
+        parentFD = os.open(parent, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise _oserror(e, f"create a socket in {os.fsdecode(parent)}") from None
+    try:
+        return _bindInParent(path, parent, parentFD, name, mode, backlog)
+    finally:
+        os.close(parentFD)
+
+
+def _bindInParent(
+    path: bytes, parent: bytes, parentFD: int, name: bytes, mode: int, backlog: int
+) -> tuple[socket.socket, tuple[int, int]]:
+    shown = os.fsdecode(path)
+    try:
+        privateName = _makePrivate(parentFD)
+    except OSError as e:
+        raise _oserror(e, f"create a socket in {os.fsdecode(parent)}") from None
+    private = os.path.join(parent, privateName)
     privateFD = -1
     skt: socket.socket | None = None
     bound = False
     try:
-        privateFD = _openPrivate(private)
+        privateFD = _openPrivate(parentFD, privateName, private)
         skt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         skt.bind(_shortName(private, privateFD))
         bound = True
+        # Through the descriptor: if the name was swapped for another
+        # directory, the bind above went there and this fails (ENOENT).
         os.chmod(b"s", mode, dir_fd=privateFD)
         skt.listen(backlog)
         skt.setblocking(False)
         st = os.stat(b"s", dir_fd=privateFD, follow_symlinks=False)
-        # O_PATH: link() needs write and search permission on the parent,
-        # not read (a drop-box directory, mode 0733, must do).
-        parentFD = os.open(parent, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.link(b"s", name, src_dir_fd=privateFD, dst_dir_fd=parentFD, follow_symlinks=False)
-        finally:
-            os.close(parentFD)
-    except OSError as e:
+        os.link(b"s", name, src_dir_fd=privateFD, dst_dir_fd=parentFD, follow_symlinks=False)
+    except BaseException as e:
         if skt is not None:
             skt.close()
-        raise _oserror(e, f"listen on {shown}") from None
+        if isinstance(e, OSError):
+            raise _oserror(e, f"listen on {shown}") from None
+        raise
     finally:
         if bound:
             try:
                 os.unlink(b"s", dir_fd=privateFD)
             except OSError:
                 pass
-        if privateFD >= 0:
-            os.close(privateFD)
-        try:
-            os.rmdir(private)
-        except OSError:
-            pass
+        _removePrivate(parentFD, privateName, privateFD)
     return skt, (st.st_dev, st.st_ino)
 
 
-def _openPrivate(private: bytes) -> int:
-    """
-    Open the private directory C{mkdtemp} just made, and make sure its owner
-    may use it.
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 
-    C{mkdtemp} creates it with mode 0700 less the umask: under a umask such
-    as 0777 it is mode 0, and an unprivileged process could then neither
+
+def _makePrivate(parentFD: int) -> bytes:
+    """
+    Create a fresh directory C{.tss-XXXXXXXX} (mode 0700 less the umask) in
+    the directory open as C{parentFD}, and return its name.
+    """
+    for _ in range(100):
+        name = b".tss-" + secrets.token_hex(4).encode()
+        try:
+            os.mkdir(name, 0o700, dir_fd=parentFD)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no unused name for a private directory")
+
+
+def _removePrivate(parentFD: int, name: bytes, privateFD: int) -> None:
+    """
+    Close and remove the (by now empty) private directory, unless the name
+    has come to mean another directory: then ours was moved away by
+    someone who can write to the parent, and what stands there now is not
+    ours to remove.
+    """
+    try:
+        mine = None
+        if privateFD >= 0:
+            try:
+                mine = os.fstat(privateFD)
+            finally:
+                os.close(privateFD)
+        there = os.stat(name, dir_fd=parentFD, follow_symlinks=False)
+        if mine is not None:
+            if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+                return
+        elif not stat.S_ISDIR(there.st_mode) or there.st_uid != os.geteuid():
+            return
+        os.rmdir(name, dir_fd=parentFD)
+    except OSError:
+        pass
+
+
+def _openPrivate(parentFD: int, name: bytes, private: bytes) -> int:
+    """
+    Open the private directory C{_makePrivate} just made, check that it is
+    still ours, and make sure its owner may use it.
+
+    B{Still ours}: between C{mkdir} and this C{open}, anyone who may write
+    to the parent directory can rename our directory away and put one of
+    their own under its name (a sticky directory such as C{/tmp} forbids
+    that; a group- or world-writable one does not).  Binding in it would
+    let them swap the socket for theirs before it is linked into place, so
+    a directory that is not owned by us is refused.  (The name is opened
+    with C{O_NOFOLLOW}: a symbolic link there is refused too.)
+
+    B{Usable}: C{mkdir} applies the umask: under a umask such as 0777 the
+    directory is mode 0, and an unprivileged process could then neither
     open nor bind in it.  The owner's bits are given back through the
     descriptor (C{O_PATH} needs no permission on the directory, and
     C{/proc/self/fd} names exactly that inode, never whatever a name may
     point to by now), falling back to the name where there is no C{O_PATH}
     or no C{/proc}.
+
+    @raise NSError: C{NS_ERROR_FAILURE} if the directory is not ours.
     """
     flags = os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     opath = getattr(os, "O_PATH", 0)
     if not opath:
         os.chmod(private, 0o700)
-        return os.open(private, os.O_RDONLY | flags)
-    fd = os.open(private, opath | flags)
+        fd = os.open(name, os.O_RDONLY | flags, dir_fd=parentFD)
+    else:
+        fd = os.open(name, opath | flags, dir_fd=parentFD)
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise NSError(
+                NS_ERROR_FAILURE,
+                f"{os.fsdecode(private)}: our private directory was replaced by one owned by uid "
+                f"{st.st_uid}; someone who can write to {os.fsdecode(os.path.dirname(private))} "
+                "is interfering, so nothing was bound",
+            )
+        if opath and stat.S_IMODE(st.st_mode) != 0o700:
             try:
                 os.chmod(b"/proc/self/fd/%d" % fd, 0o700)
             except FileNotFoundError:  # no /proc
