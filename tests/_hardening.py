@@ -16,39 +16,15 @@ from typing import Any, Iterator
 from twisted.internet import defer, protocol
 
 from .conftest import theReactor, timeout
+from .soak._proc import cpuSeconds, fdCount, rssKiB
+
+__all__ = ["cpuSeconds", "fdCount", "rssKiB"]  # (re-exported for the tests)
 
 #: The repository root (the echo server runs as C{-m tests.soak.echoserver}).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: C{SERVERSOCK_SOAK=long} selects the long mode of the soak and load tests.
 LONG = os.environ.get("SERVERSOCK_SOAK", "").lower() == "long"
-
-
-def fdCount(pid: int | str = "self") -> int:
-    """
-    How many descriptors process C{pid} has open.
-    """
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rssKiB(pid: int | str = "self") -> int:
-    """
-    The resident set size of process C{pid}, in KiB.
-    """
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def cpuSeconds(pid: int | str = "self") -> float:
-    """
-    User plus system CPU time process C{pid} has used, in seconds.
-    """
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -90,6 +66,30 @@ def childEnv() -> dict[str, str]:
     """
     path = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + path if path else ""))
+
+
+class CollectingProcess(protocol.ProcessProtocol):
+    """
+    A child process whose output is collected.
+
+    @ivar out: its standard output.
+    @ivar err: its standard error.
+    @ivar ended: fires with its exit code.
+    """
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
 
 
 class EchoServer(protocol.ProcessProtocol):

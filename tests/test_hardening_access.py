@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.internet.endpoints import serverFromString
 
+from ._hardening import CollectingProcess
 from .conftest import asNobody, connectUNIX, failures, nobodyEnv, theReactor, timeout
 
 pytestmark = [
@@ -54,22 +55,6 @@ print(json.dumps(answers))
 """
 
 
-class _Peer(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
 class _Greeter(protocol.Protocol):
     def connectionMade(self) -> None:
         self.factory.seen.append(self.transport.getPeer())  # type: ignore[attr-defined]
@@ -92,7 +77,7 @@ async def test_otherUidRefusedBeforeTheFactory(logged: Any, kind: str) -> None:
     factory.seen = []  # type: ignore[attr-defined]
     port = await timeout(serverFromString(theReactor(), description).listen(factory))
     try:
-        peer = _Peer()
+        peer = CollectingProcess()
         argv = asNobody([sys.executable, "-c", _PEER, target.replace("\0", "@"), "5"])
         pid = theReactor().spawnProcess(peer, argv[0], argv, env=nobodyEnv(), path="/").pid
         assert await timeout(peer.ended, 60) == 0, peer.err.decode()

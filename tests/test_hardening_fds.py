@@ -35,6 +35,7 @@ from twisted_serversock import _port
 
 from ._hardening import EchoServer, cpuSeconds, fdCount, startEchoServer
 from .conftest import Client, Recorder, connect, eventually, failures, sleep
+from .test_serversocket import _FlakyListeningSocket
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -170,14 +171,26 @@ async def test_floodWithoutReserveWaitsWithoutSpinning() -> None:
 # The same rules in-process, with injected errors (no limit lowered).
 
 
-class _ShortListeningSocket:
+def listening(servers: Any) -> tuple[Any, Recorder, Any]:
+    """
+    A loopback server socket listening with a L{Recorder}; its listening
+    port (whose C{socket} the tests replace).
+    """
+    srv = servers()
+    srv.init(-1, True, -1)
+    rec = Recorder()
+    srv.asyncListen(rec)
+    return srv, rec, srv._port
+
+
+class _ShortListeningSocket(_FlakyListeningSocket):
     """
     Stands in for the listening socket: C{accept()} fails with C{err} while
     C{self.short} is true.
     """
 
     def __init__(self, real: socket.socket, err: int) -> None:
-        self._real = real
+        super().__init__(real, [])
         self.err = err
         self.short = True
         self.calls = 0
@@ -186,10 +199,7 @@ class _ShortListeningSocket:
         self.calls += 1
         if self.short:
             raise OSError(self.err, "injected")
-        return self._real.accept()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+        return super().accept()
 
 
 @pytest.mark.parametrize("err", [errno.ENFILE, errno.ENOBUFS, errno.ENOMEM], ids=["ENFILE", "ENOBUFS", "ENOMEM"])
@@ -200,11 +210,7 @@ async def test_systemShortagePausesAndRetries(servers: Any, logged: Any, err: in
     table, kernel memory) pauses accepting with a growing delay, logs one
     warning, and serves the queued client when it is over.
     """
-    srv = servers()
-    srv.init(-1, True, -1)
-    rec = Recorder()
-    srv.asyncListen(rec)
-    port = srv._port
+    srv, rec, port = listening(servers)
     fake = port.socket = _ShortListeningSocket(port.socket, err)
     client = await connect(srv.port)
     await sleep(1.0)
@@ -228,38 +234,18 @@ async def test_connectionErrorsSkipped(servers: Any, logged: Any) -> None:
     Errors Linux reports for one connection that died in the queue are
     skipped; the next queued connection is accepted in the same turn.
     """
-    srv = servers()
-    srv.init(-1, True, -1)
-    rec = Recorder()
-    srv.asyncListen(rec)
-    port = srv._port
+    srv, rec, port = listening(servers)
     errors = [errno.EPROTO, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ECONNABORTED, errno.EPERM]
-
-    class Flaky:
-        def accept(self) -> Any:
-            if errors:
-                e = errors.pop(0)
-                raise OSError(e, "injected")
-            return real.accept()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-    real = port.socket
-    port.socket = Flaky()
+    port.socket = flaky = _FlakyListeningSocket(port.socket, errors)
     client = await connect(srv.port)
     await rec.nextAccepted()
-    assert errors == [] and rec.statuses == [] and failures(logged) == []
+    assert flaky._errors == [] and rec.statuses == [] and failures(logged) == []
     client.transport.loseConnection()
 
 
 @pytest_twisted.ensureDeferred
 async def test_closeWhilePausedCancelsRetry(servers: Any) -> None:
-    srv = servers()
-    srv.init(-1, True, -1)
-    rec = Recorder()
-    srv.asyncListen(rec)
-    port = srv._port
+    srv, rec, port = listening(servers)
     port.socket = _ShortListeningSocket(port.socket, errno.ENOBUFS)
     client = await connect(srv.port)
     await eventually(lambda: port._retry is not None)

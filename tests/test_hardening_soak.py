@@ -12,37 +12,19 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
 
-from ._hardening import LONG, ROOT, childEnv, reactorName
+from ._hardening import LONG, ROOT, CollectingProcess, childEnv, reactorName
 from .conftest import theReactor, timeout
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
 
-class _Collect(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
 @pytest_twisted.ensureDeferred
 async def test_soak() -> None:
-    proc = _Collect()
+    proc = CollectingProcess()
     argv = [sys.executable, "-m", "tests.soak.soak", "--reactor", reactorName()]
     if LONG:
         argv.append("--long")

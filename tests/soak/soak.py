@@ -31,29 +31,18 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from typing import Any
+
+from ._proc import fdCount, rssKiB
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHORT = {"cycles": 10_000, "init_cycles": 10_000}
 LONG = {"cycles": 100_000, "init_cycles": 10_000}
 RSS_LIMIT_KIB = 5 * 1024
-
-
-def fdCount(pid: int | str = "self") -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rssKiB(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def _settle(pid: int, want: int, seconds: float = 10.0) -> int:
@@ -158,15 +147,6 @@ def soakEcho(kind: str, cycles: int, concurrency: int, reactor: str) -> dict[str
 # Init/close cycles (run in a child process: python -m tests.soak.soak --child-init N)
 
 
-def _hasIPv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def initCyclesChild(n: int, reactorName: str) -> None:
     if reactorName == "asyncio":
         from twisted.internet import asyncioreactor
@@ -179,6 +159,8 @@ def initCyclesChild(n: int, reactorName: str) -> None:
     from twisted.internet import defer, task
 
     from twisted_serversock import IOService, ServerSocket
+
+    from ..conftest import hasIPv6Loopback
 
     io = IOService()
     directory = tempfile.mkdtemp(prefix="/tmp/tssoak")
@@ -193,7 +175,7 @@ def initCyclesChild(n: int, reactorName: str) -> None:
         ),
         "initWithAbstractAddress": lambda s: s.initWithAbstractAddress(abstract, -1, allowedUids=[os.getuid()]),
     }
-    if _hasIPv6():
+    if hasIPv6Loopback():
         initialisers["initIPv6"] = lambda s: s.initIPv6(-1, True, -1)
         initialisers["initDualStack"] = lambda s: s.initDualStack(-1, -1)
 
