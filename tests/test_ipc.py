@@ -369,3 +369,82 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
     assert not link._listens
     with pytest.raises(Exception):
         await connect(port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> None:
+    """
+    Hostile input from a child - garbage, descriptors, a connection message,
+    acks for connections it never got, unknown and malformed control
+    messages - is rejected and logged; the parent keeps its connections and
+    serves on.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from twisted_serversock.ipc.parent import HandOffFactory
+
+    parentEnd, childEnd = wire.channelPair()
+    dispatcher = Dispatcher()
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "hostile child")
+    route = dispatcher.addRoute("test")
+    port = await timeout(serverFromString(theReactor(), "gecko:port=0:loopback=1").listen(HandOffFactory(dispatcher, route, None)))
+    try:
+        link._control_ready()
+        dispatcher.join(route, link)
+        client = await connect(port.getHost().port)
+        childEnd.setblocking(False)
+        received: list[Any] = []
+
+        def receive() -> bool:
+            try:
+                data, anc, _flags, _addr = childEnd.recvmsg(100, socket.CMSG_SPACE(16))
+            except BlockingIOError:
+                return False
+            fds = array.array("i")
+            for _level, _type, cdata in anc:
+                fds.frombytes(cdata)
+            received.append(wire.decode(data, list(fds)))
+            return True
+
+        await eventually(receive)
+        conn = received[0]
+        assert isinstance(conn, wire.Conn)
+        spare = os.open("/dev/null", os.O_RDONLY)
+        try:
+            rawSend(childEnd, b"\x00garbage")
+            rawSend(childEnd, wire.encodeControl("ready"), [spare])
+            rawSend(childEnd, wire.encodeConn(1, route.id), [spare])
+            rawSend(childEnd, wire.encodeAck([conn.connId + 1000]))
+            rawSend(childEnd, wire.encodeControl("nonsense"))
+            rawSend(childEnd, wire.encodeControl("listen", id="x", port=0))
+            rawSend(childEnd, wire.encodeControl("close", wrong=1))
+        finally:
+            os.close(spare)
+        await sleep(0.1)
+        assert link.channel.connected and not link.lost
+        assert link.channel.rejected == 6
+        assert dispatcher.held  # still holding the real connection
+        rawSend(childEnd, wire.encodeAck([conn.connId]))
+        await eventually(lambda: not dispatcher.held)
+        served = socket.socket(fileno=conn.fd)
+        try:
+            served.setblocking(False)
+            client.transport.write(b"still served")
+            got = bytearray()
+
+            def readServed() -> bool:
+                try:
+                    got.extend(served.recv(100))
+                except BlockingIOError:
+                    pass
+                return bytes(got) == b"still served"
+
+            await eventually(readServed)
+            served.send(b"yes")
+        finally:
+            served.close()
+        assert await client.waitFor(3) == b"yes"
+        assert any("acknowledged connection" in (e.get("log_format") or "") for e in logged)
+    finally:
+        childEnd.close()
+        await timeout(port.stopListening())
