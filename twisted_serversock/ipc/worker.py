@@ -89,6 +89,7 @@ class Worker:
         self._factory = factory
         self._index = index
         self._transports: list[Any] = []
+        self._pruneAt = 256
         self.adopted = 0
         self._stopping = False
         self.link = ParentLink(channel, reactor, name=f"worker {index} channel")
@@ -108,8 +109,10 @@ class Worker:
         self.adopted += 1
         if transport is not None:
             self._transports.append(transport)
-            if len(self._transports) > 256:
+            if len(self._transports) > self._pruneAt:
+                # Forget closed connections now and then (amortised O(1)).
                 self._transports = [t for t in self._transports if t.connected]
+                self._pruneAt = max(256, 2 * len(self._transports))
 
     def _control(self, message: Any) -> None:
         if message.type == "stop":
