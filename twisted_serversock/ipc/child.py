@@ -9,6 +9,12 @@ A connection message is acknowledged before the connection is adopted: once
 the parent has the ack it closes its copy, and until then it can give the
 connection to another child.  Adoption waits until the kernel has taken the
 ack, so a child never serves a connection the parent may also re-send.
+
+The connections that arrive on one readable event are acknowledged with one
+message (when the channel says the run is over, or before any control
+message that follows them), then adopted in the order they came: under load
+that saves the parent a message - a wakeup and a C{recvmsg} - per
+connection.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class ParentLink:
         self._requests: dict[int, TCPServerSocketChild] = {}  # by listen id
         self._listenIds = itertools.count(1)
         self._adopting: dict[int, socket.socket] = {}
+        self._unacked: list[tuple[int, int]] = []  # (connId, route), to ack at readDone
         self.channel = Channel(skt, self, reactor, name)
         self.channel.startReading()
 
@@ -81,11 +88,13 @@ class ParentLink:
     # Receiver
     def messageReceived(self, message: Message) -> None:
         if isinstance(message, Conn):
-            skt = socket.socket(fileno=message.fd)
-            connId, route = message.connId, message.route
-            self._adopting[connId] = skt
-            self.channel.send(encodeAck((connId,)), then=lambda: self._deliver(connId, route))
+            connId = message.connId
+            self._adopting[connId] = socket.socket(fileno=message.fd)
+            self._unacked.append((connId, message.route))
         elif isinstance(message, Control):
+            # Connections that came before it are acknowledged and adopted
+            # before it is handled, as if one at a time.
+            self.readDone()
             handler = getattr(self, "_control_" + message.type, None)
             if handler is not None:
                 try:
@@ -99,6 +108,26 @@ class ParentLink:
         else:
             assert isinstance(message, Ack)
             _log.warn("Ignored an ack from the parent: only children acknowledge")
+
+    def readDone(self) -> None:
+        """
+        Acknowledge, in one message, every connection received and not yet
+        acknowledged; adopt them once the kernel has taken the ack.
+        """
+        unacked = self._unacked
+        if not unacked:
+            return
+        self._unacked = []
+        if len(unacked) == 1:
+            connId, route = unacked[0]
+            self.channel.send(encodeAck((connId,)), then=lambda: self._deliver(connId, route))
+            return
+
+        def deliverAll() -> None:
+            for connId, route in unacked:
+                self._deliver(connId, route)
+
+        self.channel.send(encodeAck([connId for connId, _route in unacked]), then=deliverAll)
 
     def _deliver(self, connId: int, route: int) -> None:
         skt = self._adopting.pop(connId, None)
@@ -123,6 +152,7 @@ class ParentLink:
         for skt in self._adopting.values():
             skt.close()
         self._adopting.clear()
+        self._unacked = []
         if self.onLost is not None:
             self.onLost(reason)
 
