@@ -154,9 +154,13 @@ def isLocalListenAddress(host: str) -> bool:
     return host in _LOCAL_LISTEN_HOSTS
 
 
+_LOOPBACK_PEER_PREFIXES = ("127.", "::ffff:127.")
+
+
 def isLoopbackPeer(host: str) -> bool:
     """
     Whether a connection from IP C{host} survives going offline: the whole
-    IPv4 loopback network 127.0.0.0/8 (also v4-mapped) and C{::1}.
+    IPv4 loopback network 127.0.0.0/8 (also v4-mapped) and C{::1}.  (Asked
+    for every accepted TCP connection: one C{startswith} with a tuple.)
     """
-    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
+    return host.startswith(_LOOPBACK_PEER_PREFIXES) or host == "::1"

@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -388,9 +389,10 @@ class SocketTransport:
         if self._output is not None or (inp is not None and inp._opened):
             raise NSError(NS_ERROR_IN_PROGRESS, "the connection's streams are in use")
         # (A class has these as unbound functions: calling them would raise
-        # TypeError half-way through the hand-over.  Spelled out rather than
-        # looped: this runs for every connection an endpoint accepts.)
-        if (
+        # TypeError half-way through the hand-over.  This runs for every
+        # connection an endpoint accepts, so an instance of Twisted's
+        # Protocol, which has all three, skips the duck-typing checks.)
+        if not isinstance(protocol, Protocol) and (
             isinstance(protocol, type)
             or not callable(getattr(protocol, "makeConnection", None))
             or not callable(getattr(protocol, "dataReceived", None))
@@ -404,8 +406,12 @@ class SocketTransport:
             self._cancelTimer()
         tcp = self._tcp
         tcp.protocol = protocol
-        # Twisted formats its log prefix from the protocol at construction.
+        # Twisted formats the log prefix and the repr of a connection from
+        # its protocol at construction: redo both for the new protocol
+        # (the repr keeps what follows the class name: " #N on PORT>").
         tcp.logstr = f"{tcp._getLogPrefix(protocol)},{tcp.sessionno},{tcp.hostname}"
+        repstr = tcp.repstr
+        tcp.repstr = f"<{type(protocol).__name__}{repstr[repstr.find(' #'):]}"
         if inp is not None:
             self._input = None
             if inp._paused:
