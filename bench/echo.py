@@ -1,0 +1,54 @@
+"""
+Stream echo throughput over one TCP connection: the Gecko API's streams
+(a listener that opens the connection's input and output streams with the
+default buffers and pumps one into the other with C{asyncWait}) against a
+plain Twisted echo protocol on C{tcp:}, plus the A/A control.  The C client
+writes 64 KiB chunks with at most 1 MiB in flight and counts what comes
+back.
+"""
+
+from __future__ import annotations
+
+from ._harness import Context, Result, Target, cpuNote, pairedRow, rotations
+
+NAME = "echo"
+TITLE = "Stream echo throughput, one connection"
+
+TARGET = Target(">=", 0.80)
+MAX_BYTES = 4 << 30
+WINDOW = 1 << 20
+
+
+def run(ctx: Context) -> Result:
+    result = Result()
+    seconds = 1 if ctx.quick else 2
+    servers = {
+        "A": ctx.pyServer("streams-echo", "gecko:port=0:loopback=1", "echo-A"),
+        "B": ctx.pyServer("echo", "tcp:0:interface=127.0.0.1", "echo-B"),
+        "B'": ctx.pyServer("echo", "tcp:0:interface=127.0.0.1", "echo-B2"),
+    }
+    mbps: dict[str, list[float]] = {k: [] for k in servers}
+    cpu: dict[str, list[float]] = {k: [] for k in servers}
+    try:
+        for s in servers.values():  # warm-up
+            ctx.client(["echo", s.address, 0.3, MAX_BYTES, WINDOW], timeout=30)
+        for rep, order in rotations(list(servers), ctx.reps):
+            for key in order:
+                s = servers[key]
+                before = s.cpuNs()
+                got = ctx.client(["echo", s.address, seconds, MAX_BYTES, WINDOW], timeout=seconds + 30)
+                used = s.cpuNs() - before
+                mbps[key].append(got["mbps"])
+                # Server CPU per MB moved (µs).
+                cpu[key].append(used / 1e3 / max(1.0, got["bytes"] / 1e6))
+            ctx.log(f"echo rep {rep + 1}: " + "  ".join(f"{k} {mbps[k][-1]:,.0f} MB/s" for k in servers))
+    finally:
+        for s in servers.values():
+            s.stop()
+    result.rows += [
+        pairedRow("echo MB/s, streams vs protocol", "MB/s", zip(mbps["A"], mbps["B"]), target=TARGET, note=cpuNote(cpu["A"], cpu["B"]).replace("/op", "/MB")),
+        pairedRow("A/A control: echo MB/s", "MB/s", zip(mbps["B'"], mbps["B"]), control=True),
+    ]
+    result.details = {"mbps": mbps, "cpu_us_per_mb": cpu}
+    result.commands = ctx.takeCommands()
+    return result

@@ -1,0 +1,123 @@
+"""
+A CPU-bound handler in worker processes: C{twistd serversock --workers 2}
+(A) against one process (the same command with C{--workers 0}) and against
+two plain-Twisted C{SO_REUSEPORT} workers (L{bench._refservers}), all
+serving L{bench.handlers.cpu} - about 1 ms of pure Python per request.
+
+Load: C{wrk -t1 -c32 --latency}, with C{Connection: close} (a new
+connection per request) and with keep-alive.  The three servers run side by
+side and are loaded one at a time, A B B' in rotated order.  Nothing is
+pinned: the two workers need both CPUs, and wrk shares them.
+
+Two workers cannot reach 2× one process here: wrk, the kernel's TCP work
+and (for A) the parent share the same two CPUs.  C{shared/research/perf.md}
+(e) measured 1.44-1.48× (close) and 1.91-1.96× (keep-alive) for fd passing.
+"""
+
+from __future__ import annotations
+
+from ._harness import Context, Result, Target, cpuNanoseconds, median, pairedRow, requireTool, rotations
+from ._workers import reference, serversock, treeCpuNs, workIterations
+from .keepalive import parseWrk
+
+NAME = "workers"
+TITLE = "CPU-bound handler in worker processes (wrk -c32)"
+
+CONNECTIONS = 32
+FACTORY = "bench.handlers.cpu"
+#: mode: (wrk's extra arguments, target vs one process)
+MODES = {
+    "close": (["-H", "Connection: close"], 1.4),
+    "keep-alive": ([], 1.8),
+}
+REUSEPORT_TARGET = Target(">=", 0.95)
+
+
+def run(ctx: Context) -> Result:
+    wrk = requireTool("wrk", "wrk")
+    result = Result()
+    seconds = 1 if ctx.quick else 2
+    iterations, handlerMs = workIterations()
+    env = {"BENCH_WORK_ITERS": str(iterations)}
+    ctx.log(f"handler: {iterations} iterations = {handlerMs:.2f} ms of Python per request")
+    servers = {
+        "A": serversock(ctx, FACTORY, 2, "workers-A", env),
+        "single": serversock(ctx, FACTORY, 0, "workers-single", env),
+        "reuseport": reference(ctx, "reuseport", FACTORY, 2, "workers-reuseport", env),
+    }
+    details: dict[str, object] = {"work_iterations": iterations, "handler_ms": handlerMs}
+    try:
+        for mode, (extra, singleTarget) in MODES.items():
+            rate: dict[str, list[float]] = {k: [] for k in servers}
+            p99: dict[str, list[float]] = {k: [] for k in servers}
+            cpu: dict[str, list[float]] = {k: [] for k in servers}
+            errors = {k: 0 for k in servers}
+            parentUs: list[float] = []  # A's parent: CPU µs per request
+            for s in servers.values():  # warm-up, not measured
+                ctx.run([wrk, "-t1", f"-c{CONNECTIONS}", "-d1s", *extra, f"http://{s.address[4:]}/"], timeout=30, cpu=None)
+            for rep, order in rotations(list(servers), ctx.reps):
+                for key in order:
+                    s = servers[key]
+                    before = treeCpuNs(s.pid)
+                    parentBefore = cpuNanoseconds(s.pid)
+                    out = ctx.run(
+                        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", *extra, f"http://{s.address[4:]}/"],
+                        timeout=seconds + 30,
+                        cpu=None,
+                    )
+                    used = treeCpuNs(s.pid) - before
+                    parentUsed = cpuNanoseconds(s.pid) - parentBefore
+                    r, p, e = parseWrk(out)
+                    if key == "A":
+                        parentUs.append(parentUsed / 1e3 / max(1.0, r * seconds))
+                    rate[key].append(r)
+                    p99[key].append(p)
+                    errors[key] += e
+                    cpu[key].append(used / 1e6 / max(1.0, r * seconds))
+                ctx.log(
+                    f"{mode} rep {rep + 1}: "
+                    + "  ".join(f"{k} {rate[k][-1]:,.0f}/s p99 {p99[k][-1]:.1f}ms" for k in servers)
+                )
+
+            def note(b: str) -> str:
+                a99 = pairedRow("", "", list(zip(p99["A"], p99[b])))
+                acpu = pairedRow("", "", list(zip(cpu["A"], cpu[b])))
+                text = (
+                    f"p99 {a99.a:.1f} vs {a99.b:.1f} ms; "
+                    f"CPU/request (all processes) {acpu.a:.2f} vs {acpu.b:.2f} ms"
+                )
+                if b == "single":
+                    text += f"; A's parent {median(parentUs):.1f} µs/request"
+                if errors["A"] or errors[b]:
+                    text += f"; wrk socket errors {errors['A']} vs {errors[b]}"
+                return text
+
+            result.rows += [
+                pairedRow(
+                    f"1 ms handler, {mode}: serversock ×2 / one process",
+                    "req/s",
+                    list(zip(rate["A"], rate["single"])),
+                    target=Target(">=", singleTarget),
+                    note=note("single"),
+                ),
+                pairedRow(
+                    f"1 ms handler, {mode}: serversock ×2 / SO_REUSEPORT ×2",
+                    "req/s",
+                    list(zip(rate["A"], rate["reuseport"])),
+                    target=REUSEPORT_TARGET,
+                    note=note("reuseport"),
+                ),
+            ]
+            details[mode] = {
+                "rate": rate,
+                "p99_ms": p99,
+                "cpu_ms_per_request": cpu,
+                "parent_us_per_request": parentUs,
+                "wrk_errors": errors,
+            }
+    finally:
+        for s in servers.values():
+            s.stop()
+    result.details = details
+    result.commands = ctx.takeCommands()
+    return result
