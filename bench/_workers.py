@@ -74,13 +74,19 @@ def _twistd() -> list[str]:
     return [PYTHON, str(script)]
 
 
-def serversock(ctx: Context, factory: str, workers: int, name: str, env: dict[str, str], timeout: float = 60) -> Server:
+def serversock(
+    ctx: Context, factory: str, workers: int, name: str, env: dict[str, str], tcp: bool = False, timeout: float = 60
+) -> Server:
     """
     Start C{twistd -n serversock --listen gecko:port=PORT:loopback=1
     --factory FACTORY --workers N} and wait until it listens and every
     worker said it is ready (read from its log file).
+
+    @param tcp: listen on Twisted's own C{tcp:PORT:interface=127.0.0.1}
+        instead.
     """
     port = freePort()
+    listen = f"tcp:{port}:interface=127.0.0.1" if tcp else f"gecko:port={port}:loopback=1"
     log = ctx.workdir / f"{name}.log"
     argv = [
         *_twistd(),
@@ -89,7 +95,7 @@ def serversock(ctx: Context, factory: str, workers: int, name: str, env: dict[st
         f"--logfile={log}",
         "serversock",
         "--listen",
-        f"gecko:port={port}:loopback=1",
+        listen,
         "--factory",
         factory,
         "--workers",
