@@ -380,21 +380,36 @@ class ServerSocket:
         try:
             sessionno = self._sessionno
             self._sessionno = sessionno + 1
-            conn = SocketTransport(self._queue)
-            transport = self._transportClass(skt, conn, addr, port, sessionno, self._reactor)
-            conn._tcp = transport
             if type(addr) is tuple and not isLoopbackPeer(addr[0]):
+                # The I/O service must know a connection from a peer that is
+                # not local before anyone sees it (it is closed on going
+                # offline): build its Twisted transport now, in stream mode.
+                conn = SocketTransport(self._queue)
+                transport = self._transportClass(skt, conn, addr, port, sessionno, self._reactor)
+                conn._twisted = transport
                 self._ioService._addConnection(transport)
+            else:
+                # Built when first needed: for the listener's protocol if it
+                # attaches one (see SocketTransport._tcp).
+                conn = SocketTransport(
+                    self._queue, (self._transportClass, skt, addr, port, sessionno, self._reactor)
+                )
         except Exception:
             _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()
             return
+        listener = self._listener
         try:
-            self._listener.onSocketAccepted(self, conn)
+            listener.onSocketAccepted(self, conn)
         except Exception:
-            _log.failure(
-                "Unhandled error in {listener!r}.onSocketAccepted", listener=self._listener
-            )
+            _log.failure("Unhandled error in {listener!r}.onSocketAccepted", listener=listener)
+        if conn._twisted is None and conn._pending is not None:
+            try:
+                # Neither attached nor used: stream mode (the listener may
+                # keep the connection and use it later).
+                conn._build(conn)
+            except Exception:
+                _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
 
     def _peerAllowed(self, skt: socket.socket) -> bool:
         """

@@ -9,6 +9,15 @@ input stream, sees the peer's half-close and the connection's end.
 L{SocketTransport.attachProtocol} takes it out of the way: the user's
 protocol becomes the Twisted transport's protocol, with no layer (and no
 per-byte work) in between.
+
+The Twisted transport of a connection from a local peer is built lazily:
+when the listener attaches a protocol from C{onSocketAccepted} (as the
+endpoints do), it is built for that protocol directly, exactly as Twisted's
+own port would build it; otherwise it is built with the L{SocketTransport}
+as its protocol (stream mode) as soon as anything needs it, and at the
+latest when C{onSocketAccepted} returns (the server socket sees to that).  Building it once instead of
+building it for the L{SocketTransport} and re-labelling it for the attached
+protocol saves about 6,500 instructions per accepted connection.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -28,6 +38,7 @@ from ._unix import peerCredentials
 from .netaddr import NetAddr, unixName
 from .results import (
     NS_BASE_STREAM_CLOSED,
+    NS_ERROR_FAILURE,
     NS_ERROR_IN_PROGRESS,
     NS_ERROR_INVALID_ARG,
     NS_ERROR_NET_RESET,
@@ -58,7 +69,11 @@ class SocketTransport:
     """
     An accepted connection.  See L{ISocketTransport}.
 
-    @ivar _tcp: the Twisted transport (a C{tcp.Server} or C{unix.Server}).
+    @ivar _twisted: the Twisted transport (a C{tcp.Server} or
+        C{unix.Server}) once built, else L{None} (see L{_tcp}).
+    @ivar _pending: until the Twisted transport is built, what building it
+        takes: C{(transportClass, socket, peer address, listening port,
+        session number, reactor)}; then L{None}.
     @ivar _queue: the server socket's FIFO for deferred notifications.
     @ivar _input: the input stream, created at the first byte or when
         opened.
@@ -78,7 +93,8 @@ class SocketTransport:
     """
 
     __slots__ = (
-        "_tcp",
+        "_twisted",
+        "_pending",
         "_queue",
         "_input",
         "_output",
@@ -100,8 +116,15 @@ class SocketTransport:
 
     _log = Logger()
 
-    def __init__(self, queue: Any) -> None:
-        self._tcp: Any = None
+    def __init__(self, queue: Any, pending: _Pending | None = None) -> None:
+        """
+        @param queue: the server socket's FIFO for deferred notifications.
+        @param pending: what building the Twisted transport takes, if it is
+            to be built later (see L{_tcp}); without it, the caller sets
+            L{_twisted} at once.
+        """
+        self._twisted: Any = None
+        self._pending = pending
         self._queue = queue
         self._input: InputStream | None = None
         self._output: OutputStream | None = None
@@ -115,14 +138,49 @@ class SocketTransport:
         self._lastActivity = 0.0
 
     def __repr__(self) -> str:
-        return f"<SocketTransport {self._tcp!r} {nameOf(self._status)}>"
+        tcp = self._twisted
+        if tcp is None and self._pending is not None:
+            return f"<SocketTransport accepted from {self._pending[2]!r} {nameOf(self._status)}>"
+        return f"<SocketTransport {tcp!r} {nameOf(self._status)}>"
+
+    @property
+    def _tcp(self) -> Any:
+        """
+        The Twisted transport, built on first use with this object as its
+        protocol (stream mode) if it was not built yet.
+
+        @raise NSError: C{NS_ERROR_FAILURE} if building it failed before.
+        """
+        tcp = self._twisted
+        if tcp is None:
+            tcp = self._build(self)
+        return tcp
+
+    def _build(self, protocol: Any) -> Any:
+        """
+        Build the Twisted transport of the accepted socket, with C{protocol}
+        as its protocol (it starts reading at once); the caller calls
+        C{makeConnection} if C{protocol} is not this object.  If building
+        fails, the socket is closed.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise NSError(NS_ERROR_FAILURE, "the accepted connection could not be set up")
+        transportClass, skt, addr, port, sessionno, reactor = pending
+        try:
+            tcp = transportClass(skt, protocol, addr, port, sessionno, reactor)
+        except BaseException:
+            skt.close()
+            raise
+        self._twisted = tcp
+        return tcp
 
     # ------------------------------------------------------------------
     # Twisted protocol side (private): the reactor calls these while the
     # connection is in stream mode.
 
     def makeConnection(self, transport: Any) -> None:
-        self._tcp = transport
+        self._twisted = transport
 
     def logPrefix(self) -> str:
         return "SocketTransport"
@@ -132,7 +190,7 @@ class SocketTransport:
         if inp is None:
             inp = self._input = InputStream(self)
         if self._timer is not None:
-            self._lastActivity = self._tcp.reactor.seconds()
+            self._lastActivity = self._twisted.reactor.seconds()
         inp._dataReceived(data)
 
     def readConnectionLost(self) -> None:
@@ -324,6 +382,14 @@ class SocketTransport:
         return int(self._tcp.client[1] or 0)
 
     def getPeerAddr(self) -> Any:
+        tcp = self._twisted
+        if tcp is None and self._pending is not None:
+            # What the Twisted transport's getPeer() will say, without
+            # building it: a listener that attaches a protocol asks first.
+            addr = self._pending[2]
+            if type(addr) is tuple:
+                return (IPv4Address if len(addr) == 2 else IPv6Address)("TCP", *addr)
+            return UNIXAddress(addr or None)
         return self._tcp.getPeer()
 
     def getSelfAddr(self) -> Any:
@@ -402,6 +468,12 @@ class SocketTransport:
         if self._status != NS_OK:
             raise NSError(self._status, "the connection is already closed")
         self._attached = True
+        if self._twisted is None and self._pending is not None:
+            # Nothing has used the connection yet (no stream, no timer, no
+            # byte read): build the Twisted transport for the protocol
+            # itself, as Twisted's own port does.
+            protocol.makeConnection(self._build(protocol))
+            return
         if self._timer is not None:
             self._cancelTimer()
         tcp = self._tcp
@@ -509,6 +581,12 @@ class SocketTransport:
             return peerCredentials(self._tcp.getHandle())
         except OSError as e:
             raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None
+
+
+#: What building a L{SocketTransport}'s Twisted transport takes:
+#: C{(transportClass, socket, peer address, listening port, session number,
+#: reactor)}.
+_Pending = tuple[Any, socket.socket, Any, Any, int, Any]
 
 
 def _readable(tcp: Any) -> bool:

@@ -1,0 +1,229 @@
+"""
+The Twisted transport of an accepted connection from a local peer is built
+lazily (see L{twisted_serversock.transport}): for the protocol a listener
+attaches from C{onSocketAccepted}, else in stream mode.  These tests pin
+down that either way the connection behaves as before, on real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, tcp
+
+from twisted_serversock import ServerSocket, results
+
+from .conftest import connect, connectUNIX, eventually, needsIPv6, timeout
+
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class Listener:
+    """
+    A listener that runs C{react(transport)} in C{onSocketAccepted} and
+    records what it saw: the peer address and whether the Twisted
+    transport existed yet.
+    """
+
+    def __init__(self, react: Any) -> None:
+        self.react = react
+        self.seen: list[tuple[Any, bool]] = []
+        self.accepted: defer.DeferredQueue[Any] = defer.DeferredQueue()
+
+    def onSocketAccepted(self, serv: Any, transport: Any) -> None:
+        self.seen.append((transport.getPeerAddr(), transport._twisted is not None))
+        try:
+            self.react(transport)
+        finally:
+            # Last: put() may resume the waiting test right here.
+            self.accepted.put(transport)
+
+    def onStopListening(self, serv: Any, status: int) -> None:
+        pass
+
+
+def attachEcho(transport: Any) -> None:
+    transport.attachProtocol(Echo())
+
+
+@pytest.fixture
+def servers() -> Any:
+    made: list[ServerSocket] = []
+
+    def make() -> ServerSocket:
+        s = ServerSocket()
+        made.append(s)
+        return s
+
+    yield made, make
+    for s in made:
+        s.close()
+
+
+async def roundTrip(client: Any, data: bytes = b"ping") -> None:
+    client.transport.write(data)
+    assert await client.waitFor(len(data)) == data
+    client.transport.loseConnection()
+    await client.whenClosed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_attachInCallbackBuildsForTheProtocol(servers: Any) -> None:
+    """
+    Attached from C{onSocketAccepted}: the Twisted transport is built for
+    the protocol itself - its repr and log prefix name the protocol - and
+    the peer address given before it existed is the one it reports.
+    """
+    _, make = servers
+    listener = Listener(attachEcho)
+    srv = make()
+    srv.init(-1, True, -1)
+    srv.asyncListen(listener)
+    client = await connect(srv.port)
+    t = await timeout(listener.accepted.get())
+    address, builtBefore = listener.seen[0]
+    assert not builtBefore
+    tcpTransport = t._tcp
+    assert isinstance(tcpTransport, tcp.Server)
+    assert isinstance(tcpTransport.protocol, Echo)
+    assert tcpTransport.protocol.transport is tcpTransport
+    assert repr(tcpTransport).startswith("<Echo #")
+    assert tcpTransport.logstr.startswith("Echo,")
+    assert address == tcpTransport.getPeer() == t.getPeerAddr()
+    await roundTrip(client)
+
+
+@needsIPv6
+@pytest_twisted.ensureDeferred
+async def test_peerAddressBeforeBuildIPv6(servers: Any) -> None:
+    _, make = servers
+    listener = Listener(attachEcho)
+    srv = make()
+    srv.initIPv6(-1, True, -1)
+    srv.asyncListen(listener)
+    client = await connect(srv.port, "::1")
+    t = await timeout(listener.accepted.get())
+    address, builtBefore = listener.seen[0]
+    assert not builtBefore
+    assert address == t._tcp.getPeer()
+    assert address.host == "::1"
+    await roundTrip(client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_peerAddressBeforeBuildUNIX(servers: Any, tmp_path: Any) -> None:
+    _, make = servers
+    listener = Listener(attachEcho)
+    srv = make()
+    path = os.path.join(str(tmp_path), "s")
+    srv.initWithFilename(path, 0o600, -1)
+    srv.asyncListen(listener)
+    client = await connectUNIX(path)
+    t = await timeout(listener.accepted.get())
+    address, builtBefore = listener.seen[0]
+    assert not builtBefore
+    assert address == t._tcp.getPeer()
+    assert repr(t._tcp).startswith("<Echo #")
+    await roundTrip(client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_untouchedConnectionIsStreamMode(servers: Any) -> None:
+    """
+    A listener that only keeps the transport gets a stream-mode connection
+    once C{onSocketAccepted} returns: bytes that arrive before it opens the
+    input stream are waiting there.
+    """
+    _, make = servers
+    listener = Listener(lambda t: None)
+    srv = make()
+    srv.init(-1, True, -1)
+    srv.asyncListen(listener)
+    client = await connect(srv.port)
+    t = await timeout(listener.accepted.get())
+    assert t._twisted is not None and t._twisted.protocol is t
+    client.transport.write(b"early")
+    await eventually(lambda: t._input is not None and t._input._size == 5)
+    inp = t.openInputStream(0, 0, 0)
+    assert inp.read(100) == b"early"
+    out = t.openOutputStream(0, 0, 0)
+    assert out.write(b"late") == 4
+    t.close(results.NS_OK)
+    assert await client.whenClosed() == b"late"
+
+
+@pytest_twisted.ensureDeferred
+async def test_usedInCallbackIsStreamMode(servers: Any) -> None:
+    """
+    A listener that uses the connection in C{onSocketAccepted} (here: writes
+    to its output stream) builds it in stream mode at that moment; a later
+    attachProtocol is refused as before.
+    """
+    _, make = servers
+
+    def write(t: Any) -> None:
+        assert t._twisted is None
+        t.openOutputStream(0, 0, 0).write(b"hello")
+        assert t._twisted is not None
+
+    listener = Listener(write)
+    srv = make()
+    srv.init(-1, True, -1)
+    srv.asyncListen(listener)
+    client = await connect(srv.port)
+    t = await timeout(listener.accepted.get())
+    assert await client.waitFor(5) == b"hello"
+    with pytest.raises(Exception):
+        t.attachProtocol(Echo())
+    t.close(results.NS_OK)
+    await client.whenClosed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listenerThatRaisesStillGetsTheConnection(servers: Any, logged: Any) -> None:
+    """
+    A listener that raises in C{onSocketAccepted}: the error is logged and
+    the connection is still there, in stream mode.
+    """
+    _, make = servers
+
+    def fail(t: Any) -> None:
+        raise RuntimeError("boom")
+
+    listener = Listener(fail)
+    srv = make()
+    srv.init(-1, True, -1)
+    srv.asyncListen(listener)
+    client = await connect(srv.port)
+    t = await timeout(listener.accepted.get())
+    assert t._twisted is not None and t._twisted.protocol is t
+    assert any("onSocketAccepted" in str(e.get("log_format", "")) for e in logged)
+    out = t.openOutputStream(0, 0, 0)
+    out.write(b"still here")
+    t.close(results.NS_OK)
+    assert await client.whenClosed() == b"still here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_reprBeforeBuild(servers: Any) -> None:
+    _, make = servers
+    reprs: list[str] = []
+
+    def look(t: Any) -> None:
+        reprs.append(repr(t))
+        attachEcho(t)
+
+    listener = Listener(look)
+    srv = make()
+    srv.init(-1, True, -1)
+    srv.asyncListen(listener)
+    client = await connect(srv.port)
+    await timeout(listener.accepted.get())
+    assert reprs[0].startswith("<SocketTransport accepted from ('127.0.0.1', ")
+    await roundTrip(client)
