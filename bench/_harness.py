@@ -226,6 +226,20 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
+def _dieWithParent() -> None:
+    """
+    In a server child, before exec: be killed if the harness dies, even by
+    SIGKILL (Linux C{PR_SET_PDEATHSIG}), so that no server outlives a run.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Server:
     """
     A server process, started in its own session so that it and anything
@@ -268,6 +282,7 @@ class Server:
             cwd=ctx.workdir,
             env=environ,
             start_new_session=True,
+            preexec_fn=_dieWithParent,
         )
         self.pid = self.proc.pid
         ctx._servers.append(self)
