@@ -44,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shownArguments(argv: list[str]) -> list[str]:
+    """
+    The arguments as the docs show the command: without C{--conditions}
+    (its text is shown on its own).
+    """
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--conditions":
+            skip = True
+        elif not arg.startswith("--conditions="):
+            shown.append(arg)
+    return shown
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Turn SIGTERM/SIGHUP into an exception so that every server is stopped
     # and the scratch directory removed on the way out.
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "started": started.strftime("%Y-%m-%d %H:%M"),
             "finished": finished.strftime("%Y-%m-%d %H:%M"),
             "elapsed": elapsed,
-            "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+            "command": shlex.join(["python", "-m", "bench", *_shownArguments(argv if argv is not None else sys.argv[1:])]),
             "calibration": calibration,
             "load": " ".join(f"{x:.2f}" for x in load1),
             "conditions": args.conditions,

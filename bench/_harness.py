@@ -35,6 +35,21 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 
 
+def tidyCommand(text: str) -> str:
+    """
+    A command line as the docs show it: the interpreter as C{python}, the
+    rest of its virtual environment as C{$VENV}, paths in this checkout
+    relative to its root, the compiler as C{cc}, TCP ports as C{$PORT}.
+    (The scratch directory, C{$WORK}, is replaced by the caller that knows
+    it.)
+    """
+    text = text.replace(PYTHON, "python").replace(str(Path(PYTHON).parent), "$VENV/bin")
+    text = text.replace(str(ROOT) + "/", "")
+    text = re.sub(r"^(taskset -c \d+ )?/usr/bin/(cc|gcc) ", r"\1\2 ", text)
+    text = re.sub(r"tcp:127\.0\.0\.1:\d+", "tcp:127.0.0.1:$PORT", text)
+    return re.sub(r"(gecko:port=|tcp:|127\.0\.0\.1:)\d{4,5}\b", r"\1$PORT", text)
+
+
 class BenchError(Exception):
     """
     A benchmark could not run (a server did not start, a client failed).
@@ -435,13 +450,9 @@ class Context:
 
     def record(self, argv: Sequence[str]) -> str:
         """
-        Remember a command for the docs (scratch paths as C{$WORK}, the
-        interpreter as C{python}); returns it.
+        Remember a command for the docs (see L{tidyCommand}); returns it.
         """
-        text = shlex.join(str(a) for a in argv)
-        text = text.replace(str(self.workdir), "$WORK").replace(PYTHON, "python")
-        text = re.sub(r"tcp:127\.0\.0\.1:\d+", "tcp:127.0.0.1:$PORT", text)
-        text = re.sub(r"(gecko:port=|tcp:|127\.0\.0\.1:)\d{4,5}\b", r"\1$PORT", text)
+        text = tidyCommand(shlex.join(str(a) for a in argv).replace(str(self.workdir), "$WORK"))
         if text not in self._commands:
             self._commands.append(text)
         return text

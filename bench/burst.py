@@ -25,6 +25,8 @@ TITLE = "Burst: 2,000 clients connect at once"
 CLIENTS = 2000
 TIMEOUT = 8.0
 TARGET = Target("<=", 200.0, on="a")
+PLOT = "values"
+PLOT_LOG = True
 
 CONFIGS = {
     "default backlog (gecko:)": "gecko:port=0:loopback=1",
