@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import traceback
-from types import FrameType, ModuleType
+from types import FrameType
 
 from ._harness import BenchError, Context, Result, Row, calibrate
 from .registry import BENCHMARKS, load
@@ -89,12 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()
     print(f"bench: {', '.join(names)}{' (quick)' if args.quick else ''}; calibration {calibration[0]:.2f} ms; load {load1[0]:.2f}", flush=True)
     results: dict[str, Result] = {}
-    modules: dict[str, ModuleType] = {}
     errors: list[str] = []
     with Context(quick=args.quick, reps=args.reps) as ctx:
         for name in names:
             module = load(name)
-            modules[name] = module
             print(f"== {name}: {getattr(module, 'TITLE', '')}", flush=True)
             t = time.monotonic()
             try:
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "conditions": args.conditions,
             "machine": machine(),
         }
-        path = writeDocs(run, results, modules)
+        path = writeDocs(run, results)
         print(f"wrote {path}")
     return status
 
