@@ -67,6 +67,26 @@ def treeCpuNs(pid: int) -> int:
     return total
 
 
+def systemBusyNs() -> int:
+    """
+    CPU time the whole machine spent busy (all CPUs; C{/proc/stat}: user,
+    nice, system, irq, softirq and steal), in ns at the kernel's tick
+    resolution.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+
+
+def childrenCpuNs() -> int:
+    """
+    CPU time of this process's waited-for children (the load generators).
+    """
+    t = os.times()
+    return int((t.children_user + t.children_system) * 1e9)
+
+
 def _twistd() -> list[str]:
     script = Path(PYTHON).parent / "twistd"
     if not script.exists():

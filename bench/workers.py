@@ -18,8 +18,10 @@ and (for A) the parent share the same two CPUs.  C{shared/research/perf.md}
 
 from __future__ import annotations
 
+import time
+
 from ._harness import Context, Result, Target, cpuNanoseconds, median, pairedRow, requireTool, rotations
-from ._workers import reference, serversock, treeCpuNs, workIterations
+from ._workers import childrenCpuNs, reference, serversock, systemBusyNs, treeCpuNs, workIterations
 from .keepalive import parseWrk
 
 NAME = "workers"
@@ -33,6 +35,9 @@ MODES = {
     "keep-alive": ([], 1.8),
 }
 REUSEPORT_TARGET = Target(">=", 0.95)
+#: A run during which other processes used less than this share of one CPU
+#: counts as quiet (the note gives the ratio over quiet pairs too).
+QUIET = 0.15
 
 
 def run(ctx: Context) -> Result:
@@ -57,6 +62,10 @@ def run(ctx: Context) -> Result:
             cpu: dict[str, list[float]] = {k: [] for k in servers}
             errors = {k: 0 for k in servers}
             parentUs: list[float] = []  # A's parent: CPU µs per request
+            # CPU used by anything else on the machine during each run, as a
+            # fraction of one CPU: two workers lose the most when another
+            # process takes a CPU, so this tells noise from cost.
+            others: dict[str, list[float]] = {k: [] for k in servers}
             for s in servers.values():  # warm-up, not measured
                 ctx.run([wrk, "-t1", f"-c{CONNECTIONS}", "-d1s", *extra, f"http://{s.address[4:]}/"], timeout=30, cpu=None)
             for rep, order in rotations(list(servers), ctx.reps):
@@ -64,6 +73,7 @@ def run(ctx: Context) -> Result:
                     s = servers[key]
                     before = treeCpuNs(s.pid)
                     parentBefore = cpuNanoseconds(s.pid)
+                    busy0, load0, t0 = systemBusyNs(), childrenCpuNs(), time.monotonic()
                     out = ctx.run(
                         [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", *extra, f"http://{s.address[4:]}/"],
                         timeout=seconds + 30,
@@ -71,6 +81,8 @@ def run(ctx: Context) -> Result:
                     )
                     used = treeCpuNs(s.pid) - before
                     parentUsed = cpuNanoseconds(s.pid) - parentBefore
+                    elsewhere = systemBusyNs() - busy0 - used - (childrenCpuNs() - load0)
+                    others[key].append(max(0.0, elsewhere / 1e9 / (time.monotonic() - t0)))
                     r, p, e = parseWrk(out)
                     if key == "A":
                         parentUs.append(parentUsed / 1e3 / max(1.0, r * seconds))
@@ -80,7 +92,9 @@ def run(ctx: Context) -> Result:
                     cpu[key].append(used / 1e6 / max(1.0, r * seconds))
                 ctx.log(
                     f"{mode} rep {rep + 1}: "
-                    + "  ".join(f"{k} {rate[k][-1]:,.0f}/s p99 {p99[k][-1]:.1f}ms" for k in servers)
+                    + "  ".join(
+                        f"{k} {rate[k][-1]:,.0f}/s p99 {p99[k][-1]:.1f}ms others {others[k][-1]:.0%}" for k in servers
+                    )
                 )
 
             def broken(b: str) -> bool:
@@ -97,6 +111,11 @@ def run(ctx: Context) -> Result:
                 )
                 if b == "single":
                     text += f"; A's parent {median(parentUs):.1f} µs/request"
+                text += f"; others' CPU {median(others['A']):.0%} vs {median(others[b]):.0%} of a CPU"
+                quiet = [(x, y) for x, y, ox, oy in zip(rate["A"], rate[b], others["A"], others[b]) if max(ox, oy) < QUIET]
+                if quiet and len(quiet) < len(rate["A"]):
+                    q = pairedRow("", "", quiet)
+                    text += f"; {len(quiet)} pairs with others < {QUIET:.0%}: ratio {q.ratio:.3f}"
                 if errors["A"] or errors[b]:
                     text += f"; wrk socket errors {errors['A']} vs {errors[b]}"
                 return text
@@ -124,6 +143,7 @@ def run(ctx: Context) -> Result:
                 "p99_ms": p99,
                 "cpu_ms_per_request": cpu,
                 "parent_us_per_request": parentUs,
+                "others_cpu_share": others,
                 "wrk_errors": errors,
             }
     finally:
