@@ -19,6 +19,7 @@ server of a run, so A and B do the same work whatever this VM's speed.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
@@ -29,6 +30,9 @@ WORK_ITERS = int(os.environ.get("BENCH_WORK_ITERS", "25000"))
 
 KEEPALIVE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 CLOSE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close[ \t]*(\r\n|$)")
 
 
 def work(iterations: int = WORK_ITERS) -> int:
@@ -60,10 +64,10 @@ class CPUBoundHTTP(Protocol):
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 break
-            head = buffer[:end].lower()
+            head = buffer[:end].lower()  # request line and headers
             buffer = buffer[end + 4 :]
             work()
-            if b"\nconnection: close" in head:
+            if _CLOSE.search(head):
                 self._closing = True
                 self._buffer = b""
                 self.transport.write(CLOSE_RESPONSE)
