@@ -2,8 +2,8 @@
 The multi-process reference servers of the worker benchmarks, in plain
 Twisted (no twisted-serversock code)::
 
-    python -m bench._refservers reuseport PORT FACTORY WORKERS
-    python -m bench._refservers fdpass PORT FACTORY WORKERS
+    python -m bench._refservers reuseport tcp:127.0.0.1:PORT FACTORY WORKERS
+    python -m bench._refservers fdpass tcp:127.0.0.1:PORT FACTORY WORKERS
 
 C{FACTORY} is a dotted name such as C{bench.handlers.cpu}.  Each prints
 C{READY tcp:127.0.0.1:PORT} once it serves, and runs until SIGTERM (which
@@ -213,9 +213,9 @@ def fdpassWorker(fd: int, factory: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) >= 4 and argv[0] in ("reuseport", "fdpass"):
+    if len(argv) == 4 and argv[0] in ("reuseport", "fdpass") and argv[1].startswith("tcp:127.0.0.1:"):
         serve = reuseport if argv[0] == "reuseport" else fdpass
-        serve(int(argv[1]), argv[2], int(argv[3]))
+        serve(int(argv[1].rsplit(":", 1)[1]), argv[2], int(argv[3]))
     elif len(argv) == 3 and argv[0] == "reuseport-worker":
         reuseportWorker(int(argv[1]), argv[2])
     elif len(argv) == 3 and argv[0] == "fdpass-worker":

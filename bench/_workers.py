@@ -144,7 +144,8 @@ def reference(ctx: Context, kind: str, factory: str, workers: int, name: str, en
     wait for its READY line.
     """
     port = freePort()
-    server = ctx.server([PYTHON, "-m", "bench._refservers", kind, str(port), factory, str(workers)], name, cpu=None, env=env)
+    address = f"tcp:127.0.0.1:{port}"
+    server = ctx.server([PYTHON, "-m", "bench._refservers", kind, address, factory, str(workers)], name, cpu=None, env=env)
     server.waitReadyLine(timeout)
     return server
 
