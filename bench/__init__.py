@@ -27,7 +27,10 @@ C{ctx.server(argv, name, readyLine=False)} starts any other server (wait
 with C{server.waitConnectable}); C{ctx.client([...])} runs the C load
 generator pinned to the client CPU; C{ctx.run([...])} runs another load tool
 (C{wrk}); C{server.cpuNs()} reads a server's exact CPU time;
-C{rotations(keys, ctx.reps)} gives the interleaved A B ... orders, and
+C{interleaved(ctx, servers, measure, label, show)} loads the servers one
+at a time in rotated order C{ctx.reps} times and collects each load's
+figures with the server's CPU time (C{rotations(keys, ctx.reps)} gives
+just the orders), and
 C{pairedRow(name, unit, zip(a, b), target=Target(">=", 0.95))} turns
 per-pair samples into a row (medians and the median of pairwise ratios).
 C{ctx.quick} asks for a short run.  Every server the context started is

@@ -174,6 +174,41 @@ def rotations(items: Sequence[Any], reps: int) -> Iterator[tuple[int, list[Any]]
         yield rep, items[k:] + items[:k]
 
 
+def interleaved(
+    ctx: Context,
+    servers: dict[str, Server],
+    measure: Callable[[Server], dict[str, float]],
+    label: str,
+    show: Callable[[dict[str, list[float]]], str],
+) -> dict[str, dict[str, list[float]]]:
+    """
+    Load the servers one at a time, in rotated order (A B B', B B' A, ...),
+    C{ctx.reps} times: C{measure(server)} runs one load and returns its
+    figures, to which this adds C{cpu_ns}, the server's CPU time meanwhile.
+    Logs each rep (C{show} formats a server's figures so far).
+
+    @return: for each server, each figure's values, one per rep.
+    """
+    samples: dict[str, dict[str, list[float]]] = {key: {} for key in servers}
+    for rep, order in rotations(list(servers), ctx.reps):
+        for key in order:
+            server = servers[key]
+            before = server.cpuNs()
+            got = dict(measure(server))
+            got["cpu_ns"] = server.cpuNs() - before
+            for name, value in got.items():
+                samples[key].setdefault(name, []).append(value)
+        ctx.log(f"{label} rep {rep + 1}: " + "  ".join(f"{k} {show(samples[k])}" for k in servers))
+    return samples
+
+
+def perOp(cpuNs: list[float], ops: list[float], scale: float = 1.0) -> list[float]:
+    """
+    Server CPU in µs per operation (per C{scale} operations), rep by rep.
+    """
+    return [ns / 1e3 / max(1.0, n / scale) for ns, n in zip(cpuNs, ops)]
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -491,29 +526,35 @@ class Context:
         """
         Run the C load generator (pinned to C{cpu}) and parse its output.
         """
-        argv = self.pinned([str(self.cbench), *map(str, args)], cpu)
-        self.record(argv)
-        try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, text=True)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"client timed out: {shlex.join(argv)}") from None
-        if done.returncode != 0:
-            raise BenchError(f"client failed ({done.returncode}): {shlex.join(argv)}\n{done.stderr}")
-        return parseKV(done.stdout)
+        return parseKV(self.run([self.cbench, *args], timeout, cpu))
 
     def run(self, argv: Sequence[object], timeout: float, cpu: int | None = CLIENT_CPU) -> str:
         """
-        Run another load tool (C{wrk}) pinned to C{cpu}; its standard output.
+        Run a load tool (the C client, C{wrk}) pinned to C{cpu}, bounded by
+        C{timeout}; its standard output.
+
+        @raise BenchError: if it times out or fails.
         """
-        argv = self.pinned([str(a) for a in argv], cpu)
-        self.record(argv)
+        command = self.pinned([str(a) for a in argv], cpu)
+        self.record(command)
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, text=True)
+            done = subprocess.run(command, capture_output=True, timeout=timeout, text=True)
         except subprocess.TimeoutExpired:
-            raise BenchError(f"timed out: {shlex.join(argv)}") from None
+            raise BenchError(f"timed out: {shlex.join(command)}") from None
         if done.returncode != 0:
-            raise BenchError(f"failed ({done.returncode}): {shlex.join(argv)}\n{done.stderr}")
+            raise BenchError(f"failed ({done.returncode}): {shlex.join(command)}\n{done.stderr}")
         return done.stdout
+
+
+#: The accept-path variants both the instruction-count and the accept-rate
+#: benchmarks measure: name -> (server mode, what the C client sends, A's
+#: description, B's description).  C{$WORK} is the scratch directory.
+ACCEPT_VARIANTS: dict[str, tuple[str, str, str, str]] = {
+    "accept+close TCP": ("close", "none", "gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"),
+    "accept+close UNIX": ("close", "none", "geckounix:path=$WORK/a.sock", "unix:$WORK/b.sock"),
+    "HTTP-close TCP": ("http", "http", "gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"),
+    "HTTP-close UNIX": ("http", "http", "geckounix:path=$WORK/a.sock", "unix:$WORK/b.sock"),
+}
 
 
 def requireTool(name: str, package: str) -> str:

@@ -13,18 +13,12 @@ connection (exact, from schedstat) goes in the note.
 
 from __future__ import annotations
 
-from ._harness import Context, Result, Target, cpuNote, pairedRow, rotations
+from ._harness import ACCEPT_VARIANTS, Context, Result, Target, cpuNote, interleaved, pairedRow, perOp
 
 NAME = "accept"
 TITLE = "Accept rate (wall clock)"
 
-VARIANTS = {
-    "TCP accept+close": ("close", "none", "gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"),
-    "TCP HTTP-close": ("http", "http", "gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"),
-    "UNIX accept+close": ("close", "none", "geckounix:path=$WORK/a.sock", "unix:$WORK/b.sock"),
-    "UNIX HTTP-close": ("http", "http", "geckounix:path=$WORK/a.sock", "unix:$WORK/b.sock"),
-}
-QUICK_VARIANTS = ("TCP accept+close", "UNIX accept+close")
+QUICK_VARIANTS = ("accept+close TCP", "accept+close UNIX")
 CONCURRENCY = 32
 TARGET = Target(">=", 0.95)
 
@@ -32,8 +26,8 @@ TARGET = Target(">=", 0.95)
 def run(ctx: Context) -> Result:
     result = Result()
     seconds = 1 if ctx.quick else 2
-    for variant in QUICK_VARIANTS if ctx.quick else VARIANTS:
-        mode, kind, descA, descB = VARIANTS[variant]
+    for variant in QUICK_VARIANTS if ctx.quick else ACCEPT_VARIANTS:
+        mode, kind, descA, descB = ACCEPT_VARIANTS[variant]
         work = str(ctx.workdir)
         descs = {
             "A": descA.replace("$WORK", work),
@@ -45,41 +39,25 @@ def run(ctx: Context) -> Result:
         try:
             for s in servers.values():  # warm-up, not measured
                 ctx.client(["conn", s.address, CONCURRENCY, 0.3, 1_000_000, kind], timeout=30)
-            rate: dict[str, list[float]] = {k: [] for k in servers}
-            cpu: dict[str, list[float]] = {k: [] for k in servers}
-            for rep, order in rotations(list(servers), ctx.reps):
-                for key in order:
-                    s = servers[key]
-                    before = s.cpuNs()
-                    got = ctx.client(["conn", s.address, CONCURRENCY, seconds, 1_000_000, kind], timeout=seconds + 30)
-                    used = s.cpuNs() - before
-                    rate[key].append(got["rate"])
-                    cpu[key].append(used / 1e3 / max(1.0, got["completed"]))
-                ctx.log(
-                    f"{variant} rep {rep + 1}: "
-                    + "  ".join(f"{k} {rate[k][-1]:,.0f}/s {cpu[k][-1]:.1f}µs" for k in servers)
-                )
+            got = interleaved(
+                ctx,
+                servers,
+                lambda s: ctx.client(["conn", s.address, CONCURRENCY, seconds, 1_000_000, kind], timeout=seconds + 30),
+                variant,
+                lambda m: f"{m['rate'][-1]:,.0f}/s {perOp(m['cpu_ns'], m['completed'])[-1]:.1f}µs",
+            )
         finally:
             for s in servers.values():
                 s.stop()
-        result.rows.append(
-            pairedRow(
-                f"accept rate {variant}",
-                "conn/s",
-                zip(rate["A"], rate["B"]),
-                target=TARGET,
-                note=cpuNote(cpu["A"], cpu["B"]),
+        rate = {k: got[k]["rate"] for k in servers}
+        cpu = {k: perOp(got[k]["cpu_ns"], got[k]["completed"]) for k in servers}
+        for key, name, extra in (
+            ("A", f"accept rate {variant}", {"target": TARGET}),
+            ("B'", f"A/A control: accept rate {variant}", {"control": True}),
+        ):
+            result.rows.append(
+                pairedRow(name, "conn/s", zip(rate[key], rate["B"]), note=cpuNote(cpu[key], cpu["B"]), **extra)
             )
-        )
-        result.rows.append(
-            pairedRow(
-                f"A/A control: accept rate {variant}",
-                "conn/s",
-                zip(rate["B'"], rate["B"]),
-                control=True,
-                note=cpuNote(cpu["B'"], cpu["B"]),
-            )
-        )
         result.details[variant] = {"rate": rate, "cpu_us_per_conn": cpu}
     result.commands = ctx.takeCommands()
     return result

@@ -110,6 +110,25 @@ static void parse_addr(const char *spec) {
     }
 }
 
+/* The pending error of a socket whose non-blocking connect() finished. */
+static int so_error(int fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return errno;
+    return err;
+}
+
+/* Exit with the usage line unless the mode got its argument count; then
+ * parse the address (always the first argument). */
+static void mode_args(int argc, char **argv, int want, const char *usage) {
+    if (argc != want) {
+        fprintf(stderr, "usage: cbench %s\n", usage);
+        exit(2);
+    }
+    parse_addr(argv[0]);
+}
+
 /* A non-blocking socket with connect() started; -1 on an immediate error. */
 static int start_connect(void) {
     int fd = socket(g_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -133,11 +152,7 @@ struct slot {
 };
 
 static int mode_conn(int argc, char **argv) {
-    if (argc != 5 && argc != 6) {
-        fprintf(stderr, "conn ADDR CONC SECONDS MAXCOUNT none|http [PAUSE_US]\n");
-        return 2;
-    }
-    parse_addr(argv[0]);
+    mode_args(argc, argv, argc == 6 ? 6 : 5, "conn ADDR CONC SECONDS MAXCOUNT none|http [PAUSE_US]");
     int conc = atoi(argv[1]);
     double seconds = atof(argv[2]);
     long maxcount = atol(argv[3]);
@@ -184,10 +199,7 @@ static int mode_conn(int argc, char **argv) {
                 continue;
             int done = 0, failed = 0;
             if (s->state == ST_CONNECTING) {
-                int err = 0;
-                socklen_t len = sizeof err;
-                getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-                if (err) {
+                if (so_error(s->fd)) {
                     failed = 1;
                 } else {
                     if (http)
@@ -235,11 +247,7 @@ static int mode_conn(int argc, char **argv) {
 /* ------------------------------------------------------------------ echo */
 
 static int mode_echo(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "echo ADDR SECONDS MAXBYTES WINDOW\n");
-        return 2;
-    }
-    parse_addr(argv[0]);
+    mode_args(argc, argv, 4, "echo ADDR SECONDS MAXBYTES WINDOW");
     double seconds = atof(argv[1]);
     long long maxbytes = atoll(argv[2]);
     long long window = atoll(argv[3]);
@@ -302,11 +310,7 @@ static double pct(double *v, int n, double q) {
 }
 
 static int mode_burst(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "burst ADDR N TIMEOUT\n");
-        return 2;
-    }
-    parse_addr(argv[0]);
+    mode_args(argc, argv, 3, "burst ADDR N TIMEOUT");
     int n = atoi(argv[1]);
     double timeout = atof(argv[2]);
     if (n < 1 || n > 16000)
@@ -343,10 +347,7 @@ static int mode_burst(int argc, char **argv) {
             if (fds[i] < 0)
                 continue;
             if (state[i] == ST_CONNECTING) {
-                int err = 0;
-                socklen_t len = sizeof err;
-                getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &len);
-                if (err) {
+                if (so_error(fds[i])) {
                     failed++;
                     close(fds[i]);
                     fds[i] = -1;
@@ -399,11 +400,7 @@ static int mode_burst(int argc, char **argv) {
 /* ------------------------------------------------------------------ hold */
 
 static int mode_hold(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "hold ADDR N SECONDS\n");
-        return 2;
-    }
-    parse_addr(argv[0]);
+    mode_args(argc, argv, 3, "hold ADDR N SECONDS");
     int n = atoi(argv[1]);
     double seconds = atof(argv[2]);
     if (n < 1 || n > 16000)
@@ -428,10 +425,7 @@ static int mode_hold(int argc, char **argv) {
                 die("poll");
             for (int i = 0; i < end - base; i++) {
                 if (p[i].fd >= 0 && p[i].revents) {
-                    int err = 0;
-                    socklen_t len = sizeof err;
-                    getsockopt(p[i].fd, SOL_SOCKET, SO_ERROR, &err, &len);
-                    if (err)
+                    if (so_error(p[i].fd))
                         failed++;
                     else
                         held++;
@@ -464,11 +458,7 @@ static int mode_hold(int argc, char **argv) {
 /* ------------------------------------------------------------------ reqs */
 
 static int mode_reqs(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "reqs ADDR N PATH\n");
-        return 2;
-    }
-    parse_addr(argv[0]);
+    mode_args(argc, argv, 3, "reqs ADDR N PATH");
     long n = atol(argv[1]);
     char req[512];
     int reqlen = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n", argv[2]);

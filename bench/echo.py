@@ -9,7 +9,7 @@ back.
 
 from __future__ import annotations
 
-from ._harness import Context, Result, Target, cpuNote, pairedRow, rotations
+from ._harness import Context, Result, Target, cpuNote, interleaved, pairedRow, perOp
 
 NAME = "echo"
 TITLE = "Stream echo throughput, one connection"
@@ -27,24 +27,22 @@ def run(ctx: Context) -> Result:
         "B": ctx.pyServer("echo", "tcp:0:interface=127.0.0.1", "echo-B"),
         "B'": ctx.pyServer("echo", "tcp:0:interface=127.0.0.1", "echo-B2"),
     }
-    mbps: dict[str, list[float]] = {k: [] for k in servers}
-    cpu: dict[str, list[float]] = {k: [] for k in servers}
     try:
         for s in servers.values():  # warm-up
             ctx.client(["echo", s.address, 0.3, MAX_BYTES, WINDOW], timeout=30)
-        for rep, order in rotations(list(servers), ctx.reps):
-            for key in order:
-                s = servers[key]
-                before = s.cpuNs()
-                got = ctx.client(["echo", s.address, seconds, MAX_BYTES, WINDOW], timeout=seconds + 30)
-                used = s.cpuNs() - before
-                mbps[key].append(got["mbps"])
-                # Server CPU per MB moved (µs).
-                cpu[key].append(used / 1e3 / max(1.0, got["bytes"] / 1e6))
-            ctx.log(f"echo rep {rep + 1}: " + "  ".join(f"{k} {mbps[k][-1]:,.0f} MB/s" for k in servers))
+        got = interleaved(
+            ctx,
+            servers,
+            lambda s: ctx.client(["echo", s.address, seconds, MAX_BYTES, WINDOW], timeout=seconds + 30),
+            "echo",
+            lambda m: f"{m['mbps'][-1]:,.0f} MB/s",
+        )
     finally:
         for s in servers.values():
             s.stop()
+    mbps = {k: got[k]["mbps"] for k in servers}
+    # Server CPU per MB moved (µs).
+    cpu = {k: perOp(got[k]["cpu_ns"], got[k]["bytes"], scale=1e6) for k in servers}
     result.rows += [
         pairedRow("echo MB/s, streams vs protocol", "MB/s", zip(mbps["A"], mbps["B"]), target=TARGET, note=cpuNote(cpu["A"], cpu["B"]).replace("/op", "/MB")),
         pairedRow("A/A control: echo MB/s", "MB/s", zip(mbps["B'"], mbps["B"]), control=True),

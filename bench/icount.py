@@ -27,18 +27,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from ._harness import PYTHON, ROOT, BenchError, Context, Result, Row, Target, requireTool, twistdWebServer
+from ._harness import ACCEPT_VARIANTS, PYTHON, ROOT, BenchError, Context, Result, Row, Target, requireTool, twistdWebServer
 
 NAME = "icount"
 TITLE = "Instructions per connection (cachegrind)"
 
-#: Variant name -> (server mode, client request kind, A description, B description).
-ACCEPT_VARIANTS = {
-    "accept+close TCP": ("close", "none", "gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"),
-    "accept+close UNIX": ("close", "none", "geckounix:path=$WORK/a.sock", "unix:$WORK/b.sock"),
-    "HTTP-close TCP": ("http", "http", "gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"),
-    "HTTP-close UNIX": ("http", "http", "geckounix:path=$WORK/a.sock", "unix:$WORK/b.sock"),
-}
 QUICK_VARIANTS = ("accept+close TCP", "accept+close UNIX")
 
 ACCEPT_TARGET = Target("<=", 1.03)

@@ -15,11 +15,13 @@ from ._harness import (
     BenchError,
     Context,
     Result,
+    Server,
     Target,
     cpuNote,
+    interleaved,
     pairedRow,
+    perOp,
     requireTool,
-    rotations,
     twistdWebServer,
 )
 
@@ -55,35 +57,27 @@ def run(ctx: Context) -> Result:
         "B": twistdWebServer(ctx, "B", "keepalive-B"),
         "B'": twistdWebServer(ctx, "B", "keepalive-B2"),
     }
-    rate: dict[str, list[float]] = {k: [] for k in servers}
-    p99: dict[str, list[float]] = {k: [] for k in servers}
-    cpu: dict[str, list[float]] = {k: [] for k in servers}
-    errors = 0
+
+    def load(s: Server) -> dict[str, float]:
+        out = ctx.run(
+            [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{s.address[4:]}/b"],
+            timeout=seconds + 30,
+        )
+        r, p, e = parseWrk(out)
+        return {"rate": r, "p99": p, "errors": e, "requests": r * seconds}
+
     try:
         for s in servers.values():  # warm-up
             ctx.run([wrk, "-t1", f"-c{CONNECTIONS}", "-d1s", f"http://{s.address[4:]}/b"], timeout=30)
-        for rep, order in rotations(list(servers), ctx.reps):
-            for key in order:
-                s = servers[key]
-                before = s.cpuNs()
-                out = ctx.run(
-                    [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{s.address[4:]}/b"],
-                    timeout=seconds + 30,
-                )
-                used = s.cpuNs() - before
-                r, p, e = parseWrk(out)
-                errors += e
-                rate[key].append(r)
-                p99[key].append(p)
-                cpu[key].append(used / 1e3 / max(1.0, r * seconds))
-            ctx.log(
-                f"keep-alive rep {rep + 1}: "
-                + "  ".join(f"{k} {rate[k][-1]:,.0f}/s p99 {p99[k][-1]:.2f}ms" for k in servers)
-            )
+        got = interleaved(ctx, servers, load, "keep-alive", lambda m: f"{m['rate'][-1]:,.0f}/s p99 {m['p99'][-1]:.2f}ms")
     finally:
         for s in servers.values():
             s.stop()
-    note = cpuNote(cpu["A"], cpu["B"]) + (f"; wrk socket errors {errors}" if errors else "")
+    rate = {k: got[k]["rate"] for k in servers}
+    p99 = {k: got[k]["p99"] for k in servers}
+    cpu = {k: perOp(got[k]["cpu_ns"], got[k]["requests"]) for k in servers}
+    errors = sum(sum(got[k]["errors"]) for k in servers)
+    note = cpuNote(cpu["A"], cpu["B"]) + (f"; wrk socket errors {errors:.0f}" if errors else "")
     result.rows += [
         pairedRow("keep-alive req/s (twistd web)", "req/s", zip(rate["A"], rate["B"]), target=RATE_TARGET, note=note),
         pairedRow("keep-alive p99 (twistd web)", "ms", zip(p99["A"], p99["B"]), target=P99_TARGET),

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, tcp
 
-from twisted_serversock import ServerSocket, results
+from twisted_serversock import NSError, ServerSocket, results
 
 from .conftest import connect, connectUNIX, eventually, needsIPv6, timeout
 
@@ -53,15 +53,37 @@ def attachEcho(transport: Any) -> None:
 
 
 @pytest.fixture
-def servers() -> Any:
+def accept() -> Any:
+    """
+    C{await accept(react, where)}: a server socket on C{where} (C{"ipv4"},
+    C{"ipv6"} or a UNIX socket path) whose listener runs C{react(transport)}
+    in C{onSocketAccepted}, and one client connected to it; returns
+    C{(client, transport, listener)}.  The server sockets are closed after
+    the test.
+    """
     made: list[ServerSocket] = []
 
-    def make() -> ServerSocket:
-        s = ServerSocket()
-        made.append(s)
-        return s
+    async def accept(react: Any, where: str = "ipv4") -> tuple[Any, Any, Listener]:
+        listener = Listener(react)
+        srv = ServerSocket()
+        made.append(srv)
+        if where == "ipv4":
+            srv.init(-1, True, -1)
+        elif where == "ipv6":
+            srv.initIPv6(-1, True, -1)
+        else:
+            srv.initWithFilename(where, 0o600, -1)
+        srv.asyncListen(listener)
+        if where == "ipv4":
+            client = await connect(srv.port)
+        elif where == "ipv6":
+            client = await connect(srv.port, "::1")
+        else:
+            client = await connectUNIX(where)
+        transport = await timeout(listener.accepted.get())
+        return client, transport, listener
 
-    yield made, make
+    yield accept
     for s in made:
         s.close()
 
@@ -74,19 +96,13 @@ async def roundTrip(client: Any, data: bytes = b"ping") -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_attachInCallbackBuildsForTheProtocol(servers: Any) -> None:
+async def test_attachInCallbackBuildsForTheProtocol(accept: Any) -> None:
     """
     Attached from C{onSocketAccepted}: the Twisted transport is built for
     the protocol itself - its repr and log prefix name the protocol - and
     the peer address given before it existed is the one it reports.
     """
-    _, make = servers
-    listener = Listener(attachEcho)
-    srv = make()
-    srv.init(-1, True, -1)
-    srv.asyncListen(listener)
-    client = await connect(srv.port)
-    t = await timeout(listener.accepted.get())
+    client, t, listener = await accept(attachEcho)
     address, builtBefore = listener.seen[0]
     assert not builtBefore
     tcpTransport = t._tcp
@@ -101,14 +117,8 @@ async def test_attachInCallbackBuildsForTheProtocol(servers: Any) -> None:
 
 @needsIPv6
 @pytest_twisted.ensureDeferred
-async def test_peerAddressBeforeBuildIPv6(servers: Any) -> None:
-    _, make = servers
-    listener = Listener(attachEcho)
-    srv = make()
-    srv.initIPv6(-1, True, -1)
-    srv.asyncListen(listener)
-    client = await connect(srv.port, "::1")
-    t = await timeout(listener.accepted.get())
+async def test_peerAddressBeforeBuildIPv6(accept: Any) -> None:
+    client, t, listener = await accept(attachEcho, "ipv6")
     address, builtBefore = listener.seen[0]
     assert not builtBefore
     assert address == t._tcp.getPeer()
@@ -117,15 +127,8 @@ async def test_peerAddressBeforeBuildIPv6(servers: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_peerAddressBeforeBuildUNIX(servers: Any, tmp_path: Any) -> None:
-    _, make = servers
-    listener = Listener(attachEcho)
-    srv = make()
-    path = os.path.join(str(tmp_path), "s")
-    srv.initWithFilename(path, 0o600, -1)
-    srv.asyncListen(listener)
-    client = await connectUNIX(path)
-    t = await timeout(listener.accepted.get())
+async def test_peerAddressBeforeBuildUNIX(accept: Any, tmp_path: Any) -> None:
+    client, t, listener = await accept(attachEcho, os.path.join(str(tmp_path), "s"))
     address, builtBefore = listener.seen[0]
     assert not builtBefore
     assert address == t._tcp.getPeer()
@@ -134,19 +137,13 @@ async def test_peerAddressBeforeBuildUNIX(servers: Any, tmp_path: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_untouchedConnectionIsStreamMode(servers: Any) -> None:
+async def test_untouchedConnectionIsStreamMode(accept: Any) -> None:
     """
     A listener that only keeps the transport gets a stream-mode connection
     once C{onSocketAccepted} returns: bytes that arrive before it opens the
     input stream are waiting there.
     """
-    _, make = servers
-    listener = Listener(lambda t: None)
-    srv = make()
-    srv.init(-1, True, -1)
-    srv.asyncListen(listener)
-    client = await connect(srv.port)
-    t = await timeout(listener.accepted.get())
+    client, t, listener = await accept(lambda t: None)
     assert t._twisted is not None and t._twisted.protocol is t
     client.transport.write(b"early")
     await eventually(lambda: t._input is not None and t._input._size == 5)
@@ -159,49 +156,38 @@ async def test_untouchedConnectionIsStreamMode(servers: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_usedInCallbackIsStreamMode(servers: Any) -> None:
+async def test_usedInCallbackIsStreamMode(accept: Any) -> None:
     """
     A listener that uses the connection in C{onSocketAccepted} (here: writes
     to its output stream) builds it in stream mode at that moment; a later
     attachProtocol is refused as before.
     """
-    _, make = servers
 
     def write(t: Any) -> None:
         assert t._twisted is None
         t.openOutputStream(0, 0, 0).write(b"hello")
         assert t._twisted is not None
 
-    listener = Listener(write)
-    srv = make()
-    srv.init(-1, True, -1)
-    srv.asyncListen(listener)
-    client = await connect(srv.port)
-    t = await timeout(listener.accepted.get())
+    client, t, _ = await accept(write)
     assert await client.waitFor(5) == b"hello"
-    with pytest.raises(Exception):
+    with pytest.raises(NSError) as e:
         t.attachProtocol(Echo())
+    assert e.value.result == results.NS_ERROR_IN_PROGRESS
     t.close(results.NS_OK)
     await client.whenClosed()
 
 
 @pytest_twisted.ensureDeferred
-async def test_listenerThatRaisesStillGetsTheConnection(servers: Any, logged: Any) -> None:
+async def test_listenerThatRaisesStillGetsTheConnection(accept: Any, logged: Any) -> None:
     """
     A listener that raises in C{onSocketAccepted}: the error is logged and
     the connection is still there, in stream mode.
     """
-    _, make = servers
 
     def fail(t: Any) -> None:
         raise RuntimeError("boom")
 
-    listener = Listener(fail)
-    srv = make()
-    srv.init(-1, True, -1)
-    srv.asyncListen(listener)
-    client = await connect(srv.port)
-    t = await timeout(listener.accepted.get())
+    client, t, _ = await accept(fail)
     assert t._twisted is not None and t._twisted.protocol is t
     assert any("onSocketAccepted" in str(e.get("log_format", "")) for e in logged)
     out = t.openOutputStream(0, 0, 0)
@@ -211,19 +197,13 @@ async def test_listenerThatRaisesStillGetsTheConnection(servers: Any, logged: An
 
 
 @pytest_twisted.ensureDeferred
-async def test_reprBeforeBuild(servers: Any) -> None:
-    _, make = servers
+async def test_reprBeforeBuild(accept: Any) -> None:
     reprs: list[str] = []
 
     def look(t: Any) -> None:
         reprs.append(repr(t))
         attachEcho(t)
 
-    listener = Listener(look)
-    srv = make()
-    srv.init(-1, True, -1)
-    srv.asyncListen(listener)
-    client = await connect(srv.port)
-    await timeout(listener.accepted.get())
+    client, _, _ = await accept(look)
     assert reprs[0].startswith("<SocketTransport accepted from ('127.0.0.1', ")
     await roundTrip(client)
