@@ -159,7 +159,11 @@ async def test_floodWithoutReserveWaitsWithoutSpinning() -> None:
             rounds += 1
         assert rounds <= n // (room // 2)
         shortages = len(server.logged("warn", SHORTAGE))
-        assert 1 <= shortages <= rounds
+        # Once per burst, not once per connection: each round frees
+        # descriptors as its closes arrive, and when they arrive in two
+        # batches the round's queue can run short twice.  Per-connection
+        # logging would give about n warnings.
+        assert 1 <= shortages <= 2 * rounds < n // 4
         assert len(server.logged("info", RECOVERED)) in (shortages - 1, shortages)
         await served(server)
         assert server.failures() == []
