@@ -31,6 +31,7 @@ import struct
 from collections import deque
 from typing import Any, Callable, Protocol
 
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -342,8 +343,6 @@ class Channel:
                         arr.frombytes(cdata[: len(cdata) - len(cdata) % arr.itemsize])
                         fds.extend(arr)
             if not data and not fds:
-                from twisted.internet.error import ConnectionDone
-
                 self._lose(Failure(ConnectionDone("the other end closed the channel")))
                 return
             try:
@@ -369,8 +368,6 @@ class Channel:
         """
         Close the channel now; messages not yet sent are dropped.
         """
-        from twisted.internet.error import ConnectionDone
-
         self._lose(Failure(ConnectionDone("channel closed")))
 
     def _lose(self, reason: Failure) -> None:
