@@ -89,14 +89,23 @@ def reuseport(port: int, factory: str, workers: int) -> None:
         signal.pause()
 
 
-def reuseportWorker(port: int, factory: str) -> None:
-    reactor = _reactor()
-
+def _listening(port: int, reuse: int) -> socket.socket:
+    """
+    A non-blocking TCP socket listening on 127.0.0.1:C{port} with the
+    socket option C{reuse} (C{SO_REUSEPORT} or C{SO_REUSEADDR}) set.
+    """
     skt = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    skt.setsockopt(socket.SOL_SOCKET, reuse, 1)
     skt.bind(("127.0.0.1", port))
     skt.listen(socket.SOMAXCONN)
     skt.setblocking(False)
+    return skt
+
+
+def reuseportWorker(port: int, factory: str) -> None:
+    reactor = _reactor()
+
+    skt = _listening(port, socket.SO_REUSEPORT)
     reactor.adoptStreamPort(skt.fileno(), socket.AF_INET, namedAny(factory))
     skt.close()  # the reactor holds its own duplicate
     print("READY", flush=True)
@@ -146,11 +155,7 @@ class _Acceptor:
 def fdpass(port: int, factory: str, workers: int) -> None:
     reactor = _reactor()
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(socket.SOMAXCONN)
-    listener.setblocking(False)
+    listener = _listening(port, socket.SO_REUSEADDR)
     channels: list[socket.socket] = []
     children = []
     for _ in range(workers):

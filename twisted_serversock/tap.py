@@ -25,6 +25,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .endpoints import _describe
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.worker import resolveFactory
@@ -232,21 +233,8 @@ def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
     outcome = results[0]
     if hasattr(outcome, "raiseException"):
         outcome.raiseException()
-    _log.info("serversock listening on {description} ({address})", description=description, address=_where(outcome))
+    _log.info("serversock listening on {description} ({address})", description=description, address=_describe(outcome.getHost()))
     return outcome
-
-
-def _where(port: Any) -> str:
-    try:
-        address = port.getHost()
-    except Exception:
-        return "?"
-    host, number, name = getattr(address, "host", None), getattr(address, "port", None), getattr(address, "name", None)
-    if host is not None:
-        return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "backslashreplace")
-    return str(name)
 
 
 def makeService(options: Options) -> ServerSockService:

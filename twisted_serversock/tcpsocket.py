@@ -31,6 +31,7 @@ from zope.interface import implementer
 from .interfaces import ITCPServerSocket, ITCPSocket
 from .results import NS_BINDING_ABORTED, NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NSError, nameOf
 from .serversocket import ServerSocket
+from .transport import bufferedOutput
 
 __all__ = [
     "TCPServerSocket",
@@ -134,6 +135,12 @@ def _fire(handler: Callable[[Any], Any] | None, event: Any, owner: Any) -> None:
         _log.failure("Unhandled error in {owner!r}'s on{type} handler", owner=owner, type=event.type)
 
 
+def _binaryType(binaryType: Any) -> str:
+    if binaryType not in _BINARY_TYPES:
+        raise NSError(NS_ERROR_INVALID_ARG, f'binaryType must be "string" or "arraybuffer", not {binaryType!r}')
+    return str(binaryType)
+
+
 def _checkBinaryType(options: Any) -> str:
     if options is None:
         return "string"
@@ -141,9 +148,7 @@ def _checkBinaryType(options: Any) -> str:
         binaryType = options.get("binaryType", "string")
     except AttributeError:
         raise NSError(NS_ERROR_INVALID_ARG, f"options must be a mapping such as {{'binaryType': 'string'}}, not {options!r}") from None
-    if binaryType not in _BINARY_TYPES:
-        raise NSError(NS_ERROR_INVALID_ARG, f'binaryType must be "string" or "arraybuffer", not {binaryType!r}')
-    return str(binaryType)
+    return _binaryType(binaryType)
 
 
 @implementer(IPushProducer)
@@ -188,9 +193,7 @@ class TCPSocket(Protocol):
     ssl = False
 
     def __init__(self, binaryType: str = "string") -> None:
-        if binaryType not in _BINARY_TYPES:
-            raise NSError(NS_ERROR_INVALID_ARG, f'binaryType must be "string" or "arraybuffer", not {binaryType!r}')
-        self.binaryType = binaryType
+        self.binaryType = _binaryType(binaryType)
         self.readyState = "connecting"
         self.host = ""
         self.port = 0
@@ -274,7 +277,7 @@ class TCPSocket(Protocol):
         if transport is None:
             return 0
         try:
-            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            return bufferedOutput(transport)
         except AttributeError:
             return 0
 

@@ -64,6 +64,15 @@ NO_TIMEOUT = 0xFFFF
 _MAX_KEEPALIVE = 32767
 
 
+def bufferedOutput(transport: Any) -> int:
+    """
+    How many bytes wait in a Twisted transport's write buffer
+    (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
+    the C{_tempDataBuffer} list).
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
 @implementer(ISocketTransport, IHalfCloseableProtocol)
 class SocketTransport:
     """
@@ -233,10 +242,7 @@ class SocketTransport:
             self._tcp.resumeProducing()
 
     def _bufferedOutput(self) -> int:
-        # What waits in Twisted's write buffer (abstract.FileDescriptor keeps
-        # it as dataBuffer[offset:] plus the _tempDataBuffer list).
-        t = self._tcp
-        return len(t.dataBuffer) - t.offset + t._tempDataLen
+        return bufferedOutput(self._tcp)
 
     def _write(self, data: bytes) -> None:
         if self._timer is not None:

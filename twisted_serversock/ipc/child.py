@@ -30,7 +30,7 @@ from zope.interface import implementer
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
-from .wire import Ack, Channel, Conn, Control, Message, encodeAck, encodeControl
+from .wire import Ack, Channel, Conn, Control, Message, dispatchControl, encodeAck, encodeControl
 
 __all__ = ["ParentLink", "TCPServerSocketChild"]
 
@@ -95,13 +95,9 @@ class ParentLink:
             # Connections that came before it are acknowledged and adopted
             # before it is handled, as if one at a time.
             self.readDone()
-            handler = getattr(self, "_control_" + message.type, None)
-            if handler is not None:
-                try:
-                    handler(**message.fields)
-                except TypeError as e:
-                    _log.warn("Bad {type!r} message from the parent: {error}", type=message.type, error=e)
-            elif self.onControl is not None:
+            if dispatchControl(self, message, "the parent"):
+                return
+            if self.onControl is not None:
                 self.onControl(message)
             else:
                 _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)

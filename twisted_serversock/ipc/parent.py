@@ -37,7 +37,7 @@ from zope.interface import implementer
 from ..endpoints import _IRawAcceptingFactory
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
-from .wire import Ack, Channel, Conn, Control, Message, encodeConn, encodeControl
+from .wire import Ack, Channel, Conn, Control, Message, closeAll, dispatchControl, encodeConn, encodeControl
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
@@ -160,12 +160,22 @@ class Dispatcher:
         waiting = self.waiting
         for _ in range(len(waiting)):
             held = waiting.popleft()
-            if held.connId not in self.held:
-                continue
-            if held.route.closed and not held.route.links:
-                self._drop(held, "its listener's last child is gone")
-            elif not self._send(held):
-                waiting.append(held)
+            if held.connId in self.held:
+                self._place(held, front=False)
+
+    def _place(self, held: _Held, front: bool) -> None:
+        """
+        Send C{held} to a child of its route, or queue it (at the front:
+        it was accepted before what waits) until one can take it; close it
+        if its route has been closed and has no child left.
+        """
+        if held.route.closed and not held.route.links:
+            self._drop(held, "its listener's last child is gone")
+        elif not self._send(held):
+            if front:
+                self.waiting.appendleft(held)
+            else:
+                self.waiting.append(held)
 
     def acked(self, link: WorkerLink, connIds: tuple[int, ...]) -> None:
         """
@@ -205,10 +215,7 @@ class Dispatcher:
         for held in unacked:
             held.link = None
             self.redispatched += 1
-            if held.route.closed and not held.route.links:
-                self._drop(held, "its listener's last child is gone")
-            elif not self._send(held):
-                self.waiting.appendleft(held)
+            self._place(held, front=True)
         self._checkIdle()
 
     def closeRoute(self, route: Route) -> None:
@@ -307,20 +314,13 @@ class WorkerLink:
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds)
         elif isinstance(message, Control):
-            handler = getattr(self, "_control_" + message.type, None)
-            if handler is None:
+            if not dispatchControl(self, message, repr(self)):
                 self.channel.rejected += 1
                 _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
-                return
-            try:
-                handler(**message.fields)
-            except TypeError as e:
-                self.channel.rejected += 1
-                _log.warn("{link!r}: bad {type!r} message: {error}", link=self, type=message.type, error=e)
         else:
             assert isinstance(message, Conn)
             self.channel.rejected += 1
-            _closeFd(message.fd)
+            closeAll([message.fd])
             _log.warn("{link!r}: a child may not send connections; closed the descriptor", link=self)
 
     def channelLost(self, reason: Failure) -> None:
@@ -402,15 +402,6 @@ class _ForwardingListener:
         self._link._dispatcher.closeRoute(self._route)
         if status != NS_BINDING_ABORTED and not self._link.lost:
             self._link._sendError(self._id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
-
-
-def _closeFd(fd: int) -> None:
-    import os
-
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 @implementer(IProtocolFactory, _IRawAcceptingFactory)

@@ -93,6 +93,8 @@ class WorkerPool:
         self._routes: list[Route] = []
         self._stopping = False
         self._ended_d: defer.Deferred[None] | None = None
+        self._deadline = 0.0
+        self._killer: Any = None
 
     def addRoute(self, route: Route) -> None:
         """
@@ -210,33 +212,38 @@ class WorkerPool:
         """
         d: defer.Deferred[None] = defer.Deferred()
         self._ended_d = d
-        deadline = time.monotonic() + grace
+        self._deadline = time.monotonic() + grace
+        if not self.dispatcher.held:
+            self._tellWorkers()
+            return d
+        _log.info("Handing {n} held connection(s) to workers before stopping", n=len(self.dispatcher.held))
+        giveUp = self._reactor.callLater(grace, self._giveUp)
 
-        def tellWorkers() -> None:
-            self._stopping = True
-            for slot in self._slots:
-                if slot.pending is not None and slot.pending.active():
-                    slot.pending.cancel()
-                slot.pending = None
-                if slot.link is not None and not slot.link.lost:
-                    slot.link.sendControl("stop", grace=max(deadline - time.monotonic(), 0.0))
-            self._killer = self._reactor.callLater(max(deadline - time.monotonic(), 0.0) + 2.0, self._kill)
-            self._checkEnded()
+        def idle() -> None:
+            if giveUp.active():
+                giveUp.cancel()
+                self._tellWorkers()
 
-        if self.dispatcher.held:
-            _log.info("Handing {n} held connection(s) to workers before stopping", n=len(self.dispatcher.held))
-            waiter = self._reactor.callLater(grace, self._giveUp)
-
-            def idle() -> None:
-                if waiter.active():
-                    waiter.cancel()
-                    tellWorkers()
-
-            self._tellWorkers = tellWorkers
-            self.dispatcher.whenIdle(idle)
-        else:
-            tellWorkers()
+        self.dispatcher.whenIdle(idle)
         return d
+
+    def _remaining(self) -> float:
+        return max(self._deadline - time.monotonic(), 0.0)
+
+    def _tellWorkers(self) -> None:
+        """
+        Cancel pending restarts, send every worker C{stop} with what is left
+        of the grace period, and arrange to kill those still there after it.
+        """
+        self._stopping = True
+        for slot in self._slots:
+            if slot.pending is not None and slot.pending.active():
+                slot.pending.cancel()
+            slot.pending = None
+            if slot.link is not None and not slot.link.lost:
+                slot.link.sendControl("stop", grace=self._remaining())
+        self._killer = self._reactor.callLater(self._remaining() + 2.0, self._kill)
+        self._checkEnded()
 
     def _giveUp(self) -> None:
         lost = self.dispatcher.dropAll("the grace period ended before a worker adopted it")
@@ -257,9 +264,8 @@ class WorkerPool:
             return
         if any(slot.process is not None for slot in self._slots):
             return
-        killer = getattr(self, "_killer", None)
-        if killer is not None and killer.active():
-            killer.cancel()
+        if self._killer is not None and self._killer.active():
+            self._killer.cancel()
         for slot in self._slots:
             _log.info(
                 "Worker {index}: {n} connection(s) adopted, {r} restart(s)",

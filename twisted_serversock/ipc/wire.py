@@ -213,7 +213,31 @@ class Receiver(Protocol):
     def channelLost(self, reason: Failure) -> None: ...
 
 
-def _closeAll(fds: list[int]) -> None:
+def dispatchControl(receiver: Any, message: Control, who: str) -> bool:
+    """
+    Call C{receiver._control_<type>(**fields)} for C{message}; fields that
+    do not fit the handler count as a rejected message of C{receiver.channel}.
+
+    @param who: says whose message it was, for the log.
+    @return: False if C{receiver} has no handler for the type (the caller
+        decides what that means); True otherwise, also when the fields did
+        not fit the handler (that is logged).
+    """
+    handler = getattr(receiver, "_control_" + message.type, None)
+    if handler is None:
+        return False
+    try:
+        handler(**message.fields)
+    except TypeError as e:
+        _log.warn("Bad {type!r} message from {who}: {error}", type=message.type, who=who, error=e)
+        receiver.channel.rejected += 1
+    return True
+
+
+def closeAll(fds: list[int]) -> None:
+    """
+    Close descriptors that arrived with a message nobody takes.
+    """
     for fd in fds:
         try:
             os.close(fd)
@@ -353,7 +377,7 @@ class Channel:
                 message = decode(data, fds)
             except ProtocolError as e:
                 self.rejected += 1
-                _closeAll(fds)
+                closeAll(fds)
                 _log.warn("{channel}: rejected a malformed message ({error})", channel=self._name, error=e)
                 continue
             try:
