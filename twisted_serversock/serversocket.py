@@ -20,7 +20,6 @@ is closed first.
 
 from __future__ import annotations
 
-import operator
 import os
 import socket
 from typing import Any, Callable, Iterable
@@ -30,7 +29,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import _unix
+from . import _args, _unix
 from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
@@ -75,26 +74,12 @@ class _UNIXServer(unix.Server):
         return port._owner._address
 
 
-def _uidSet(allowedUids: Any) -> frozenset[int] | None:
-    if allowedUids is None:
-        return None
-    try:
-        uids = frozenset(allowedUids)
-    except TypeError:
-        raise NSError(NS_ERROR_INVALID_ARG, f"allowedUids must be an iterable of uids, not {allowedUids!r}") from None
-    for uid in uids:
-        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
-            raise NSError(NS_ERROR_INVALID_ARG, f"not a uid: {uid!r}")
-    return uids
-
-
 def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise NSError(NS_ERROR_INVALID_ARG, f"{what} must be an integer, not {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise NSError(NS_ERROR_INVALID_ARG, f"{what} must be an integer, not {value!r}") from None
+    return _args.asNSError(_args.integer, value, what)
+
+
+def _boolean(value: Any, what: str) -> bool:
+    return _args.asNSError(_args.boolean, value, what)
 
 
 def _checkPort(port: Any) -> int:
@@ -122,7 +107,7 @@ def _ipFamily(host: Any) -> int:
     """
     family = ipFamily(host)
     if family is None:
-        raise NSError(NS_ERROR_INVALID_ARG, f"not an IP address literal: {host!r}")
+        raise NSError(NS_ERROR_INVALID_ARG, f"host must be an IP address literal (names are not resolved), not {host!r}")
     return family
 
 
@@ -185,6 +170,7 @@ class ServerSocket:
     # The init family.
 
     def init(self, port: int, loopbackOnly: bool, backLog: int) -> None:
+        loopbackOnly = _boolean(loopbackOnly, "loopbackOnly")
         self.initSpecialConnection(port, LoopbackOnly if loopbackOnly else 0, backLog)
 
     def initSpecialConnection(self, port: int, flags: int, backLog: int) -> None:
@@ -193,6 +179,7 @@ class ServerSocket:
         self._listenIP(host, port, backLog, keepWhenOffline=bool(flags & KeepWhenOffline))
 
     def initIPv6(self, port: int, loopbackOnly: bool, backLog: int) -> None:
+        loopbackOnly = _boolean(loopbackOnly, "loopbackOnly")
         self._listenIP("::1" if loopbackOnly else "::", port, backLog)
 
     def initDualStack(self, port: int, backLog: int) -> None:
@@ -236,6 +223,7 @@ class ServerSocket:
         *,
         reclaimStale: bool = False,
         allowedUids: Iterable[int] | None = None,
+        group: int | str | None = None,
     ) -> None:
         """
         See L{IServerSocket.initWithFilename}; the safety rules are those of
@@ -246,13 +234,22 @@ class ServerSocket:
         @param allowedUids: (extension) if not L{None}, the uids whose
             connections are accepted; others are closed before the listener
             sees them.
+        @param group: (extension) the socket file's group, a name or a gid,
+            set before the file appears at C{path} (like systemd's
+            C{SocketGroup=}).  Without it the file gets the group the
+            directory gives new entries: a set-group-ID directory's group,
+            else the process's.
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, for a
+            bad argument or an unknown group.
         """
         raw = _unix.fsPath(path)  # the length check comes before any system call
         mode = _unix.checkMode(permissions)
         backlog = _checkBacklog(backlog)
-        uids = _uidSet(allowedUids)
+        reclaim = _boolean(reclaimStale, "reclaimStale")
+        uids = _args.asNSError(_args.uids, allowedUids)
+        gid = _args.asNSError(_args.groupId, group)
         self._checkUninitialized()
-        skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=bool(reclaimStale))
+        skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=reclaim, gid=gid)
         name: Any = path if isinstance(path, (str, bytes)) else os.fspath(path)
         self._adopt(skt, UNIXAddress(name), _UNIXServer, False)
         self._fileIdentity = (identity[0], identity[1])
@@ -270,7 +267,7 @@ class ServerSocket:
         """
         address = _unix.abstractName(name)
         backlog = _checkBacklog(backlog)
-        uids = _uidSet(allowedUids)
+        uids = _args.asNSError(_args.uids, allowedUids)
         self._checkUninitialized()
         skt = _unix.listenAbstract(address, backlog)
         shown: Any = "\0" + name if isinstance(name, str) else address

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _args
 from .interfaces import ITCPServerSocket, ITCPSocket
 from .results import NS_BINDING_ABORTED, NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NSError, nameOf
 from .serversocket import ServerSocket
@@ -376,7 +377,15 @@ class TCPSocket(Protocol):
         C{onopen} or C{onerror} then C{onclose} follow.
 
         @param options: C{{"binaryType": "string" | "arraybuffer"}}.
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, for a
+            host that is not a non-empty string or a port that is not an
+            integer from 1 to 65535 (checked here: Twisted would otherwise
+            take C{"80"} as a service name, or fail later inside the
+            reactor).
         """
+        if not isinstance(host, str) or not host:
+            raise NSError(NS_ERROR_INVALID_ARG, f"host must be a non-empty string, not {host!r}")
+        port = _args.asNSError(_args.integer, port, "port", 1, 65535)
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
