@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet import error as _error
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -177,10 +177,18 @@ class _DrainWatch:
         self.full = False
 
 
-@implementer(ITCPSocket)
+@implementer(ITCPSocket, IHalfCloseableProtocol)
 class TCPSocket(Protocol):
     """
     One connection with Gecko's C{TCPSocket} API.  See L{ITCPSocket}.
+
+    When the peer ends its side of the connection, everything sent so far
+    (for example from the C{ondata} handler of the last bytes, which may
+    arrive together with the peer's end of stream) is still delivered
+    before the socket closes, as in Gecko: C{readyState} turns
+    C{"closing"}, and C{ondrain} (if C{send} asked for it) and C{onclose}
+    follow.  (Without L{IHalfCloseableProtocol} Twisted would take the end
+    of stream as the end of the connection and drop what is buffered.)
 
     @ivar host: the peer's host (for an accepted socket) or the host
         connected to (for L{open}).
@@ -234,6 +242,18 @@ class TCPSocket(Protocol):
             return
         payload: Any = data.decode("latin-1") if self.binaryType == "string" else data
         _fire(self.ondata, TCPSocketEvent("data", self, payload), self)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer sent its end of stream: close after everything buffered is
+        written, as Gecko does.
+        """
+        self.close()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our side was shut down; the connection ends when the peer's does.
+        """
 
     def _drained(self) -> None:
         if self._waitingForDrain:
