@@ -14,6 +14,13 @@ The rules this module enforces (and Twisted's own UNIX port does not):
     for (so the umask plays no part), made to C{listen()}, and only then
     linked into place: it is never reachable at the path with another mode,
     nor refuse connections there.
+  - B{The right group, from the start.}  A group asked for (C{gid}) is
+    given to the socket file inside the private directory, before the
+    chmod and the link, as systemd's C{SocketGroup=} does.  Without one
+    the file gets the group the parent gives new entries: the private
+    directory keeps the set-group-ID bit a set-group-ID parent passes on
+    (clearing it would give the socket the process's group, and a web
+    server relying on the directory's group would be refused).
   - B{No leftovers.}  The private directory and the temporary name are
     removed on every path, success or failure.
   - B{Symbolic links.}  One at the final component is never followed
@@ -374,11 +381,17 @@ def _openPrivate(parentFD: int, name: bytes, private: bytes) -> int:
                 f"{st.st_uid}; someone who can write to {os.fsdecode(os.path.dirname(private))} "
                 "is interfering, so nothing was bound",
             )
-        if opath and stat.S_IMODE(st.st_mode) != 0o700:
+        # Only the owner's bits are given back, and the set-group-ID bit a
+        # set-group-ID parent passed on is kept: without it the socket
+        # would get the process's group instead of the directory's (the
+        # group a web server in it relies on).
+        bits = stat.S_IMODE(st.st_mode)
+        if opath and bits & 0o700 != 0o700:
+            wanted = 0o700 | (bits & stat.S_ISGID)
             try:
-                os.chmod(b"/proc/self/fd/%d" % fd, 0o700)
+                os.chmod(b"/proc/self/fd/%d" % fd, wanted)
             except FileNotFoundError:  # no /proc
-                os.chmod(private, 0o700)
+                os.chmod(private, wanted)
     except BaseException:
         os.close(fd)
         raise
