@@ -33,6 +33,7 @@ from . import _args, _unix
 from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
+from ._refusals import RefusalLog
 from .interfaces import INetAddr, IServerSocket
 from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress, isLoopbackPeer
 from .results import (
@@ -148,7 +149,7 @@ class ServerSocket:
         self._fileIdentity: tuple[int, int] | None = None
         self._filePath = b""
         self._allowedUids: frozenset[int] | None = None
-        self._refusedPeers: set[tuple[int, int]] = set()
+        self._refusals: RefusalLog | None = None
         #: If set, accepted sockets go to this callable, raw, instead of
         #: becoming a L{SocketTransport} for the listener: the process that
         #: hands connections to workers must not build a Twisted transport
@@ -411,7 +412,7 @@ class ServerSocket:
     def _peerAllowed(self, skt: socket.socket) -> bool:
         """
         Whether the peer of UNIX connection C{skt} may connect; closes it
-        (and logs once per pid and uid) if not.
+        (and logs it, at a bounded rate: see L{RefusalLog}) if not.
         """
         try:
             pid, uid, _gid = _unix.peerCredentials(skt)
@@ -422,14 +423,10 @@ class ServerSocket:
             assert self._allowedUids is not None
             if uid in self._allowedUids:
                 return True
-        if (pid, uid) not in self._refusedPeers:
-            self._refusedPeers.add((pid, uid))
-            _log.warn(
-                "Refused a connection to {address} from pid {pid}, uid {uid}: uid not allowed",
-                address=self._address,
-                pid=pid,
-                uid=uid,
-            )
+        refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = RefusalLog(self._getReactor(), self._address)
+        refusals.refused(pid, uid)
         skt.close()
         return False
 
@@ -456,6 +453,9 @@ class ServerSocket:
         """
         port, skt, listener = self._port, self._socket, self._listener
         self._port = self._socket = self._listener = None
+        refusals, self._refusals = self._refusals, None
+        if refusals is not None:
+            refusals.stop()
         self._ioService._removeServerSocket(self)
         # Unlink a socket file first: once the socket is closed, the path
         # would still be there but refuse connections.
