@@ -209,3 +209,20 @@ def test_endpointsStillWork(d: str) -> None:
     assert ports[0].getHost().host == "127.0.0.1"
     for port in ports:
         port.stopListening()
+
+
+def test_offlineString(servers: Any, io: Any) -> None:
+    """
+    C{offline = "false"} is refused; it used to take the service offline
+    and close every listener that does not survive that.
+    """
+    srv = servers(io)
+    srv.init(0, False, -1)
+    with pytest.raises(NSError) as e:
+        io.offline = "false"
+    assert code(e) == "NS_ERROR_INVALID_ARG"
+    assert "offline" in str(e.value)
+    assert io.offline is False
+    socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()  # still listening
+    io.offline = 0
+    assert io.offline is False
