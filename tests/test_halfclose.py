@@ -13,15 +13,15 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
 
 from twisted_serversock import NSError
 from twisted_serversock.tcpsocket import TCPServerSocket, TCPSocket
 
+from ._hardening import CollectingProcess
 from .conftest import connect, timeout, theReactor
 from .test_tcpsocket import Events
 from .test_twistd import Proc, spawn
@@ -88,31 +88,20 @@ def workdir() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-class _Socat(protocol.ProcessProtocol):
+class _Socat(CollectingProcess):
     """
     C{echo DATA | socat - TCP:...}: writes C{DATA}, closes its stdin,
     collects stdout.
     """
 
     def __init__(self, data: bytes) -> None:
+        super().__init__()
         self.data = data
-        self.out = b""
-        self.err = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(self.data)
         self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 async def socatEcho(port: int, data: bytes) -> bytes:

@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol
 
 from twisted_serversock._refusals import RefusalLog
 
+from ._hardening import CollectingProcess
 from .conftest import Recorder, connectUNIX, sleep, timeout, theReactor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED is Linux's")
@@ -49,20 +49,6 @@ def refusalLines(logged: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     return first, summaries
 
 
-class _Shell(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        from twisted.internet import defer
-
-        self.err = b""
-        self.ended: Any = defer.Deferred()
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
 @pytest.mark.skipif(not ROOT or not shutil.which("socat") or not shutil.which("setpriv"), reason="needs root, socat and setpriv to connect as many uids")
 @pytest_twisted.ensureDeferred
 async def test_manyRefusedPeers(servers: Any, top: str, logged: Any) -> None:
@@ -83,12 +69,12 @@ async def test_manyRefusedPeers(servers: Any, top: str, logged: Any) -> None:
         f'setpriv --reuid=$u --regid=$u --clear-groups socat -u OPEN:/dev/null UNIX-CONNECT:"$1" 2>/dev/null; '
         f"i=$((i + 1)); done"
     )
-    shell = _Shell()
+    shell = CollectingProcess()
     theReactor().spawnProcess(shell, "/bin/sh", ["/bin/sh", "-c", script, "sh", path], env=dict(os.environ))
     assert await timeout(shell.ended, 120) == 0, shell.err
     # The kernel queues connections in order: once one from the allowed
     # uid is accepted, every refused one before it has been handled.
-    sentinel = _Shell()
+    sentinel = CollectingProcess()
     theReactor().spawnProcess(
         sentinel,
         "/bin/sh",

@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +34,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted_serversock import NSError
 from twisted_serversock.endpoints import GeckoUNIXServerEndpoint
 
-from .conftest import Recorder, code, connectUNIX, eventually, timeout, theReactor
+from ._hardening import CollectingProcess
+from .conftest import Recorder, asNobody, code, connectUNIX, eventually, nobodyEnv, timeout, theReactor
 from .test_twistd import Proc, spawn
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux UNIX-domain semantics")
@@ -180,10 +182,6 @@ def test_groupNotOursUnprivileged(top: str) -> None:
     An unprivileged process may not give its socket a group it is not in:
     a clear error naming the group, and nothing left behind.
     """
-    import subprocess
-
-    from .conftest import asNobody, nobodyEnv
-
     os.chown(top, 65534, 65534)
     script = (
         "import sys\n"
@@ -245,22 +243,6 @@ http {{
 """
 
 
-class _Nginx(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        from twisted.internet import defer
-
-        self.ended: Any = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
 async def nginxGet(top: str, app: str, url: str) -> tuple[int, bytes, str]:
     """
     Start nginx (workers as www-data) proxying to the UNIX socket C{app},
@@ -276,11 +258,11 @@ async def nginxGet(top: str, app: str, url: str) -> tuple[int, bytes, str]:
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write(_NGINX_CONF.format(d=d, app=app))
-    proc = _Nginx()
+    proc = CollectingProcess()
     theReactor().spawnProcess(proc, nginx, [nginx, "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf], env=dict(os.environ))
     try:
         await eventually(lambda: os.path.exists(os.path.join(d, "nginx.sock")) or proc.ended.called)
-        assert not proc.ended.called, proc.output
+        assert not proc.ended.called, proc.out + proc.err
         out, err, status = await timeout(
             getProcessOutputAndValue(
                 "curl",
