@@ -133,19 +133,22 @@ def test_geckoRows(description: str, call: Any) -> None:
 @pytest.mark.parametrize(
     "description,call",
     [
-        ("geckounix:/run/app.sock", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("reclaimStale", False)))),
-        ("geckounix:path=/run/app.sock:mode=0600", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("reclaimStale", False)))),
-        ("geckounix:path=/run/app.sock:mode=644:backlog=9", ("initWithFilename", ("/run/app.sock", 0o644, 9, ("allowedUids", None), ("reclaimStale", False)))),
-        ("geckounix:/run/app.sock:mode=0o660", ("initWithFilename", ("/run/app.sock", 0o660, -1, ("allowedUids", None), ("reclaimStale", False)))),
-        ("geckounix:path=/run/app.sock:reclaim=1", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("reclaimStale", True)))),
-        ("geckounix:/tmp/a\\:b.sock", ("initWithFilename", ("/tmp/a:b.sock", 0o600, -1, ("allowedUids", None), ("reclaimStale", False)))),
+        ("geckounix:/run/app.sock", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("group", None), ("reclaimStale", False)))),
+        ("geckounix:path=/run/app.sock:mode=0600", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("group", None), ("reclaimStale", False)))),
+        ("geckounix:path=/run/app.sock:mode=644:backlog=9", ("initWithFilename", ("/run/app.sock", 0o644, 9, ("allowedUids", None), ("group", None), ("reclaimStale", False)))),
+        ("geckounix:/run/app.sock:mode=0o660", ("initWithFilename", ("/run/app.sock", 0o660, -1, ("allowedUids", None), ("group", None), ("reclaimStale", False)))),
+        ("geckounix:path=/run/app.sock:reclaim=1", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("group", None), ("reclaimStale", True)))),
+        ("geckounix:/tmp/a\\:b.sock", ("initWithFilename", ("/tmp/a:b.sock", 0o600, -1, ("allowedUids", None), ("group", None), ("reclaimStale", False)))),
         ("geckounix:abstract=name", ("initWithAbstractAddress", ("name", -1, ("allowedUids", None)))),
         # Only a positional @name is abstract; path= is always a file name.
-        ("geckounix:PATH=@name", ("initWithFilename", ("@name", 0o600, -1, ("allowedUids", None), ("reclaimStale", False)))),
+        ("geckounix:PATH=@name", ("initWithFilename", ("@name", 0o600, -1, ("allowedUids", None), ("group", None), ("reclaimStale", False)))),
         ("geckounix:@name", ("initWithAbstractAddress", ("name", -1, ("allowedUids", None)))),
         ("geckounix:@name:uids=1000,1001", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({1000, 1001}))))),
         ("geckounix:@name:uids=self", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({os.getuid()}))))),
-        ("geckounix:/run/a.sock:uids=self,0", ("initWithFilename", ("/run/a.sock", 0o600, -1, ("allowedUids", frozenset({os.getuid(), 0})), ("reclaimStale", False)))),
+        ("geckounix:/run/a.sock:uids=self,0", ("initWithFilename", ("/run/a.sock", 0o600, -1, ("allowedUids", frozenset({os.getuid(), 0})), ("group", None), ("reclaimStale", False)))),
+        # The socket file's group: a name or a number (SPEC 7).
+        ("geckounix:path=/run/app.sock:mode=0660:group=root", ("initWithFilename", ("/run/app.sock", 0o660, -1, ("allowedUids", None), ("group", 0), ("reclaimStale", False)))),
+        ("geckounix:/run/app.sock:GROUP=4321", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("group", 4321), ("reclaimStale", False)))),
     ],
 )
 def test_geckoUNIXRows(description: str, call: Any) -> None:
@@ -171,7 +174,7 @@ def test_bytesDescription() -> None:
     "description,words",
     [
         ("gecko:port=8080:colour=blue", ["colour", "backlog", "dualstack", "interface", "keepWhenOffline", "loopback", "port"]),
-        ("geckounix:/a.sock:colour=blue", ["colour", "abstract", "mode", "path", "reclaim", "uids"]),
+        ("geckounix:/a.sock:colour=blue", ["colour", "abstract", "group", "mode", "path", "reclaim", "uids"]),
         ("gecko:8080:port=8081", ["port", "positional"]),
         ("gecko:port=1:PORT=2", ["port", "twice"]),
         ("gecko:port=0:interface=\\:\\:1:loopback=1", ["interface", "loopback"]),
@@ -207,6 +210,10 @@ def test_bytesDescription() -> None:
         ("geckounix:/a.sock:uids=alice", ["uids", "alice"]),
         ("geckounix:/a.sock:uids=", ["uids"]),
         ("geckounix:/a.sock:reclaim=2", ["reclaim", "2"]),
+        ("geckounix:/a.sock:group=no-such-group-tss", ["group", "no-such-group-tss"]),
+        ("geckounix:/a.sock:group=", ["group", "empty"]),
+        ("geckounix:/a.sock:group=99999999999", ["group"]),
+        ("geckounix:@x:group=0", ["group", "abstract"]),
     ],
 )
 def test_badStrings(description: str, words: list[str]) -> None:
@@ -229,7 +236,7 @@ def test_badEndpointArguments() -> None:
 _parsers = {"gecko": parseGecko, "geckounix": parseGeckoUNIX}
 _words = st.sampled_from(
     ["port", "PORT", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack",
-     "path", "mode", "abstract", "reclaim", "uids", "x", "", "@", "=", ":", "\\", "0", "1", "-1",
+     "path", "mode", "abstract", "reclaim", "uids", "group", "x", "", "@", "=", ":", "\\", "0", "1", "-1",
      "yes", "self", "0600", "::1", "\\:\\:1", "99999999999999999999", "\x00", "é"]
 )
 

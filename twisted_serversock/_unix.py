@@ -14,6 +14,13 @@ The rules this module enforces (and Twisted's own UNIX port does not):
     for (so the umask plays no part), made to C{listen()}, and only then
     linked into place: it is never reachable at the path with another mode,
     nor refuse connections there.
+  - B{The right group, from the start.}  A group asked for (C{gid}) is
+    given to the socket file inside the private directory, before the
+    chmod and the link, as systemd's C{SocketGroup=} does.  Without one
+    the file gets the group the parent gives new entries: the private
+    directory keeps the set-group-ID bit a set-group-ID parent passes on
+    (clearing it would give the socket the process's group, and a web
+    server relying on the directory's group would be refused).
   - B{No leftovers.}  The private directory and the temporary name are
     removed on every path, success or failure.
   - B{Symbolic links.}  One at the final component is never followed
@@ -168,10 +175,12 @@ def listenAbstract(address: bytes, backlog: int) -> socket.socket:
 
 
 def listenFilename(
-    path: bytes, mode: int, backlog: int, reclaimStale: bool = False
+    path: bytes, mode: int, backlog: int, reclaimStale: bool = False, gid: int | None = None
 ) -> tuple[socket.socket, tuple[int, int]]:
     """
-    Create a listening UNIX socket at C{path} with exactly C{mode}.
+    Create a listening UNIX socket at C{path} with exactly C{mode}, and
+    group C{gid} if given (else the group the parent directory gives new
+    entries).
 
     @return: the socket, and C{(st_dev, st_ino)} of the file that now stands
         at C{path} (for L{unlinkIfOurs}).
@@ -193,7 +202,7 @@ def listenFilename(
         else:
             if not (reclaimStale and _reclaim(path, st)):
                 raise _inUse(path, _describeEntry(path, st))
-        return _bindAndLink(path, parent, name, mode, backlog)
+        return _bindAndLink(path, parent, name, mode, backlog, gid)
     finally:
         if lock is not None:
             os.close(lock)
@@ -210,10 +219,11 @@ def _describeEntry(path: bytes, st: os.stat_result) -> str:
 
 
 def _bindAndLink(
-    path: bytes, parent: bytes, name: bytes, mode: int, backlog: int
+    path: bytes, parent: bytes, name: bytes, mode: int, backlog: int, gid: int | None = None
 ) -> tuple[socket.socket, tuple[int, int]]:
     """
-    Bind, chmod and listen in a private directory, then link into place.
+    Bind, chown, chmod and listen in a private directory, then link into
+    place.
 
     The parent directory is resolved once, here; everything after goes
     through its descriptor, so a symbolic link above the socket that is
@@ -226,13 +236,13 @@ def _bindAndLink(
     except OSError as e:
         raise _oserror(e, f"create a socket in {os.fsdecode(parent)}") from None
     try:
-        return _bindInParent(path, parent, parentFD, name, mode, backlog)
+        return _bindInParent(path, parent, parentFD, name, mode, backlog, gid)
     finally:
         os.close(parentFD)
 
 
 def _bindInParent(
-    path: bytes, parent: bytes, parentFD: int, name: bytes, mode: int, backlog: int
+    path: bytes, parent: bytes, parentFD: int, name: bytes, mode: int, backlog: int, gid: int | None
 ) -> tuple[socket.socket, tuple[int, int]]:
     shown = os.fsdecode(path)
     try:
@@ -250,6 +260,11 @@ def _bindInParent(
         bound = True
         # Through the descriptor: if the name was swapped for another
         # directory, the bind above went there and this fails (ENOENT).
+        # The group first (chown may clear mode bits), while only we can
+        # reach the file: like systemd's SocketGroup=, it never appears at
+        # the path with another group.
+        if gid is not None:
+            _chgrp(privateFD, gid, shown)
         os.chmod(b"s", mode, dir_fd=privateFD)
         skt.listen(backlog)
         skt.setblocking(False)
@@ -272,6 +287,19 @@ def _bindInParent(
 
 
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
+
+
+def _chgrp(privateFD: int, gid: int, shown: str) -> None:
+    """
+    Give the socket file C{s} in the private directory the group C{gid}.
+
+    @raise NSError: naming the group, if we may not (an unprivileged
+        process may only give its files a group it is a member of).
+    """
+    try:
+        os.chown(b"s", -1, gid, dir_fd=privateFD, follow_symlinks=False)
+    except OSError as e:
+        raise NSError.fromOSError(e, f"give {shown} the group {gid} (is this process a member of it?)") from None
 
 
 def _makePrivate(parentFD: int) -> bytes:
@@ -353,11 +381,17 @@ def _openPrivate(parentFD: int, name: bytes, private: bytes) -> int:
                 f"{st.st_uid}; someone who can write to {os.fsdecode(os.path.dirname(private))} "
                 "is interfering, so nothing was bound",
             )
-        if opath and stat.S_IMODE(st.st_mode) != 0o700:
+        # Only the owner's bits are given back, and the set-group-ID bit a
+        # set-group-ID parent passed on is kept: without it the socket
+        # would get the process's group instead of the directory's (the
+        # group a web server in it relies on).
+        bits = stat.S_IMODE(st.st_mode)
+        if opath and bits & 0o700 != 0o700:
+            wanted = 0o700 | (bits & stat.S_ISGID)
             try:
-                os.chmod(b"/proc/self/fd/%d" % fd, 0o700)
+                os.chmod(b"/proc/self/fd/%d" % fd, wanted)
             except FileNotFoundError:  # no /proc
-                os.chmod(private, 0o700)
+                os.chmod(private, wanted)
     except BaseException:
         os.close(fd)
         raise

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from . import _args
 from .netaddr import ipFamily
 from .results import NS_BINDING_ABORTED, NSError, nameOf
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
@@ -235,8 +236,10 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
     @param ipv6: listen on IPv6 only (C{::1} with C{loopback}, else C{::}).
     @param dualStack: listen on C{::} for both IPv4 and IPv6.
 
+    @raise TypeError: for an argument of the wrong type (a string port, a
+        string boolean such as C{"no"}, which would be true), naming it.
     @raise ValueError: for a combination that makes no sense (for example
-        C{interface} with C{loopback}).
+        C{interface} with C{loopback}), or a value out of range, naming it.
     """
 
     def __init__(
@@ -250,6 +253,14 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         ipv6: bool = False,
         dualStack: bool = False,
     ) -> None:
+        port = _args.integer(port, "port", None, 65535)
+        backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
+        loopback = _args.boolean(loopback, "loopback")
+        keepWhenOffline = _args.boolean(keepWhenOffline, "keepWhenOffline")
+        ipv6 = _args.boolean(ipv6, "ipv6")
+        dualStack = _args.boolean(dualStack, "dualStack")
+        if interface is not None:
+            interface = _args.text(interface, "interface")
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -312,9 +323,15 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         C{path} instead of failing.
     @param allowedUids: if not L{None}, only peers with these uids may
         connect (checked with SO_PEERCRED).
+    @param group: the socket file's group, a name or a gid, set before the
+        file appears (like systemd's C{SocketGroup=}); without it the file
+        gets the group the directory gives new entries (a set-group-ID
+        directory's group, else the process's).
 
-    @raise ValueError: for neither or both of C{path} and C{abstract}, or
-        C{reclaimStale} with C{abstract}.
+    @raise TypeError: for an argument of the wrong type, naming it.
+    @raise ValueError: for neither or both of C{path} and C{abstract},
+        C{reclaimStale} or C{group} with C{abstract}, an unknown group, or a
+        value out of range, naming it.
     """
 
     def __init__(
@@ -326,25 +343,38 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         abstract: str | None = None,
         reclaimStale: bool = False,
         allowedUids: Iterable[int] | None = None,
+        group: int | str | None = None,
     ) -> None:
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
+        if path is not None:
+            _args.pathLike(path, "path")
+        if abstract is not None and not isinstance(abstract, (str, bytes)):
+            raise TypeError(f"abstract must be a string, not {abstract!r}")
+        mode = _args.integer(mode, "mode", 0, 0o777)
+        backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
+        reclaimStale = _args.boolean(reclaimStale, "reclaimStale")
+        uids = _args.uids(allowedUids)
+        gid = _args.groupId(group)
         if abstract is not None and reclaimStale:
             raise ValueError("reclaim applies to socket files, not abstract addresses")
+        if abstract is not None and gid is not None:
+            raise ValueError("group applies to socket files; an abstract address has no group (use allowedUids)")
         self._reactor = reactor
         self._path = path
         self._mode = mode
         self._backlog = backlog
         self._abstract = abstract
         self._reclaimStale = reclaimStale
-        self._allowedUids = None if allowedUids is None else frozenset(allowedUids)
+        self._allowedUids = uids
+        self._gid = gid
 
     def __repr__(self) -> str:
         return f"<GeckoUNIXServerEndpoint {self._where()[0]}>"
 
     def _where(self) -> tuple[str, Any]:
         if self._abstract is not None:
-            return "@" + self._abstract, None
+            return "@" + os.fsdecode(self._abstract), None
         return os.fsdecode(self._path), None
 
     def _init(self, serv: ServerSocket) -> None:
@@ -357,6 +387,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
                 self._backlog,
                 reclaimStale=self._reclaimStale,
                 allowedUids=self._allowedUids,
+                group=self._gid,
             )
 
 
@@ -473,7 +504,7 @@ def _options(
 
 
 _GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
-_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group")
 _MAX_BACKLOG = 2**31 - 1
 
 
@@ -531,6 +562,8 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
             raise ValueError("mode applies to socket files; an abstract address has no permissions (use uids=)")
         if "reclaim" in o:
             raise ValueError("reclaim applies to socket files, not abstract addresses")
+        if "group" in o:
+            raise ValueError("group applies to socket files; an abstract address has no group (use uids=)")
     return GeckoUNIXServerEndpoint(
         reactor,
         path=path,
@@ -539,6 +572,7 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
         abstract=abstract,
         reclaimStale=_boolean("reclaim", o["reclaim"]) if "reclaim" in o else False,
         allowedUids=_uids(o["uids"]) if "uids" in o else None,
+        group=o["group"].strip() if "group" in o else None,
     )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import _args
 from .interfaces import IIOService
 from .results import NS_ERROR_ABORT
 
@@ -53,7 +54,9 @@ class IOService:
 
     @offline.setter
     def offline(self, value: bool) -> None:
-        value = bool(value)
+        # Strictly a boolean: "false" would be true, and going offline
+        # closes every listener that does not survive it.
+        value = _args.asNSError(_args.boolean, value, "offline")
         if value == self._offline:
             return
         self._offline = value

@@ -20,7 +20,6 @@ is closed first.
 
 from __future__ import annotations
 
-import operator
 import os
 import socket
 from typing import Any, Callable, Iterable
@@ -30,10 +29,11 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import _unix
+from . import _args, _unix
 from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
+from ._refusals import RefusalLog
 from .interfaces import INetAddr, IServerSocket
 from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress, isLoopbackPeer
 from .results import (
@@ -75,26 +75,12 @@ class _UNIXServer(unix.Server):
         return port._owner._address
 
 
-def _uidSet(allowedUids: Any) -> frozenset[int] | None:
-    if allowedUids is None:
-        return None
-    try:
-        uids = frozenset(allowedUids)
-    except TypeError:
-        raise NSError(NS_ERROR_INVALID_ARG, f"allowedUids must be an iterable of uids, not {allowedUids!r}") from None
-    for uid in uids:
-        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
-            raise NSError(NS_ERROR_INVALID_ARG, f"not a uid: {uid!r}")
-    return uids
-
-
 def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise NSError(NS_ERROR_INVALID_ARG, f"{what} must be an integer, not {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise NSError(NS_ERROR_INVALID_ARG, f"{what} must be an integer, not {value!r}") from None
+    return _args.asNSError(_args.integer, value, what)
+
+
+def _boolean(value: Any, what: str) -> bool:
+    return _args.asNSError(_args.boolean, value, what)
 
 
 def _checkPort(port: Any) -> int:
@@ -122,7 +108,7 @@ def _ipFamily(host: Any) -> int:
     """
     family = ipFamily(host)
     if family is None:
-        raise NSError(NS_ERROR_INVALID_ARG, f"not an IP address literal: {host!r}")
+        raise NSError(NS_ERROR_INVALID_ARG, f"host must be an IP address literal (names are not resolved), not {host!r}")
     return family
 
 
@@ -163,7 +149,7 @@ class ServerSocket:
         self._fileIdentity: tuple[int, int] | None = None
         self._filePath = b""
         self._allowedUids: frozenset[int] | None = None
-        self._refusedPeers: set[tuple[int, int]] = set()
+        self._refusals: RefusalLog | None = None
         #: If set, accepted sockets go to this callable, raw, instead of
         #: becoming a L{SocketTransport} for the listener: the process that
         #: hands connections to workers must not build a Twisted transport
@@ -185,6 +171,7 @@ class ServerSocket:
     # The init family.
 
     def init(self, port: int, loopbackOnly: bool, backLog: int) -> None:
+        loopbackOnly = _boolean(loopbackOnly, "loopbackOnly")
         self.initSpecialConnection(port, LoopbackOnly if loopbackOnly else 0, backLog)
 
     def initSpecialConnection(self, port: int, flags: int, backLog: int) -> None:
@@ -193,6 +180,7 @@ class ServerSocket:
         self._listenIP(host, port, backLog, keepWhenOffline=bool(flags & KeepWhenOffline))
 
     def initIPv6(self, port: int, loopbackOnly: bool, backLog: int) -> None:
+        loopbackOnly = _boolean(loopbackOnly, "loopbackOnly")
         self._listenIP("::1" if loopbackOnly else "::", port, backLog)
 
     def initDualStack(self, port: int, backLog: int) -> None:
@@ -236,6 +224,7 @@ class ServerSocket:
         *,
         reclaimStale: bool = False,
         allowedUids: Iterable[int] | None = None,
+        group: int | str | None = None,
     ) -> None:
         """
         See L{IServerSocket.initWithFilename}; the safety rules are those of
@@ -246,13 +235,22 @@ class ServerSocket:
         @param allowedUids: (extension) if not L{None}, the uids whose
             connections are accepted; others are closed before the listener
             sees them.
+        @param group: (extension) the socket file's group, a name or a gid,
+            set before the file appears at C{path} (like systemd's
+            C{SocketGroup=}).  Without it the file gets the group the
+            directory gives new entries: a set-group-ID directory's group,
+            else the process's.
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, for a
+            bad argument or an unknown group.
         """
         raw = _unix.fsPath(path)  # the length check comes before any system call
         mode = _unix.checkMode(permissions)
         backlog = _checkBacklog(backlog)
-        uids = _uidSet(allowedUids)
+        reclaim = _boolean(reclaimStale, "reclaimStale")
+        uids = _args.asNSError(_args.uids, allowedUids)
+        gid = _args.asNSError(_args.groupId, group)
         self._checkUninitialized()
-        skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=bool(reclaimStale))
+        skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=reclaim, gid=gid)
         name: Any = path if isinstance(path, (str, bytes)) else os.fspath(path)
         self._adopt(skt, UNIXAddress(name), _UNIXServer, False)
         self._fileIdentity = (identity[0], identity[1])
@@ -270,7 +268,7 @@ class ServerSocket:
         """
         address = _unix.abstractName(name)
         backlog = _checkBacklog(backlog)
-        uids = _uidSet(allowedUids)
+        uids = _args.asNSError(_args.uids, allowedUids)
         self._checkUninitialized()
         skt = _unix.listenAbstract(address, backlog)
         shown: Any = "\0" + name if isinstance(name, str) else address
@@ -414,7 +412,7 @@ class ServerSocket:
     def _peerAllowed(self, skt: socket.socket) -> bool:
         """
         Whether the peer of UNIX connection C{skt} may connect; closes it
-        (and logs once per pid and uid) if not.
+        (and logs it, at a bounded rate: see L{RefusalLog}) if not.
         """
         try:
             pid, uid, _gid = _unix.peerCredentials(skt)
@@ -425,14 +423,10 @@ class ServerSocket:
             assert self._allowedUids is not None
             if uid in self._allowedUids:
                 return True
-        if (pid, uid) not in self._refusedPeers:
-            self._refusedPeers.add((pid, uid))
-            _log.warn(
-                "Refused a connection to {address} from pid {pid}, uid {uid}: uid not allowed",
-                address=self._address,
-                pid=pid,
-                uid=uid,
-            )
+        refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = RefusalLog(self._getReactor(), self._address)
+        refusals.refused(pid, uid)
         skt.close()
         return False
 
@@ -459,6 +453,9 @@ class ServerSocket:
         """
         port, skt, listener = self._port, self._socket, self._listener
         self._port = self._socket = self._listener = None
+        refusals, self._refusals = self._refusals, None
+        if refusals is not None:
+            refusals.stop()
         self._ioService._removeServerSocket(self)
         # Unlink a socket file first: once the socket is closed, the path
         # would still be there but refuse connections.

@@ -22,12 +22,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet import error as _error
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _args
 from .interfaces import ITCPServerSocket, ITCPSocket
 from .results import NS_BINDING_ABORTED, NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NSError, nameOf
 from .serversocket import ServerSocket
@@ -176,10 +177,18 @@ class _DrainWatch:
         self.full = False
 
 
-@implementer(ITCPSocket)
+@implementer(ITCPSocket, IHalfCloseableProtocol)
 class TCPSocket(Protocol):
     """
     One connection with Gecko's C{TCPSocket} API.  See L{ITCPSocket}.
+
+    When the peer ends its side of the connection, everything sent so far
+    (for example from the C{ondata} handler of the last bytes, which may
+    arrive together with the peer's end of stream) is still delivered
+    before the socket closes, as in Gecko: C{readyState} turns
+    C{"closing"}, and C{ondrain} (if C{send} asked for it) and C{onclose}
+    follow.  (Without L{IHalfCloseableProtocol} Twisted would take the end
+    of stream as the end of the connection and drop what is buffered.)
 
     @ivar host: the peer's host (for an accepted socket) or the host
         connected to (for L{open}).
@@ -233,6 +242,18 @@ class TCPSocket(Protocol):
             return
         payload: Any = data.decode("latin-1") if self.binaryType == "string" else data
         _fire(self.ondata, TCPSocketEvent("data", self, payload), self)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer sent its end of stream: close after everything buffered is
+        written, as Gecko does.
+        """
+        self.close()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our side was shut down; the connection ends when the peer's does.
+        """
 
     def _drained(self) -> None:
         if self._waitingForDrain:
@@ -376,7 +397,15 @@ class TCPSocket(Protocol):
         C{onopen} or C{onerror} then C{onclose} follow.
 
         @param options: C{{"binaryType": "string" | "arraybuffer"}}.
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, for a
+            host that is not a non-empty string or a port that is not an
+            integer from 1 to 65535 (checked here: Twisted would otherwise
+            take C{"80"} as a service name, or fail later inside the
+            reactor).
         """
+        if not isinstance(host, str) or not host:
+            raise NSError(NS_ERROR_INVALID_ARG, f"host must be a non-empty string, not {host!r}")
+        port = _args.asNSError(_args.integer, port, "port", 1, 65535)
         if reactor is None:
             from twisted.internet import reactor as _reactor
 

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _args
 from .interfaces import ISocketTransport
 from ._unix import peerCredentials
 from .netaddr import NetAddr, unixName
@@ -556,6 +557,8 @@ class SocketTransport:
 
     @keepaliveEnabled.setter
     def keepaliveEnabled(self, enabled: bool) -> None:
+        # A string such as "false" is refused, not taken as true.
+        enabled = _args.asNSError(_args.boolean, enabled, "keepaliveEnabled")
         skt = self._tcpSocket("keepalive")
         try:
             skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enabled else 0)

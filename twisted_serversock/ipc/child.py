@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .. import _args
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
@@ -224,9 +225,8 @@ class TCPServerSocketChild:
             raise NSError(NS_ERROR_FAILURE, "Child TCPServerSocket is already listening.")
         if not self._parent.connected:
             raise NSError(NS_ERROR_NOT_INITIALIZED, "the channel to the parent process is closed")
-        for name, value in (("localPort", localPort), ("backlog", backlog)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise NSError(NS_ERROR_INVALID_ARG, f"{name} must be an integer, not {value!r}")
+        _args.asNSError(_args.integer, localPort, "localPort", None, 65535)
+        _args.asNSError(_args.integer, backlog, "backlog")
         self.binaryType = _checkBinaryType(options)
         self.localPort = localPort
         self._listenId = self._parent._listen(self, localPort, backlog)
@@ -257,7 +257,15 @@ class TCPServerSocketChild:
     def callListenerError(self, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
         """
         An error in the parent: report it to C{onerror}.
+
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, unless
+            C{message} and C{filename} are strings and C{lineNumber} and
+            C{columnNumber} non-negative integers.
         """
+        _args.asNSError(_args.text, message, "message")
+        _args.asNSError(_args.text, filename, "filename")
+        _args.asNSError(_args.integer, lineNumber, "lineNumber", 0)
+        _args.asNSError(_args.integer, columnNumber, "columnNumber", 0)
         name = message.split(":", 1)[0] if message.startswith("NS_") else "Error"
         event = TCPSocketErrorEvent(self, message, name=name, filename=filename, lineNumber=lineNumber, columnNumber=columnNumber)
         if self.onerror is None:
