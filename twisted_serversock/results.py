@@ -183,17 +183,21 @@ class NSError(Exception):
         self.message: str = message
 
     @classmethod
-    def fromOSError(cls, error: OSError, what: str = "") -> NSError:
+    def fromOSError(cls, error: OSError, what: str = "", advice: str = "") -> NSError:
         """
         Build an L{NSError} from an L{OSError}, mapping its errno with
         L{fromErrno} and keeping the OS's own words in the message.
 
         @param error: the error raised by a system call.
         @param what: what was being done, e.g. C{"bind 127.0.0.1:80"}.
+        @param advice: what the user can do about it, appended after a
+            semicolon (see L{twisted_serversock._advice}).
         """
         reason = error.strerror or str(error)
         if what:
             reason = f"{what}: {reason}"
+        if advice:
+            reason = f"{reason}; {advice}"
         return cls(fromErrno(error.errno), reason)
 
     def __str__(self) -> str:

@@ -30,7 +30,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import _unix
+from . import _advice, _unix
 from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
@@ -323,7 +323,7 @@ class ServerSocket:
         except OSError as e:
             if skt is not None:
                 skt.close()
-            raise NSError.fromOSError(e, what) from None
+            raise NSError.fromOSError(e, what, _advice.forTCP(e, port)) from None
         if family == socket.AF_INET6:
             address: Any = IPv6Address("TCP", name[0], name[1], name[2], name[3])
         else:

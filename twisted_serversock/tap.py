@@ -25,6 +25,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ._startup import cannotListenReason, failStartup
 from .endpoints import _describe
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
@@ -138,6 +139,7 @@ class ServerSockService(service.Service):
         self._dispatcher = Dispatcher()
         self._stopped: defer.Deferred[Any] | None = None
         self._waiters: list[defer.Deferred[None]] | None = []
+        self._listened = False
 
     def _getReactor(self) -> Any:
         if self._reactor is None:
@@ -149,6 +151,19 @@ class ServerSockService(service.Service):
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, and synchronously: a port
         # that cannot be had must stop twistd now, not be logged later.
+        self._listenAll()
+        service.Service.privilegedStartService(self)
+
+    def _listenAll(self) -> None:
+        """
+        Listen on every endpoint, once (C{twistd} calls
+        L{privilegedStartService} first; C{twist} only L{startService}).
+
+        @raise StartupError: one line naming the endpoint that failed.
+        """
+        if self._listened:
+            return
+        self._listened = True
         reactor = self._getReactor()
         if self._workers:
             self.pool = WorkerPool(reactor, self._dispatcher, self._factoryName, self._workers)
@@ -162,14 +177,16 @@ class ServerSockService(service.Service):
                 else:
                     factory = self._factory
                 self.ports.append(_listenNow(endpoint, factory, description))
-        except BaseException:
+        except BaseException as e:
             for port in self.ports:
                 port.stopListening()
             self.ports = []
+            if isinstance(e, Exception):
+                failStartup(f"serversock: cannot listen on --listen {description}: {cannotListenReason(e)}")
             raise
-        service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
+        self._listenAll()
         service.Service.startService(self)
         reactor = self._getReactor()
         if self.pool is not None:
