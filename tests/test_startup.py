@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 import pytest_twisted
 
-from .conftest import NOBODY, timeout, unprivilegedPythonPath
+from .conftest import asNobody, timeout, unprivilegedPythonPath
 from .test_tap import LISTENING, echo, stopCleanly
 from .test_twistd import TWIST, TWISTD, spawn
 
@@ -107,10 +107,7 @@ def _nobodyTwistd(workdir: str) -> list[str]:
     os.chmod(script, 0o755)
     # -S: not the interpreter's own site-packages, which may hold another
     # (partial) set of packages; only the PYTHONPATH the test gives.
-    argv = [os.path.realpath(sys.executable), "-S", script]
-    if os.getuid() == 0:
-        argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] + argv
-    return argv
+    return asNobody([os.path.realpath(sys.executable), "-S", script])
 
 
 #: (case, endpoint template, as the unprivileged user, Gecko result, advice)

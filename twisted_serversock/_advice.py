@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
 
 __all__ = ["forTCP", "forUNIXDirectory", "forUNIXEntry"]
@@ -77,26 +76,17 @@ def forUNIXDirectory(error: OSError, directory: str) -> str:
 def forUNIXEntry(path: bytes, st: os.stat_result) -> str:
     """
     Advice for a UNIX socket path where something already exists (C{st} is
-    its C{lstat}).  A socket file is probed: if nothing listens on it, it is
-    stale (left by a process that died), and C{reclaim=1} removes it.
+    its C{lstat}).
+
+    A socket file is not probed: a connect would reach a live server as a
+    spurious connection.  (C{reclaim=1} does probe, and removes the file
+    only if the connect is refused.)
 
     @return: a clause to append to the error message.
     """
     if not stat.S_ISSOCK(st.st_mode):
         return "move it away, or choose another path"
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return (
-            "nothing listens on it (a stale socket file, e.g. left by a crash): "
-            "add reclaim=1 to the endpoint to remove it, or delete it"
-        )
-    except (BlockingIOError, InterruptedError):
-        pass  # alive, with a full accept queue
-    except OSError:
-        return "if nothing listens on it any more, add reclaim=1 to the endpoint to remove it, or delete it"
-    finally:
-        probe.close()
-    return "another server is listening on it: stop that server, or choose another path"
+    return (
+        "if no server uses it any more (a stale socket file, e.g. left by a crash), add reclaim=1 "
+        "to the endpoint to remove it, or delete it; if one does, stop it or choose another path"
+    )

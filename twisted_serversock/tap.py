@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -79,6 +80,19 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, and turn a bad option into one line and exit status 1.
+
+        (C{twistd} before Twisted 26.10 exits with status 0 after a
+        L{usage.UsageError}, and prints the whole help text first.)
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
+            raise SystemExit(f"{program} serversock: {e}") from None
 
     def postOptions(self) -> None:
         workers = self["workers"]
