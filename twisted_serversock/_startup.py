@@ -24,7 +24,7 @@ class StartupError(Exception):
     """
     The program cannot start; the message (one line) says why and what to
     do.  Under C{twistd}'s daemon mode the message travels through its
-    status pipe (which takes an L{Exception}); otherwise it is printed
+    status pipe (which takes an C{Exception}); otherwise it is printed
     without a traceback.
     """
 

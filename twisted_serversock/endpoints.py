@@ -310,7 +310,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         NUL).
     @param reclaimStale: remove a stale socket file (nobody listening) at
         C{path} instead of failing.
-    @param allowedUids: if not L{None}, only peers with these uids may
+    @param allowedUids: if not C{None}, only peers with these uids may
         connect (checked with SO_PEERCRED).
 
     @raise ValueError: for neither or both of C{path} and C{abstract}, or

@@ -243,7 +243,7 @@ class ServerSocket:
 
         @param reclaimStale: (extension) remove a stale socket file at
             C{path} - a socket nobody listens on - instead of failing.
-        @param allowedUids: (extension) if not L{None}, the uids whose
+        @param allowedUids: (extension) if not C{None}, the uids whose
             connections are accepted; others are closed before the listener
             sees them.
         """

@@ -2,7 +2,7 @@
 """
 C{twistd serversock}: run a protocol factory behind one or more listening
 sockets, in worker processes that get each accepted connection as a file
-descriptor (or in this process with C{--workers 0}).
+descriptor (or in this process with C{--workers 0}), e.g.::
 
     twistd -n serversock --listen gecko:8080 --factory myapp.factory --workers 2
 
@@ -86,7 +86,7 @@ class Options(usage.Options):
         Parse, and turn a bad option into one line and exit status 1.
 
         (C{twistd} before Twisted 26.10 exits with status 0 after a
-        L{usage.UsageError}, and prints the whole help text first.)
+        C{UsageError}, and prints the whole help text first.)
         """
         try:
             super().parseOptions(options)

@@ -154,7 +154,7 @@ class HTTPServer:
 
     def resolve(self, urlPath: str) -> str | None:
         """
-        The file for C{urlPath}, or L{None} if it would leave the root.
+        The file for C{urlPath}, or C{None} if it would leave the root.
         """
         path = os.path.realpath(os.path.join(self.root, unquote(urlPath).lstrip("/")))
         if path != self.root and not path.startswith(self.root + os.sep):
