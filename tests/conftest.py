@@ -447,6 +447,7 @@ NOBODY = 65534
 _NEEDED = (
     "import json, sys, sysconfig\n"
     "import twisted_serversock, twisted_serversock.endpoints, twisted.internet.reactor\n"
+    "import twisted.scripts.twistd, twisted.web.tap, twisted_serversock.tap  # what twistd as nobody needs\n"
     "std = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib')}\n"
     "roots = sorted((p for p in sys.path if p and p not in std), key=len, reverse=True)\n"
     "found = set()\n"
