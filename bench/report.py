@@ -262,7 +262,7 @@ def generated(
         out += [f"### {getattr(module, 'TITLE', name)} (`python -m bench {name}`)", ""]
         if name in plots:
             out += [f"![{name}]({plots[name]})", ""]
-        out += ["Commands (`$WORK` is the scratch directory, `$PORT` the port the server reported):", "", "```sh"]
+        out += ["Commands (`$WORK` is the scratch directory, `$PORT` the port the server reported):", "", "```text"]
         out += result.commands
         out += ["```", ""]
     out.append(END)

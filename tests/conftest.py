@@ -13,6 +13,7 @@ import atexit
 import functools
 import json
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -446,6 +447,7 @@ NOBODY = 65534
 _NEEDED = (
     "import json, sys, sysconfig\n"
     "import twisted_serversock, twisted_serversock.endpoints, twisted.internet.reactor\n"
+    "import twisted.scripts.twistd, twisted.web.tap, twisted_serversock.tap  # what twistd as nobody needs\n"
     "std = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib')}\n"
     "roots = sorted((p for p in sys.path if p and p not in std), key=len, reverse=True)\n"
     "found = set()\n"
@@ -520,13 +522,61 @@ def unprivilegedPythonPath() -> str:
     return os.pathsep.join(entries)
 
 
+def _hiddenAncestor(path: str) -> str | None:
+    """
+    The highest directory above C{path} that others may not search (so the
+    unprivileged user cannot reach C{path}), if any.
+    """
+    parts = os.path.realpath(path).split(os.sep)[1:]
+    for i in range(1, len(parts)):
+        ancestor = os.sep + os.path.join(*parts[:i])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _revealInterpreter() -> list[str]:
+    """
+    A prefix that runs a command in a private mount namespace where the
+    interpreter's installation (and the virtualenv) can be read by the
+    unprivileged user, or C{[]} if it already can.
+
+    pyenv installs Pythons under C{/root} (mode 0700): the unprivileged
+    user cannot load C{libpython3.X.so} nor the standard library from there.
+    Inside the namespace only, the hiding directory is covered by an empty
+    0755 tmpfs into which the installation is bind-mounted back; nothing
+    changes for any other process.
+    """
+    reveal = []
+    for path in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
+        hider = _hiddenAncestor(path)
+        if hider is not None:
+            reveal.append((path, hider))
+    if not reveal or shutil.which("unshare") is None:
+        return []
+    q = shlex.quote
+    lines = ["set -e", "umask 022"]
+    for i, (path, _) in enumerate(reveal):
+        lines += [f"k{i}=$(mktemp -d /tmp/tssmnt.XXXXXX)", f'mount --bind {q(path)} "$k{i}"']
+    for hider in sorted({hider for _, hider in reveal}):
+        lines.append(f"mount -t tmpfs -o mode=0755,size=64k tmpfs {q(hider)}")
+    for i, (path, _) in enumerate(reveal):
+        lines += [f"mkdir -p {q(path)}", f'mount --bind "$k{i}" {q(path)}', f'umount "$k{i}"', f'rmdir "$k{i}"']
+    lines.append('exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(lines), "sh"]
+
+
 def asNobody(argv: list[str]) -> list[str]:
     """
     The command that runs C{argv} as uid/gid 65534 when we are root (as
-    ourselves otherwise: permission checks already apply then).
+    ourselves otherwise: permission checks already apply then), able to
+    run this interpreter wherever it is installed (see
+    L{_revealInterpreter}).
     """
     if os.getuid() == 0:
-        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] + argv
+        setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        return _revealInterpreter() + setpriv + argv
     return argv
 
 

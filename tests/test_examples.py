@@ -96,3 +96,25 @@ async def test_echoFactoryOverAttachProtocol() -> None:
         client.transport.loseConnection()
     finally:
         srv.close()
+
+
+def test_httpdHelpIsComplete() -> None:
+    """
+    C{python3 -m twisted_serversock.examples.httpd --help} (as docs/api.md
+    runs it) names the command and gives the whole first paragraph of the
+    module's description, not its first line cut mid-sentence.
+    """
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "twisted_serversock.examples.httpd", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python3 -m twisted_serversock.examples.httpd ")
+    description = " ".join(out.stdout.split("\n\n")[1].split())
+    assert description == (
+        "A static-file HTTP/1.0 server written against the Gecko API, the way Gecko's httpd.js is: a ServerSocket, "
+        "a listener, and per connection an input stream read with asyncWait and an output stream written with "
+        "back-pressure."
+    )

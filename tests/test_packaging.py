@@ -6,6 +6,7 @@ a wheel install as well as from the editable install the tests run in.
 
 from __future__ import annotations
 
+import configparser
 import os
 import site
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import sysconfig
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -106,3 +107,80 @@ def test_noPackageInitUnderTwisted() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     if tracked:  # (an sdist is not a git checkout)
         assert not [t for t in tracked if t.endswith("dropin.cache")]
+
+
+def test_wheelIsTypedAndLicensed(wheel: Path) -> None:
+    """
+    PEP 561: the wheel carries C{py.typed}, so mypy checks users' code
+    against our annotations; and the MIT licence text the metadata declares.
+    """
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert "twisted_serversock/py.typed" in names
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = z.read(metadata).decode()
+        (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        text = z.read(licence).decode()
+    assert "License-Expression: MIT" in meta
+    assert text.startswith("MIT License") and text == (ROOT / "LICENSE").read_text()
+    assert "Project-URL: Source, https://" in meta and "Project-URL: Issues, https://" in meta
+    assert "Classifier: Typing :: Typed" in meta
+
+
+def _pyproject() -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        pytest.importorskip("tomli")
+        import tomli as tomllib  # type: ignore[no-redef]
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def _tox() -> configparser.ConfigParser:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    return tox
+
+
+def test_supportedRangeIsTested() -> None:
+    """
+    What pyproject.toml claims is what tox.ini tests, so neither can drift:
+    a py3X environment for every Python-version classifier, requires-python
+    starting at the lowest, and the C{min} environment pinning exactly the
+    lower bound of every runtime dependency, on that lowest Python.
+    """
+    project = _pyproject()["project"]
+    tox = _tox()
+    prefix = "Programming Language :: Python :: 3."
+    minors = sorted(int(c[len(prefix):]) for c in project["classifiers"] if c.startswith(prefix) and c[len(prefix):].isdigit())
+    envs = [e.strip() for e in tox["tox"]["envlist"].split(",")]
+    assert [e for e in envs if e.startswith("py3")] == [f"py3{m}" for m in minors]
+    assert {"min", "mypy", "docs"} <= set(envs)
+    assert project["requires-python"] == f">=3.{minors[0]}"
+    assert tox["testenv:min"]["basepython"] == f"python3.{minors[0]}"
+    lower = {}
+    for dep in project["dependencies"]:
+        name, bound = dep.split(">=")
+        lower[name.strip().lower()] = bound.strip()
+    pins = dict(line.strip().lower().split("==") for line in tox["testenv:min"]["deps"].strip().splitlines())
+    assert pins == lower
+
+
+def test_installedVersionsAreInRange() -> None:
+    """
+    The installed Twisted and zope.interface are at least the lower bounds;
+    inside tox's C{min} environment, exactly them (pip did not upgrade
+    them), so that environment really tests the lowest supported versions.
+    """
+    from importlib.metadata import version
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in v.split(".")[:3] if part.isdigit())
+
+    pins = dict(line.strip().lower().split("==") for line in _tox()["testenv:min"]["deps"].strip().splitlines())
+    installed = {name: version(name) for name in pins}
+    if os.environ.get("TOX_ENV_NAME") == "min":
+        assert installed == pins
+    else:
+        assert all(key(installed[name]) >= key(pins[name]) for name in pins), installed

@@ -241,7 +241,7 @@ async def test_inProcessWithZeroWorkersAndAFactoryFromTheWorkingDirectory(workdi
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--factory", "no_such_module.factory"], r"--factory no_such_module.factory cannot be imported: .*does not name an object"),
+        (["--factory", "no_such_module.factory"], r"--factory no_such_module.factory cannot be imported: no module or package named .no_such_module. in the working directory"),
         (["--factory", "os.sep"], r"--factory os.sep is '/', which is neither an IProtocolFactory"),
         (["--factory", "os.getpid"], r"--factory os.getpid\(\) returned \d+, which is not an IProtocolFactory"),
         (["--factory", "not a name"], r"--factory must be a dotted name"),

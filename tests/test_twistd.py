@@ -24,8 +24,12 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from .conftest import connect, theReactor, timeout
 
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-TWIST = [sys.executable, "-m", "twisted", "--log-format=text"]
+#: The installed scripts, as users start them: not C{python -c} or
+#: C{python -m twisted}, which put the working directory on C{sys.path} and
+#: so hide whether a module there is found.
+BIN = os.path.dirname(sys.executable)
+TWISTD = [os.path.join(BIN, "twistd")]
+TWIST = [os.path.join(BIN, "twist"), "--log-format=text"]
 
 
 class Proc(protocol.ProcessProtocol):

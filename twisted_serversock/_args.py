@@ -90,7 +90,7 @@ def pathLike(value: Any, name: str) -> Any:
 
 def uids(value: Any, name: str = "allowedUids") -> frozenset[int] | None:
     """
-    C{value} (L{None}, or an iterable of uids) as a frozen set.
+    C{value} (C{None}, or an iterable of uids) as a frozen set.
 
     @raise TypeError: naming C{name}, for a non-iterable (or a string: its
         characters are not uids) or a member that is not an integer.
@@ -109,7 +109,7 @@ def uids(value: Any, name: str = "allowedUids") -> frozenset[int] | None:
 
 def groupId(value: Any, name: str = "group") -> int | None:
     """
-    The group id C{value} names: L{None}, a gid (an integer, or a string of
+    The group id C{value} names: C{None}, a gid (an integer, or a string of
     digits, as systemd's C{SocketGroup=} takes), or a group name (looked up
     in the group database; this may ask NSS, so it happens once, when the
     endpoint or socket is set up, as Twisted's own C{unix:} does with the

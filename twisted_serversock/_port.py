@@ -191,7 +191,7 @@ class ListeningPort(tcp.Port):
         self.fileno = skt.fileno  # type: ignore[method-assign]
         self.addressFamily = skt.family
         self._owner = owner
-        #: The reactor, typed for its clock (BasePort types it as an FD set).
+        # The reactor, typed for its clock (BasePort types it as an FD set).
         self._clock: Any = reactor
         if skt.family == socket.AF_UNIX:
             self._realPortNumber = 0

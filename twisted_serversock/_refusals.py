@@ -34,7 +34,7 @@ class RefusalLog:
     @ivar _count: refusals counted (not yet logged) in this interval.
     @ivar _byUid: how many of them per uid (at most L{maxUids} keys).
     @ivar _otherUids: how many came from uids beyond L{maxUids}.
-    @ivar _timer: the end of the current interval, or L{None} when quiet.
+    @ivar _timer: the end of the current interval, or C{None} when quiet.
     """
 
     interval = 10.0

@@ -51,6 +51,7 @@ import sys
 import secrets
 from typing import Any
 
+from . import _advice
 from .results import (
     NS_ERROR_FAILURE,
     NS_ERROR_FILE_NAME_TOO_LONG,
@@ -146,16 +147,17 @@ def checkMode(mode: Any) -> int:
     return mode
 
 
-def _oserror(e: OSError, what: str) -> NSError:
+def _oserror(e: OSError, what: str, directory: bytes | None = None) -> NSError:
     if e.errno == errno.EEXIST:
         return NSError(NS_ERROR_SOCKET_ADDRESS_IN_USE, f"{what}: something already exists at that path")
-    return NSError.fromOSError(e, what)
+    advice = _advice.forUNIXDirectory(e, os.fsdecode(directory)) if directory is not None else ""
+    return NSError.fromOSError(e, what, advice)
 
 
-def _inUse(path: bytes, why: str) -> NSError:
+def _inUse(path: bytes, why: str, advice: str = "") -> NSError:
     return NSError(
         NS_ERROR_SOCKET_ADDRESS_IN_USE,
-        f"{os.fsdecode(path)}: {why}; it was left untouched",
+        f"{os.fsdecode(path)}: {why}; it was left untouched" + (f"; {advice}" if advice else ""),
     )
 
 
@@ -201,7 +203,7 @@ def listenFilename(
             raise NSError.fromOSError(e, f"check {shown}") from None
         else:
             if not (reclaimStale and _reclaim(path, st)):
-                raise _inUse(path, _describeEntry(path, st))
+                raise _inUse(path, _describeEntry(path, st), _advice.forUNIXEntry(path, st))
         return _bindAndLink(path, parent, name, mode, backlog, gid)
     finally:
         if lock is not None:
@@ -234,7 +236,7 @@ def _bindAndLink(
         # not read (a drop-box directory, mode 0733, must do).
         parentFD = os.open(parent, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise _oserror(e, f"create a socket in {os.fsdecode(parent)}") from None
+        raise _oserror(e, f"create a socket in {os.fsdecode(parent)}", parent) from None
     try:
         return _bindInParent(path, parent, parentFD, name, mode, backlog, gid)
     finally:
@@ -248,7 +250,7 @@ def _bindInParent(
     try:
         privateName = _makePrivate(parentFD)
     except OSError as e:
-        raise _oserror(e, f"create a socket in {os.fsdecode(parent)}") from None
+        raise _oserror(e, f"create a socket in {os.fsdecode(parent)}", parent) from None
     private = os.path.join(parent, privateName)
     privateFD = -1
     skt: socket.socket | None = None

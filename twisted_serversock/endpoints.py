@@ -321,7 +321,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         NUL).
     @param reclaimStale: remove a stale socket file (nobody listening) at
         C{path} instead of failing.
-    @param allowedUids: if not L{None}, only peers with these uids may
+    @param allowedUids: if not C{None}, only peers with these uids may
         connect (checked with SO_PEERCRED).
     @param group: the socket file's group, a name or a gid, set before the
         file appears (like systemd's C{SocketGroup=}); without it the file

@@ -295,7 +295,7 @@ class IAsyncInputStream(Interface):
         """
         Ask for one notification when data is readable or the stream is
         closed.  C{callback} is an L{IInputStreamCallback} or a callable
-        taking the stream; L{None} cancels a pending wait.  The notification
+        taking the stream; C{None} cancels a pending wait.  The notification
         is made by the reactor, never from inside this call.
         C{requestedCount} and C{eventTarget} are accepted for Gecko
         compatibility and ignored (every callback runs in the reactor
@@ -574,7 +574,7 @@ class ITCPServerSocketInternal(Interface):
 
     def init(windowVal: object) -> None:
         """
-        Store the per-consumer context object (may be L{None}).
+        Store the per-consumer context object (may be C{None}).
         """
 
     def listen(localPort: int, options: object, backlog: int) -> None:

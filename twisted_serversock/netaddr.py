@@ -25,7 +25,7 @@ __all__ = ["NetAddr", "FAMILY_INET", "FAMILY_INET6", "FAMILY_LOCAL"]
 def unixName(value: Any) -> str:
     """
     A UNIX address as Gecko shows it: the path as text, and C{""} for an
-    unnamed peer (L{None} or empty) or an abstract address (leading NUL).
+    unnamed peer (C{None} or empty) or an abstract address (leading NUL).
     """
     if value is None:
         return ""
@@ -130,7 +130,7 @@ class NetAddr:
 def ipFamily(host: object) -> int | None:
     """
     The address family of IP literal C{host} (an IPv6 literal may carry a
-    C{%scope}), or L{None} if it is not one.  Never resolves a name.
+    C{%scope}), or C{None} if it is not one.  Never resolves a name.
     """
     if isinstance(host, str):
         for family in (socket.AF_INET, socket.AF_INET6):

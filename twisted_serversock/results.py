@@ -160,7 +160,7 @@ def fromErrno(errnum: int | None) -> int:
 
     @param errnum: an C{errno} value, e.g. C{OSError.errno}.
     @return: the result code; C{NS_ERROR_FAILURE} for anything unmapped
-        (including L{None}).
+        (including C{None}).
     """
     if errnum is None:
         return NS_ERROR_FAILURE
@@ -171,7 +171,7 @@ class NSError(Exception):
     """
     A failed Gecko API call.
 
-    @ivar result: the C{nsresult} code (an L{int}).
+    @ivar result: the C{nsresult} code (an C{int}).
     @ivar name: the code's Gecko name (see L{nameOf}).
     @ivar message: the human reason (may be empty).
     """
@@ -183,17 +183,21 @@ class NSError(Exception):
         self.message: str = message
 
     @classmethod
-    def fromOSError(cls, error: OSError, what: str = "") -> NSError:
+    def fromOSError(cls, error: OSError, what: str = "", advice: str = "") -> NSError:
         """
-        Build an L{NSError} from an L{OSError}, mapping its errno with
+        Build an L{NSError} from an C{OSError}, mapping its errno with
         L{fromErrno} and keeping the OS's own words in the message.
 
         @param error: the error raised by a system call.
         @param what: what was being done, e.g. C{"bind 127.0.0.1:80"}.
+        @param advice: what the user can do about it, appended after a
+            semicolon (see L{twisted_serversock._advice}).
         """
         reason = error.strerror or str(error)
         if what:
             reason = f"{what}: {reason}"
+        if advice:
+            reason = f"{reason}; {advice}"
         return cls(fromErrno(error.errno), reason)
 
     def __str__(self) -> str:

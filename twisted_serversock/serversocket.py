@@ -29,7 +29,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import _args, _unix
+from . import _advice, _args, _unix
 from . import ioservice as _ioservice
 from ._callqueue import CallQueue
 from ._port import ListeningPort
@@ -232,7 +232,7 @@ class ServerSocket:
 
         @param reclaimStale: (extension) remove a stale socket file at
             C{path} - a socket nobody listens on - instead of failing.
-        @param allowedUids: (extension) if not L{None}, the uids whose
+        @param allowedUids: (extension) if not C{None}, the uids whose
             connections are accepted; others are closed before the listener
             sees them.
         @param group: (extension) the socket file's group, a name or a gid,
@@ -321,7 +321,7 @@ class ServerSocket:
         except OSError as e:
             if skt is not None:
                 skt.close()
-            raise NSError.fromOSError(e, what) from None
+            raise NSError.fromOSError(e, what, _advice.forTCP(e, port)) from None
         if family == socket.AF_INET6:
             address: Any = IPv6Address("TCP", name[0], name[1], name[2], name[3])
         else:

@@ -94,7 +94,7 @@ class _AsyncStream:
     What both streams share: the close status and the one-shot waiter.
 
     @ivar _status: C{NS_OK} while open, else the close status.
-    @ivar _waiter: the pending C{asyncWait} callback, or L{None}.
+    @ivar _waiter: the pending C{asyncWait} callback, or C{None}.
     @ivar _closureOnly: whether the waiter wants closure only.
     @ivar _generation: counts C{asyncWait} calls, so that a notification
         queued for an earlier wait is dropped once that wait was cancelled
@@ -248,7 +248,7 @@ class InputStream(_AsyncStream):
 
         @param keepData: whether bytes already received stay readable (the
             peer ended the stream) or are dropped (we closed it).
-        @param direct: how to notify a waiter (see L{_fire}); L{None}: not
+        @param direct: how to notify a waiter (see L{_fire}); C{None}: not
             now, the caller calls L{_wake}.
         @return: whether the stream was open until now.
         """

@@ -2,7 +2,7 @@
 """
 C{twistd serversock}: run a protocol factory behind one or more listening
 sockets, in worker processes that get each accepted connection as a file
-descriptor (or in this process with C{--workers 0}).
+descriptor (or in this process with C{--workers 0}), e.g.::
 
     twistd -n serversock --listen gecko:8080 --factory myapp.factory --workers 2
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -25,6 +26,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ._startup import cannotListenReason, failStartup
 from .endpoints import _describe
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
@@ -78,6 +80,19 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, and turn a bad option into one line and exit status 1.
+
+        (C{twistd} before Twisted 26.10 exits with status 0 after a
+        C{UsageError}, and prints the whole help text first.)
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
+            raise SystemExit(f"{program} serversock: {e}") from None
 
     def postOptions(self) -> None:
         workers = self["workers"]
@@ -138,6 +153,7 @@ class ServerSockService(service.Service):
         self._dispatcher = Dispatcher()
         self._stopped: defer.Deferred[Any] | None = None
         self._waiters: list[defer.Deferred[None]] | None = []
+        self._listened = False
 
     def _getReactor(self) -> Any:
         if self._reactor is None:
@@ -149,6 +165,19 @@ class ServerSockService(service.Service):
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, and synchronously: a port
         # that cannot be had must stop twistd now, not be logged later.
+        self._listenAll()
+        service.Service.privilegedStartService(self)
+
+    def _listenAll(self) -> None:
+        """
+        Listen on every endpoint, once (C{twistd} calls
+        L{privilegedStartService} first; C{twist} only L{startService}).
+
+        @raise StartupError: one line naming the endpoint that failed.
+        """
+        if self._listened:
+            return
+        self._listened = True
         reactor = self._getReactor()
         if self._workers:
             self.pool = WorkerPool(reactor, self._dispatcher, self._factoryName, self._workers)
@@ -162,14 +191,16 @@ class ServerSockService(service.Service):
                 else:
                     factory = self._factory
                 self.ports.append(_listenNow(endpoint, factory, description))
-        except BaseException:
+        except BaseException as e:
             for port in self.ports:
                 port.stopListening()
             self.ports = []
+            if isinstance(e, Exception):
+                failStartup(f"serversock: cannot listen on --listen {description}: {cannotListenReason(e)}")
             raise
-        service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
+        self._listenAll()
         service.Service.startService(self)
         reactor = self._getReactor()
         if self.pool is not None:

@@ -60,7 +60,7 @@ class TCPSocketEvent:
     @ivar type: the event name.
     @ivar target: the socket.
     @ivar data: for C{data} events, what was received (C{str} or C{bytes}
-        by the socket's C{binaryType}); else L{None}.
+        by the socket's C{binaryType}); else C{None}.
     """
 
     def __init__(self, type: str, target: Any, data: Any = None) -> None:
@@ -191,7 +191,7 @@ class TCPSocket(Protocol):
     of stream as the end of the connection and drop what is buffered.)
 
     @ivar host: the peer's host (for an accepted socket) or the host
-        connected to (for L{open}).
+        connected to (for C{open}).
     @ivar port: the peer's port (0 for a UNIX peer).
     @ivar ssl: always False.
     @ivar binaryType: C{"string"} or C{"arraybuffer"}.

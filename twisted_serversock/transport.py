@@ -80,10 +80,10 @@ class SocketTransport:
     An accepted connection.  See L{ISocketTransport}.
 
     @ivar _twisted: the Twisted transport (a C{tcp.Server} or
-        C{unix.Server}) once built, else L{None} (see L{_tcp}).
+        C{unix.Server}) once built, else C{None} (see L{_tcp}).
     @ivar _pending: until the Twisted transport is built, what building it
         takes: C{(transportClass, socket, peer address, listening port,
-        session number, reactor)}; then L{None}.
+        session number, reactor)}; then C{None}.
     @ivar _queue: the server socket's FIFO for deferred notifications.
     @ivar _input: the input stream, created at the first byte or when
         opened.
@@ -95,9 +95,9 @@ class SocketTransport:
         input stream was closed).
     @ivar _outputDone: whether the output stream was closed.
     @ivar _attached: whether L{attachProtocol} handed the connection over.
-    @ivar _timeouts: C{[connect, readWrite]} seconds, or L{None} for both
+    @ivar _timeouts: C{[connect, readWrite]} seconds, or C{None} for both
         unset.
-    @ivar _timer: the pending idle check, or L{None}.
+    @ivar _timer: the pending idle check, or C{None}.
     @ivar _lastActivity: when something was last read or written (only
         kept up to date while a timer runs).
     """

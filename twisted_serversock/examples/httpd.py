@@ -16,6 +16,7 @@ connection after one response (C{Connection: close}).
 from __future__ import annotations
 
 import argparse
+import re
 import mimetypes
 import os
 import signal
@@ -154,7 +155,7 @@ class HTTPServer:
 
     def resolve(self, urlPath: str) -> str | None:
         """
-        The file for C{urlPath}, or L{None} if it would leave the root.
+        The file for C{urlPath}, or C{None} if it would leave the root.
         """
         path = os.path.realpath(os.path.join(self.root, unquote(urlPath).lstrip("/")))
         if path != self.root and not path.startswith(self.root + os.sep):
@@ -172,8 +173,16 @@ class HTTPServer:
             reactor.stop()
 
 
+def _summary() -> str:
+    """
+    The module docstring's first paragraph, as plain text, for C{--help}.
+    """
+    first = (__doc__ or "").strip().split("\n\n")[0]
+    return re.sub(r"[CL]\{([^}]*)\}", r"\1", " ".join(first.split()))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m twisted_serversock.examples.httpd", description=_summary())
     parser.add_argument("--port", type=int, default=8080, help="TCP port; 0 or -1 picks a free one")
     parser.add_argument("--any", action="store_true", help="listen on all interfaces, not only 127.0.0.1")
     parser.add_argument("--root", default=".", help="the directory to serve (default: .)")

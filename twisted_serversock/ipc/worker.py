@@ -31,20 +31,20 @@ _log = Logger()
 def resolveFactory(name: str) -> Any:
     """
     The protocol factory C{name} names: an C{IProtocolFactory} provider, or
-    a zero-argument callable returning one (resolved with C{namedAny}).
+    a zero-argument callable returning one (resolved with C{namedAny}; a
+    module in the working directory is found too, see
+    L{twisted_serversock._findfactory}).
 
     @raise ValueError: with a one-line reason if it cannot be imported or
         is not a protocol factory.
     """
     from twisted.internet.interfaces import IProtocolFactory
-    from twisted.python.reflect import namedAny
+
+    from .._findfactory import importFactory
 
     if not name or not all(part.isidentifier() for part in name.split(".")):
         raise ValueError(f"--factory must be a dotted name such as mypackage.mymodule.factory, not {name!r}")
-    try:
-        obj = namedAny(name)
-    except Exception as e:
-        raise ValueError(f"--factory {name} cannot be imported: {type(e).__name__}: {e}") from None
+    obj = importFactory(name)
     if IProtocolFactory.providedBy(obj):
         return obj
     if callable(obj) and not isinstance(obj, type):

@@ -1,0 +1,216 @@
+"""
+Runs one code block of the documentation, as a reader would: the helper
+behind C{tests/test_docs.py}, started inside a private network and mount
+namespace (so the documented fixed ports and paths, 8080 or C{/run/app.sock},
+collide with nothing on the machine).
+
+    python tests/_docrun.py BLOCK.json
+
+A C{python} block is run as a script.  A C{sh} block's commands (comments
+dropped, backslash continuations joined) run with C{bash} in order: a
+command that starts a server (C{twistd}, C{twist}, the example C{httpd}) is
+started in the background and must pass its probe (the block's C{probe=}
+entries, in order of the servers, or the C{curl} commands that follow it);
+any other command must exit 0 (retried for a while once a server is
+starting, as a reader would retry a C{curl}).  At the end every server gets
+SIGTERM and must stop cleanly.  Exit status 0 if all of it worked; the
+reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+WAIT = 60.0
+
+#: A command that starts a long-running server.
+SERVER = re.compile(r"(^|&&\s*|;\s*)(twistd|twist)\s|-m twisted_serversock\.examples\.httpd\b")
+
+
+def commands(text: str) -> list[str]:
+    """
+    The shell commands of a block: continuation lines joined, comments and
+    blank lines dropped.
+    """
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+#: How a server started on any free port says which: Twisted's endpoint
+#: log line, or the Quick start's print.
+PORT_LOGGED = re.compile(rb"listening on (?:port |(?:\[[^\]]*\]|[\d.]+):)(\d+)")
+
+
+def probe(template: str, deadline: float, server: subprocess.Popen[bytes], log: Any) -> str | None:
+    """
+    Wait until C{template} answers: C{http://...} (any HTTP status below
+    500), C{proxy+http://...} (the same, behind a PROXY protocol header),
+    C{tcp://host:port} or C{unix:///path} (a line sent is answered with at
+    least one byte).  C{{port}} in it is the port the server's output says
+    it listens on.  An error message on failure, else None.
+    """
+    last = ""
+    url = template
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return f"the server exited with status {server.returncode} before {url} answered"
+        if "{port}" in template:
+            log.seek(0)
+            m = PORT_LOGGED.search(log.read())
+            if not m:
+                time.sleep(0.2)
+                continue
+            url = template.replace("{port}", m.group(1).decode())
+        try:
+            if url.startswith("proxy+http://"):
+                hostport = url[len("proxy+http://") :].split("/", 1)[0]
+                host, port = hostport.rsplit(":", 1)
+                with socket.create_connection((host, int(port)), timeout=5) as skt:
+                    skt.sendall(
+                        f"PROXY TCP4 192.0.2.1 {host} 40000 {port}\r\nGET / HTTP/1.0\r\nHost: docs\r\n\r\n".encode()
+                    )
+                    if skt.recv(64).startswith(b"HTTP/1."):
+                        return None
+                    last = "no HTTP answer"
+            elif url.startswith("http://"):
+                try:
+                    urllib.request.urlopen(url, timeout=5).read()
+                except urllib.error.HTTPError as e:
+                    if e.code >= 500:
+                        raise
+                return None
+            else:
+                if url.startswith("tcp://"):
+                    host, port = url[len("tcp://") :].rsplit(":", 1)
+                    skt = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+                elif url.startswith("unix://"):
+                    skt = socket.socket(socket.AF_UNIX)
+                    skt.settimeout(5)
+                    skt.connect(url[len("unix://") :])
+                else:
+                    return f"unknown probe {url!r}"
+                with skt:
+                    skt.sendall(b"hello from the docs\r\n\r\n")
+                    if skt.recv(1):
+                        return None
+                    last = "the connection closed without an answer"
+        except Exception as e:
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.2)
+    return f"{url} did not answer within {WAIT:.0f} s ({last})"
+
+
+def _scratchVenv() -> None:
+    """
+    A virtualenv of its own for a block that runs C{pip install}, first on
+    C{PATH}: what it installs must not replace the test environment's
+    editable install.  It sees the test environment's packages (the
+    dependencies, and the build backend: the namespace has no network).
+    """
+    import site
+
+    subprocess.run([sys.executable, "-m", "venv", "scratch"], check=True, timeout=WAIT)
+    purelib = subprocess.run(
+        ["scratch/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    with open(os.path.join(purelib, "testenv.pth"), "w") as f:
+        f.write("\n".join(site.getsitepackages()) + "\n")
+    os.environ["PATH"] = os.pathsep.join([os.path.abspath("scratch/bin"), os.environ["PATH"]])
+
+
+def run(block: dict[str, Any]) -> str | None:
+    """
+    Run the block; an error message, or None if it worked.
+    """
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    probes = list(block["probes"])
+    if block["lang"] == "python":
+        with open("block.py", "w") as f:
+            f.write(block["text"])
+        if not probes:
+            out = subprocess.run([sys.executable, "block.py"], capture_output=True, text=True, timeout=WAIT)
+            if out.returncode != 0:
+                return f"exit status {out.returncode}\n{out.stdout}{out.stderr}"
+            return None
+        cmds = [f"exec {sys.executable} block.py"]  # a server: probed, then stopped
+    else:
+        cmds = commands(block["text"])
+    if any("pip install" in cmd for cmd in cmds):
+        _scratchVenv()
+    servers: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+    failure = None
+    try:
+        for i, cmd in enumerate(cmds):
+            if SERVER.search(cmd) or block["lang"] == "python":
+                # A reader stops one server (Ctrl-C) before starting the next.
+                for running in servers:
+                    failure = failure or stop(*running)
+                log = open(f"server{len(servers)}.log", "wb+")
+                proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                servers.append((cmd, proc, log))
+                followedByCurl = i + 1 < len(cmds) and cmds[i + 1].startswith("curl ")
+                if probes and not followedByCurl:
+                    failure = failure or probe(probes.pop(0), time.monotonic() + WAIT * 2, proc, log)
+                elif not followedByCurl:
+                    failure = f"no probe for the server {cmd!r}: add probe=URL to the block's doc-test line"
+            else:
+                deadline = time.monotonic() + (WAIT if servers else 0)
+                while True:
+                    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=WAIT)
+                    if out.returncode == 0 or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.3)
+                if out.returncode != 0:
+                    failure = f"{cmd!r}: exit status {out.returncode}\n{out.stdout}{out.stderr}"
+            if failure:
+                break
+        if not failure and probes:
+            failure = f"unused probes {probes}: the block starts fewer servers"
+    finally:
+        for running in servers:
+            failure = failure or stop(*running)
+        if failure:
+            for cmd, proc, log in servers:
+                log.seek(0)
+                failure += f"\n--- output of {cmd!r}:\n{log.read().decode('utf-8', 'replace')[-4000:]}"
+    return failure
+
+
+def stop(cmd: str, proc: subprocess.Popen[bytes], log: Any) -> str | None:
+    """
+    Stop a server with SIGTERM (once); why that was not clean, if it was not.
+    """
+    if getattr(proc, "stopped", False):
+        return None
+    proc.stopped = True  # type: ignore[attr-defined]
+    early = proc.poll()
+    if early is not None:
+        return f"{cmd!r} exited early with status {early}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        status = proc.wait(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"{cmd!r} did not stop on SIGTERM"
+    if status not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
+        return f"{cmd!r} stopped with status {status}"
+    return None
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        problem = run(json.load(f))
+    if problem:
+        sys.stderr.write(problem + "\n")
+        sys.exit(1)
