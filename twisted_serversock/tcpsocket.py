@@ -187,7 +187,7 @@ class TCPSocket(Protocol):
     arrive together with the peer's end of stream) is still delivered
     before the socket closes, as in Gecko: C{readyState} turns
     C{"closing"}, and C{ondrain} (if C{send} asked for it) and C{onclose}
-    follow.  (Without L{IHalfCloseableProtocol} Twisted would take the end
+    follow.  (Without C{IHalfCloseableProtocol} Twisted would take the end
     of stream as the end of the connection and drop what is buffered.)
 
     @ivar host: the peer's host (for an accepted socket) or the host

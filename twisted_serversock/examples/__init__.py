@@ -15,7 +15,7 @@ class Echo(Protocol):
     """
     Send back every byte received, also to a peer that half-closes
     (C{echo hi | socat - TCP:...} sends, then shuts down its sending side):
-    without L{IHalfCloseableProtocol} Twisted takes the peer's end of
+    without C{IHalfCloseableProtocol} Twisted takes the peer's end of
     stream as the end of the connection, and what is still buffered for the
     peer would be dropped.
     """
