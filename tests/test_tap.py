@@ -270,6 +270,12 @@ async def test_inProcessWithZeroWorkersAndAFactoryFromTheWorkingDirectory(workdi
         (["--workers", "-1"], r"--workers must be 0 or more, not -1"),
         (["--workers", "two"], r"--workers must be a whole number, not 'two'"),
         (["--grace", "-3"], r"--grace must be 0 or more seconds"),
+        (["--timeout", "0"], r"--timeout must be a finite number of seconds above 0, not 0.0"),
+        (["--timeout", "-5"], r"--timeout must be a finite number of seconds above 0, not -5.0"),
+        (["--timeout", "soon"], r"--timeout must be a number of seconds, not 'soon'"),
+        (["--timeout", "inf"], r"--timeout must be a finite number of seconds above 0, not inf"),
+        (["--max-requests", "-1"], r"--max-requests must be 0 or more, not -1"),
+        (["--max-requests-jitter", "x"], r"--max-requests-jitter must be a whole number, not 'x'"),
     ],
 )
 @pytest_twisted.ensureDeferred
