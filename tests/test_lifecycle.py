@@ -485,3 +485,120 @@ async def test_systemdNotifications(workdir: str) -> None:
         assert [k for k in reader.keys() if k][-1] == "STOPPING"
     finally:
         reader.socket.close()
+
+
+HAPROXY_CONFIG = """
+global
+    maxconn 2000
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch 1
+    retry-on all-retryable-errors
+    option http-server-close
+
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+
+backend app
+    balance roundrobin
+    server a unix@{a} send-proxy-v2
+    server b unix@{b} send-proxy-v2
+"""
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon(Proc):
+    """
+    A helper process (HAProxy) whose output is kept.
+    """
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None or shutil.which("wrk") is None,
+    reason="haproxy and wrk are not installed (apt-get install haproxy wrk; .ci/run does)",
+)
+@pytest_twisted.ensureDeferred
+async def test_haproxyInFrontOfTwoInstancesRestartedInTurn(workdir: str) -> None:
+    """
+    HAProxy balances two twistd serversock instances on haproxy:geckounix:
+    sockets with send-proxy-v2.  Each instance is stopped (SIGTERM) and
+    started again in turn under wrk load: no request fails, and the
+    workers see the client's address from the PROXY header.
+    """
+    writeModule(workdir, "webapp", WEBAPP, b"v1")
+    sockets = {name: os.path.join(workdir, name + ".sock") for name in ("a", "b")}
+    front = freePort()
+    with open(os.path.join(workdir, "haproxy.cfg"), "w") as f:
+        f.write(HAPROXY_CONFIG.format(port=front, a=sockets["a"], b=sockets["b"]))
+
+    async def instance(name: str) -> Proc:
+        proc = spawnServer(
+            ["--listen", f"haproxy:geckounix:path={sockets[name]}:reclaim=1", "--workers", "2", "--factory", "webapp.factory", "--grace", "5"],
+            workdir,
+        )
+        for i in (1, 2):
+            await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+        return proc
+
+    instances = {name: await instance(name) for name in ("a", "b")}
+    haproxy = Daemon()
+    theReactor().spawnProcess(
+        haproxy, shutil.which("haproxy") or "haproxy", ["haproxy", "-db", "-f", "haproxy.cfg"], env=dict(os.environ), path=workdir
+    )
+    load = None
+    try:
+        url = f"http://127.0.0.1:{front}/"
+
+        async def viaHAProxy() -> tuple[bytes, int]:
+            client = await connect(front)
+            client.transport.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            port = client.transport.getHost().port
+            return bytes(await timeout(client.closed, 30)), port
+
+        async def answers() -> bool:
+            try:
+                reply, _ = await viaHAProxy()
+            except Exception:
+                return False
+            return b" 200 " in reply.split(b"\r\n", 1)[0]
+
+        for _ in range(100):
+            if await answers():
+                break
+            await sleep(0.1)
+        load = runWrk(url, 16)
+        await sleep(2)
+        for name in ("a", "b"):
+            old = instances[name]
+            old.transport.signalProcess(signal.SIGTERM)
+            assert int(await timeout(old.ended, 30)) == 0, old.output
+            assert re.search(r"0 closed unserved", old.output), old.output
+            instances[name] = await instance(name)
+            await sleep(2)
+        out, err, code = await timeout(load, 60)
+        text = out.decode()
+        assert code == 0, text + err.decode()
+        requests, errors = wrkErrors(text)
+        assert requests > 100 and errors == 0, text
+        # The PROXY header's source is the client's own address and port.
+        reply, port = await viaHAProxy()
+        body = reply.split(b"\r\n\r\n", 1)[1]
+        assert re.fullmatch(rb"v1 \d+ 127\.0\.0\.1:%d\n" % port, body), reply
+    finally:
+        if load is not None and not load.called:
+            await timeout(load, 60)
+        haproxy.transport.signalProcess(signal.SIGTERM)
+        await timeout(haproxy.ended, 30)
+        for proc in instances.values():
+            assert await stopCleanly(proc) == 0, proc.output
