@@ -26,6 +26,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, utils
 
+from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
+
 from .conftest import connect, eventually, sleep, theReactor, timeout
 from .test_tap import SERVERSOCK, stopCleanly, workerPids
 from .test_twistd import Proc
@@ -181,6 +183,62 @@ async def test_wokenWorkerServesWhatItHeldAndNothingTwice(workdir: str) -> None:
     assert "killing it" not in proc.output
 
 
+HOLDING = """
+import os
+from twisted.internet.protocol import Factory, Protocol
+
+class Hold(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(b"%d\\n" % os.getpid())
+
+factory = Factory.forProtocol(Hold)
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_leastLoadedDispatch(workdir: str) -> None:
+    """
+    Connections go to the worker with the fewest in hand, which the parent
+    knows from the closes the workers report: after one worker's three
+    connections close, the next three all go to it (round robin would
+    alternate).
+    """
+    with open(os.path.join(workdir, "hold.py"), "w") as f:
+        f.write(HOLDING)
+    proc, port = await startServer(["--factory", "hold.factory"], workdir, 2)
+    clients: dict[int, list[Any]] = {}
+    try:
+
+        async def hold() -> int:
+            client = await connect(port)
+            client.transport.write(b"?")
+            pid = int(await pidLine(client))
+            clients.setdefault(pid, []).append(client)
+            return pid
+
+        for _ in range(6):
+            await hold()
+        assert sorted(len(c) for c in clients.values()) == [3, 3], clients
+        emptied = sorted(clients)[0]
+        for client in clients.pop(emptied):
+            client.transport.loseConnection()
+            await client.whenClosed()
+        await sleep(0.5)  # the closes reach the parent (batched, within 20 ms)
+        assert [await hold() for _ in range(3)] == [emptied] * 3
+    finally:
+        for held in clients.values():
+            for client in held:
+                client.transport.loseConnection()
+        assert await stopCleanly(proc) == 0, proc.output
+
+
+async def pidLine(client: Any) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        data = await client.waitFor(len(data) + 1)
+    return data.strip()
+
+
 def listenQueue(port: int) -> int:
     """
     Connections waiting in the kernel's accept queue of 127.0.0.1:port.
@@ -201,17 +259,19 @@ async def test_saturatedWorkersLeaveTheExcessInTheKernelBacklog(workdir: str) ->
     stopped = workerPids(proc)[1]
     os.kill(stopped, signal.SIGSTOP)
     try:
-        pending = [defer.ensureDeferred(ask(port, 90)) for _ in range(100)]
+        pending = [defer.ensureDeferred(ask(port, 90)) for _ in range(200)]
         await proc.waitFor(r"pausing accepts; new connections wait in the kernel's backlog")
-        await eventually(lambda: listenQueue(port) >= 50, 30)
+        # The parent holds at most MAX_WAITING (64) plus the stopped
+        # worker's window (4); the rest is the kernel's.
+        await eventually(lambda: listenQueue(port) >= 200 - MAX_WAITING - INITIAL_WINDOW, 30)
         os.kill(stopped, signal.SIGCONT)
         replies = await timeout(defer.gatherResults(pending, consumeErrors=True), 90)
-        assert len(replies) == 100 and all(reply.startswith(b"v1 ") for reply in replies)
+        assert len(replies) == 200 and all(reply.startswith(b"v1 ") for reply in replies)
         assert listenQueue(port) == 0
     finally:
         signalPid(stopped, signal.SIGCONT)
         assert await stopCleanly(proc) == 0, proc.output
-    assert re.search(r"100 accepted, 100 adopted by workers, 0 re-sent", proc.output), proc.output
+    assert re.search(r"200 accepted, 200 adopted by workers, 0 re-sent", proc.output), proc.output
 
 
 async def reloadFiveTimes(proc: Proc, workdir: str, module: str, template: str, check: Any) -> None:

@@ -32,9 +32,12 @@ from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITI
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
 from .wire import Ack, Channel, Conn, Control, Message, dispatchControl, encodeControl, encodeReport
 
-__all__ = ["ParentLink", "TCPServerSocketChild"]
+__all__ = ["ParentLink", "TCPServerSocketChild", "REPORT_DELAY"]
 
 _log = Logger()
+
+#: Seconds a close waits for an ack to carry it before it is reported alone.
+REPORT_DELAY = 0.02
 
 
 class ParentLink:
@@ -110,12 +113,14 @@ class ParentLink:
     def reportClosed(self) -> None:
         """
         An adopted connection ended: the parent learns it with the next
-        acks, or at the end of this reactor turn (one message for every
-        close of the turn), for its least-loaded dispatch.
+        acks, or after L{REPORT_DELAY} if none comes (one message for every
+        close until then), for its least-loaded dispatch.  Under load acks
+        come all the time, so closes cost the parent no message of their
+        own.
         """
         self._closed += 1
         if self._reportLater is None and self.channel.connected:
-            self._reportLater = self._reactor.callLater(0, self._report)
+            self._reportLater = self._reactor.callLater(REPORT_DELAY, self._report)
 
     def _report(self) -> None:
         self._reportLater = None

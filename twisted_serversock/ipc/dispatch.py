@@ -36,7 +36,7 @@ from .wire import encodeConn
 if TYPE_CHECKING:
     from .parent import WorkerLink
 
-__all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "ACK_DEADLINE"]
+__all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
 
 _log = Logger()
 
@@ -56,11 +56,24 @@ class _Held:
         self.sentAt = 0.0
 
 
-#: Unacknowledged hand-overs one child may have at once.
+#: Unacknowledged hand-overs one child may have at once, at most.  Each
+#: child has a window between 1 and this: it grows by one with each ack
+#: that comes back within L{FAST_ACK}, and halves with each that takes
+#: longer than L{ACK_DEADLINE}.  A child that acknowledges at once (short
+#: handlers) gets many connections per message; a busy one (its reactor in
+#: a long handler, so it does not acknowledge) is committed to few: the
+#: others wait in the parent's one queue and go to whichever child
+#: acknowledges first.
 MAX_INFLIGHT = 32
+INITIAL_WINDOW = 4
+FAST_ACK = 0.002
 #: A child that has left a hand-over unacknowledged this long gets no new
-#: connections until it acknowledges (it may be stopped or stuck).
-ACK_DEADLINE = 0.5
+#: connections until it acknowledges (it is busy, stopped or stuck).
+ACK_DEADLINE = 0.01
+#: Accepted connections the parent keeps waiting for a child; at this many
+#: it stops accepting (the rest wait in the kernel's backlog) until half of
+#: them have gone to children.
+MAX_WAITING = 64
 _PAUSE_LOG_EVERY = 10.0
 
 
@@ -79,6 +92,8 @@ class Route:
         child parses (the parent never reads from a connection).
     @ivar ports: the listening ports whose accepting pauses while no child
         can take a connection (see L{watchPort}).
+    @ivar waiting: its accepted connections no child could take yet,
+        oldest first.
     """
 
     def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
@@ -91,6 +106,7 @@ class Route:
         self.proxy = False
         self.ports: list[Any] = []
         self.paused = False
+        self.waiting: deque[_Held] = deque()
         self._next = 0
 
     def __repr__(self) -> str:
@@ -112,8 +128,8 @@ class Route:
         """
         The child with the fewest connections in hand (unacknowledged plus
         adopted and open) among those that can take one: ready, not being
-        replaced, under L{MAX_INFLIGHT} unacknowledged, none of them older
-        than L{ACK_DEADLINE}.  Ties go to the child with fewer
+        replaced, fewer unacknowledged than its window (see
+        L{MAX_INFLIGHT}), none of them older than L{ACK_DEADLINE}.  Ties go to the child with fewer
         unacknowledged, then in turn.
         """
         links = self.links
@@ -130,7 +146,7 @@ class Route:
             inflight = link.inflight
             n = len(inflight)
             if n:
-                if n >= MAX_INFLIGHT or now - next(iter(inflight.values())).sentAt > ACK_DEADLINE:
+                if n >= link.window or now - next(iter(inflight.values())).sentAt > ACK_DEADLINE:
                     continue
             key = (n + link.open) * 1024 + n
             if best is None or key < bestKey:
@@ -180,10 +196,10 @@ class Dispatcher:
     Holds accepted connections and hands them to children.
 
     @ivar held: every connection not yet acknowledged, by id.
-    @ivar waiting: connections with no child to go to yet, oldest first.
-        Bounded: the first connection that finds no child pauses accepting
-        on its route, so at most what one accept run had already taken
-        waits here.
+    @ivar waiting: how many connections wait for a child (in their routes'
+        C{waiting} queues).  Bounded: at L{MAX_WAITING} the route's
+        accepting pauses, so at most that plus what one accept run had
+        already taken waits.
     @ivar accepted: how many connections were submitted.
     @ivar adopted: how many a child acknowledged.
     @ivar redispatched: how many connections went to a second child because
@@ -197,7 +213,7 @@ class Dispatcher:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
-        self.waiting: deque[_Held] = deque()
+        self.waiting = 0
         self.accepted = 0
         self.adopted = 0
         self.redispatched = 0
@@ -208,6 +224,7 @@ class Dispatcher:
         self._connIds = itertools.count(1)
         self._routeIds = itertools.count(1)
         self._idleWaiters: list[Callable[[], None]] = []
+        self._closedWaiting: list[Route] = []
 
     def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
         """
@@ -260,9 +277,11 @@ class Dispatcher:
         held = _Held(next(self._connIds), route, skt)
         self.accepted += 1
         self.held[held.connId] = held
-        if self.waiting or not self._send(held):
-            self.waiting.append(held)
-            self._pause(route)
+        if route.waiting or not self._send(held):
+            route.waiting.append(held)
+            self.waiting += 1
+            if self.waiting >= MAX_WAITING:
+                self._pause(route)
 
     def _pause(self, route: Route) -> None:
         if not route.pause():
@@ -297,26 +316,33 @@ class Dispatcher:
         Hand waiting connections to children that can take them now, and
         resume accepting on routes that have a child for new ones.
         """
-        waiting = self.waiting
-        blocked: set[int] = set()
-        for _ in range(len(waiting)):
-            held = waiting.popleft()
-            if held.connId not in self.held:
-                continue
-            route = held.route
-            if route.id in blocked:
-                waiting.append(held)
-                continue
-            if route.closed and not route.links:
-                self._drop(held, "its listener's last child is gone")
-            elif not self._send(held):
-                waiting.append(held)
-                blocked.add(route.id)
-        if not waiting:
-            now = self._now()
-            for route in list(self.routes.values()):
-                if route.paused and route.pick(now) is not None:
-                    route.resume()
+        for route in list(self.routes.values()) + self._orphans():
+            waiting = route.waiting
+            while waiting:
+                held = waiting[0]
+                if held.connId not in self.held:
+                    waiting.popleft()
+                    self.waiting -= 1
+                elif route.closed and not route.links:
+                    waiting.popleft()
+                    self.waiting -= 1
+                    self._drop(held, "its listener's last child is gone")
+                elif self._send(held):
+                    waiting.popleft()
+                    self.waiting -= 1
+                else:
+                    break
+        if self.waiting <= MAX_WAITING // 2 and self._anyPaused():
+            for route in self.routes.values():
+                route.resume()
+
+    def _orphans(self) -> list[Route]:
+        """
+        Closed routes (no longer in C{routes}) that still have connections
+        waiting.
+        """
+        self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
+        return list(self._closedWaiting)
 
     def acked(self, link: WorkerLink, connIds: tuple[int, ...], closed: int = 0) -> None:
         """
@@ -325,6 +351,15 @@ class Dispatcher:
         """
         if closed:
             link.open = max(link.open - closed, 0)
+        if connIds:
+            first = link.inflight.get(connIds[0])
+            if first is not None:
+                took = self._now() - first.sentAt
+                if took <= FAST_ACK:
+                    if link.window < MAX_INFLIGHT:
+                        link.window += 1
+                elif took > ACK_DEADLINE:
+                    link.window = max(1, link.window // 2)
         for connId in connIds:
             held = link.inflight.pop(connId, None)
             if held is None:
@@ -370,7 +405,10 @@ class Dispatcher:
         for held in reversed(unacked):
             held.link = None
             self.redispatched += 1
-            self.waiting.appendleft(held)
+            held.route.waiting.appendleft(held)
+            self.waiting += 1
+            if held.route.closed and held.route not in self._closedWaiting:
+                self._closedWaiting.append(held.route)
         self.wake()
         self._checkIdle()
 
@@ -383,6 +421,8 @@ class Dispatcher:
         route.ports = []
         route.paused = False
         self.routes.pop(route.id, None)
+        if route.waiting:
+            self._closedWaiting.append(route)
         if not route.links:
             self.wake()
 
@@ -407,7 +447,10 @@ class Dispatcher:
             if h.link is not None:
                 h.link.inflight.pop(h.connId, None)
             self._drop(h, why)
-        self.waiting.clear()
+        for route in list(self.routes.values()) + self._closedWaiting:
+            route.waiting.clear()
+        self._closedWaiting = []
+        self.waiting = 0
         self._checkIdle()
         return len(held)
 

@@ -37,10 +37,10 @@ from zope.interface import implementer
 from ..endpoints import _IRawAcceptingFactory
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
-from .dispatch import ACK_DEADLINE, MAX_INFLIGHT, Dispatcher, Route, _Held
+from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
 from .wire import Ack, Channel, Conn, Control, Message, closeAll, dispatchControl, encodeControl
 
-__all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory", "MAX_INFLIGHT", "ACK_DEADLINE"]
+__all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
 _log = Logger()
 
@@ -50,6 +50,8 @@ class WorkerLink:
     The parent's end of one child's channel.
 
     @ivar inflight: connections sent to the child and not yet acknowledged.
+    @ivar window: how many of those it may have (see
+        L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
     @ivar adopted: how many connections the child has acknowledged.
     @ivar open: how many of those the child has not yet reported closed.
     @ivar sent: how many connections were sent to it.
@@ -69,6 +71,7 @@ class WorkerLink:
         self._reactor = reactor
         self.name = name
         self.inflight: dict[int, _Held] = {}
+        self.window = INITIAL_WINDOW
         self.adopted = 0
         self.open = 0
         self.sent = 0
