@@ -239,6 +239,13 @@ async def pidLine(client: Any) -> bytes:
     return data.strip()
 
 
+def listening(port: int) -> bool:
+    """
+    Whether something listens on 127.0.0.1:port.
+    """
+    return bool(subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip())
+
+
 def listenQueue(port: int) -> int:
     """
     Connections waiting in the kernel's accept queue of 127.0.0.1:port.
@@ -662,3 +669,42 @@ async def test_haproxyInFrontOfTwoInstancesRestartedInTurn(workdir: str) -> None
         await timeout(haproxy.ended, 30)
         for proc in instances.values():
             assert await stopCleanly(proc) == 0, proc.output
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate is not installed")
+@pytest_twisted.ensureDeferred
+async def test_socketActivatedTypeNotify(workdir: str) -> None:
+    """
+    The docs' unit file, minus systemd: C{systemd-socket-activate} owns the
+    listening socket (named C{web}) and starts twistd on the first
+    connection, which waits in the backlog and is served; the service
+    notifies READY=1 over NOTIFY_SOCKET.
+    """
+    reader = NotifyReader(os.path.join(workdir, "notify"))
+    port = freePort()
+    argv = [
+        shutil.which("systemd-socket-activate") or "systemd-socket-activate",
+        "-l",
+        f"127.0.0.1:{port}",
+        "--fdname=web",
+        f"--setenv=NOTIFY_SOCKET={reader.path}",
+        *SERVERSOCK,
+        "--listen",
+        "systemd:domain=INET:name=web",
+        "--workers",
+        "1",
+    ]
+    proc = Proc()
+    theReactor().spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=workdir)
+    try:
+        await eventually(lambda: listening(port), 30)
+        client = await connect(port)
+        client.transport.write(b"activated")
+        assert await client.waitFor(9) == b"activated"
+        client.transport.loseConnection()
+        await eventually(lambda: reader.has("READY"), 30)
+        assert "serversock listening on systemd:domain=INET:name=web" in proc.output
+    finally:
+        proc.transport.signalProcess(signal.SIGTERM)
+        assert int(await timeout(proc.ended, 30)) == 0, proc.output
+        reader.socket.close()
