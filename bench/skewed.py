@@ -19,7 +19,7 @@ other (L{twisted_serversock.ipc.dispatch}).  Targets: p99 ≤ 0.7× B's at
 from __future__ import annotations
 
 from ._harness import Context, Result, Target, pairedRow, requireTool, rotations
-from ._workers import reference, serversock, workIterations
+from ._workers import handlerEnv, reference, serversock
 from .keepalive import parseWrk
 
 NAME = "skewed"
@@ -35,9 +35,7 @@ def run(ctx: Context) -> Result:
     wrk = requireTool("wrk", "wrk")
     result = Result()
     seconds = 3 if ctx.quick else 5
-    iterations, handlerMs = workIterations()
-    env = {"BENCH_WORK_ITERS": str(iterations)}
-    ctx.log(f"handler: {iterations} iterations = {handlerMs:.2f} ms of Python per fast request, 50x for 5 %")
+    env, iterations, handlerMs = handlerEnv(ctx, "fast request (50x for 5 %)")
     servers = {
         "A": serversock(ctx, FACTORY, 2, "skewed-A", env),
         "B": reference(ctx, "reuseport", FACTORY, 2, "skewed-B", env),
@@ -68,24 +66,20 @@ def run(ctx: Context) -> Result:
     note = f"wrk -c{CONNECTIONS}, {seconds} s a run; handler {handlerMs:.2f} ms (5 % ×50)"
     if errors["A"] or errors["B"]:
         note += f"; wrk socket errors {errors['A']} vs {errors['B']}"
-    result.rows += [
-        pairedRow(
-            "skewed handler, close: p99 serversock ×2 / SO_REUSEPORT ×2",
-            "ms",
-            list(zip(p99["A"], p99["B"])),
-            target=P99_TARGET,
-            note=note,
-            failed=broken,
-        ),
-        pairedRow(
-            "skewed handler, close: req/s serversock ×2 / SO_REUSEPORT ×2",
-            "req/s",
-            list(zip(rate["A"], rate["B"])),
-            target=RATE_TARGET,
-            note=note,
-            failed=broken,
-        ),
-    ]
+    for what, unit, samples, target in (
+        ("p99", "ms", p99, P99_TARGET),
+        ("req/s", "req/s", rate, RATE_TARGET),
+    ):
+        result.rows.append(
+            pairedRow(
+                f"skewed handler, close: {what} serversock ×2 / SO_REUSEPORT ×2",
+                unit,
+                list(zip(samples["A"], samples["B"])),
+                target=target,
+                note=note,
+                failed=broken,
+            )
+        )
     result.details = {"rate": rate, "p99_ms": p99, "wrk_errors": errors, "work_iterations": iterations, "handler_ms": handlerMs}
     result.commands = ctx.takeCommands()
     return result

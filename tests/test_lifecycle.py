@@ -116,6 +116,19 @@ def signalPid(pid: int, sig: int) -> None:
         pass
 
 
+async def startWithAStoppedWorker(workdir: str, timeoutSeconds: int, workers: int) -> tuple[Proc, int, int]:
+    """
+    Serve the versioned factory with C{workers} workers and C{--timeout};
+    stop (SIGSTOP) the last worker.  Returns the process, port and the
+    stopped worker's pid.
+    """
+    writeModule(workdir, "ver", VERSIONED, b"v1")
+    proc, port = await startServer(["--timeout", str(timeoutSeconds), "--factory", "ver.factory"], workdir, workers)
+    stopped = workerPids(proc)[workers]
+    os.kill(stopped, signal.SIGSTOP)
+    return proc, port, stopped
+
+
 @pytest_twisted.ensureDeferred
 async def test_stoppedWorkerCostsAtMostTwoConnections(workdir: str) -> None:
     """
@@ -125,10 +138,7 @@ async def test_stoppedWorkerCostsAtMostTwoConnections(workdir: str) -> None:
     exactly once, and the stopped worker is killed at --timeout and
     replaced, its unacknowledged connections re-sent.
     """
-    writeModule(workdir, "ver", VERSIONED, b"v1")
-    proc, port = await startServer(["--timeout", "5", "--factory", "ver.factory"], workdir, 2)
-    stopped = workerPids(proc)[2]
-    os.kill(stopped, signal.SIGSTOP)
+    proc, port, stopped = await startWithAStoppedWorker(workdir, 5, 2)
     try:
         results: list[tuple[float, bytes]] = []
 
@@ -166,10 +176,7 @@ async def test_wokenWorkerServesWhatItHeldAndNothingTwice(workdir: str) -> None:
     what it had been handed; nothing is re-sent, so no connection is
     served by two processes, and each client gets exactly one reply.
     """
-    writeModule(workdir, "ver", VERSIONED, b"v1")
-    proc, port = await startServer(["--timeout", "30", "--factory", "ver.factory"], workdir, 2)
-    stopped = workerPids(proc)[2]
-    os.kill(stopped, signal.SIGSTOP)
+    proc, port, stopped = await startWithAStoppedWorker(workdir, 30, 2)
     try:
         pending = [defer.ensureDeferred(ask(port, 90)) for _ in range(10)]
         await sleep(2.0)
@@ -261,10 +268,7 @@ async def test_saturatedWorkersLeaveTheExcessInTheKernelBacklog(workdir: str) ->
     connections and then stops accepting: the rest wait in the kernel's
     backlog (not in the parent).  Woken, the worker serves all of them.
     """
-    writeModule(workdir, "ver", VERSIONED, b"v1")
-    proc, port = await startServer(["--timeout", "60", "--factory", "ver.factory"], workdir, 1)
-    stopped = workerPids(proc)[1]
-    os.kill(stopped, signal.SIGSTOP)
+    proc, port, stopped = await startWithAStoppedWorker(workdir, 60, 1)
     try:
         pending = [defer.ensureDeferred(ask(port, 90)) for _ in range(200)]
         await proc.waitFor(r"pausing accepts; new connections wait in the kernel's backlog")
