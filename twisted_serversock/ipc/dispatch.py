@@ -66,7 +66,7 @@ class _Held:
 #: acknowledges first.
 MAX_INFLIGHT = 32
 INITIAL_WINDOW = 4
-FAST_ACK = 0.002
+FAST_ACK = 0.005
 #: A child that has left a hand-over unacknowledged this long gets no new
 #: connections until it acknowledges (it is busy, stopped or stuck).
 ACK_DEADLINE = 0.01
@@ -146,7 +146,14 @@ class Route:
             inflight = link.inflight
             n = len(inflight)
             if n:
-                if n >= link.window or now - next(iter(inflight.values())).sentAt > ACK_DEADLINE:
+                if n >= link.window:
+                    continue
+                # The oldest unacknowledged hand-over (a dict's first entry
+                # is slow to find once many were deleted: keep an order).
+                order = link.sentOrder
+                while order[0][0] not in inflight:
+                    order.popleft()
+                if now - order[0][1] > ACK_DEADLINE:
                     continue
             key = (n + link.open) * 1024 + n
             if best is None or key < bestKey:
@@ -164,15 +171,16 @@ class Route:
             _pausePort(port)
         return True
 
-    def resume(self) -> None:
+    def resume(self) -> bool:
         """
-        Accept again on every watched port.
+        Accept again on every watched port; False if not paused.
         """
         if not self.paused:
-            return
+            return False
         self.paused = False
         for port in self.ports:
             _resumePort(port)
+        return True
 
 
 def _pausePort(port: Any) -> None:
@@ -208,6 +216,7 @@ class Dispatcher:
         child gone, or a shutdown's grace period over).
     @ivar pauses: how many times accepting paused because no child could
         take a connection.
+    @ivar paused: how many routes are paused now.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -219,6 +228,7 @@ class Dispatcher:
         self.redispatched = 0
         self.dropped = 0
         self.pauses = 0
+        self.paused = 0
         self._now = clock
         self._lastPauseLog = -_PAUSE_LOG_EVERY
         self._connIds = itertools.count(1)
@@ -286,6 +296,7 @@ class Dispatcher:
     def _pause(self, route: Route) -> None:
         if not route.pause():
             return
+        self.paused += 1
         self.pauses += 1
         now = self._now()
         if now - self._lastPauseLog >= _PAUSE_LOG_EVERY:
@@ -305,6 +316,7 @@ class Dispatcher:
         held.link = link
         held.sentAt = now
         link.inflight[held.connId] = held
+        link.sentOrder.append((held.connId, now))
         link.sent += 1
         link.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
         if link.limit and link.sent == link.limit and link.onLimit is not None:
@@ -316,7 +328,10 @@ class Dispatcher:
         Hand waiting connections to children that can take them now, and
         resume accepting on routes that have a child for new ones.
         """
-        for route in list(self.routes.values()) + self._orphans():
+        routes: Any = self.routes.values()
+        if self._closedWaiting:
+            routes = list(routes) + self._orphans()
+        for route in routes:
             waiting = route.waiting
             while waiting:
                 held = waiting[0]
@@ -332,9 +347,10 @@ class Dispatcher:
                     self.waiting -= 1
                 else:
                     break
-        if self.waiting <= MAX_WAITING // 2 and self._anyPaused():
+        if self.paused and self.waiting <= MAX_WAITING // 2:
             for route in self.routes.values():
-                route.resume()
+                if route.resume():
+                    self.paused -= 1
 
     def _orphans(self) -> list[Route]:
         """
@@ -370,15 +386,12 @@ class Dispatcher:
             link.open += 1
             self.adopted += 1
             held.socket.close()  # a plain close: the child's copy lives on
-        if self.waiting or self._anyPaused():
+        order, inflight = link.sentOrder, link.inflight
+        while order and order[0][0] not in inflight:
+            order.popleft()
+        if self.waiting or self.paused:
             self.wake()
         self._checkIdle()
-
-    def _anyPaused(self) -> bool:
-        for route in self.routes.values():
-            if route.paused:
-                return True
-        return False
 
     def linkLost(self, link: WorkerLink) -> None:
         """
@@ -396,6 +409,7 @@ class Dispatcher:
         link.routes = []
         unacked = list(link.inflight.values())
         link.inflight.clear()
+        link.sentOrder.clear()
         if unacked:
             _log.info(
                 "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child",
@@ -419,7 +433,9 @@ class Dispatcher:
         """
         route.closed = True
         route.ports = []
-        route.paused = False
+        if route.paused:
+            route.paused = False
+            self.paused -= 1
         self.routes.pop(route.id, None)
         if route.waiting:
             self._closedWaiting.append(route)

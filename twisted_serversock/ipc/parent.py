@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import socket
 import time
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import tcp
@@ -50,6 +51,9 @@ class WorkerLink:
     The parent's end of one child's channel.
 
     @ivar inflight: connections sent to the child and not yet acknowledged.
+    @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
+        still name acknowledged ones at its end, never at its start after
+        an ack).
     @ivar window: how many of those it may have (see
         L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
     @ivar adopted: how many connections the child has acknowledged.
@@ -71,6 +75,7 @@ class WorkerLink:
         self._reactor = reactor
         self.name = name
         self.inflight: dict[int, _Held] = {}
+        self.sentOrder: deque[tuple[int, float]] = deque()
         self.window = INITIAL_WINDOW
         self.adopted = 0
         self.open = 0
