@@ -66,7 +66,7 @@ class _Held:
 #: acknowledges first.
 MAX_INFLIGHT = 32
 INITIAL_WINDOW = 4
-FAST_ACK = 0.005
+FAST_ACK = 0.001
 #: A child that has left a hand-over unacknowledged this long gets no new
 #: connections until it acknowledges (it is busy, stopped or stuck).
 ACK_DEADLINE = 0.01
