@@ -47,6 +47,18 @@ def workIterations() -> tuple[int, float]:
     return iterations, perCall(iterations)
 
 
+def handlerEnv(ctx: Context, what: str) -> tuple[dict[str, str], int, float]:
+    """
+    Calibrate L{workIterations}, log it, and return the servers'
+    environment (C{BENCH_WORK_ITERS}), the iterations and the handler's ms.
+
+    @param what: how the log line names one request's work.
+    """
+    iterations, handlerMs = workIterations()
+    ctx.log(f"handler: {iterations} iterations = {handlerMs:.2f} ms of Python per {what}")
+    return {"BENCH_WORK_ITERS": str(iterations)}, iterations, handlerMs
+
+
 def treeCpuNs(pid: int) -> int:
     """
     On-CPU time of process C{pid} and all its descendants (ns).

@@ -10,6 +10,9 @@ and for the reference servers in L{bench._refservers}:
     keep-alive response, and the connection stays open for the next one.
   - L{closeAtOnce}: zero work - closes each connection as soon as it is
     made (what the parent's dispatch cost is measured with).
+  - L{skewed}: as L{cpu}, but one request in twenty (at random) does
+    C{SLOW_FACTOR} times the work - about 50 ms instead of 1 ms (what
+    L{bench.skewed} measures tail latency with).
 
 L{work} runs C{BENCH_WORK_ITERS} iterations (environment; default 25,000,
 what C{shared/research/perf.md} used).  The benchmark sets it once for every
@@ -19,14 +22,18 @@ server of a run, so A and B do the same work whatever this VM's speed.
 from __future__ import annotations
 
 import os
+import random
 import re
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
-__all__ = ["cpu", "closeAtOnce", "work", "WORK_ITERS"]
+__all__ = ["cpu", "closeAtOnce", "skewed", "work", "WORK_ITERS", "SLOW_SHARE", "SLOW_FACTOR"]
 
 WORK_ITERS = int(os.environ.get("BENCH_WORK_ITERS", "25000"))
+#: L{skewed}: the share of slow requests, and how much more work they do.
+SLOW_SHARE = 0.05
+SLOW_FACTOR = 50
 
 KEEPALIVE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 CLOSE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -66,7 +73,7 @@ class CPUBoundHTTP(Protocol):
                 break
             head = buffer[:end].lower()  # request line and headers
             buffer = buffer[end + 4 :]
-            work()
+            self.handle()
             if _CLOSE.search(head):
                 self._closing = True
                 self._buffer = b""
@@ -75,6 +82,19 @@ class CPUBoundHTTP(Protocol):
                 return
             self.transport.write(KEEPALIVE_RESPONSE)
         self._buffer = buffer
+
+    def handle(self) -> None:
+        work()
+
+
+class SkewedHTTP(CPUBoundHTTP):
+    """
+    L{CPUBoundHTTP} where a random L{SLOW_SHARE} of the requests do
+    L{SLOW_FACTOR} times the work.
+    """
+
+    def handle(self) -> None:
+        work(WORK_ITERS * SLOW_FACTOR if random.random() < SLOW_SHARE else WORK_ITERS)
 
 
 class CloseAtOnce(Protocol):
@@ -86,5 +106,7 @@ class CloseAtOnce(Protocol):
 
 cpu = Factory.forProtocol(CPUBoundHTTP)
 cpu.noisy = False
+skewed = Factory.forProtocol(SkewedHTTP)
+skewed.noisy = False
 closeAtOnce = Factory.forProtocol(CloseAtOnce)
 closeAtOnce.noisy = False

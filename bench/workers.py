@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 from ._harness import Context, Result, Target, cpuNanoseconds, median, pairedRow, requireTool, rotations
-from ._workers import childrenCpuNs, reference, serversock, systemBusyNs, treeCpuNs, workIterations
+from ._workers import childrenCpuNs, handlerEnv, reference, serversock, systemBusyNs, treeCpuNs
 from .keepalive import parseWrk
 
 NAME = "workers"
@@ -44,9 +44,7 @@ def run(ctx: Context) -> Result:
     wrk = requireTool("wrk", "wrk")
     result = Result()
     seconds = 1 if ctx.quick else 2
-    iterations, handlerMs = workIterations()
-    env = {"BENCH_WORK_ITERS": str(iterations)}
-    ctx.log(f"handler: {iterations} iterations = {handlerMs:.2f} ms of Python per request")
+    env, iterations, handlerMs = handlerEnv(ctx, "request")
     servers = {
         "A": serversock(ctx, FACTORY, 2, "workers-A", env),
         # Plain Twisted's tcp: endpoint: a worker's connections are plain

@@ -104,8 +104,11 @@ def parse(path: Path) -> list[Block]:
 
 ALL = [b for doc in DOCS for b in parse(doc)]
 #: Tagged C{text}: a transcript or a record (the commands C{python3 -m bench}
-#: ran, with its own C{$WORK} and C{$PORT}), not something to type.
-CODE = [b for b in ALL if b.lang and b.lang != "text"]
+#: ran, with its own C{$WORK} and C{$PORT}), not something to type; tagged
+#: C{ini}: a configuration file (the systemd units in docs/workers.md, whose
+#: C{ExecStart} tests/test_lifecycle.py runs under systemd-socket-activate).
+NOT_RUN = {"text", "ini"}
+CODE = [b for b in ALL if b.lang and b.lang not in NOT_RUN]
 RUNNABLE = [b for b in CODE if not b.skip and not b.file]
 
 

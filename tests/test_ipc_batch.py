@@ -119,3 +119,95 @@ def test_lostBeforeAck() -> None:
         assert set(os.listdir("/proc/self/fd")) <= before
     finally:
         pair.close()
+
+
+def test_failedAckNeverAdopts() -> None:
+    """
+    If the ack cannot be sent (the parent's end no longer reads), the
+    connection is not adopted: the parent never learns of the adoption and
+    would give it to another child, so adopting it would let two processes
+    serve one connection.
+    """
+    pair = Pair()
+    adopted: list[int] = []
+    pair.link.onConnection = lambda route, skt: (adopted.append(route), skt.close())
+    try:
+        pair.conn(1, 7)
+        pair.parentEnd.shutdown(socket.SHUT_RD)  # the child's sends now fail (EPIPE)
+        pair.link.channel.doRead()
+        assert adopted == []
+    finally:
+        pair.close()
+
+
+def test_closesTravelWithTheAcks() -> None:
+    """
+    Closes the child reports are counted into its next ack (one message),
+    or sent alone at the end of the reactor turn if no ack comes.
+    """
+    pair = Pair()
+    seen: list[Any] = []
+    pair.link.onConnection = lambda route, skt: (seen.extend(receiveAll(pair.parentEnd)), skt.close())
+    try:
+        pair.link.reportClosed()
+        pair.link.reportClosed()
+        pair.conn(1, 7)
+        pair.link.channel.doRead()
+        assert [(m.connIds, m.closed) for m in seen] == [((1,), 2)]
+        pair.link.reportClosed()
+        pair.link._report()  # what the end of the reactor turn does
+        assert [(m.connIds, m.closed) for m in receiveAll(pair.parentEnd)] == [((), 1)]
+    finally:
+        pair.close()
+
+
+def test_reportMessage() -> None:
+    """
+    The report message: closes and acknowledged ids, either may be alone;
+    wrong sizes are protocol errors.
+    """
+    report = wire.decode(wire.encodeReport((5, 6), 3), [])
+    assert isinstance(report, wire.Ack) and report.connIds == (5, 6) and report.closed == 3
+    alone = wire.decode(wire.encodeReport((), 2), [])
+    assert isinstance(alone, wire.Ack) and alone.connIds == () and alone.closed == 2
+    plain = wire.decode(wire.encodeReport((9,), 0), [])
+    assert isinstance(plain, wire.Ack) and plain.connIds == (9,) and plain.closed == 0
+    for bad in (b"R", b"R\x00\x00\x00", b"R\x00\x00\x00\x01\x00"):
+        try:
+            wire.decode(bad, [])
+        except wire.ProtocolError as e:
+            assert "report message" in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def messageReceived(self, message: Any) -> None:
+        self.events.append(message)
+
+    def channelLost(self, reason: Any) -> None:
+        self.events.append("lost")
+
+
+def test_parentReadsTheLastAcksBeforeClosing() -> None:
+    """
+    The parent's end (drainOnLoss) reads every message the child sent
+    before it closes: a dead child's last acks are seen, so what it adopted
+    is not re-sent to another child.
+    """
+    parentEnd, childEnd = wire.channelPair()
+    recorder = Recorder()
+    channel = wire.Channel(parentEnd, recorder, theReactor(), "parent", drainOnLoss=True)
+    try:
+        for connId in range(1, 100):
+            childEnd.send(wire.encodeAck((connId,)))
+        childEnd.close()
+        channel.loseConnection()
+        acks = [m.connIds[0] for m in recorder.events if isinstance(m, wire.Ack)]
+        assert acks == list(range(1, 100))
+        assert recorder.events[-1] == "lost"
+    finally:
+        childEnd.close()

@@ -185,23 +185,43 @@ async def test_anyEndpointString(workdir: str, kind: str) -> None:
         assert await stopCleanly(proc) == 0, proc.output
 
 
+PEER_FACTORY = """
+import os
+from twisted.internet.protocol import Factory, Protocol
+
+class Peer(Protocol):
+    # After the first bytes: behind haproxy: the PROXY header comes first
+    # (Twisted's wrapper connects the protocol before it has read it).
+    def dataReceived(self, data):
+        peer = self.transport.getPeer()
+        self.transport.write(b"%s %d\\n" % (getattr(peer, "host", "unix").encode(), os.getpid()))
+        self.transport.loseConnection()
+
+factory = Factory.forProtocol(Peer)
+"""
+
+
 @pytest_twisted.ensureDeferred
-async def test_wrappedEndpointIsServedInTheParent(workdir: str) -> None:
+async def test_proxyProtocolIsParsedInTheWorker(workdir: str) -> None:
     """
-    A PROXY-protocol endpoint's connections cannot be handed over (the
-    parent must read the header): they are served in the parent, with one
-    warning, not dropped.
+    Behind C{haproxy:}, the parent hands the connection over before reading
+    its PROXY header; the worker parses it, so the worker's protocol sees
+    the client's address (and the parent serves nothing itself).
     """
-    proc = spawn(SERVERSOCK + ["--listen", "haproxy:gecko:port=0:loopback=1", "--workers", "1"], workdir)
+    with open(os.path.join(workdir, "peer.py"), "w") as f:
+        f.write(PEER_FACTORY)
+    proc = spawn(
+        SERVERSOCK + ["--listen", "haproxy:gecko:port=0:loopback=1", "--workers", "1", "--factory", "peer.factory"], workdir
+    )
     try:
         port = int((await proc.waitFor(r"GeckoServerEndpoint listening on 127\.0\.0\.1:(\d+)")).group(1))
         await proc.waitFor(r"Worker 1 \(pid \d+\) is ready")
-        for i in range(2):
+        pid = workerPids(proc)[1]
+        for i in range(3):
             client = await connect(port)
-            client.transport.write(b"PROXY TCP4 10.1.2.3 10.0.0.1 5555 80\r\nproxied %d" % i)
-            assert await client.waitFor(9) == b"proxied %d" % i
-            client.transport.loseConnection()
-        assert proc.output.count("serving them in the parent process") == 1
+            client.transport.write(b"PROXY TCP4 10.1.2.%d 10.0.0.1 5555 80\r\nhello" % i)
+            assert (await timeout(client.whenClosed(), 30)) == b"10.1.2.%d %d\n" % (i, pid)
+        assert "serving them in the parent process" not in proc.output
     finally:
         assert await stopCleanly(proc) == 0, proc.output
 
@@ -250,6 +270,12 @@ async def test_inProcessWithZeroWorkersAndAFactoryFromTheWorkingDirectory(workdi
         (["--workers", "-1"], r"--workers must be 0 or more, not -1"),
         (["--workers", "two"], r"--workers must be a whole number, not 'two'"),
         (["--grace", "-3"], r"--grace must be 0 or more seconds"),
+        (["--timeout", "0"], r"--timeout must be a finite number of seconds above 0, not 0.0"),
+        (["--timeout", "-5"], r"--timeout must be a finite number of seconds above 0, not -5.0"),
+        (["--timeout", "soon"], r"--timeout must be a number of seconds, not 'soon'"),
+        (["--timeout", "inf"], r"--timeout must be a finite number of seconds above 0, not inf"),
+        (["--max-requests", "-1"], r"--max-requests must be 0 or more, not -1"),
+        (["--max-requests-jitter", "x"], r"--max-requests-jitter must be a whole number, not 'x'"),
     ],
 )
 @pytest_twisted.ensureDeferred

@@ -200,6 +200,9 @@ class ListeningPort(tcp.Port):
         self.numberAccepts = 100
         self._shortage: _Shortage | None = None
         self._retry: Any = None
+        #: Accepting paused by L{pauseAccepting} (the worker pool's
+        #: back-pressure): no accept until L{resumeAccepting}.
+        self.paused = False
 
     def __repr__(self) -> str:
         return f"<ListeningPort of {self._owner!r}>"
@@ -244,7 +247,7 @@ class ListeningPort(tcp.Port):
                 host = socket.getnameinfo(addr, _NUMERIC)[0]
                 addr = (host,) + tuple(addr[1:])
             owner._accepted(skt, addr)
-            if self.disconnecting or not self.connected:
+            if self.disconnecting or not self.connected or self.paused:
                 # close() was called from a listener callback: the rest of
                 # the kernel queue is not ours any more.
                 return
@@ -318,6 +321,25 @@ class ListeningPort(tcp.Port):
         self._retry = None
         if self.connected and not self.disconnecting:
             _reserve.reserve()
+            if not self.paused:
+                self.startReading()
+
+    def pauseAccepting(self) -> None:
+        """
+        Accept nothing more until L{resumeAccepting}, not even the rest of
+        the current accept run: what is queued waits in the kernel's
+        backlog.
+        """
+        self.paused = True
+        if self.connected:
+            self.stopReading()
+
+    def resumeAccepting(self) -> None:
+        """
+        Accept again (unless a resource shortage's pause is still on).
+        """
+        self.paused = False
+        if self.connected and not self.disconnecting and self._retry is None:
             self.startReading()
 
     def _cancelRetry(self) -> None:

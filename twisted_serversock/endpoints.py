@@ -141,6 +141,21 @@ class GeckoListeningPort:
             address=_describe(self._address),
         )
 
+    def pauseAccepting(self) -> None:
+        """
+        Accept nothing until L{resumeAccepting} (queued connections wait in
+        the kernel's backlog): the worker pool's back-pressure.
+        """
+        if self.serverSocket is not None:
+            self.serverSocket.pauseAccepting()
+
+    def resumeAccepting(self) -> None:
+        """
+        Accept again after L{pauseAccepting}.
+        """
+        if self.serverSocket is not None:
+            self.serverSocket.resumeAccepting()
+
     def stopListening(self) -> defer.Deferred[None]:
         """
         Stop listening; accepted connections are not affected.

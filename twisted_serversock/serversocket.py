@@ -358,6 +358,22 @@ class ServerSocket:
         self._port = ListeningPort(self._socket, self, reactor)
         self._port.startListening()
 
+    def pauseAccepting(self) -> None:
+        """
+        (Not Gecko's.)  Accept nothing until L{resumeAccepting}: queued
+        connections wait in the kernel's backlog.  For back-pressure (the
+        worker pool pauses while every worker is saturated).
+        """
+        if self._port is not None:
+            self._port.pauseAccepting()
+
+    def resumeAccepting(self) -> None:
+        """
+        (Not Gecko's.)  Accept again after L{pauseAccepting}.
+        """
+        if self._port is not None:
+            self._port.resumeAccepting()
+
     def _accepted(self, skt: socket.socket, addr: Any) -> None:
         """
         The listening port accepted C{skt} from C{addr}: wrap it and hand it

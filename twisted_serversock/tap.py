@@ -10,13 +10,13 @@ The parent listens on every C{--listen} endpoint (any endpoint string),
 accepts, and hands connections to the workers (see
 L{twisted_serversock.ipc}).  SIGTERM or SIGINT stops listening at once, lets
 the workers finish their open connections for C{--grace} seconds, and exits
-with status 0.
+with status 0; SIGHUP reloads (fresh workers), SIGTTIN/SIGTTOU add or
+remove a worker (see L{twisted_serversock.ipc.signals}).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any
 
@@ -30,6 +30,8 @@ from ._startup import cannotListenReason, failStartup
 from .endpoints import _describe
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
+from .ipc.sdnotify import SystemdNotifier
+from .ipc.signals import installSignals
 from .ipc.worker import resolveFactory
 
 __all__ = ["Options", "makeService", "ServerSockService"]
@@ -58,7 +60,10 @@ class Options(usage.Options):
     The options of C{twistd serversock}.
     """
 
-    synopsis = "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS]"
+    synopsis = (
+        "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS] [--timeout SECONDS] "
+        "[--max-requests N [--max-requests-jitter J]]"
+    )
     longdesc = (
         "Serve a Twisted protocol factory on every --listen endpoint, in N worker processes "
         "that receive each accepted connection as a file descriptor (0 = in this process)."
@@ -66,7 +71,10 @@ class Options(usage.Options):
     optParameters = [
         ["factory", "f", DEFAULT_FACTORY, "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
         ["workers", "w", None, "Worker processes (default: the number of CPUs; 0 = serve in this process)."],
-        ["grace", "g", "10", "Seconds open connections get to finish after SIGTERM."],
+        ["grace", "g", "10", "Seconds open connections get to finish after SIGTERM, SIGHUP or a recycle."],
+        ["timeout", "t", "30", "Kill and replace a worker silent for this many seconds (heartbeats keep idle ones alive)."],
+        ["max-requests", None, "0", "Replace a worker gracefully after it was given this many connections (0 = never)."],
+        ["max-requests-jitter", None, "0", "Add a random 0..J to --max-requests per worker, so that they are not all replaced at once."],
     ]
 
     def __init__(self) -> None:
@@ -111,6 +119,19 @@ class Options(usage.Options):
             raise usage.UsageError(f"--grace must be a number of seconds, not {self['grace']!r}") from None
         if not self["grace"] >= 0:
             raise usage.UsageError(f"--grace must be 0 or more seconds, not {self['grace']}")
+        try:
+            self["timeout"] = float(self["timeout"])
+        except ValueError:
+            raise usage.UsageError(f"--timeout must be a number of seconds, not {self['timeout']!r}") from None
+        if not 0 < self["timeout"] < float("inf"):
+            raise usage.UsageError(f"--timeout must be a finite number of seconds above 0, not {self['timeout']}")
+        for name in ("max-requests", "max-requests-jitter"):
+            try:
+                self[name] = int(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a whole number, not {self[name]!r}") from None
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
@@ -141,12 +162,17 @@ class ServerSockService(service.Service):
         workers: int,
         grace: float,
         reactor: Any = None,
+        timeout: float = 30.0,
+        maxRequests: int = 0,
+        maxRequestsJitter: int = 0,
     ) -> None:
         self._descriptions = descriptions
         self._factory = factory
         self._factoryName = factoryName
         self._workers = workers
         self._grace = grace
+        self._timeout = timeout
+        self._maxRequests = (maxRequests, maxRequestsJitter)
         self._reactor = reactor
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
@@ -180,7 +206,16 @@ class ServerSockService(service.Service):
         self._listened = True
         reactor = self._getReactor()
         if self._workers:
-            self.pool = WorkerPool(reactor, self._dispatcher, self._factoryName, self._workers)
+            self.pool = WorkerPool(
+                reactor,
+                self._dispatcher,
+                self._factoryName,
+                self._workers,
+                timeout=self._timeout,
+                grace=self._grace,
+                maxRequests=self._maxRequests[0],
+                maxRequestsJitter=self._maxRequests[1],
+            )
         try:
             for description in self._descriptions:
                 endpoint = serverFromString(reactor, description)
@@ -191,6 +226,8 @@ class ServerSockService(service.Service):
                 else:
                     factory = self._factory
                 self.ports.append(_listenNow(endpoint, factory, description))
+                if self.pool is not None:
+                    route.watchPort(self.ports[-1])
         except BaseException as e:
             for port in self.ports:
                 port.stopListening()
@@ -203,23 +240,28 @@ class ServerSockService(service.Service):
         self._listenAll()
         service.Service.startService(self)
         reactor = self._getReactor()
+        # Before any worker starts, so that a signal during start-up is
+        # acted on once the reactor runs; and again then, over the
+        # reactor's own SIGTERM/SIGINT handlers (which would make a graceful
+        # stop end "killed by SIGTERM").
+        self._installSignals()
+        reactor.callWhenRunning(self._installSignals)
         if self.pool is not None:
             self.pool.start()
-        reactor.callWhenRunning(self._installSignals)
+        else:
+            self._notifier = SystemdNotifier(reactor)
+            self._notifier.ready("serving in this process")
+            self._notifier.startWatchdog()
+
+    _notifier: SystemdNotifier | None = None
 
     def _installSignals(self) -> None:
-        # twistd's own SIGTERM handler makes the process end "killed by
-        # SIGTERM" once the reactor stops; a graceful stop is a success.
-        reactor = self._getReactor()
-
-        def graceful(signum: int, frame: Any) -> None:
-            reactor.callFromThread(self._terminate, signal.Signals(signum).name)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, graceful)
+        installSignals(self._getReactor(), self.pool, self._terminate)
 
     def _terminate(self, why: str) -> None:
         _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self._grace)
+        if self._notifier is not None:
+            self._notifier.stopping("stopping")
         d = self._stop()
         d.addBoth(lambda _: self._getReactor().stop())
 
@@ -278,4 +320,7 @@ def makeService(options: Options) -> ServerSockService:
         options["factory"],
         int(options["workers"]),
         float(options["grace"]),
+        timeout=float(options["timeout"]),
+        maxRequests=int(options["max-requests"]),
+        maxRequestsJitter=int(options["max-requests-jitter"]),
     )

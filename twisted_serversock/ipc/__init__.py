@@ -5,8 +5,11 @@ descriptor (C{SCM_RIGHTS}); no byte of a connection passes through the
 parent.
 
  - L{wire}: the channel between parent and child and its messages.
- - L{parent}: the dispatcher that holds each connection until a child
-   acknowledges it, and the parent's end of a child's channel.
+ - L{dispatch}: the dispatcher that holds each connection until a child
+   acknowledges it, picks the least-loaded child and pauses accepting
+   when none can take more.
+ - L{parent}: the parent's end of a child's channel, and the factory the
+   parent listens with.
  - L{child}: the child's end, and L{TCPServerSocketChild} (Gecko's
    C{nsITCPServerSocketInternal}).
  - L{pool}: the worker processes of C{twistd serversock}.

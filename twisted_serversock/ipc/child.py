@@ -31,11 +31,14 @@ from .. import _args
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
-from .wire import Ack, Channel, Conn, Control, Message, dispatchControl, encodeAck, encodeControl
+from .wire import Ack, Channel, Conn, Control, Message, dispatchControl, encodeControl, encodeReport
 
-__all__ = ["ParentLink", "TCPServerSocketChild"]
+__all__ = ["ParentLink", "TCPServerSocketChild", "REPORT_DELAY"]
 
 _log = Logger()
+
+#: Seconds a close waits for an ack to carry it before it is reported alone.
+REPORT_DELAY = 0.02
 
 
 class ParentLink:
@@ -60,6 +63,8 @@ class ParentLink:
         self._listenIds = itertools.count(1)
         self._adopting: dict[int, socket.socket] = {}
         self._unacked: list[tuple[int, int]] = []  # (connId, route), to ack at readDone
+        self._closed = 0  # closes not yet reported
+        self._reportLater: Any = None
         self.channel = Channel(skt, self, reactor, name)
         self.channel.startReading()
 
@@ -106,25 +111,45 @@ class ParentLink:
             assert isinstance(message, Ack)
             _log.warn("Ignored an ack from the parent: only children acknowledge")
 
+    def reportClosed(self) -> None:
+        """
+        An adopted connection ended: the parent learns it with the next
+        acks, or after L{REPORT_DELAY} if none comes (one message for every
+        close until then), for its least-loaded dispatch.  Under load acks
+        come all the time, so closes cost the parent no message of their
+        own.
+        """
+        self._closed += 1
+        if self._reportLater is None and self.channel.connected:
+            self._reportLater = self._reactor.callLater(REPORT_DELAY, self._report)
+
+    def _report(self) -> None:
+        self._reportLater = None
+        if self._closed and self.channel.connected:
+            closed, self._closed = self._closed, 0
+            self.channel.send(encodeReport((), closed))
+
     def readDone(self) -> None:
         """
         Acknowledge, in one message, every connection received and not yet
-        acknowledged; adopt them once the kernel has taken the ack.
+        acknowledged (with the closes not yet reported); adopt them once
+        the kernel has taken the ack - never if it could not be sent.
         """
         unacked = self._unacked
         if not unacked:
             return
         self._unacked = []
+        closed, self._closed = self._closed, 0
         if len(unacked) == 1:
             connId, route = unacked[0]
-            self.channel.send(encodeAck((connId,)), then=lambda: self._deliver(connId, route))
+            self.channel.send(encodeReport((connId,), closed), then=lambda: self._deliver(connId, route))
             return
 
         def deliverAll() -> None:
             for connId, route in unacked:
                 self._deliver(connId, route)
 
-        self.channel.send(encodeAck([connId for connId, _route in unacked]), then=deliverAll)
+        self.channel.send(encodeReport([connId for connId, _route in unacked], closed), then=deliverAll)
 
     def _deliver(self, connId: int, route: int) -> None:
         skt = self._adopting.pop(connId, None)
@@ -150,6 +175,9 @@ class ParentLink:
             skt.close()
         self._adopting.clear()
         self._unacked = []
+        if self._reportLater is not None and self._reportLater.active():
+            self._reportLater.cancel()
+        self._reportLater = None
         if self.onLost is not None:
             self.onLost(reason)
 

@@ -22,14 +22,15 @@ from it.
 from __future__ import annotations
 
 import inspect
-import itertools
 import socket
+import time
 from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Protocol
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,235 +38,12 @@ from zope.interface import implementer
 from ..endpoints import _IRawAcceptingFactory
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
-from .wire import Ack, Channel, Conn, Control, Message, closeAll, dispatchControl, encodeConn, encodeControl
+from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
+from .wire import Ack, Channel, Conn, Control, Message, closeAll, dispatchControl, encodeControl
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
 _log = Logger()
-
-
-class _Held:
-    """
-    An accepted connection the parent still holds.
-    """
-
-    __slots__ = ("connId", "route", "socket", "link")
-
-    def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
-        self.connId = connId
-        self.route = route
-        self.socket = skt
-        self.link: WorkerLink | None = None
-
-
-class Route:
-    """
-    One listener's way to its children: the links its connections may go
-    to, taken in turn.
-
-    @ivar id: the route's number on the wire.
-    @ivar links: the children serving this route now.
-    @ivar closeWhenOrphaned: close the listener (see L{onOrphaned}) when
-        the last link goes away; False for a worker pool, whose workers come
-        back.
-    @ivar onOrphaned: called when the last link of a C{closeWhenOrphaned}
-        route is lost.
-    """
-
-    def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
-        self.id = id
-        self.links: list[WorkerLink] = []
-        self.closeWhenOrphaned = closeWhenOrphaned
-        self.name = name
-        self.onOrphaned: Callable[[], None] | None = None
-        self.closed = False
-        self._next = 0
-
-    def __repr__(self) -> str:
-        return f"<Route {self.id} {self.name}>"
-
-    def pick(self) -> WorkerLink | None:
-        links = self.links
-        if not links:
-            return None
-        self._next = (self._next + 1) % len(links)
-        return links[self._next]
-
-
-class Dispatcher:
-    """
-    Holds accepted connections and hands them to children.
-
-    @ivar held: every connection not yet acknowledged, by id.
-    @ivar waiting: connections with no child to go to yet, oldest first.
-    @ivar accepted: how many connections were submitted.
-    @ivar adopted: how many a child acknowledged.
-    @ivar redispatched: how many connections went to a second child because
-        the first one was lost before acknowledging.
-    @ivar dropped: how many were closed unserved (their listener's last
-        child gone, or a shutdown's grace period over).
-    """
-
-    def __init__(self) -> None:
-        self.routes: dict[int, Route] = {}
-        self.held: dict[int, _Held] = {}
-        self.waiting: deque[_Held] = deque()
-        self.accepted = 0
-        self.adopted = 0
-        self.redispatched = 0
-        self.dropped = 0
-        self._connIds = itertools.count(1)
-        self._routeIds = itertools.count(1)
-        self._idleWaiters: list[Callable[[], None]] = []
-
-    def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
-        """
-        A new route (for one listener).
-        """
-        route = Route(next(self._routeIds), closeWhenOrphaned, name)
-        self.routes[route.id] = route
-        return route
-
-    def join(self, route: Route, link: WorkerLink) -> None:
-        """
-        Let C{link} serve C{route}, and give it what was waiting.
-        """
-        if route.closed or link in route.links:
-            return
-        route.links.append(link)
-        link.routes.append(route)
-        self._flushWaiting()
-
-    def submit(self, route: Route, skt: socket.socket) -> None:
-        """
-        Take an accepted socket for C{route}; hand it on now or as soon as
-        a child of the route can take it.
-        """
-        held = _Held(next(self._connIds), route, skt)
-        self.accepted += 1
-        self.held[held.connId] = held
-        if not self._send(held):
-            self.waiting.append(held)
-
-    def _send(self, held: _Held) -> bool:
-        link = held.route.pick()
-        if link is None:
-            return False
-        held.link = link
-        link.inflight[held.connId] = held
-        link.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
-        return True
-
-    def _flushWaiting(self) -> None:
-        waiting = self.waiting
-        for _ in range(len(waiting)):
-            held = waiting.popleft()
-            if held.connId in self.held:
-                self._place(held, front=False)
-
-    def _place(self, held: _Held, front: bool) -> None:
-        """
-        Send C{held} to a child of its route, or queue it (at the front:
-        it was accepted before what waits) until one can take it; close it
-        if its route has been closed and has no child left.
-        """
-        if held.route.closed and not held.route.links:
-            self._drop(held, "its listener's last child is gone")
-        elif not self._send(held):
-            if front:
-                self.waiting.appendleft(held)
-            else:
-                self.waiting.append(held)
-
-    def acked(self, link: WorkerLink, connIds: tuple[int, ...]) -> None:
-        """
-        C{link}'s child adopted C{connIds}: close the parent's copies.
-        """
-        for connId in connIds:
-            held = link.inflight.pop(connId, None)
-            if held is None:
-                _log.warn("{link!r} acknowledged connection {id}, which it was not given", link=link, id=connId)
-                continue
-            del self.held[connId]
-            link.adopted += 1
-            self.adopted += 1
-            held.socket.close()  # a plain close: the child's copy lives on
-        self._checkIdle()
-
-    def linkLost(self, link: WorkerLink) -> None:
-        """
-        C{link}'s child is gone: re-route what it had not acknowledged.
-        """
-        for route in link.routes:
-            if link in route.links:
-                route.links.remove(link)
-            if not route.links and route.closeWhenOrphaned and not route.closed:
-                route.closed = True
-                if route.onOrphaned is not None:
-                    route.onOrphaned()
-        link.routes = []
-        unacked = list(link.inflight.values())
-        link.inflight.clear()
-        if unacked:
-            _log.info(
-                "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child",
-                link=link,
-                n=len(unacked),
-            )
-        for held in unacked:
-            held.link = None
-            self.redispatched += 1
-            self._place(held, front=True)
-        self._checkIdle()
-
-    def closeRoute(self, route: Route) -> None:
-        """
-        The listener of C{route} is closed: connections already accepted
-        still go to its children.
-        """
-        route.closed = True
-        self.routes.pop(route.id, None)
-        if not route.links:
-            self._flushWaiting()
-
-    def _drop(self, held: _Held, why: str) -> None:
-        self.held.pop(held.connId, None)
-        self.dropped += 1
-        _log.error(
-            "Closing connection {id} of {route!r}: {why}",
-            id=held.connId,
-            route=held.route,
-            why=why,
-        )
-        held.socket.close()
-
-    def dropAll(self, why: str) -> int:
-        """
-        Close every held connection (at the end of a shutdown's grace
-        period); returns how many there were.
-        """
-        held = list(self.held.values())
-        for h in held:
-            if h.link is not None:
-                h.link.inflight.pop(h.connId, None)
-            self._drop(h, why)
-        self.waiting.clear()
-        self._checkIdle()
-        return len(held)
-
-    def whenIdle(self, callback: Callable[[], None]) -> None:
-        """
-        Call C{callback} once no connection is held (at once if none is).
-        """
-        self._idleWaiters.append(callback)
-        self._checkIdle()
-
-    def _checkIdle(self) -> None:
-        if self.held or not self._idleWaiters:
-            return
-        waiters, self._idleWaiters = self._idleWaiters, []
-        for callback in waiters:
-            callback()
 
 
 class WorkerLink:
@@ -273,10 +51,23 @@ class WorkerLink:
     The parent's end of one child's channel.
 
     @ivar inflight: connections sent to the child and not yet acknowledged.
+    @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
+        still name acknowledged ones at its end, never at its start after
+        an ack).
+    @ivar window: how many of those it may have (see
+        L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
     @ivar adopted: how many connections the child has acknowledged.
+    @ivar open: how many of those the child has not yet reported closed.
+    @ivar sent: how many connections were sent to it.
     @ivar routes: the routes this child serves.
+    @ivar accepting: False once the child gets no new connections (being
+        replaced, or not ready).
+    @ivar lastHeard: when (C{time.monotonic()}) the child last sent
+        anything; children send heartbeats while idle.
+    @ivar limit: the C{sent} count at which L{onLimit} is called (0: none).
     @ivar onReady: called when the child says it is ready.
     @ivar onLost: called once when the channel is gone.
+    @ivar onLimit: called once when C{sent} reaches C{limit}.
     """
 
     def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str) -> None:
@@ -284,14 +75,22 @@ class WorkerLink:
         self._reactor = reactor
         self.name = name
         self.inflight: dict[int, _Held] = {}
+        self.sentOrder: deque[tuple[int, float]] = deque()
+        self.window = INITIAL_WINDOW
         self.adopted = 0
+        self.open = 0
+        self.sent = 0
+        self.limit = 0
         self.routes: list[Route] = []
         self.ready = False
+        self.accepting = True
         self.lost = False
+        self.lastHeard = time.monotonic()
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLost: Callable[[WorkerLink], None] | None = None
+        self.onLimit: Callable[[WorkerLink], None] | None = None
         self._listens: dict[int, tuple[ServerSocket, Route]] = {}
-        self.channel = Channel(skt, self, reactor, name)
+        self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
         self.channel.startReading()
 
     def __repr__(self) -> str:
@@ -305,14 +104,18 @@ class WorkerLink:
 
     def close(self) -> None:
         """
-        Close the channel (the child sees its end).
+        Close the channel (the child sees its end), after reading what the
+        child sent.  Only once the child process is gone: a live child may
+        have an acknowledgement on its way, and the connections it had not
+        acknowledged go to another child.
         """
         self.channel.loseConnection()
 
     # Receiver
     def messageReceived(self, message: Message) -> None:
+        self.lastHeard = time.monotonic()
         if isinstance(message, Ack):
-            self._dispatcher.acked(self, message.connIds)
+            self._dispatcher.acked(self, message.connIds, message.closed)
         elif isinstance(message, Control):
             if not dispatchControl(self, message, repr(self)):
                 self.channel.rejected += 1
@@ -326,6 +129,7 @@ class WorkerLink:
     def channelLost(self, reason: Failure) -> None:
         self.lost = True
         self.ready = False
+        self.accepting = False
         for serv, _route in list(self._listens.values()):
             serv.close()
         self._listens.clear()
@@ -334,6 +138,9 @@ class WorkerLink:
             self.onLost(self)
 
     # Control messages from the child.
+    def _control_heartbeat(self) -> None:
+        pass  # lastHeard is enough
+
     def _control_ready(self, pid: int = 0) -> None:
         self.ready = True
         if self.onReady is not None:
@@ -413,9 +220,12 @@ class HandOffFactory:
     A C{gecko:}/C{geckounix:} endpoint gives it accepted sockets raw
     (L{socketAccepted}).  Other endpoints build a transport first
     (L{buildProtocol}); if that transport is a plain TCP or UNIX connection
-    its descriptor is handed over all the same, and if it is not (a TLS or
-    PROXY-protocol wrapper, whose bytes the parent has to process), the
-    connection is served in the parent with C{fallback} - never dropped.
+    its descriptor is handed over all the same.  Behind C{haproxy:} the
+    descriptor is handed over before the PROXY header is read, and the
+    route is marked so that the worker parses the header itself (its
+    protocols see the client's address).  Any other wrapper (TLS), whose
+    bytes the parent would have to process, is served in the parent with
+    C{fallback} - never dropped.
     """
 
     def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
@@ -452,13 +262,21 @@ class _HandOff(Protocol):
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
         factory = self._factory
-        if isinstance(transport, tcp.Connection) and isinstance(getattr(transport, "socket", None), socket.socket):
-            transport.stopReading()
-            skt = transport.socket.dup()
+        raw, proxy = transport, False
+        if isinstance(transport, HAProxyProtocolWrapper):
+            # haproxy:...: the wrapper connects us before it has read
+            # anything, so the PROXY header is still in the socket - the
+            # worker parses it (its factory is wrapped for this route).
+            raw, proxy = transport.transport, True
+        if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
+            raw.stopReading()
+            skt = raw.socket.dup()
             # Twisted's own ivar for sockets it does not own alone: close
             # without shutdown(2), which would end the child's copy too.
-            transport._shouldShutdown = False
-            transport.loseConnection()
+            raw._shouldShutdown = False
+            raw.loseConnection()
+            if proxy:
+                factory.dispatcher.markProxy(factory.route)
             factory.dispatcher.submit(factory.route, skt)
             return
         if not factory._warned:

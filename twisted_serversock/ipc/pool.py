@@ -1,12 +1,24 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_lifecycle -*-
 """
-L{WorkerPool}: the worker processes of C{twistd serversock}, each with a
-channel to the parent, restarted with backoff when they die.
+L{WorkerPool}: the worker processes of C{twistd serversock} (and of cluster
+mode), each with a channel to the parent: restarted with backoff when they
+die, killed and replaced when silent for C{timeout} seconds, replaced
+gracefully on L{reload<WorkerPool.reload>} or after C{maxRequests}
+connections, grown and shrunk one at a time.
+
+A worker number (a I{slot}) has one current worker and, while it is being
+replaced, a successor: the successor gets connections once it says it is
+ready, and only then is the current one I{retired} - it gets no new
+connections, finishes its open ones within the grace period and exits.  So
+a reload refuses and drops nothing, and a broken new version (a successor
+that dies before it is ready) leaves the old worker serving.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import socket
 import sys
 import time
 from typing import Any
@@ -16,7 +28,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .parent import Dispatcher, Route, WorkerLink
+from .dispatch import Dispatcher, Route
+from .parent import WorkerLink
+from .sdnotify import SystemdNotifier
 from .wire import channelPair
 
 __all__ = ["WorkerPool"]
@@ -29,6 +43,8 @@ _STABLE_SECONDS = 5.0
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 10.0
 _CHANNEL_FD = 3
+#: A retired worker still there this long after its grace period is killed.
+_KILL_MARGIN = 2.0
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -37,9 +53,9 @@ class _WorkerProcess(ProcessProtocol):
     its end to the pool.
     """
 
-    def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
+    def __init__(self, pool: WorkerPool, worker: _Worker) -> None:
         self._pool = pool
-        self._slot = slot
+        self._worker = worker
         self._partial = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -51,30 +67,53 @@ class _WorkerProcess(ProcessProtocol):
     def _relay(self, line: bytes) -> None:
         text = line.decode("utf-8", "backslashreplace").rstrip()
         if text:
-            _log.info("[worker {index} pid {pid}] {line}", index=self._slot.index, pid=self._slot.pid, line=text)
+            _log.info("[worker {index} pid {pid}] {line}", index=self._worker.index, pid=self._worker.pid, line=text)
 
     def processEnded(self, reason: Failure) -> None:
         if self._partial:
             self._relay(self._partial)
             self._partial = b""
-        self._pool._ended(self._slot, reason)
+        self._pool._ended(self._worker, reason)
+
+
+class _Worker:
+    """
+    One worker process of a slot, from spawn to exit.
+    """
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
+        self.index = slot.index
+        self.pid = 0
+        self.link: WorkerLink | None = None
+        self.process: Any = None
+        self.startedAt = time.monotonic()
+        self.killAt = 0.0
+        self.killed = False
+        self.retiring = False
+        self.counted = False
+
+    def __repr__(self) -> str:
+        return f"worker {self.index} (pid {self.pid})"
 
 
 class _Slot:
     """
-    The state of worker number C{index} across its restarts.
+    Worker number C{index} across its restarts and replacements.
     """
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.pid = 0
-        self.link: WorkerLink | None = None
-        self.process: Any = None
-        self.startedAt = 0.0
+        self.current: _Worker | None = None
+        self.successor: _Worker | None = None
         self.failures = 0
         self.restarts = 0
         self.adopted = 0
         self.pending: Any = None
+
+    @property
+    def pid(self) -> int:
+        return self.current.pid if self.current is not None else 0
 
 
 class WorkerPool:
@@ -83,45 +122,101 @@ class WorkerPool:
     serving the pool's routes.
 
     @ivar dispatcher: where accepted connections go.
+    @ivar killedForTimeout: workers killed for being silent C{timeout} s.
+    @ivar recycled: workers replaced after C{maxRequests} connections.
+    @ivar reloads: reloads begun.
     """
 
-    def __init__(self, reactor: Any, dispatcher: Dispatcher, factoryName: str, count: int) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        dispatcher: Dispatcher,
+        factoryName: str,
+        count: int,
+        timeout: float = 30.0,
+        grace: float = 10.0,
+        maxRequests: int = 0,
+        maxRequestsJitter: int = 0,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        """
+        @param timeout: seconds of silence (no heartbeat, no ack) after
+            which a worker is killed and replaced.
+        @param grace: seconds a retired worker gets to finish its
+            connections.
+        @param maxRequests: replace a worker after it was given this many
+            connections (plus a random 0..C{maxRequestsJitter}); 0: never.
+        @param notifier: systemd notification (default: from the
+            environment's C{NOTIFY_SOCKET}).
+        """
         self._reactor = reactor
         self.dispatcher = dispatcher
         self._factoryName = factoryName
         self._slots = [_Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
+        self._timeout = timeout
+        self._grace = grace
+        self._maxRequests = maxRequests
+        self._jitter = maxRequestsJitter
+        self.notifier = notifier if notifier is not None else SystemdNotifier(reactor)
+        self._retiring: set[_Worker] = set()
+        self._reloading: set[_Worker] = set()
+        self._started = False
+        self._announced = False
         self._stopping = False
         self._ended_d: defer.Deferred[None] | None = None
         self._deadline = 0.0
         self._killer: Any = None
+        self._tick: Any = None
+        self.killedForTimeout = 0
+        self.recycled = 0
+        self.reloads = 0
+
+    @property
+    def heartbeat(self) -> float:
+        """
+        How often an idle worker says it is alive.
+        """
+        return min(max(self._timeout / 4, 0.05), 5.0)
 
     def addRoute(self, route: Route) -> None:
         """
         Let every worker (now and after restarts) serve C{route}.
         """
         self._routes.append(route)
-        for slot in self._slots:
-            if slot.link is not None and slot.link.ready:
-                self.dispatcher.join(route, slot.link)
+        for worker in self._workers():
+            if worker.link is not None and worker.link.ready and not worker.retiring:
+                self.dispatcher.join(route, worker.link)
+
+    def _workers(self) -> list[_Worker]:
+        """
+        Every worker process there is (current, starting and retiring).
+        """
+        found = [w for slot in self._slots for w in (slot.current, slot.successor) if w is not None]
+        return found + list(self._retiring)
 
     def start(self) -> None:
         """
-        Start every worker.
+        Start every worker, the timeout checks and the systemd watchdog.
         """
+        self._started = True
         for slot in self._slots:
             self._spawn(slot)
+        self._tick = self._reactor.callLater(self._tickInterval(), self._check)
+        self.notifier.startWatchdog()
 
-    def _spawn(self, slot: _Slot) -> None:
-        slot.pending = None
-        if self._stopping:
-            return
-        parentEnd, childEnd = channelPair()
-        if childEnd.fileno() == _CHANNEL_FD:
-            # dup2 onto itself would keep close-on-exec set.
-            moved = childEnd.dup()
-            childEnd.close()
-            childEnd = moved
+    # ------------------------------------------------------------------
+    # Starting a worker.
+
+    def spawnWorker(self, processProtocol: ProcessProtocol, channel: socket.socket, index: int) -> Any:
+        """
+        Start one worker process with its end of the channel, C{channel},
+        as descriptor 3 (the caller closes C{channel} afterwards).  Override
+        this to start workers another way (cluster mode runs the program
+        itself again).
+
+        @return: the C{IProcessTransport}.
+        """
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         argv = [
@@ -133,65 +228,313 @@ class WorkerPool:
             "--factory",
             self._factoryName,
             "--index",
-            str(slot.index),
+            str(index),
+            "--heartbeat",
+            repr(self.heartbeat),
         ]
+        return self._reactor.spawnProcess(
+            processProtocol,
+            sys.executable,
+            argv,
+            env=env,
+            childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: channel.fileno()},
+        )
+
+    def _spawn(self, slot: _Slot, successor: bool = False) -> _Worker | None:
+        slot.pending = None
+        if self._stopping or slot not in self._slots:
+            return None
+        parentEnd, childEnd = channelPair()
+        if childEnd.fileno() == _CHANNEL_FD:
+            # dup2 onto itself would keep close-on-exec set.
+            moved = childEnd.dup()
+            childEnd.close()
+            childEnd = moved
+        worker = _Worker(slot)
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
-        link.onReady = lambda link: self._ready(slot, link)
-        slot.link = link
-        slot.startedAt = time.monotonic()
+        link.onReady = lambda link: self._ready(worker)
+        link.onLimit = lambda link: self._recycle(worker)
+        if self._maxRequests:
+            link.limit = self._maxRequests + random.randint(0, self._jitter)
+        worker.link = link
+        if successor:
+            slot.successor = worker
+        else:
+            slot.current = worker
         try:
-            slot.process = self._reactor.spawnProcess(
-                _WorkerProcess(self, slot),
-                sys.executable,
-                argv,
-                env=env,
-                childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: childEnd.fileno()},
-            )
+            worker.process = self.spawnWorker(_WorkerProcess(self, worker), childEnd, slot.index)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
-            slot.link = None
-            self._scheduleRestart(slot)
-            return
+            if successor:
+                slot.successor = None
+            else:
+                slot.current = None
+                self._scheduleRestart(slot)
+            return None
         finally:
             childEnd.close()
-        slot.pid = slot.process.pid
-        link.name = f"worker {slot.index} (pid {slot.pid})"
-        _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=slot.pid)
+        worker.pid = worker.process.pid
+        link.name = f"worker {slot.index} (pid {worker.pid})"
+        _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=worker.pid)
+        return worker
 
-    def _ready(self, slot: _Slot, link: WorkerLink) -> None:
-        if slot.link is not link or self._stopping:
+    def _ready(self, worker: _Worker) -> None:
+        slot = worker.slot
+        link = worker.link
+        if self._stopping or worker.retiring or link is None:
             return
-        _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=slot.pid)
+        if worker is slot.successor:
+            old, slot.current, slot.successor = slot.current, worker, None
+            if old is not None:
+                self._retire(old, f"worker {slot.index} (pid {worker.pid}) replaces it")
+        elif worker is not slot.current:
+            return
+        _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
         for route in self._routes:
             self.dispatcher.join(route, link)
+        self._reloading.discard(worker)
+        self._announce()
 
-    def _ended(self, slot: _Slot, reason: Failure) -> None:
-        link, slot.link, slot.process = slot.link, None, None
+    def _announce(self) -> None:
+        """
+        Tell systemd: ready after start-up (first worker ready) and after a
+        reload (every new worker ready or gone); else the new status.
+        """
+        if self._reloadPending and not self._reloading:
+            self._reloadPending = False
+            _log.info("Reload done: {status}", status=self.status())
+            self._announced = True
+            self.notifier.ready(self.status())
+        elif not self._announced:
+            self._announced = True
+            self.notifier.ready(self.status())
+        else:
+            self.notifier.status(self.status())
+
+    _reloadPending = False
+
+    def status(self) -> str:
+        """
+        One line: how many workers serve, start and retire.
+        """
+        serving = sum(1 for s in self._slots if s.current is not None and s.current.link is not None and s.current.link.ready)
+        starting = sum(1 for w in self._workers() if w.link is not None and not w.link.ready and not w.retiring)
+        return (
+            f"{serving} of {len(self._slots)} worker(s) serving, {starting} starting, "
+            f"{len(self._retiring)} retiring; {self.dispatcher.accepted} connection(s) accepted"
+        )
+
+    # ------------------------------------------------------------------
+    # Replacing workers.
+
+    def _retire(self, worker: _Worker, why: str) -> None:
+        """
+        No new connections for C{worker}; it finishes its open ones within
+        the grace period and exits (or is killed shortly after).
+        """
+        if worker.retiring:
+            return
+        worker.retiring = True
+        self._retiring.add(worker)
+        self._reloading.discard(worker)
+        slot = worker.slot
+        if slot.current is worker:
+            slot.current = None
+        if slot.successor is worker:
+            slot.successor = None
+        worker.killAt = time.monotonic() + self._grace + _KILL_MARGIN
+        _log.info("Retiring {worker}: {why}", worker=worker, why=why)
+        link = worker.link
+        if link is not None and not link.lost:
+            self.dispatcher.leave(link)
+            link.sendControl("stop", grace=self._grace)
+
+    def _recycle(self, worker: _Worker) -> None:
+        """
+        C{worker} was given its C{maxRequests}: start its successor and send
+        it nothing more (unless it is the only one able to serve until the
+        successor is ready - then the dispatcher pauses accepting).
+        """
+        slot = worker.slot
+        if self._stopping or worker is not slot.current or slot.successor is not None:
+            return
+        assert worker.link is not None
+        worker.link.accepting = False
+        self.recycled += 1
+        _log.info(
+            "{worker} was given {n} connection(s) (--max-requests): replacing it",
+            worker=worker,
+            n=worker.link.sent,
+        )
+        if self._spawn(slot, successor=True) is None:
+            worker.link.accepting = True
+
+    def reload(self) -> None:
+        """
+        Start a fresh worker for every slot (importing the factory anew);
+        each old worker retires once its successor is ready.
+        """
+        if self._stopping or not self._started:
+            return
+        self.reloads += 1
+        self._reloadPending = True
+        _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._slots))
+        self.notifier.reloading(self.status())
+        self._reloading.clear()
+        for slot in self._slots:
+            if slot.successor is not None:
+                # Started before this reload, maybe with the old code.
+                self._retire(slot.successor, "a reload supersedes it")
+            if slot.current is None:
+                if slot.pending is not None and slot.pending.active():
+                    slot.pending.cancel()
+                worker = self._spawn(slot)
+            else:
+                worker = self._spawn(slot, successor=True)
+            if worker is not None:
+                self._reloading.add(worker)
+        if not self._reloading:
+            self._announce()
+
+    def addWorker(self) -> None:
+        """
+        One worker more (SIGTTIN).
+        """
+        if self._stopping:
+            return
+        slot = _Slot(max((s.index for s in self._slots), default=0) + 1)
+        self._slots.append(slot)
+        _log.info("Adding worker {index}: {n} worker(s) now", index=slot.index, n=len(self._slots))
+        self._spawn(slot)
+
+    def removeWorker(self) -> None:
+        """
+        One worker fewer (SIGTTOU), never below one: the highest-numbered
+        worker retires.
+        """
+        if self._stopping:
+            return
+        if len(self._slots) <= 1:
+            _log.warn("Not removing the last worker (SIGTTOU with one worker left)")
+            return
+        slot = self._slots.pop()
+        if slot.pending is not None and slot.pending.active():
+            slot.pending.cancel()
+        slot.pending = None
+        _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._slots))
+        for worker in (slot.successor, slot.current):
+            if worker is not None:
+                self._retire(worker, "one worker fewer")
+        self.notifier.status(self.status())
+
+    # ------------------------------------------------------------------
+    # Hung workers.
+
+    def _tickInterval(self) -> float:
+        return min(max(self._timeout / 10, 0.05), 1.0)
+
+    def _check(self) -> None:
+        """
+        Kill workers silent for C{timeout} seconds (heartbeats keep idle
+        ones alive), and retired ones past their grace period.  Their
+        unacknowledged connections go to other workers once they are gone.
+        """
+        self._tick = None
+        now = time.monotonic()
+        for worker in self._workers():
+            link = worker.link
+            if worker.process is None or worker.killed or link is None:
+                continue
+            if now - link.lastHeard > self._timeout:
+                self.killedForTimeout += 1
+                _log.error(
+                    "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} "
+                    "unacknowledged connection(s); killing it",
+                    worker=worker,
+                    silent=now - link.lastHeard,
+                    timeout=self._timeout,
+                    n=len(link.inflight),
+                )
+                self._kill(worker)
+            elif worker.retiring and now >= worker.killAt:
+                _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
+                self._kill(worker)
+        if not self._stopping or self._ended_d is not None:
+            self._tick = self._reactor.callLater(self._tickInterval(), self._check)
+
+    def _kill(self, worker: _Worker) -> None:
+        """
+        SIGKILL: even a stopped worker dies at once and never runs again;
+        its channel ends after its last message, and only then are its
+        unacknowledged connections re-sent.
+        """
+        worker.killed = True
+        if worker.link is not None:
+            self.dispatcher.leave(worker.link)
+        try:
+            worker.process.signalProcess("KILL")
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------
+    # Ends.
+
+    def _ended(self, worker: _Worker, reason: Failure) -> None:
+        link, worker.process = worker.link, None
+        slot = worker.slot
         if link is not None:
-            slot.adopted += link.adopted
             if not link.lost:
-                link.close()
+                link.close()  # reads its last acks first; re-sends the rest
+            if not worker.counted:
+                worker.counted = True
+                slot.adopted += link.adopted
         status = getattr(reason.value, "status", None)
         signal = getattr(reason.value, "signal", None)
         how = f"signal {signal}" if signal else f"status {getattr(reason.value, 'exitCode', status)}"
-        if self._stopping:
-            _log.info("Worker {index} (pid {pid}) exited ({how})", index=slot.index, pid=slot.pid, how=how)
-            self._checkEnded()
-            return
-        lived = time.monotonic() - slot.startedAt
-        slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
-        delay = self._scheduleRestart(slot)
-        _log.warn(
-            "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} "
-            "connection(s); restarting it in {delay:.2f} s",
-            index=slot.index,
-            pid=slot.pid,
-            how=how,
-            lived=lived,
-            adopted=link.adopted if link is not None else 0,
-            delay=delay,
-        )
+        lived = time.monotonic() - worker.startedAt
+        adopted = link.adopted if link is not None else 0
+        if worker in self._retiring:
+            self._retiring.discard(worker)
+            _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
+        elif self._stopping:
+            _log.info("Worker {index} (pid {pid}) exited ({how})", index=worker.index, pid=worker.pid, how=how)
+        elif worker is slot.successor:
+            slot.successor = None
+            self._reloading.discard(worker)
+            current = slot.current
+            _log.error(
+                "New {worker} exited ({how}) before it was ready; {old} keeps serving",
+                worker=worker,
+                how=how,
+                old=current if current is not None else "nobody",
+            )
+            if current is not None and current.link is not None and not current.retiring:
+                current.link.accepting = True
+            self.dispatcher.wake()
+            if self._reloadPending and not self._reloading:
+                self._announce()
+        elif worker is slot.current:
+            slot.current = None
+            slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
+            if slot.successor is None:
+                delay = self._scheduleRestart(slot)
+                restart = f"restarting it in {delay:.2f} s"
+            else:
+                restart = "its successor is starting"
+            _log.warn(
+                "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} "
+                "connection(s); {restart}",
+                index=worker.index,
+                pid=worker.pid,
+                how=how,
+                lived=lived,
+                adopted=adopted,
+                restart=restart,
+            )
+        if not self._stopping:
+            self.notifier.status(self.status())
+        self._checkEnded()
 
     def _scheduleRestart(self, slot: _Slot) -> float:
         delay = min(_FIRST_DELAY * 2 ** max(slot.failures - 1, 0), _MAX_DELAY)
@@ -213,6 +556,7 @@ class WorkerPool:
         d: defer.Deferred[None] = defer.Deferred()
         self._ended_d = d
         self._deadline = time.monotonic() + grace
+        self.notifier.stopping(self.status())
         if not self.dispatcher.held:
             self._tellWorkers()
             return d
@@ -240,9 +584,10 @@ class WorkerPool:
             if slot.pending is not None and slot.pending.active():
                 slot.pending.cancel()
             slot.pending = None
-            if slot.link is not None and not slot.link.lost:
-                slot.link.sendControl("stop", grace=self._remaining())
-        self._killer = self._reactor.callLater(self._remaining() + 2.0, self._kill)
+        for worker in self._workers():
+            if worker.link is not None and not worker.link.lost:
+                worker.link.sendControl("stop", grace=self._remaining())
+        self._killer = self._reactor.callLater(self._remaining() + _KILL_MARGIN, self._killAll)
         self._checkEnded()
 
     def _giveUp(self) -> None:
@@ -250,22 +595,24 @@ class WorkerPool:
         _log.error("{n} held connection(s) closed unserved at the end of the grace period", n=lost)
         self._tellWorkers()
 
-    def _kill(self) -> None:
-        for slot in self._slots:
-            if slot.process is not None:
-                _log.warn("Worker {index} (pid {pid}) did not exit in time; killing it", index=slot.index, pid=slot.pid)
+    def _killAll(self) -> None:
+        for worker in self._workers():
+            if worker.process is not None:
+                _log.warn("{worker} did not exit in time; killing it", worker=worker)
                 try:
-                    slot.process.signalProcess("KILL")
+                    worker.process.signalProcess("KILL")
                 except Exception:
                     pass
 
     def _checkEnded(self) -> None:
         if self._ended_d is None or not self._stopping:
             return
-        if any(slot.process is not None for slot in self._slots):
+        if any(worker.process is not None for worker in self._workers()):
             return
-        if self._killer is not None and self._killer.active():
-            self._killer.cancel()
+        for call in (self._killer, self._tick):
+            if call is not None and call.active():
+                call.cancel()
+        self._tick = None
         for slot in self._slots:
             _log.info(
                 "Worker {index}: {n} connection(s) adopted, {r} restart(s)",
@@ -276,11 +623,16 @@ class WorkerPool:
         dispatcher = self.dispatcher
         _log.info(
             "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
-            "after a worker died, {dropped} closed unserved",
+            "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
+            "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
             accepted=dispatcher.accepted,
             adopted=dispatcher.adopted,
             redispatched=dispatcher.redispatched,
             dropped=dispatcher.dropped,
+            killed=self.killedForTimeout,
+            recycled=self.recycled,
+            reloads=self.reloads,
+            pauses=dispatcher.pauses,
         )
         d, self._ended_d = self._ended_d, None
         d.callback(None)
@@ -289,7 +641,10 @@ class WorkerPool:
         """
         Connections adopted so far, by worker number.
         """
-        return {
-            slot.index: slot.adopted + (slot.link.adopted if slot.link is not None else 0)
-            for slot in self._slots
-        }
+        counts: dict[int, int] = {}
+        for slot in self._slots:
+            live = sum(
+                w.link.adopted for w in (slot.current, slot.successor) if w is not None and w.link is not None and not w.counted
+            )
+            counts[slot.index] = slot.adopted + live
+        return counts

@@ -12,6 +12,9 @@ Messages (the first byte says which kind)::
 
     C  conn     parent -> child   ">QI": connection id, route id; exactly one fd
     A  ack      child  -> parent  ">Q" repeated: connection ids adopted
+    R  report   child  -> parent  ">I" connections closed since the last
+                                  report, then ">Q" repeated (maybe none):
+                                  connection ids adopted
     J  control  both directions   a UTF-8 JSON object with a "type" string
 
 Anything else - an unknown kind, a wrong length, descriptors on a message
@@ -41,6 +44,7 @@ __all__ = [
     "Conn",
     "Ack",
     "Control",
+    "encodeReport",
     "decode",
     "encodeConn",
     "encodeAck",
@@ -59,6 +63,7 @@ _ID = struct.Struct(">Q")
 # connection, so they are kept cheap).
 _CONN_MESSAGE = struct.Struct(">cQI")
 _ACK_ONE = struct.Struct(">cQ")
+_CLOSED = struct.Struct(">I")
 _FD = struct.Struct("i")
 _ANCILLARY = socket.CMSG_SPACE(_MAX_FDS * _FD.size)
 # Plain ints: the socket module's flags are enum members, and enum
@@ -68,7 +73,9 @@ _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
-_C, _A, _J = ord("C"), ord("A"), ord("J")
+_C, _A, _J, _R = ord("C"), ord("A"), ord("J"), ord("R")
+# What Channel._sendNow says.
+_SENT, _LATER, _FAILED = 0, 1, 2
 _RECV_SIZE = MAX_MESSAGE + 1
 
 _log = Logger()
@@ -98,15 +105,21 @@ class Conn:
 
 class Ack:
     """
-    The child has adopted the connections C{connIds}.
+    The child has adopted the connections C{connIds}, and C{closed}
+    connections it adopted earlier have ended since its last report (the
+    parent's count of what each child has in hand, for least-loaded
+    dispatch).
     """
 
-    __slots__ = ("connIds",)
+    __slots__ = ("connIds", "closed")
 
-    def __init__(self, connIds: tuple[int, ...]) -> None:
+    def __init__(self, connIds: tuple[int, ...], closed: int = 0) -> None:
         self.connIds = connIds
+        self.closed = closed
 
     def __repr__(self) -> str:
+        if self.closed:
+            return f"Ack({self.connIds}, closed={self.closed})"
         return f"Ack({self.connIds})"
 
 
@@ -142,6 +155,16 @@ def encodeAck(connIds: tuple[int, ...] | list[int]) -> bytes:
     if len(connIds) == 1:
         return _ACK_ONE.pack(b"A", connIds[0])
     return struct.pack(f">c{len(connIds)}Q", b"A", *connIds)
+
+
+def encodeReport(connIds: tuple[int, ...] | list[int], closed: int) -> bytes:
+    """
+    The bytes of a report: C{closed} connections ended, C{connIds} adopted
+    (either may be empty; without closes this is an ack).
+    """
+    if not closed:
+        return encodeAck(connIds)
+    return b"R" + _CLOSED.pack(min(closed, 0xFFFFFFFF)) + struct.pack(f">{len(connIds)}Q", *connIds)
 
 
 def encodeControl(type: str, **fields: Any) -> bytes:
@@ -186,6 +209,14 @@ def decode(data: bytes, fds: list[int]) -> Message:
         if not bodySize or bodySize % _ID.size:
             raise ProtocolError(f"ack message has {bodySize} bytes of body, not a positive multiple of {_ID.size}")
         return Ack(struct.unpack_from(f">{bodySize // _ID.size}Q", data, 1))
+    if kind == _R:
+        if bodySize < _CLOSED.size or (bodySize - _CLOSED.size) % _ID.size:
+            raise ProtocolError(
+                f"report message has {bodySize} bytes of body, not {_CLOSED.size} plus a multiple of {_ID.size}"
+            )
+        (closed,) = _CLOSED.unpack_from(data, 1)
+        count = (bodySize - _CLOSED.size) // _ID.size
+        return Ack(struct.unpack_from(f">{count}Q", data, 1 + _CLOSED.size), closed)
     if kind == _J:
         body = data[1:]
         try:
@@ -255,8 +286,18 @@ class Channel:
     @ivar rejected: how many malformed messages were dropped.
     """
 
-    def __init__(self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel") -> None:
+    def __init__(
+        self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False
+    ) -> None:
+        """
+        @param drainOnLoss: before the channel closes, read every message
+            the other end sent before it went (the parent's end: a dead or
+            departing child's last acks must be seen, or a connection the
+            child adopted would be re-sent to another child).
+        """
         skt.setblocking(False)
+        self._drainOnLoss = drainOnLoss
+        self._losing = False
         self._socket = skt
         self.receiver = receiver
         self._reactor = reactor
@@ -290,20 +331,35 @@ class Channel:
         they are duplicated into the message when the kernel takes it).
 
         @param then: called once the kernel has taken the message (at once
-            if it could, else from a later writable event); not called if
-            the channel is lost first.
+            if it could, else from a later writable event); never called if
+            the send fails or the channel is lost first: the child adopts a
+            connection only after its ack is certain to reach the parent,
+            so a C{then} after a failed ack would let two processes serve
+            one connection.
         """
         if not self.connected:
             return
-        if self._queue or not self._sendNow(data, fds):
+        if self._queue:
+            outcome = _LATER
+        else:
+            outcome = self._sendNow(data, fds)
+        if outcome == _SENT:
+            if then is not None:
+                then()
+        elif outcome == _LATER:
             self._queue.append((data, list(fds), then))
             if not self._writing:
                 self._writing = True
                 self._reactor.addWriter(self)
-        elif then is not None:
-            then()
 
-    def _sendNow(self, data: bytes, fds: list[int] | tuple[int, ...]) -> bool:
+    @property
+    def pending(self) -> int:
+        """
+        How many messages wait for the kernel to take them.
+        """
+        return len(self._queue)
+
+    def _sendNow(self, data: bytes, fds: list[int] | tuple[int, ...]) -> int:
         if not fds:
             ancillary = []
         elif len(fds) == 1:
@@ -313,18 +369,24 @@ class Channel:
         try:
             self._socket.sendmsg([data], ancillary)
         except (BlockingIOError, InterruptedError):
-            return False
+            return _LATER
         except OSError as e:
             self._reactor.callLater(0, self._lose, Failure(e))
-            return True
-        return True
+            return _FAILED
+        return _SENT
 
     def doWrite(self) -> None:
         while self._queue:
             data, fds, then = self._queue[0]
-            if not self._sendNow(data, fds):
+            outcome = self._sendNow(data, fds)
+            if outcome == _LATER:
                 return
             self._queue.popleft()
+            if outcome == _FAILED:
+                # Nothing after a failed message is sent (the channel is
+                # being lost), and no C{then} runs.
+                self._queue.clear()
+                break
             if then is not None:
                 then()
             if not self.connected:
@@ -345,18 +407,23 @@ class Channel:
                 except Exception:
                     _log.failure("{channel}: error in readDone", channel=self._name)
 
-    def _readMessages(self) -> None:
+    def _readMessages(self) -> bool:
+        """
+        Read and deliver up to 64 messages.
+
+        @return: True if more may be waiting.
+        """
         recvmsg = self._socket.recvmsg
         for _ in range(64):
             if not self.connected:
-                return
+                return False
             try:
                 data, ancdata, flags, _addr = recvmsg(_RECV_SIZE, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as e:
                 self._lose(Failure(e))
-                return
+                return False
             fds: list[int] = []
             for level, type_, cdata in ancdata:
                 if level == _SOL_SOCKET and type_ == _SCM_RIGHTS:
@@ -368,7 +435,7 @@ class Channel:
                         fds.extend(arr)
             if not data and not fds:
                 self._lose(Failure(ConnectionDone("the other end closed the channel")))
-                return
+                return False
             try:
                 if flags & _TRUNCATED:
                     if flags & _MSG_CTRUNC:
@@ -384,6 +451,7 @@ class Channel:
                 self.receiver.messageReceived(message)
             except Exception:
                 _log.failure("{channel}: error handling {message!r}", channel=self._name, message=message)
+        return True
 
     # ------------------------------------------------------------------
     # Ending.
@@ -395,8 +463,15 @@ class Channel:
         self._lose(Failure(ConnectionDone("channel closed")))
 
     def _lose(self, reason: Failure) -> None:
-        if not self.connected:
+        if not self.connected or self._losing:
             return
+        self._losing = True
+        if self._drainOnLoss:
+            # Whatever the other end sent is still readable; EOF or an
+            # error ends the loop (and calls here again, which returns).
+            for _ in range(1024):
+                if not self._readMessages():
+                    break
         self._reactor.removeReader(self)
         if self._writing:
             self._reactor.removeWriter(self)

@@ -23,7 +23,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLo
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
-__all__ = ["main", "resolveFactory"]
+__all__ = ["main", "resolveFactory", "finishGracefully"]
 
 _log = Logger()
 
@@ -58,6 +58,60 @@ def resolveFactory(name: str) -> Any:
     raise ValueError(f"--factory {name} is {obj!r}, which is neither an IProtocolFactory nor a callable returning one")
 
 
+def _innermost(protocol: Any) -> Any:
+    """
+    The protocol inside wrappers (PROXY, twisted.web's HTTP/1-or-2 choice).
+    """
+    for _ in range(8):
+        inner = getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_channel", None)
+        if inner is None:
+            break
+        protocol = inner
+    return protocol
+
+
+def finishGracefully(protocol: Any) -> None:
+    """
+    Ask a connection's protocol to end at its next natural boundary, so that
+    a worker being stopped or replaced drains without cutting a client off:
+
+     - a protocol with a C{stopGracefully()} method: that is called;
+     - Twisted's HTTP/1.1 channel (C{twisted.web}): the response being
+       written and every later one says C{Connection: close} and the
+       connection closes after it, so a keep-alive client moves to a new
+       connection (and so to a new worker) between requests, as it would
+       after any server's C{Connection: close};
+     - anything else: left alone until it closes or the grace period ends.
+    """
+    if protocol is None:
+        return
+    hook = getattr(protocol, "stopGracefully", None)
+    if callable(hook):
+        hook()
+        return
+    protocol = _innermost(protocol)
+    hook = getattr(protocol, "stopGracefully", None)
+    if callable(hook):
+        hook()
+        return
+    http = sys.modules.get("twisted.web.http")
+    if http is None or not isinstance(protocol, http.HTTPChannel):
+        return
+
+    def checkPersistence(request: Any, version: bytes) -> bool:
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+    protocol.checkPersistence = checkPersistence
+    # A request whose response has not begun closes after it too; one whose
+    # headers are already out keeps its keep-alive, and the next one closes.
+    requests = getattr(protocol, "requests", [])
+    if requests and not any(getattr(request, "startedWriting", True) for request in requests):
+        protocol.persistent = False
+        for request in requests:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+
 @implementer(ILogObserver)
 def _stderrObserver(event: dict[str, Any]) -> None:
     """
@@ -77,19 +131,22 @@ def _stderrObserver(event: dict[str, Any]) -> None:
 
 class Worker:
     """
-    One worker: adopts connections, drains on stop.
+    One worker: adopts connections, reports their ends, sends heartbeats,
+    drains on stop.
 
     @ivar adopted: how many connections this worker adopted.
     """
 
-    def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int) -> None:
+    def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int, heartbeat: float = 5.0) -> None:
         from .child import ParentLink
 
         self._reactor = reactor
         self._factory = factory
         self._index = index
-        self._transports: list[Any] = []
-        self._pruneAt = 256
+        self._heartbeat = heartbeat
+        self._beat: Any = None
+        self._transports: set[Any] = set()
+        self._proxyFactories: dict[int, Any] = {}
         self.adopted = 0
         self._stopping = False
         self.link = ParentLink(channel, reactor, name=f"worker {index} channel")
@@ -100,26 +157,60 @@ class Worker:
     def start(self) -> None:
         self._factory.doStart()
         self.link.sendControl("ready", pid=os.getpid())
+        self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
+
+    def _sendHeartbeat(self) -> None:
+        # From the reactor loop: a worker stuck in a handler sends none, and
+        # the parent's --timeout replaces it.
+        self._beat = None
+        if self.link.connected:
+            self.link.sendControl("heartbeat")
+            self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
+        factory = self._proxyFactories.get(route, self._factory)
         try:
-            transport = self._reactor.adoptStreamConnection(skt.fileno(), skt.family, self._factory)
+            transport = self._reactor.adoptStreamConnection(skt.fileno(), skt.family, factory)
         finally:
             skt.close()  # the reactor holds its own duplicate
         self.adopted += 1
-        if transport is not None:
-            self._transports.append(transport)
-            if len(self._transports) > self._pruneAt:
-                # Forget closed connections now and then (amortised O(1)).
-                self._transports = [t for t in self._transports if t.connected]
-                self._pruneAt = max(256, 2 * len(self._transports))
+        if transport is None:
+            self.link.reportClosed()
+            return
+        self._transports.add(transport)
+        # Learn of its end for the parent's least-loaded dispatch: the
+        # reactor calls the transport's connectionLost (an instance
+        # attribute wins), after which it is forgotten.
+        lost = transport.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            try:
+                lost(reason)
+            finally:
+                self._transports.discard(transport)
+                self.link.reportClosed()
+
+        transport.connectionLost = connectionLost
 
     def _control(self, message: Any) -> None:
         if message.type == "stop":
             grace = message.fields.get("grace", 10.0)
             self.stop(float(grace) if isinstance(grace, (int, float)) else 10.0)
+        elif message.type == "route":
+            self._route(**message.fields)
         else:
             _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
+
+    def _route(self, id: int = 0, proxy: bool = False, **ignored: Any) -> None:
+        """
+        Connections of route C{id} carry a PROXY protocol header (the parent
+        listens on a C{haproxy:} endpoint): parse it here, so that protocols
+        see the client's address.
+        """
+        if proxy and isinstance(id, int) and id not in self._proxyFactories:
+            from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+            self._proxyFactories[id] = HAProxyWrappingFactory(self._factory)
 
     def _parentLost(self, reason: Failure) -> None:
         if not self._stopping:
@@ -133,16 +224,22 @@ class Worker:
         if self._stopping:
             return
         self._stopping = True
+        # Heartbeats go on while draining: without them the parent would
+        # take a long drain for a hang.
         self._deadline = time.monotonic() + grace
+        for transport in list(self._transports):
+            try:
+                finishGracefully(getattr(transport, "protocol", None))
+            except Exception:
+                _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
         self._poll()
 
     def _poll(self) -> None:
-        self._transports = [t for t in self._transports if t.connected]
         if not self._transports:
             self._finish()
         elif time.monotonic() >= self._deadline:
             _log.warn("Grace period over; aborting {n} open connection(s)", n=len(self._transports))
-            for t in self._transports:
+            for t in list(self._transports):
                 t.abortConnection()
             self._reactor.callLater(0, self._finish)
         else:
@@ -150,6 +247,9 @@ class Worker:
 
     def _finish(self) -> None:
         _log.info("Worker {index} adopted {n} connection(s); exiting", index=self._index, n=self.adopted)
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
         try:
             self._factory.doStop()
         finally:
@@ -165,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--factory", required=True)
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--heartbeat", type=float, default=5.0)
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([_stderrObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
@@ -175,12 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
+    os.set_inheritable(args.channel_fd, False)  # never into a process this one starts
     channel = socket.socket(fileno=args.channel_fd)
-    worker = Worker(reactor, factory, channel, args.index)
+    worker = Worker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
     # The parent decides when workers stop: a terminal's Ctrl-C reaches the
     # whole process group, so SIGINT is ignored here; SIGTERM (sent to a
     # worker directly) is a graceful stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent's signals (a terminal's hangup reaches the whole group
+    # too); SIGTTIN/SIGTTOU would otherwise stop a worker that touches the
+    # terminal from the background.
+    for name in ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(worker.stop, 10.0))
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)

@@ -1,0 +1,485 @@
+# -*- test-case-name: tests.test_ipc -*-
+"""
+The parent's dispatcher: which child gets each accepted connection, and
+when the parent stops accepting.
+
+Each connection goes to the child with the fewest connections in hand
+(sent and unacknowledged, plus adopted and not yet reported closed; the
+children report closes batched with their acks).  A child takes at most
+L{MAX_INFLIGHT} unacknowledged hand-overs, and none while one of them is
+older than L{ACK_DEADLINE} (it may be stopped or stuck).  When no child of a
+route can take a connection, the route's listening ports stop accepting:
+the excess waits in the kernel's backlog, not in the parent, and accepting
+resumes as acknowledgements arrive.
+
+A connection is re-sent to another child only after the first child's
+channel has ended and everything it sent on it has been read (see
+L{twisted_serversock.ipc.parent.WorkerLink.close}): a child adopts a
+connection only after the kernel has taken its ack, so a connection whose
+ack never arrived was never adopted - and never will be, the child being
+gone.  No connection is served by two processes, even one that was stopped
+(SIGSTOP) and wakes up: the parent re-sends nothing while it lives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.logger import Logger
+
+from .wire import encodeConn
+
+if TYPE_CHECKING:
+    from .parent import WorkerLink
+
+__all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
+
+_log = Logger()
+
+
+class _Held:
+    """
+    An accepted connection the parent still holds.
+    """
+
+    __slots__ = ("connId", "route", "socket", "link", "sentAt")
+
+    def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
+        self.connId = connId
+        self.route = route
+        self.socket = skt
+        self.link: WorkerLink | None = None
+        self.sentAt = 0.0
+
+
+#: Unacknowledged hand-overs one child may have at once, at most.  Each
+#: child has a window between 1 and this: it grows by one with each ack
+#: that comes back within L{FAST_ACK}, and halves with each that takes
+#: longer than L{ACK_DEADLINE}.  A child that acknowledges at once (short
+#: handlers) gets many connections per message; a busy one (its reactor in
+#: a long handler, so it does not acknowledge) is committed to few: the
+#: others wait in the parent's one queue and go to whichever child
+#: acknowledges first.
+MAX_INFLIGHT = 32
+INITIAL_WINDOW = 4
+FAST_ACK = 0.001
+#: A child that has left a hand-over unacknowledged this long gets no new
+#: connections until it acknowledges (it is busy, stopped or stuck).
+ACK_DEADLINE = 0.01
+#: Accepted connections the parent keeps waiting for a child; at this many
+#: it stops accepting (the rest wait in the kernel's backlog) until half of
+#: them have gone to children.
+MAX_WAITING = 64
+_PAUSE_LOG_EVERY = 10.0
+
+
+class Route:
+    """
+    One listener's way to its children.
+
+    @ivar id: the route's number on the wire.
+    @ivar links: the children serving this route now.
+    @ivar closeWhenOrphaned: close the listener (see L{onOrphaned}) when
+        the last link goes away; False for a worker pool, whose workers come
+        back.
+    @ivar onOrphaned: called when the last link of a C{closeWhenOrphaned}
+        route is lost.
+    @ivar proxy: connections arrive with a PROXY protocol header, which the
+        child parses (the parent never reads from a connection).
+    @ivar ports: the listening ports whose accepting pauses while no child
+        can take a connection (see L{watchPort}).
+    @ivar waiting: its accepted connections no child could take yet,
+        oldest first.
+    """
+
+    def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
+        self.id = id
+        self.links: list[WorkerLink] = []
+        self.closeWhenOrphaned = closeWhenOrphaned
+        self.name = name
+        self.onOrphaned: Callable[[], None] | None = None
+        self.closed = False
+        self.proxy = False
+        self.ports: list[Any] = []
+        self.paused = False
+        self.waiting: deque[_Held] = deque()
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"<Route {self.id} {self.name}>"
+
+    def watchPort(self, port: Any) -> None:
+        """
+        Pause accepting on C{port} while every child of this route is
+        saturated (the excess waits in the kernel's backlog).  C{port} needs
+        C{pauseAccepting}/C{resumeAccepting} (gecko endpoints) or
+        C{stopReading}/C{startReading} (Twisted's own ports); other ports
+        are never paused.
+        """
+        self.ports.append(port)
+        if self.paused:
+            _pausePort(port)
+
+    def pick(self, now: float) -> WorkerLink | None:
+        """
+        The child with the fewest connections in hand (unacknowledged plus
+        adopted and open) among those that can take one: ready, not being
+        replaced, fewer unacknowledged than its window (see
+        L{MAX_INFLIGHT}), none of them older than L{ACK_DEADLINE}.  Ties go to the child with fewer
+        unacknowledged, then in turn.
+        """
+        links = self.links
+        count = len(links)
+        if not count:
+            return None
+        start = self._next = (self._next + 1) % count
+        best = None
+        bestKey = 0
+        for i in range(count):
+            link = links[(start + i) % count]
+            if not link.accepting:
+                continue
+            inflight = link.inflight
+            n = len(inflight)
+            if n:
+                if n >= link.window:
+                    continue
+                # The oldest unacknowledged hand-over (a dict's first entry
+                # is slow to find once many were deleted: keep an order).
+                order = link.sentOrder
+                while order[0][0] not in inflight:
+                    order.popleft()
+                if now - order[0][1] > ACK_DEADLINE:
+                    continue
+            key = (n + link.open) * 1024 + n
+            if best is None or key < bestKey:
+                best, bestKey = link, key
+        return best
+
+    def pause(self) -> bool:
+        """
+        Stop accepting on every watched port; False if already paused.
+        """
+        if self.paused:
+            return False
+        self.paused = True
+        for port in self.ports:
+            _pausePort(port)
+        return True
+
+    def resume(self) -> bool:
+        """
+        Accept again on every watched port; False if not paused.
+        """
+        if not self.paused:
+            return False
+        self.paused = False
+        for port in self.ports:
+            _resumePort(port)
+        return True
+
+
+def _pausePort(port: Any) -> None:
+    pause = getattr(port, "pauseAccepting", None)
+    if pause is not None:
+        pause()
+    elif hasattr(port, "stopReading") and getattr(port, "connected", False):
+        port.stopReading()
+
+
+def _resumePort(port: Any) -> None:
+    resume = getattr(port, "resumeAccepting", None)
+    if resume is not None:
+        resume()
+    elif hasattr(port, "startReading") and getattr(port, "connected", False) and not getattr(port, "disconnecting", False):
+        port.startReading()
+
+
+class Dispatcher:
+    """
+    Holds accepted connections and hands them to children.
+
+    @ivar held: every connection not yet acknowledged, by id.
+    @ivar waiting: how many connections wait for a child (in their routes'
+        C{waiting} queues).  Bounded: at L{MAX_WAITING} the route's
+        accepting pauses, so at most that plus what one accept run had
+        already taken waits.
+    @ivar accepted: how many connections were submitted.
+    @ivar adopted: how many a child acknowledged.
+    @ivar redispatched: how many connections went to a second child because
+        the first one was lost before acknowledging.
+    @ivar dropped: how many were closed unserved (their listener's last
+        child gone, or a shutdown's grace period over).
+    @ivar pauses: how many times accepting paused because no child could
+        take a connection.
+    @ivar paused: how many routes are paused now.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.routes: dict[int, Route] = {}
+        self.held: dict[int, _Held] = {}
+        self.waiting = 0
+        self.accepted = 0
+        self.adopted = 0
+        self.redispatched = 0
+        self.dropped = 0
+        self.pauses = 0
+        self.paused = 0
+        self._now = clock
+        self._lastPauseLog = -_PAUSE_LOG_EVERY
+        self._connIds = itertools.count(1)
+        self._routeIds = itertools.count(1)
+        self._idleWaiters: list[Callable[[], None]] = []
+        self._closedWaiting: list[Route] = []
+
+    def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
+        """
+        A new route (for one listener).
+        """
+        route = Route(next(self._routeIds), closeWhenOrphaned, name)
+        self.routes[route.id] = route
+        return route
+
+    def join(self, route: Route, link: WorkerLink) -> None:
+        """
+        Let C{link} serve C{route}, and give it what was waiting.
+        """
+        if route.closed or link in route.links:
+            return
+        if route.proxy:
+            link.sendControl("route", id=route.id, proxy=True)
+        route.links.append(link)
+        link.routes.append(route)
+        self.wake()
+
+    def leave(self, link: WorkerLink) -> None:
+        """
+        C{link} gets no new connections from now on (it is being retired);
+        what it holds unacknowledged stays its own.
+        """
+        link.accepting = False
+        for route in link.routes:
+            if link in route.links:
+                route.links.remove(link)
+        link.routes = []
+
+    def markProxy(self, route: Route) -> None:
+        """
+        Connections of C{route} carry a PROXY protocol header: tell its
+        children (before any such connection reaches them).
+        """
+        if route.proxy:
+            return
+        route.proxy = True
+        for link in route.links:
+            link.sendControl("route", id=route.id, proxy=True)
+
+    def submit(self, route: Route, skt: socket.socket) -> None:
+        """
+        Take an accepted socket for C{route}; hand it on now or as soon as
+        a child of the route can take it (pausing the route's accepting
+        until then).
+        """
+        held = _Held(next(self._connIds), route, skt)
+        self.accepted += 1
+        self.held[held.connId] = held
+        if route.waiting or not self._send(held):
+            route.waiting.append(held)
+            self.waiting += 1
+            if self.waiting >= MAX_WAITING:
+                self._pause(route)
+
+    def _pause(self, route: Route) -> None:
+        if not route.pause():
+            return
+        self.paused += 1
+        self.pauses += 1
+        now = self._now()
+        if now - self._lastPauseLog >= _PAUSE_LOG_EVERY:
+            self._lastPauseLog = now
+            _log.info(
+                "No worker of {route!r} can take a connection now (all busy, stalled or starting): "
+                "pausing accepts; new connections wait in the kernel's backlog ({n} pause(s) so far)",
+                route=route,
+                n=self.pauses,
+            )
+
+    def _send(self, held: _Held) -> bool:
+        now = self._now()
+        link = held.route.pick(now)
+        if link is None:
+            return False
+        held.link = link
+        held.sentAt = now
+        link.inflight[held.connId] = held
+        link.sentOrder.append((held.connId, now))
+        link.sent += 1
+        link.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
+        if link.limit and link.sent == link.limit and link.onLimit is not None:
+            link.onLimit(link)
+        return True
+
+    def wake(self) -> None:
+        """
+        Hand waiting connections to children that can take them now, and
+        resume accepting on routes that have a child for new ones.
+        """
+        routes: Any = self.routes.values()
+        if self._closedWaiting:
+            routes = list(routes) + self._orphans()
+        for route in routes:
+            waiting = route.waiting
+            while waiting:
+                held = waiting[0]
+                if held.connId not in self.held:
+                    waiting.popleft()
+                    self.waiting -= 1
+                elif route.closed and not route.links:
+                    waiting.popleft()
+                    self.waiting -= 1
+                    self._drop(held, "its listener's last child is gone")
+                elif self._send(held):
+                    waiting.popleft()
+                    self.waiting -= 1
+                else:
+                    break
+        if self.paused and self.waiting <= MAX_WAITING // 2:
+            for route in self.routes.values():
+                if route.resume():
+                    self.paused -= 1
+
+    def _orphans(self) -> list[Route]:
+        """
+        Closed routes (no longer in C{routes}) that still have connections
+        waiting.
+        """
+        self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
+        return list(self._closedWaiting)
+
+    def acked(self, link: WorkerLink, connIds: tuple[int, ...], closed: int = 0) -> None:
+        """
+        C{link}'s child adopted C{connIds} and C{closed} of its connections
+        ended: close the parent's copies of the adopted ones.
+        """
+        if closed:
+            link.open = max(link.open - closed, 0)
+        if connIds:
+            first = link.inflight.get(connIds[0])
+            if first is not None:
+                took = self._now() - first.sentAt
+                if took <= FAST_ACK:
+                    if link.window < MAX_INFLIGHT:
+                        link.window += 1
+                elif took > ACK_DEADLINE:
+                    link.window = max(1, link.window // 2)
+        for connId in connIds:
+            held = link.inflight.pop(connId, None)
+            if held is None:
+                _log.warn("{link!r} acknowledged connection {id}, which it was not given", link=link, id=connId)
+                continue
+            del self.held[connId]
+            link.adopted += 1
+            link.open += 1
+            self.adopted += 1
+            held.socket.close()  # a plain close: the child's copy lives on
+        order, inflight = link.sentOrder, link.inflight
+        while order and order[0][0] not in inflight:
+            order.popleft()
+        if self.waiting or self.paused:
+            self.wake()
+        self._checkIdle()
+
+    def linkLost(self, link: WorkerLink) -> None:
+        """
+        C{link}'s child is gone (its channel ended after everything it sent
+        was read): re-route what it had not acknowledged.
+        """
+        link.accepting = False
+        for route in link.routes:
+            if link in route.links:
+                route.links.remove(link)
+            if not route.links and route.closeWhenOrphaned and not route.closed:
+                route.closed = True
+                if route.onOrphaned is not None:
+                    route.onOrphaned()
+        link.routes = []
+        unacked = list(link.inflight.values())
+        link.inflight.clear()
+        link.sentOrder.clear()
+        if unacked:
+            _log.info(
+                "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child",
+                link=link,
+                n=len(unacked),
+            )
+        for held in reversed(unacked):
+            held.link = None
+            self.redispatched += 1
+            held.route.waiting.appendleft(held)
+            self.waiting += 1
+            if held.route.closed and held.route not in self._closedWaiting:
+                self._closedWaiting.append(held.route)
+        self.wake()
+        self._checkIdle()
+
+    def closeRoute(self, route: Route) -> None:
+        """
+        The listener of C{route} is closed: connections already accepted
+        still go to its children.
+        """
+        route.closed = True
+        route.ports = []
+        if route.paused:
+            route.paused = False
+            self.paused -= 1
+        self.routes.pop(route.id, None)
+        if route.waiting:
+            self._closedWaiting.append(route)
+        if not route.links:
+            self.wake()
+
+    def _drop(self, held: _Held, why: str) -> None:
+        self.held.pop(held.connId, None)
+        self.dropped += 1
+        _log.error(
+            "Closing connection {id} of {route!r}: {why}",
+            id=held.connId,
+            route=held.route,
+            why=why,
+        )
+        held.socket.close()
+
+    def dropAll(self, why: str) -> int:
+        """
+        Close every held connection (at the end of a shutdown's grace
+        period); returns how many there were.
+        """
+        held = list(self.held.values())
+        for h in held:
+            if h.link is not None:
+                h.link.inflight.pop(h.connId, None)
+            self._drop(h, why)
+        for route in list(self.routes.values()) + self._closedWaiting:
+            route.waiting.clear()
+        self._closedWaiting = []
+        self.waiting = 0
+        self._checkIdle()
+        return len(held)
+
+    def whenIdle(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} once no connection is held (at once if none is).
+        """
+        self._idleWaiters.append(callback)
+        self._checkIdle()
+
+    def _checkIdle(self) -> None:
+        if self.held or not self._idleWaiters:
+            return
+        waiters, self._idleWaiters = self._idleWaiters, []
+        for callback in waiters:
+            callback()
