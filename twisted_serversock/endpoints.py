@@ -188,6 +188,9 @@ class _GeckoEndpointBase:
     """
 
     _reactor: Any
+    #: How many worker processes serve this endpoint (cluster mode); 0:
+    #: this process.
+    _workers: int = 0
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -204,15 +207,32 @@ class _GeckoEndpointBase:
             raise CannotListenError(interface, port, e) from None
         return serv
 
+    def clusterDescription(self) -> str:
+        """
+        This endpoint's parameters as text (all but C{workers}): in cluster
+        mode a worker's endpoint attaches to the primary's listener with the
+        same description.
+        """
+        params = {k.lstrip("_"): v for k, v in vars(self).items() if k not in ("_reactor", "_workers")}
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={params[k]!r}" for k in sorted(params)) + ")"
+
     def listen(self, protocolFactory: Any) -> defer.Deferred[IListeningPort]:
         """
         Bind and listen now, and start handing connections to
-        C{protocolFactory}.
+        C{protocolFactory}.  In cluster mode (C{workers} not 0) the first
+        process binds and serves from worker processes that run the same
+        program, and in a worker this attaches to that listener instead
+        (L{twisted_serversock.cluster}).
 
         @return: a Deferred that has already fired: with the listening port,
             or with C{CannotListenError} whose C{socketError} is the
-            L{NSError}.
+            L{NSError}.  (In a cluster worker, a listener the primary
+            started after this worker may take a round trip to fire.)
         """
+        if self._workers:
+            from .cluster import listen as clusterListen
+
+            return clusterListen(self._reactor, self, protocolFactory, self._workers)
         port = GeckoListeningPort(self, protocolFactory)
         try:
             port.startListening()
@@ -234,6 +254,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
     @param interface: an IP literal to listen on (instead of C{loopback}).
     @param ipv6: listen on IPv6 only (C{::1} with C{loopback}, else C{::}).
     @param dualStack: listen on C{::} for both IPv4 and IPv6.
+    @param workers: serve from this many worker processes (cluster mode),
+        C{"auto"} for one per CPU; 0 serves in this process.
 
     @raise ValueError: for a combination that makes no sense (for example
         C{interface} with C{loopback}).
@@ -249,7 +271,9 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         interface: str | None = None,
         ipv6: bool = False,
         dualStack: bool = False,
+        workers: int | str = 0,
     ) -> None:
+        self._workers = workerCount(workers)
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -312,6 +336,8 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         C{path} instead of failing.
     @param allowedUids: if not L{None}, only peers with these uids may
         connect (checked with SO_PEERCRED).
+    @param workers: serve from this many worker processes (cluster mode),
+        C{"auto"} for one per CPU; 0 serves in this process.
 
     @raise ValueError: for neither or both of C{path} and C{abstract}, or
         C{reclaimStale} with C{abstract}.
@@ -326,7 +352,9 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         abstract: str | None = None,
         reclaimStale: bool = False,
         allowedUids: Iterable[int] | None = None,
+        workers: int | str = 0,
     ) -> None:
+        self._workers = workerCount(workers)
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
         if abstract is not None and reclaimStale:
@@ -362,6 +390,33 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
 
 # ----------------------------------------------------------------------
 # The string parsers.
+
+
+#: The most worker processes C{workers=} may ask for.
+MAX_WORKERS = 1024
+
+
+def workerCount(value: Any) -> int:
+    """
+    The number of worker processes C{value} asks for: a whole number from 0
+    to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
+    this process may run on.
+
+    @raise ValueError: naming C{workers} and the bad value.
+    """
+    if isinstance(value, (str, bytes)):
+        text = _text(value, "workers").strip()
+        if text.lower() == "auto":
+            try:
+                return len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                return os.cpu_count() or 1
+        return _integer("workers", text, 0, MAX_WORKERS)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"workers must be a whole number or 'auto', not {value!r}")
+    if not 0 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 0 to {MAX_WORKERS} or 'auto', not {value}")
+    return value
 
 
 def _ipFamily(host: str) -> int:
@@ -472,8 +527,8 @@ def _options(
     return options, bool(args)
 
 
-_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
-_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids")
+_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "workers")
 _MAX_BACKLOG = 2**31 - 1
 
 
@@ -498,6 +553,7 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
         interface=None if interface is None else interface.strip(),
         ipv6=_boolean("ipv6", o["ipv6"]) if "ipv6" in o else False,
         dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
+        workers=o.get("workers", 0),
     )
 
 
@@ -539,6 +595,7 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
         abstract=abstract,
         reclaimStale=_boolean("reclaim", o["reclaim"]) if "reclaim" in o else False,
         allowedUids=_uids(o["uids"]) if "uids" in o else None,
+        workers=o.get("workers", 0),
     )
 
 

@@ -136,6 +136,16 @@ class Dispatcher:
         link.routes.append(route)
         self._flushWaiting()
 
+    def leave(self, route: Route, link: WorkerLink) -> None:
+        """
+        C{link} serves C{route} no more: new connections of the route go to
+        its other children (those already sent to C{link} stay in flight).
+        """
+        if link in route.links:
+            route.links.remove(link)
+        if route in link.routes:
+            link.routes.remove(route)
+
     def submit(self, route: Route, skt: socket.socket) -> None:
         """
         Take an accepted socket for C{route}; hand it on now or as soon as
@@ -277,6 +287,9 @@ class WorkerLink:
     @ivar routes: the routes this child serves.
     @ivar onReady: called when the child says it is ready.
     @ivar onLost: called once when the channel is gone.
+    @ivar onControl: called with C{(link, message)} for a control message
+        this class has no handler for (cluster mode's messages); without
+        it such a message is logged and counted as rejected.
     """
 
     def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str) -> None:
@@ -290,6 +303,7 @@ class WorkerLink:
         self.lost = False
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLost: Callable[[WorkerLink], None] | None = None
+        self.onControl: Callable[[WorkerLink, Control], None] | None = None
         self._listens: dict[int, tuple[ServerSocket, Route]] = {}
         self.channel = Channel(skt, self, reactor, name)
         self.channel.startReading()
@@ -314,7 +328,11 @@ class WorkerLink:
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds)
         elif isinstance(message, Control):
-            if not dispatchControl(self, message, repr(self)):
+            if dispatchControl(self, message, repr(self)):
+                pass
+            elif self.onControl is not None:
+                self.onControl(self, message)
+            else:
                 self.channel.rejected += 1
                 _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
@@ -17,9 +17,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .parent import Dispatcher, Route, WorkerLink
-from .wire import channelPair
+from .wire import Control, channelPair
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "WorkerCommand"]
+
+#: How a worker process is started: called with the worker's number and the
+#: descriptor its channel will have in it, returns C{(argv, env, path)} -
+#: the command line (C{argv[0]} is the executable), the environment and the
+#: working directory (L{None}: the parent's).
+WorkerCommand = Callable[[int, int], "tuple[list[str], dict[str, str], str | None]"]
 
 _log = Logger()
 
@@ -83,12 +89,28 @@ class WorkerPool:
     serving the pool's routes.
 
     @ivar dispatcher: where accepted connections go.
+
+    @param command: how to start a worker (L{WorkerCommand}); by default
+        the C{twistd serversock} worker program running C{factoryName}.
+        Cluster mode runs the application's own command line instead.
+    @param onControl: called with C{(link, message)} for each control
+        message of a worker that the link does not handle itself.
     """
 
-    def __init__(self, reactor: Any, dispatcher: Dispatcher, factoryName: str, count: int) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        dispatcher: Dispatcher,
+        factoryName: str,
+        count: int,
+        command: WorkerCommand | None = None,
+        onControl: Callable[[WorkerLink, Control], None] | None = None,
+    ) -> None:
         self._reactor = reactor
         self.dispatcher = dispatcher
         self._factoryName = factoryName
+        self._command = command if command is not None else self._serversockCommand
+        self._onControl = onControl
         self._slots = [_Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
         self._stopping = False
@@ -122,29 +144,19 @@ class WorkerPool:
             moved = childEnd.dup()
             childEnd.close()
             childEnd = moved
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        argv = [
-            sys.executable,
-            "-m",
-            "twisted_serversock.ipc.worker",
-            "--channel-fd",
-            str(_CHANNEL_FD),
-            "--factory",
-            self._factoryName,
-            "--index",
-            str(slot.index),
-        ]
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
         link.onReady = lambda link: self._ready(slot, link)
+        link.onControl = self._onControl
         slot.link = link
         slot.startedAt = time.monotonic()
         try:
+            argv, env, path = self._command(slot.index, _CHANNEL_FD)
             slot.process = self._reactor.spawnProcess(
                 _WorkerProcess(self, slot),
-                sys.executable,
+                argv[0],
                 argv,
                 env=env,
+                path=path,
                 childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: childEnd.fileno()},
             )
         except Exception:
@@ -158,6 +170,26 @@ class WorkerPool:
         slot.pid = slot.process.pid
         link.name = f"worker {slot.index} (pid {slot.pid})"
         _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=slot.pid)
+
+    def _serversockCommand(self, index: int, channelFd: int) -> tuple[list[str], dict[str, str], str | None]:
+        """
+        The C{twistd serversock} worker: L{twisted_serversock.ipc.worker}
+        running the factory named C{factoryName}.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        argv = [
+            sys.executable,
+            "-m",
+            "twisted_serversock.ipc.worker",
+            "--channel-fd",
+            str(channelFd),
+            "--factory",
+            self._factoryName,
+            "--index",
+            str(index),
+        ]
+        return argv, env, None
 
     def _ready(self, slot: _Slot, link: WorkerLink) -> None:
         if slot.link is not link or self._stopping:

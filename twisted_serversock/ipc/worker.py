@@ -101,9 +101,24 @@ class Worker:
         self._factory.doStart()
         self.link.sendControl("ready", pid=os.getpid())
 
+    def factoryFor(self, route: int) -> Any:
+        """
+        The protocol factory for connections of C{route}: the one factory
+        here; cluster mode's workers have one per listener.
+
+        @return: the factory, or L{None} for a route this worker does not
+            serve (the connection is then closed and the error logged).
+        """
+        return self._factory
+
     def _adopt(self, route: int, skt: socket.socket) -> None:
+        factory = self.factoryFor(route)
+        if factory is None:
+            _log.error("A connection for route {route}, which this worker does not serve, arrived; closing it", route=route)
+            skt.close()
+            return
         try:
-            transport = self._reactor.adoptStreamConnection(skt.fileno(), skt.family, self._factory)
+            transport = self._reactor.adoptStreamConnection(skt.fileno(), skt.family, factory)
         finally:
             skt.close()  # the reactor holds its own duplicate
         self.adopted += 1
