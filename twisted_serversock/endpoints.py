@@ -411,7 +411,10 @@ def workerCount(value: Any) -> int:
                 return len(os.sched_getaffinity(0))
             except (AttributeError, OSError):
                 return os.cpu_count() or 1
-        return _integer("workers", text, 0, MAX_WORKERS)
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"workers must be a whole number or 'auto', not {text!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"workers must be a whole number or 'auto', not {value!r}")
     if not 0 <= value <= MAX_WORKERS:
