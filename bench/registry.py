@@ -18,6 +18,7 @@ BENCHMARKS: tuple[str, ...] = (
     "memory",
     "workers",
     "dispatch",
+    "cluster",
 )
 
 

@@ -44,7 +44,8 @@ def main() -> None:
     sys.orig_argv = list(env.argv)
     # "-m" put the working directory first on sys.path; the program gets
     # what its own command line would have put there instead.
-    if not sys.flags.safe_path and sys.path:
+    safePath = getattr(sys.flags, "safe_path", False)  # -P, -I (Python 3.11+)
+    if not safePath and sys.path:
         del sys.path[0]
     if program.kind == "module":
         first = os.getcwd()
@@ -52,7 +53,7 @@ def main() -> None:
         first = ""
     else:
         first = os.path.dirname(os.path.realpath(program.target))
-    if not sys.flags.safe_path:
+    if not safePath:
         sys.path.insert(0, first)
     if program.kind == "script":
         sys.argv = [program.target, *program.args]

@@ -99,7 +99,11 @@ class PrimaryPort:
             self._stopped = self._port.stopListening()
             self._primary._closed(self)
         d: defer.Deferred[None] = defer.Deferred()
-        self._stopped.addBoth(lambda result: (d.callback(None), result)[1])
+
+        def stopped(result: object) -> None:
+            d.callback(None)
+
+        self._stopped.addBoth(stopped)
         return d
 
     loseConnection = stopListening
