@@ -27,7 +27,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted_serversock.cluster._cmdline import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 
-from .conftest import connect, eventually, sleep, theReactor, timeout
+from .conftest import _othersCanRead, connect, eventually, nobodyEnv, sleep, theReactor, timeout
 from .test_twistd import Proc
 
 BIN = os.path.dirname(sys.executable)
@@ -226,23 +226,57 @@ async def servedByWorkers(proc: Proc, url: str, *extra: str) -> set[int]:
 # Each way users start a server.
 
 
+@pytest.mark.parametrize("reactor", ["default", "asyncio"])
 @pytest_twisted.ensureDeferred
-async def test_twistdWeb(site: str) -> None:
+async def test_twistdWeb(site: str, reactor: str) -> None:
     """
     C{twistd -n web --listen gecko:...:workers=2}: two workers answer, with
     no pidfile of their own (the primary's, in the working directory, stays
-    its own), and their log lines reach the primary's log with their pids.
+    its own), on the primary's reactor, and their log lines reach the
+    primary's log with their pids.
     """
-    proc = start([TWISTD, "-n", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    options = ["--reactor=asyncio"] if reactor == "asyncio" else []
+    proc = start([TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
     port = int((await proc.waitFor(LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     with open(os.path.join(site, "twistd.pid")) as f:
         assert int(f.read()) == proc.transport.pid
     for pid in pids:
         assert re.search(rf"\[worker \d pid {pid}\] .*\"GET /pid\.rpy HTTP/1\.1\" 200", proc.output), proc.output
+    if reactor == "asyncio":
+        for pid in pids:
+            assert re.search(rf"\[worker \d pid {pid}\] .*reactor class: twisted\.internet\.asyncioreactor", proc.output)
     await stoppedCleanly(proc, pids)
     assert not os.path.exists(os.path.join(site, "twistd.pid"))
     assert "Traceback" not in proc.output
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
+    """
+    C{twistd -u/-g}: the primary binds as root, drops its privileges, and
+    only then starts the workers, which run as that user and group.
+    """
+    # The workers run the primary's command line as nobody: its interpreter
+    # must be one nobody may run (a venv under a private directory is not).
+    python = next(
+        (p for p in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}") if _othersCanRead(p)),
+        None,
+    )
+    if python is None:
+        pytest.skip("no interpreter of this version that nobody may run")
+    argv = [python, TWISTD, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", "gecko:port=0:loopback=1:workers=2"]
+    proc = Proc()
+    theReactor().spawnProcess(proc, argv[0], argv + ["--path", site], env=nobodyEnv(), path=site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
+    for pid in pids | {proc.transport.pid}:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        assert re.search(r"^Uid:\s+65534\s+65534\s+65534", status, re.M), status
+        assert re.search(r"^Gid:\s+65534\s+65534\s+65534", status, re.M), status
+    await stoppedCleanly(proc, pids)
 
 
 @pytest_twisted.ensureDeferred
@@ -463,6 +497,28 @@ async def test_badInputFailsAtOnce(site: str, listen: list[str], message: str) -
     code = await timeout(proc.ended, 40)
     assert code != 0 and message in proc.output, proc.output
     assert "Started worker" not in proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_workersThatCannotStartStopTheCluster(site: str) -> None:
+    """
+    A program whose workers die before they attach - here it also listens
+    on a plain C{tcp:} port, which only the primary can bind - is not
+    restarted forever: the primary says why and exits 1.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        busy = s.getsockname()[1]
+    argv = [TWISTD, "-n", "--pidfile=", "web", "--path", site, "--listen", "gecko:port=0:loopback=1:workers=2"]
+    proc = start(argv + ["--listen", f"tcp:{busy}:interface=127.0.0.1"], site)
+    code = await timeout(proc.ended, 60)
+    assert code == 1, proc.output
+    assert re.search(r"Cluster mode cannot go on: worker \d exited 3 times before its program started", proc.output), proc.output
+    assert "Address already in use" in proc.output
+    pids = {int(p) for p in re.findall(r"Started worker \d \(pid (\d+)\)", proc.output)}
+    await eventually(lambda: not any(alive(p) for p in pids), 10)
 
 
 @pytest_twisted.ensureDeferred

@@ -45,6 +45,11 @@ _log = Logger()
 GRACE = 10.0
 #: The module a worker's interpreter runs first (it then runs the program).
 BOOT_MODULE = "twisted_serversock.cluster.boot"
+#: Until some worker's program has started (its reactor runs), a worker
+#: started this many times (so dead this many times less one, before it
+#: started) is a program that cannot run as a worker: the cluster stops
+#: instead of restarting it forever while clients wait.
+STARTS_BEFORE_GIVING_UP = 4
 
 
 @implementer(IListeningPort)
@@ -131,6 +136,8 @@ class ClusterPrimary:
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
         self._stopping: defer.Deferred[None] | None = None
+        self._upOnce = False
+        self._starts: dict[int, int] = {}
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
         reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         atexit.register(self._exitStatus)
@@ -217,6 +224,15 @@ class ClusterPrimary:
         interpreter options, running L{BOOT_MODULE}, which runs the program.
         """
         assert self._program is not None
+        starts = self._starts[index] = self._starts.get(index, 0) + 1
+        if starts >= STARTS_BEFORE_GIVING_UP and not self._upOnce:
+            self._reactor.callLater(
+                0,
+                self.fail,
+                f"worker {index} exited {starts - 1} times before its program started (its log lines "
+                "above say why; a program that also listens on an endpoint without workers= has every "
+                "worker try to bind it too)",
+            )
         listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
         env = dict(os.environ)
         env[MARKER] = WorkerEnvironment(channelFd, index, self._argv, listeners, os.getpid()).encode()
@@ -244,6 +260,8 @@ class ClusterPrimary:
                 route=port.route.id,
                 address=encodeAddress(port.getHost()),
             )
+        elif message.type == "cluster-up":
+            self._upOnce = True
         elif message.type == "cluster-detach":
             route = self.dispatcher.routes.get(fields.get("route"))  # type: ignore[arg-type]
             if route is not None:

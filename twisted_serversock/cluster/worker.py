@@ -183,6 +183,9 @@ class ClusterWorker(Worker):
         # worker itself is a graceful stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, 10.0))
+        # The program started: the primary stops counting this worker's
+        # failed starts.
+        self.link.sendControl("cluster-up", pid=os.getpid())
         self.start()
 
     def factoryFor(self, route: int) -> Any:
