@@ -74,6 +74,9 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+#: A load during which other processes used less than this share of one
+#: CPU counts as quiet (the note gives the ratio over quiet pairs too).
+QUIET = 0.15
 #: The pairs: (A, B, row name).
 PAIRS = [("A", "B", "twistd web workers=2 / one process"), ("A-quiet", "B-quiet", "same, no access log")]
 
@@ -153,6 +156,10 @@ def run(ctx: Context) -> Result:
                     f"p99 {lat.a:.1f} vs {lat.b:.1f} ms; the primary's CPU {median(primaryUs[a]):.1f} µs/request; "
                     f"others' CPU {median(others[a]):.0%} vs {median(others[b]):.0%} of a CPU"
                 )
+                quiet = [(x, y) for x, y, ox, oy in zip(rate[a], rate[b], others[a], others[b]) if max(ox, oy) < QUIET]
+                if quiet and len(quiet) < len(rate[a]):
+                    q = pairedRow("", "", quiet)
+                    note += f"; {len(quiet)} pairs with others < {QUIET:.0%}: ratio {q.ratio:.3f}"
                 if errors[a] or errors[b]:
                     note += f"; wrk socket errors {errors[a]} vs {errors[b]}"
                 result.rows.append(

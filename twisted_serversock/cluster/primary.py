@@ -274,8 +274,8 @@ class ClusterPrimary:
         """
         A program error: log it, stop everything, and exit with status 1.
         """
-        _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
         if not self.failed:
+            _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
             self.failed = True
             if self._reactor.running:
                 self._reactor.stop()
