@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -31,7 +32,7 @@ from zope.interface import implementer
 
 from ..endpoints import GeckoListeningPort, _describe
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
-from ..ipc.pool import WorkerPool
+from ..ipc.pool import CHANNEL_FD, WorkerPool
 from ..ipc.wire import Control
 from ._cmdline import Program, splitCommandLine
 from ._env import MARKER, WorkerEnvironment, encodeAddress
@@ -208,7 +209,7 @@ class ClusterPrimary:
     def _start(self) -> None:
         if self.pool is not None or self._stopping is not None or not self._ports:
             return
-        self.pool = WorkerPool(self._reactor, self.dispatcher, "", self._count, command=self._command, onControl=self._control)
+        self.pool = _ClusterPool(self, self._reactor, self.dispatcher, "", self._count, onControl=self._control)
         self._installSignals()
         _log.info(
             "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
@@ -218,10 +219,11 @@ class ClusterPrimary:
         )
         self.pool.start()
 
-    def _command(self, index: int, channelFd: int) -> tuple[list[str], dict[str, str], str | None]:
+    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
         """
-        A worker's command line: this interpreter with the program's
-        interpreter options, running L{BOOT_MODULE}, which runs the program.
+        Start worker C{index}: this interpreter with the program's
+        interpreter options, running L{BOOT_MODULE}, which runs the program,
+        with C{channel} as descriptor C{CHANNEL_FD}.
         """
         assert self._program is not None
         starts = self._starts[index] = self._starts.get(index, 0) + 1
@@ -235,9 +237,16 @@ class ClusterPrimary:
             )
         listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
         env = dict(os.environ)
-        env[MARKER] = WorkerEnvironment(channelFd, index, self._argv, listeners, os.getpid()).encode()
+        env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid()).encode()
         argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
-        return argv, env, self._cwd if os.path.isdir(self._cwd) else None
+        return self._reactor.spawnProcess(
+            processProtocol,
+            sys.executable,
+            argv,
+            env=env,
+            path=self._cwd if os.path.isdir(self._cwd) else None,
+            childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
+        )
 
     def _control(self, link: WorkerLink, message: Control) -> None:
         fields = message.fields
@@ -265,7 +274,7 @@ class ClusterPrimary:
         elif message.type == "cluster-detach":
             route = self.dispatcher.routes.get(fields.get("route"))  # type: ignore[arg-type]
             if route is not None:
-                self.dispatcher.leave(route, link)
+                self.dispatcher.leaveRoute(route, link)
         else:
             link.channel.rejected += 1
             _log.warn("{link!r}: ignored an unknown control message {type!r}", link=link, type=message.type)
@@ -324,6 +333,19 @@ class ClusterPrimary:
                 except Exception:
                     pass
             os._exit(1)
+
+
+class _ClusterPool(WorkerPool):
+    """
+    The worker pool of a cluster: its workers run the program again.
+    """
+
+    def __init__(self, primary: ClusterPrimary, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._primary = primary
+
+    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
+        return self._primary.spawnWorker(processProtocol, channel, index)
 
 
 _primary: ClusterPrimary | None = None

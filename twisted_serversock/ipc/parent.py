@@ -136,7 +136,7 @@ class Dispatcher:
         link.routes.append(route)
         self._flushWaiting()
 
-    def leave(self, route: Route, link: WorkerLink) -> None:
+    def leaveRoute(self, route: Route, link: WorkerLink) -> None:
         """
         C{link} serves C{route} no more: new connections of the route go to
         its other children (those already sent to C{link} stay in flight).

@@ -7,6 +7,7 @@ channel to the parent, restarted with backoff when they die.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from typing import Any, Callable
@@ -19,13 +20,7 @@ from twisted.python.failure import Failure
 from .parent import Dispatcher, Route, WorkerLink
 from .wire import Control, channelPair
 
-__all__ = ["WorkerPool", "WorkerCommand"]
-
-#: How a worker process is started: called with the worker's number and the
-#: descriptor its channel will have in it, returns C{(argv, env, path)} -
-#: the command line (C{argv[0]} is the executable), the environment and the
-#: working directory (L{None}: the parent's).
-WorkerCommand = Callable[[int, int], "tuple[list[str], dict[str, str], str | None]"]
+__all__ = ["WorkerPool", "CHANNEL_FD"]
 
 _log = Logger()
 
@@ -35,6 +30,8 @@ _STABLE_SECONDS = 5.0
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 10.0
 _CHANNEL_FD = 3
+#: The descriptor a worker's channel has in the worker.
+CHANNEL_FD = _CHANNEL_FD
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -90,11 +87,9 @@ class WorkerPool:
 
     @ivar dispatcher: where accepted connections go.
 
-    @param command: how to start a worker (L{WorkerCommand}); by default
-        the C{twistd serversock} worker program running C{factoryName}.
-        Cluster mode runs the application's own command line instead.
     @param onControl: called with C{(link, message)} for each control
-        message of a worker that the link does not handle itself.
+        message of a worker that the link does not handle itself (cluster
+        mode's messages).
     """
 
     def __init__(
@@ -103,13 +98,11 @@ class WorkerPool:
         dispatcher: Dispatcher,
         factoryName: str,
         count: int,
-        command: WorkerCommand | None = None,
         onControl: Callable[[WorkerLink, Control], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self.dispatcher = dispatcher
         self._factoryName = factoryName
-        self._command = command if command is not None else self._serversockCommand
         self._onControl = onControl
         self._slots = [_Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
@@ -150,15 +143,7 @@ class WorkerPool:
         slot.link = link
         slot.startedAt = time.monotonic()
         try:
-            argv, env, path = self._command(slot.index, _CHANNEL_FD)
-            slot.process = self._reactor.spawnProcess(
-                _WorkerProcess(self, slot),
-                argv[0],
-                argv,
-                env=env,
-                path=path,
-                childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: childEnd.fileno()},
-            )
+            slot.process = self.spawnWorker(_WorkerProcess(self, slot), childEnd, slot.index)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -171,10 +156,14 @@ class WorkerPool:
         link.name = f"worker {slot.index} (pid {slot.pid})"
         _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=slot.pid)
 
-    def _serversockCommand(self, index: int, channelFd: int) -> tuple[list[str], dict[str, str], str | None]:
+    def spawnWorker(self, processProtocol: ProcessProtocol, channel: socket.socket, index: int) -> Any:
         """
-        The C{twistd serversock} worker: L{twisted_serversock.ipc.worker}
-        running the factory named C{factoryName}.
+        Start one worker process with its end of the channel, C{channel},
+        as descriptor 3 (the caller closes C{channel} afterwards).  Override
+        this to start workers another way (cluster mode runs the program
+        itself again).
+
+        @return: the C{IProcessTransport}.
         """
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
@@ -183,13 +172,19 @@ class WorkerPool:
             "-m",
             "twisted_serversock.ipc.worker",
             "--channel-fd",
-            str(channelFd),
+            str(_CHANNEL_FD),
             "--factory",
             self._factoryName,
             "--index",
             str(index),
         ]
-        return argv, env, None
+        return self._reactor.spawnProcess(
+            processProtocol,
+            sys.executable,
+            argv,
+            env=env,
+            childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: channel.fileno()},
+        )
 
     def _ready(self, slot: _Slot, link: WorkerLink) -> None:
         if slot.link is not link or self._stopping:
