@@ -347,6 +347,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
 
+from twisted_serversock import cluster
+
 
 class Pid(Protocol):
     def dataReceived(self, data):
@@ -360,6 +362,7 @@ def failed(failure):
 
 
 log.startLogging(sys.stdout)
+log.msg("role: " + ("worker %d" % cluster.workerIndex() if cluster.isWorker() else "primary"))
 description = sys.argv[1]
 if len(sys.argv) > 2:
     # The mismatch case: the first process to run leaves a mark, so the
@@ -381,6 +384,10 @@ async def test_plainScript(site: str) -> None:
     proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2"], site)
     port = int((await proc.waitFor(LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/")
+    # twisted_serversock.cluster says which role the program runs in.
+    assert re.search(r"^\S+ \S+ \[-\] role: primary$", proc.output, re.M), proc.output
+    for index in (1, 2):
+        assert re.search(rf"\[worker {index} pid \d+\] .*role: worker {index}$", proc.output, re.M), proc.output
     await stoppedCleanly(proc, pids)
 
 
