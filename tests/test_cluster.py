@@ -144,9 +144,31 @@ def site() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def start(argv: list[str], cwd: str) -> Proc:
+_started: list[Proc] = []
+
+
+@pytest.fixture(autouse=True)
+def _noProcessLeft() -> Iterator[None]:
+    """
+    Whatever a test leaves running (it failed half-way) is killed: its
+    workers, then the primary.
+    """
+    yield
+    while _started:
+        proc = _started.pop()
+        if not proc.ended.called:
+            primary = proc.transport.pid
+            for pid in childrenOf(primary) | {primary}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def start(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
     proc = Proc()
-    theReactor().spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=cwd)
+    theReactor().spawnProcess(proc, argv[0], argv, env=env if env is not None else dict(os.environ), path=cwd)
+    _started.append(proc)
     return proc
 
 
@@ -286,8 +308,7 @@ async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
         os.chmod(copy, 0o644)
         env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
     argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", "gecko:port=0:loopback=1:workers=2"]
-    proc = Proc()
-    theReactor().spawnProcess(proc, argv[0], argv + ["--path", site], env=env, path=site)
+    proc = start(argv + ["--path", site], site, env)
     port = int((await proc.waitFor(LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     for pid in pids | {proc.transport.pid}:
