@@ -19,6 +19,7 @@ BENCHMARKS: tuple[str, ...] = (
     "workers",
     "dispatch",
     "skewed",
+    "cluster",
 )
 
 

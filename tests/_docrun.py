@@ -8,7 +8,7 @@ collide with nothing on the machine).
 
 A C{python} block is run as a script.  A C{sh} block's commands (comments
 dropped, backslash continuations joined) run with C{bash} in order: a
-command that starts a server (C{twistd}, C{twist}, the example C{httpd}) is
+command that starts a server (C{twistd}, C{twist}, C{daphne}, the example C{httpd}) is
 started in the background and must pass its probe (the block's C{probe=}
 entries, in order of the servers, or the C{curl} commands that follow it);
 any other command must exit 0 (retried for a while once a server is
@@ -33,7 +33,7 @@ from typing import Any
 WAIT = 60.0
 
 #: A command that starts a long-running server.
-SERVER = re.compile(r"(^|&&\s*|;\s*)(twistd|twist)\s|-m twisted_serversock\.examples\.httpd\b")
+SERVER = re.compile(r"(^|&&\s*|;\s*)(twistd|twist|daphne)\s|-m twisted_serversock\.examples\.httpd\b")
 
 
 def commands(text: str) -> list[str]:

@@ -204,6 +204,9 @@ class _GeckoEndpointBase:
     """
 
     _reactor: Any
+    #: How many worker processes serve this endpoint (cluster mode); 0:
+    #: this process.
+    _workers: int = 0
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -220,15 +223,32 @@ class _GeckoEndpointBase:
             raise CannotListenError(interface, port, e) from None
         return serv
 
+    def clusterDescription(self) -> str:
+        """
+        This endpoint's parameters as text (all but C{workers}): in cluster
+        mode a worker's endpoint attaches to the primary's listener with the
+        same description.
+        """
+        params = {k.lstrip("_"): v for k, v in vars(self).items() if k not in ("_reactor", "_workers")}
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={params[k]!r}" for k in sorted(params)) + ")"
+
     def listen(self, protocolFactory: Any) -> defer.Deferred[IListeningPort]:
         """
         Bind and listen now, and start handing connections to
-        C{protocolFactory}.
+        C{protocolFactory}.  In cluster mode (C{workers} not 0) the first
+        process binds and serves from worker processes that run the same
+        program, and in a worker this attaches to that listener instead
+        (L{twisted_serversock.cluster}).
 
         @return: a Deferred that has already fired: with the listening port,
             or with C{CannotListenError} whose C{socketError} is the
-            L{NSError}.
+            L{NSError}.  (In a cluster worker, a listener the primary
+            started after this worker may take a round trip to fire.)
         """
+        if self._workers:
+            from .cluster import listen as clusterListen
+
+            return clusterListen(self._reactor, self, protocolFactory, self._workers)
         port = GeckoListeningPort(self, protocolFactory)
         try:
             port.startListening()
@@ -250,6 +270,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
     @param interface: an IP literal to listen on (instead of C{loopback}).
     @param ipv6: listen on IPv6 only (C{::1} with C{loopback}, else C{::}).
     @param dualStack: listen on C{::} for both IPv4 and IPv6.
+    @param workers: serve from this many worker processes (cluster mode),
+        C{"auto"} for one per CPU; 0 serves in this process.
 
     @raise TypeError: for an argument of the wrong type (a string port, a
         string boolean such as C{"no"}, which would be true), naming it.
@@ -267,6 +289,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         interface: str | None = None,
         ipv6: bool = False,
         dualStack: bool = False,
+        workers: int | str = 0,
     ) -> None:
         port = _args.integer(port, "port", None, 65535)
         backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
@@ -276,6 +299,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         dualStack = _args.boolean(dualStack, "dualStack")
         if interface is not None:
             interface = _args.text(interface, "interface")
+        self._workers = workerCount(workers)
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -342,6 +366,8 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         file appears (like systemd's C{SocketGroup=}); without it the file
         gets the group the directory gives new entries (a set-group-ID
         directory's group, else the process's).
+    @param workers: serve from this many worker processes (cluster mode),
+        C{"auto"} for one per CPU; 0 serves in this process.
 
     @raise TypeError: for an argument of the wrong type, naming it.
     @raise ValueError: for neither or both of C{path} and C{abstract},
@@ -359,7 +385,9 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         reclaimStale: bool = False,
         allowedUids: Iterable[int] | None = None,
         group: int | str | None = None,
+        workers: int | str = 0,
     ) -> None:
+        self._workers = workerCount(workers)
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
         if path is not None:
@@ -408,6 +436,36 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
 
 # ----------------------------------------------------------------------
 # The string parsers.
+
+
+#: The most worker processes C{workers=} may ask for.
+MAX_WORKERS = 1024
+
+
+def workerCount(value: Any) -> int:
+    """
+    The number of worker processes C{value} asks for: a whole number from 0
+    to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
+    this process may run on.
+
+    @raise ValueError: naming C{workers} and the bad value.
+    """
+    if isinstance(value, (str, bytes)):
+        text = _text(value, "workers").strip()
+        if text.lower() == "auto":
+            try:
+                return len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                return os.cpu_count() or 1
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"workers must be a whole number or 'auto', not {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"workers must be a whole number or 'auto', not {value!r}")
+    if not 0 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 0 to {MAX_WORKERS} or 'auto', not {value}")
+    return value
 
 
 def _ipFamily(host: str) -> int:
@@ -518,8 +576,8 @@ def _options(
     return options, bool(args)
 
 
-_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
-_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group")
+_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers")
 _MAX_BACKLOG = 2**31 - 1
 
 
@@ -544,6 +602,7 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
         interface=None if interface is None else interface.strip(),
         ipv6=_boolean("ipv6", o["ipv6"]) if "ipv6" in o else False,
         dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
+        workers=o.get("workers", 0),
     )
 
 
@@ -588,6 +647,7 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
         reclaimStale=_boolean("reclaim", o["reclaim"]) if "reclaim" in o else False,
         allowedUids=_uids(o["uids"]) if "uids" in o else None,
         group=o["group"].strip() if "group" in o else None,
+        workers=o.get("workers", 0),
     )
 
 

@@ -267,6 +267,17 @@ class Dispatcher:
                 route.links.remove(link)
         link.routes = []
 
+    def leaveRoute(self, route: Route, link: WorkerLink) -> None:
+        """
+        C{link} serves C{route} no more (a cluster worker's program stopped
+        listening on it): new connections of the route go to its other
+        children; those already sent to C{link} stay in flight.
+        """
+        if link in route.links:
+            route.links.remove(link)
+        if route in link.routes:
+            link.routes.remove(route)
+
     def markProxy(self, route: Route) -> None:
         """
         Connections of C{route} carry a PROXY protocol header: tell its

@@ -68,6 +68,9 @@ class WorkerLink:
     @ivar onReady: called when the child says it is ready.
     @ivar onLost: called once when the channel is gone.
     @ivar onLimit: called once when C{sent} reaches C{limit}.
+    @ivar onControl: called with C{(link, message)} for a control message
+        this class has no handler for (cluster mode's messages); without
+        it such a message is logged and counted as rejected.
     """
 
     def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str) -> None:
@@ -89,6 +92,7 @@ class WorkerLink:
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLost: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
+        self.onControl: Callable[[WorkerLink, Control], None] | None = None
         self._listens: dict[int, tuple[ServerSocket, Route]] = {}
         self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
         self.channel.startReading()
@@ -117,7 +121,11 @@ class WorkerLink:
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds, message.closed)
         elif isinstance(message, Control):
-            if not dispatchControl(self, message, repr(self)):
+            if dispatchControl(self, message, repr(self)):
+                pass
+            elif self.onControl is not None:
+                self.onControl(self, message)
+            else:
                 self.channel.rejected += 1
                 _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
         else:

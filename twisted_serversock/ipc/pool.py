@@ -21,7 +21,7 @@ import random
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
@@ -31,9 +31,9 @@ from twisted.python.failure import Failure
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
-from .wire import channelPair
+from .wire import Control, channelPair
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "CHANNEL_FD"]
 
 _log = Logger()
 
@@ -45,6 +45,8 @@ _MAX_DELAY = 10.0
 _CHANNEL_FD = 3
 #: A retired worker still there this long after its grace period is killed.
 _KILL_MARGIN = 2.0
+#: The descriptor a worker's channel has in the worker.
+CHANNEL_FD = _CHANNEL_FD
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -125,6 +127,9 @@ class WorkerPool:
     @ivar killedForTimeout: workers killed for being silent C{timeout} s.
     @ivar recycled: workers replaced after C{maxRequests} connections.
     @ivar reloads: reloads begun.
+    @param onControl: called with C{(link, message)} for each control
+        message of a worker that the link does not handle itself (cluster
+        mode's messages).
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class WorkerPool:
         maxRequests: int = 0,
         maxRequestsJitter: int = 0,
         notifier: SystemdNotifier | None = None,
+        onControl: Callable[[WorkerLink, Control], None] | None = None,
     ) -> None:
         """
         @param timeout: seconds of silence (no heartbeat, no ack) after
@@ -152,6 +158,8 @@ class WorkerPool:
         self._reactor = reactor
         self.dispatcher = dispatcher
         self._factoryName = factoryName
+        self._onControl = onControl
+        self._onControl = onControl
         self._slots = [_Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
         self._timeout = timeout
@@ -254,6 +262,7 @@ class WorkerPool:
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
+        link.onControl = self._onControl
         if self._maxRequests:
             link.limit = self._maxRequests + random.randint(0, self._jitter)
         worker.link = link

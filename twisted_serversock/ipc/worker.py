@@ -167,8 +167,22 @@ class Worker:
             self.link.sendControl("heartbeat")
             self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
+    def factoryFor(self, route: int) -> Any:
+        """
+        The protocol factory for connections of C{route}: the one factory
+        here; cluster mode's workers have one per listener.
+
+        @return: the factory, or L{None} for a route this worker does not
+            serve (the connection is then closed and the error logged).
+        """
+        return self._proxyFactories.get(route, self._factory)
+
     def _adopt(self, route: int, skt: socket.socket) -> None:
-        factory = self._proxyFactories.get(route, self._factory)
+        factory = self.factoryFor(route)
+        if factory is None:
+            _log.error("A connection for route {route}, which this worker does not serve, arrived; closing it", route=route)
+            skt.close()
+            return
         try:
             transport = self._reactor.adoptStreamConnection(skt.fileno(), skt.family, factory)
         finally:

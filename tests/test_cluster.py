@@ -1,0 +1,588 @@
+"""
+Cluster mode (C{workers=N} on C{gecko:}/C{geckounix:}) in real processes,
+started the way users start them - the venv's installed C{twistd}, C{twist}
+and C{daphne} scripts, a C{.tac} file, a plain script file - and driven by
+curl: requests are answered by the workers (never the primary), SIGTERM
+stops every process with exit status 0, a SIGKILLed worker loses nothing
+and comes back, and bad input is a clear error and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import textwrap
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.utils import getProcessOutputAndValue
+
+from twisted_serversock.cluster._cmdline import splitCommandLine
+from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
+
+from .conftest import _othersCanRead, connect, eventually, nobodyEnv, sleep, theReactor, timeout
+from .test_twistd import Proc
+
+BIN = os.path.dirname(sys.executable)
+TWISTD = os.path.join(BIN, "twistd")
+TWIST = os.path.join(BIN, "twist")
+DAPHNE = os.path.join(BIN, "daphne")
+CURL = shutil.which("curl") or "/usr/bin/curl"
+#: The primary's log line with the port it bound.
+LISTENING = r"GeckoServerEndpoint listening on 127\.0\.0\.1:(\d+)"
+#: A worker's relayed log line once it serves a listener.
+SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
+
+PID_RPY = """\
+import os
+from twisted.web.resource import Resource
+
+
+class Pid(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        host = getattr(request.getClientAddress(), "host", "unix")
+        return b"%d %s" % (os.getpid(), host.encode())
+
+
+resource = Pid()
+"""
+
+
+class _NoReactor:
+    """
+    Stands in for the reactor where an endpoint is only parsed.
+    """
+
+
+# ----------------------------------------------------------------------
+# Parsing (no process).
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["gecko:port=0:workers=2", "gecko:0:WORKERS=auto", "geckounix:/tmp/x.sock:workers=4", "gecko:port=0:workers=0"],
+)
+def test_workersParses(description: str) -> None:
+    endpoint = serverFromString(_NoReactor(), description)
+    assert "workers" not in endpoint.clusterDescription()
+
+
+@pytest.mark.parametrize(
+    "description, message",
+    [
+        ("gecko:port=0:workers=-1", "workers must be from 0 to 1024 or 'auto', not -1"),
+        ("gecko:port=0:workers=lots", "workers must be a whole number or 'auto', not 'lots'"),
+        ("gecko:port=0:workers=", "workers must be a whole number or 'auto', not ''"),
+        ("geckounix:/tmp/x.sock:workers=5000", "workers must be from 0 to 1024 or 'auto', not 5000"),
+        ("gecko:port=0:workers=1.5", "workers must be a whole number or 'auto', not '1.5'"),
+    ],
+)
+def test_badWorkersIsAValueErrorNamingIt(description: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        serverFromString(_NoReactor(), description)
+    assert str(e.value) == message
+
+
+def test_workersKeyword() -> None:
+    assert workerCount("auto") == len(os.sched_getaffinity(0))
+    assert workerCount(3) == 3
+    for bad in (True, -2, 2.0, None):
+        with pytest.raises(ValueError, match="workers"):
+            GeckoServerEndpoint(_NoReactor(), 0, workers=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        GeckoUNIXServerEndpoint(_NoReactor(), "/tmp/x.sock", workers="many")
+
+
+def test_descriptionsDifferByEveryParameterButWorkers() -> None:
+    one = serverFromString(_NoReactor(), "gecko:port=0:loopback=1:workers=2").clusterDescription()
+    assert one == serverFromString(_NoReactor(), "gecko:0:loopback=true:workers=3").clusterDescription()
+    assert one != serverFromString(_NoReactor(), "gecko:port=0:loopback=1:backlog=5:workers=2").clusterDescription()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["py", "serve.py", "a"], ([], "script", "serve.py", ["a"])),
+        (["py", "-u", "-X", "dev", "-Wignore", "s.py", "-n"], (["-u", "-X", "dev", "-W", "ignore"], "script", "s.py", ["-n"])),
+        (["py", "-um", "twisted", "web"], (["-u"], "module", "twisted", ["web"])),
+        (["py", "-c", "pass", "x"], ([], "command", "pass", ["x"])),
+    ],
+)
+def test_commandLineSplit(argv: list[str], expected: tuple[Any, ...]) -> None:
+    assert tuple(splitCommandLine(argv)) == expected
+
+
+def test_programFromStandardInputCannotBeRunAgain() -> None:
+    with pytest.raises(ValueError, match="standard input"):
+        splitCommandLine(["py", "-"])
+
+
+# ----------------------------------------------------------------------
+# Helpers for the real processes.
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    """
+    A short world-readable directory with C{pid.rpy}, answering its
+    process id and the client's address.
+    """
+    d = tempfile.mkdtemp(prefix="/tmp/clu")
+    os.chmod(d, 0o755)
+    with open(os.path.join(d, "pid.rpy"), "w") as f:
+        f.write(PID_RPY)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+_started: list[Proc] = []
+
+
+@pytest.fixture(autouse=True)
+def _noProcessLeft() -> Iterator[None]:
+    """
+    Whatever a test leaves running (it failed half-way) is killed: its
+    workers, then the primary.
+    """
+    yield
+    while _started:
+        proc = _started.pop()
+        if not proc.ended.called:
+            primary = proc.transport.pid
+            for pid in childrenOf(primary) | {primary}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def start(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
+    proc = Proc()
+    theReactor().spawnProcess(proc, argv[0], argv, env=env if env is not None else dict(os.environ), path=cwd)
+    _started.append(proc)
+    return proc
+
+
+async def curl(*args: str) -> tuple[bytes, int]:
+    out, err, code = await timeout(
+        getProcessOutputAndValue(CURL, ["-sS", "--max-time", "30", *args], env=dict(os.environ)), 40
+    )
+    return out + err, code
+
+
+async def pidsAnswering(url: str, *extra: str, wanted: int = 2, seconds: float = 30) -> set[int]:
+    """
+    GET C{url} until C{wanted} different pids answered (or C{seconds}
+    passed: a worker may still be starting); the pids.
+    """
+    pids: set[int] = set()
+    deadline = theReactor().seconds() + seconds
+    while theReactor().seconds() < deadline:
+        out, code = await curl(*extra, url)
+        assert code == 0, out
+        pids.add(int(out.split()[0]))
+        if len(pids) >= wanted:
+            break
+        await sleep(0.05)
+    return pids
+
+
+def childrenOf(pid: int) -> set[int]:
+    """
+    The processes whose parent is C{pid}.
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def stoppedCleanly(proc: Proc, pids: set[int]) -> None:
+    """
+    SIGTERM the primary: it exits 0 and none of C{pids} outlives it.
+    """
+    proc.transport.signalProcess(signal.SIGTERM)
+    code = await timeout(proc.ended, 40)
+    assert code == 0 and proc.signal is None, proc.output
+    await eventually(lambda: not any(alive(p) for p in pids), 10)
+
+
+async def servedByWorkers(proc: Proc, url: str, *extra: str) -> set[int]:
+    """
+    Both workers answer C{url}; neither is the primary, both are its
+    children.  The worker pids.
+    """
+    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    pids = await pidsAnswering(url, *extra)
+    primary = proc.transport.pid
+    assert len(pids) == 2 and primary not in pids, (pids, primary, proc.output)
+    assert pids == childrenOf(primary), proc.output
+    return pids
+
+
+# ----------------------------------------------------------------------
+# Each way users start a server.
+
+
+@pytest.mark.parametrize("reactor", ["default", "asyncio"])
+@pytest_twisted.ensureDeferred
+async def test_twistdWeb(site: str, reactor: str) -> None:
+    """
+    C{twistd -n web --listen gecko:...:workers=2}: two workers answer, with
+    no pidfile of their own (the primary's, in the working directory, stays
+    its own), on the primary's reactor, and their log lines reach the
+    primary's log with their pids.
+    """
+    options = ["--reactor=asyncio"] if reactor == "asyncio" else []
+    proc = start([TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
+    with open(os.path.join(site, "twistd.pid")) as f:
+        assert int(f.read()) == proc.transport.pid
+    for pid in pids:
+        assert re.search(rf"\[worker \d pid {pid}\] .*\"GET /pid\.rpy HTTP/1\.1\" 200", proc.output), proc.output
+    if reactor == "asyncio":
+        for pid in pids:
+            assert re.search(rf"\[worker \d pid {pid}\] .*reactor class: twisted\.internet\.asyncioreactor", proc.output)
+    await stoppedCleanly(proc, pids)
+    assert not os.path.exists(os.path.join(site, "twistd.pid"))
+    assert "Traceback" not in proc.output
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
+    """
+    C{twistd -u/-g}: the primary binds as root, drops its privileges, and
+    only then starts the workers, which run as that user and group.
+    """
+    # The workers run the primary's command line as nobody: its interpreter
+    # must be one nobody may run (a venv under a private directory is not).
+    python = next(
+        (p for p in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}") if _othersCanRead(p)),
+        None,
+    )
+    if python is None:
+        pytest.skip("no interpreter of this version that nobody may run")
+    env = nobodyEnv()
+    script = TWISTD
+    if not _othersCanRead(script):  # CI's venv is in a private directory
+        script = os.path.join(site, "twistd")
+        shutil.copy(TWISTD, script)
+        os.chmod(script, 0o644)
+    import twisted.plugins.twisted_serversock_endpoints as dropin
+
+    if not _othersCanRead(dropin.__file__ or ""):
+        # Twisted finds dropins in every twisted/plugins directory on the
+        # path (without a twisted/__init__.py beside it).
+        plugins = os.path.join(site, "dropins", "twisted", "plugins")
+        os.makedirs(plugins)
+        for d in (plugins, os.path.dirname(plugins), os.path.dirname(os.path.dirname(plugins))):
+            os.chmod(d, 0o755)
+        copy = os.path.join(plugins, os.path.basename(dropin.__file__ or ""))
+        shutil.copy(dropin.__file__ or "", copy)
+        os.chmod(copy, 0o644)
+        env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
+    argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", "gecko:port=0:loopback=1:workers=2"]
+    proc = start(argv + ["--path", site], site, env)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
+    for pid in pids | {proc.transport.pid}:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        assert re.search(r"^Uid:\s+65534\s+65534\s+65534", status, re.M), status
+        assert re.search(r"^Gid:\s+65534\s+65534\s+65534", status, re.M), status
+    await stoppedCleanly(proc, pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistWeb(site: str) -> None:
+    proc = start([TWIST, "--log-format=text", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
+    await stoppedCleanly(proc, pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tacFile(site: str) -> None:
+    with open(os.path.join(site, "app.tac"), "w") as f:
+        f.write(
+            textwrap.dedent(
+                """\
+                from twisted.application import service, strports
+                from twisted.web import server, static
+
+                application = service.Application("cluster")
+                root = static.File(".")
+                root.processors = {".rpy": __import__("twisted.web.script", fromlist=["x"]).ResourceScript}
+                strports.service("gecko:port=0:loopback=1:workers=2", server.Site(root)).setServiceParent(application)
+                """
+            )
+        )
+    proc = start([TWISTD, "-n", "--pidfile=", "-y", "app.tac"], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
+    await stoppedCleanly(proc, pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_geckounix(site: str) -> None:
+    path = os.path.join(site, "web.sock")
+    proc = start([TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
+    await proc.waitFor(r"GeckoUNIXServerEndpoint listening on ")
+    pids = await servedByWorkers(proc, "http://localhost/pid.rpy", "--unix-socket", path)
+    await stoppedCleanly(proc, pids)
+    assert not os.path.exists(path)
+
+
+SCRIPT = """\
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import log
+
+from twisted_serversock import cluster
+
+
+class Pid(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(b"HTTP/1.0 200 OK\\r\\n\\r\\n%d" % os.getpid())
+        self.transport.loseConnection()
+
+
+def failed(failure):
+    log.msg("LISTEN FAILED: " + failure.getErrorMessage())
+    reactor.stop()
+
+
+log.startLogging(sys.stdout)
+log.msg("role: " + ("worker %d" % cluster.workerIndex() if cluster.isWorker() else "primary"))
+description = sys.argv[1]
+if len(sys.argv) > 2:
+    # The mismatch case: the first process to run leaves a mark, so the
+    # workers (which run later) listen on something else.
+    mark = sys.argv[2]
+    if os.path.exists(mark):
+        description = description.replace("loopback=1", "loopback=1:backlog=7")
+    else:
+        open(mark, "w").close()
+serverFromString(reactor, description).listen(Factory.forProtocol(Pid)).addErrback(failed)
+reactor.run()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_plainScript(site: str) -> None:
+    with open(os.path.join(site, "serve.py"), "w") as f:
+        f.write(SCRIPT)
+    proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2"], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/")
+    # twisted_serversock.cluster says which role the program runs in.
+    assert re.search(r"^\S+ \S+ \[-\] role: primary$", proc.output, re.M), proc.output
+    for index in (1, 2):
+        assert re.search(rf"\[worker {index} pid \d+\] .*role: worker {index}$", proc.output, re.M), proc.output
+    await stoppedCleanly(proc, pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_daphne(site: str) -> None:
+    with open(os.path.join(site, "app.py"), "w") as f:
+        f.write(
+            textwrap.dedent(
+                """\
+                import os
+
+
+                async def application(scope, receive, send):
+                    assert scope["type"] == "http"
+                    await send({"type": "http.response.start", "status": 200, "headers": []})
+                    await send({"type": "http.response.body", "body": b"%d" % os.getpid()})
+                """
+            )
+        )
+    proc = start([DAPHNE, "-e", "gecko:port=0:loopback=1:workers=2", "app:application"], site)
+    port = int((await proc.waitFor(r"Listening on TCP address 127\.0\.0\.1:(\d+)")).group(1))
+    primary = proc.transport.pid
+    await eventually(lambda: len(childrenOf(primary)) == 2, 30, 0.1)
+    pids = await pidsAnswering(f"http://127.0.0.1:{port}/")
+    assert pids == childrenOf(primary) and primary not in pids, proc.output
+    await stoppedCleanly(proc, pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemonizedPrimary(site: str) -> None:
+    """
+    C{twistd} without C{-n}: the primary daemonizes (before it binds), its
+    workers run in the foreground under it, and SIGTERM stops them all.
+    """
+    pidfile = os.path.join(site, "p.pid")
+    logfile = os.path.join(site, "p.log")
+    launcher = start(
+        [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site],
+        site,
+    )
+    assert await timeout(launcher.ended, 30) == 0, launcher.output
+    with open(pidfile) as f:
+        daemon = int(f.read())
+
+    def logged(pattern: str) -> re.Match[str] | None:
+        with open(logfile) as f:
+            return re.search(pattern, f.read())
+
+    try:
+        await eventually(lambda: logged(SERVES + r"[\s\S]*" + SERVES) is not None, 30, 0.1)
+        match = logged(LISTENING)
+        assert match is not None
+        pids = await pidsAnswering(f"http://127.0.0.1:{match.group(1)}/pid.rpy")
+        assert len(pids) == 2 and daemon not in pids and pids == childrenOf(daemon)
+    finally:
+        os.kill(daemon, signal.SIGTERM)
+    await eventually(lambda: not alive(daemon) and not any(alive(p) for p in pids), 30, 0.1)
+    assert logged(r"Server Shut Down") is not None
+    assert not os.path.exists(pidfile)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigkilledWorkerLosesNothingAndComesBack(site: str) -> None:
+    """
+    A worker that stops answering (SIGSTOP) is handed connections it never
+    acknowledges; SIGKILL it, and those go to the other worker - every
+    request is answered - and a new worker takes its place.
+    """
+    proc = start([TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    url = f"http://127.0.0.1:{port}/pid.rpy"
+    pids = await servedByWorkers(proc, url)
+    victim, survivor = sorted(pids)
+    os.kill(victim, signal.SIGSTOP)
+    served = '"GET /pid.rpy HTTP/1.1" 200'
+    before = proc.output.count(served)
+    requests = [defer.ensureDeferred(curl(url)) for _ in range(6)]
+    # Until the requests reach the primary: the survivor answers its share,
+    # the victim holds the rest unacknowledged.
+    await eventually(lambda: proc.output.count(served) >= before + 3, 30, 0.05)
+    await sleep(0.5)
+    os.kill(victim, signal.SIGKILL)
+    answers = await timeout(defer.gatherResults(requests), 40)
+    assert all(code == 0 for _out, code in answers), answers
+    assert {int(out.split()[0]) for out, _code in answers} == {survivor}
+    assert re.search(r"went away holding \d+ unacknowledged connection", proc.output), proc.output
+    started = r"Started worker \d \(pid (\d+)\)"
+    newPid = int((await proc.waitFor(started + r"[\s\S]*" + started + r"[\s\S]*" + started)).group(3))
+    assert newPid not in pids
+    await proc.waitFor(rf"\[worker \d pid {newPid}\] .*Cluster worker \d \(pid {newPid}\) serves")
+    assert await pidsAnswering(url) == {survivor, newPid}
+    await stoppedCleanly(proc, {survivor, newPid})
+
+
+@pytest_twisted.ensureDeferred
+async def test_haproxyWrapping(site: str) -> None:
+    """
+    C{haproxy:gecko:...:workers=2}: the PROXY-protocol wrapper is part of
+    the factory, so it runs in the workers, which see the proxied address.
+    """
+    proc = start(
+        [TWISTD, "-n", "--pidfile=", "web", "--listen", "haproxy:gecko:port=0:loopback=1:workers=2", "--path", site], site
+    )
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    client = await connect(port)
+    client.transport.write(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nGET /pid.rpy HTTP/1.0\r\nHost: x\r\n\r\n")
+    reply = await client.whenClosed()
+    assert reply.startswith(b"HTTP/1.0 200"), reply
+    pid, host = reply.split(b"\r\n\r\n", 1)[1].split()
+    assert host == b"192.0.2.7" and int(pid) in childrenOf(proc.transport.pid)
+    await stoppedCleanly(proc, childrenOf(proc.transport.pid))
+
+
+# ----------------------------------------------------------------------
+# Bad input: a clear error and a non-zero exit, never a hang.
+
+
+@pytest.mark.parametrize(
+    "listen, message",
+    [
+        (["gecko:port=0:loopback=1:workers=-1"], "workers must be from 0 to 1024 or 'auto', not -1"),
+        (["gecko:port=0:loopback=1:workers=lots"], "workers must be a whole number or 'auto', not 'lots'"),
+        (
+            ["gecko:port=0:loopback=1:workers=2", "gecko:port=0:loopback=1:workers=2"],
+            "this description is already listening in cluster mode",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_badInputFailsAtOnce(site: str, listen: list[str], message: str) -> None:
+    argv = [TWISTD, "-n", "--pidfile=", "web", "--path", site]
+    for description in listen:
+        argv += ["--listen", description]
+    proc = start(argv, site)
+    code = await timeout(proc.ended, 40)
+    assert code != 0 and message in proc.output, proc.output
+    assert "Started worker" not in proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_workersThatCannotStartStopTheCluster(site: str) -> None:
+    """
+    A program whose workers die before they attach - here it also listens
+    on a plain C{tcp:} port, which only the primary can bind - is not
+    restarted forever: the primary says why and exits 1.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        busy = s.getsockname()[1]
+    argv = [TWISTD, "-n", "--pidfile=", "web", "--path", site, "--listen", "gecko:port=0:loopback=1:workers=2"]
+    proc = start(argv + ["--listen", f"tcp:{busy}:interface=127.0.0.1"], site)
+    code = await timeout(proc.ended, 60)
+    assert code == 1, proc.output
+    assert re.search(r"Cluster mode cannot go on: worker \d exited 3 times before its program started", proc.output), proc.output
+    assert "Address already in use" in proc.output
+    pids = {int(p) for p in re.findall(r"Started worker \d \(pid (\d+)\)", proc.output)}
+    await eventually(lambda: not any(alive(p) for p in pids), 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_workerListeningElsewhereStopsTheCluster(site: str) -> None:
+    """
+    A program whose workers listen on a description the primary does not
+    have: the primary says so, stops its workers and exits 1.
+    """
+    with open(os.path.join(site, "serve.py"), "w") as f:
+        f.write(SCRIPT)
+    proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2", "mark"], site)
+    code = await timeout(proc.ended, 60)
+    assert code == 1, proc.output
+    assert "Cluster mode cannot go on" in proc.output and "backlog=7" in proc.output, proc.output
+    pids = {int(p) for p in re.findall(r"Started worker \d \(pid (\d+)\)", proc.output)}
+    assert pids
+    await eventually(lambda: not any(alive(p) for p in pids), 10)

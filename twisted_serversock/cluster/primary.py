@@ -1,0 +1,356 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+The primary of a cluster: the first process whose C{workers=N} endpoint
+listens.  It binds (synchronously, inside C{listen()}), and once its reactor
+runs it starts N workers that run its own command line again; it accepts on
+every cluster listener and hands each connection to a worker that attached
+to that listener (L{twisted_serversock.ipc}'s dispatcher, worker pool and
+channel).  It serves nothing itself.
+
+Its end is the program's: when the reactor shuts down, the listeners close
+and the workers are told to finish their connections and exit.  SIGTERM and
+SIGINT stop the reactor without re-raising the signal, so that a graceful
+stop under C{twistd} exits with status 0.  A worker whose program listens on
+a description the primary does not have is a program error: the primary
+logs it, stops, and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..endpoints import GeckoListeningPort, _describe
+from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
+from ..ipc.pool import CHANNEL_FD, WorkerPool
+from ..ipc.signals import installSignals
+from ..ipc.wire import Control
+from ._cmdline import Program, splitCommandLine
+from ._env import MARKER, WorkerEnvironment, encodeAddress
+
+__all__ = ["ClusterPrimary", "PrimaryPort", "primaryFor"]
+
+_log = Logger()
+
+#: Seconds the workers get to finish their open connections when the
+#: primary stops.
+GRACE = 10.0
+#: The module a worker's interpreter runs first (it then runs the program).
+BOOT_MODULE = "twisted_serversock.cluster.boot"
+#: Until some worker's program has started (its reactor runs), a worker
+#: started this many times (so dead this many times less one, before it
+#: started) is a program that cannot run as a worker: the cluster stops
+#: instead of restarting it forever while clients wait.
+STARTS_BEFORE_GIVING_UP = 4
+
+
+@implementer(IListeningPort)
+class PrimaryPort:
+    """
+    A cluster listener in the primary: a gecko listening port whose
+    accepted sockets go, raw, to the dispatcher.
+
+    @ivar factory: the application's protocol factory (used by the
+        workers; never started here).
+    @ivar description: the endpoint's description, which workers match.
+    @ivar route: the dispatcher's route for this listener.
+    """
+
+    def __init__(self, primary: ClusterPrimary, description: str, route: Route, port: GeckoListeningPort, factory: Any) -> None:
+        self._primary = primary
+        self.description = description
+        self.route = route
+        self._port = port
+        self.factory = factory
+        self._stopped: defer.Deferred[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<PrimaryPort {self.description} on {_describe(self.getHost())}>"
+
+    @property
+    def serverSocket(self) -> Any:
+        """
+        The L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
+        that accepts for the workers.
+        """
+        return self._port.serverSocket
+
+    def getHost(self) -> Any:
+        return self._port.getHost()
+
+    def startListening(self) -> None:
+        """
+        Nothing to do: the port listens from the start, and a cluster
+        listener that stopped cannot start again (its workers detached).
+
+        @raise CannotListenError: after L{stopListening}.
+        """
+        if self._stopped is not None:
+            raise CannotListenError(None, self.description, ValueError("a stopped cluster listener cannot listen again; listen on the endpoint anew"))
+
+    def stopListening(self) -> defer.Deferred[None]:
+        """
+        Stop accepting; connections already accepted still go to workers.
+        """
+        if self._stopped is None:
+            self._stopped = self._port.stopListening()
+            self._primary._closed(self)
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def stopped(result: object) -> None:
+            d.callback(None)
+
+        self._stopped.addBoth(stopped)
+        return d
+
+    loseConnection = stopListening
+
+
+class ClusterPrimary:
+    """
+    The cluster primary of this process (one per process, see
+    L{primaryFor}).
+
+    @ivar dispatcher: holds accepted connections until a worker adopts them.
+    @ivar pool: the workers, once started.
+    @ivar failed: whether a program error stopped the cluster (the process
+        then exits with status 1).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.dispatcher = Dispatcher()
+        self.pool: WorkerPool | None = None
+        self.failed = False
+        self._ports: dict[str, PrimaryPort] = {}
+        self._count = 0
+        self._cwd = os.getcwd()
+        self._argv = list(getattr(sys, "orig_argv", sys.argv))
+        self._program: Program | None = None
+        self._stopping: defer.Deferred[None] | None = None
+        self._upOnce = False
+        self._starts: dict[int, int] = {}
+        reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
+        reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        atexit.register(self._exitStatus)
+
+    # ------------------------------------------------------------------
+    # Listening.
+
+    def listen(self, endpoint: Any, factory: Any, workers: int) -> defer.Deferred[IListeningPort]:
+        """
+        Bind C{endpoint} now; its connections go to the workers.
+
+        @return: an already fired Deferred: the L{PrimaryPort}, or
+            C{CannotListenError} (a bind error, the same description
+            listened on twice, or a program the workers cannot run again).
+        """
+        description = endpoint.clusterDescription()
+        if description in self._ports:
+            return defer.fail(
+                CannotListenError(
+                    None,
+                    description,
+                    ValueError(
+                        "this description is already listening in cluster mode; workers find their "
+                        "listener by its description, so each must be different"
+                    ),
+                )
+            )
+        if self._program is None:
+            try:
+                self._program = splitCommandLine(self._argv)
+            except ValueError as e:
+                return defer.fail(CannotListenError(None, description, e))
+        route = self.dispatcher.addRoute(description)
+        inner = GeckoListeningPort(endpoint, HandOffFactory(self.dispatcher, route, factory))
+        try:
+            inner.startListening()
+        except CannotListenError:
+            self.dispatcher.closeRoute(route)
+            return defer.fail()
+        port = PrimaryPort(self, description, route, inner, factory)
+        self._ports[description] = port
+        if self.pool is None:
+            self._count = max(self._count, workers)
+        elif workers != self._count:
+            _log.warn(
+                "{description} asks for {n} workers, but the cluster already runs {count}; they serve it",
+                description=description,
+                n=workers,
+                count=self._count,
+            )
+        _log.info(
+            "Cluster primary (pid {pid}): {description} on {address} is served by {n} worker process(es)",
+            pid=os.getpid(),
+            description=description,
+            address=_describe(port.getHost()),
+            n=self._count,
+        )
+        return defer.succeed(port)
+
+    def _closed(self, port: PrimaryPort) -> None:
+        if self._ports.get(port.description) is port:
+            del self._ports[port.description]
+        self.dispatcher.closeRoute(port.route)
+
+    # ------------------------------------------------------------------
+    # The workers.
+
+    def _start(self) -> None:
+        if self.pool is not None or self._stopping is not None or not self._ports:
+            return
+        self.pool = _ClusterPool(self, self._reactor, self.dispatcher, "", self._count, onControl=self._control)
+        self._installSignals()
+        _log.info(
+            "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
+            pid=os.getpid(),
+            n=self._count,
+            argv=" ".join(self._argv),
+        )
+        self.pool.start()
+
+    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
+        """
+        Start worker C{index}: this interpreter with the program's
+        interpreter options, running L{BOOT_MODULE}, which runs the program,
+        with C{channel} as descriptor C{CHANNEL_FD}.
+        """
+        assert self._program is not None
+        starts = self._starts[index] = self._starts.get(index, 0) + 1
+        if starts >= STARTS_BEFORE_GIVING_UP and not self._upOnce:
+            self._reactor.callLater(
+                0,
+                self.fail,
+                f"worker {index} exited {starts - 1} times before its program started (its log lines "
+                "above say why; a program that also listens on an endpoint without workers= has every "
+                "worker try to bind it too)",
+            )
+        listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
+        env = dict(os.environ)
+        env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid()).encode()
+        argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
+        return self._reactor.spawnProcess(
+            processProtocol,
+            sys.executable,
+            argv,
+            env=env,
+            path=self._cwd if os.path.isdir(self._cwd) else None,
+            childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
+        )
+
+    def _control(self, link: WorkerLink, message: Control) -> None:
+        fields = message.fields
+        if message.type == "cluster-attach":
+            description = fields.get("description")
+            port = self._ports.get(description) if isinstance(description, str) else None
+            if port is None:
+                reason = (
+                    f"{link!r}'s program listens on {description}, on which the primary (pid "
+                    f"{os.getpid()}) does not listen; every process of a cluster program must listen "
+                    "on the same descriptions (primary: " + (", ".join(self._ports) or "none") + ")"
+                )
+                link.sendControl("cluster-refused", id=fields.get("id"), reason=reason)
+                self.fail(reason)
+                return
+            self.dispatcher.join(port.route, link)
+            link.sendControl(
+                "cluster-attached",
+                id=fields.get("id"),
+                route=port.route.id,
+                address=encodeAddress(port.getHost()),
+            )
+        elif message.type == "cluster-up":
+            self._upOnce = True
+        elif message.type == "cluster-detach":
+            route = self.dispatcher.routes.get(fields.get("route"))  # type: ignore[arg-type]
+            if route is not None:
+                self.dispatcher.leaveRoute(route, link)
+        else:
+            link.channel.rejected += 1
+            _log.warn("{link!r}: ignored an unknown control message {type!r}", link=link, type=message.type)
+
+    def fail(self, reason: str) -> None:
+        """
+        A program error: log it, stop everything, and exit with status 1.
+        """
+        if not self.failed:
+            _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
+            self.failed = True
+            if self._reactor.running:
+                self._reactor.stop()
+
+    # ------------------------------------------------------------------
+    # Stopping.
+
+    def _installSignals(self) -> None:
+        # The lifecycle's own handlers (SIGTERM/SIGINT graceful stop, SIGHUP
+        # reload, SIGTTIN/SIGTTOU, SIGUSR1), over the reactor's, which would
+        # make twistd re-raise the signal after an orderly shutdown.
+        installSignals(self._reactor, self.pool, self._terminate)
+
+    def _terminate(self, why: str) -> None:
+        _log.info("{signal}: stopping the cluster (workers get {grace} s to finish)", signal=why, grace=GRACE)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    def _shutdown(self) -> defer.Deferred[None]:
+        """
+        Close every listener, then stop the workers (the reactor waits).
+        """
+        if self._stopping is None:
+            stops = [port.stopListening() for port in list(self._ports.values())]
+            d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
+            pool = self.pool
+            if pool is not None:
+                d.addBoth(lambda _: pool.stop(GRACE))
+            d.addErrback(lambda f: _log.failure("Error while stopping the cluster", f))
+            self._stopping = d
+        return self._stopping
+
+    def _exitStatus(self) -> None:
+        # Registered when the primary is made, so it runs after the program's
+        # own exit handlers: the program's main returned normally, but the
+        # cluster stopped on an error.
+        if self.failed:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(1)
+
+
+class _ClusterPool(WorkerPool):
+    """
+    The worker pool of a cluster: its workers run the program again.
+    """
+
+    def __init__(self, primary: ClusterPrimary, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._primary = primary
+
+    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
+        return self._primary.spawnWorker(processProtocol, channel, index)
+
+
+_primary: ClusterPrimary | None = None
+
+
+def primaryFor(reactor: Any) -> ClusterPrimary:
+    """
+    This process's cluster primary (made on first use).
+    """
+    global _primary
+    if _primary is None:
+        _primary = ClusterPrimary(reactor)
+    return _primary

@@ -1,0 +1,282 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+A cluster worker: the application's own program, run again by the primary
+(through L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints do
+not bind: each attaches to the primary's listener with the same description
+and adopts the connections the primary hands over, with the application's
+factory for that listener.
+
+The worker is L{twisted_serversock.ipc.worker.Worker} - the worker of
+C{twistd serversock} - with one factory per listener, so that everything a
+worker does for its parent (acknowledging hand-overs, draining on C{stop},
+going away when the parent does) it does here too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText
+from zope.interface import implementer, provider
+
+from ..endpoints import _describe
+from ..ipc.wire import Control
+from ..ipc.worker import Worker
+from ._env import WorkerEnvironment, decodeAddress
+
+__all__ = ["ClusterWorker", "WorkerPort", "environment", "setEnvironment", "workerFor", "logObserver"]
+
+_log = Logger()
+
+#: Seconds a worker waits for the primary to answer about a listener it
+#: did not know of when the worker started.
+ATTACH_TIMEOUT = 30.0
+
+_environment: WorkerEnvironment | None = None
+_worker: ClusterWorker | None = None
+
+
+def setEnvironment(env: WorkerEnvironment) -> None:
+    """
+    Make this process a cluster worker (L{twisted_serversock.cluster.boot}
+    does, before the program runs).
+    """
+    global _environment
+    _environment = env
+
+
+def environment() -> WorkerEnvironment | None:
+    """
+    This worker's start-up facts, or L{None} outside a cluster worker.
+    """
+    return _environment
+
+
+@provider(ILogObserver)
+def logObserver(event: dict[str, Any]) -> None:
+    """
+    A worker's log: one line an event (its system in brackets, its level
+    unless info, and any traceback) on the process's standard error, which
+    the primary relays into its own log with the worker's pid.
+    """
+    text = eventAsText(event, includeTimestamp=False, includeSystem=True)
+    level = event.get("log_level")
+    if level is not None and level is not LogLevel.info:
+        text = f"{level.name}: {text}"
+    # The real standard error: twistd points sys.stderr at the log itself.
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(text + "\n")
+        stream.flush()
+
+
+class _NoFactory:
+    """
+    The L{Worker}'s own factory: a cluster worker's factories are its
+    listeners', started and stopped by their ports.
+    """
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+
+@implementer(IListeningPort)
+class WorkerPort:
+    """
+    A cluster listener in a worker: the primary accepts, this process
+    serves with C{factory}.
+
+    @ivar description: the endpoint's description.
+    @ivar route: the primary's route for the listener, once attached.
+    @ivar serverSocket: L{None}; the listening socket is in the primary.
+    """
+
+    serverSocket = None
+
+    def __init__(self, worker: ClusterWorker, description: str, factory: Any) -> None:
+        self._worker = worker
+        self.description = description
+        self.factory = factory
+        self.route: int | None = None
+        self._address: Any = None
+        self.listening = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerPort {self.description} on {_describe(self._address)}>"
+
+    def attached(self, route: int, address: Any) -> None:
+        """
+        The primary serves this listener's connections to this worker from
+        now on.
+        """
+        self.route = route
+        self._address = address
+        self.listening = True
+        self.factory.doStart()
+        _log.info(
+            "Cluster worker {index} (pid {pid}) serves {address} ({description})",
+            index=self._worker.index,
+            pid=os.getpid(),
+            address=_describe(address),
+            description=self.description,
+        )
+
+    def getHost(self) -> Any:
+        """
+        The primary's listening address.
+        """
+        return self._address
+
+    def startListening(self) -> None:
+        """
+        Nothing to do: the port is attached from the start.
+        """
+
+    def stopListening(self) -> defer.Deferred[None]:
+        """
+        Take no new connections of this listener; those already handed
+        over are still served.
+        """
+        if self.listening:
+            self.listening = False
+            self._worker.detach(self)
+            self.factory.doStop()
+        return defer.succeed(None)
+
+    loseConnection = stopListening
+
+
+class ClusterWorker(Worker):
+    """
+    This process's end of the cluster (one per worker process, see
+    L{workerFor}).
+
+    @ivar index: the worker's number.
+    """
+
+    def __init__(self, reactor: Any, env: WorkerEnvironment) -> None:
+        channel = socket.socket(fileno=env.channelFd)
+        super().__init__(reactor, _NoFactory(), channel, env.index)
+        self.index = env.index
+        self._env = env
+        self._ports: dict[int, WorkerPort] = {}  # by route
+        self._descriptions: dict[str, WorkerPort] = {}
+        self._waiting: dict[int, tuple[defer.Deferred[IListeningPort], WorkerPort]] = {}
+        self._ids = itertools.count(1)
+        self.link.onControl = self._clusterControl
+        reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        # The parent decides when workers stop: a terminal's Ctrl-C reaches
+        # the whole process group, so SIGINT is ignored; SIGTERM sent to a
+        # worker itself is a graceful stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, 10.0))
+        # The program started: the primary stops counting this worker's
+        # failed starts.
+        self.link.sendControl("cluster-up", pid=os.getpid())
+        self.start()
+
+    def factoryFor(self, route: int) -> Any:
+        port = self._ports.get(route)
+        return port.factory if port is not None else None
+
+    def listen(self, endpoint: Any, factory: Any) -> defer.Deferred[IListeningPort]:
+        """
+        Attach to the primary's listener with C{endpoint}'s description.
+
+        @return: a Deferred with the L{WorkerPort}, already fired if the
+            primary had the listener when this worker started; or
+            C{CannotListenError} if the primary does not have it, or the
+            channel to the primary is gone.
+        """
+        description = endpoint.clusterDescription()
+        if description in self._descriptions and self._descriptions[description].listening:
+            return defer.fail(CannotListenError(None, description, ValueError("this description is already listening in this worker")))
+        if not self.link.connected:
+            return defer.fail(CannotListenError(None, description, ValueError("the channel to the cluster primary is closed")))
+        port = WorkerPort(self, description, factory)
+        self._descriptions[description] = port
+        requestId = next(self._ids)
+        self.link.sendControl("cluster-attach", id=requestId, description=description)
+        known = self._env.listeners.get(description)
+        if known is not None:
+            self._attached(port, *known)
+            return defer.succeed(port)
+        d: defer.Deferred[IListeningPort] = defer.Deferred()
+        self._waiting[requestId] = (d, port)
+
+        def timedOut(failure: Any) -> Any:
+            self._waiting.pop(requestId, None)
+            if failure.check(defer.TimeoutError):
+                raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
+            return failure
+
+        d.addTimeout(ATTACH_TIMEOUT, self._reactor)
+        d.addErrback(timedOut)
+        return d
+
+    def _attached(self, port: WorkerPort, route: int, address: Any) -> None:
+        self._ports[route] = port
+        port.attached(route, address)
+
+    def detach(self, port: WorkerPort) -> None:
+        """
+        Ask the primary to send no more connections of C{port}'s listener.
+        """
+        if port.route is not None and self.link.connected:
+            self.link.sendControl("cluster-detach", route=port.route)
+
+    def stop(self, grace: float) -> None:
+        """
+        Take no new connections, let open ones finish within C{grace}
+        seconds, then stop the reactor (and so the program).
+        """
+        for port in list(self._ports.values()):
+            if port.listening and port.route is not None and self.link.connected:
+                self.link.sendControl("cluster-detach", route=port.route)
+        super().stop(grace)
+
+    def _clusterControl(self, message: Control) -> None:
+        fields = message.fields
+        if message.type == "cluster-attached":
+            entry = self._waiting.pop(fields.get("id"), None)  # type: ignore[arg-type]
+            if entry is not None:
+                d, port = entry
+                self._attached(port, int(fields["route"]), decodeAddress(fields["address"]))
+                d.callback(port)
+        elif message.type == "cluster-refused":
+            reason = str(fields.get("reason", "refused"))
+            entry = self._waiting.pop(fields.get("id"), None)  # type: ignore[arg-type]
+            if entry is not None:
+                d, port = entry
+                d.errback(CannotListenError(None, port.description, ValueError(reason)))
+            else:
+                _log.error("The cluster primary refused a listener: {reason}", reason=reason)
+        else:
+            self._control(message)
+
+
+def workerFor(reactor: Any) -> ClusterWorker:
+    """
+    This worker process's L{ClusterWorker} (made on first use).
+
+    @raise RuntimeError: outside a cluster worker.
+    """
+    global _worker
+    if _environment is None:
+        raise RuntimeError("not a cluster worker")
+    if _worker is None:
+        _worker = ClusterWorker(reactor, _environment)
+    return _worker
