@@ -12,7 +12,10 @@ parent.
    parent listens with.
  - L{child}: the child's end, and L{TCPServerSocketChild} (Gecko's
    C{nsITCPServerSocketInternal}).
- - L{pool}: the worker processes of C{twistd serversock}.
+ - L{pool}: the worker processes of C{twistd serversock}: restarts,
+   C{--timeout}, reload, C{--max-requests}, one worker more or fewer;
+   L{slots}: one worker process and its number.
+ - L{signals}: the parent's signals; L{sdnotify}: systemd notification.
  - L{worker}: the worker process's main program.
 
 The process model is described in C{docs/workers.md}.

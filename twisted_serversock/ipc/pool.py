@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
+from .slots import Slot, Worker, WorkerProcess
 from .sdnotify import SystemdNotifier
 from .wire import Control, channelPair
 
@@ -47,75 +48,6 @@ _CHANNEL_FD = 3
 _KILL_MARGIN = 2.0
 #: The descriptor a worker's channel has in the worker.
 CHANNEL_FD = _CHANNEL_FD
-
-
-class _WorkerProcess(ProcessProtocol):
-    """
-    One worker process: relays its stderr into the parent's log and reports
-    its end to the pool.
-    """
-
-    def __init__(self, pool: WorkerPool, worker: _Worker) -> None:
-        self._pool = pool
-        self._worker = worker
-        self._partial = b""
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._relay(line)
-
-    def _relay(self, line: bytes) -> None:
-        text = line.decode("utf-8", "backslashreplace").rstrip()
-        if text:
-            _log.info("[worker {index} pid {pid}] {line}", index=self._worker.index, pid=self._worker.pid, line=text)
-
-    def processEnded(self, reason: Failure) -> None:
-        if self._partial:
-            self._relay(self._partial)
-            self._partial = b""
-        self._pool._ended(self._worker, reason)
-
-
-class _Worker:
-    """
-    One worker process of a slot, from spawn to exit.
-    """
-
-    def __init__(self, slot: _Slot) -> None:
-        self.slot = slot
-        self.index = slot.index
-        self.pid = 0
-        self.link: WorkerLink | None = None
-        self.process: Any = None
-        self.startedAt = time.monotonic()
-        self.killAt = 0.0
-        self.killed = False
-        self.retiring = False
-        self.counted = False
-
-    def __repr__(self) -> str:
-        return f"worker {self.index} (pid {self.pid})"
-
-
-class _Slot:
-    """
-    Worker number C{index} across its restarts and replacements.
-    """
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.current: _Worker | None = None
-        self.successor: _Worker | None = None
-        self.failures = 0
-        self.restarts = 0
-        self.adopted = 0
-        self.pending: Any = None
-
-    @property
-    def pid(self) -> int:
-        return self.current.pid if self.current is not None else 0
 
 
 class WorkerPool:
@@ -159,16 +91,15 @@ class WorkerPool:
         self.dispatcher = dispatcher
         self._factoryName = factoryName
         self._onControl = onControl
-        self._onControl = onControl
-        self._slots = [_Slot(i + 1) for i in range(count)]
+        self._slots = [Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
         self._timeout = timeout
         self._grace = grace
         self._maxRequests = maxRequests
         self._jitter = maxRequestsJitter
         self.notifier = notifier if notifier is not None else SystemdNotifier(reactor)
-        self._retiring: set[_Worker] = set()
-        self._reloading: set[_Worker] = set()
+        self._retiring: set[Worker] = set()
+        self._reloading: set[Worker] = set()
         self._started = False
         self._announced = False
         self._stopping = False
@@ -196,7 +127,7 @@ class WorkerPool:
             if worker.link is not None and worker.link.ready and not worker.retiring:
                 self.dispatcher.join(route, worker.link)
 
-    def _workers(self) -> list[_Worker]:
+    def _workers(self) -> list[Worker]:
         """
         Every worker process there is (current, starting and retiring).
         """
@@ -248,7 +179,7 @@ class WorkerPool:
             childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: channel.fileno()},
         )
 
-    def _spawn(self, slot: _Slot, successor: bool = False) -> _Worker | None:
+    def _spawn(self, slot: Slot, successor: bool = False) -> Worker | None:
         slot.pending = None
         if self._stopping or slot not in self._slots:
             return None
@@ -258,7 +189,7 @@ class WorkerPool:
             moved = childEnd.dup()
             childEnd.close()
             childEnd = moved
-        worker = _Worker(slot)
+        worker = Worker(slot)
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
@@ -271,7 +202,7 @@ class WorkerPool:
         else:
             slot.current = worker
         try:
-            worker.process = self.spawnWorker(_WorkerProcess(self, worker), childEnd, slot.index)
+            worker.process = self.spawnWorker(WorkerProcess(self, worker), childEnd, slot.index)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -288,7 +219,7 @@ class WorkerPool:
         _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=worker.pid)
         return worker
 
-    def _ready(self, worker: _Worker) -> None:
+    def _ready(self, worker: Worker) -> None:
         slot = worker.slot
         link = worker.link
         if self._stopping or worker.retiring or link is None:
@@ -337,7 +268,7 @@ class WorkerPool:
     # ------------------------------------------------------------------
     # Replacing workers.
 
-    def _retire(self, worker: _Worker, why: str) -> None:
+    def _retire(self, worker: Worker, why: str) -> None:
         """
         No new connections for C{worker}; it finishes its open ones within
         the grace period and exits (or is killed shortly after).
@@ -359,7 +290,7 @@ class WorkerPool:
             self.dispatcher.leave(link)
             link.sendControl("stop", grace=self._grace)
 
-    def _recycle(self, worker: _Worker) -> None:
+    def _recycle(self, worker: Worker) -> None:
         """
         C{worker} was given its C{maxRequests}: start its successor and send
         it nothing more (unless it is the only one able to serve until the
@@ -412,7 +343,7 @@ class WorkerPool:
         """
         if self._stopping:
             return
-        slot = _Slot(max((s.index for s in self._slots), default=0) + 1)
+        slot = Slot(max((s.index for s in self._slots), default=0) + 1)
         self._slots.append(slot)
         _log.info("Adding worker {index}: {n} worker(s) now", index=slot.index, n=len(self._slots))
         self._spawn(slot)
@@ -472,7 +403,7 @@ class WorkerPool:
         if not self._stopping or self._ended_d is not None:
             self._tick = self._reactor.callLater(self._tickInterval(), self._check)
 
-    def _kill(self, worker: _Worker) -> None:
+    def _kill(self, worker: Worker) -> None:
         """
         SIGKILL: even a stopped worker dies at once and never runs again;
         its channel ends after its last message, and only then are its
@@ -489,7 +420,11 @@ class WorkerPool:
     # ------------------------------------------------------------------
     # Ends.
 
-    def _ended(self, worker: _Worker, reason: Failure) -> None:
+    def workerEnded(self, worker: Worker, reason: Failure) -> None:
+        """
+        C{worker}'s process ended (its L{WorkerProcess} says so): count,
+        log, restart or not.
+        """
         link, worker.process = worker.link, None
         slot = worker.slot
         if link is not None:
@@ -545,7 +480,7 @@ class WorkerPool:
             self.notifier.status(self.status())
         self._checkEnded()
 
-    def _scheduleRestart(self, slot: _Slot) -> float:
+    def _scheduleRestart(self, slot: Slot) -> float:
         delay = min(_FIRST_DELAY * 2 ** max(slot.failures - 1, 0), _MAX_DELAY)
         slot.restarts += 1
         slot.pending = self._reactor.callLater(delay, self._spawn, slot)

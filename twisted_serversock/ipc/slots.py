@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_lifecycle -*-
+"""
+The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}:
+L{Slot} (a worker number across restarts and replacements), L{Worker} (one
+process of a slot, from spawn to exit) and L{WorkerProcess} (its process
+protocol: relays its stderr into the parent's log, reports its end).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .parent import WorkerLink
+
+__all__ = ["Slot", "Worker", "WorkerProcess"]
+
+_log = Logger()
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker process: relays its stderr into the parent's log and reports
+    its end to the pool.
+    """
+
+    def __init__(self, pool: Any, worker: Worker) -> None:
+        self._pool = pool
+        self._worker = worker
+        self._partial = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._relay(line)
+
+    def _relay(self, line: bytes) -> None:
+        text = line.decode("utf-8", "backslashreplace").rstrip()
+        if text:
+            _log.info("[worker {index} pid {pid}] {line}", index=self._worker.index, pid=self._worker.pid, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._partial:
+            self._relay(self._partial)
+            self._partial = b""
+        self._pool.workerEnded(self._worker, reason)
+
+
+class Worker:
+    """
+    One worker process of a slot, from spawn to exit.
+    """
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        self.index = slot.index
+        self.pid = 0
+        self.link: WorkerLink | None = None
+        self.process: Any = None
+        self.startedAt = time.monotonic()
+        self.killAt = 0.0
+        self.killed = False
+        self.retiring = False
+        self.counted = False
+
+    def __repr__(self) -> str:
+        return f"worker {self.index} (pid {self.pid})"
+
+
+class Slot:
+    """
+    Worker number C{index} across its restarts and replacements.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.current: Worker | None = None
+        self.successor: Worker | None = None
+        self.failures = 0
+        self.restarts = 0
+        self.adopted = 0
+        self.pending: Any = None
+
+    @property
+    def pid(self) -> int:
+        return self.current.pid if self.current is not None else 0
