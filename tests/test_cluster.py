@@ -264,7 +264,8 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     with open(os.path.join(site, "twistd.pid")) as f:
         assert int(f.read()) == proc.transport.pid
     for pid in pids:
-        assert re.search(rf"\[worker \d pid {pid}\] .*\"GET /pid\.rpy HTTP/1\.1\" 200", proc.output), proc.output
+        # The access-log line is relayed after the response is sent: wait for it.
+        await proc.waitFor(rf"\[worker \d pid {pid}\] .*\"GET /pid\.rpy HTTP/1\.1\" 200")
     if reactor == "asyncio":
         for pid in pids:
             assert re.search(rf"\[worker \d pid {pid}\] .*reactor class: twisted\.internet\.asyncioreactor", proc.output)
