@@ -38,6 +38,7 @@ from ._unix import peerCredentials
 from .netaddr import NetAddr, unixName
 from .results import (
     NS_BASE_STREAM_CLOSED,
+    NS_BINDING_ABORTED,
     NS_ERROR_FAILURE,
     NS_ERROR_IN_PROGRESS,
     NS_ERROR_INVALID_ARG,
@@ -82,7 +83,7 @@ class SocketTransport:
         C{unix.Server}) once built, else L{None} (see L{_tcp}).
     @ivar _pending: until the Twisted transport is built, what building it
         takes: C{(transportClass, socket, peer address, listening port,
-        session number, reactor)}; then L{None}.
+        reactor)}; then L{None}.
     @ivar _queue: the server socket's FIFO for deferred notifications.
     @ivar _input: the input stream, created at the first byte or when
         opened.
@@ -175,7 +176,9 @@ class SocketTransport:
         pending, self._pending = self._pending, None
         if pending is None:
             raise NSError(NS_ERROR_FAILURE, "the accepted connection could not be set up")
-        transportClass, skt, addr, port, sessionno, reactor = pending
+        transportClass, skt, addr, port, reactor = pending
+        sessionno = port.sessionno
+        port.sessionno = sessionno + 1
         try:
             tcp = transportClass(skt, protocol, addr, port, sessionno, reactor)
         except BaseException:
@@ -183,6 +186,19 @@ class SocketTransport:
             raise
         self._twisted = tcp
         return tcp
+
+    def _refuse(self) -> None:
+        """
+        Close a connection no protocol was built for, at once: without
+        building its Twisted transport (nor taking a session number) if it
+        was not built yet.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            self._closeWithStatus(NS_BINDING_ABORTED, abort=True)
+            return
+        self._status = NS_BINDING_ABORTED
+        pending[1].close()
 
     # ------------------------------------------------------------------
     # Twisted protocol side (private): the reactor calls these while the
@@ -590,9 +606,9 @@ class SocketTransport:
 
 
 #: What building a L{SocketTransport}'s Twisted transport takes:
-#: C{(transportClass, socket, peer address, listening port, session number,
-#: reactor)}.
-_Pending = tuple[Any, socket.socket, Any, Any, int, Any]
+#: C{(transportClass, socket, peer address, listening port, reactor)}; the
+#: session number comes from the port when it is built.
+_Pending = tuple[Any, socket.socket, Any, Any, Any]
 
 
 def _readable(tcp: Any) -> bool:
