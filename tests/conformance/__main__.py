@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     geckoOnly: list[str] = []
     shared: list[str] = []
+    deviations: list[str] = []
     for (impl, kind, where, method), outcome in sorted(byKey.items()):
         if impl != "gecko" or outcome not in ("FAIL", "ERROR"):
             continue
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         testId = f"gecko_{kind}_{where}Tests.{method}"
         if baseline in ("FAIL", "ERROR", "skip"):
             shared.append(f"{testId} (baseline: {baseline})")
+        elif (where.rsplit("_", 1)[0], method) in twistedsuite.DEVIATIONS:
+            deviations.append(f"{testId}: {twistedsuite.DEVIATIONS[(where.rsplit('_', 1)[0], method)]}")
         else:
             geckoOnly.append(testId)
     unhooked = sorted(
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Twisted tests run: gecko {total['gecko:run']}, Twisted baseline {total['twisted:run']} "
         f"(skipped: {total['gecko:skip']} / {total['twisted:skip']}; "
         f"failed: {total['gecko:fail']} / {total['twisted:fail']}; "
-        f"gecko-only failures: {len(geckoOnly)}) in {elapsed:.0f}s"
+        f"known deviations: {len(deviations)}; gecko-only failures: {len(geckoOnly)}) in {elapsed:.0f}s"
     )
     print("Cells: tests run against gecko / against Twisted's own endpoint\n")
     print(table)
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     for testId in shared:
         print("  fails for both:", testId)
+    for testId in deviations:
+        print("  known deviation:", testId)
     for testId in geckoOnly:
         print("  GECKO-ONLY FAILURE:", testId)
         if args.v:

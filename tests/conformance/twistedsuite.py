@@ -25,6 +25,7 @@ also compares gecko's failures with the baseline's and prints the counts.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import tempfile
@@ -257,6 +258,10 @@ class _Hooks:
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
+        # A Deferred a failed test leaves behind logs its error when it is
+        # collected: collect it now, so the error is this test's and does
+        # not fail whichever test runs next.
+        self.addCleanup(gc.collect)  # type: ignore[attr-defined]
         self.endpoints = _Creator(self, self.kind, self.impl, self.tls)
         if hasattr(self, "fakeDomainName") and self.kind.family == socket.AF_INET6:
             self.fakeDomainName = self.kind.interface
@@ -349,6 +354,17 @@ for _builder, _names, _why in [
 ]:
     for _name in _names:
         EXCLUDED[(_builder, "test_" + _name)] = _why
+
+#: (builder, test method) -> why gecko differs from Twisted there, on
+#: purpose (docs/deviations.md).  These run and are reported, but do not
+#: fail the run.
+DEVIATIONS: dict[tuple[str, str], str] = {
+    ("UNIXAdoptStreamConnectionTestsBuilder", "test_ServerAddressUNIX"): (
+        "adoptStreamConnection names the server end by getsockname(); a geckounix: socket file is bound "
+        "in a private directory and linked into place (no permission window, SPEC 4), so the kernel's "
+        "name for it is the private path"
+    ),
+}
 
 #: Whole builders left out, with the reason.
 EXCLUDED_BUILDERS: dict[str, str] = {
