@@ -187,7 +187,13 @@ class GeckoListeningPort:
             legacyLog.msg(f"{_factoryPrefix(self.factory)} starting on {self._portName()!r}")
         else:
             legacyLog.msg(f"{_factoryPrefix(self.factory)} starting on {self._portName()}")
-        self.factory.doStart()
+        try:
+            self.factory.doStart()
+        except BaseException:
+            # Nothing may stay bound for a port listen() reported failed.
+            serv.close()
+            self._listener = None
+            raise
         serv.asyncListen(self._listener)
 
     def stopListening(self) -> defer.Deferred[None]:
