@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._twistedcompat import bufferedOutput, isReadable, relabel
 from .interfaces import ISocketTransport
 from ._unix import peerCredentials
 from .netaddr import NetAddr, unixName
@@ -54,7 +55,7 @@ from .results import (
 )
 from .streams import InputStream, OutputStream, bufferLimit
 
-__all__ = ["SocketTransport"]
+__all__ = ["SocketTransport", "bufferedOutput"]
 
 OPEN_BLOCKING = 1
 OPEN_UNBUFFERED = 2
@@ -63,15 +64,6 @@ TIMEOUT_READ_WRITE = 1
 #: A timeout of this many seconds or more means "no timeout".
 NO_TIMEOUT = 0xFFFF
 _MAX_KEEPALIVE = 32767
-
-
-def bufferedOutput(transport: Any) -> int:
-    """
-    How many bytes wait in a Twisted transport's write buffer
-    (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
-    the C{_tempDataBuffer} list).
-    """
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 @implementer(ISocketTransport, IHalfCloseableProtocol)
@@ -501,11 +493,8 @@ class SocketTransport:
         tcp = self._tcp
         tcp.protocol = protocol
         # Twisted formats the log prefix and the repr of a connection from
-        # its protocol at construction: redo both for the new protocol
-        # (the repr keeps what follows the class name: " #N on PORT>").
-        tcp.logstr = f"{tcp._getLogPrefix(protocol)},{tcp.sessionno},{tcp.hostname}"
-        repstr = tcp.repstr
-        tcp.repstr = f"<{type(protocol).__name__}{repstr[repstr.find(' #'):]}"
+        # its protocol at construction: redo both for the new protocol.
+        relabel(tcp, protocol)
         if inp is not None:
             self._input = None
             if inp._paused:
@@ -524,10 +513,10 @@ class SocketTransport:
         # unless the protocol already closed the connection.
         tcp = self._tcp
         for chunk in inp._takeAll():
-            if not _readable(tcp):
+            if not isReadable(tcp):
                 return
             protocol.dataReceived(chunk)
-        if self._peerClosed and _readable(tcp):
+        if self._peerClosed and isReadable(tcp):
             tcp.readConnectionLost(Failure(ConnectionDone()))
 
     def close(self, reason: int = NS_OK) -> None:
@@ -609,14 +598,6 @@ class SocketTransport:
 #: C{(transportClass, socket, peer address, listening port, reactor)}; the
 #: session number comes from the port when it is built.
 _Pending = tuple[Any, socket.socket, Any, Any, Any]
-
-
-def _readable(tcp: Any) -> bool:
-    """
-    Whether Twisted would still deliver input on C{tcp}: not after
-    C{loseConnection} or C{abortConnection}.
-    """
-    return bool(tcp.connected and not tcp.disconnecting and not getattr(tcp, "_aborting", False))
 
 
 def _checkTimeoutType(type: int) -> None:

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._twistedcompat import closeWithoutShutdown
 from ..endpoints import _IRawAcceptingFactory
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
@@ -455,10 +456,8 @@ class _HandOff(Protocol):
         if isinstance(transport, tcp.Connection) and isinstance(getattr(transport, "socket", None), socket.socket):
             transport.stopReading()
             skt = transport.socket.dup()
-            # Twisted's own ivar for sockets it does not own alone: close
-            # without shutdown(2), which would end the child's copy too.
-            transport._shouldShutdown = False
-            transport.loseConnection()
+            # Close without shutdown(2), which would end the child's copy too.
+            closeWithoutShutdown(transport)
             factory.dispatcher.submit(factory.route, skt)
             return
         if not factory._warned:
