@@ -241,7 +241,7 @@ class ListeningPort(abstract.FileDescriptor):
         """
         self._owner.close()
 
-    loseConnection = stopListening  # type: ignore[assignment]
+    loseConnection = stopListening
 
     def startListening(self) -> None:
         """

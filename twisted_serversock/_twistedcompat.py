@@ -52,7 +52,7 @@ def bufferedOutput(transport: Any) -> int:
     (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
     the C{_tempDataBuffer} list, C{_tempDataLen} bytes long).
     """
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def relabel(transport: Any, protocol: Any) -> None:

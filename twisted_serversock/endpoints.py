@@ -162,7 +162,7 @@ class GeckoListeningPort:
         # Twisted's unix: would show it).
         address = self._address
         if isinstance(address, UNIXAddress):
-            return os.fsdecode(address.name)
+            return os.fsdecode(address.name or b"")
         return str(address.port)
 
     def startListening(self) -> None:

@@ -88,7 +88,7 @@ class _UNIXServer(unix.Server):
 
     def getHost(self) -> UNIXAddress:
         port: Any = self.server
-        return port.getHost()  # type: ignore[no-any-return]
+        return port.getHost()
 
 
 def _uidSet(allowedUids: Any) -> frozenset[int] | None:
