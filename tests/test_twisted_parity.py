@@ -222,16 +222,24 @@ async def test_ipv6ScopeKept() -> None:
         await timeout(port.stopListening())
 
 
+async def _acceptedOnFile(path: str) -> tuple[ServerSocket, Recorder, Any, Any]:
+    """
+    A server socket listening at C{path}, its recorder, a client connected
+    to it and the accepted connection.
+    """
+    serv = ServerSocket(theReactor())
+    serv.initWithFilename(path, 0o600, -1)
+    recorder = Recorder()
+    serv.asyncListen(recorder)
+    client = await connectUNIX(path)
+    return serv, recorder, client, await recorder.nextAccepted()
+
+
 @pytest_twisted.ensureDeferred
 async def test_connectionHostFixedAtAccept() -> None:
     d = tempfile.mkdtemp(prefix="/tmp/tsp")
     first, second = os.path.join(d, "a"), os.path.join(d, "b")
-    serv = ServerSocket(theReactor())
-    serv.initWithFilename(first, 0o600, -1)
-    recorder = Recorder()
-    serv.asyncListen(recorder)
-    client = await connectUNIX(first)
-    accepted = await recorder.nextAccepted()
+    serv, recorder, client, accepted = await _acceptedOnFile(first)
     serv.close()
     await recorder.whenStopped()
     serv.initWithFilename(second, 0o600, -1)
@@ -289,12 +297,7 @@ async def test_transportServerIsAListeningPort() -> None:
     """
     d = tempfile.mkdtemp(prefix="/tmp/tsp")
     path = os.path.join(d, "s")
-    serv = ServerSocket(theReactor())
-    serv.initWithFilename(path, 0o600, -1)
-    recorder = Recorder()
-    serv.asyncListen(recorder)
-    client = await connectUNIX(path)
-    accepted = await recorder.nextAccepted()
+    serv, recorder, client, accepted = await _acceptedOnFile(path)
     received: list[Any] = []
 
     class Keep(protocol.Protocol):
