@@ -33,7 +33,6 @@ from .conftest import Recorder, connect, connectUNIX, eventually, theReactor, ti
 
 def _reactorFactories() -> list[Any]:
     from twisted.internet import _threadedselect, epollreactor, pollreactor, selectreactor
-    from twisted.internet.test.reactormixins import asyncioSelectorReactor
 
     return [
         pytest.param(selectreactor.SelectReactor, id="select"),
