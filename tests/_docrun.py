@@ -47,7 +47,7 @@ def commands(text: str) -> list[str]:
 
 #: How a server started on any free port says which: Twisted's endpoint
 #: log line, or the Quick start's print.
-PORT_LOGGED = re.compile(rb"listening on (?:port |(?:\[[^\]]*\]|[\d.]+):)(\d+)")
+PORT_LOGGED = re.compile(rb"(?:listening on (?:port |(?:\[[^\]]*\]|[\d.]+):)|starting on )(\d+)")
 
 
 def probe(template: str, deadline: float, server: subprocess.Popen[bytes], log: Any) -> str | None:

@@ -36,7 +36,7 @@ TWIST = os.path.join(BIN, "twist")
 DAPHNE = os.path.join(BIN, "daphne")
 CURL = shutil.which("curl") or "/usr/bin/curl"
 #: The primary's log line with the port it bound.
-LISTENING = r"GeckoServerEndpoint listening on 127\.0\.0\.1:(\d+)"
+LISTENING = r"Cluster primary \(pid \d+\): .* on 127\.0\.0\.1:(\d+) is served by"
 #: A worker's relayed log line once it serves a listener.
 SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
 
@@ -354,7 +354,7 @@ async def test_tacFile(site: str) -> None:
 async def test_geckounix(site: str) -> None:
     path = os.path.join(site, "web.sock")
     proc = start([TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
-    await proc.waitFor(r"GeckoUNIXServerEndpoint listening on ")
+    await proc.waitFor(r"Cluster primary \(pid \d+\): GeckoUNIXServerEndpoint\(.* is served by")
     pids = await servedByWorkers(proc, "http://localhost/pid.rpy", "--unix-socket", path)
     await stoppedCleanly(proc, pids)
     assert not os.path.exists(path)

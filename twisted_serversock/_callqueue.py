@@ -31,7 +31,8 @@ class CallQueue:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._calls: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
-        self._scheduled = False
+        #: The delayed call that will drain the queue, if one is scheduled.
+        self._scheduled: Any = None
 
     def call(self, function: Callable[..., object], *args: Any) -> None:
         """
@@ -39,22 +40,35 @@ class CallQueue:
         call queued before it.  An exception it raises is logged.
         """
         self._calls.append((function, args))
-        if not self._scheduled:
-            self._scheduled = True
-            self._reactor.callLater(0, self._drain)
+        if self._scheduled is None:
+            self._scheduled = self._reactor.callLater(0, self._drain)
+
+    def flush(self) -> None:
+        """
+        Run every queued call now, in order, and cancel the scheduled drain.
+
+        For a reactor that is shutting down: it will not run the drain, and
+        a delayed call must not outlive it.
+        """
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is not None and scheduled.active():
+            scheduled.cancel()
+        while self._calls:
+            self._run(*self._calls.popleft())
+
+    def _run(self, function: Callable[..., object], args: tuple[Any, ...]) -> None:
+        try:
+            function(*args)
+        except Exception:
+            _log.failure("Unhandled error in callback {function!r}", function=function)
 
     def _drain(self) -> None:
         # Run only what was queued before this turn: calls queued by these
         # callbacks wait for the next turn, so a callback that keeps queueing
         # cannot starve the reactor.
-        self._scheduled = False
+        self._scheduled = None
         calls = self._calls
         for _ in range(len(calls)):
-            function, args = calls.popleft()
-            try:
-                function(*args)
-            except Exception:
-                _log.failure("Unhandled error in callback {function!r}", function=function)
-        if calls and not self._scheduled:
-            self._scheduled = True
-            self._reactor.callLater(0, self._drain)
+            self._run(*calls.popleft())
+        if calls and self._scheduled is None:
+            self._scheduled = self._reactor.callLater(0, self._drain)

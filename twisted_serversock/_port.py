@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_serversocket,tests.test_hardening_fds -*-
 """
-The reactor side of a listening socket: a small subclass of Twisted's TCP
-port that adopts a socket L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
+The reactor side of a listening socket: a file descriptor that adopts a
+socket L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
 already bound and listened on, and hands each accepted socket to it.
 
 Why not C{reactor.adoptStreamPort}: Twisted's adopted port re-listens with
@@ -39,8 +39,12 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import base, tcp
+from twisted.internet import abstract
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from .serversocket import ServerSocket
@@ -166,11 +170,24 @@ def _shedQueued(listener: Any) -> tuple[int, bool]:
     return shed, drained
 
 
-class ListeningPort(tcp.Port):
+@implementer(IListeningPort)
+class ListeningPort(abstract.FileDescriptor):
     """
     Accepts connections on a socket that is already bound and listening.
 
+    Not a C{tcp.Port}: its binding, its C{getHost()} (IPv4 only) and its
+    C{stopListening()} (which closes behind the server socket's back) would
+    all be wrong here.  What Twisted's server transports need from their
+    port - C{_realPortNumber} for their repr, C{sessionno} - is here, and
+    L{IListeningPort} is implemented on top of the owner.
+
+    @ivar sessionno: the session number the next connection gets; only a
+        connection that gets a protocol takes one, as in Twisted.
     @ivar _owner: the server socket to which accepted sockets go.
+    @ivar _address: the address bound while this port listens (fixed: a
+        connection's C{getHost()} does not follow a later re-init).
+    @ivar _prefix: the log prefix: the owner's listener's (for an
+        endpoint, the factory's class, as Twisted's port has it).
     @ivar _shortage: the shortage of descriptors or memory under way, if
         any (see the module docstring).
     @ivar _retry: the delayed call that resumes accepting after a pause.
@@ -184,19 +201,23 @@ class ListeningPort(tcp.Port):
         skt: socket.socket,
         owner: ServerSocket,
         reactor: Any,
+        prefix: str = "ServerSocket",
     ) -> None:
-        # Deliberately not tcp.Port.__init__: there is nothing to bind.
-        base.BasePort.__init__(self, reactor=reactor)
+        abstract.FileDescriptor.__init__(self, reactor)
         self.socket = skt
         self.fileno = skt.fileno  # type: ignore[method-assign]
         self.addressFamily = skt.family
         self._owner = owner
-        # The reactor, typed for its clock (BasePort types it as an FD set).
+        self._address: Any = owner.getAddress()
+        self._prefix = prefix
+        #: The reactor, typed for its clock.
         self._clock: Any = reactor
         if skt.family == socket.AF_UNIX:
-            self._realPortNumber = 0
+            # What Twisted's unix.Port shows in its connections' reprs.
+            self._realPortNumber: Any = os.fsdecode(self._address.name)
         else:
-            self._realPortNumber = skt.getsockname()[1]
+            self._realPortNumber = self._address.port
+        self.sessionno = 0
         self.numberAccepts = 100
         self._shortage: _Shortage | None = None
         self._retry: Any = None
@@ -208,7 +229,22 @@ class ListeningPort(tcp.Port):
         return f"<ListeningPort of {self._owner!r}>"
 
     def logPrefix(self) -> str:
-        return "ServerSocket"
+        return self._prefix
+
+    def getHost(self) -> Any:
+        """
+        The address this port listens on (with an IPv6 scope, as bound).
+        """
+        return self._address
+
+    def stopListening(self) -> None:
+        """
+        Stop listening, as the owner's C{close()} does (the owner's
+        listener gets its C{onStopListening}).
+        """
+        self._owner.close()
+
+    loseConnection = stopListening
 
     def startListening(self) -> None:
         """
@@ -368,9 +404,16 @@ class ListeningPort(tcp.Port):
             pass
 
     def connectionLost(self, reason: object) -> None:
-        # The reactor calls this when doRead returns a failure or the
-        # descriptor is removed; treat it as a fatal error.
+        """
+        The reactor dropped this descriptor: at shutdown (C{disconnectAll},
+        with C{ConnectionLost}), which stops the port cleanly as Twisted's
+        own port stops; or after C{doRead} raised, a fatal error.
+        """
         wasConnected = self.connected
         self.stop()
-        if wasConnected:
+        if not wasConnected:
+            return
+        if isinstance(reason, Failure) and reason.check(ConnectionLost, ConnectionDone):
+            self._owner._removedByReactor()
+        else:
             self._owner._acceptFailed(reason)

@@ -24,13 +24,15 @@ from typing import Any, Callable, Iterable
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, ILoggingContext, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python import log as legacyLog
+from twisted.python.reflect import qual
 from zope.interface import Interface, implementer
 
 from . import _args
 from .netaddr import ipFamily
-from .results import NS_BINDING_ABORTED, NSError, nameOf
+from .results import NS_BINDING_ABORTED, NS_ERROR_INVALID_ARG, NSError, nameOf
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
 
 __all__ = [
@@ -69,10 +71,20 @@ def _describe(address: Any) -> str:
     return repr(address)
 
 
+def _factoryPrefix(factory: Any) -> str:
+    """
+    What Twisted's ports log a factory as (C{abstract._getLogPrefix}).
+    """
+    if ILoggingContext.providedBy(factory):
+        return str(factory.logPrefix())
+    return type(factory).__name__
+
+
 class _Listener:
     """
     The L{IServerSocketListener} of a L{GeckoListeningPort}: builds a
-    protocol for each connection and attaches it.
+    protocol for each connection and attaches it, as Twisted's port does.
+    A connection whose protocol cannot be built is closed at once.
     """
 
     __slots__ = ("_port",)
@@ -80,18 +92,39 @@ class _Listener:
     def __init__(self, port: GeckoListeningPort) -> None:
         self._port = port
 
+    def logPrefix(self) -> str:
+        # Twisted's port's: a log.msg in buildProtocol shows the factory.
+        return qual(type(self._port.factory))
+
     def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:
         factory = self._port.factory
+        addr = transport.getPeerAddr()
         try:
-            protocol = factory.buildProtocol(transport.getPeerAddr())
+            protocol = factory.buildProtocol(addr)
         except Exception:
-            _log.failure("{factory!r}.buildProtocol failed; closing the connection", factory=factory)
-            transport.close(NS_BINDING_ABORTED)
+            _log.failure("{factory!r}.buildProtocol({addr!r}) raised; closing the connection", factory=factory, addr=addr)
+            transport._refuse()
             return
         if protocol is None:
-            transport.close(NS_BINDING_ABORTED)
-        else:
+            # Twisted's way to refuse a connection: closed, not an error.
+            transport._refuse()
+            return
+        try:
             transport.attachProtocol(protocol)
+        except NSError as e:
+            if e.result != NS_ERROR_INVALID_ARG:
+                raise
+            _log.error(
+                "{factory!r}.buildProtocol({addr!r}) returned {protocol!r}, not a protocol; closing the connection",
+                factory=factory,
+                addr=addr,
+                protocol=protocol,
+            )
+            transport._refuse()
+        except Exception:
+            # The protocol's makeConnection/connectionMade raised: logged
+            # naming it; the connection stays its own, as in Twisted.
+            _log.failure("Unhandled error in {protocol!r}.makeConnection", protocol=protocol)
 
     def onStopListening(self, serv: ServerSocket, status: int) -> None:
         self._port._stopped(self, status)
@@ -118,6 +151,21 @@ class GeckoListeningPort:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} on {_describe(self._address)}>"
 
+    def logPrefix(self) -> str:
+        """
+        The factory's class, as Twisted's own ports have it.
+        """
+        return qual(type(self.factory))
+
+    def _portName(self) -> str:
+        # What Twisted's ports call their "port number": the TCP port, or
+        # the UNIX socket's name ("\0name" for an abstract one, as
+        # Twisted's unix: would show it).
+        address = self._address
+        if isinstance(address, UNIXAddress):
+            return os.fsdecode(address.name or b"")
+        return str(address.port)
+
     def startListening(self) -> None:
         """
         Listen (again, after L{stopListening}); binds synchronously.
@@ -133,13 +181,21 @@ class GeckoListeningPort:
         self._listener = _Listener(self)
         if _IRawAcceptingFactory.providedBy(self.factory):
             serv._rawAccept = self.factory.socketAccepted
-        self.factory.doStart()
+        # Twisted's own lines, in Twisted's order (before doStart), through
+        # the legacy API as Twisted's ports log them: tools and Twisted's
+        # own tests read these exact messages.
+        if isinstance(self._address, UNIXAddress):
+            legacyLog.msg(f"{_factoryPrefix(self.factory)} starting on {self._portName()!r}")
+        else:
+            legacyLog.msg(f"{_factoryPrefix(self.factory)} starting on {self._portName()}")
+        try:
+            self.factory.doStart()
+        except BaseException:
+            # Nothing may stay bound for a port listen() reported failed.
+            serv.close()
+            self._listener = None
+            raise
         serv.asyncListen(self._listener)
-        _log.info(
-            "{endpoint} listening on {address}",
-            endpoint=type(self._endpoint).__name__,
-            address=_describe(self._address),
-        )
 
     def pauseAccepting(self) -> None:
         """
@@ -177,12 +233,15 @@ class GeckoListeningPort:
         if listener is not self._listener:
             return
         self._listener = None
-        _log.info(
-            "{endpoint} on {address} stopped listening ({status})",
-            endpoint=type(self._endpoint).__name__,
-            address=_describe(self._address),
-            status=nameOf(status),
-        )
+        kind = "UNIX" if isinstance(self._address, UNIXAddress) else "TCP"
+        legacyLog.msg(f"({kind} Port {self._portName()} Closed)")
+        if status != NS_BINDING_ABORTED:
+            _log.warn(
+                "{endpoint} on {address} stopped listening: {status}",
+                endpoint=type(self._endpoint).__name__,
+                address=_describe(self._address),
+                status=nameOf(status),
+            )
         try:
             self.factory.doStop()
         finally:
@@ -192,7 +251,8 @@ class GeckoListeningPort:
 
     def getHost(self) -> Any:
         """
-        The address actually bound (the real port when 0 or -1 was asked).
+        The address actually bound (the real port when 0 or -1 was asked;
+        an IPv6 scope as bound).
         """
         return self._address
 
@@ -240,21 +300,25 @@ class _GeckoEndpointBase:
         program, and in a worker this attaches to that listener instead
         (L{twisted_serversock.cluster}).
 
+        Never raises: like Twisted's endpoints (C{defer.execute}), every
+        failure comes back as the failed Deferred.
+
         @return: a Deferred that has already fired: with the listening port,
             or with C{CannotListenError} whose C{socketError} is the
-            L{NSError}.  (In a cluster worker, a listener the primary
-            started after this worker may take a round trip to fire.)
+            L{NSError} (or whatever else binding raised).  (In a cluster
+            worker, a listener the primary started after this worker may
+            take a round trip to fire.)
         """
         if self._workers:
             from .cluster import listen as clusterListen
 
-            return clusterListen(self._reactor, self, protocolFactory, self._workers)
+            return defer.maybeDeferred(clusterListen, self._reactor, self, protocolFactory, self._workers)
+        return defer.execute(self._listenNow, protocolFactory)
+
+    def _listenNow(self, protocolFactory: Any) -> IListeningPort:
         port = GeckoListeningPort(self, protocolFactory)
-        try:
-            port.startListening()
-        except CannotListenError:
-            return defer.fail()
-        return defer.succeed(port)
+        port.startListening()
+        return port
 
 
 @implementer(IStreamServerEndpoint)

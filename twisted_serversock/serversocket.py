@@ -61,6 +61,22 @@ _MAX_BACKLOG = 2**31 - 1
 
 _log = Logger()
 
+_NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+
+def _logPrefixOf(listener: Any) -> str:
+    """
+    The log prefix of the listening port: the listener's C{logPrefix()} if
+    it has one (an endpoint's is its factory's), else C{"ServerSocket"}.
+    """
+    logPrefix = getattr(listener, "logPrefix", None)
+    if callable(logPrefix):
+        try:
+            return str(logPrefix())
+        except Exception:
+            _log.failure("{listener!r}.logPrefix() failed", listener=listener)
+    return "ServerSocket"
+
 
 class _UNIXServer(unix.Server):
     """
@@ -72,7 +88,7 @@ class _UNIXServer(unix.Server):
 
     def getHost(self) -> UNIXAddress:
         port: Any = self.server
-        return port._owner._address
+        return port.getHost()
 
 
 def _integer(value: Any, what: str) -> int:
@@ -145,7 +161,6 @@ class ServerSocket:
         self._keepWhenOffline = False
         self._queue: CallQueue | None = None
         self._transportClass: Any = tcp.Server
-        self._sessionno = 0
         self._fileIdentity: tuple[int, int] | None = None
         self._filePath = b""
         self._allowedUids: frozenset[int] | None = None
@@ -323,7 +338,10 @@ class ServerSocket:
                 skt.close()
             raise NSError.fromOSError(e, what, _advice.forTCP(e, port)) from None
         if family == socket.AF_INET6:
-            address: Any = IPv6Address("TCP", name[0], name[1], name[2], name[3])
+            # The numeric host keeps a scope ("fe80::1%eth0"), as Twisted's
+            # own port reports it: without it the address cannot be reached.
+            host = socket.getnameinfo(name, _NUMERIC)[0] if name[3] else name[0]
+            address: Any = IPv6Address("TCP", host, name[1], name[2], name[3])
         else:
             address = IPv4Address("TCP", name[0], name[1])
         self._adopt(skt, address, tcp.Server, keepWhenOffline)
@@ -355,7 +373,7 @@ class ServerSocket:
         if self._queue is None:
             self._queue = CallQueue(reactor)
         self._listener = listener
-        self._port = ListeningPort(self._socket, self, reactor)
+        self._port = ListeningPort(self._socket, self, reactor, _logPrefixOf(listener))
         self._port.startListening()
 
     def pauseAccepting(self) -> None:
@@ -392,22 +410,15 @@ class ServerSocket:
                 skt.close()
             return
         try:
-            sessionno = self._sessionno
-            self._sessionno = sessionno + 1
+            # Built when first needed: for the listener's protocol if it
+            # attaches one (see SocketTransport._tcp); the session number
+            # is taken then, so that a refused connection takes none.
+            conn = SocketTransport(self._queue, (self._transportClass, skt, addr, port, self._reactor))
             if type(addr) is tuple and not isLoopbackPeer(addr[0]):
                 # The I/O service must know a connection from a peer that is
                 # not local before anyone sees it (it is closed on going
                 # offline): build its Twisted transport now, in stream mode.
-                conn = SocketTransport(self._queue)
-                transport = self._transportClass(skt, conn, addr, port, sessionno, self._reactor)
-                conn._twisted = transport
-                self._ioService._addConnection(transport)
-            else:
-                # Built when first needed: for the listener's protocol if it
-                # attaches one (see SocketTransport._tcp).
-                conn = SocketTransport(
-                    self._queue, (self._transportClass, skt, addr, port, sessionno, self._reactor)
-                )
+                self._ioService._addConnection(conn._build(conn))
         except Exception:
             _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()
@@ -446,6 +457,16 @@ class ServerSocket:
         skt.close()
         return False
 
+    def _removedByReactor(self) -> None:
+        """
+        The reactor dropped the listening port (it is shutting down): stop
+        as L{close} does, and deliver what is queued - the one
+        C{onStopListening(NS_BINDING_ABORTED)} last - now, since a reactor
+        that is going away will not run the queue again (nor may anything
+        be scheduled on it: a threadedselect reactor's waker is gone).
+        """
+        self._stop(NS_BINDING_ABORTED, now=True)
+
     def _acceptFailed(self, error: object) -> None:
         _log.error(
             "Fatal error on the listening socket of {serv!r}: {error}; it stops listening",
@@ -462,10 +483,11 @@ class ServerSocket:
             return isLocalListenAddress(address.host)
         return True
 
-    def _stop(self, status: int) -> None:
+    def _stop(self, status: int, now: bool = False) -> None:
         """
         Close the listening socket now and, if a listener was listening,
-        queue its one C{onStopListening(self, status)}.
+        queue its one C{onStopListening(self, status)}; or, C{now}, deliver
+        what is queued and then it at once.
         """
         port, skt, listener = self._port, self._socket, self._listener
         self._port = self._socket = self._listener = None
@@ -486,7 +508,11 @@ class ServerSocket:
             if status == NS_ERROR_ABORT:
                 _log.info("{serv!r} closed: the I/O service went offline", serv=self)
             assert self._queue is not None
-            self._queue.call(self._notifyStop, listener, status)
+            if now:
+                self._queue.flush()
+                self._notifyStop(listener, status)
+            else:
+                self._queue.call(self._notifyStop, listener, status)
 
     def _notifyStop(self, listener: Any, status: int) -> None:
         try:

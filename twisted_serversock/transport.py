@@ -34,11 +34,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _args
+from ._twistedcompat import bufferedOutput, isReadable, relabel
 from .interfaces import ISocketTransport
 from ._unix import peerCredentials
 from .netaddr import NetAddr, unixName
 from .results import (
     NS_BASE_STREAM_CLOSED,
+    NS_BINDING_ABORTED,
     NS_ERROR_FAILURE,
     NS_ERROR_IN_PROGRESS,
     NS_ERROR_INVALID_ARG,
@@ -54,7 +56,7 @@ from .results import (
 )
 from .streams import InputStream, OutputStream, bufferLimit
 
-__all__ = ["SocketTransport"]
+__all__ = ["SocketTransport", "bufferedOutput"]
 
 OPEN_BLOCKING = 1
 OPEN_UNBUFFERED = 2
@@ -63,15 +65,6 @@ TIMEOUT_READ_WRITE = 1
 #: A timeout of this many seconds or more means "no timeout".
 NO_TIMEOUT = 0xFFFF
 _MAX_KEEPALIVE = 32767
-
-
-def bufferedOutput(transport: Any) -> int:
-    """
-    How many bytes wait in a Twisted transport's write buffer
-    (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
-    the C{_tempDataBuffer} list).
-    """
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 @implementer(ISocketTransport, IHalfCloseableProtocol)
@@ -83,7 +76,7 @@ class SocketTransport:
         C{unix.Server}) once built, else C{None} (see L{_tcp}).
     @ivar _pending: until the Twisted transport is built, what building it
         takes: C{(transportClass, socket, peer address, listening port,
-        session number, reactor)}; then C{None}.
+        reactor)}; then C{None}.
     @ivar _queue: the server socket's FIFO for deferred notifications.
     @ivar _input: the input stream, created at the first byte or when
         opened.
@@ -176,7 +169,9 @@ class SocketTransport:
         pending, self._pending = self._pending, None
         if pending is None:
             raise NSError(NS_ERROR_FAILURE, "the accepted connection could not be set up")
-        transportClass, skt, addr, port, sessionno, reactor = pending
+        transportClass, skt, addr, port, reactor = pending
+        sessionno = port.sessionno
+        port.sessionno = sessionno + 1
         try:
             tcp = transportClass(skt, protocol, addr, port, sessionno, reactor)
         except BaseException:
@@ -184,6 +179,19 @@ class SocketTransport:
             raise
         self._twisted = tcp
         return tcp
+
+    def _refuse(self) -> None:
+        """
+        Close a connection no protocol was built for, at once: without
+        building its Twisted transport (nor taking a session number) if it
+        was not built yet.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            self._closeWithStatus(NS_BINDING_ABORTED, abort=True)
+            return
+        self._status = NS_BINDING_ABORTED
+        pending[1].close()
 
     # ------------------------------------------------------------------
     # Twisted protocol side (private): the reactor calls these while the
@@ -486,11 +494,8 @@ class SocketTransport:
         tcp = self._tcp
         tcp.protocol = protocol
         # Twisted formats the log prefix and the repr of a connection from
-        # its protocol at construction: redo both for the new protocol
-        # (the repr keeps what follows the class name: " #N on PORT>").
-        tcp.logstr = f"{tcp._getLogPrefix(protocol)},{tcp.sessionno},{tcp.hostname}"
-        repstr = tcp.repstr
-        tcp.repstr = f"<{type(protocol).__name__}{repstr[repstr.find(' #'):]}"
+        # its protocol at construction: redo both for the new protocol.
+        relabel(tcp, protocol)
         if inp is not None:
             self._input = None
             if inp._paused:
@@ -509,10 +514,10 @@ class SocketTransport:
         # unless the protocol already closed the connection.
         tcp = self._tcp
         for chunk in inp._takeAll():
-            if not _readable(tcp):
+            if not isReadable(tcp):
                 return
             protocol.dataReceived(chunk)
-        if self._peerClosed and _readable(tcp):
+        if self._peerClosed and isReadable(tcp):
             tcp.readConnectionLost(Failure(ConnectionDone()))
 
     def close(self, reason: int = NS_OK) -> None:
@@ -593,17 +598,9 @@ class SocketTransport:
 
 
 #: What building a L{SocketTransport}'s Twisted transport takes:
-#: C{(transportClass, socket, peer address, listening port, session number,
-#: reactor)}.
-_Pending = tuple[Any, socket.socket, Any, Any, int, Any]
-
-
-def _readable(tcp: Any) -> bool:
-    """
-    Whether Twisted would still deliver input on C{tcp}: not after
-    C{loseConnection} or C{abortConnection}.
-    """
-    return bool(tcp.connected and not tcp.disconnecting and not getattr(tcp, "_aborting", False))
+#: C{(transportClass, socket, peer address, listening port, reactor)}; the
+#: session number comes from the port when it is built.
+_Pending = tuple[Any, socket.socket, Any, Any, Any]
 
 
 def _checkTimeoutType(type: int) -> None:

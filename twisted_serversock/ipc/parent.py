@@ -28,14 +28,15 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..endpoints import _IRawAcceptingFactory
+from .._twistedcompat import closeWithoutShutdown
+from ..endpoints import _IRawAcceptingFactory, _factoryPrefix
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
 from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
@@ -219,7 +220,7 @@ class _ForwardingListener:
             self._link._sendError(self._id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
 
 
-@implementer(IProtocolFactory, _IRawAcceptingFactory)
+@implementer(IProtocolFactory, ILoggingContext, _IRawAcceptingFactory)
 class HandOffFactory:
     """
     The protocol factory the parent listens with: connections go to the
@@ -251,6 +252,14 @@ class HandOffFactory:
     def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
         self.dispatcher.submit(self.route, skt)
 
+    def logPrefix(self) -> str:
+        """
+        The served factory's prefix, so that the parent's port logs
+        Twisted's C{"Site starting on 8080"}, as the same program on C{tcp:}
+        would, not the name of this internal factory.
+        """
+        return _factoryPrefix(self.fallback)
+
     def buildProtocol(self, addr: Any) -> Protocol:
         return _HandOff(self, addr)
 
@@ -279,10 +288,8 @@ class _HandOff(Protocol):
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
             raw.stopReading()
             skt = raw.socket.dup()
-            # Twisted's own ivar for sockets it does not own alone: close
-            # without shutdown(2), which would end the child's copy too.
-            raw._shouldShutdown = False
-            raw.loseConnection()
+            # Close without shutdown(2), which would end the child's copy too.
+            closeWithoutShutdown(raw)
             if proxy:
                 factory.dispatcher.markProxy(factory.route)
             factory.dispatcher.submit(factory.route, skt)

@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_twistedcompat -*-
+"""
+Every use of a private Twisted attribute, in one place.
+
+The project builds Twisted's own server transports (C{tcp.Server},
+C{unix.Server}) on sockets it accepted itself, and a few things it needs
+from them have no public API.  Each is wrapped here, and L{problems} checks,
+against the installed Twisted, that each private name still exists and
+still plays its part; C{tests/test_twistedcompat.py} fails loudly (naming
+the attribute) when a Twisted release changes one.
+
+What we rely on, and why:
+
+  - C{FileDescriptor.dataBuffer}, C{.offset} and C{._tempDataLen}: how
+    many bytes wait to be written (L{bufferedOutput}), for Gecko's output
+    stream back-pressure.
+  - C{tcp.Server.logstr}, C{.repstr} and C{._getLogPrefix()}: the log
+    prefix and repr a server transport computes from its protocol at
+    construction; redone when a protocol is attached later (L{relabel}).
+  - C{tcp.Connection._aborting}: set by C{abortConnection()}; no input may
+    be delivered after it (L{isReadable}).
+  - C{tcp.Connection._shouldShutdown}: Twisted's own switch for sockets it
+    does not own alone - close without C{shutdown(2)}
+    (L{closeWithoutShutdown}), so a worker's copy is not ended too.
+  - C{tcp.Server} reads its port's C{_realPortNumber} for its repr: our
+    listening port sets it (L{PORT_NUMBER_ATTRIBUTE}).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from twisted.internet import abstract, tcp
+
+__all__ = [
+    "bufferedOutput",
+    "relabel",
+    "isReadable",
+    "closeWithoutShutdown",
+    "PORT_NUMBER_ATTRIBUTE",
+    "problems",
+]
+
+#: The attribute of a listening port that C{tcp.Server} shows in its repr.
+PORT_NUMBER_ATTRIBUTE = "_realPortNumber"
+
+
+def bufferedOutput(transport: Any) -> int:
+    """
+    How many bytes wait in a Twisted transport's write buffer
+    (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
+    the C{_tempDataBuffer} list, C{_tempDataLen} bytes long).
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def relabel(transport: Any, protocol: Any) -> None:
+    """
+    Make a server transport built for one protocol log and print itself as
+    one built for C{protocol} (Twisted formats both at construction).  The
+    repr keeps what follows the class name (C{" #N on PORT>"}).
+    """
+    transport.logstr = f"{transport._getLogPrefix(protocol)},{transport.sessionno},{transport.hostname}"
+    repstr = transport.repstr
+    transport.repstr = f"<{type(protocol).__name__}{repstr[repstr.find(' #'):]}"
+
+
+def isReadable(transport: Any) -> bool:
+    """
+    Whether Twisted would still deliver input on C{transport}: not after
+    C{loseConnection} or C{abortConnection}.
+    """
+    return bool(transport.connected and not transport.disconnecting and not getattr(transport, "_aborting", False))
+
+
+def closeWithoutShutdown(transport: Any) -> None:
+    """
+    Close C{transport} (after its buffer is written) without C{shutdown(2)}:
+    another process holds a copy of the socket and must keep it working.
+    """
+    transport._shouldShutdown = False
+    transport.loseConnection()
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _mroSource(cls: type) -> str:
+    return "\n".join(_source(klass) for klass in cls.__mro__ if klass.__module__.startswith("twisted."))
+
+
+def problems() -> list[str]:
+    """
+    Check the installed Twisted for every private name this module uses.
+
+    @return: one line per expectation that no longer holds (empty when all
+        do).
+    """
+    found: list[str] = []
+    for name in ("dataBuffer", "offset"):
+        if not hasattr(abstract.FileDescriptor, name):
+            found.append(f"abstract.FileDescriptor has no {name} any more (bufferedOutput)")
+    if "self._tempDataLen" not in _source(abstract.FileDescriptor.__init__):
+        found.append("abstract.FileDescriptor.__init__ no longer sets _tempDataLen (bufferedOutput)")
+    serverInit = _source(tcp.Server.__init__)
+    for name in ("self.logstr", "self.repstr", "self.sessionno", "self.hostname", "_getLogPrefix"):
+        if name not in serverInit:
+            found.append(f"tcp.Server.__init__ no longer uses {name} (relabel)")
+    if "server." + PORT_NUMBER_ATTRIBUTE not in serverInit:
+        found.append(f"tcp.Server.__init__ no longer reads its port's {PORT_NUMBER_ATTRIBUTE}")
+    connection = _mroSource(tcp.Connection)
+    if "self._aborting = True" not in connection:
+        found.append("tcp.Connection.abortConnection() no longer sets _aborting (isReadable)")
+    if getattr(tcp.Connection, "_shouldShutdown", None) is not True or "if self._shouldShutdown" not in connection:
+        found.append("tcp.Connection no longer honours _shouldShutdown (closeWithoutShutdown)")
+    return found
