@@ -514,6 +514,17 @@ def unprivilegedPythonPath() -> str:
         else:
             shutil.copy2(source, target)
     if copies is not None:
+        # Other distributions' dropins (autobahn's, daphne's) came along with
+        # twisted/plugins, but not the packages they import: Twisted would
+        # log their import errors in every unprivileged twistd run.  Keep
+        # Twisted's own and ours, and no stale cache.
+        plugins = os.path.join(copies, "twisted", "plugins")
+        if os.path.isdir(plugins):
+            for entry in os.listdir(plugins):
+                if entry == "dropin.cache" or (
+                    entry.endswith(".py") and not entry.startswith(("twisted_", "cred_", "__init__"))
+                ):
+                    os.remove(os.path.join(plugins, entry))
         for dirpath, dirnames, filenames in os.walk(copies):
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), 0o755)

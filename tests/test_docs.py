@@ -147,7 +147,9 @@ def _sandbox(workdir: str) -> list[str]:
     The command prefix that runs a block inside private network and mount
     namespaces, in C{workdir}.
     """
-    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, workdir)}
+    # The checkout too: the runner lives there, and an editable install
+    # imports the package from it (CI may clone under /tmp).
+    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, workdir, str(ROOT))}
     keep = {p for p in keep if p.startswith(("/tmp/", "/run/", "/srv/"))}
     q = shlex.quote
     script = ["set -e", "umask 022", "ip link set lo up", "mount -t tmpfs -o mode=0755 tmpfs /run"]
