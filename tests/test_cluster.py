@@ -35,6 +35,7 @@ TWISTD = os.path.join(BIN, "twistd")
 TWIST = os.path.join(BIN, "twist")
 DAPHNE = os.path.join(BIN, "daphne")
 CURL = shutil.which("curl") or "/usr/bin/curl"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 #: The primary's log line with the port it bound.
 LISTENING = r"Cluster primary \(pid \d+\): .* on 127\.0\.0\.1:(\d+) is served by"
 #: A worker's relayed log line once it serves a listener.
@@ -102,6 +103,17 @@ def test_workersKeyword() -> None:
         GeckoUNIXServerEndpoint(_NoReactor(), "/tmp/x.sock", workers="many")
 
 
+def test_uidsSelfStaysAToken() -> None:
+    """
+    C{uids=self} is not resolved when parsed (a C{twistd --uid} primary
+    parses as root, its workers as the user): the description says
+    C{self}, the same whatever the order or the hash seed.
+    """
+    one = serverFromString(_NoReactor(), "geckounix:@app:uids=self,0:workers=2").clusterDescription()
+    assert "allowedUids=frozenset({'self', 0})" in one
+    assert one == serverFromString(_NoReactor(), "geckounix:@app:uids=0,SELF:workers=2").clusterDescription()
+
+
 def test_descriptionsDifferByEveryParameterButWorkers() -> None:
     one = serverFromString(_NoReactor(), "gecko:port=0:loopback=1:workers=2").clusterDescription()
     assert one == serverFromString(_NoReactor(), "gecko:0:loopback=true:workers=3").clusterDescription()
@@ -158,6 +170,8 @@ def _noProcessLeft() -> Iterator[None]:
         proc = _started.pop()
         if not proc.ended.called:
             primary = proc.transport.pid
+            if primary is None:  # it ended meanwhile
+                continue
             for pid in childrenOf(primary) | {primary}:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -274,12 +288,11 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     assert "Traceback" not in proc.output
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
-@pytest_twisted.ensureDeferred
-async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
+def twistdAsNobody(site: str, listen: str) -> Proc:
     """
-    C{twistd -u/-g}: the primary binds as root, drops its privileges, and
-    only then starts the workers, which run as that user and group.
+    Start C{twistd -u 65534 -g 65534 web --listen LISTEN} serving C{site}
+    (as root: it binds, then drops to nobody), with an interpreter, a
+    C{twistd} script and dropins nobody may read.
     """
     # The workers run the primary's command line as nobody: its interpreter
     # must be one nobody may run (a venv under a private directory is not).
@@ -308,8 +321,18 @@ async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
         shutil.copy(dropin.__file__ or "", copy)
         os.chmod(copy, 0o644)
         env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
-    argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", "gecko:port=0:loopback=1:workers=2"]
-    proc = start(argv + ["--path", site], site, env)
+    argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", listen, "--path", site]
+    return start(argv, site, env)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
+    """
+    C{twistd -u/-g}: the primary binds as root, drops its privileges, and
+    only then starts the workers, which run as that user and group.
+    """
+    proc = twistdAsNobody(site, "gecko:port=0:loopback=1:workers=2")
     port = int((await proc.waitFor(LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     for pid in pids | {proc.transport.pid}:
@@ -318,6 +341,31 @@ async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
         assert re.search(r"^Uid:\s+65534\s+65534\s+65534", status, re.M), status
         assert re.search(r"^Gid:\s+65534\s+65534\s+65534", status, re.M), status
     await stoppedCleanly(proc, pids)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_uidsSelfIsTheUserThatServes(site: str) -> None:
+    """
+    C{twistd -u 65534 ... geckounix:@name:uids=self:workers=2}: the primary
+    parses the endpoint as root and the workers as nobody, yet they agree
+    on it (C{self} stays a token); the cluster serves nobody, the user it
+    runs as, and refuses root, the user that bound the socket.
+    """
+    name = f"tss-self-{os.getpid()}"
+    proc = twistdAsNobody(site, f"geckounix:@{name}:uids=self:workers=2")
+    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    url = ["--abstract-unix-socket", name, "http://localhost/pid.rpy"]
+    asNobody = ["--reuid=65534", "--regid=65534", "--clear-groups", CURL, "-sS", "--max-time", "30", *url]
+    workers = childrenOf(proc.transport.pid)
+    for _ in range(4):
+        out, err, code = await timeout(getProcessOutputAndValue(SETPRIV, asNobody, env=dict(os.environ)), 40)
+        assert code == 0 and int(out.split()[0]) in workers, (out, err, proc.output)
+    out, code = await curl(*url)  # as root
+    assert code != 0 and b"unix" not in out, (out, proc.output)
+    await proc.waitFor(r"Refused a connection to .* uid 0: uid not allowed")
+    assert not proc.ended.called and childrenOf(proc.transport.pid) == workers, proc.output
+    await stoppedCleanly(proc, workers)
 
 
 @pytest_twisted.ensureDeferred

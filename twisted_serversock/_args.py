@@ -19,7 +19,12 @@ from typing import Any, Callable, TypeVar
 
 from .results import NS_ERROR_INVALID_ARG, NSError
 
-__all__ = ["boolean", "integer", "text", "pathLike", "uids", "groupId", "asNSError"]
+__all__ = ["boolean", "integer", "text", "pathLike", "SELF_UID", "uids", "groupId", "asNSError"]
+
+#: An C{allowedUids} member that stands for the uid the server runs as when
+#: a peer connects (its effective uid), looked up then, not when the set is
+#: given: a C{twistd --uid} server binds as root and then serves as that uid.
+SELF_UID = "self"
 
 _T = TypeVar("_T")
 
@@ -88,12 +93,14 @@ def pathLike(value: Any, name: str) -> Any:
     return value
 
 
-def uids(value: Any, name: str = "allowedUids") -> frozenset[int] | None:
+def uids(value: Any, name: str = "allowedUids") -> frozenset[int | str] | None:
     """
-    C{value} (C{None}, or an iterable of uids) as a frozen set.
+    C{value} (C{None}, or an iterable of uids, and maybe L{SELF_UID}) as a
+    frozen set.
 
     @raise TypeError: naming C{name}, for a non-iterable (or a string: its
-        characters are not uids) or a member that is not an integer.
+        characters are not uids) or a member that is neither an integer nor
+        L{SELF_UID}.
     @raise ValueError: naming C{name}, for a negative uid.
     """
     if value is None:
@@ -104,7 +111,10 @@ def uids(value: Any, name: str = "allowedUids") -> frozenset[int] | None:
         members = frozenset(value)
     except TypeError:
         raise TypeError(f"{name} must be an iterable of integer uids, not {value!r}") from None
-    return frozenset(integer(uid, f"{name} member {uid!r}", 0, 2**32 - 1) for uid in members)
+    return frozenset(
+        uid if isinstance(uid, str) and uid == SELF_UID else integer(uid, f"{name} member {uid!r}", 0, 2**32 - 1)
+        for uid in members
+    )
 
 
 def groupId(value: Any, name: str = "group") -> int | None:

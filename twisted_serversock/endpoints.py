@@ -257,6 +257,17 @@ class GeckoListeningPort:
         return self._address
 
 
+def _stableRepr(value: Any) -> str:
+    """
+    C{repr(value)}, the same in every process: a set's members sorted (the
+    order of a set with a string in it, such as C{allowedUids} with
+    C{"self"}, changes with each process's hash seed).
+    """
+    if isinstance(value, frozenset):
+        return "frozenset({" + ", ".join(sorted(map(repr, value))) + "})"
+    return repr(value)
+
+
 class _GeckoEndpointBase:
     """
     What both endpoints share: bind in C{listen()}, fail with
@@ -289,8 +300,8 @@ class _GeckoEndpointBase:
         mode a worker's endpoint attaches to the primary's listener with the
         same description.
         """
-        params = {k.lstrip("_"): v for k, v in vars(self).items() if k not in ("_reactor", "_workers")}
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={params[k]!r}" for k in sorted(params)) + ")"
+        params = {k.lstrip("_"): _stableRepr(v) for k, v in vars(self).items() if k not in ("_reactor", "_workers")}
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
 
     def listen(self, protocolFactory: Any) -> defer.Deferred[IListeningPort]:
         """
@@ -425,7 +436,9 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
     @param reclaimStale: remove a stale socket file (nobody listening) at
         C{path} instead of failing.
     @param allowedUids: if not C{None}, only peers with these uids may
-        connect (checked with SO_PEERCRED).
+        connect (checked with SO_PEERCRED); a member C{"self"} is the uid
+        the server runs as when a peer connects (see
+        L{ServerSocket.initWithFilename}).
     @param group: the socket file's group, a name or a gid, set before the
         file appears (like systemd's C{SocketGroup=}); without it the file
         gets the group the directory gives new entries (a set-group-ID
@@ -447,7 +460,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         backlog: int = -1,
         abstract: str | None = None,
         reclaimStale: bool = False,
-        allowedUids: Iterable[int] | None = None,
+        allowedUids: Iterable[int | str] | None = None,
         group: int | str | None = None,
         workers: int | str = 0,
     ) -> None:
@@ -573,12 +586,14 @@ def _octalMode(value: str) -> int:
     return mode
 
 
-def _uids(value: str) -> frozenset[int]:
-    uids = set()
+def _uids(value: str) -> frozenset[int | str]:
+    # "self" stays a token, resolved when a peer connects: parsing happens as
+    # root in a twistd --uid primary and as the dropped uid in its workers.
+    uids: set[int | str] = set()
     for item in value.split(","):
         item = item.strip()
         if item.lower() == "self":
-            uids.add(os.getuid())
+            uids.add(_args.SELF_UID)
         elif item.isdigit():
             uids.add(int(item))
         else:

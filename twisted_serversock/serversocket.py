@@ -163,7 +163,7 @@ class ServerSocket:
         self._transportClass: Any = tcp.Server
         self._fileIdentity: tuple[int, int] | None = None
         self._filePath = b""
-        self._allowedUids: frozenset[int] | None = None
+        self._allowedUids: frozenset[int | str] | None = None
         self._refusals: RefusalLog | None = None
         #: If set, accepted sockets go to this callable, raw, instead of
         #: becoming a L{SocketTransport} for the listener: the process that
@@ -238,7 +238,7 @@ class ServerSocket:
         backlog: int,
         *,
         reclaimStale: bool = False,
-        allowedUids: Iterable[int] | None = None,
+        allowedUids: Iterable[int | str] | None = None,
         group: int | str | None = None,
     ) -> None:
         """
@@ -249,7 +249,9 @@ class ServerSocket:
             C{path} - a socket nobody listens on - instead of failing.
         @param allowedUids: (extension) if not C{None}, the uids whose
             connections are accepted; others are closed before the listener
-            sees them.
+            sees them.  A member C{"self"} stands for this process's
+            effective uid when the peer connects (after C{twistd --uid}
+            dropped root, that uid).
         @param group: (extension) the socket file's group, a name or a gid,
             set before the file appears at C{path} (like systemd's
             C{SocketGroup=}).  Without it the file gets the group the
@@ -273,7 +275,7 @@ class ServerSocket:
         self._allowedUids = uids
 
     def initWithAbstractAddress(
-        self, name: str | bytes, backlog: int, *, allowedUids: Iterable[int] | None = None
+        self, name: str | bytes, backlog: int, *, allowedUids: Iterable[int | str] | None = None
     ) -> None:
         """
         See L{IServerSocket.initWithAbstractAddress}.
@@ -447,8 +449,9 @@ class ServerSocket:
             pid = uid = -1
             _log.warn("Cannot read the peer credentials of a connection ({error}); refusing it", error=e)
         else:
-            assert self._allowedUids is not None
-            if uid in self._allowedUids:
+            allowed = self._allowedUids
+            assert allowed is not None
+            if uid in allowed or (_args.SELF_UID in allowed and uid == os.geteuid()):
                 return True
         refusals = self._refusals
         if refusals is None:

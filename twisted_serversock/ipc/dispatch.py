@@ -235,6 +235,7 @@ class Dispatcher:
         self._routeIds = itertools.count(1)
         self._idleWaiters: list[Callable[[], None]] = []
         self._closedWaiting: list[Route] = []
+        self._gaveUp = False
 
     def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
         """
@@ -407,7 +408,8 @@ class Dispatcher:
     def linkLost(self, link: WorkerLink) -> None:
         """
         C{link}'s child is gone (its channel ended after everything it sent
-        was read): re-route what it had not acknowledged.
+        was read): re-route what it had not acknowledged (close it, once a
+        shutdown's grace period has ended: see L{dropAll}).
         """
         link.accepting = False
         for route in link.routes:
@@ -421,6 +423,12 @@ class Dispatcher:
         unacked = list(link.inflight.values())
         link.inflight.clear()
         link.sentOrder.clear()
+        if self._gaveUp:
+            # The shutdown's grace period is over: nobody is left to take
+            # them (see dropAll).
+            for held in unacked:
+                self._drop(held, "its worker went away after the grace period ended")
+            unacked = []
         if unacked:
             _log.info(
                 "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child",
@@ -466,13 +474,16 @@ class Dispatcher:
 
     def dropAll(self, why: str) -> int:
         """
-        Close every held connection (at the end of a shutdown's grace
-        period); returns how many there were.
+        Close every held connection no child has (at the end of a shutdown's
+        grace period); returns how many there were.
+
+        Connections already sent to a child that is still there stay its
+        own: it may still adopt them (their message may even be queued in
+        its channel still); if it goes away first, L{linkLost} closes them.
         """
-        held = list(self.held.values())
+        self._gaveUp = True
+        held = [h for h in self.held.values() if h.link is None]
         for h in held:
-            if h.link is not None:
-                h.link.inflight.pop(h.connId, None)
             self._drop(h, why)
         for route in list(self.routes.values()) + self._closedWaiting:
             route.waiting.clear()

@@ -328,7 +328,13 @@ class Channel:
     def send(self, data: bytes, fds: list[int] | tuple[int, ...] = (), then: Callable[[], None] | None = None) -> None:
         """
         Send one message with descriptors C{fds} (which stay the caller's:
-        they are duplicated into the message when the kernel takes it).
+        the caller may close them once this returns).  A message the kernel
+        cannot take yet waits with its own duplicates of C{fds}, closed
+        once the kernel has taken it or the channel is lost: the caller's
+        copy may be closed meanwhile (a shutdown's grace period ends), and
+        a plain number would then send whatever reused it.  (Duplicating
+        only then keeps the common case - the kernel takes it at once -
+        free of two system calls per connection.)
 
         @param then: called once the kernel has taken the message (at once
             if it could, else from a later writable event); never called if
@@ -347,7 +353,15 @@ class Channel:
             if then is not None:
                 then()
         elif outcome == _LATER:
-            self._queue.append((data, list(fds), then))
+            try:
+                copies = _duplicate(fds)
+            except OSError as e:
+                # Out of descriptors: as for a failed send, the channel is
+                # lost (the message was never sent, so the parent may give
+                # its connection to another child).
+                self._reactor.callLater(0, self._lose, Failure(e))
+                return
+            self._queue.append((data, copies, then))
             if not self._writing:
                 self._writing = True
                 self._reactor.addWriter(self)
@@ -382,10 +396,11 @@ class Channel:
             if outcome == _LATER:
                 return
             self._queue.popleft()
+            closeAll(fds)  # the kernel holds its own references now
             if outcome == _FAILED:
                 # Nothing after a failed message is sent (the channel is
                 # being lost), and no C{then} runs.
-                self._queue.clear()
+                self._dropQueue()
                 break
             if then is not None:
                 then()
@@ -477,16 +492,40 @@ class Channel:
             self._reactor.removeWriter(self)
         self.connected = False
         self._writing = False
-        self._queue.clear()
+        self._dropQueue()
         self._socket.close()
         try:
             self.receiver.channelLost(reason)
         except Exception:
             _log.failure("{channel}: error in channelLost", channel=self._name)
 
+    def _dropQueue(self) -> None:
+        """
+        Forget the messages not yet sent, closing their duplicates.
+        """
+        queue = self._queue
+        while queue:
+            closeAll(queue.popleft()[1])
+
     def connectionLost(self, reason: Failure) -> None:
         # The reactor calls this if it drops the descriptor itself.
         self._lose(reason)
+
+
+def _duplicate(fds: list[int] | tuple[int, ...]) -> list[int]:
+    """
+    Close-on-exec duplicates of C{fds}, for a message that must wait.
+
+    @raise OSError: if one cannot be made (those already made are closed).
+    """
+    copies: list[int] = []
+    try:
+        for fd in fds:
+            copies.append(os.dup(fd))
+    except OSError:
+        closeAll(copies)
+        raise
+    return copies
 
 
 def channelPair() -> tuple[socket.socket, socket.socket]:
