@@ -618,3 +618,44 @@ async def test_saturatedWorkerLeavesTheExcessInTheKernelBacklog(site: str) -> No
     finally:
         os.kill(worker, signal.SIGCONT)
     await stoppedCleanly(proc, {worker})
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighupToTheWholeProcessGroup(site: str) -> None:
+    """
+    SIGHUP sent to the cluster's whole process group (a terminal hangup,
+    C{kill -HUP -PGID}) is the primary's graceful reload: the workers ignore
+    it, retire once their successors are ready and exit 0, and requests made
+    meanwhile are all answered.
+    """
+    setsid = shutil.which("setsid") or "/usr/bin/setsid"
+    proc = start([setsid, TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    url = f"http://127.0.0.1:{port}/pid.rpy"
+    primary = proc.transport.pid
+    assert os.getpgid(primary) == primary  # its own group: only the cluster gets the signal
+    old = await servedByWorkers(proc, url)
+    answers: list[tuple[bytes, int]] = []
+    running = [True]
+
+    async def stream() -> None:
+        while running[0]:
+            answers.append(await curl(url))
+
+    streams = [defer.ensureDeferred(stream()) for _ in range(2)]
+    try:
+        await eventually(lambda: len(answers) >= 4, 30, 0.05)
+        os.killpg(primary, signal.SIGHUP)
+        await proc.waitFor(r"Reload done")
+        for pid in old:
+            await proc.waitFor(rf"worker \d \(pid {pid}\) exited \(status 0\)")
+        count = len(answers)
+        await eventually(lambda: len(answers) >= count + 4, 30, 0.05)
+    finally:
+        running[0] = False
+        await timeout(defer.gatherResults(streams, consumeErrors=True), 60)
+    assert all(code == 0 for _out, code in answers), answers
+    assert not re.search(r"died \(signal", proc.output), proc.output
+    new = await pidsAnswering(url)
+    assert len(new) == 2 and not new & old, (new, old)
+    await stoppedCleanly(proc, new)
