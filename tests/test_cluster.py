@@ -26,8 +26,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from twisted_serversock.cluster._cmdline import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
+from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
 from .conftest import _othersCanRead, connect, eventually, nobodyEnv, sleep, theReactor, timeout
+from .test_lifecycle import ask, listenQueue
 from .test_twistd import Proc
 
 BIN = os.path.dirname(sys.executable)
@@ -635,3 +637,73 @@ async def test_workerListeningElsewhereStopsTheCluster(site: str) -> None:
     pids = {int(p) for p in re.findall(r"Started worker \d \(pid (\d+)\)", proc.output)}
     assert pids
     await eventually(lambda: not any(alive(p) for p in pids), 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_saturatedWorkerLeavesTheExcessInTheKernelBacklog(site: str) -> None:
+    """
+    With its only worker stopped (SIGSTOP), the primary holds a bounded
+    number of connections and pauses accepting: the rest wait in the
+    kernel's backlog, not in the primary.  Woken, the worker serves all.
+    """
+    with open(os.path.join(site, "serve.py"), "w") as f:
+        f.write(SCRIPT)
+    proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=1"], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    worker = int((await proc.waitFor(SERVES)).group(2))
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        pending = [defer.ensureDeferred(ask(port, 90)) for _ in range(200)]
+        await proc.waitFor(r"pausing accepts; new connections wait in the kernel's backlog")
+        # The primary holds at most MAX_WAITING plus the stopped worker's
+        # window plus what one accept run had taken; the rest, most of
+        # them, is the kernel's.
+        await eventually(lambda: listenQueue(port) >= 200 - 2 * (MAX_WAITING + INITIAL_WINDOW), 20)
+        os.kill(worker, signal.SIGCONT)
+        replies = await timeout(defer.gatherResults(pending, consumeErrors=True), 90)
+        assert len(replies) == 200 and all(reply.endswith(b"\r\n\r\n%d" % worker) for reply in replies), replies
+        assert listenQueue(port) == 0
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    await stoppedCleanly(proc, {worker})
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighupToTheWholeProcessGroup(site: str) -> None:
+    """
+    SIGHUP sent to the cluster's whole process group (a terminal hangup,
+    C{kill -HUP -PGID}) is the primary's graceful reload: the workers ignore
+    it, retire once their successors are ready and exit 0, and requests made
+    meanwhile are all answered.
+    """
+    setsid = shutil.which("setsid") or "/usr/bin/setsid"
+    proc = start([setsid, TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    url = f"http://127.0.0.1:{port}/pid.rpy"
+    primary = proc.transport.pid
+    assert os.getpgid(primary) == primary  # its own group: only the cluster gets the signal
+    old = await servedByWorkers(proc, url)
+    answers: list[tuple[bytes, int]] = []
+    running = [True]
+
+    async def stream() -> None:
+        while running[0]:
+            answers.append(await curl(url))
+
+    streams = [defer.ensureDeferred(stream()) for _ in range(2)]
+    try:
+        await eventually(lambda: len(answers) >= 4, 30, 0.05)
+        os.killpg(primary, signal.SIGHUP)
+        await proc.waitFor(r"Reload done")
+        for pid in old:
+            await proc.waitFor(rf"worker \d \(pid {pid}\) exited \(status 0\)")
+        count = len(answers)
+        await eventually(lambda: len(answers) >= count + 4, 30, 0.05)
+    finally:
+        running[0] = False
+        await timeout(defer.gatherResults(streams, consumeErrors=True), 60)
+    assert all(code == 0 for _out, code in answers), answers
+    assert not re.search(r"died \(signal", proc.output), proc.output
+    new = await pidsAnswering(url)
+    assert len(new) == 2 and not new & old, (new, old)
+    await stoppedCleanly(proc, new)

@@ -371,6 +371,63 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
         await connect(port)
 
 
+async def echoOnce(port: int) -> bytes:
+    client = await connect(port)
+    client.transport.write(b"x")
+    try:
+        # Not waitFor(1): its 10 s may pass while the child is stopped.
+        await eventually(lambda: len(client.received) >= 1, 60, 0.1)
+        return bytes(client.received)
+    finally:
+        client.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> None:
+    """
+    A child process's listener in the parent pauses accepting while the
+    child (SIGSTOPped) acknowledges nothing: the parent holds a bounded
+    number of connections, the rest wait in the kernel's backlog; woken,
+    the child serves all of them.
+    """
+    from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
+
+    from .test_lifecycle import listenQueue
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    parentEnd, childEnd = wire.channelPair()
+    dispatcher = Dispatcher()
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
+    child = ChildProcess()
+    process = theReactor().spawnProcess(
+        child, sys.executable, [sys.executable, str(script)], env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: childEnd.fileno()}
+    )
+    childEnd.close()
+    try:
+        await eventually(lambda: link._listens, seconds=20)
+        serv, _route = next(iter(link._listens.values()))
+        port = serv.port
+        assert await echoOnce(port) == b"x"
+        process.signalProcess(signal.SIGSTOP)
+        pending = [defer.ensureDeferred(echoOnce(port)) for _ in range(200)]
+        await eventually(lambda: dispatcher.pauses >= 1, seconds=20)
+        # Every connection is either held by the parent (at most
+        # MAX_WAITING plus the child's window plus what one accept run had
+        # taken) or waits in the kernel's backlog: most of them.
+        await eventually(lambda: listenQueue(port) + len(dispatcher.held) >= 200, seconds=20)
+        assert listenQueue(port) >= 200 - 2 * (MAX_WAITING + INITIAL_WINDOW)
+        process.signalProcess(signal.SIGCONT)
+        replies = await timeout(defer.gatherResults(pending, consumeErrors=True), 90)
+        assert replies == [b"x"] * 200
+        assert listenQueue(port) == 0
+    finally:
+        if process.pid is not None:
+            process.signalProcess(signal.SIGCONT)
+            process.signalProcess(signal.SIGKILL)
+    await timeout(child.ended)
+
+
 @pytest_twisted.ensureDeferred
 async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> None:
     """

@@ -394,6 +394,38 @@ async def test_sighupUnderWrkKeepAliveLoad(workdir: str) -> None:
     assert requests > 100 and errors == 0, text
 
 
+SLOW_IMPORT = "import time\ntime.sleep(120)\n" + VERSIONED
+
+
+@pytest_twisted.ensureDeferred
+async def test_successorDyingAfterTheOldWorkerIsRestarted(workdir: str) -> None:
+    """
+    With one worker: SIGHUP starts a successor (slow to import), the old
+    worker is killed, then the successor is killed before it is ready.  The
+    slot must not stay empty: a new worker starts, and it serves the
+    connection that waited for it.
+    """
+    writeModule(workdir, "ver", VERSIONED, b"v1")
+    proc, port = await startServer(["--factory", "ver.factory"], workdir, 1)
+    try:
+        old = workerPids(proc)[1]
+        writeModule(workdir, "ver", SLOW_IMPORT, b"v2")
+        proc.transport.signalProcess(signal.SIGHUP)
+        successor = int((await proc.waitFor(rf"Started worker 1 \(pid (?!{old}\))(\d+)\)")).group(1))
+        os.kill(old, signal.SIGKILL)
+        await proc.waitFor(rf"Worker 1 \(pid {old}\) died \(signal 9\).*its successor is starting")
+        waiting = defer.ensureDeferred(ask(port, 60))
+        writeModule(workdir, "ver", VERSIONED, b"v333")
+        os.kill(successor, signal.SIGKILL)
+        await proc.waitFor(rf"New worker 1 \(pid {successor}\) exited \(signal 9\) before it was ready; nobody")
+        await proc.waitFor(rf"Worker 1 \(pid (?!{old}\)|{successor}\))\d+\) is ready")
+        assert re.fullmatch(rb"v333 \d+\n", await timeout(waiting, 60))
+        assert re.fullmatch(rb"v333 \d+\n", await ask(port, 30))
+    finally:
+        assert await stopCleanly(proc) == 0, proc.output
+    assert re.search(r"0 closed unserved", proc.output), proc.output
+
+
 @pytest_twisted.ensureDeferred
 async def test_maxRequestsRecyclesWorkers(workdir: str) -> None:
     """

@@ -50,11 +50,13 @@ class CallQueue:
         For a reactor that is shutting down: it will not run the drain, and
         a delayed call must not outlive it.
         """
+        while self._calls:
+            self._run(*self._calls.popleft())
+        # After the loop: a call it ran may have queued another, and so
+        # scheduled a drain the loop then ran the call of.
         scheduled, self._scheduled = self._scheduled, None
         if scheduled is not None and scheduled.active():
             scheduled.cancel()
-        while self._calls:
-            self._run(*self._calls.popleft())
 
     def _run(self, function: Callable[..., object], args: tuple[Any, ...]) -> None:
         try:

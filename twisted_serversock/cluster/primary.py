@@ -178,6 +178,9 @@ class ClusterPrimary:
         except CannotListenError:
             self.dispatcher.closeRoute(route)
             return defer.fail()
+        # Back-pressure: while every worker is saturated the excess waits
+        # in the kernel's backlog, not in this process.
+        route.watchPort(inner)
         port = PrimaryPort(self, description, route, inner, factory)
         self._ports[description] = port
         if self.pool is None:

@@ -29,7 +29,7 @@ from zope.interface import implementer, provider
 
 from ..endpoints import _describe
 from ..ipc.wire import Control
-from ..ipc.worker import Worker
+from ..ipc.worker import Worker, ignoreGroupSignals
 from ._env import WorkerEnvironment, decodeAddress
 
 __all__ = ["ClusterWorker", "WorkerPort", "environment", "setEnvironment", "workerFor", "logObserver"]
@@ -178,10 +178,10 @@ class ClusterWorker(Worker):
         reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        # The parent decides when workers stop: a terminal's Ctrl-C reaches
-        # the whole process group, so SIGINT is ignored; SIGTERM sent to a
-        # worker itself is a graceful stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The primary decides when workers stop or reload (after
+        # reactor.run, which installs its own SIGINT handler); SIGTERM sent
+        # to a worker itself is a graceful stop.
+        ignoreGroupSignals()
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, 10.0))
         # The program started: the primary stops counting this worker's
         # failed starts.

@@ -177,6 +177,8 @@ class WorkerLink:
 
         serv._rawAccept = accepted
         serv.asyncListen(_ForwardingListener(self, id, route))
+        # After asyncListen: ServerSocket.pauseAccepting needs its port.
+        route.watchPort(serv)
         self._listens[id] = (serv, route)
         self._dispatcher.join(route, self)
         self.sendControl("listening", id=id, route=route.id, port=serv.port)

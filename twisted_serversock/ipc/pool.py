@@ -447,11 +447,18 @@ class WorkerPool:
             slot.successor = None
             self._reloading.discard(worker)
             current = slot.current
+            if current is None and slot in self._slots:
+                # The current worker died counting on this successor: the
+                # slot would stay empty for good without a restart.
+                slot.failures += 1
+                serving = f"nobody; restarting it in {self._scheduleRestart(slot):.2f} s"
+            else:
+                serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
             _log.error(
-                "New {worker} exited ({how}) before it was ready; {old} keeps serving",
+                "New {worker} exited ({how}) before it was ready; {serving}",
                 worker=worker,
                 how=how,
-                old=current if current is not None else "nobody",
+                serving=serving,
             )
             if current is not None and current.link is not None and not current.retiring:
                 current.link.accepting = True

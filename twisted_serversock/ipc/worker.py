@@ -23,7 +23,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLo
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
-__all__ = ["main", "resolveFactory", "finishGracefully"]
+__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals"]
 
 _log = Logger()
 
@@ -127,6 +127,24 @@ def _stderrObserver(event: dict[str, Any]) -> None:
         text = f"{level.name}: {text}"
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+#: Signals meant for the parent that a worker ignores: a terminal's Ctrl-C
+#: or hangup, or C{kill} of the whole process group, reaches the workers
+#: too, and the parent decides when they stop or reload; SIGTTIN/SIGTTOU
+#: would otherwise stop a worker that touches the terminal from the
+#: background.
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignoreGroupSignals() -> None:
+    """
+    Ignore, in a worker, the signals its parent acts on (the whole process
+    group gets them from a terminal or C{kill -- -PGID}); SIGTERM sent to
+    the worker itself stays a graceful stop (its caller installs that).
+    """
+    for signum in _GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class Worker:
@@ -293,15 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(args.channel_fd, False)  # never into a process this one starts
     channel = socket.socket(fileno=args.channel_fd)
     worker = Worker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
-    # The parent decides when workers stop: a terminal's Ctrl-C reaches the
-    # whole process group, so SIGINT is ignored here; SIGTERM (sent to a
-    # worker directly) is a graceful stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The parent's signals (a terminal's hangup reaches the whole group
-    # too); SIGTTIN/SIGTTOU would otherwise stop a worker that touches the
-    # terminal from the background.
-    for name in ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    ignoreGroupSignals()
     signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(worker.stop, 10.0))
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)
