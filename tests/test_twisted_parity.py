@@ -114,6 +114,12 @@ def test_reactorStopStopsListenerCleanly(reactorFactory: Any, kind: str, errors:
     finally:
         if loop is not None:
             loop.close()
+        # The threadedselect reactor's select thread is not a daemon thread,
+        # and whether stop() ends it is a race inside Twisted: a thread left
+        # behind keeps the interpreter (pytest) from exiting.
+        endSelectThread = getattr(reactor, "_cleanUpThread", None)
+        if endSelectThread is not None:
+            endSelectThread()
     assert errors == [], [formatEvent(e) for e in errors]
     if kind == "serversocket":
         assert recorder.statuses == [results.NS_BINDING_ABORTED]
