@@ -71,6 +71,24 @@ def _newReactor(factory: Any) -> tuple[Any, Any]:
     return factory(), None
 
 
+def _run(reactor: Any, loop: Any) -> None:
+    """
+    Run a private reactor until it stops.  A private asyncio loop runs in a
+    thread of its own: under C{--reactor=asyncio} the session's loop is
+    already running in this one, and asyncio allows one running loop per
+    thread.
+    """
+    if loop is None:
+        reactor.run(installSignalHandlers=False)
+        return
+    import threading
+
+    thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the private asyncio reactor did not stop"
+
+
 class _Factory(protocol.ServerFactory):
     protocol = protocol.Protocol
     stops = 0
@@ -102,7 +120,7 @@ def test_reactorStopStopsListenerCleanly(reactorFactory: Any, kind: str, errors:
             port = results_[0].getHost().port
         client = socket.create_connection(("127.0.0.1", port))  # queued in the kernel
         reactor.callLater(0.05, reactor.stop)
-        reactor.run(installSignalHandlers=False)
+        _run(reactor, loop)
         client.close()
         # (The asyncio reactor's stop() leaves one of its own.)
         leftover = [
