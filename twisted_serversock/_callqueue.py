@@ -23,7 +23,8 @@ class CallQueue:
     Run calls later, in the order they were queued, from the reactor.
 
     @ivar _calls: the pending C{(function, args)} pairs.
-    @ivar _scheduled: whether a drain is already scheduled.
+    @ivar _scheduled: the delayed call that will drain the queue, if one
+        is scheduled.
     """
 
     __slots__ = ("_reactor", "_calls", "_scheduled")
@@ -31,7 +32,6 @@ class CallQueue:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._calls: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
-        #: The delayed call that will drain the queue, if one is scheduled.
         self._scheduled: Any = None
 
     def call(self, function: Callable[..., object], *args: Any) -> None:

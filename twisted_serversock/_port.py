@@ -179,7 +179,7 @@ class ListeningPort(abstract.FileDescriptor):
     C{stopListening()} (which closes behind the server socket's back) would
     all be wrong here.  What Twisted's server transports need from their
     port - C{_realPortNumber} for their repr, C{sessionno} - is here, and
-    L{IListeningPort} is implemented on top of the owner.
+    C{IListeningPort} is implemented on top of the owner.
 
     @ivar sessionno: the session number the next connection gets; only a
         connection that gets a protocol takes one, as in Twisted.
@@ -210,7 +210,7 @@ class ListeningPort(abstract.FileDescriptor):
         self._owner = owner
         self._address: Any = owner.getAddress()
         self._prefix = prefix
-        #: The reactor, typed for its clock.
+        # The reactor, typed for its clock.
         self._clock: Any = reactor
         if skt.family == socket.AF_UNIX:
             # What Twisted's unix.Port shows in its connections' reprs.

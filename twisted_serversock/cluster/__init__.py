@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cluster -*-
 """
 Cluster mode: C{workers=N} on a C{gecko:} or C{geckounix:} endpoint serves
-the program from N worker processes, with no change to the program.
+the program from N worker processes, with no change to the program::
 
     twistd -n web --listen gecko:port=8080:workers=4 --path /srv/www
 

@@ -55,7 +55,7 @@ def setEnvironment(env: WorkerEnvironment) -> None:
 
 def environment() -> WorkerEnvironment | None:
     """
-    This worker's start-up facts, or L{None} outside a cluster worker.
+    This worker's start-up facts, or C{None} outside a cluster worker.
     """
     return _environment
 
@@ -99,7 +99,7 @@ class WorkerPort:
 
     @ivar description: the endpoint's description.
     @ivar route: the primary's route for the listener, once attached.
-    @ivar serverSocket: L{None}; the listening socket is in the primary.
+    @ivar serverSocket: C{None}; the listening socket is in the primary.
     """
 
     serverSocket = None

@@ -190,7 +190,7 @@ class Worker:
         The protocol factory for connections of C{route}: the one factory
         here; cluster mode's workers have one per listener.
 
-        @return: the factory, or L{None} for a route this worker does not
+        @return: the factory, or C{None} for a route this worker does not
             serve (the connection is then closed and the error logged).
         """
         return self._proxyFactories.get(route, self._factory)
