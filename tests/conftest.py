@@ -596,3 +596,33 @@ def nobodyEnv() -> dict[str, str]:
     The environment for a Python child run with L{asNobody}.
     """
     return dict(os.environ, PYTHONPATH=unprivilegedPythonPath())
+
+
+def statesSeenWhileBinding(path: str, bind: Any, key: Any, rounds: int = 200) -> set[Any]:
+    """
+    Call C{bind()} C{rounds} times while a thread C{lstat}s C{path} as fast
+    as it can, and return C{key(stat)} of every state it saw.  (It can miss
+    a window, but not invent one.)
+    """
+    import threading
+
+    seen: set[Any] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            seen.add(key(st))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(rounds):
+            bind()
+    finally:
+        stop.set()
+        watcher.join()
+    return seen

@@ -28,7 +28,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from typing import Any, Iterator
 
@@ -43,7 +42,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from twisted_serversock import IOService, IServerSocket, NetAddr, NSError, results
 from twisted_serversock.netaddr import FAMILY_LOCAL
 
-from .conftest import WAIT, Recorder, asNobody, code, nobodyEnv, connectUNIX, eventually, failures, sleep, theReactor, timeout
+from .conftest import WAIT, Recorder, asNobody, code, nobodyEnv, connectUNIX, eventually, failures, sleep, statesSeenWhileBinding, theReactor, timeout
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux UNIX-domain semantics")
 
@@ -921,28 +920,16 @@ def test_noWindowObserved(servers: Any, d: str, umask: Any) -> None:
     miss a window, but not invent one.)
     """
     path = os.path.join(d, "socket")
-    seen: set[int] = set()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            seen.add(stat.S_IMODE(st.st_mode) | (stat.S_IFSOCK if stat.S_ISSOCK(st.st_mode) else 0))
-
-    watcher = threading.Thread(target=watch)
     umask(0o000)  # a plain bind would create the socket 0777
-    watcher.start()
-    try:
-        for _ in range(200):
-            srv = servers()
-            srv.initWithFilename(path, 0o600, -1)
-            srv.close()
-    finally:
-        stop.set()
-        watcher.join()
+
+    def bind() -> None:
+        srv = servers()
+        srv.initWithFilename(path, 0o600, -1)
+        srv.close()
+
+    seen = statesSeenWhileBinding(
+        path, bind, lambda st: stat.S_IMODE(st.st_mode) | (stat.S_IFSOCK if stat.S_ISSOCK(st.st_mode) else 0)
+    )
     assert seen <= {stat.S_IFSOCK | 0o600}
     assert listing(d) == []
 

@@ -23,7 +23,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 from typing import Any, Iterator
 
 import pytest
@@ -35,7 +34,7 @@ from twisted_serversock import NSError
 from twisted_serversock.endpoints import GeckoUNIXServerEndpoint
 
 from ._hardening import CollectingProcess
-from .conftest import Recorder, asNobody, code, connectUNIX, eventually, nobodyEnv, timeout, theReactor
+from .conftest import Recorder, asNobody, code, connectUNIX, eventually, nobodyEnv, statesSeenWhileBinding, timeout, theReactor
 from .test_twistd import Proc, spawn
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux UNIX-domain semantics")
@@ -151,27 +150,13 @@ def test_groupNeverSeenOtherwise(servers: Any, top: str) -> None:
     """
     gid = WWW if WWW is not None else 4321
     path = os.path.join(top, "app.sock")
-    seen: set[tuple[int, int]] = set()
-    stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            seen.add((st.st_gid, stat.S_IMODE(st.st_mode)))
+    def bind() -> None:
+        srv = servers()
+        srv.initWithFilename(path, 0o660, -1, group=gid)
+        srv.close()
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        for _ in range(200):
-            srv = servers()
-            srv.initWithFilename(path, 0o660, -1, group=gid)
-            srv.close()
-    finally:
-        stop.set()
-        watcher.join()
+    seen = statesSeenWhileBinding(path, bind, lambda st: (st.st_gid, stat.S_IMODE(st.st_mode)))
     assert seen <= {(gid, 0o660)}
     assert os.listdir(top) == []
 
