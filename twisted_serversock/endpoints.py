@@ -22,17 +22,15 @@ import socket
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, ILoggingContext, IStreamServerEndpoint
-from twisted.logger import Logger
-from twisted.python import log as legacyLog
-from twisted.python.reflect import qual
-from zope.interface import Interface, implementer
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from zope.interface import implementer
 
 from . import _args
 from .netaddr import ipFamily
-from .results import NS_BINDING_ABORTED, NS_ERROR_INVALID_ARG, NSError, nameOf
+from .results import NSError
+from ._listeningport import GeckoListeningPort
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
 
 __all__ = [
@@ -43,218 +41,6 @@ __all__ = [
     "parseGeckoUNIX",
 ]
 
-_log = Logger()
-
-
-class _IRawAcceptingFactory(Interface):
-    """
-    (Private, for L{twisted_serversock.ipc}.)  A protocol factory that takes
-    accepted sockets raw, without a Twisted transport: a gecko endpoint
-    listening for it calls L{socketAccepted} instead of building a protocol.
-    """
-
-    def socketAccepted(skt: socket.socket, addr: Any) -> None:
-        """
-        Take ownership of C{skt}, accepted from C{addr}.
-        """
-
-
-def _describe(address: Any) -> str:
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, UNIXAddress):
-        raw: Any = address.name
-        name = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
-        return "@" + name[1:] if name.startswith("\0") else name
-    return repr(address)
-
-
-def _factoryPrefix(factory: Any) -> str:
-    """
-    What Twisted's ports log a factory as (C{abstract._getLogPrefix}).
-    """
-    if ILoggingContext.providedBy(factory):
-        return str(factory.logPrefix())
-    return type(factory).__name__
-
-
-class _Listener:
-    """
-    The L{IServerSocketListener} of a L{GeckoListeningPort}: builds a
-    protocol for each connection and attaches it, as Twisted's port does.
-    A connection whose protocol cannot be built is closed at once.
-    """
-
-    __slots__ = ("_port",)
-
-    def __init__(self, port: GeckoListeningPort) -> None:
-        self._port = port
-
-    def logPrefix(self) -> str:
-        # Twisted's port's: a log.msg in buildProtocol shows the factory.
-        return qual(type(self._port.factory))
-
-    def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:
-        factory = self._port.factory
-        addr = transport.getPeerAddr()
-        try:
-            protocol = factory.buildProtocol(addr)
-        except Exception:
-            _log.failure("{factory!r}.buildProtocol({addr!r}) raised; closing the connection", factory=factory, addr=addr)
-            transport._refuse()
-            return
-        if protocol is None:
-            # Twisted's way to refuse a connection: closed, not an error.
-            transport._refuse()
-            return
-        try:
-            transport.attachProtocol(protocol)
-        except NSError as e:
-            if e.result != NS_ERROR_INVALID_ARG:
-                raise
-            _log.error(
-                "{factory!r}.buildProtocol({addr!r}) returned {protocol!r}, not a protocol; closing the connection",
-                factory=factory,
-                addr=addr,
-                protocol=protocol,
-            )
-            transport._refuse()
-        except Exception:
-            # The protocol's makeConnection/connectionMade raised: logged
-            # naming it; the connection stays its own, as in Twisted.
-            _log.failure("Unhandled error in {protocol!r}.makeConnection", protocol=protocol)
-
-    def onStopListening(self, serv: ServerSocket, status: int) -> None:
-        self._port._stopped(self, status)
-
-
-@implementer(IListeningPort)
-class GeckoListeningPort:
-    """
-    The C{IListeningPort} of a gecko endpoint.
-
-    @ivar serverSocket: the L{ServerSocket} behind this port (a new one after
-        each L{startListening} that follows a L{stopListening}).
-    @ivar factory: the protocol factory.
-    """
-
-    def __init__(self, endpoint: _GeckoEndpointBase, factory: Any) -> None:
-        self._endpoint = endpoint
-        self.factory = factory
-        self.serverSocket: ServerSocket | None = None
-        self._listener: _Listener | None = None
-        self._stopping: list[defer.Deferred[None]] = []
-        self._address: Any = None
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} on {_describe(self._address)}>"
-
-    def logPrefix(self) -> str:
-        """
-        The factory's class, as Twisted's own ports have it.
-        """
-        return qual(type(self.factory))
-
-    def _portName(self) -> str:
-        # What Twisted's ports call their "port number": the TCP port, or
-        # the UNIX socket's name ("\0name" for an abstract one, as
-        # Twisted's unix: would show it).
-        address = self._address
-        if isinstance(address, UNIXAddress):
-            return os.fsdecode(address.name or b"")
-        return str(address.port)
-
-    def startListening(self) -> None:
-        """
-        Listen (again, after L{stopListening}); binds synchronously.
-
-        @raise CannotListenError: if binding fails; its C{socketError} is the
-            L{NSError}.
-        """
-        if self._listener is not None:
-            return
-        serv = self._endpoint._bind()
-        self.serverSocket = serv
-        self._address = serv.getAddress()
-        self._listener = _Listener(self)
-        if _IRawAcceptingFactory.providedBy(self.factory):
-            serv._rawAccept = self.factory.socketAccepted
-        # Twisted's own lines, in Twisted's order (before doStart), through
-        # the legacy API as Twisted's ports log them: tools and Twisted's
-        # own tests read these exact messages.
-        if isinstance(self._address, UNIXAddress):
-            legacyLog.msg(f"{_factoryPrefix(self.factory)} starting on {self._portName()!r}")
-        else:
-            legacyLog.msg(f"{_factoryPrefix(self.factory)} starting on {self._portName()}")
-        try:
-            self.factory.doStart()
-        except BaseException:
-            # Nothing may stay bound for a port listen() reported failed.
-            serv.close()
-            self._listener = None
-            raise
-        serv.asyncListen(self._listener)
-
-    def pauseAccepting(self) -> None:
-        """
-        Accept nothing until L{resumeAccepting} (queued connections wait in
-        the kernel's backlog): the worker pool's back-pressure.
-        """
-        if self.serverSocket is not None:
-            self.serverSocket.pauseAccepting()
-
-    def resumeAccepting(self) -> None:
-        """
-        Accept again after L{pauseAccepting}.
-        """
-        if self.serverSocket is not None:
-            self.serverSocket.resumeAccepting()
-
-    def stopListening(self) -> defer.Deferred[None]:
-        """
-        Stop listening; accepted connections are not affected.
-
-        @return: a Deferred that fires once the server socket has reported
-            C{onStopListening}.
-        """
-        if self._listener is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._stopping.append(d)
-        assert self.serverSocket is not None
-        self.serverSocket.close()
-        return d
-
-    loseConnection = stopListening
-
-    def _stopped(self, listener: _Listener, status: int) -> None:
-        if listener is not self._listener:
-            return
-        self._listener = None
-        kind = "UNIX" if isinstance(self._address, UNIXAddress) else "TCP"
-        legacyLog.msg(f"({kind} Port {self._portName()} Closed)")
-        if status != NS_BINDING_ABORTED:
-            _log.warn(
-                "{endpoint} on {address} stopped listening: {status}",
-                endpoint=type(self._endpoint).__name__,
-                address=_describe(self._address),
-                status=nameOf(status),
-            )
-        try:
-            self.factory.doStop()
-        finally:
-            stopping, self._stopping = self._stopping, []
-            for d in stopping:
-                d.callback(None)
-
-    def getHost(self) -> Any:
-        """
-        The address actually bound (the real port when 0 or -1 was asked;
-        an IPv6 scope as bound).
-        """
-        return self._address
 
 
 def _stableRepr(value: Any) -> str:
@@ -285,7 +71,15 @@ class _GeckoEndpointBase:
     def _where(self) -> tuple[str, Any]:
         raise NotImplementedError
 
-    def _bind(self) -> ServerSocket:
+    def bindServerSocket(self) -> ServerSocket:
+        """
+        A new L{ServerSocket}, bound and listening as this endpoint
+        describes, in this process (C{workers} aside), not yet accepting:
+        what the endpoint's listening port calls each time it starts.
+
+        @raise CannotListenError: if binding fails; its C{socketError} is
+            the L{NSError}.
+        """
         serv = ServerSocket(self._reactor)
         try:
             self._init(serv)

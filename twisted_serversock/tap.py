@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ._startup import cannotListenReason, failStartup
-from .endpoints import _describe
+from ._labels import describeAddress
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.sdnotify import SystemdNotifier
@@ -306,7 +306,7 @@ def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
     outcome = results[0]
     if hasattr(outcome, "raiseException"):
         outcome.raiseException()
-    _log.info("serversock listening on {description} ({address})", description=description, address=_describe(outcome.getHost()))
+    _log.info("serversock listening on {description} ({address})", description=description, address=describeAddress(outcome.getHost()))
     return outcome
 
 

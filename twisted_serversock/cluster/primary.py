@@ -29,7 +29,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..endpoints import GeckoListeningPort, _describe
+from .._labels import describeAddress
+from .._listeningport import GeckoListeningPort
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.pool import CHANNEL_FD, WorkerPool
 from ..ipc.signals import installSignals
@@ -74,7 +75,7 @@ class PrimaryPort:
         self._stopped: defer.Deferred[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<PrimaryPort {self.description} on {_describe(self.getHost())}>"
+        return f"<PrimaryPort {self.description} on {describeAddress(self.getHost())}>"
 
     @property
     def serverSocket(self) -> Any:
@@ -196,7 +197,7 @@ class ClusterPrimary:
             "Cluster primary (pid {pid}): {description} on {address} is served by {n} worker process(es)",
             pid=os.getpid(),
             description=description,
-            address=_describe(port.getHost()),
+            address=describeAddress(port.getHost()),
             n=self._count,
         )
         return defer.succeed(port)

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText
 from zope.interface import implementer, provider
 
-from ..endpoints import _describe
+from .._labels import describeAddress
 from ..ipc.wire import Control
 from ..ipc.worker import Worker, ignoreGroupSignals
 from ._env import WorkerEnvironment, decodeAddress
@@ -113,7 +113,7 @@ class WorkerPort:
         self.listening = False
 
     def __repr__(self) -> str:
-        return f"<WorkerPort {self.description} on {_describe(self._address)}>"
+        return f"<WorkerPort {self.description} on {describeAddress(self._address)}>"
 
     def attached(self, route: int, address: Any) -> None:
         """
@@ -128,7 +128,7 @@ class WorkerPort:
             "Cluster worker {index} (pid {pid}) serves {address} ({description})",
             index=self._worker.index,
             pid=os.getpid(),
-            address=_describe(address),
+            address=describeAddress(address),
             description=self.description,
         )
 

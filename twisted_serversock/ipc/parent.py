@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._twistedcompat import closeWithoutShutdown
-from ..endpoints import _IRawAcceptingFactory, _factoryPrefix
+from .._labels import factoryLogPrefix
+from .interfaces import IRawAcceptor
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
 from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
@@ -222,7 +223,7 @@ class _ForwardingListener:
             self._link._sendError(self._id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
 
 
-@implementer(IProtocolFactory, ILoggingContext, _IRawAcceptingFactory)
+@implementer(IProtocolFactory, ILoggingContext, IRawAcceptor)
 class HandOffFactory:
     """
     The protocol factory the parent listens with: connections go to the
@@ -260,7 +261,7 @@ class HandOffFactory:
         Twisted's C{"Site starting on 8080"}, as the same program on C{tcp:}
         would, not the name of this internal factory.
         """
-        return _factoryPrefix(self.fallback)
+        return factoryLogPrefix(self.fallback)
 
     def buildProtocol(self, addr: Any) -> Protocol:
         return _HandOff(self, addr)
