@@ -8,6 +8,7 @@ for each connection, as Twisted's own ports do.
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet import defer
@@ -95,6 +96,20 @@ class _Listener:
         self._stopped(self, status)
 
 
+@implementer(IRawAcceptor)
+class _RawListener(_Listener):
+    """
+    The listener of a port whose factory provides L{IRawAcceptor} (the
+    worker pool's hand-off factory): accepted sockets go to the factory
+    raw.
+    """
+
+    __slots__ = ()
+
+    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
+        self.factory.socketAccepted(skt, addr)
+
+
 @implementer(IListeningPort)
 class GeckoListeningPort:
     """
@@ -143,9 +158,10 @@ class GeckoListeningPort:
         serv = self._endpoint.bindServerSocket()
         self.serverSocket = serv
         self._address = serv.getAddress()
-        self._listener = _Listener(self.factory, self._stopped)
         if IRawAcceptor.providedBy(self.factory):
-            serv._rawAccept = self.factory.socketAccepted
+            self._listener = _RawListener(self.factory, self._stopped)
+        else:
+            self._listener = _Listener(self.factory, self._stopped)
         # Twisted's own lines, in Twisted's order (before doStart), through
         # the legacy API as Twisted's ports log them: tools and Twisted's
         # own tests read these exact messages.

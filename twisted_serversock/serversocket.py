@@ -35,6 +35,7 @@ from ._callqueue import CallQueue
 from ._port import ListeningPort
 from ._refusals import RefusalLog
 from .interfaces import INetAddr, IServerSocket
+from .ipc.interfaces import IRawAcceptor
 from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress, isLoopbackPeer
 from .results import (
     NS_BINDING_ABORTED,
@@ -165,10 +166,9 @@ class ServerSocket:
         self._filePath = b""
         self._allowedUids: frozenset[int | str] | None = None
         self._refusals: RefusalLog | None = None
-        #: If set, accepted sockets go to this callable, raw, instead of
-        #: becoming a L{SocketTransport} for the listener: the process that
-        #: hands connections to workers must not build a Twisted transport
-        #: (its orderly close would C{shutdown()} the worker's copy too).
+        #: The listener's C{socketAccepted} if it provides L{IRawAcceptor}:
+        #: accepted sockets go there, raw, instead of becoming a
+        #: L{SocketTransport}.
         self._rawAccept: Callable[[socket.socket, Any], None] | None = None
 
     def __repr__(self) -> str:
@@ -368,13 +368,17 @@ class ServerSocket:
             raise NSError(NS_ERROR_NOT_INITIALIZED, "asyncListen needs a successful init first")
         if self._port is not None:
             raise NSError(NS_ERROR_IN_PROGRESS, f"{self!r} is already listening")
-        for method in ("onSocketAccepted", "onStopListening"):
+        # A listener that takes sockets raw (IRawAcceptor: the process that
+        # hands connections to workers) needs no onSocketAccepted.
+        raw = IRawAcceptor.providedBy(listener)
+        for method in ("socketAccepted" if raw else "onSocketAccepted", "onStopListening"):
             if not callable(getattr(listener, method, None)):
                 raise NSError(NS_ERROR_INVALID_ARG, f"the listener {listener!r} has no {method}()")
         reactor = self._getReactor()
         if self._queue is None:
             self._queue = CallQueue(reactor)
         self._listener = listener
+        self._rawAccept = listener.socketAccepted if raw else None
         self._port = ListeningPort(self._socket, self, reactor, _logPrefixOf(listener))
         self._port.startListening()
 

@@ -171,12 +171,6 @@ class WorkerLink:
             return
         route = self._dispatcher.addRoute(f"listen {id} of {self.name}", closeWhenOrphaned=True)
         route.onOrphaned = serv.close
-        dispatcher = self._dispatcher
-
-        def accepted(skt: socket.socket, addr: Any) -> None:
-            dispatcher.submit(route, skt)
-
-        serv._rawAccept = accepted
         serv.asyncListen(_ForwardingListener(self, id, route))
         # After asyncListen: ServerSocket.pauseAccepting needs its port.
         route.watchPort(serv)
@@ -202,6 +196,7 @@ class WorkerLink:
         )
 
 
+@implementer(IRawAcceptor)
 class _ForwardingListener:
     """
     The parent-side listener of a child-requested server socket: an
@@ -213,9 +208,8 @@ class _ForwardingListener:
         self._id = id
         self._route = route
 
-    def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:  # pragma: no cover
-        # Not reached: accepted sockets go to the raw hook.
-        transport.close(NS_BINDING_ABORTED)
+    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
+        self._link._dispatcher.submit(self._route, skt)
 
     def onStopListening(self, serv: ServerSocket, status: int) -> None:
         self._link._dispatcher.closeRoute(self._route)
