@@ -24,28 +24,14 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 __all__ = [
-    "IServerSocket",
-    "IServerSocketListener",
-    "ISocketTransport",
-    "IAsyncInputStream",
-    "IAsyncOutputStream",
-    "IInputStreamCallback",
-    "IOutputStreamCallback",
-    "INetAddr",
-    "IIOService",
-    "ITCPServerSocket",
-    "ITCPServerSocketInternal",
-    "ITCPSocket",
-    "nsIServerSocket",
-    "nsIServerSocketListener",
-    "nsISocketTransport",
-    "nsINetAddr",
-    "nsITCPServerSocketInternal",
-    "nsIAsyncInputStream",
-    "nsIAsyncOutputStream",
-    "nsIInputStreamCallback",
-    "nsIOutputStreamCallback",
-]
+    "IServerSocket", "IServerSocketListener", "ISocketTransport", "IAsyncInputStream",
+    "IAsyncOutputStream", "IInputStreamCallback", "IOutputStreamCallback", "INetAddr",
+    "IIOService", "ITCPServerSocket", "ITCPServerSocketInternal", "ITCPSocket",
+    # Gecko's names for the same objects:
+    "nsIServerSocket", "nsIServerSocketListener", "nsISocketTransport", "nsINetAddr",
+    "nsITCPServerSocketInternal", "nsIAsyncInputStream", "nsIAsyncOutputStream",
+    "nsIInputStreamCallback", "nsIOutputStreamCallback",
+]  # fmt: skip
 
 
 class IServerSocketListener(Interface):

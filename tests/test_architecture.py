@@ -1,0 +1,164 @@
+"""
+The package's shape, checked: no import cycle among its modules, no module
+over 600 lines, and objects that use each other through real methods
+rather than through each other's private attributes.  (See
+C{docs/architecture.md} for the map these rules keep true.)
+
+Static checks over the source (C{ast}), so they run in milliseconds and
+name the offending module or line.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import twisted_serversock
+
+PACKAGE = Path(twisted_serversock.__file__).parent
+NAME = "twisted_serversock"
+
+#: Longest module allowed (lines).
+MAX_LINES = 600
+#: Private-attribute accesses on another object allowed in the whole
+#: package, outside the one module that wraps Twisted's internals.
+MAX_PRIVATE_ACCESSES = 19
+#: The one module allowed to use Twisted's private attributes.
+COMPAT = "_twistedcompat.py"
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join([NAME, *parts])] = path
+    return modules
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """
+    Every package module C{name} imports, wherever the import statement is
+    (module level, in a function, under C{TYPE_CHECKING}).
+    """
+    found = set()
+    isPackage = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                if not isPackage:
+                    base.pop()
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                full = f"{source}.{alias.name}"
+                found.add(full if full in modules else source)
+    return {m for m in found if m in modules and m != name}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """
+    The strongly connected components of C{graph} with more than one
+    module (Tarjan's algorithm).
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    onStack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        onStack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in onStack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                onStack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _privateAccesses(path: Path, label: str = "") -> list[str]:
+    """
+    C{x._name} where C{x} is neither C{self}/C{cls} nor a module imported
+    with C{import x} (such as C{os._exit}).
+    """
+    tree = ast.parse(path.read_text())
+    importedModules = {
+        (a.asname or a.name).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+    }
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        attr = node.attr
+        if not attr.startswith("_") or attr.startswith("__"):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and (value.id in ("self", "cls") or value.id in importedModules):
+            continue
+        found.append(f"{label or path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_noImportCycles() -> None:
+    """
+    No two modules of the package import each other, directly or through
+    others, counting imports inside functions and under C{TYPE_CHECKING}.
+    """
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert _cycles(graph) == []
+
+
+def test_modulesAreSmall() -> None:
+    """
+    No module is longer than L{MAX_LINES}: one job each.
+    """
+    long = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_fewPrivateAccesses() -> None:
+    """
+    Objects use each other through methods, callables and interfaces: at
+    most L{MAX_PRIVATE_ACCESSES} accesses to another object's private
+    attributes in the whole package, Twisted's internals (wrapped in
+    L{COMPAT}) aside.
+    """
+    found = [a for path in _modules().values() if path.name != COMPAT for a in _privateAccesses(path)]
+    assert len(found) <= MAX_PRIVATE_ACCESSES, "\n".join(found)
+
+
+def test_checksSeeViolations(tmp_path: Path) -> None:
+    """
+    The checks above would see what they look for (they are not vacuous).
+    """
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+    source = tmp_path / "m.py"
+    source.write_text("import os\nclass A:\n    def f(self, o):\n        os._exit\n        self._x\n        return o._y\n")
+    assert [line.split(": ", 1)[1] for line in _privateAccesses(source, "m.py")] == ["o._y"]
