@@ -32,7 +32,8 @@ from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .slots import Slot, Worker, WorkerProcess
 from .sdnotify import SystemdNotifier
-from .wire import Control, channelPair
+from .channel import channelPair
+from .wire import Control
 
 __all__ = ["WorkerPool", "CHANNEL_FD"]
 
