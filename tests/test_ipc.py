@@ -30,7 +30,7 @@ from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 from twisted_serversock.results import NSError
 from zope.interface.verify import verifyObject
 
-from .conftest import connect, eventually, sleep, theReactor, timeout
+from .conftest import connect, eventually, theReactor, timeout
 from .test_tcpsocket import Events
 
 # ----------------------------------------------------------------------
@@ -236,7 +236,8 @@ async def test_childServerSocket(inProcess: InProcess) -> None:
     assert inProcess.workerLink.adopted == 1
     # The listener's close leaves the connection working.
     server.close()
-    await sleep(0.1)
+    # The parent has closed the listener once its route is gone.
+    await eventually(lambda: not inProcess.dispatcher.routes)
     assert accepted.send(b"still")
     assert await client.waitFor(9) == b"pongstill"
     with pytest.raises(Exception):
@@ -478,7 +479,8 @@ async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> 
             rawSend(childEnd, wire.encodeControl("close", wrong=1))
         finally:
             os.close(spare)
-        await sleep(0.1)
+        # The last message sent is rejected: once six are, all were read.
+        await eventually(lambda: link.channel.rejected >= 6)
         assert link.channel.connected and not link.lost
         assert link.channel.rejected == 6
         assert dispatcher.held  # still holding the real connection
