@@ -511,9 +511,12 @@ class WorkerPool:
             if slot.pending is not None and slot.pending.active():
                 slot.pending.cancel()
             slot.pending = None
+        told = 0
         for worker in self._workers():
             if worker.link is not None and not worker.link.lost:
                 worker.link.sendControl("stop", grace=self._remaining())
+                told += 1
+        _log.info("Told {n} worker(s) to finish their connections within {grace:.1f} s", n=told, grace=self._remaining())
         self._killer = self._reactor.callLater(self._remaining() + _KILL_MARGIN, self._killAll)
         self._checkEnded()
 
