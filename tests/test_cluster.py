@@ -28,8 +28,9 @@ from twisted_serversock.cluster._cmdline import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from .conftest import _othersCanRead, connect, eventually, nobodyEnv, sleep, theReactor, timeout
+from .conftest import _othersCanRead, connect, eventually, nobodyEnv, theReactor, timeout
 from .test_lifecycle import ask, listenQueue
+from .test_tap import untilHolding
 from .test_twistd import Proc
 
 BIN = os.path.dirname(sys.executable)
@@ -208,7 +209,6 @@ async def pidsAnswering(url: str, *extra: str, wanted: int = 2, seconds: float =
         pids.add(int(out.split()[0]))
         if len(pids) >= wanted:
             break
-        await sleep(0.05)
     return pids
 
 
@@ -540,7 +540,7 @@ async def test_sigkilledWorkerLosesNothingAndComesBack(site: str) -> None:
     # Until the requests reach the primary: the survivor answers its share,
     # the victim holds the rest unacknowledged.
     await eventually(lambda: proc.output.count(served) >= before + 3, 30, 0.05)
-    await sleep(0.5)
+    await untilHolding(victim)
     os.kill(victim, signal.SIGKILL)
     answers = await timeout(defer.gatherResults(requests), 40)
     assert all(code == 0 for _out, code in answers), answers

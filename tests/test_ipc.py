@@ -24,12 +24,13 @@ from twisted.internet import defer, protocol
 
 from twisted_serversock.interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from twisted_serversock.ipc import wire
+from twisted_serversock.ipc.channel import Channel, channelPair
 from twisted_serversock.ipc.child import ParentLink, TCPServerSocketChild
 from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 from twisted_serversock.results import NSError
 from zope.interface.verify import verifyObject
 
-from .conftest import connect, eventually, sleep, theReactor, timeout
+from .conftest import connect, eventually, theReactor, timeout
 from .test_tcpsocket import Events
 
 # ----------------------------------------------------------------------
@@ -126,9 +127,9 @@ async def test_channelRejectsHostileMessages(logged: list[dict[str, Any]]) -> No
     unexpected descriptors are dropped, logged, and their descriptors
     closed; the channel keeps delivering the good messages around them.
     """
-    ours, theirs = wire.channelPair()
+    ours, theirs = channelPair()
     collect = Collect()
-    channel = wire.Channel(ours, collect, theReactor(), "test channel")
+    channel = Channel(ours, collect, theReactor(), "test channel")
     channel.startReading()
     before = openFds()
     spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(6)]
@@ -161,14 +162,14 @@ async def test_channelNeverBlocks() -> None:
     Sending more than the kernel buffer holds queues in order and never
     blocks; everything arrives once the other end reads.
     """
-    ours, theirs = wire.channelPair()
-    sender = wire.Channel(ours, Collect(), theReactor(), "sender")
+    ours, theirs = channelPair()
+    sender = Channel(ours, Collect(), theReactor(), "sender")
     sent = []
     for i in range(3000):
         sender.send(wire.encodeControl("n", i=i, pad="p" * 200), then=lambda i=i: sent.append(i))
     assert len(sent) < 3000  # the kernel could not take it all at once
     collect = Collect()
-    receiver = wire.Channel(theirs, collect, theReactor(), "receiver")
+    receiver = Channel(theirs, collect, theReactor(), "receiver")
     receiver.startReading()
     await eventually(lambda: len(collect.messages) == 3000)
     assert [m.fields["i"] for m in collect.messages] == list(range(3000))
@@ -187,7 +188,7 @@ class InProcess:
     """
 
     def __init__(self) -> None:
-        parentEnd, childEnd = wire.channelPair()
+        parentEnd, childEnd = channelPair()
         self.dispatcher = Dispatcher()
         self.workerLink = WorkerLink(self.dispatcher, parentEnd, theReactor(), "child 1")
         self.parentLink = ParentLink(childEnd, theReactor())
@@ -235,7 +236,8 @@ async def test_childServerSocket(inProcess: InProcess) -> None:
     assert inProcess.workerLink.adopted == 1
     # The listener's close leaves the connection working.
     server.close()
-    await sleep(0.1)
+    # The parent has closed the listener once its route is gone.
+    await eventually(lambda: not inProcess.dispatcher.routes)
     assert accepted.send(b"still")
     assert await client.waitFor(9) == b"pongstill"
     with pytest.raises(Exception):
@@ -344,7 +346,7 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
     listener in this (parent) process; SIGKILLing the child is noticed at
     once and closes that listener.
     """
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     dispatcher = Dispatcher()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
     child = ChildProcess()
@@ -396,7 +398,7 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
 
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     dispatcher = Dispatcher()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
     child = ChildProcess()
@@ -440,13 +442,13 @@ async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> 
 
     from twisted_serversock.ipc.parent import HandOffFactory
 
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     dispatcher = Dispatcher()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "hostile child")
     route = dispatcher.addRoute("test")
     port = await timeout(serverFromString(theReactor(), "gecko:port=0:loopback=1").listen(HandOffFactory(dispatcher, route, None)))
     try:
-        link._control_ready()
+        link.markReady()
         dispatcher.join(route, link)
         client = await connect(port.getHost().port)
         childEnd.setblocking(False)
@@ -477,7 +479,8 @@ async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> 
             rawSend(childEnd, wire.encodeControl("close", wrong=1))
         finally:
             os.close(spare)
-        await sleep(0.1)
+        # The last message sent is rejected: once six are, all were read.
+        await eventually(lambda: link.channel.rejected >= 6)
         assert link.channel.connected and not link.lost
         assert link.channel.rejected == 6
         assert dispatcher.held  # still holding the real connection

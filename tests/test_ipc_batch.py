@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 from twisted_serversock.ipc import wire
+from twisted_serversock.ipc.channel import Channel, channelPair
 from twisted_serversock.ipc.child import ParentLink
 
 from .conftest import theReactor
@@ -32,7 +33,7 @@ def receiveAll(skt: socket.socket) -> list[Any]:
 
 class Pair:
     def __init__(self) -> None:
-        self.parentEnd, childEnd = wire.channelPair()
+        self.parentEnd, childEnd = channelPair()
         self.parentEnd.setblocking(False)
         self.link = ParentLink(childEnd, theReactor())
         self.events: list[Any] = []
@@ -198,9 +199,9 @@ def test_parentReadsTheLastAcksBeforeClosing() -> None:
     before it closes: a dead child's last acks are seen, so what it adopted
     is not re-sent to another child.
     """
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     recorder = Recorder()
-    channel = wire.Channel(parentEnd, recorder, theReactor(), "parent", drainOnLoss=True)
+    channel = Channel(parentEnd, recorder, theReactor(), "parent", drainOnLoss=True)
     try:
         for connId in range(1, 100):
             childEnd.send(wire.encodeAck((connId,)))

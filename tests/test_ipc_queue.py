@@ -16,6 +16,7 @@ from typing import Any
 import pytest_twisted
 
 from twisted_serversock.ipc import wire
+from twisted_serversock.ipc.channel import Channel, channelPair
 from twisted_serversock.ipc.child import ParentLink
 from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 
@@ -63,8 +64,8 @@ async def test_queuedConnectionOutlivesTheSendersCopy() -> None:
     the original connection, and the message's own copy is closed once the
     kernel has taken it.
     """
-    parentEnd, childEnd = wire.channelPair()
-    sender = wire.Channel(parentEnd, Collect(), theReactor(), "parent")
+    parentEnd, childEnd = channelPair()
+    sender = Channel(parentEnd, Collect(), theReactor(), "parent")
     fill(sender)
     before = openFds()
     client, accepted = tcpConnection()
@@ -77,7 +78,7 @@ async def test_queuedConnectionOutlivesTheSendersCopy() -> None:
     accepted.close()
     os.dup2(impostor.fileno(), number)
     collect = Collect()
-    receiver = wire.Channel(childEnd, collect, theReactor(), "child")
+    receiver = Channel(childEnd, collect, theReactor(), "child")
     receiver.startReading()
     try:
         await eventually(lambda: any(isinstance(m, wire.Conn) for m in collect.messages))
@@ -109,9 +110,9 @@ async def test_lostChannelClosesItsQueuedCopies() -> None:
     them: once the parent's own copy is closed too, the client sees the
     connection end.
     """
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     collect = Collect()
-    sender = wire.Channel(parentEnd, collect, theReactor(), "parent")
+    sender = Channel(parentEnd, collect, theReactor(), "parent")
     fill(sender)
     before = openFds()
     client, accepted = tcpConnection()
@@ -137,7 +138,7 @@ async def test_gracePeriodEndLeavesConnectionsInFlight(logged: list[dict[str, An
     wakes up it adopts the original connection and its ack is welcome.
     """
     dispatcher = Dispatcher()
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "stuck child")
     served = dispatcher.addRoute("served")
     dispatcher.join(served, link)
@@ -184,7 +185,7 @@ async def test_stuckChildGoneAfterTheGracePeriod() -> None:
     client sees the end) and counts it as closed unserved.
     """
     dispatcher = Dispatcher()
-    parentEnd, childEnd = wire.channelPair()
+    parentEnd, childEnd = channelPair()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "stuck child")
     served = dispatcher.addRoute("served")
     dispatcher.join(served, link)

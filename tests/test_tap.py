@@ -14,13 +14,15 @@ import signal
 import socket
 import tempfile
 import textwrap
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, utils
 
-from .conftest import connect, connectUNIX, eventually, sleep, timeout
+from twisted_serversock.ipc.spawn import CHANNEL_FD
+
+from .conftest import WAIT, connect, connectUNIX, eventually, sleep, theReactor, timeout
 from .test_twistd import TWISTD, Proc, spawn
 
 SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
@@ -67,6 +69,66 @@ async def started(argv: list[str], cwd: str, workers: int) -> tuple[Proc, int]:
     return proc, port
 
 
+async def socketStats(*args: str) -> list[str]:
+    """
+    The lines of C{ss -Hn ARGS} (iproute2): the kernel's view of sockets,
+    which shows what a process holds without asking the process.
+    """
+    out = await utils.getProcessOutput(shutil.which("ss") or "ss", ["-Hn", *args], env=dict(os.environ))
+    return out.decode().splitlines()
+
+
+async def channelBacklog(pid: int) -> int:
+    """
+    Bytes sent to worker C{pid} over its channel that it has not read: a
+    stopped worker (SIGSTOP) holds the connections handed to it there.
+    """
+    owner = f"pid={pid},fd={CHANNEL_FD})"
+    return sum(int(line.split()[2]) for line in await socketStats("-xp") if owner in line)
+
+
+async def established(port: int) -> int:
+    """
+    How many TCP connections to local C{port} are established (whichever
+    process holds them).
+    """
+    return len(await socketStats("-t", "state", "established", f"sport = :{port}"))
+
+
+async def until(predicate: Any, seconds: float = WAIT, step: float = 0.02) -> None:
+    """
+    Wait (without blocking the reactor) until the asynchronous
+    C{predicate()} is true.
+    """
+    deadline = theReactor().seconds() + seconds
+    while not await predicate():
+        if theReactor().seconds() >= deadline:
+            raise AssertionError(f"condition not met within {seconds}s: {predicate}")
+        await sleep(step)
+
+
+async def untilHolding(pid: int) -> None:
+    """
+    Wait until the stopped worker C{pid} has been handed a connection.
+    """
+
+    async def holding() -> bool:
+        return await channelBacklog(pid) > 0
+
+    await until(holding)
+
+
+async def untilRead(pid: int) -> None:
+    """
+    Wait until worker C{pid} has read everything sent to it.
+    """
+
+    async def read() -> bool:
+        return await channelBacklog(pid) == 0
+
+    await until(read)
+
+
 @pytest_twisted.ensureDeferred
 async def test_twoWorkersServeEchoAndStopCleanly(workdir: str) -> None:
     """
@@ -102,14 +164,14 @@ async def test_killedWorkerIsRestartedAndLosesNothingHeld(workdir: str) -> None:
         victim = workerPids(proc)[1]
         os.kill(victim, signal.SIGSTOP)
         first = [defer.ensureDeferred(echo(port, b"held %d" % i)) for i in range(10)]
-        await sleep(0.3)
+        await untilHolding(victim)
         os.kill(victim, signal.SIGKILL)
-        stream = []
-        for i in range(20):
-            stream.append(defer.ensureDeferred(echo(port, b"stream %d" % i)))
-            await sleep(0.02)
-        replies = await timeout(defer.gatherResults(first + stream), 30)
-        assert replies == [b"held %d" % i for i in range(10)] + [b"stream %d" % i for i in range(20)]
+        # A stream of new connections, each opened once the one before is
+        # served, while the parent learns of the death and re-sends.
+        stream = [await timeout(defer.ensureDeferred(echo(port, b"stream %d" % i)), 30) for i in range(20)]
+        replies = await timeout(defer.gatherResults(first), 30)
+        assert replies == [b"held %d" % i for i in range(10)]
+        assert stream == [b"stream %d" % i for i in range(20)]
         await proc.waitFor(r"Worker 1 \(pid %d\) died \(signal 9\)" % victim)
         assert "handing them to another child" in proc.output, proc.output
         await eventually(lambda: workerPids(proc)[1] != victim, seconds=20)
@@ -134,7 +196,9 @@ async def test_sigtermLetsOpenConnectionsFinish(workdir: str) -> None:
     await proc.waitFor(r"\(TCP Port \d+ Closed\)")  # Twisted's own line
     with pytest.raises(Exception):
         await connect(port)
-    await sleep(0.2)
+    # The worker has its stop message: it is draining.
+    await proc.waitFor(r"Told 1 worker\(s\) to finish their connections")
+    await untilRead(workerPids(proc)[1])
     client.transport.write(b" after")
     assert await client.waitFor(12) == b"before after"
     assert not proc.ended.called

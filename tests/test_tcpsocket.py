@@ -6,7 +6,10 @@ of test_tcpsocket_client_and_server_basics, for both binary types.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import socket
+import termios
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ from twisted_serversock.interfaces import ITCPServerSocket, ITCPSocket
 from twisted_serversock.tcpsocket import TCPServerSocket, TCPSocket
 from zope.interface.verify import verifyObject
 
-from .conftest import code, sleep, theReactor, timeout
+from .conftest import code, eventually, theReactor, timeout
 
 DATA = bytes([0, 255, 254, 0, 1, 2, 3, 0, 255, 255, 254, 0])
 BIG = 65539
@@ -62,6 +65,15 @@ class Events:
             event = await self.next("data")
             got = event.data if got is None else got + event.data
         return got
+
+
+def pendingBytes(sock: TCPSocket) -> int:
+    """
+    How many received bytes wait, unread, in C{sock}'s kernel socket.
+    """
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.transport.getHandle().fileno(), termios.FIONREAD, buf)  # type: ignore[union-attr]
+    return buf[0]
 
 
 def asType(binaryType: str, data: bytes) -> Any:
@@ -108,19 +120,19 @@ async def test_tcpServerSocketSequence(binaryType: str) -> None:
 
     await bothWays()
     server.close()
-    await sleep(0.05)
-    await bothWays()
-    server.close()  # again: no error
-    await sleep(0.05)
-    assert "close" not in acceptedEvents.kinds() + clientEvents.kinds()
-    assert "error" not in acceptedEvents.kinds() + clientEvents.kinds()
-
+    # The listener is closed once a new connection is refused.
     refused = TCPSocket.open("127.0.0.1", port, {"binaryType": binaryType}, reactor=theReactor())
     refusedEvents = Events(refused)
     await refusedEvents.next("error")
     await refusedEvents.next("close")
     assert refusedEvents.kinds() == ["error", "close"]
     assert refused.readyState == "closed"
+    await bothWays()
+    server.close()  # again: no error
+    # A round trip after it: whatever the second close set off has run.
+    await bothWays()
+    assert "close" not in acceptedEvents.kinds() + clientEvents.kinds()
+    assert "error" not in acceptedEvents.kinds() + clientEvents.kinds()
 
     client.close()
     await clientEvents.next("close")
@@ -234,9 +246,14 @@ async def test_suspendResume() -> None:
         accepted.suspend()
         accepted.suspend()
         client.send(b"held")
-        await sleep(0.1)
+        # The bytes are in the accepted socket's receive queue (so a read
+        # would get them) and no "data" event came.
+        await eventually(lambda: pendingBytes(accepted) == 4)
         accepted.resume()
-        await sleep(0.1)
+        # A round trip the other way: had the first resume resumed reading,
+        # the waiting bytes would have been delivered before it ends.
+        assert accepted.send(b"ping")
+        assert await clientEvents.received(4) == b"ping"
         assert "data" not in acceptedEvents.kinds()
         accepted.resume()
         assert await acceptedEvents.received(4) == b"held"

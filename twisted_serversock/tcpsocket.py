@@ -160,10 +160,13 @@ class _DrainWatch:
     and when it has drained completely (C{resumeProducing}).
     """
 
-    __slots__ = ("_socket", "full")
+    __slots__ = ("_drained", "full")
 
-    def __init__(self, socket: TCPSocket) -> None:
-        self._socket = socket
+    def __init__(self, drained: Callable[[], None]) -> None:
+        """
+        @param drained: called when the transport's buffer has drained.
+        """
+        self._drained = drained
         self.full = False
 
     def pauseProducing(self) -> None:
@@ -171,7 +174,7 @@ class _DrainWatch:
 
     def resumeProducing(self) -> None:
         self.full = False
-        self._socket._drained()
+        self._drained()
 
     def stopProducing(self) -> None:
         self.full = False
@@ -211,7 +214,7 @@ class TCPSocket(Protocol):
         self.ondrain: Callable[[Any], Any] | None = None
         self.onerror: Callable[[Any], Any] | None = None
         self.onclose: Callable[[Any], Any] | None = None
-        self._watch = _DrainWatch(self)
+        self._watch = _DrainWatch(self._drained)
         self._waitingForDrain = False
         self._suspended = 0
         self._aborted = False

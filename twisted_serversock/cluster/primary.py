@@ -21,7 +21,7 @@ import atexit
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -34,6 +34,7 @@ from .._listeningport import GeckoListeningPort
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.pool import CHANNEL_FD, WorkerPool
 from ..ipc.signals import installSignals
+from ..ipc.control import INTEGER, STRING, ControlTable, optional
 from ..ipc.wire import Control
 from ._cmdline import Program, splitCommandLine
 from ._env import MARKER, WorkerEnvironment, encodeAddress
@@ -66,8 +67,14 @@ class PrimaryPort:
     @ivar route: the dispatcher's route for this listener.
     """
 
-    def __init__(self, primary: ClusterPrimary, description: str, route: Route, port: GeckoListeningPort, factory: Any) -> None:
-        self._primary = primary
+    def __init__(
+        self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any
+    ) -> None:
+        """
+        @param onStop: called with this port when it stops listening (the
+            primary forgets it and closes its route).
+        """
+        self._onStop = onStop
         self.description = description
         self.route = route
         self._port = port
@@ -104,7 +111,7 @@ class PrimaryPort:
         """
         if self._stopped is None:
             self._stopped = self._port.stopListening()
-            self._primary._closed(self)
+            self._onStop(self)
         d: defer.Deferred[None] = defer.Deferred()
 
         def stopped(result: object) -> None:
@@ -182,7 +189,7 @@ class ClusterPrimary:
         # Back-pressure: while every worker is saturated the excess waits
         # in the kernel's backlog, not in this process.
         route.watchPort(inner)
-        port = PrimaryPort(self, description, route, inner, factory)
+        port = PrimaryPort(self._closed, description, route, inner, factory)
         self._ports[description] = port
         if self.pool is None:
             self._count = max(self._count, workers)
@@ -252,36 +259,38 @@ class ClusterPrimary:
             childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
         )
 
+    #: The control messages of the workers' programs, and their fields.
+    controls = ControlTable()
+
     def _control(self, link: WorkerLink, message: Control) -> None:
-        fields = message.fields
-        if message.type == "cluster-attach":
-            description = fields.get("description")
-            port = self._ports.get(description) if isinstance(description, str) else None
-            if port is None:
-                reason = (
-                    f"{link!r}'s program listens on {description}, on which the primary (pid "
-                    f"{os.getpid()}) does not listen; every process of a cluster program must listen "
-                    "on the same descriptions (primary: " + (", ".join(self._ports) or "none") + ")"
-                )
-                link.sendControl("cluster-refused", id=fields.get("id"), reason=reason)
-                self.fail(reason)
-                return
-            self.dispatcher.join(port.route, link)
-            link.sendControl(
-                "cluster-attached",
-                id=fields.get("id"),
-                route=port.route.id,
-                address=encodeAddress(port.getHost()),
-            )
-        elif message.type == "cluster-up":
-            self._upOnce = True
-        elif message.type == "cluster-detach":
-            route = self.dispatcher.routes.get(fields.get("route"))  # type: ignore[arg-type]
-            if route is not None:
-                self.dispatcher.leaveRoute(route, link)
-        else:
+        if not self.controls.dispatch(message, repr(link), link.channel, self, link):
             link.channel.rejected += 1
             _log.warn("{link!r}: ignored an unknown control message {type!r}", link=link, type=message.type)
+
+    @controls.handler("cluster-attach", id=INTEGER, description=STRING)
+    def _onAttach(self, link: WorkerLink, id: int, description: str) -> None:
+        port = self._ports.get(description)
+        if port is None:
+            reason = (
+                f"{link!r}'s program listens on {description}, on which the primary (pid "
+                f"{os.getpid()}) does not listen; every process of a cluster program must listen "
+                "on the same descriptions (primary: " + (", ".join(self._ports) or "none") + ")"
+            )
+            link.sendControl("cluster-refused", id=id, reason=reason)
+            self.fail(reason)
+            return
+        self.dispatcher.join(port.route, link)
+        link.sendControl("cluster-attached", id=id, route=port.route.id, address=encodeAddress(port.getHost()))
+
+    @controls.handler("cluster-up", pid=optional(INTEGER, 0))
+    def _onUp(self, link: WorkerLink, pid: int) -> None:
+        self._upOnce = True
+
+    @controls.handler("cluster-detach", route=INTEGER)
+    def _onDetach(self, link: WorkerLink, route: int) -> None:
+        found = self.dispatcher.routes.get(route)
+        if found is not None:
+            self.dispatcher.leaveRoute(found, link)
 
     def fail(self, reason: str) -> None:
         """

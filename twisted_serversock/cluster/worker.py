@@ -28,7 +28,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText
 from zope.interface import implementer, provider
 
 from .._labels import describeAddress
-from ..ipc.wire import Control
+from ..ipc.control import ANY, INTEGER, STRING, ControlTable, optional
 from ..ipc.worker import Worker, ignoreGroupSignals
 from ._env import WorkerEnvironment, decodeAddress
 
@@ -174,7 +174,6 @@ class ClusterWorker(Worker):
         self._descriptions: dict[str, WorkerPort] = {}
         self._waiting: dict[int, tuple[defer.Deferred[IListeningPort], WorkerPort]] = {}
         self._ids = itertools.count(1)
-        self.link.onControl = self._clusterControl
         reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
@@ -248,24 +247,25 @@ class ClusterWorker(Worker):
                 self.link.sendControl("cluster-detach", route=port.route)
         super().stop(grace)
 
-    def _clusterControl(self, message: Control) -> None:
-        fields = message.fields
-        if message.type == "cluster-attached":
-            entry = self._waiting.pop(fields.get("id"), None)  # type: ignore[arg-type]
-            if entry is not None:
-                d, port = entry
-                self._attached(port, int(fields["route"]), decodeAddress(fields["address"]))
-                d.callback(port)
-        elif message.type == "cluster-refused":
-            reason = str(fields.get("reason", "refused"))
-            entry = self._waiting.pop(fields.get("id"), None)  # type: ignore[arg-type]
-            if entry is not None:
-                d, port = entry
-                d.errback(CannotListenError(None, port.description, ValueError(reason)))
-            else:
-                _log.error("The cluster primary refused a listener: {reason}", reason=reason)
+    controls = ControlTable(base=Worker.controls)
+
+    @controls.handler("cluster-attached", id=INTEGER, route=INTEGER, address=ANY)
+    def _onAttached(self, id: int, route: int, address: Any) -> None:
+        # The address is checked by decodeAddress.
+        entry = self._waiting.pop(id, None)
+        if entry is not None:
+            d, port = entry
+            self._attached(port, route, decodeAddress(address))
+            d.callback(port)
+
+    @controls.handler("cluster-refused", id=optional(ANY, None), reason=optional(STRING, "refused"))
+    def _onRefused(self, id: Any, reason: str) -> None:
+        entry = self._waiting.pop(id, None) if isinstance(id, int) else None
+        if entry is not None:
+            d, port = entry
+            d.errback(CannotListenError(None, port.description, ValueError(reason)))
         else:
-            self._control(message)
+            _log.error("The cluster primary refused a listener: {reason}", reason=reason)
 
 
 def workerFor(reactor: Any) -> ClusterWorker:

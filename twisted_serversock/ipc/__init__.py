@@ -4,17 +4,22 @@ sockets and hands each accepted connection to a child process as a file
 descriptor (C{SCM_RIGHTS}); no byte of a connection passes through the
 parent.
 
- - L{wire}: the channel between parent and child and its messages.
+ - L{wire}: the messages between parent and child, encoded and decoded;
+   L{channel}: the C{SOCK_SEQPACKET} channel that carries them;
+   L{control}: the table that checks each control message's fields and
+   calls its handler.
  - L{dispatch}: the dispatcher that holds each connection until a child
    acknowledges it, picks the least-loaded child and pauses accepting
    when none can take more.
+ - L{links}: what the dispatcher needs of a child's link.
  - L{parent}: the parent's end of a child's channel, and the factory the
    parent listens with.
  - L{child}: the child's end, and L{TCPServerSocketChild} (Gecko's
    C{nsITCPServerSocketInternal}).
  - L{pool}: the worker processes of C{twistd serversock}: restarts,
    C{--timeout}, reload, C{--max-requests}, one worker more or fewer;
-   L{slots}: one worker process and its number.
+   L{slots}: one worker process and its number; L{spawn}: the command
+   line that starts one.
  - L{signals}: the parent's signals; L{sdnotify}: systemd notification.
  - L{worker}: the worker process's main program.
 

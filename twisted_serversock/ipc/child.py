@@ -31,7 +31,9 @@ from .. import _args
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
-from .wire import Ack, Channel, Conn, Control, Message, dispatchControl, encodeControl, encodeReport
+from .channel import Channel
+from .control import INTEGER, STRING, ControlTable, optional
+from .wire import Ack, Conn, Control, Message, encodeControl, encodeReport
 
 __all__ = ["ParentLink", "TCPServerSocketChild", "REPORT_DELAY"]
 
@@ -51,7 +53,10 @@ class ParentLink:
     @ivar onControl: called with each control message not handled here
         (C{stop}, for a worker).
     @ivar onLost: called once when the parent's end is gone.
+    @cvar controls: the control messages handled here, and their fields.
     """
+
+    controls = ControlTable()
 
     def __init__(self, skt: socket.socket, reactor: Any, name: str = "parent") -> None:
         self._reactor = reactor
@@ -78,13 +83,22 @@ class ParentLink:
         """
         self.channel.send(encodeControl(type, **fields))
 
-    def _listen(self, server: TCPServerSocketChild, port: int, backlog: int) -> int:
+    def requestListener(self, server: TCPServerSocketChild, port: int, backlog: int) -> int:
+        """
+        Ask the parent to listen on C{port} for C{server}.
+
+        @return: the request's id, for L{closeListener}.
+        """
         listenId = next(self._listenIds)
         self._requests[listenId] = server
         self.sendControl("listen", id=listenId, port=port, backlog=backlog)
         return listenId
 
-    def _close(self, listenId: int, route: int | None) -> None:
+    def closeListener(self, listenId: int, route: int | None) -> None:
+        """
+        Ask the parent to close the listener of request C{listenId} (and
+        forget its C{route}, once known).
+        """
         self._requests.pop(listenId, None)
         if route is not None:
             self._servers.pop(route, None)
@@ -101,7 +115,7 @@ class ParentLink:
             # Connections that came before it are acknowledged and adopted
             # before it is handled, as if one at a time.
             self.readDone()
-            if dispatchControl(self, message, "the parent"):
+            if self.controls.dispatch(message, "the parent", self.channel, self):
                 return
             if self.onControl is not None:
                 self.onControl(message)
@@ -182,14 +196,23 @@ class ParentLink:
             self.onLost(reason)
 
     # Control messages from the parent.
-    def _control_listening(self, id: int, route: int, port: int) -> None:
+    @controls.handler("listening", id=INTEGER, route=INTEGER, port=INTEGER)
+    def _onListening(self, id: int, route: int, port: int) -> None:
         server = self._requests.get(id)
         if server is None:
             return
         self._servers[route] = server
-        server._listening(route, port)
+        server.listening(route, port)
 
-    def _control_error(self, id: int, message: str, filename: str = "", lineNumber: int = 0, columnNumber: int = 0) -> None:
+    @controls.handler(
+        "error",
+        id=INTEGER,
+        message=STRING,
+        filename=optional(STRING, ""),
+        lineNumber=optional(INTEGER, 0),
+        columnNumber=optional(INTEGER, 0),
+    )
+    def _onError(self, id: int, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
         server = self._requests.get(id)
         if server is None:
             _log.error("Error from the parent: {message} ({filename}:{line})", message=message, filename=filename, line=lineNumber)
@@ -257,13 +280,17 @@ class TCPServerSocketChild:
         _args.asNSError(_args.integer, backlog, "backlog")
         self.binaryType = _checkBinaryType(options)
         self.localPort = localPort
-        self._listenId = self._parent._listen(self, localPort, backlog)
+        self._listenId = self._parent.requestListener(self, localPort, backlog)
 
-    def _listening(self, route: int, port: int) -> None:
+    def listening(self, route: int, port: int) -> None:
+        """
+        Package-internal: the parent listens for this server on C{port}
+        and sends its connections on C{route} (its C{listening} message).
+        """
         self._route = route
         self.localPort = port
         if self._closed:
-            self._parent._close(self._listenId or 0, route)
+            self._parent.closeListener(self._listenId or 0, route)
 
     def callListenerAccept(self, socketChild: object) -> None:
         """
@@ -313,7 +340,7 @@ class TCPServerSocketChild:
             return
         self._closed = True
         if self._listenId is not None and self._route is not None:
-            self._parent._close(self._listenId, self._route)
+            self._parent.closeListener(self._listenId, self._route)
 
 
 class _One:

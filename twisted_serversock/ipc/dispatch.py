@@ -27,14 +27,12 @@ import itertools
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from .links import ILink
 from .wire import encodeConn
-
-if TYPE_CHECKING:
-    from .parent import WorkerLink
 
 __all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
 
@@ -52,7 +50,7 @@ class _Held:
         self.connId = connId
         self.route = route
         self.socket = skt
-        self.link: WorkerLink | None = None
+        self.link: ILink | None = None
         self.sentAt = 0.0
 
 
@@ -98,7 +96,7 @@ class Route:
 
     def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
         self.id = id
-        self.links: list[WorkerLink] = []
+        self.links: list[ILink] = []
         self.closeWhenOrphaned = closeWhenOrphaned
         self.name = name
         self.onOrphaned: Callable[[], None] | None = None
@@ -124,7 +122,7 @@ class Route:
         if self.paused:
             _pausePort(port)
 
-    def pick(self, now: float) -> WorkerLink | None:
+    def pick(self, now: float) -> ILink | None:
         """
         The child with the fewest connections in hand (unacknowledged plus
         adopted and open) among those that can take one: ready, not being
@@ -245,7 +243,7 @@ class Dispatcher:
         self.routes[route.id] = route
         return route
 
-    def join(self, route: Route, link: WorkerLink) -> None:
+    def join(self, route: Route, link: ILink) -> None:
         """
         Let C{link} serve C{route}, and give it what was waiting.
         """
@@ -257,7 +255,7 @@ class Dispatcher:
         link.routes.append(route)
         self.wake()
 
-    def leave(self, link: WorkerLink) -> None:
+    def leave(self, link: ILink) -> None:
         """
         C{link} gets no new connections from now on (it is being retired);
         what it holds unacknowledged stays its own.
@@ -268,7 +266,7 @@ class Dispatcher:
                 route.links.remove(link)
         link.routes = []
 
-    def leaveRoute(self, route: Route, link: WorkerLink) -> None:
+    def leaveRoute(self, route: Route, link: ILink) -> None:
         """
         C{link} serves C{route} no more (a cluster worker's program stopped
         listening on it): new connections of the route go to its other
@@ -372,7 +370,7 @@ class Dispatcher:
         self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
         return list(self._closedWaiting)
 
-    def acked(self, link: WorkerLink, connIds: tuple[int, ...], closed: int = 0) -> None:
+    def acked(self, link: ILink, connIds: tuple[int, ...], closed: int = 0) -> None:
         """
         C{link}'s child adopted C{connIds} and C{closed} of its connections
         ended: close the parent's copies of the adopted ones.
@@ -405,7 +403,7 @@ class Dispatcher:
             self.wake()
         self._checkIdle()
 
-    def linkLost(self, link: WorkerLink) -> None:
+    def linkLost(self, link: ILink) -> None:
         """
         C{link}'s child is gone (its channel ended after everything it sent
         was read): re-route what it had not acknowledged (close it, once a

@@ -40,8 +40,10 @@ from .._labels import factoryLogPrefix
 from .interfaces import IRawAcceptor
 from ..results import NS_BINDING_ABORTED, NSError, nameOf
 from ..serversocket import ServerSocket
+from .channel import Channel, closeAll
+from .control import ANY, INTEGER, ControlTable, optional, reject
 from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
-from .wire import Ack, Channel, Conn, Control, Message, closeAll, dispatchControl, encodeControl
+from .wire import Ack, Conn, Control, Message, encodeControl
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
@@ -73,7 +75,11 @@ class WorkerLink:
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's messages); without
         it such a message is logged and counted as rejected.
+    @cvar controls: the control messages a child may send, and their
+        fields.
     """
+
+    controls = ControlTable()
 
     def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str) -> None:
         self._dispatcher = dispatcher
@@ -123,7 +129,7 @@ class WorkerLink:
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds, message.closed)
         elif isinstance(message, Control):
-            if dispatchControl(self, message, repr(self)):
+            if self.controls.dispatch(message, repr(self), self.channel, self):
                 pass
             elif self.onControl is not None:
                 self.onControl(self, message)
@@ -148,42 +154,64 @@ class WorkerLink:
             self.onLost(self)
 
     # Control messages from the child.
-    def _control_heartbeat(self) -> None:
+    @controls.handler("heartbeat")
+    def _onHeartbeat(self) -> None:
         pass  # lastHeard is enough
 
-    def _control_ready(self, pid: int = 0) -> None:
+    @controls.handler("ready", pid=optional(INTEGER, 0))
+    def _onReady(self, pid: int) -> None:
+        self.markReady()
+
+    def markReady(self) -> None:
+        """
+        The child is ready for connections (its C{ready} message says so).
+        """
         self.ready = True
         if self.onReady is not None:
             self.onReady(self)
 
-    def _control_listen(self, id: int, port: int, backlog: int = -1) -> None:
+    # The port and backlog are checked by the server socket, whose
+    # NSError goes back to the child as an error message.
+    @controls.handler("listen", id=INTEGER, port=ANY, backlog=optional(ANY, -1))
+    def _onListen(self, id: int, port: Any, backlog: Any) -> None:
         """
         The child asks for a listener (Gecko's C{PTCPServerSocket}
         constructor): listen here, forward its connections and its errors.
         """
-        if not isinstance(id, int) or id in self._listens:
-            raise TypeError(f"listen id {id!r} is not a new integer")
+        if id in self._listens:
+            reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
+            return
         serv = ServerSocket(self._reactor)
         try:
             serv.init(port, False, backlog)
         except NSError as e:
-            self._sendError(id, f"{e.name}: {e}")
+            self.sendError(id, f"{e.name}: {e}")
             return
         route = self._dispatcher.addRoute(f"listen {id} of {self.name}", closeWhenOrphaned=True)
         route.onOrphaned = serv.close
-        serv.asyncListen(_ForwardingListener(self, id, route))
+
+        def unexpectedStop(message: str) -> None:
+            if not self.lost:
+                self.sendError(id, message)
+
+        serv.asyncListen(_ForwardingListener(self._dispatcher, route, unexpectedStop))
         # After asyncListen: ServerSocket.pauseAccepting needs its port.
         route.watchPort(serv)
         self._listens[id] = (serv, route)
         self._dispatcher.join(route, self)
         self.sendControl("listening", id=id, route=route.id, port=serv.port)
 
-    def _control_close(self, id: int) -> None:
+    @controls.handler("close", id=INTEGER)
+    def _onClose(self, id: int) -> None:
         entry = self._listens.pop(id, None)
         if entry is not None:
             entry[0].close()
 
-    def _sendError(self, id: int, message: str) -> None:
+    def sendError(self, id: int, message: str) -> None:
+        """
+        Tell the child that its listener C{id} failed (its C{onerror}
+        gets C{message}).
+        """
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
         self.sendControl(
@@ -203,18 +231,22 @@ class _ForwardingListener:
     unexpected stop is forwarded to the child as an error.
     """
 
-    def __init__(self, link: WorkerLink, id: int, route: Route) -> None:
-        self._link = link
-        self._id = id
+    def __init__(self, dispatcher: Dispatcher, route: Route, unexpectedStop: Callable[[str], None]) -> None:
+        """
+        @param unexpectedStop: called with the error message when the
+            listener stops for another reason than being closed.
+        """
+        self._dispatcher = dispatcher
         self._route = route
+        self._unexpectedStop = unexpectedStop
 
     def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
-        self._link._dispatcher.submit(self._route, skt)
+        self._dispatcher.submit(self._route, skt)
 
     def onStopListening(self, serv: ServerSocket, status: int) -> None:
-        self._link._dispatcher.closeRoute(self._route)
-        if status != NS_BINDING_ABORTED and not self._link.lost:
-            self._link._sendError(self._id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
+        self._dispatcher.closeRoute(self._route)
+        if status != NS_BINDING_ABORTED:
+            self._unexpectedStop(f"{nameOf(status)}: Server socket was closed by unexpected reason.")
 
 
 @implementer(IProtocolFactory, ILoggingContext, IRawAcceptor)
@@ -260,6 +292,23 @@ class HandOffFactory:
     def buildProtocol(self, addr: Any) -> Protocol:
         return _HandOff(self, addr)
 
+    def serveHere(self, addr: Any, transport: Any) -> Protocol | None:
+        """
+        The fallback factory's protocol for a connection that came through
+        a wrapper whose bytes the parent must process (TLS); the first such
+        connection is logged.
+        """
+        if not self._warned:
+            self._warned = True
+            _log.warn(
+                "Connections of {route!r} come through {transport!r}, which cannot be handed to a "
+                "worker; serving them in the parent process",
+                route=self.route,
+                transport=type(transport).__name__,
+            )
+        protocol: Protocol | None = self.fallback.buildProtocol(addr)
+        return protocol
+
 
 class _HandOff(Protocol):
     """
@@ -291,15 +340,7 @@ class _HandOff(Protocol):
                 factory.dispatcher.markProxy(factory.route)
             factory.dispatcher.submit(factory.route, skt)
             return
-        if not factory._warned:
-            factory._warned = True
-            _log.warn(
-                "Connections of {route!r} come through {transport!r}, which cannot be handed to a "
-                "worker; serving them in the parent process",
-                route=factory.route,
-                transport=type(transport).__name__,
-            )
-        inner = factory.fallback.buildProtocol(self._addr)
+        inner = factory.serveHere(self._addr, transport)
         if inner is None:
             transport.loseConnection()
             return
@@ -313,7 +354,3 @@ class _HandOff(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._inner is not None:
             self._inner.connectionLost(reason)
-
-
-
-

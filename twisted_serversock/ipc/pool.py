@@ -16,10 +16,8 @@ that dies before it is ready) leaves the old worker serving.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
-import sys
 import time
 from typing import Any, Callable
 
@@ -31,8 +29,10 @@ from twisted.python.failure import Failure
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .slots import Slot, Worker, WorkerProcess
+from .spawn import CHANNEL_FD, spawnWorkerProcess
 from .sdnotify import SystemdNotifier
-from .wire import Control, channelPair
+from .channel import channelPair
+from .wire import Control
 
 __all__ = ["WorkerPool", "CHANNEL_FD"]
 
@@ -43,11 +43,8 @@ _log = Logger()
 _STABLE_SECONDS = 5.0
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 10.0
-_CHANNEL_FD = 3
 #: A retired worker still there this long after its grace period is killed.
 _KILL_MARGIN = 2.0
-#: The descriptor a worker's channel has in the worker.
-CHANNEL_FD = _CHANNEL_FD
 
 
 class WorkerPool:
@@ -156,35 +153,14 @@ class WorkerPool:
 
         @return: the C{IProcessTransport}.
         """
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        argv = [
-            sys.executable,
-            "-m",
-            "twisted_serversock.ipc.worker",
-            "--channel-fd",
-            str(_CHANNEL_FD),
-            "--factory",
-            self._factoryName,
-            "--index",
-            str(index),
-            "--heartbeat",
-            repr(self.heartbeat),
-        ]
-        return self._reactor.spawnProcess(
-            processProtocol,
-            sys.executable,
-            argv,
-            env=env,
-            childFDs={0: "w", 1: "r", 2: "r", _CHANNEL_FD: channel.fileno()},
-        )
+        return spawnWorkerProcess(self._reactor, processProtocol, channel, self._factoryName, index, self.heartbeat)
 
     def _spawn(self, slot: Slot, successor: bool = False) -> Worker | None:
         slot.pending = None
         if self._stopping or slot not in self._slots:
             return None
         parentEnd, childEnd = channelPair()
-        if childEnd.fileno() == _CHANNEL_FD:
+        if childEnd.fileno() == CHANNEL_FD:
             # dup2 onto itself would keep close-on-exec set.
             moved = childEnd.dup()
             childEnd.close()
@@ -535,9 +511,12 @@ class WorkerPool:
             if slot.pending is not None and slot.pending.active():
                 slot.pending.cancel()
             slot.pending = None
+        told = 0
         for worker in self._workers():
             if worker.link is not None and not worker.link.lost:
                 worker.link.sendControl("stop", grace=self._remaining())
+                told += 1
+        _log.info("Told {n} worker(s) to finish their connections within {grace:.1f} s", n=told, grace=self._remaining())
         self._killer = self._reactor.callLater(self._remaining() + _KILL_MARGIN, self._killAll)
         self._checkEnded()
 

@@ -23,6 +23,9 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLo
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
+from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
+from .wire import Control
+
 __all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals"]
 
 _log = Logger()
@@ -153,7 +156,11 @@ class Worker:
     drains on stop.
 
     @ivar adopted: how many connections this worker adopted.
+    @cvar controls: the control messages from the parent handled here (a
+        subclass may extend a copy), and their fields.
     """
+
+    controls = ControlTable()
 
     def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int, heartbeat: float = 5.0) -> None:
         from .child import ParentLink
@@ -224,22 +231,22 @@ class Worker:
 
         transport.connectionLost = connectionLost
 
-    def _control(self, message: Any) -> None:
-        if message.type == "stop":
-            grace = message.fields.get("grace", 10.0)
-            self.stop(float(grace) if isinstance(grace, (int, float)) else 10.0)
-        elif message.type == "route":
-            self._route(**message.fields)
-        else:
+    def _control(self, message: Control) -> None:
+        if not self.controls.dispatch(message, "the parent", self.link.channel, self):
             _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
 
-    def _route(self, id: int = 0, proxy: bool = False, **ignored: Any) -> None:
+    @controls.handler("stop", grace=optional(NUMBER, 10.0))
+    def _onStop(self, grace: float) -> None:
+        self.stop(float(grace))
+
+    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
+    def _onRoute(self, id: int, proxy: bool) -> None:
         """
         Connections of route C{id} carry a PROXY protocol header (the parent
         listens on a C{haproxy:} endpoint): parse it here, so that protocols
         see the client's address.
         """
-        if proxy and isinstance(id, int) and id not in self._proxyFactories:
+        if proxy and id not in self._proxyFactories:
             from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 
             self._proxyFactories[id] = HAProxyWrappingFactory(self._factory)

@@ -1,0 +1,324 @@
+# -*- test-case-name: tests.test_ipc -*-
+"""
+The worker channel: one C{SOCK_SEQPACKET} UNIX socket pair between the
+parent process and each child, carrying the messages of
+L{twisted_serversock.ipc.wire}.
+
+Why C{SOCK_SEQPACKET}: each message arrives whole, in one C{recvmsg}, with
+exactly the file descriptors that were sent with it.  A byte stream would
+need framing and would let descriptors drift away from the message that
+names them.
+
+A malformed message (see L{twisted_serversock.ipc.wire}) is dropped, every
+descriptor that came with it is closed, and the channel stays up.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from collections import deque
+from typing import Any, Callable, Protocol
+
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .wire import MAX_FDS, MAX_MESSAGE, Message, ProtocolError, channelPair, decode
+
+__all__ = ["Channel", "Receiver", "channelPair", "closeAll"]
+
+_FD = struct.Struct("i")
+_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD.size)
+# Plain ints: the socket module's flags are enum members, and enum
+# arithmetic on each message is avoidable work.
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
+# What Channel._sendNow says.
+_SENT, _LATER, _FAILED = 0, 1, 2
+_RECV_SIZE = MAX_MESSAGE + 1
+
+_log = Logger()
+
+
+class Receiver(Protocol):
+    """
+    What a L{Channel} delivers to.
+
+    A receiver may also have a C{readDone()} method: the channel calls it
+    after each run of messages read on one readable event, if the channel
+    is still up then.  (The child acknowledges all the connections of one
+    run with a single message from there.)
+    """
+
+    def messageReceived(self, message: Message) -> None: ...
+
+    def channelLost(self, reason: Failure) -> None: ...
+
+
+def closeAll(fds: list[int]) -> None:
+    """
+    Close descriptors that arrived with a message nobody takes.
+    """
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Channel:
+    """
+    One end of a worker channel, driven by the reactor: it reads whole
+    messages as they arrive and writes without ever blocking (messages the
+    kernel cannot take yet wait, in order, for the socket to be writable).
+
+    @ivar receiver: gets each decoded message and, once, the channel's end.
+    @ivar rejected: how many malformed messages were dropped.
+    """
+
+    def __init__(
+        self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False
+    ) -> None:
+        """
+        @param drainOnLoss: before the channel closes, read every message
+            the other end sent before it went (the parent's end: a dead or
+            departing child's last acks must be seen, or a connection the
+            child adopted would be re-sent to another child).
+        """
+        skt.setblocking(False)
+        self._drainOnLoss = drainOnLoss
+        self._losing = False
+        self._socket = skt
+        self.receiver = receiver
+        self._reactor = reactor
+        self._name = name
+        self._queue: deque[tuple[bytes, list[int], Callable[[], None] | None]] = deque()
+        self._writing = False
+        self.connected = True
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return f"<Channel {self._name}>"
+
+    def fileno(self) -> int:
+        return self._socket.fileno() if self.connected else -1
+
+    def logPrefix(self) -> str:
+        return self._name
+
+    def startReading(self) -> None:
+        """
+        Start delivering messages.
+        """
+        self._reactor.addReader(self)
+
+    # ------------------------------------------------------------------
+    # Sending.
+
+    def send(self, data: bytes, fds: list[int] | tuple[int, ...] = (), then: Callable[[], None] | None = None) -> None:
+        """
+        Send one message with descriptors C{fds} (which stay the caller's:
+        the caller may close them once this returns).  A message the kernel
+        cannot take yet waits with its own duplicates of C{fds}, closed
+        once the kernel has taken it or the channel is lost: the caller's
+        copy may be closed meanwhile (a shutdown's grace period ends), and
+        a plain number would then send whatever reused it.  (Duplicating
+        only then keeps the common case - the kernel takes it at once -
+        free of two system calls per connection.)
+
+        @param then: called once the kernel has taken the message (at once
+            if it could, else from a later writable event); never called if
+            the send fails or the channel is lost first: the child adopts a
+            connection only after its ack is certain to reach the parent,
+            so a C{then} after a failed ack would let two processes serve
+            one connection.
+        """
+        if not self.connected:
+            return
+        if self._queue:
+            outcome = _LATER
+        else:
+            outcome = self._sendNow(data, fds)
+        if outcome == _SENT:
+            if then is not None:
+                then()
+        elif outcome == _LATER:
+            try:
+                copies = _duplicate(fds)
+            except OSError as e:
+                # Out of descriptors: as for a failed send, the channel is
+                # lost (the message was never sent, so the parent may give
+                # its connection to another child).
+                self._reactor.callLater(0, self._lose, Failure(e))
+                return
+            self._queue.append((data, copies, then))
+            if not self._writing:
+                self._writing = True
+                self._reactor.addWriter(self)
+
+    @property
+    def pending(self) -> int:
+        """
+        How many messages wait for the kernel to take them.
+        """
+        return len(self._queue)
+
+    def _sendNow(self, data: bytes, fds: list[int] | tuple[int, ...]) -> int:
+        if not fds:
+            ancillary = []
+        elif len(fds) == 1:
+            ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, _FD.pack(fds[0]))]
+        else:
+            ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())]
+        try:
+            self._socket.sendmsg([data], ancillary)
+        except (BlockingIOError, InterruptedError):
+            return _LATER
+        except OSError as e:
+            self._reactor.callLater(0, self._lose, Failure(e))
+            return _FAILED
+        return _SENT
+
+    def doWrite(self) -> None:
+        while self._queue:
+            data, fds, then = self._queue[0]
+            outcome = self._sendNow(data, fds)
+            if outcome == _LATER:
+                return
+            self._queue.popleft()
+            closeAll(fds)  # the kernel holds its own references now
+            if outcome == _FAILED:
+                # Nothing after a failed message is sent (the channel is
+                # being lost), and no C{then} runs.
+                self._dropQueue()
+                break
+            if then is not None:
+                then()
+            if not self.connected:
+                return
+        self._writing = False
+        self._reactor.removeWriter(self)
+
+    # ------------------------------------------------------------------
+    # Receiving.
+
+    def doRead(self) -> None:
+        self._readMessages()
+        if self.connected:
+            readDone = getattr(self.receiver, "readDone", None)
+            if readDone is not None:
+                try:
+                    readDone()
+                except Exception:
+                    _log.failure("{channel}: error in readDone", channel=self._name)
+
+    def _readMessages(self) -> bool:
+        """
+        Read and deliver up to 64 messages.
+
+        @return: True if more may be waiting.
+        """
+        recvmsg = self._socket.recvmsg
+        for _ in range(64):
+            if not self.connected:
+                return False
+            try:
+                data, ancdata, flags, _addr = recvmsg(_RECV_SIZE, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as e:
+                self._lose(Failure(e))
+                return False
+            fds: list[int] = []
+            for level, type_, cdata in ancdata:
+                if level == _SOL_SOCKET and type_ == _SCM_RIGHTS:
+                    if len(cdata) == _FD.size:
+                        fds.append(_FD.unpack(cdata)[0])
+                    else:
+                        arr = array.array("i")
+                        arr.frombytes(cdata[: len(cdata) - len(cdata) % arr.itemsize])
+                        fds.extend(arr)
+            if not data and not fds:
+                self._lose(Failure(ConnectionDone("the other end closed the channel")))
+                return False
+            try:
+                if flags & _TRUNCATED:
+                    if flags & _MSG_CTRUNC:
+                        raise ProtocolError(f"more than {MAX_FDS} descriptors on one message")
+                    raise ProtocolError(f"message over the {MAX_MESSAGE}-byte limit")
+                message = decode(data, fds)
+            except ProtocolError as e:
+                self.rejected += 1
+                closeAll(fds)
+                _log.warn("{channel}: rejected a malformed message ({error})", channel=self._name, error=e)
+                continue
+            try:
+                self.receiver.messageReceived(message)
+            except Exception:
+                _log.failure("{channel}: error handling {message!r}", channel=self._name, message=message)
+        return True
+
+    # ------------------------------------------------------------------
+    # Ending.
+
+    def loseConnection(self) -> None:
+        """
+        Close the channel now; messages not yet sent are dropped.
+        """
+        self._lose(Failure(ConnectionDone("channel closed")))
+
+    def _lose(self, reason: Failure) -> None:
+        if not self.connected or self._losing:
+            return
+        self._losing = True
+        if self._drainOnLoss:
+            # Whatever the other end sent is still readable; EOF or an
+            # error ends the loop (and calls here again, which returns).
+            for _ in range(1024):
+                if not self._readMessages():
+                    break
+        self._reactor.removeReader(self)
+        if self._writing:
+            self._reactor.removeWriter(self)
+        self.connected = False
+        self._writing = False
+        self._dropQueue()
+        self._socket.close()
+        try:
+            self.receiver.channelLost(reason)
+        except Exception:
+            _log.failure("{channel}: error in channelLost", channel=self._name)
+
+    def _dropQueue(self) -> None:
+        """
+        Forget the messages not yet sent, closing their duplicates.
+        """
+        queue = self._queue
+        while queue:
+            closeAll(queue.popleft()[1])
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor calls this if it drops the descriptor itself.
+        self._lose(reason)
+
+
+def _duplicate(fds: list[int] | tuple[int, ...]) -> list[int]:
+    """
+    Close-on-exec duplicates of C{fds}, for a message that must wait.
+
+    @raise OSError: if one cannot be made (those already made are closed).
+    """
+    copies: list[int] = []
+    try:
+        for fd in fds:
+            copies.append(os.dup(fd))
+    except OSError:
+        closeAll(copies)
+        raise
+    return copies
