@@ -203,12 +203,14 @@ def run(ctx: Context) -> Result:
                     note="not measured: needs root and iproute2 (a network namespace)")
             )
     elif foreign:
-        with _netns.peerNamespace(ctx) as inside:
-            _warmUp(ctx, (FOREIGN_VARIANTS[foreign[0]][2], FOREIGN_VARIANTS[foreign[0]][3]), inside)
+        with _netns.peerNamespace(ctx) as peer:
+            _warmUp(ctx, [peer.describe(d) for d in FOREIGN_VARIANTS[foreign[0]][2:]], peer.inside)
             for variant in foreign:
-                row, raw[variant] = _acceptRow(ctx, variant, FOREIGN_VARIANTS[variant], n1, n2, inside)
+                mode, kind, descA, descB = FOREIGN_VARIANTS[variant]
+                spec = (mode, kind, peer.describe(descA), peer.describe(descB))
+                row, raw[variant] = _acceptRow(ctx, variant, spec, n1, n2, peer.inside)
                 row.target = FOREIGN_TARGET
-                row.note = f"peer {_netns.PEER_IP} in a network namespace (eager path)"
+                row.note = f"peer {peer.peerIP} in a network namespace (eager path)"
                 result.rows.append(row)
     if not ctx.quick:
         r1, r2 = 1000, 3000
