@@ -28,7 +28,7 @@ from typing import Iterator
 from ._harness import BenchError, Context
 
 #: Where the /30s come from.
-RANGE = ipaddress.ip_network("198.19.0.0/16")
+RANGE = ipaddress.IPv4Network("198.19.0.0/16")
 
 #: The placeholder for L{Peer.serverIP} in endpoint descriptions.
 SERVER_IP = "$SERVER_IP"
@@ -76,7 +76,8 @@ def _freeSubnet(pid: int) -> ipaddress.IPv4Network:
     A /30 of L{RANGE} that no address of this host is in, starting from
     one picked by C{pid}.
     """
-    inUse = [ipaddress.ip_interface(word).ip for word in _run(["ip", "-o", "-4", "addr", "show"]).split() if "/" in word and word[0].isdigit()]
+    words = _run(["ip", "-o", "-4", "addr", "show"]).split()
+    inUse = [ipaddress.IPv4Interface(word).ip for word in words if "/" in word and word[0].isdigit()]
     subnets = list(RANGE.subnets(new_prefix=30))
     for i in range(len(subnets)):
         subnet = subnets[(pid + i) % len(subnets)]
