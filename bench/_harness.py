@@ -46,7 +46,9 @@ def tidyCommand(text: str) -> str:
     text = text.replace(PYTHON, "python").replace(str(Path(PYTHON).parent), "$VENV/bin")
     text = text.replace(str(ROOT) + "/", "")
     text = re.sub(r"^(taskset -c \d+ )?/usr/bin/(cc|gcc) ", r"\1\2 ", text)
-    text = re.sub(r"tcp:127\.0\.0\.1:\d+", "tcp:127.0.0.1:$PORT", text)
+    text = re.sub(r"tcp:(\d+\.\d+\.\d+\.\d+):\d+", r"tcp:\1:$PORT", text)
+    # The names of bench._netns's namespace and veth pair end in a pid.
+    text = re.sub(r"\b(tsbench|tbh|tbp)\d+\b", r"\1$PID", text)
     return re.sub(r"(gecko:port=|tcp:|127\.0\.0\.1:)\d{4,5}\b", r"\1$PORT", text)
 
 
@@ -522,11 +524,14 @@ class Context:
         server.waitReadyLine(timeout)
         return server
 
-    def client(self, args: Sequence[object], timeout: float, cpu: int | None = CLIENT_CPU) -> dict[str, float]:
+    def client(
+        self, args: Sequence[object], timeout: float, cpu: int | None = CLIENT_CPU, prefix: Sequence[str] = ()
+    ) -> dict[str, float]:
         """
-        Run the C load generator (pinned to C{cpu}) and parse its output.
+        Run the C load generator (pinned to C{cpu}; under C{prefix}, such
+        as L{bench._netns}'s C{ip netns exec NAME}) and parse its output.
         """
-        return parseKV(self.run([self.cbench, *args], timeout, cpu))
+        return parseKV(self.run([*prefix, self.cbench, *args], timeout, cpu))
 
     def run(self, argv: Sequence[object], timeout: float, cpu: int | None = CLIENT_CPU) -> str:
         """

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -50,7 +51,61 @@ def commands(text: str) -> list[str]:
 PORT_LOGGED = re.compile(rb"(?:listening on (?:port |(?:\[[^\]]*\]|[\d.]+):)|starting on )(\d+)")
 
 
-def probe(template: str, deadline: float, server: subprocess.Popen[bytes], log: Any) -> str | None:
+class Output:
+    """
+    A server's output (standard output and error), read by a thread as it
+    comes, so that whoever waits for the server can wake as soon as it says
+    something (that it listens, on which port) or exits, instead of
+    sleeping a fixed time between looks.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.data = bytearray()
+        self.ended = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        while True:
+            chunk = os.read(stream.fileno(), 65536)
+            with self._changed:
+                if chunk:
+                    self.data += chunk
+                else:
+                    self.ended = True
+                self._changed.notify_all()
+            if not chunk:
+                stream.close()
+                return
+
+    def search(self, pattern: re.Pattern[bytes], deadline: float) -> re.Match[bytes] | None:
+        """
+        Wait until the output matches C{pattern}, ends, or C{deadline}
+        passes; the match, if any.
+        """
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.ended or pattern.search(self.data) is not None, max(0.0, deadline - time.monotonic())
+            )
+            return pattern.search(self.data)
+
+    def waitForMore(self, seconds: float) -> None:
+        """
+        Wait until the server says something more or its output ends: what
+        a retry waits for (a server logs when it starts listening).  At
+        most C{seconds}, for a server that announces nothing.
+        """
+        with self._changed:
+            seen = len(self.data)
+            self._changed.wait_for(lambda: self.ended or len(self.data) > seen, seconds)
+
+    def text(self) -> str:
+        with self._changed:
+            return self.data.decode("utf-8", "replace")
+
+
+def probe(template: str, deadline: float, server: subprocess.Popen[bytes], log: Output) -> str | None:
     """
     Wait until C{template} answers: C{http://...} (any HTTP status below
     500), C{proxy+http://...} (the same, behind a PROXY protocol header),
@@ -64,10 +119,13 @@ def probe(template: str, deadline: float, server: subprocess.Popen[bytes], log: 
         if server.poll() is not None:
             return f"the server exited with status {server.returncode} before {url} answered"
         if "{port}" in template:
-            log.seek(0)
-            m = PORT_LOGGED.search(log.read())
+            m = log.search(PORT_LOGGED, deadline)
             if not m:
-                time.sleep(0.2)
+                if log.ended:  # it said all it will say: let poll() above see it exit
+                    try:
+                        server.wait(max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        pass
                 continue
             url = template.replace("{port}", m.group(1).decode())
         try:
@@ -105,7 +163,7 @@ def probe(template: str, deadline: float, server: subprocess.Popen[bytes], log: 
                     last = "the connection closed without an answer"
         except Exception as e:
             last = f"{type(e).__name__}: {e}"
-        time.sleep(0.2)
+        log.waitForMore(0.2)
     return f"{url} did not answer within {WAIT:.0f} s ({last})"
 
 
@@ -147,7 +205,7 @@ def run(block: dict[str, Any]) -> str | None:
         cmds = commands(block["text"])
     if any("pip install" in cmd for cmd in cmds):
         _scratchVenv()
-    servers: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+    servers: list[tuple[str, subprocess.Popen[bytes], Output]] = []
     failure = None
     try:
         for i, cmd in enumerate(cmds):
@@ -155,8 +213,10 @@ def run(block: dict[str, Any]) -> str | None:
                 # A reader stops one server (Ctrl-C) before starting the next.
                 for running in servers:
                     failure = failure or stop(*running)
-                log = open(f"server{len(servers)}.log", "wb+")
-                proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    ["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                log = Output(proc)
                 servers.append((cmd, proc, log))
                 followedByCurl = i + 1 < len(cmds) and cmds[i + 1].startswith("curl ")
                 if probes and not followedByCurl:
@@ -169,7 +229,7 @@ def run(block: dict[str, Any]) -> str | None:
                     out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=WAIT)
                     if out.returncode == 0 or time.monotonic() >= deadline:
                         break
-                    time.sleep(0.3)
+                    servers[-1][2].waitForMore(0.3)
                 if out.returncode != 0:
                     failure = f"{cmd!r}: exit status {out.returncode}\n{out.stdout}{out.stderr}"
             if failure:
@@ -181,12 +241,11 @@ def run(block: dict[str, Any]) -> str | None:
             failure = failure or stop(*running)
         if failure:
             for cmd, proc, log in servers:
-                log.seek(0)
-                failure += f"\n--- output of {cmd!r}:\n{log.read().decode('utf-8', 'replace')[-4000:]}"
+                failure += f"\n--- output of {cmd!r}:\n{log.text()[-4000:]}"
     return failure
 
 
-def stop(cmd: str, proc: subprocess.Popen[bytes], log: Any) -> str | None:
+def stop(cmd: str, proc: subprocess.Popen[bytes], log: Output) -> str | None:
     """
     Stop a server with SIGTERM (once); why that was not clean, if it was not.
     """

@@ -22,7 +22,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from ._hardening import LONG, ROOT
-from .conftest import sleep, theReactor, timeout
+from .conftest import theReactor, timeout
 from .test_tap import SERVERSOCK, stopCleanly, workerPids
 from .test_twistd import spawn
 
@@ -81,9 +81,20 @@ async def test_workerChaos() -> None:
     deadline = time.monotonic() + SECONDS
     nextKill = time.monotonic() + rng.uniform(0.3, 1.2)
 
+    #: Whoever waits for the next connection to end (a free slot).
+    waiting: list[defer.Deferred[None]] = []
+
+    def wake() -> None:
+        # Those waiting now only: a woken waiter may wait again at once.
+        woken, waiting[:] = list(waiting), []
+        for w in woken:
+            if not w.called:
+                w.callback(None)
+
     def record(outcome: Any, d: defer.Deferred[Any]) -> None:
         running.discard(d)
         results.append(outcome if isinstance(outcome, tuple) else (False, None))
+        wake()
 
     try:
         while time.monotonic() < deadline:
@@ -98,7 +109,14 @@ async def test_workerChaos() -> None:
                     killed.add(victim)
                     os.kill(victim, signal.SIGKILL)
                 nextKill = time.monotonic() + rng.uniform(0.3, 1.2)
-            await sleep(0.005)
+            # Until a connection ends (its slot is refilled) or the next
+            # kill is due, whichever comes first.
+            woken: defer.Deferred[None] = defer.Deferred()
+            waiting.append(woken)
+            due = theReactor().callLater(max(0.0, min(nextKill, deadline) - time.monotonic()), wake)
+            await timeout(woken, 30)
+            if due.active():
+                due.cancel()
         await timeout(defer.DeferredList(list(running)), 30)
     finally:
         status = await stopCleanly(proc)
