@@ -144,9 +144,9 @@ async def test_untouchedConnectionIsStreamMode(accept: Any) -> None:
     input stream are waiting there.
     """
     client, t, listener = await accept(lambda t: None)
-    assert t._twisted is not None and t._twisted.protocol is t
+    assert t._twisted is not None and t._twisted.protocol is t._mode
     client.transport.write(b"early")
-    await eventually(lambda: t._input is not None and t._input._size == 5)
+    await eventually(lambda: t._mode._input is not None and t._mode._input._size == 5)
     inp = t.openInputStream(0, 0, 0)
     assert inp.read(100) == b"early"
     out = t.openOutputStream(0, 0, 0)
@@ -188,7 +188,7 @@ async def test_listenerThatRaisesStillGetsTheConnection(accept: Any, logged: Any
         raise RuntimeError("boom")
 
     client, t, _ = await accept(fail)
-    assert t._twisted is not None and t._twisted.protocol is t
+    assert t._twisted is not None and t._twisted.protocol is t._mode
     assert any("onSocketAccepted" in str(e.get("log_format", "")) for e in logged)
     out = t.openOutputStream(0, 0, 0)
     out.write(b"still here")

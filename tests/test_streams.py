@@ -62,7 +62,8 @@ def serverBuffered(t: Any) -> int:
     """
     Bytes read by the server before its input stream was opened (white box).
     """
-    return 0 if t._input is None else t._input._size
+    inp = None if t._mode is None else t._mode._input
+    return 0 if inp is None else inp._size
 
 
 def shrinkBuffers(client: Client, t: Any, size: int = 16384) -> None:

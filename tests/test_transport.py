@@ -51,7 +51,8 @@ def serverBuffered(t: Any) -> int:
     (white box: before the input stream is opened there is no public way
     to see them).
     """
-    return 0 if t._input is None else t._input._size
+    inp = None if t._mode is None else t._mode._input
+    return 0 if inp is None else inp._size
 
 
 # ----------------------------------------------------------------------
