@@ -11,12 +11,12 @@ protocol without sockets, threads or sleeps.
     L{MemoryConnection.transport} is the I{real}
     L{SocketTransport<twisted_serversock.transport.SocketTransport>} with
     its real streams, over a Twisted
-    L{StringTransport<twisted.internet.testing.StringTransport>}: a test
+    C{StringTransport}: a test
     feeds it bytes, an end of stream or a reset as the peer, and reads
     what was written to the peer.
   - L{RecordingListener} records C{onSocketAccepted} and
     C{onStopListening}.
-  - Everything is driven by a L{Clock<twisted.internet.task.Clock>}:
+  - Everything is driven by a C{Clock}:
     callbacks go through the reactor as they do in production, and
     L{flush} runs them all, deterministically, with no time passing.
     Advance the clock to test timeouts.
@@ -117,7 +117,7 @@ class _FakeSocket:
 
 class _MemoryTwistedTransport(StringTransport):
     """
-    A L{StringTransport} standing in for Twisted's C{tcp.Server}: it keeps
+    A C{StringTransport} standing in for Twisted's C{tcp.Server}: it keeps
     the attributes the accepted-connection code reads, delivers the
     connection's loss through the clock as the reactor would, and holds
     bytes fed while reading is paused.
@@ -237,7 +237,7 @@ class _MemoryPort:
 class MemoryConnection:
     """
     An accepted connection without a socket: the real L{SocketTransport}
-    and streams over a L{StringTransport}, driven by a L{Clock}.  The test
+    and streams over a C{StringTransport}, driven by a C{Clock}.  The test
     plays the peer.
 
     @ivar transport: the L{SocketTransport} (what a listener's
@@ -254,7 +254,7 @@ class MemoryConnection:
         port: Any = None,
     ) -> None:
         """
-        @param clock: drives the connection's callbacks; a new L{Clock} if
+        @param clock: drives the connection's callbacks; a new C{Clock} if
             not given.
         @param peer: the peer, as C{accept()} gives it: C{(host, port)} for
             TCP (C{("127.0.0.1", N)} if not given), a path C{str} (C{""}
@@ -330,7 +330,7 @@ class MemoryConnection:
         """
         The connection is reset: both streams close with
         C{NS_ERROR_NET_RESET} (an attached protocol's C{connectionLost}
-        gets a L{ConnectionLost}).
+        gets a C{ConnectionLost}).
         """
         tcp = self._built()
         tcp.connectionLost(Failure(ConnectionLost("reset by the test")))
@@ -417,7 +417,7 @@ class RecordingListener:
 @implementer(IServerSocket)
 class MemoryServerSocket:
     """
-    An L{IServerSocket} without a socket, driven by a L{Clock}.
+    An L{IServerSocket} without a socket, driven by a C{Clock}.
 
     The C{init*} methods check their arguments as the real server socket
     does for the common cases and record the address (port 0 or a negative
@@ -435,7 +435,7 @@ class MemoryServerSocket:
 
     def __init__(self, clock: Clock | None = None) -> None:
         """
-        @param clock: drives the callbacks; a new L{Clock} if not given.
+        @param clock: drives the callbacks; a new C{Clock} if not given.
         """
         self.clock = clock if clock is not None else Clock()
         self.connections: list[MemoryConnection] = []
