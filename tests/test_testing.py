@@ -110,6 +110,7 @@ def test_connectionsInOrderAndNotAfterStop() -> None:
     serv.flush()
     assert [kind for kind, _ in listener.events] == ["accepted", "accepted", "stopped"]
     assert late.closed  # refused: never seen by the listener
+    assert late.written() == b"" and late.protocol is None
 
 
 def test_recordingListenerReacts() -> None:

@@ -137,7 +137,6 @@ class _MemoryTwistedTransport(StringTransport):
         self._tempDataLen = 0
         self._aborting = False
         self.aborted = False
-        self.writeClosed = False
         self.held: list[bytes] = []
         self.lost = False
         self.logstr = self._getLogPrefix(protocol)
@@ -177,7 +176,9 @@ class _MemoryTwistedTransport(StringTransport):
             self.loseConnection()
 
     def loseWriteConnection(self) -> None:
-        self.writeClosed = True
+        # Our side's half-close: the bytes written so far are all the peer
+        # gets; the connection stays up for reading.
+        pass
 
     def loseConnection(self) -> None:
         if self.lost:
@@ -274,21 +275,29 @@ class MemoryConnection:
             )
         family = socket.AF_UNIX if isinstance(peer, (str, bytes)) else socket.AF_INET
         self._socket = _FakeSocket(family)
+        self._tcp: _MemoryTwistedTransport | None = None
         self._accepted = AcceptedSocket(
-            _MemoryTwistedTransport, cast(socket.socket, self._socket), peer, port or _MemoryPort(host), self.clock
+            self._build, cast(socket.socket, self._socket), peer, port or _MemoryPort(host), self.clock
         )
         self.transport: SocketTransport = SocketTransport(queue or CallQueue(self.clock), self._accepted)
 
     def __repr__(self) -> str:
         return f"<MemoryConnection {self.transport!r}>"
 
+    def _build(self, *args: Any) -> _MemoryTwistedTransport:
+        # The accepted socket's transport class: keep what it builds.
+        tcp = self._tcp = _MemoryTwistedTransport(*args)
+        return tcp
+
     def _built(self) -> _MemoryTwistedTransport:
         """
         The Twisted transport; built in stream mode, as the server socket
         does once C{onSocketAccepted} returns, if nothing built it yet.
         """
-        tcp: _MemoryTwistedTransport = self.transport.startStreaming()
-        return tcp
+        if self._tcp is None:
+            self.transport.startStreaming()
+        assert self._tcp is not None
+        return self._tcp
 
     def accept(self) -> None:
         """
@@ -305,9 +314,7 @@ class MemoryConnection:
         The Twisted protocol now receiving the connection's events: the
         stream-mode protocol or the attached one; C{None} before either.
         """
-        if self._accepted.pending:
-            return None
-        return self._built().protocol
+        return None if self._tcp is None else self._tcp.protocol
 
     def feed(self, data: bytes) -> None:
         """
@@ -339,16 +346,14 @@ class MemoryConnection:
         """
         @return: every byte written to the peer so far.
         """
-        if self._accepted.pending:
-            return b""
-        return bytes(self._built().value())
+        return b"" if self._tcp is None else bytes(self._tcp.value())
 
     def clear(self) -> None:
         """
         Forget the bytes written so far (L{written} starts again).
         """
-        if not self._accepted.pending:
-            self._built().clear()
+        if self._tcp is not None:
+            self._tcp.clear()
 
     @property
     def closed(self) -> bool:
@@ -356,8 +361,6 @@ class MemoryConnection:
         Whether the connection is gone (closed by either side, or
         refused).
         """
-        if self._accepted.pending:
-            return False
         return self._socket.closed
 
     @property
@@ -365,18 +368,7 @@ class MemoryConnection:
         """
         Whether the connection was aborted rather than closed after a flush.
         """
-        return not self._accepted.pending and self._built().aborted
-
-    @property
-    def halfClosed(self) -> bool:
-        """
-        Whether our side shut down its sending side only (the output stream
-        was closed while the input stays open).
-        """
-        if self._accepted.pending:
-            return False
-        tcp = self._built()
-        return tcp.writeClosed and not tcp.lost
+        return self._tcp is not None and self._tcp.aborted
 
 
 @implementer(IServerSocketListener)
