@@ -53,7 +53,7 @@ def test_initFamilyRecordsTheAddress() -> None:
     serv.init(8080, True, -1)
     assert serv.getAddress() == IPv4Address("TCP", "127.0.0.1", 8080)
     assert serv.port == 8080
-    assert serv.backlog > 0
+    assert serv.backlog is not None and serv.backlog > 0
     assert code(serv.init, 8081, True, -1) == results.NS_ERROR_ALREADY_INITIALIZED
     serv.close()  # before asyncListen: can be initialised again
     serv.initIPv6(0, False, 5)
