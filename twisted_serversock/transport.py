@@ -27,6 +27,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -197,7 +198,12 @@ class SocketTransport:
         if accepted.pending:
             # What the Twisted transport's getPeer() will say, without
             # building it: a listener that attaches a protocol asks first.
-            return accepted.peerAddress()
+            # (AcceptedSocket.peerAddress, inlined: every connection an
+            # endpoint accepts comes here.)
+            addr = accepted.peer
+            if type(addr) is tuple:
+                return (IPv4Address if len(addr) == 2 else IPv6Address)("TCP", *addr)
+            return UNIXAddress(addr or None)
         return self._tcp.getPeer()
 
     def getSelfAddr(self) -> Any:
