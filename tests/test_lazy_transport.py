@@ -8,13 +8,16 @@ down that either way the connection behaves as before, on real sockets.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, tcp
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from twisted_serversock import NSError, ServerSocket, results
+from twisted_serversock._accepted import AcceptedSocket
 
 from .conftest import connect, connectUNIX, eventually, needsIPv6, timeout
 
@@ -144,9 +147,9 @@ async def test_untouchedConnectionIsStreamMode(accept: Any) -> None:
     input stream are waiting there.
     """
     client, t, listener = await accept(lambda t: None)
-    assert t._twisted is not None and t._twisted.protocol is t
+    assert t._twisted is not None and t._twisted.protocol is t._mode
     client.transport.write(b"early")
-    await eventually(lambda: t._input is not None and t._input._size == 5)
+    await eventually(lambda: t._mode._input is not None and t._mode._input._size == 5)
     inp = t.openInputStream(0, 0, 0)
     assert inp.read(100) == b"early"
     out = t.openOutputStream(0, 0, 0)
@@ -188,7 +191,7 @@ async def test_listenerThatRaisesStillGetsTheConnection(accept: Any, logged: Any
         raise RuntimeError("boom")
 
     client, t, _ = await accept(fail)
-    assert t._twisted is not None and t._twisted.protocol is t
+    assert t._twisted is not None and t._twisted.protocol is t._mode
     assert any("onSocketAccepted" in str(e.get("log_format", "")) for e in logged)
     out = t.openOutputStream(0, 0, 0)
     out.write(b"still here")
@@ -207,3 +210,59 @@ async def test_reprBeforeBuild(accept: Any) -> None:
     client, _, _ = await accept(look)
     assert reprs[0].startswith("<SocketTransport accepted from ('127.0.0.1', ")
     await roundTrip(client)
+
+
+class _Port:
+    sessionno = 7
+
+
+def test_acceptedSocketContract() -> None:
+    """
+    L{AcceptedSocket} (what the server socket hands a L{SocketTransport}):
+    only a build takes a session number; a second build, or one after
+    close(), is refused with NS_ERROR_FAILURE; a build that raises closes
+    the socket; close() closes a pending socket only; the peer's address
+    needs no build.  (A value object: real sockets, no reactor.)
+    """
+    built: list[tuple[Any, ...]] = []
+
+    def build(*args: Any) -> str:
+        built.append(args)
+        return "transport"
+
+    port = _Port()
+    a, b = socket.socketpair()
+    b.close()
+    accepted = AcceptedSocket(build, a, ("::1", 80, 0, 0), port, "reactor")
+    assert accepted.pending and accepted.socket is a and accepted.port is port
+    assert accepted.peerAddress() == IPv6Address("TCP", "::1", 80, 0, 0)
+    assert accepted.build("protocol") == "transport"
+    assert built == [(a, "protocol", ("::1", 80, 0, 0), port, 7, "reactor")]
+    assert port.sessionno == 8 and not accepted.pending
+    with pytest.raises(NSError) as e:
+        accepted.build("again")
+    assert e.value.result == results.NS_ERROR_FAILURE
+    accepted.close()  # built: the transport owns the socket now
+    assert a.fileno() != -1
+    a.close()
+
+    c, d = socket.socketpair()
+    d.close()
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("no transport")
+
+    failing = AcceptedSocket(broken, c, ("127.0.0.1", 1), port, None)
+    assert failing.peerAddress() == IPv4Address("TCP", "127.0.0.1", 1)
+    with pytest.raises(RuntimeError):
+        failing.build("protocol")
+    assert c.fileno() == -1 and port.sessionno == 9
+
+    u, f = socket.socketpair(socket.AF_UNIX)
+    f.close()
+    refused = AcceptedSocket(broken, u, "", port, None)
+    assert refused.peerAddress() == UNIXAddress(None)
+    refused.close()
+    assert u.fileno() == -1 and not refused.pending and port.sessionno == 9
+    with pytest.raises(NSError):
+        refused.build("protocol")

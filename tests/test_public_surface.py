@@ -59,6 +59,7 @@ PUBLIC: dict[str, list[str]] = {
     "twisted_serversock.cluster": ["isWorker", "workerIndex", "listen"],
     "twisted_serversock.tap": ["Options", "makeService", "ServerSockService"],
     "twisted_serversock.examples": ["Echo", "echo"],
+    "twisted_serversock.testing": ["MemoryServerSocket", "MemoryConnection", "RecordingListener", "flush"],
 }  # fmt: skip
 
 

@@ -58,11 +58,25 @@ def clientPending(client: Client) -> int:
     return len(t.dataBuffer) - t.offset + t._tempDataLen  # type: ignore[no-any-return]
 
 
+async def drained(t: Any) -> None:
+    """
+    Wait until every notification already queued on C{t}'s server socket
+    FIFO was delivered: a marker queued now runs after them (the FIFO keeps
+    order), and direct notifications were made from the reactor event that
+    a test waited for.  This replaces a fixed sleep before asserting that
+    no notification came.
+    """
+    marker: defer.Deferred[None] = defer.Deferred()
+    t._queue.call(marker.callback, None)
+    await timeout(marker)
+
+
 def serverBuffered(t: Any) -> int:
     """
     Bytes read by the server before its input stream was opened (white box).
     """
-    return 0 if t._input is None else t._input._size
+    inp = None if t._mode is None else t._mode._input
+    return 0 if inp is None else inp._size
 
 
 def shrinkBuffers(client: Client, t: Any, size: int = 16384) -> None:
@@ -461,7 +475,7 @@ async def test_inputAsyncWaitOneShot(served: Served) -> None:
     await eventually(lambda: inp.available() == 2)
     client.transport.loseWriteConnection()
     await eventually(lambda: not t.isAlive())
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == [inp]
 
 
@@ -474,7 +488,7 @@ async def test_inputAsyncWaitCancelled(served: Served) -> None:
     inp.asyncWait(None)
     client.transport.write(b"data")
     await eventually(lambda: inp.available() == 4)
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == []
 
 
@@ -491,7 +505,7 @@ async def test_inputAsyncWaitCancelledBeforeQueuedNotification(served: Served) -
     waiter = Waiter()
     inp.asyncWait(waiter)
     inp.asyncWait(None)
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == []
     # A new wait works.
     again = Waiter()
@@ -509,7 +523,7 @@ async def test_inputAsyncWaitReplaced(served: Served) -> None:
     inp.asyncWait(first)
     inp.asyncWait(second)
     assert await second.wait() is inp
-    await sleep(0.05)
+    await drained(t)
     assert first.calls == []
     assert second.calls == [inp]
 
@@ -523,7 +537,7 @@ async def test_inputWaitClosureOnly(served: Served) -> None:
     inp.asyncWait(waiter, flags=1)
     client.transport.write(b"not enough")
     await eventually(lambda: inp.available() == 10)
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == []
     client.transport.loseConnection()
     assert await waiter.wait() is inp
@@ -539,7 +553,7 @@ async def test_inputWaitClosureOnlyWithDataAlreadyThere(served: Served) -> None:
     await eventually(lambda: inp.available() == 4)
     waiter = Waiter()
     inp.asyncWait(waiter, inp.WAIT_CLOSURE_ONLY)
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == []
     t.close(results.NS_ERROR_ABORT)
     assert await waiter.wait() is inp
@@ -570,7 +584,7 @@ async def test_asyncWaitBadFlags(served: Served, bad: Any) -> None:
             stream.asyncWait(waiter, bad)
         assert code(e) == "NS_ERROR_INVALID_ARG"
     # A refused wait registers nothing (the output stream is writable).
-    await sleep(0.05)
+    await drained(t)
     assert [w.calls for w in waiters] == [[], []]
 
 
@@ -718,7 +732,7 @@ async def test_outputWaitClosureOnly(served: Served) -> None:
     out = t.openOutputStream()
     waiter = Waiter()
     out.asyncWait(waiter, out.WAIT_CLOSURE_ONLY)
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == []
     t.close(0)
     assert await waiter.wait() is out
@@ -738,7 +752,7 @@ async def test_outputAsyncWaitCancelled(served: Served) -> None:
     out.asyncWait(waiter)
     out.asyncWait(None)
     await client.waitFor(1024)
-    await sleep(0.05)
+    await drained(t)
     assert waiter.calls == []
     # Writable again, and a new wait is notified.
     again = Waiter()

@@ -30,6 +30,8 @@ from twisted_serversock import (
     results,
 )
 
+from twisted_serversock.testing import MemoryConnection, flush
+
 from .conftest import (
     Recorder,
     Served,
@@ -51,7 +53,8 @@ def serverBuffered(t: Any) -> int:
     (white box: before the input stream is opened there is no public way
     to see them).
     """
-    return 0 if t._input is None else t._input._size
+    inp = None if t._mode is None else t._mode._input
+    return 0 if inp is None else inp._size
 
 
 # ----------------------------------------------------------------------
@@ -563,60 +566,69 @@ async def test_readWriteTimeoutWithoutStreams(served: Served) -> None:
     assert code(e) == "NS_ERROR_NET_TIMEOUT"
 
 
-@pytest_twisted.ensureDeferred
-async def test_activityKeepsConnectionAlive(served: Served) -> None:
-    client, t = await served.pair()
+def test_activityKeepsConnectionAlive() -> None:
+    """
+    Bytes read restart the read/write idle timer; once nothing arrives for
+    the timeout, the connection is closed with NS_ERROR_NET_TIMEOUT, not
+    before.  (The timer runs on the reactor's clock: driven here by a
+    Clock, with the real transport and streams; the real-socket timeout is
+    tested above.)
+    """
+    conn = MemoryConnection()
+    t = conn.transport
     inp = t.openInputStream()
     t.setTimeout(t.TIMEOUT_READ_WRITE, 0.5)
-    start = reactor.seconds()
-    while reactor.seconds() - start < 1.2:
-        client.transport.write(b".")
-        await sleep(0.1)
-        assert not client.closed.called
+    for _ in range(12):
+        conn.feed(b".")
+        conn.clock.advance(0.1)
+        assert not conn.closed
     assert t.isAlive()
-    assert inp.available() > 0
-    # Nothing more: now it times out.
-    lastSent = reactor.seconds()
-    await client.whenClosed()
-    assert reactor.seconds() - lastSent >= 0.2
+    assert inp.available() == 12
+    # Nothing more: it times out 0.5 s after the last byte, not earlier.
+    conn.clock.advance(0.35)
+    flush(conn.clock)
+    assert not conn.closed
+    conn.clock.advance(0.05)
+    flush(conn.clock)
+    assert conn.aborted
     with pytest.raises(NSError) as e:
         inp.available()
     assert code(e) == "NS_ERROR_NET_TIMEOUT"
 
 
-@pytest_twisted.ensureDeferred
-async def test_writingKeepsConnectionAlive(served: Served) -> None:
-    client, t = await served.pair()
+def test_writingKeepsConnectionAlive() -> None:
+    conn = MemoryConnection()
+    t = conn.transport
     out = t.openOutputStream()
     t.setTimeout(t.TIMEOUT_READ_WRITE, 0.5)
-    start = reactor.seconds()
-    while reactor.seconds() - start < 1.2:
+    for _ in range(12):
         out.write(b".")
-        await sleep(0.1)
-        assert not client.closed.called
+        conn.clock.advance(0.1)
+        assert not conn.closed
     assert t.isAlive()
-    await client.whenClosed()
-    assert len(client.received) >= 5
+    conn.clock.advance(0.4)
+    flush(conn.clock)
+    assert conn.aborted
+    assert conn.written() == b"." * 12
 
 
-@pytest_twisted.ensureDeferred
-async def test_noTimeoutAt0xFFFF(served: Served) -> None:
-    client, t = await served.pair()
+def test_noTimeoutAt0xFFFF() -> None:
+    conn = MemoryConnection()
+    t = conn.transport
     t.setTimeout(t.TIMEOUT_READ_WRITE, 0.2)
     t.setTimeout(t.TIMEOUT_READ_WRITE, 0xFFFF)
     t.setTimeout(t.TIMEOUT_CONNECT, 0.1)
-    await sleep(0.5)
-    assert not client.closed.called
+    conn.clock.advance(100000)
+    flush(conn.clock)
+    assert not conn.closed
     assert t.isAlive()
     t.setTimeout(t.TIMEOUT_READ_WRITE, 0.1)
     t.setTimeout(t.TIMEOUT_READ_WRITE, 70000)
-    await sleep(0.4)
-    assert not client.closed.called
+    assert t.getTimeout(t.TIMEOUT_READ_WRITE) == 0xFFFF
+    conn.clock.advance(100000)
+    flush(conn.clock)
+    assert not conn.closed
     assert t.isAlive()
-
-
-# ----------------------------------------------------------------------
-# Socket options
 
 
 @pytest_twisted.ensureDeferred

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import _args
+from ._streammode import goOffline
 from .interfaces import IIOService
 from .results import NS_ERROR_ABORT
 
@@ -68,7 +69,7 @@ class IOService:
             if not serv._survivesOffline():
                 serv._stop(NS_ERROR_ABORT)
         for transport in list(self._connections):
-            _goOffline(transport)
+            goOffline(transport)
 
     def _addServerSocket(self, serv: ServerSocket) -> None:
         self._serverSockets.add(serv)
@@ -78,22 +79,6 @@ class IOService:
 
     def _addConnection(self, transport: Any) -> None:
         self._connections.add(transport)
-
-
-def _goOffline(transport: Any) -> None:
-    # In stream mode the connection's protocol is our SocketTransport, which
-    # closes its streams with NS_ERROR_OFFLINE; an attached Twisted protocol
-    # simply loses its connection.  A connection still flushing after a
-    # close is aborted too: nothing more may reach a non-local peer.
-    if not transport.connected:
-        return
-    from .transport import SocketTransport
-
-    protocol = transport.protocol
-    if isinstance(protocol, SocketTransport):
-        protocol._goOffline()
-    else:
-        transport.abortConnection()
 
 
 ioService = IOService()

@@ -50,6 +50,7 @@ from .results import (
     NSError,
     nameOf,
 )
+from ._accepted import AcceptedSocket
 from .transport import SocketTransport
 
 __all__ = ["ServerSocket", "LoopbackOnly", "KeepWhenOffline"]
@@ -417,14 +418,15 @@ class ServerSocket:
             return
         try:
             # Built when first needed: for the listener's protocol if it
-            # attaches one (see SocketTransport._tcp); the session number
+            # attaches one (see SocketTransport.startStreaming); the session number
             # is taken then, so that a refused connection takes none.
-            conn = SocketTransport(self._queue, (self._transportClass, skt, addr, port, self._reactor))
+            accepted = AcceptedSocket(self._transportClass, skt, addr, port, self._reactor)
+            conn = SocketTransport(self._queue, accepted)
             if type(addr) is tuple and not isLoopbackPeer(addr[0]):
                 # The I/O service must know a connection from a peer that is
                 # not local before anyone sees it (it is closed on going
                 # offline): build its Twisted transport now, in stream mode.
-                self._ioService._addConnection(conn._build(conn))
+                self._ioService._addConnection(conn.startStreaming())
         except Exception:
             _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()
@@ -434,11 +436,11 @@ class ServerSocket:
             listener.onSocketAccepted(self, conn)
         except Exception:
             _log.failure("Unhandled error in {listener!r}.onSocketAccepted", listener=listener)
-        if conn._twisted is None and conn._pending is not None:
+        if accepted.pending:
             try:
                 # Neither attached nor used: stream mode (the listener may
                 # keep the connection and use it later).
-                conn._build(conn)
+                conn.startStreaming()
             except Exception:
                 _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from .interfaces import IAsyncInputStream, IAsyncOutputStream
@@ -48,7 +49,7 @@ from .results import (
 )
 
 if TYPE_CHECKING:
-    from .transport import SocketTransport
+    from ._streamapi import StreamBackend
 
 __all__ = [
     "InputStream",
@@ -64,6 +65,8 @@ DEFAULT_SEGMENT_COUNT = 24
 
 #: asyncWait flag: notify only when the stream is closed.
 WAIT_CLOSURE_ONLY = 1
+
+_log = Logger()
 
 
 def bufferLimit(segsize: int, segcount: int) -> int:
@@ -101,13 +104,13 @@ class _AsyncStream:
         or replaced.
     """
 
-    __slots__ = ("_transport", "_status", "_waiter", "_closureOnly", "_generation")
+    __slots__ = ("_backend", "_status", "_waiter", "_closureOnly", "_generation")
 
     WAIT_CLOSURE_ONLY = WAIT_CLOSURE_ONLY
     _callbackMethod = ""
 
-    def __init__(self, transport: SocketTransport) -> None:
-        self._transport = transport
+    def __init__(self, backend: StreamBackend) -> None:
+        self._backend = backend
         self._status = NS_OK
         self._waiter: Any = None
         self._closureOnly = False
@@ -156,18 +159,20 @@ class _AsyncStream:
         when the socket thread delivers it).
         """
         if not direct:
-            self._transport._queue.call(self._deliver, self._generation)
+            self._backend.schedule(self._deliver, self._generation)
             return
         callback = self._waiter
         self._waiter = None
         try:
             _notify(callback, self._callbackMethod, self)
         except Exception:
-            self._transport._log.failure(
-                "Unhandled error in {method} callback", method=self._callbackMethod
-            )
+            _log.failure("Unhandled error in {method} callback", method=self._callbackMethod)
 
-    def _wake(self, direct: bool) -> None:
+    def wake(self, direct: bool) -> None:
+        """
+        Package-internal: notify a waiter, if any, now (C{direct}) or from
+        the FIFO; the backend calls it after closing both streams.
+        """
         if self._waiter is not None:
             self._fire(direct)
 
@@ -190,10 +195,10 @@ class _AsyncStream:
 @implementer(IAsyncInputStream)
 class InputStream(_AsyncStream):
     """
-    The bounded, non-blocking input stream of a L{SocketTransport}.
+    The bounded, non-blocking input stream of a L{SocketTransport<twisted_serversock.transport.SocketTransport>}.
 
     It exists from the first byte received (so nothing that arrives before
-    the listener opens it is lost); L{SocketTransport.openInputStream} sets
+    the listener opens it is lost); L{twisted_serversock.transport.SocketTransport.openInputStream} sets
     its bound and hands it out.
 
     @ivar _chunks: the received, unread byte strings.
@@ -207,17 +212,29 @@ class InputStream(_AsyncStream):
 
     _callbackMethod = "onInputStreamReady"
 
-    def __init__(self, transport: SocketTransport) -> None:
-        super().__init__(transport)
+    def __init__(self, backend: StreamBackend) -> None:
+        super().__init__(backend)
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._limit = DEFAULT_SEGMENT_SIZE * DEFAULT_SEGMENT_COUNT
         self._paused = False
         self._opened = False
 
-    # --- the transport's side
+    # --- the backend's side (package-internal)
 
-    def _open(self, limit: int) -> None:
+    @property
+    def opened(self) -> bool:
+        """
+        Package-internal: whether the stream was handed out
+        (L{twisted_serversock.transport.SocketTransport.openInputStream}).
+        """
+        return self._opened
+
+    def openWithLimit(self, limit: int) -> None:
+        """
+        Package-internal: the stream is handed out, bounded to C{limit}
+        buffered bytes.
+        """
         self._opened = True
         self._limit = limit
         self._checkLimit()
@@ -226,30 +243,33 @@ class InputStream(_AsyncStream):
         if self._size > self._limit:
             if not self._paused:
                 self._paused = True
-                self._transport._pauseReading()
+                self._backend.pauseReading()
         elif self._paused:
             self._paused = False
-            self._transport._resumeReading()
+            self._backend.resumeReading()
 
-    def _dataReceived(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
+        """
+        Package-internal: C{data} arrived from the peer.
+        """
         if self._status != NS_OK:
             return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > self._limit and not self._paused:
             self._paused = True
-            self._transport._pauseReading()
+            self._backend.pauseReading()
         if self._waiter is not None and not self._closureOnly:
             self._fire(direct=True)
 
-    def _closed(self, status: int, keepData: bool, direct: bool | None) -> bool:
+    def ended(self, status: int, keepData: bool, direct: bool | None) -> bool:
         """
-        The connection ended (or our side closed it) with C{status}.
+        Package-internal: the connection ended (or our side closed it) with C{status}.
 
         @param keepData: whether bytes already received stay readable (the
             peer ended the stream) or are dropped (we closed it).
         @param direct: how to notify a waiter (see L{_fire}); C{None}: not
-            now, the caller calls L{_wake}.
+            now, the caller calls L{wake}.
         @return: whether the stream was open until now.
         """
         if self._status != NS_OK:
@@ -259,14 +279,20 @@ class InputStream(_AsyncStream):
             self._chunks.clear()
             self._size = 0
         if direct is not None:
-            self._wake(direct)
+            self.wake(direct)
         return True
 
-    def _takeAll(self) -> list[bytes]:
+    def detach(self) -> tuple[list[bytes], bool]:
+        """
+        Package-internal: the connection is handed to a protocol.  Take
+        every buffered byte string, and whether this stream had paused
+        reading (the caller resumes it; the stream no longer does).
+        """
         chunks = list(self._chunks)
         self._chunks.clear()
         self._size = 0
-        return chunks
+        paused, self._paused = self._paused, False
+        return chunks, paused
 
     def _ready(self) -> bool:
         if self._closureOnly:
@@ -314,7 +340,7 @@ class InputStream(_AsyncStream):
             self._size -= count
         if self._paused and self._size <= self._limit:
             self._paused = False
-            self._transport._resumeReading()
+            self._backend.resumeReading()
         return data
 
     def closeWithStatus(self, status: int) -> None:
@@ -323,14 +349,14 @@ class InputStream(_AsyncStream):
             return
         if succeeded(status):
             status = NS_BASE_STREAM_CLOSED
-        self._closed(status, keepData=False, direct=False)
-        self._transport._inputClosed(status)
+        self.ended(status, keepData=False, direct=False)
+        self._backend.inputClosed(status)
 
 
 @implementer(IAsyncOutputStream)
 class OutputStream(_AsyncStream):
     """
-    The non-blocking output stream of a L{SocketTransport}.
+    The non-blocking output stream of a L{SocketTransport<twisted_serversock.transport.SocketTransport>}.
 
     @ivar _limit: the most bytes that may wait in the transport's buffer.
     @ivar _registered: whether this stream is registered as the transport's
@@ -341,36 +367,39 @@ class OutputStream(_AsyncStream):
 
     _callbackMethod = "onOutputStreamReady"
 
-    def __init__(self, transport: SocketTransport, limit: int) -> None:
-        super().__init__(transport)
+    def __init__(self, backend: StreamBackend, limit: int) -> None:
+        super().__init__(backend)
         self._limit = limit
         self._registered = False
 
     def _ready(self) -> bool:
         if self._status != NS_OK:
             return True
-        return not self._closureOnly and self._transport._bufferedOutput() < self._limit
+        return not self._closureOnly and self._backend.bufferedOutput() < self._limit
 
     def _whenNotReady(self) -> None:
         if not self._registered and not self._closureOnly:
             self._registered = True
-            self._transport._registerProducer(self)
+            self._backend.registerProducer(self)
 
-    def _unregister(self) -> None:
+    def unregister(self) -> None:
+        """
+        Package-internal: stop being the transport's producer, if it is.
+        """
         if self._registered:
             self._registered = False
-            self._transport._unregisterProducer(self)
+            self._backend.unregisterProducer(self)
 
-    def _closed(self, status: int, direct: bool | None) -> bool:
+    def ended(self, status: int, direct: bool | None) -> bool:
         """
-        Like L{InputStream._closed}.
+        Package-internal: like L{InputStream.ended}.
         """
         if self._status != NS_OK:
             return False
         self._status = status
-        self._unregister()
+        self.unregister()
         if direct is not None:
-            self._wake(direct)
+            self.wake(direct)
         return True
 
     # --- IPullProducer, while registered
@@ -380,9 +409,9 @@ class OutputStream(_AsyncStream):
         Twisted's write buffer drained: wake the waiter.
         """
         if self._waiter is None:
-            self._unregister()
+            self.unregister()
         elif self._ready():
-            self._unregister()
+            self.unregister()
             self._fire(direct=True)
 
     def stopProducing(self) -> None:
@@ -406,13 +435,13 @@ class OutputStream(_AsyncStream):
         size = len(data)
         if not size:
             return 0
-        room = self._limit - self._transport._bufferedOutput()
+        room = self._limit - self._backend.bufferedOutput()
         if room <= 0:
             raise NSError(NS_BASE_STREAM_WOULD_BLOCK, "the output buffer is full")
         if size > room:
             data = data[:room]
             size = room
-        self._transport._write(data)
+        self._backend.write(data)
         return size
 
     def flush(self) -> None:
@@ -425,5 +454,5 @@ class OutputStream(_AsyncStream):
             return
         if succeeded(status):
             status = NS_BASE_STREAM_CLOSED
-        self._closed(status, direct=False)
-        self._transport._outputClosed(status)
+        self.ended(status, direct=False)
+        self._backend.outputClosed(status)

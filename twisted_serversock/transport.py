@@ -2,22 +2,24 @@
 """
 L{SocketTransport}: an accepted connection (Gecko's C{nsISocketTransport}).
 
-Like Gecko's C{nsSocketTransport}, which is the socket thread's handler for
-its socket, a L{SocketTransport} is the Twisted protocol of its connection
-while the listener uses it Gecko's way: it receives the bytes, feeds the
-input stream, sees the peer's half-close and the connection's end.
-L{SocketTransport.attachProtocol} takes it out of the way: the user's
-protocol becomes the Twisted transport's protocol, with no layer (and no
-per-byte work) in between.
+A thin facade with the Gecko API over what an accepted connection is at
+each moment:
 
-The Twisted transport of a connection from a local peer is built lazily:
+  - until its Twisted transport is built, an
+    L{AcceptedSocket<twisted_serversock._accepted.AcceptedSocket>};
+  - when the listener uses it Gecko's way (streams, timeouts), a Twisted
+    transport whose protocol is the stream-mode protocol
+    (C{_streammode.StreamMode}), which feeds the streams;
+  - when the listener attaches a protocol (L{SocketTransport.attachProtocol}),
+    a Twisted transport whose protocol is the user's, with no layer (and no
+    per-byte work) in between.
+
+The Twisted transport is built once, for the protocol that will own it:
 when the listener attaches a protocol from C{onSocketAccepted} (as the
 endpoints do), it is built for that protocol directly, exactly as Twisted's
-own port would build it; otherwise it is built with the L{SocketTransport}
-as its protocol (stream mode) as soon as anything needs it, and at the
-latest when C{onSocketAccepted} returns (the server socket sees to that).  Building it once instead of
-building it for the L{SocketTransport} and re-labelling it for the attached
-protocol saves about 6,500 instructions per accepted connection.
+own port would build it; otherwise it is built in stream mode as soon as
+anything needs it, and at the latest when C{onSocketAccepted} returns (the
+server socket sees to that, with L{SocketTransport.startStreaming}).
 """
 
 from __future__ import annotations
@@ -27,28 +29,24 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _args
+from ._accepted import AcceptedSocket
+from ._streammode import NO_TIMEOUT, TIMEOUT_CONNECT, TIMEOUT_READ_WRITE, StreamMode, checkTimeoutType
 from ._twistedcompat import bufferedOutput, isReadable, relabel
-from .interfaces import ISocketTransport
 from ._unix import peerCredentials
+from .interfaces import ISocketTransport
 from .netaddr import NetAddr, unixName
 from .results import (
     NS_BASE_STREAM_CLOSED,
     NS_BINDING_ABORTED,
-    NS_ERROR_FAILURE,
     NS_ERROR_IN_PROGRESS,
     NS_ERROR_INVALID_ARG,
-    NS_ERROR_NET_RESET,
-    NS_ERROR_NET_TIMEOUT,
     NS_ERROR_NOT_AVAILABLE,
     NS_ERROR_NOT_IMPLEMENTED,
-    NS_ERROR_OFFLINE,
     NS_OK,
     NSError,
     nameOf,
@@ -60,329 +58,128 @@ __all__ = ["SocketTransport", "bufferedOutput"]
 
 OPEN_BLOCKING = 1
 OPEN_UNBUFFERED = 2
-TIMEOUT_CONNECT = 0
-TIMEOUT_READ_WRITE = 1
-#: A timeout of this many seconds or more means "no timeout".
-NO_TIMEOUT = 0xFFFF
 _MAX_KEEPALIVE = 32767
 
 
-@implementer(ISocketTransport, IHalfCloseableProtocol)
+@implementer(ISocketTransport)
 class SocketTransport:
     """
     An accepted connection.  See L{ISocketTransport}.
 
     @ivar _twisted: the Twisted transport (a C{tcp.Server} or
-        C{unix.Server}) once built, else C{None} (see L{_tcp}).
-    @ivar _pending: until the Twisted transport is built, what building it
-        takes: C{(transportClass, socket, peer address, listening port,
-        reactor)}; then C{None}.
+        C{unix.Server}) once this object built it, else C{None} (see
+        L{_tcp}).
+    @ivar _accepted: the accepted socket, and what building the Twisted
+        transport takes.
     @ivar _queue: the server socket's FIFO for deferred notifications.
-    @ivar _input: the input stream, created at the first byte or when
-        opened.
-    @ivar _output: the output stream, once opened.
-    @ivar _status: C{NS_OK} while open; once the connection is closing or
-        closed, the status its streams report.
-    @ivar _peerClosed: whether the peer shut down its sending side.
-    @ivar _inputDone: whether no more input is wanted (end of stream, or the
-        input stream was closed).
-    @ivar _outputDone: whether the output stream was closed.
+    @ivar _mode: the stream-mode protocol, created when streams, timeouts
+        or stream mode are first asked for; else C{None}.
     @ivar _attached: whether L{attachProtocol} handed the connection over.
-    @ivar _timeouts: C{[connect, readWrite]} seconds, or C{None} for both
-        unset.
-    @ivar _timer: the pending idle check, or C{None}.
-    @ivar _lastActivity: when something was last read or written (only
-        kept up to date while a timer runs).
     """
 
-    __slots__ = (
-        "_twisted",
-        "_pending",
-        "_queue",
-        "_input",
-        "_output",
-        "_status",
-        "_peerClosed",
-        "_inputDone",
-        "_outputDone",
-        "_attached",
-        "_timeouts",
-        "_timer",
-        "_lastActivity",
-        "__weakref__",
-    )
+    __slots__ = ("_twisted", "_accepted", "_queue", "_mode", "_attached", "__weakref__")
 
     OPEN_BLOCKING = OPEN_BLOCKING
     OPEN_UNBUFFERED = OPEN_UNBUFFERED
     TIMEOUT_CONNECT = TIMEOUT_CONNECT
     TIMEOUT_READ_WRITE = TIMEOUT_READ_WRITE
 
-    _log = Logger()
-
-    def __init__(self, queue: Any, pending: _Pending | None = None) -> None:
+    def __init__(self, queue: Any, accepted: AcceptedSocket) -> None:
         """
-        @param queue: the server socket's FIFO for deferred notifications.
-        @param pending: what building the Twisted transport takes, if it is
-            to be built later (see L{_tcp}); without it, the caller sets
-            L{_twisted} at once.
+        @param queue: the server socket's FIFO for deferred notifications
+            (a C{CallQueue}).
+        @param accepted: the accepted socket; its Twisted transport is built
+            when first needed.
         """
         self._twisted: Any = None
-        self._pending = pending
+        self._accepted = accepted
         self._queue = queue
-        self._input: InputStream | None = None
-        self._output: OutputStream | None = None
-        self._status = NS_OK
-        self._peerClosed = False
-        self._inputDone = False
-        self._outputDone = False
+        self._mode: StreamMode | None = None
         self._attached = False
-        self._timeouts: list[float] | None = None
-        self._timer: Any = None
-        self._lastActivity = 0.0
 
     def __repr__(self) -> str:
-        tcp = self._twisted
-        if tcp is None and self._pending is not None:
-            return f"<SocketTransport accepted from {self._pending[2]!r} {nameOf(self._status)}>"
-        return f"<SocketTransport {tcp!r} {nameOf(self._status)}>"
+        mode = self._mode
+        status = nameOf(NS_OK if mode is None else mode.status)
+        accepted = self._accepted
+        if accepted.pending:
+            return f"<SocketTransport accepted from {accepted.peer!r} {status}>"
+        return f"<SocketTransport {self._twisted!r} {status}>"
 
     @property
     def _tcp(self) -> Any:
         """
-        The Twisted transport, built on first use with this object as its
-        protocol (stream mode) if it was not built yet.
+        The Twisted transport, built on first use in stream mode if it was
+        not built yet.
 
         @raise NSError: C{NS_ERROR_FAILURE} if building it failed before.
         """
         tcp = self._twisted
         if tcp is None:
-            tcp = self._build(self)
+            tcp = self.startStreaming()
         return tcp
 
-    def _build(self, protocol: Any) -> Any:
+    def _streams(self) -> StreamMode:
         """
-        Build the Twisted transport of the accepted socket, with C{protocol}
-        as its protocol (it starts reading at once); the caller calls
-        C{makeConnection} if C{protocol} is not this object.  If building
-        fails, the socket is closed.
+        The stream-mode protocol, created on first use.
         """
-        pending, self._pending = self._pending, None
-        if pending is None:
-            raise NSError(NS_ERROR_FAILURE, "the accepted connection could not be set up")
-        transportClass, skt, addr, port, reactor = pending
-        sessionno = port.sessionno
-        port.sessionno = sessionno + 1
-        try:
-            tcp = transportClass(skt, protocol, addr, port, sessionno, reactor)
-        except BaseException:
-            skt.close()
-            raise
-        self._twisted = tcp
+        mode = self._mode
+        if mode is None:
+            mode = self._mode = StreamMode(self._queue, self.startStreaming)
+            if self._twisted is not None:
+                # Attached directly: the mode only closes the connection.
+                mode.makeConnection(self._twisted)
+            if self._attached:
+                mode.handOver()
+        return mode
+
+    def startStreaming(self) -> Any:
+        """
+        Package-internal: the Twisted transport, built now with the
+        stream-mode protocol if nothing built it yet.  The server socket
+        calls it once C{onSocketAccepted} returned without attaching a
+        protocol, and before the listener sees a connection the I/O service
+        must watch.
+
+        @raise NSError: C{NS_ERROR_FAILURE} if building it failed before (or
+            the connection was refused).
+        @raise Exception: whatever building raised (the socket is closed).
+        """
+        tcp = self._twisted
+        if tcp is None:
+            mode = self._streams()
+            tcp = self._twisted = self._accepted.build(mode)
+            mode.makeConnection(tcp)
         return tcp
 
-    def _refuse(self) -> None:
+    def refuse(self) -> None:
         """
-        Close a connection no protocol was built for, at once: without
-        building its Twisted transport (nor taking a session number) if it
-        was not built yet.
+        Package-internal: close a connection no protocol was built for, at
+        once: without building its Twisted transport (nor taking a session
+        number) if it was not built yet.  Its status is
+        C{NS_BINDING_ABORTED}.
         """
-        pending, self._pending = self._pending, None
-        if pending is None:
-            self._closeWithStatus(NS_BINDING_ABORTED, abort=True)
+        accepted = self._accepted
+        if accepted.pending:
+            accepted.close()
+            self._streams().abandon(NS_BINDING_ABORTED)
             return
-        self._status = NS_BINDING_ABORTED
-        pending[1].close()
-
-    # ------------------------------------------------------------------
-    # Twisted protocol side (private): the reactor calls these while the
-    # connection is in stream mode.
-
-    def makeConnection(self, transport: Any) -> None:
-        self._twisted = transport
-
-    def logPrefix(self) -> str:
-        return "SocketTransport"
-
-    def dataReceived(self, data: bytes) -> None:
-        inp = self._input
-        if inp is None:
-            inp = self._input = InputStream(self)
-        if self._timer is not None:
-            self._lastActivity = self._twisted.reactor.seconds()
-        inp._dataReceived(data)
-
-    def readConnectionLost(self) -> None:
-        self._peerClosed = True
-        self._inputDone = True
-        if self._input is not None:
-            self._input._closed(NS_BASE_STREAM_CLOSED, keepData=True, direct=True)
-        self._maybeFinish()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        status = self._status
-        peerCaused = status == NS_OK
-        if peerCaused:
-            status = NS_BASE_STREAM_CLOSED if reason.check(ConnectionDone) else NS_ERROR_NET_RESET
-            self._status = status
-        self._cancelTimer()
-        # Both streams are closed before either callback runs, so that a
-        # callback never sees the other stream still open on a dead
-        # connection.
-        inp, out = self._input, self._output
-        wake: list[InputStream | OutputStream] = []
-        if inp is not None and inp._closed(status, keepData=peerCaused, direct=None):
-            wake.append(inp)
-        if out is not None and out._closed(status, direct=None):
-            wake.append(out)
-        for stream in wake:
-            stream._wake(direct=True)
-
-    # ------------------------------------------------------------------
-    # Helpers for the streams.
-
-    def _pauseReading(self) -> None:
-        self._tcp.pauseProducing()
-
-    def _resumeReading(self) -> None:
-        if self._status == NS_OK and not self._inputDone:
-            self._tcp.resumeProducing()
-
-    def _bufferedOutput(self) -> int:
-        return bufferedOutput(self._tcp)
-
-    def _write(self, data: bytes) -> None:
-        if self._timer is not None:
-            self._lastActivity = self._tcp.reactor.seconds()
-        self._tcp.write(data)
-
-    def _registerProducer(self, producer: OutputStream) -> None:
-        self._tcp.registerProducer(producer, False)
-
-    def _unregisterProducer(self, producer: OutputStream) -> None:
-        if self._tcp.producer is producer:
-            self._tcp.unregisterProducer()
-
-    def _inputClosed(self, status: int) -> None:
-        if status != NS_BASE_STREAM_CLOSED:
-            # As in Gecko (nsSocketTransport::OnMsgInputClosed), closing a
-            # stream with an error fails the whole connection with it.
-            self._closeWithStatus(status, abort=False)
-            return
-        self._inputDone = True
-        # Nothing more is wanted from the peer: stop reading for good.
-        self._tcp.pauseProducing()
-        self._maybeFinish()
-
-    def _outputClosed(self, status: int) -> None:
-        if status != NS_BASE_STREAM_CLOSED:
-            self._closeWithStatus(status, abort=False)
-            return
-        self._outputDone = True
-        self._maybeFinish()
-
-    def _maybeFinish(self) -> None:
-        # Gecko keeps the socket while either stream is open.  Both closed:
-        # close the connection once written data is flushed.  Only the
-        # output closed: shut down our sending side so the peer sees the end.
-        if self._status != NS_OK or not self._outputDone:
-            return
-        if self._inputDone:
-            self._status = NS_BASE_STREAM_CLOSED
-            self._cancelTimer()
-            self._tcp.loseConnection()
-        else:
-            self._tcp.loseWriteConnection()
-
-    def _newInput(self) -> InputStream:
-        inp = self._input = InputStream(self)
-        if self._status != NS_OK:
-            inp._closed(self._status, keepData=False, direct=False)
-        elif self._peerClosed:
-            inp._closed(NS_BASE_STREAM_CLOSED, keepData=True, direct=False)
-        return inp
-
-    def _closeWithStatus(self, status: int, abort: bool) -> None:
-        """
-        Close both streams with C{status} and then the connection: after a
-        flush, or at once (C{abort}) for errors that make flushing pointless.
-        """
-        if self._status != NS_OK:
-            if abort and self._tcp.connected:
-                self._tcp.abortConnection()
-            return
-        self._status = status
-        self._cancelTimer()
-        if self._input is not None:
-            self._input._closed(status, keepData=False, direct=False)
-        if self._output is not None:
-            self._output._closed(status, direct=False)
-        if abort:
-            self._tcp.abortConnection()
-        else:
-            self._tcp.loseConnection()
-
-    def _goOffline(self) -> None:
-        self._closeWithStatus(NS_ERROR_OFFLINE, abort=True)
+        self._streams().closeWithStatus(NS_BINDING_ABORTED, abort=True)
 
     def _isUnix(self) -> bool:
         return bool(self._tcp.getHandle().family == socket.AF_UNIX)
 
     # ------------------------------------------------------------------
-    # Timeouts.
-
-    def _cancelTimer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
-
-    def _armTimer(self) -> None:
-        self._cancelTimer()
-        if self._timeouts is None or self._attached or self._status != NS_OK:
-            return
-        seconds = self._timeouts[TIMEOUT_READ_WRITE]
-        if seconds >= NO_TIMEOUT:
-            return
-        reactor = self._tcp.reactor
-        self._lastActivity = reactor.seconds()
-        self._timer = reactor.callLater(seconds, self._checkIdle)
-
-    def _checkIdle(self) -> None:
-        self._timer = None
-        assert self._timeouts is not None
-        seconds = self._timeouts[TIMEOUT_READ_WRITE]
-        reactor = self._tcp.reactor
-        idle = reactor.seconds() - self._lastActivity
-        if idle >= seconds:
-            self._log.info(
-                "Closing {transport}: idle for {idle:.3f}s (read/write timeout {timeout}s)",
-                transport=self,
-                idle=idle,
-                timeout=seconds,
-            )
-            self._closeWithStatus(NS_ERROR_NET_TIMEOUT, abort=True)
-        else:
-            self._timer = reactor.callLater(seconds - idle, self._checkIdle)
+    # ISocketTransport: timeouts.
 
     def getTimeout(self, type: int) -> float:
-        _checkTimeoutType(type)
-        if self._timeouts is None:
+        mode = self._mode
+        if mode is None:
+            checkTimeoutType(type)
             return NO_TIMEOUT
-        return self._timeouts[type]
+        return mode.getTimeout(type)
 
     def setTimeout(self, type: int, seconds: float) -> None:
-        _checkTimeoutType(type)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-            raise NSError(NS_ERROR_INVALID_ARG, f"timeout must be a number >= 0, not {seconds!r}")
-        if self._timeouts is None:
-            self._timeouts = [NO_TIMEOUT, NO_TIMEOUT]
-        self._timeouts[type] = min(seconds, NO_TIMEOUT)
-        if type == TIMEOUT_READ_WRITE:
-            self._armTimer()
+        self._streams().setTimeout(type, seconds)
 
     # ------------------------------------------------------------------
     # ISocketTransport: addresses.
@@ -397,11 +194,13 @@ class SocketTransport:
         return int(self._tcp.client[1] or 0)
 
     def getPeerAddr(self) -> Any:
-        tcp = self._twisted
-        if tcp is None and self._pending is not None:
+        accepted = self._accepted
+        if accepted.pending:
             # What the Twisted transport's getPeer() will say, without
             # building it: a listener that attaches a protocol asks first.
-            addr = self._pending[2]
+            # (AcceptedSocket.peerAddress, inlined: every connection an
+            # endpoint accepts comes here.)
+            addr = accepted.peer
             if type(addr) is tuple:
                 return (IPv4Address if len(addr) == 2 else IPv6Address)("TCP", *addr)
             return UNIXAddress(addr or None)
@@ -432,26 +231,11 @@ class SocketTransport:
 
     def openInputStream(self, flags: int = 0, segsize: int = 0, segcount: int = 0) -> InputStream:
         self._checkOpen(flags)
-        limit = bufferLimit(segsize, segcount)
-        inp = self._input
-        if inp is None:
-            inp = self._newInput()
-        elif inp._opened:
-            raise NSError(NS_ERROR_IN_PROGRESS, "the input stream is already open")
-        inp._open(limit)
-        return inp
+        return self._streams().openInput(bufferLimit(segsize, segcount))
 
     def openOutputStream(self, flags: int = 0, segsize: int = 0, segcount: int = 0) -> OutputStream:
         self._checkOpen(flags)
-        limit = bufferLimit(segsize, segcount)
-        if self._output is not None:
-            raise NSError(NS_ERROR_IN_PROGRESS, "the output stream is already open")
-        out = self._output = OutputStream(self, limit)
-        if self._status != NS_OK:
-            out._closed(self._status, direct=False)
-        elif self._outputDone:
-            out._closed(NS_BASE_STREAM_CLOSED, direct=False)
-        return out
+        return self._streams().openOutput(bufferLimit(segsize, segcount))
 
     def attachProtocol(self, protocol: Any) -> None:
         """
@@ -461,13 +245,12 @@ class SocketTransport:
             protocol attached already; C{NS_ERROR_INVALID_ARG} if
             C{protocol} is not a protocol instance (it needs
             C{makeConnection}, C{dataReceived} and C{connectionLost}); the
-            close status if the
-            connection is already closed.
+            close status if the connection is already closed.
         """
         if self._attached:
             raise NSError(NS_ERROR_IN_PROGRESS, "a protocol is already attached")
-        inp = self._input
-        if self._output is not None or (inp is not None and inp._opened):
+        mode = self._mode
+        if mode is not None and mode.streamsInUse():
             raise NSError(NS_ERROR_IN_PROGRESS, "the connection's streams are in use")
         # (A class has these as unbound functions: calling them would raise
         # TypeError half-way through the hand-over.  This runs for every
@@ -480,44 +263,45 @@ class SocketTransport:
             or not callable(getattr(protocol, "connectionLost", None))
         ):
             raise NSError(NS_ERROR_INVALID_ARG, f"not a Twisted protocol instance: {protocol!r}")
-        if self._status != NS_OK:
-            raise NSError(self._status, "the connection is already closed")
+        if mode is not None and mode.status != NS_OK:
+            raise NSError(mode.status, "the connection is already closed")
         self._attached = True
-        if self._twisted is None and self._pending is not None:
-            # Nothing has used the connection yet (no stream, no timer, no
-            # byte read): build the Twisted transport for the protocol
-            # itself, as Twisted's own port does.
-            protocol.makeConnection(self._build(protocol))
+        accepted = self._accepted
+        if accepted.pending:
+            # Nothing has used the connection yet (no byte read, no timer):
+            # build the Twisted transport for the protocol itself, as
+            # Twisted's own port does.
+            if mode is not None:
+                mode.handOver()
+            tcp = self._twisted = accepted.build(protocol)
+            protocol.makeConnection(tcp)
             return
-        if self._timer is not None:
-            self._cancelTimer()
         tcp = self._tcp
+        handed = None if mode is None else mode.handOver()
         tcp.protocol = protocol
         # Twisted formats the log prefix and the repr of a connection from
         # its protocol at construction: redo both for the new protocol.
         relabel(tcp, protocol)
-        if inp is not None:
-            self._input = None
-            if inp._paused:
-                # The unopened input stream held reading back.  Resume before
-                # the protocol runs, so that a pauseProducing() it does in
-                # connectionMade or dataReceived is not undone.  (Nothing is
-                # read before this call returns: the reactor is ours.)
-                inp._paused = False
-                tcp.resumeProducing()
+        if handed is not None and handed[1]:
+            # The unopened input stream held reading back.  Resume before
+            # the protocol runs, so that a pauseProducing() it does in
+            # connectionMade or dataReceived is not undone.  (Nothing is
+            # read before this call returns: the reactor is ours.)
+            tcp.resumeProducing()
         protocol.makeConnection(tcp)
-        if inp is not None:
-            self._replay(inp, protocol)
+        if handed is not None:
+            assert mode is not None
+            self._replay(handed[0], mode.peerClosed, protocol)
 
-    def _replay(self, inp: InputStream, protocol: Any) -> None:
+    def _replay(self, chunks: list[bytes], peerClosed: bool, protocol: Any) -> None:
         # Bytes (and an end of stream) that arrived before the protocol,
         # unless the protocol already closed the connection.
         tcp = self._tcp
-        for chunk in inp._takeAll():
+        for chunk in chunks:
             if not isReadable(tcp):
                 return
             protocol.dataReceived(chunk)
-        if self._peerClosed and isReadable(tcp):
+        if peerClosed and isReadable(tcp):
             tcp.readConnectionLost(Failure(ConnectionDone()))
 
     def close(self, reason: int = NS_OK) -> None:
@@ -528,13 +312,14 @@ class SocketTransport:
         if self._attached:
             self._tcp.loseConnection()
             return
-        if self._output is not None:
-            self._output._unregister()
-        self._closeWithStatus(reason, abort=False)
+        self._streams().close(reason)
 
     def isAlive(self) -> bool:
         tcp = self._tcp
-        if self._status != NS_OK or self._peerClosed or not tcp.connected or tcp.disconnecting:
+        mode = self._mode
+        if mode is not None and (mode.status != NS_OK or mode.peerClosed):
+            return False
+        if not tcp.connected or tcp.disconnecting:
             return False
         try:
             return bool(tcp.getHandle().recv(1, socket.MSG_PEEK))
@@ -595,14 +380,3 @@ class SocketTransport:
             return peerCredentials(self._tcp.getHandle())
         except OSError as e:
             raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None
-
-
-#: What building a L{SocketTransport}'s Twisted transport takes:
-#: C{(transportClass, socket, peer address, listening port, reactor)}; the
-#: session number comes from the port when it is built.
-_Pending = tuple[Any, socket.socket, Any, Any, Any]
-
-
-def _checkTimeoutType(type: int) -> None:
-    if isinstance(type, bool) or not isinstance(type, int) or not 0 <= type <= TIMEOUT_READ_WRITE:
-        raise NSError(NS_ERROR_INVALID_ARG, f"timeout type must be 0 or 1, not {type!r}")
