@@ -69,11 +69,11 @@ class _Listener:
             protocol = factory.buildProtocol(addr)
         except Exception:
             _log.failure("{factory!r}.buildProtocol({addr!r}) raised; closing the connection", factory=factory, addr=addr)
-            transport._refuse()
+            transport.refuse()
             return
         if protocol is None:
             # Twisted's way to refuse a connection: closed, not an error.
-            transport._refuse()
+            transport.refuse()
             return
         try:
             transport.attachProtocol(protocol)
@@ -86,7 +86,7 @@ class _Listener:
                 addr=addr,
                 protocol=protocol,
             )
-            transport._refuse()
+            transport.refuse()
         except Exception:
             # The protocol's makeConnection/connectionMade raised: logged
             # naming it; the connection stays its own, as in Twisted.

@@ -25,7 +25,6 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _args
+from ._accepted import AcceptedSocket
 from ._twistedcompat import bufferedOutput, isReadable, relabel
 from .interfaces import ISocketTransport
 from ._unix import peerCredentials
@@ -119,7 +119,7 @@ class SocketTransport:
 
     _log = Logger()
 
-    def __init__(self, queue: Any, pending: _Pending | None = None) -> None:
+    def __init__(self, queue: Any, pending: AcceptedSocket | None = None) -> None:
         """
         @param queue: the server socket's FIFO for deferred notifications.
         @param pending: what building the Twisted transport takes, if it is
@@ -143,7 +143,7 @@ class SocketTransport:
     def __repr__(self) -> str:
         tcp = self._twisted
         if tcp is None and self._pending is not None:
-            return f"<SocketTransport accepted from {self._pending[2]!r} {nameOf(self._status)}>"
+            return f"<SocketTransport accepted from {self._pending.peer!r} {nameOf(self._status)}>"
         return f"<SocketTransport {tcp!r} {nameOf(self._status)}>"
 
     @property
@@ -169,18 +169,17 @@ class SocketTransport:
         pending, self._pending = self._pending, None
         if pending is None:
             raise NSError(NS_ERROR_FAILURE, "the accepted connection could not be set up")
-        transportClass, skt, addr, port, reactor = pending
-        sessionno = port.sessionno
-        port.sessionno = sessionno + 1
-        try:
-            tcp = transportClass(skt, protocol, addr, port, sessionno, reactor)
-        except BaseException:
-            skt.close()
-            raise
-        self._twisted = tcp
+        tcp = self._twisted = pending.build(protocol)
         return tcp
 
-    def _refuse(self) -> None:
+    def startStreaming(self) -> Any:
+        """
+        Package-internal: the Twisted transport, built now with this object
+        as its protocol (stream mode) if nothing built it yet.
+        """
+        return self._tcp
+
+    def refuse(self) -> None:
         """
         Close a connection no protocol was built for, at once: without
         building its Twisted transport (nor taking a session number) if it
@@ -191,7 +190,7 @@ class SocketTransport:
             self._closeWithStatus(NS_BINDING_ABORTED, abort=True)
             return
         self._status = NS_BINDING_ABORTED
-        pending[1].close()
+        pending.close()
 
     # ------------------------------------------------------------------
     # Twisted protocol side (private): the reactor calls these while the
@@ -401,10 +400,7 @@ class SocketTransport:
         if tcp is None and self._pending is not None:
             # What the Twisted transport's getPeer() will say, without
             # building it: a listener that attaches a protocol asks first.
-            addr = self._pending[2]
-            if type(addr) is tuple:
-                return (IPv4Address if len(addr) == 2 else IPv6Address)("TCP", *addr)
-            return UNIXAddress(addr or None)
+            return self._pending.peerAddress()
         return self._tcp.getPeer()
 
     def getSelfAddr(self) -> Any:
@@ -595,12 +591,6 @@ class SocketTransport:
             return peerCredentials(self._tcp.getHandle())
         except OSError as e:
             raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None
-
-
-#: What building a L{SocketTransport}'s Twisted transport takes:
-#: C{(transportClass, socket, peer address, listening port, reactor)}; the
-#: session number comes from the port when it is built.
-_Pending = tuple[Any, socket.socket, Any, Any, Any]
 
 
 def _checkTimeoutType(type: int) -> None:
