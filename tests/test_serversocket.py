@@ -47,7 +47,7 @@ def test_ephemeralPort(servers: Any, port: int) -> None:
     srv = servers()
     srv.init(port, True, -1)
     assert 0 < srv.port <= 65535
-    assert srv.port == srv._socket.getsockname()[1]
+    assert srv.port == srv._bound.socket.getsockname()[1]
     assert srv.getAddress() == IPv4Address("TCP", "127.0.0.1", srv.port)
 
 
@@ -115,7 +115,7 @@ def test_backlog(servers: Any, backlog: int, expected: int) -> None:
 def test_socketOptions(servers: Any) -> None:
     srv = servers()
     srv.init(-1, True, -1)
-    skt = srv._socket
+    skt = srv._bound.socket
     assert skt.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
     assert skt.gettimeout() == 0.0  # non-blocking
     assert not os.get_inheritable(skt.fileno())  # close-on-exec
@@ -181,23 +181,29 @@ def test_permissionDenied(tmp_path: Any) -> None:
     assert out.stdout.strip() == "NS_ERROR_CONNECTION_REFUSED", out.stderr
 
 
-def test_specialConnectionFlags(servers: Any) -> None:
+def test_specialConnectionFlags(servers: Any, io: IOService) -> None:
     srv = servers()
     srv.initSpecialConnection(-1, ServerSocket.LoopbackOnly, -1)
     assert srv.getAddress().host == "127.0.0.1"
-    assert not srv._keepWhenOffline
     other = servers()
-    # Unknown bits are ignored; KeepWhenOffline is remembered.
+    # Unknown bits are ignored; KeepWhenOffline is remembered: the wildcard
+    # listener survives going offline, where one without the flag does not.
     other.initSpecialConnection(-1, ServerSocket.KeepWhenOffline | 0xFF00, -1)
     assert other.getAddress().host == "0.0.0.0"
-    assert other._keepWhenOffline
+    plain = servers()
+    plain.initSpecialConnection(-1, 0xFF00, -1)
+    assert plain.getAddress().host == "0.0.0.0"
+    io.offline = True
+    assert repr(other).startswith("<ServerSocket bound")
+    assert repr(srv).startswith("<ServerSocket bound")
+    assert repr(plain).startswith("<ServerSocket closed")
 
 
 @needsIPv6
 def test_initIPv6IsV6Only(servers: Any) -> None:
     srv = servers()
     srv.initIPv6(-1, False, -1)
-    assert srv._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert srv._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
     address = srv.getAddress()
     assert isinstance(address, IPv6Address)
     assert address.host == "::"
@@ -215,7 +221,7 @@ def test_initIPv6Loopback(servers: Any) -> None:
     srv = servers()
     srv.initIPv6(-1, True, -1)
     assert srv.getAddress().host == "::1"
-    assert srv._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert srv._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
 
 
 @needsIPv6
@@ -223,7 +229,7 @@ def test_initIPv6Loopback(servers: Any) -> None:
 async def test_dualStackServesBoth(servers: Any) -> None:
     srv = servers()
     srv.initDualStack(-1, -1)
-    assert srv._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    assert srv._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
     assert srv.getAddress().host == "::"
     rec = Recorder()
     srv.asyncListen(rec)
@@ -254,7 +260,7 @@ def test_initWithAddressIPv6(servers: Any) -> None:
     a = servers()
     a.initWithAddress(IPv6Address("TCP", "::1", 0), -1)
     assert a.getAddress().host == "::1"
-    assert a._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert a._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
     b = servers()
     b.initWithAddress(("::1", 0), -1)
     assert isinstance(b.getAddress(), IPv6Address)
