@@ -15,12 +15,22 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectError
 
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
-from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6, sleep
+from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6
+
+
+async def turns(n: int = 3) -> None:
+    """
+    Let the reactor run C{n} times whatever is ready (accepts, queued
+    callbacks): what was going to happen by then has happened.
+    """
+    for _ in range(n):
+        await deferLater(reactor, 0, lambda: None)
 
 
 def openFDs() -> int:
@@ -351,7 +361,7 @@ async def test_clientsWaitInBacklogBeforeAsyncListen(servers: Any) -> None:
     srv = servers()
     srv.init(-1, True, -1)
     client = await connect(srv.port)
-    await sleep(0.05)
+    await turns()  # nothing accepts before asyncListen
     rec = Recorder()
     srv.asyncListen(rec)
     assert rec.events == []
@@ -378,7 +388,7 @@ async def test_acceptedInOrderThenOneStop(servers: Any) -> None:
     srv.close()  # idempotent
     status = await rec.whenStopped()
     assert status == results.NS_BINDING_ABORTED
-    await sleep(0.05)
+    await turns()
     srv.close()
     assert [kind for kind, _ in rec.events] == ["accepted"] * 5 + ["stopped"]
     assert rec.servers == [srv] * 6
@@ -471,7 +481,7 @@ async def test_closeInsideOnSocketAccepted(servers: Any) -> None:
     rec = Closer()
     srv.asyncListen(rec)
     assert await rec.whenStopped() == results.NS_BINDING_ABORTED
-    await sleep(0.05)
+    await turns()
     assert [kind for kind, _ in rec.events] == ["accepted", "stopped"]
     for s in raw:
         s.close()
@@ -499,8 +509,14 @@ async def test_listenerExceptionsLogged(servers: Any, logged: Any) -> None:
     await rec.nextAccepted()
     srv.close()
     await rec.whenStopped()
-    await sleep(0.01)
-    errors = [str(e["log_failure"].value) for e in failures(logged)]
+
+    def loggedErrors() -> list[str]:
+        return [str(e["log_failure"].value) for e in failures(logged)]
+
+    # whenStopped fires inside onStopListening, before it raises.
+    await eventually(lambda: "stop bug" in loggedErrors())
+    await turns()
+    errors = loggedErrors()
     assert errors.count("listener bug") == 2
     assert errors.count("stop bug") == 1
     for c in (c1, c2):
