@@ -28,7 +28,7 @@ from ._accepted import AcceptedSocket
 from ._refusals import RefusalLog
 from ._streammode import goOffline
 from .ipc.interfaces import IRawAcceptor
-from .netaddr import isLoopbackPeer
+from .netaddr import LOOPBACK_PEER_PREFIXES
 from .transport import SocketTransport
 
 __all__ = ["AcceptPipeline"]
@@ -165,7 +165,7 @@ class AcceptPipeline:
             # taken then, so that a refused connection takes none.
             accepted = AcceptedSocket(self._transportClass, skt, addr, self.port, self._reactor)
             conn = SocketTransport(self._queue, accepted)
-            if type(addr) is tuple and not isLoopbackPeer(addr[0]):
+            if type(addr) is tuple and not addr[0].startswith(LOOPBACK_PEER_PREFIXES) and addr[0] != "::1":
                 # The I/O service must know a connection from a peer that is
                 # not local before anyone sees it (it is closed on going
                 # offline): build its Twisted transport now, in stream mode.
