@@ -6,6 +6,7 @@ KeepWhenOffline listeners, and connections from local peers.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -44,6 +45,34 @@ def test_defaultService() -> None:
     assert isinstance(twisted_serversock.ioService, IOService)
     assert ServerSocket()._ioService is twisted_serversock.ioService
     assert twisted_serversock.ioService.offline is False
+
+
+def test_registry() -> None:
+    """
+    The service is a registry: a registered callback runs on going offline
+    until its handle unregisters it (any number of times); a watched object
+    is held weakly and gets its callback while it lives.
+    """
+    io = IOService()
+    calls: list[Any] = []
+    unregister = io.register(lambda: calls.append("gone"))
+    io.register(lambda: calls.append("registered"))
+    unregister()
+    unregister()
+
+    class Connection:
+        pass
+
+    kept, dropped = Connection(), Connection()
+    io.watch(kept, calls.append)
+    io.watch(dropped, calls.append)
+    del dropped
+    gc.collect()
+    io.offline = True
+    assert calls == ["registered", kept]
+    io.offline = False
+    io.offline = True  # still registered: called again on the next switch
+    assert calls == ["registered", kept, "registered", kept]
 
 
 @pytest_twisted.ensureDeferred
