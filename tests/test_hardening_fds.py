@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted_serversock import _port
 
 from ._hardening import EchoServer, cpuSeconds, fdCount, startEchoServer
-from .conftest import Client, Recorder, connect, eventually, failures, sleep
+from .conftest import Client, Recorder, connect, eventually, failures, sleep, theReactor
 from .test_serversocket import _FlakyListeningSocket
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
@@ -137,8 +137,10 @@ async def test_floodWithoutReserveWaitsWithoutSpinning() -> None:
         clients = await flood(server.port, n)
         pending = {i: defer.ensureDeferred(outcome(c, b"%05d\n" % i)) for i, c in enumerate(clients)}
         await eventually(lambda: sum(d.called for d in pending.values()) >= room - 2)
-        await sleep(0.3)
+        await eventually(lambda: server.logged("warn", SHORTAGE))
         before = cpuSeconds(server.pid)
+        # A measuring window for CPU time (not a wait for an event): CPU
+        # seconds do not grow with the machine's load, wall time does.
         await sleep(1.0)
         spent = cpuSeconds(server.pid) - before
         assert spent < 0.25, f"the listener spun while out of descriptors: {spent:.2f}s of CPU in 1s"
@@ -148,14 +150,19 @@ async def test_floodWithoutReserveWaitsWithoutSpinning() -> None:
         # served in their place.
         done: set[int] = set()
         rounds = 0
+
+        def ready() -> list[int]:
+            return [i for i, d in pending.items() if d.called and i not in done]
+
         while len(done) < n:
-            await eventually(lambda: any(d.called and i not in done for i, d in pending.items()))
-            await sleep(0.05)
-            ready = [i for i, d in pending.items() if d.called and i not in done]
-            for i in ready:
+            # What the last round freed is served in its place: at least
+            # half a room's worth, or all that is left.
+            await eventually(lambda: len(ready()) >= min(room // 2, n - len(done)))
+            batch = ready()
+            for i in batch:
                 assert pending[i].result == "echoed"
-            await closeAll([clients[i] for i in ready])
-            done.update(ready)
+            await closeAll([clients[i] for i in batch])
+            done.update(batch)
             rounds += 1
         assert rounds <= n // (room // 2)
         shortages = len(server.logged("warn", SHORTAGE))
@@ -216,11 +223,15 @@ async def test_systemShortagePausesAndRetries(servers: Any, logged: Any, err: in
     """
     srv, rec, port = listening(servers)
     fake = port.socket = _ShortListeningSocket(port.socket, err)
+    started = theReactor().seconds()
     client = await connect(srv.port)
-    await sleep(1.0)
-    # Retries back off to RETRY_MAX: a handful of wake-ups a second, not
-    # thousands.
-    assert 3 <= fake.calls <= 1.0 / _port.RETRY_MAX + 8
+    # Retries back off, from RETRY_FIRST doubling up to RETRY_MAX: the
+    # seventh attempt comes after six pauses, not at once (a loop that
+    # spun would get there in no time).  (A lower bound on time: load only
+    # makes it longer.)
+    await eventually(lambda: fake.calls >= 7)
+    pauses = sum(min(_port.RETRY_FIRST * 2**i, _port.RETRY_MAX) for i in range(6))
+    assert theReactor().seconds() - started >= pauses * 0.9
     assert rec.events == []
     fake.short = False
     transport = await rec.nextAccepted()

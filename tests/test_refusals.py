@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted_serversock._refusals import RefusalLog
 
 from ._hardening import CollectingProcess
-from .conftest import Recorder, connectUNIX, sleep, timeout, theReactor
+from .conftest import Recorder, connectUNIX, eventually, timeout, theReactor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED is Linux's")
 
@@ -109,6 +109,15 @@ async def test_oneSummaryPerInterval(servers: Any, top: str, logged: Any, monkey
     a quiet interval the next refusal is logged at once again.
     """
     monkeypatch.setattr(RefusalLog, "interval", 0.3)
+    # Each end of an interval, and whether the log went quiet at it.
+    quiet: list[bool] = []
+    intervalOver = RefusalLog._intervalOver
+
+    def recordIntervalOver(self: RefusalLog) -> None:
+        intervalOver(self)
+        quiet.append(self._timer is None)
+
+    monkeypatch.setattr(RefusalLog, "_intervalOver", recordIntervalOver)
     path = os.path.join(top, "app.sock")
     srv = servers()
     srv.initWithFilename(path, 0o600, -1, allowedUids={ALLOWED})
@@ -121,12 +130,13 @@ async def test_oneSummaryPerInterval(servers: Any, top: str, logged: Any, monkey
         assert client.received == b""
 
     started = theReactor().seconds()
-    for _ in range(6):  # over 1 s of refusals: several intervals
+    for _ in range(6):  # refusals over several intervals
         for _ in range(5):
             await refusedOnce()
-        await sleep(0.2)
+        ended = len(quiet)
+        await eventually(lambda: len(quiet) > ended)
     elapsed = theReactor().seconds() - started
-    await sleep(0.8)  # quiet: the timer stops
+    await eventually(lambda: quiet[-1])  # quiet: the timer stops
     first, summaries = refusalLines(logged)
     assert len(first) == 1
     assert 2 <= len(summaries) <= elapsed / 0.3 + 2

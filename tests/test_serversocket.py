@@ -15,12 +15,22 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectError
 
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
-from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6, sleep
+from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6
+
+
+async def turns(n: int = 3) -> None:
+    """
+    Let the reactor run C{n} times whatever is ready (accepts, queued
+    callbacks): what was going to happen by then has happened.
+    """
+    for _ in range(n):
+        await deferLater(reactor, 0, lambda: None)
 
 
 def openFDs() -> int:
@@ -47,7 +57,7 @@ def test_ephemeralPort(servers: Any, port: int) -> None:
     srv = servers()
     srv.init(port, True, -1)
     assert 0 < srv.port <= 65535
-    assert srv.port == srv._socket.getsockname()[1]
+    assert srv.port == srv._bound.socket.getsockname()[1]
     assert srv.getAddress() == IPv4Address("TCP", "127.0.0.1", srv.port)
 
 
@@ -115,7 +125,7 @@ def test_backlog(servers: Any, backlog: int, expected: int) -> None:
 def test_socketOptions(servers: Any) -> None:
     srv = servers()
     srv.init(-1, True, -1)
-    skt = srv._socket
+    skt = srv._bound.socket
     assert skt.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
     assert skt.gettimeout() == 0.0  # non-blocking
     assert not os.get_inheritable(skt.fileno())  # close-on-exec
@@ -181,23 +191,29 @@ def test_permissionDenied(tmp_path: Any) -> None:
     assert out.stdout.strip() == "NS_ERROR_CONNECTION_REFUSED", out.stderr
 
 
-def test_specialConnectionFlags(servers: Any) -> None:
+def test_specialConnectionFlags(servers: Any, io: IOService) -> None:
     srv = servers()
     srv.initSpecialConnection(-1, ServerSocket.LoopbackOnly, -1)
     assert srv.getAddress().host == "127.0.0.1"
-    assert not srv._keepWhenOffline
     other = servers()
-    # Unknown bits are ignored; KeepWhenOffline is remembered.
+    # Unknown bits are ignored; KeepWhenOffline is remembered: the wildcard
+    # listener survives going offline, where one without the flag does not.
     other.initSpecialConnection(-1, ServerSocket.KeepWhenOffline | 0xFF00, -1)
     assert other.getAddress().host == "0.0.0.0"
-    assert other._keepWhenOffline
+    plain = servers()
+    plain.initSpecialConnection(-1, 0xFF00, -1)
+    assert plain.getAddress().host == "0.0.0.0"
+    io.offline = True
+    assert repr(other).startswith("<ServerSocket bound")
+    assert repr(srv).startswith("<ServerSocket bound")
+    assert repr(plain).startswith("<ServerSocket closed")
 
 
 @needsIPv6
 def test_initIPv6IsV6Only(servers: Any) -> None:
     srv = servers()
     srv.initIPv6(-1, False, -1)
-    assert srv._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert srv._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
     address = srv.getAddress()
     assert isinstance(address, IPv6Address)
     assert address.host == "::"
@@ -215,7 +231,7 @@ def test_initIPv6Loopback(servers: Any) -> None:
     srv = servers()
     srv.initIPv6(-1, True, -1)
     assert srv.getAddress().host == "::1"
-    assert srv._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert srv._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
 
 
 @needsIPv6
@@ -223,7 +239,7 @@ def test_initIPv6Loopback(servers: Any) -> None:
 async def test_dualStackServesBoth(servers: Any) -> None:
     srv = servers()
     srv.initDualStack(-1, -1)
-    assert srv._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    assert srv._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
     assert srv.getAddress().host == "::"
     rec = Recorder()
     srv.asyncListen(rec)
@@ -254,7 +270,7 @@ def test_initWithAddressIPv6(servers: Any) -> None:
     a = servers()
     a.initWithAddress(IPv6Address("TCP", "::1", 0), -1)
     assert a.getAddress().host == "::1"
-    assert a._socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert a._bound.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
     b = servers()
     b.initWithAddress(("::1", 0), -1)
     assert isinstance(b.getAddress(), IPv6Address)
@@ -345,7 +361,7 @@ async def test_clientsWaitInBacklogBeforeAsyncListen(servers: Any) -> None:
     srv = servers()
     srv.init(-1, True, -1)
     client = await connect(srv.port)
-    await sleep(0.05)
+    await turns()  # nothing accepts before asyncListen
     rec = Recorder()
     srv.asyncListen(rec)
     assert rec.events == []
@@ -372,7 +388,7 @@ async def test_acceptedInOrderThenOneStop(servers: Any) -> None:
     srv.close()  # idempotent
     status = await rec.whenStopped()
     assert status == results.NS_BINDING_ABORTED
-    await sleep(0.05)
+    await turns()
     srv.close()
     assert [kind for kind, _ in rec.events] == ["accepted"] * 5 + ["stopped"]
     assert rec.servers == [srv] * 6
@@ -465,7 +481,7 @@ async def test_closeInsideOnSocketAccepted(servers: Any) -> None:
     rec = Closer()
     srv.asyncListen(rec)
     assert await rec.whenStopped() == results.NS_BINDING_ABORTED
-    await sleep(0.05)
+    await turns()
     assert [kind for kind, _ in rec.events] == ["accepted", "stopped"]
     for s in raw:
         s.close()
@@ -493,8 +509,14 @@ async def test_listenerExceptionsLogged(servers: Any, logged: Any) -> None:
     await rec.nextAccepted()
     srv.close()
     await rec.whenStopped()
-    await sleep(0.01)
-    errors = [str(e["log_failure"].value) for e in failures(logged)]
+
+    def loggedErrors() -> list[str]:
+        return [str(e["log_failure"].value) for e in failures(logged)]
+
+    # whenStopped fires inside onStopListening, before it raises.
+    await eventually(lambda: "stop bug" in loggedErrors())
+    await turns()
+    errors = loggedErrors()
     assert errors.count("listener bug") == 2
     assert errors.count("stop bug") == 1
     for c in (c1, c2):

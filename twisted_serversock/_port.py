@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_serversocket,tests.test_hardening_fds -*-
 """
 The reactor side of a listening socket: a file descriptor that adopts a
-socket L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
-already bound and listened on, and hands each accepted socket to it.
+socket already bound and listened on (by a
+L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}), and hands
+each accepted socket to the callable it was given.
 
 Why not C{reactor.adoptStreamPort}: Twisted's adopted port re-listens with
 backlog 50 (undoing the backlog we were asked for), and for UNIX sockets it
@@ -37,7 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from twisted.internet import abstract
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -45,9 +46,6 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-
-if TYPE_CHECKING:
-    from .serversocket import ServerSocket
 
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
@@ -179,14 +177,20 @@ class ListeningPort(abstract.FileDescriptor):
     C{stopListening()} (which closes behind the server socket's back) would
     all be wrong here.  What Twisted's server transports need from their
     port - C{_realPortNumber} for their repr, C{sessionno} - is here, and
-    C{IListeningPort} is implemented on top of the owner.
+    C{IListeningPort} is implemented with the callables it is given.
 
     @ivar sessionno: the session number the next connection gets; only a
         connection that gets a protocol takes one, as in Twisted.
-    @ivar _owner: the server socket to which accepted sockets go.
+    @ivar _accept: called with each accepted socket and its peer address;
+        must not raise.
+    @ivar _failed: called with the error when accepting fails for good
+        (the port is closed by then or is closed by the callee).
+    @ivar _removed: called when the reactor drops the port at shutdown.
+    @ivar _close: what C{stopListening()} does (the server socket's
+        C{close()}).
     @ivar _address: the address bound while this port listens (fixed: a
         connection's C{getHost()} does not follow a later re-init).
-    @ivar _prefix: the log prefix: the owner's listener's (for an
+    @ivar _prefix: the log prefix: the server socket's listener's (for an
         endpoint, the factory's class, as Twisted's port has it).
     @ivar _shortage: the shortage of descriptors or memory under way, if
         any (see the module docstring).
@@ -199,16 +203,34 @@ class ListeningPort(abstract.FileDescriptor):
     def __init__(
         self,
         skt: socket.socket,
-        owner: ServerSocket,
+        address: Any,
         reactor: Any,
+        *,
+        accept: Callable[[socket.socket, Any], None],
+        failed: Callable[[object], None],
+        removed: Callable[[], None],
+        close: Callable[[], None],
         prefix: str = "ServerSocket",
     ) -> None:
+        """
+        @param skt: the bound, listening, non-blocking socket.
+        @param address: its Twisted address (what C{getHost()} says).
+        @param reactor: the reactor.
+        @param accept: see L{_accept}.
+        @param failed: see L{_failed}.
+        @param removed: see L{_removed}.
+        @param close: see L{_close}.
+        @param prefix: the log prefix.
+        """
         abstract.FileDescriptor.__init__(self, reactor)
         self.socket = skt
         self.fileno = skt.fileno  # type: ignore[method-assign]
         self.addressFamily = skt.family
-        self._owner = owner
-        self._address: Any = owner.getAddress()
+        self._accept = accept
+        self._failed = failed
+        self._removed = removed
+        self._close = close
+        self._address: Any = address
         self._prefix = prefix
         # The reactor, typed for its clock.
         self._clock: Any = reactor
@@ -226,7 +248,7 @@ class ListeningPort(abstract.FileDescriptor):
         self.paused = False
 
     def __repr__(self) -> str:
-        return f"<ListeningPort of {self._owner!r}>"
+        return f"<ListeningPort on {self._address}>"
 
     def logPrefix(self) -> str:
         return self._prefix
@@ -239,10 +261,10 @@ class ListeningPort(abstract.FileDescriptor):
 
     def stopListening(self) -> None:
         """
-        Stop listening, as the owner's C{close()} does (the owner's
+        Stop listening, as the server socket's C{close()} does (its
         listener gets its C{onStopListening}).
         """
-        self._owner.close()
+        self._close()
 
     loseConnection = stopListening
 
@@ -256,9 +278,9 @@ class ListeningPort(abstract.FileDescriptor):
 
     def doRead(self) -> None:
         """
-        Accept what the kernel has queued and hand each socket to the owner.
+        Accept what the kernel has queued and hand each socket on.
         """
-        owner = self._owner
+        accept = self._accept
         accepted = 0
         listener = self.socket
         for _ in range(self.numberAccepts):
@@ -273,7 +295,7 @@ class ListeningPort(abstract.FileDescriptor):
                 if err in _SHORTAGE_ERRORS:
                     self._shortOf(err)
                     return
-                owner._acceptFailed(e)
+                self._failed(e)
                 return
             accepted += 1
             if self._shortage is not None:
@@ -282,7 +304,7 @@ class ListeningPort(abstract.FileDescriptor):
                 # IPv6: keep the scope id in the host, as Twisted does.
                 host = socket.getnameinfo(addr, _NUMERIC)[0]
                 addr = (host,) + tuple(addr[1:])
-            owner._accepted(skt, addr)
+            accept(skt, addr)
             if self.disconnecting or not self.connected or self.paused:
                 # close() was called from a listener callback: the rest of
                 # the kernel queue is not ours any more.
@@ -315,7 +337,7 @@ class ListeningPort(abstract.FileDescriptor):
             self._retry = self._clock.callLater(delay, self._resume)
         if not first:
             return
-        address = self._owner._address
+        address = self._address
         if drained:
             self._logger.warn(
                 "Cannot accept connections on {address}: {error} (out of file descriptors); "
@@ -342,7 +364,7 @@ class ListeningPort(abstract.FileDescriptor):
         self._logger.info(
             "Accepting connections on {address} again after {seconds:.3f}s short of resources "
             "({error}): {shed} connection(s) closed unserved, {retries} pause(s)",
-            address=self._owner._address,
+            address=self._address,
             seconds=self._clock.seconds() - shortage.started,
             error=shortage.error,
             shed=shortage.shed,
@@ -414,6 +436,6 @@ class ListeningPort(abstract.FileDescriptor):
         if not wasConnected:
             return
         if isinstance(reason, Failure) and reason.check(ConnectionLost, ConnectionDone):
-            self._owner._removedByReactor()
+            self._removed()
         else:
-            self._owner._acceptFailed(reason)
+            self._failed(reason)

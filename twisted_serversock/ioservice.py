@@ -2,23 +2,24 @@
 """
 The offline switch of Gecko's I/O service, for server sockets and the
 connections they accepted.
+
+The service is a registry: it knows nothing of what it switches off.
+Whatever must stop on going offline registers a callback
+(L{IOService.register}, for server sockets that would not survive it) or
+is watched weakly with one (L{IOService.watch}, for connections from peers
+that are not local).
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import _args
-from ._streammode import goOffline
 from .interfaces import IIOService
-from .results import NS_ERROR_ABORT
-
-if TYPE_CHECKING:
-    from .serversocket import ServerSocket
 
 __all__ = ["IOService", "ioService"]
 
@@ -35,16 +36,19 @@ class IOService:
     L{ServerSocket<twisted_serversock.serversocket.ServerSocket>} uses;
     construct your own for tests and pass it as C{ServerSocket(ioService=...)}.
 
-    @ivar _serverSockets: the initialised server sockets of this service.
-    @ivar _connections: the live Twisted transports of accepted connections
-        whose peer is not local; held weakly, so a connection that ends is
-        forgotten without any bookkeeping on the connection's side.
+    @ivar _serverSockets: the go-offline callbacks registered with
+        L{register} (by server sockets that would not survive going
+        offline), keyed by their registration.
+    @ivar _connections: the objects L{watch}ed (the live Twisted transports
+        of accepted connections whose peer is not local) and their
+        callbacks; held weakly, so a connection that ends is forgotten
+        without any bookkeeping on the connection's side.
     """
 
     def __init__(self) -> None:
         self._offline = False
-        self._serverSockets: set[ServerSocket] = set()
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._serverSockets: dict[object, Callable[[], None]] = {}
+        self._connections: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 
     @property
     def offline(self) -> bool:
@@ -65,20 +69,36 @@ class IOService:
             _log.info("I/O service back online; nothing is reopened")
             return
         _log.info("I/O service going offline")
-        for serv in list(self._serverSockets):
-            if not serv._survivesOffline():
-                serv._stop(NS_ERROR_ABORT)
-        for transport in list(self._connections):
-            goOffline(transport)
+        for goOffline in list(self._serverSockets.values()):
+            goOffline()
+        for obj, goOfflineObj in list(self._connections.items()):
+            goOfflineObj(obj)
 
-    def _addServerSocket(self, serv: ServerSocket) -> None:
-        self._serverSockets.add(serv)
+    def register(self, goOffline: Callable[[], None]) -> Callable[[], None]:
+        """
+        Package-internal: call C{goOffline()} when the service goes offline
+        (once per switch, until unregistered).  Server sockets that would
+        not survive going offline register while they are bound.
 
-    def _removeServerSocket(self, serv: ServerSocket) -> None:
-        self._serverSockets.discard(serv)
+        @return: the unregister handle: call it (any number of times) to
+            forget C{goOffline}.
+        """
+        key = object()
+        registered = self._serverSockets
+        registered[key] = goOffline
 
-    def _addConnection(self, transport: Any) -> None:
-        self._connections.add(transport)
+        def unregister() -> None:
+            registered.pop(key, None)
+
+        return unregister
+
+    def watch(self, obj: Any, goOffline: Callable[[Any], None]) -> None:
+        """
+        Package-internal: call C{goOffline(obj)} when the service goes
+        offline, for as long as C{obj} lives (it is held weakly: a
+        connection that ends needs no unregistering).
+        """
+        self._connections[obj] = goOffline
 
 
 ioService = IOService()

@@ -154,13 +154,8 @@ def isLocalListenAddress(host: str) -> bool:
     return host in _LOCAL_LISTEN_HOSTS
 
 
-_LOOPBACK_PEER_PREFIXES = ("127.", "::ffff:127.")
-
-
-def isLoopbackPeer(host: str) -> bool:
-    """
-    Whether a connection from IP C{host} survives going offline: the whole
-    IPv4 loopback network 127.0.0.0/8 (also v4-mapped) and C{::1}.  (Asked
-    for every accepted TCP connection: one C{startswith} with a tuple.)
-    """
-    return host.startswith(_LOOPBACK_PEER_PREFIXES) or host == "::1"
+#: A connection from a peer whose IP starts with one of these, or is
+#: C{::1}, survives going offline: the whole IPv4 loopback network
+#: 127.0.0.0/8 (also v4-mapped).  (The accept pipeline tests this inline,
+#: for every accepted TCP connection.)
+LOOPBACK_PEER_PREFIXES = ("127.", "::ffff:127.")

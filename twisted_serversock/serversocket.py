@@ -20,23 +20,21 @@ is closed first.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Callable, Iterable
 
-from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import _advice, _args, _unix
+from . import _args, _bind, _unix
 from . import ioservice as _ioservice
+from ._acceptpipe import AcceptPipeline
 from ._callqueue import CallQueue
 from ._port import ListeningPort
-from ._refusals import RefusalLog
 from .interfaces import INetAddr, IServerSocket
 from .ipc.interfaces import IRawAcceptor
-from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress, isLoopbackPeer
+from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress
 from .results import (
     NS_BINDING_ABORTED,
     NS_ERROR_ABORT,
@@ -50,8 +48,6 @@ from .results import (
     NSError,
     nameOf,
 )
-from ._accepted import AcceptedSocket
-from .transport import SocketTransport
 
 __all__ = ["ServerSocket", "LoopbackOnly", "KeepWhenOffline"]
 
@@ -62,8 +58,6 @@ _MAX_PORT = 65535
 _MAX_BACKLOG = 2**31 - 1
 
 _log = Logger()
-
-_NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
 
 def _logPrefixOf(listener: Any) -> str:
@@ -78,19 +72,6 @@ def _logPrefixOf(listener: Any) -> str:
         except Exception:
             _log.failure("{listener!r}.logPrefix() failed", listener=listener)
     return "ServerSocket"
-
-
-class _UNIXServer(unix.Server):
-    """
-    An accepted UNIX connection whose C{getHost()} is the path the server
-    socket was created at.  (The kernel's name for the listening socket is
-    the temporary one it was bound to before being linked into place; see
-    L{twisted_serversock._unix}.)
-    """
-
-    def getHost(self) -> UNIXAddress:
-        port: Any = self.server
-        return port.getHost()
 
 
 def _integer(value: Any, what: str) -> int:
@@ -139,13 +120,18 @@ class ServerSocket:
     @ivar _reactor: the reactor (the global one unless given).
     @ivar _ioService: the L{IOService<twisted_serversock.ioservice.IOService>}
         whose offline switch this socket obeys.
-    @ivar _socket: the bound, listening socket from a successful C{init*}
-        until L{close}.
+    @ivar _bound: the bound, listening socket (a L{_bind.BoundSocket}) from
+        a successful C{init*} until L{close}.
     @ivar _port: the reactor's L{ListeningPort} after L{asyncListen}.
+    @ivar _pipeline: the stages accepted sockets go through, from
+        L{asyncListen} until stopped.
     @ivar _listener: the listener, from L{asyncListen} until stopped.
     @ivar _address: the Twisted address actually bound (kept after close,
         as Gecko keeps it).
-    @ivar _keepWhenOffline: whether C{KeepWhenOffline} was asked.
+    @ivar _allowedUids: the uids allowed to connect to a UNIX socket, or
+        C{None}.
+    @ivar _unregister: the handle that takes this socket off the I/O
+        service's offline list, while it is on it.
     @ivar _queue: the FIFO of deferred callbacks, shared with the
         connections this socket accepts.
     """
@@ -156,24 +142,17 @@ class ServerSocket:
     def __init__(self, reactor: Any = None, ioService: Any = None) -> None:
         self._reactor = reactor
         self._ioService = ioService if ioService is not None else _ioservice.ioService
-        self._socket: socket.socket | None = None
+        self._bound: _bind.BoundSocket | None = None
         self._port: ListeningPort | None = None
+        self._pipeline: AcceptPipeline | None = None
         self._listener: Any = None
         self._address: Any = None
-        self._keepWhenOffline = False
         self._queue: CallQueue | None = None
-        self._transportClass: Any = tcp.Server
-        self._fileIdentity: tuple[int, int] | None = None
-        self._filePath = b""
         self._allowedUids: frozenset[int | str] | None = None
-        self._refusals: RefusalLog | None = None
-        #: The listener's C{socketAccepted} if it provides L{IRawAcceptor}:
-        #: accepted sockets go there, raw, instead of becoming a
-        #: L{SocketTransport}.
-        self._rawAccept: Callable[[socket.socket, Any], None] | None = None
+        self._unregister: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
-        state = "listening" if self._port else "bound" if self._socket else "closed"
+        state = "listening" if self._port else "bound" if self._bound else "closed"
         return f"<ServerSocket {state} on {self._address}>"
 
     def _getReactor(self) -> Any:
@@ -268,12 +247,7 @@ class ServerSocket:
         uids = _args.asNSError(_args.uids, allowedUids)
         gid = _args.asNSError(_args.groupId, group)
         self._checkUninitialized()
-        skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=reclaim, gid=gid)
-        name: Any = path if isinstance(path, (str, bytes)) else os.fspath(path)
-        self._adopt(skt, UNIXAddress(name), _UNIXServer, False)
-        self._fileIdentity = (identity[0], identity[1])
-        self._filePath = os.path.abspath(raw)
-        self._allowedUids = uids
+        self._adopt(_bind.bindFilename(path, raw, mode, backlog, reclaimStale=reclaim, gid=gid), uids)
 
     def initWithAbstractAddress(
         self, name: str | bytes, backlog: int, *, allowedUids: Iterable[int | str] | None = None
@@ -288,13 +262,10 @@ class ServerSocket:
         backlog = _checkBacklog(backlog)
         uids = _args.asNSError(_args.uids, allowedUids)
         self._checkUninitialized()
-        skt = _unix.listenAbstract(address, backlog)
-        shown: Any = "\0" + name if isinstance(name, str) else address
-        self._adopt(skt, UNIXAddress(shown), _UNIXServer, False)
-        self._allowedUids = uids
+        self._adopt(_bind.bindAbstract(name, address, backlog), uids)
 
     def _checkUninitialized(self) -> None:
-        if self._socket is not None:
+        if self._bound is not None:
             raise NSError(NS_ERROR_ALREADY_INITIALIZED, f"{self!r} is already initialised")
 
     def _listenIP(
@@ -309,63 +280,37 @@ class ServerSocket:
         backlog = _checkBacklog(backLog)
         self._checkUninitialized()
         family = _ipFamily(host)
-        if self._ioService.offline and not (keepWhenOffline or isLocalListenAddress(host)):
+        survives = keepWhenOffline or isLocalListenAddress(host)
+        if self._ioService.offline and not survives:
             raise NSError(
                 NS_ERROR_OFFLINE,
                 f"the I/O service is offline; a listener on {host} would not survive it",
             )
-        if family == socket.AF_INET6:
-            try:
-                sockaddr = socket.getaddrinfo(
-                    host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
-                )[0][4]
-            except socket.gaierror as e:
-                raise NSError(NS_ERROR_INVALID_ARG, f"bad IPv6 address {host!r}: {e}") from None
-        else:
-            sockaddr = (host, port)
-        what = f"listen on {_describe(family, host, port)} (backlog {backlog})"
-        skt = None
-        try:
-            skt = socket.socket(family, socket.SOCK_STREAM)
-            skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                # Always explicit: the result must not depend on the host's
-                # net.ipv6.bindv6only.  Only initDualStack turns it off.
-                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-            skt.bind(sockaddr)
-            skt.listen(backlog)
-            skt.setblocking(False)
-            name = skt.getsockname()
-        except OSError as e:
-            if skt is not None:
-                skt.close()
-            raise NSError.fromOSError(e, what, _advice.forTCP(e, port)) from None
-        if family == socket.AF_INET6:
-            # The numeric host keeps a scope ("fe80::1%eth0"), as Twisted's
-            # own port reports it: without it the address cannot be reached.
-            host = socket.getnameinfo(name, _NUMERIC)[0] if name[3] else name[0]
-            address: Any = IPv6Address("TCP", host, name[1], name[2], name[3])
-        else:
-            address = IPv4Address("TCP", name[0], name[1])
-        self._adopt(skt, address, tcp.Server, keepWhenOffline)
+        self._adopt(_bind.bindIP(family, host, port, backlog, v6only), None, survives)
 
-    def _adopt(self, skt: socket.socket, address: Any, transportClass: Any, keepWhenOffline: bool) -> None:
+    def _adopt(
+        self, bound: _bind.BoundSocket, allowedUids: frozenset[int | str] | None, survivesOffline: bool = True
+    ) -> None:
         """
-        Take a freshly bound and listening socket as this object's.
+        Take a freshly bound and listening socket as this object's; unless
+        it survives going offline (a UNIX socket, a loopback one, or one
+        asked to keep), the I/O service closes it on going offline.
         """
-        self._socket = skt
-        self._address = address
-        self._transportClass = transportClass
-        self._keepWhenOffline = keepWhenOffline
-        self._fileIdentity = None
-        self._allowedUids = None
-        self._ioService._addServerSocket(self)
+        self._bound = bound
+        self._address = bound.address
+        self._allowedUids = allowedUids
+        if not survivesOffline:
+            self._unregister = self._ioService.register(self._goOffline)
+
+    def _goOffline(self) -> None:
+        self._stop(NS_ERROR_ABORT)
 
     # ------------------------------------------------------------------
     # Listening.
 
     def asyncListen(self, listener: Any) -> None:
-        if self._socket is None:
+        bound = self._bound
+        if bound is None:
             raise NSError(NS_ERROR_NOT_INITIALIZED, "asyncListen needs a successful init first")
         if self._port is not None:
             raise NSError(NS_ERROR_IN_PROGRESS, f"{self!r} is already listening")
@@ -379,9 +324,21 @@ class ServerSocket:
         if self._queue is None:
             self._queue = CallQueue(reactor)
         self._listener = listener
-        self._rawAccept = listener.socketAccepted if raw else None
-        self._port = ListeningPort(self._socket, self, reactor, _logPrefixOf(listener))
-        self._port.startListening()
+        pipeline = self._pipeline = AcceptPipeline(
+            self, listener, self._queue, reactor, bound.transportClass, self._ioService, self._allowedUids, bound.address
+        )
+        port = self._port = ListeningPort(
+            bound.socket,
+            bound.address,
+            reactor,
+            accept=pipeline.accept,
+            failed=self._acceptFailed,
+            removed=self._removedByReactor,
+            close=self.close,
+            prefix=_logPrefixOf(listener),
+        )
+        pipeline.port = port
+        port.startListening()
 
     def pauseAccepting(self) -> None:
         """
@@ -398,73 +355,6 @@ class ServerSocket:
         """
         if self._port is not None:
             self._port.resumeAccepting()
-
-    def _accepted(self, skt: socket.socket, addr: Any) -> None:
-        """
-        The listening port accepted C{skt} from C{addr}: wrap it and hand it
-        to the listener.  Never raises: an accepted socket must never vanish
-        without a trace.
-        """
-        port = self._port
-        if self._allowedUids is not None and not self._peerAllowed(skt):
-            return
-        raw = self._rawAccept
-        if raw is not None:
-            try:
-                raw(skt, addr)
-            except Exception:
-                _log.failure("Could not hand over the connection accepted from {addr!r}; closing it", addr=addr)
-                skt.close()
-            return
-        try:
-            # Built when first needed: for the listener's protocol if it
-            # attaches one (see SocketTransport.startStreaming); the session number
-            # is taken then, so that a refused connection takes none.
-            accepted = AcceptedSocket(self._transportClass, skt, addr, port, self._reactor)
-            conn = SocketTransport(self._queue, accepted)
-            if type(addr) is tuple and not isLoopbackPeer(addr[0]):
-                # The I/O service must know a connection from a peer that is
-                # not local before anyone sees it (it is closed on going
-                # offline): build its Twisted transport now, in stream mode.
-                self._ioService._addConnection(conn.startStreaming())
-        except Exception:
-            _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
-            skt.close()
-            return
-        listener = self._listener
-        try:
-            listener.onSocketAccepted(self, conn)
-        except Exception:
-            _log.failure("Unhandled error in {listener!r}.onSocketAccepted", listener=listener)
-        if accepted.pending:
-            try:
-                # Neither attached nor used: stream mode (the listener may
-                # keep the connection and use it later).
-                conn.startStreaming()
-            except Exception:
-                _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
-
-    def _peerAllowed(self, skt: socket.socket) -> bool:
-        """
-        Whether the peer of UNIX connection C{skt} may connect; closes it
-        (and logs it, at a bounded rate: see L{RefusalLog}) if not.
-        """
-        try:
-            pid, uid, _gid = _unix.peerCredentials(skt)
-        except OSError as e:
-            pid = uid = -1
-            _log.warn("Cannot read the peer credentials of a connection ({error}); refusing it", error=e)
-        else:
-            allowed = self._allowedUids
-            assert allowed is not None
-            if uid in allowed or (_args.SELF_UID in allowed and uid == os.geteuid()):
-                return True
-        refusals = self._refusals
-        if refusals is None:
-            refusals = self._refusals = RefusalLog(self._getReactor(), self._address)
-        refusals.refused(pid, uid)
-        skt.close()
-        return False
 
     def _removedByReactor(self) -> None:
         """
@@ -484,35 +374,27 @@ class ServerSocket:
         )
         self._stop(NS_ERROR_UNEXPECTED)
 
-    def _survivesOffline(self) -> bool:
-        if self._keepWhenOffline:
-            return True
-        address = self._address
-        if isinstance(address, (IPv4Address, IPv6Address)):
-            return isLocalListenAddress(address.host)
-        return True
-
     def _stop(self, status: int, now: bool = False) -> None:
         """
         Close the listening socket now and, if a listener was listening,
         queue its one C{onStopListening(self, status)}; or, C{now}, deliver
         what is queued and then it at once.
         """
-        port, skt, listener = self._port, self._socket, self._listener
-        self._port = self._socket = self._listener = None
-        refusals, self._refusals = self._refusals, None
-        if refusals is not None:
-            refusals.stop()
-        self._ioService._removeServerSocket(self)
-        # Unlink a socket file first: once the socket is closed, the path
-        # would still be there but refuse connections.
-        identity, self._fileIdentity = self._fileIdentity, None
-        if identity is not None and (port is not None or skt is not None):
-            _unix.unlinkIfOurs(self._filePath, identity)
-        if port is not None:
-            port.stop()
-        elif skt is not None:
-            skt.close()
+        port, bound, listener, pipeline = self._port, self._bound, self._listener, self._pipeline
+        self._port = self._bound = self._listener = self._pipeline = None
+        if pipeline is not None:
+            pipeline.stop()
+        unregister, self._unregister = self._unregister, None
+        if unregister is not None:
+            unregister()
+        if bound is not None:
+            # Unlink a socket file first: once the socket is closed, the
+            # path would still be there but refuse connections.
+            bound.unlink()
+            if port is not None:
+                port.stop()
+            else:
+                bound.socket.close()
         if listener is not None:
             if status == NS_ERROR_ABORT:
                 _log.info("{serv!r} closed: the I/O service went offline", serv=self)
@@ -555,10 +437,4 @@ class ServerSocket:
         if self._address is None:
             raise NSError(NS_ERROR_NOT_INITIALIZED, "the server socket is not initialised")
         return self._address
-
-
-def _describe(family: int, host: str, port: int) -> str:
-    if family == socket.AF_INET6:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 

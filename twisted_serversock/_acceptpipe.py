@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.test_serversocket,tests.test_unix -*-
+"""
+The accept pipeline: what happens to each socket a server socket's
+listening port accepts, decided once when the server socket starts
+listening (not per connection):
+
+  1. the uid filter, if the server socket has allowed uids: a peer whose
+     credentials are not allowed is closed (and logged, at a bounded rate);
+  2. then either the raw hand-off, for a listener that provides
+     L{IRawAcceptor} (it takes the socket as it is), or the transport stage:
+     a L{SocketTransport} handed to the listener's C{onSocketAccepted}, and
+     put in stream mode afterwards if the listener built nothing for it.
+
+No stage ever raises into the listening port, and no accepted socket ever
+vanishes without a trace: what cannot be handed on is closed and logged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from . import _args, _unix
+from ._accepted import AcceptedSocket
+from ._refusals import RefusalLog
+from ._streammode import goOffline
+from .ipc.interfaces import IRawAcceptor
+from .netaddr import LOOPBACK_PEER_PREFIXES
+from .transport import SocketTransport
+
+__all__ = ["AcceptPipeline"]
+
+_log = Logger()
+
+Accept = Callable[[socket.socket, Any], None]
+
+
+class AcceptPipeline:
+    """
+    The stages accepted sockets go through for one listening period of a
+    server socket.
+
+    @ivar accept: the callable the listening port gives each accepted
+        socket and its peer address to: the first stage.
+    @ivar port: the listening port (for the session numbers of the
+        connections built); set once the port exists.
+    """
+
+    __slots__ = (
+        "accept",
+        "port",
+        "_serv",
+        "_listener",
+        "_queue",
+        "_reactor",
+        "_transportClass",
+        "_ioService",
+        "_rawAccept",
+        "_deliver",
+        "_allowedUids",
+        "_address",
+        "_refusals",
+    )
+
+    def __init__(
+        self,
+        serv: Any,
+        listener: Any,
+        queue: Any,
+        reactor: Any,
+        transportClass: Any,
+        ioService: Any,
+        allowedUids: frozenset[int | str] | None,
+        address: Any,
+    ) -> None:
+        """
+        @param serv: the server socket (what the listener is told accepted
+            the connection).
+        @param listener: the listener given to C{asyncListen}.
+        @param queue: the server socket's L{CallQueue}, shared with its
+            connections.
+        @param transportClass: the Twisted server transport class.
+        @param ioService: the I/O service that watches connections from
+            peers that are not local.
+        @param allowedUids: the uids allowed to connect, or C{None} for
+            no filter.
+        @param address: the bound address (for the refusal log).
+        """
+        self.port: Any = None
+        self._serv = serv
+        self._listener = listener
+        self._queue = queue
+        self._reactor = reactor
+        self._transportClass = transportClass
+        self._ioService = ioService
+        self._allowedUids = allowedUids
+        self._address = address
+        self._refusals: RefusalLog | None = None
+        deliver: Accept
+        if IRawAcceptor.providedBy(listener):
+            self._rawAccept: Accept | None = listener.socketAccepted
+            deliver = self._handOff
+        else:
+            self._rawAccept = None
+            deliver = self._toListener
+        self._deliver = deliver
+        self.accept: Accept = self._filtered if allowedUids is not None else deliver
+
+    def stop(self) -> None:
+        """
+        The listening period is over: stop the refusal log's timer.
+        """
+        refusals, self._refusals = self._refusals, None
+        if refusals is not None:
+            refusals.stop()
+
+    # ------------------------------------------------------------------
+    # Stage 1: the uid filter.
+
+    def _filtered(self, skt: socket.socket, addr: Any) -> None:
+        if self._peerAllowed(skt):
+            self._deliver(skt, addr)
+
+    def _peerAllowed(self, skt: socket.socket) -> bool:
+        """
+        Whether the peer of UNIX connection C{skt} may connect; closes it
+        (and logs it, at a bounded rate: see L{RefusalLog}) if not.
+        """
+        try:
+            pid, uid, _gid = _unix.peerCredentials(skt)
+        except OSError as e:
+            pid = uid = -1
+            _log.warn("Cannot read the peer credentials of a connection ({error}); refusing it", error=e)
+        else:
+            allowed = self._allowedUids
+            assert allowed is not None
+            if uid in allowed or (_args.SELF_UID in allowed and uid == os.geteuid()):
+                return True
+        refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = RefusalLog(self._reactor, self._address)
+        refusals.refused(pid, uid)
+        skt.close()
+        return False
+
+    # ------------------------------------------------------------------
+    # Stage 2: the raw hand-off, or the transport and the listener.
+
+    def _handOff(self, skt: socket.socket, addr: Any) -> None:
+        raw = self._rawAccept
+        assert raw is not None
+        try:
+            raw(skt, addr)
+        except Exception:
+            _log.failure("Could not hand over the connection accepted from {addr!r}; closing it", addr=addr)
+            skt.close()
+
+    def _toListener(self, skt: socket.socket, addr: Any) -> None:
+        try:
+            # The Twisted transport is built when first needed: for the
+            # listener's protocol if it attaches one; the session number is
+            # taken then, so that a refused connection takes none.
+            accepted = AcceptedSocket(self._transportClass, skt, addr, self.port, self._reactor)
+            conn = SocketTransport(self._queue, accepted)
+            if type(addr) is tuple and not addr[0].startswith(LOOPBACK_PEER_PREFIXES) and addr[0] != "::1":
+                # The I/O service must know a connection from a peer that is
+                # not local before anyone sees it (it is closed on going
+                # offline): build its Twisted transport now, in stream mode.
+                self._ioService.watch(conn.startStreaming(), goOffline)
+        except Exception:
+            _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
+            skt.close()
+            return
+        listener = self._listener
+        try:
+            listener.onSocketAccepted(self._serv, conn)
+        except Exception:
+            _log.failure("Unhandled error in {listener!r}.onSocketAccepted", listener=listener)
+        if accepted.pending:
+            try:
+                # Neither attached nor used: stream mode (the listener may
+                # keep the connection and use it later).
+                conn.startStreaming()
+            except Exception:
+                _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
