@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import textwrap
 from typing import Any, Iterator
 
 import pytest

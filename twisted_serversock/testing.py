@@ -52,7 +52,7 @@ from zope.interface import implementer
 
 from ._accepted import AcceptedSocket
 from ._callqueue import CallQueue
-from .interfaces import IServerSocket, IServerSocketListener, ISocketTransport
+from .interfaces import IServerSocket, IServerSocketListener
 from .results import (
     NS_BINDING_ABORTED,
     NS_ERROR_ALREADY_INITIALIZED,
