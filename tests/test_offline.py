@@ -298,3 +298,59 @@ async def test_foreignAttachedConnectionClosed(servers: Any, io: IOService, fore
     # The KeepWhenOffline listener itself stays.
     assert rec.statuses == []
     foreign.send("close")
+
+
+class _AttachingListener:
+    """
+    Attaches a protocol from C{onSocketAccepted}, as the gecko endpoints
+    do; optionally takes the I/O service offline right after.
+    """
+
+    def __init__(self, io: IOService, goOffline: bool) -> None:
+        self.io = io
+        self.goOffline = goOffline
+        self.lost: list[Any] = []
+        self.made: list[Any] = []
+
+    def onSocketAccepted(self, serv: Any, transport: Any) -> None:
+        listener = self
+
+        class P(protocol.Protocol):
+            def connectionMade(self) -> None:
+                listener.made.append(self.transport)
+
+            def connectionLost(self, reason: Any) -> None:
+                listener.lost.append(reason)
+
+        transport.attachProtocol(P())
+        if self.goOffline:
+            self.io.offline = True
+
+    def onStopListening(self, serv: Any, status: int) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("fromCallback", [False, True], ids=["later", "fromOnSocketAccepted"])
+async def test_foreignConnectionAttachedInCallbackClosed(
+    servers: Any, io: IOService, foreignHost: Any, fromCallback: bool
+) -> None:
+    """
+    A connection from a peer that is not local, handed to a protocol inside
+    C{onSocketAccepted} (the endpoints' way: its transport is built once,
+    for that protocol), is closed on going offline - also when the listener
+    itself takes the service offline from that very callback.
+    """
+    srv = servers()
+    srv.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1)
+    listener = _AttachingListener(io, goOffline=fromCallback)
+    srv.asyncListen(listener)
+    foreign = await foreignHost.connect(srv.port)
+    await eventually(lambda: len(listener.made) == 1)
+    # Built for the protocol itself, as Twisted's own port builds it.
+    assert listener.made[0].protocol.__class__.__name__ == "P"
+    if not fromCallback:
+        assert listener.lost == []
+        io.offline = True
+    await eventually(lambda: len(listener.lost) == 1)
+    foreign.send("close")

@@ -165,15 +165,18 @@ class AcceptPipeline:
             # taken then, so that a refused connection takes none.
             accepted = AcceptedSocket(self._transportClass, skt, addr, self.port, self._reactor)
             conn = SocketTransport(self._queue, accepted)
-            if type(addr) is tuple and not addr[0].startswith(LOOPBACK_PEER_PREFIXES) and addr[0] != "::1":
-                # The I/O service must know a connection from a peer that is
-                # not local before anyone sees it (it is closed on going
-                # offline): build its Twisted transport now, in stream mode.
-                self._ioService.watch(conn.startStreaming(), goOffline)
         except Exception:
             _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()
             return
+        # A connection from a peer that is not local is closed when the I/O
+        # service goes offline.  It is watched once its Twisted transport
+        # exists (below): built for the listener's protocol, or in stream
+        # mode, exactly as for a local peer - no second transport, no
+        # re-labelling.
+        ioService = self._ioService
+        remote = type(addr) is tuple and not addr[0].startswith(LOOPBACK_PEER_PREFIXES) and addr[0] != "::1"
+        wasOffline = remote and ioService.offline
         listener = self._listener
         try:
             listener.onSocketAccepted(self._serv, conn)
@@ -186,3 +189,12 @@ class AcceptPipeline:
                 conn.startStreaming()
             except Exception:
                 _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
+                return
+        if remote:
+            tcp = conn.builtTransport()
+            if tcp is not None:
+                ioService.watch(tcp, goOffline)
+                if not wasOffline and ioService.offline:
+                    # The listener took the service offline from
+                    # onSocketAccepted: this connection goes with the rest.
+                    goOffline(tcp)

@@ -151,6 +151,14 @@ class SocketTransport:
             mode.makeConnection(tcp)
         return tcp
 
+    def builtTransport(self) -> Any:
+        """
+        Package-internal: the Twisted transport if it was built (for an
+        attached protocol or in stream mode), else C{None} (not yet, or the
+        connection was refused); builds nothing.
+        """
+        return self._twisted
+
     def refuse(self) -> None:
         """
         Package-internal: close a connection no protocol was built for, at
