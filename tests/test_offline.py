@@ -306,14 +306,23 @@ class _AttachingListener:
     do; optionally takes the I/O service offline right after.
     """
 
-    def __init__(self, io: IOService, goOffline: bool) -> None:
+    def __init__(self, io: IOService, goOffline: str) -> None:
         self.io = io
         self.goOffline = goOffline
         self.lost: list[Any] = []
         self.made: list[Any] = []
+        self.refused: list[Any] = []
 
     def onSocketAccepted(self, serv: Any, transport: Any) -> None:
         listener = self
+        if self.goOffline == "beforeAttach":
+            self.io.offline = True
+            self.refused.append(transport.isAlive())
+            try:
+                transport.attachProtocol(protocol.Protocol())
+            except NSError as e:
+                self.refused.append(e.result)
+            return
 
         class P(protocol.Protocol):
             def connectionMade(self) -> None:
@@ -326,7 +335,7 @@ class _AttachingListener:
                 listener.lost.append(reason)
 
         transport.attachProtocol(P())
-        if self.goOffline:
+        if self.goOffline == "afterAttach":
             self.io.offline = True
 
     def onStopListening(self, serv: Any, status: int) -> None:
@@ -334,9 +343,9 @@ class _AttachingListener:
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.parametrize("fromCallback", [False, True], ids=["later", "fromOnSocketAccepted"])
+@pytest.mark.parametrize("when", ["later", "afterAttach"])
 async def test_foreignConnectionAttachedInCallbackClosed(
-    servers: Any, io: IOService, foreignHost: Any, fromCallback: bool
+    servers: Any, io: IOService, foreignHost: Any, when: str
 ) -> None:
     """
     A connection from a peer that is not local, handed to a protocol inside
@@ -346,13 +355,33 @@ async def test_foreignConnectionAttachedInCallbackClosed(
     """
     srv = servers()
     srv.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1)
-    listener = _AttachingListener(io, goOffline=fromCallback)
+    listener = _AttachingListener(io, goOffline=when)
     srv.asyncListen(listener)
     foreign = await foreignHost.connect(srv.port)
     await eventually(lambda: len(listener.made) == 1)
     assert listener.made == [True]
-    if not fromCallback:
+    if when == "later":
         assert listener.lost == []
         io.offline = True
     await eventually(lambda: len(listener.lost) == 1)
+    foreign.send("close")
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreignConnectionOfflineWhileListenerDecides(servers: Any, io: IOService, foreignHost: Any) -> None:
+    """
+    Going offline inside C{onSocketAccepted}, before the listener did
+    anything with a connection from a peer that is not local, closes that
+    connection at once: it is no longer alive, and attaching a protocol
+    fails with C{NS_ERROR_OFFLINE} (as the streams report it).
+    """
+    srv = servers()
+    srv.initSpecialConnection(-1, ServerSocket.KeepWhenOffline, -1)
+    listener = _AttachingListener(io, goOffline="beforeAttach")
+    srv.asyncListen(listener)
+    foreign = await foreignHost.connect(srv.port)
+    await eventually(lambda: len(listener.refused) == 2)
+    assert listener.refused == [False, results.NS_ERROR_OFFLINE]
+    foreign.send("hello")
+    assert (await foreign.nextLine()).split()[0] in ("eof", "error")
     foreign.send("close")

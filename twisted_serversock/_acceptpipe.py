@@ -116,6 +116,10 @@ class AcceptPipeline:
         refusals, self._refusals = self._refusals, None
         if refusals is not None:
             refusals.stop()
+        # Connections still open hold the listening port, and so this
+        # pipeline: it must not keep the listener and the server socket
+        # alive for them.  (Nothing is accepted after this.)
+        self._listener = self._serv = self._rawAccept = None
 
     # ------------------------------------------------------------------
     # Stage 1: the uid filter.
@@ -170,13 +174,15 @@ class AcceptPipeline:
             skt.close()
             return
         # A connection from a peer that is not local is closed when the I/O
-        # service goes offline.  It is watched once its Twisted transport
-        # exists (below): built for the listener's protocol, or in stream
-        # mode, exactly as for a local peer - no second transport, no
-        # re-labelling.
+        # service goes offline, from the moment anyone can see it: watched
+        # as a connection while the listener runs, then by its Twisted
+        # transport (which lives as long as the connection does).  Its
+        # transport is built exactly as for a local peer: for the
+        # listener's protocol, or in stream mode afterwards.
         ioService = self._ioService
         remote = type(addr) is tuple and not addr[0].startswith(LOOPBACK_PEER_PREFIXES) and addr[0] != "::1"
-        wasOffline = remote and ioService.offline
+        if remote:
+            ioService.watch(conn, SocketTransport.goOffline)
         listener = self._listener
         try:
             listener.onSocketAccepted(self._serv, conn)
@@ -194,7 +200,3 @@ class AcceptPipeline:
             tcp = conn.builtTransport()
             if tcp is not None:
                 ioService.watch(tcp, goOffline)
-                if not wasOffline and ioService.offline:
-                    # The listener took the service offline from
-                    # onSocketAccepted: this connection goes with the rest.
-                    goOffline(tcp)

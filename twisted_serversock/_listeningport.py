@@ -47,23 +47,25 @@ class _Listener:
     A connection whose protocol cannot be built is closed at once.
     """
 
-    __slots__ = ("factory", "_stopped")
+    __slots__ = ("_port", "_stopped")
 
-    def __init__(self, factory: Any, stopped: Callable[[_Listener, int], None]) -> None:
+    def __init__(self, port: GeckoListeningPort, stopped: Callable[[_Listener, int], None]) -> None:
         """
-        @param factory: the port's protocol factory.
+        @param port: the listening port, whose C{factory} builds each
+            connection's protocol (read per connection, as Twisted's own
+            port reads its C{factory}).
         @param stopped: called with this listener and the status when the
             server socket stops listening.
         """
-        self.factory = factory
+        self._port = port
         self._stopped = stopped
 
     def logPrefix(self) -> str:
         # Twisted's port's: a log.msg in buildProtocol shows the factory.
-        return qual(type(self.factory))
+        return qual(type(self._port.factory))
 
     def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:
-        factory = self.factory
+        factory = self._port.factory
         addr = transport.getPeerAddr()
         try:
             protocol = factory.buildProtocol(addr)
@@ -104,10 +106,13 @@ class _RawListener(_Listener):
     raw.
     """
 
-    __slots__ = ()
+    __slots__ = ("socketAccepted",)
 
-    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
-        self.factory.socketAccepted(skt, addr)
+    def __init__(self, port: GeckoListeningPort, stopped: Callable[[_Listener, int], None]) -> None:
+        _Listener.__init__(self, port, stopped)
+        # The factory's own method, bound once: the hand-off of every
+        # connection takes no extra call through this listener.
+        self.socketAccepted: Callable[[socket.socket, Any], None] = port.factory.socketAccepted
 
 
 @implementer(IListeningPort)
@@ -159,9 +164,9 @@ class GeckoListeningPort:
         self.serverSocket = serv
         self._address = serv.getAddress()
         if IRawAcceptor.providedBy(self.factory):
-            self._listener = _RawListener(self.factory, self._stopped)
+            self._listener = _RawListener(self, self._stopped)
         else:
-            self._listener = _Listener(self.factory, self._stopped)
+            self._listener = _Listener(self, self._stopped)
         # Twisted's own lines, in Twisted's order (before doStart), through
         # the legacy API as Twisted's ports log them: tools and Twisted's
         # own tests read these exact messages.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ILoggingContext
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,7 +45,9 @@ NO_TIMEOUT = 0xFFFF
 _log = Logger()
 
 
-@implementer(IHalfCloseableProtocol)
+# ILoggingContext: Twisted asks only a provider for its logPrefix(); the
+# connection's log lines keep saying "SocketTransport".
+@implementer(IHalfCloseableProtocol, ILoggingContext)
 class StreamMode:
     """
     The Twisted protocol of a connection in stream mode, and the backend of

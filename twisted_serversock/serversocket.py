@@ -150,6 +150,7 @@ class ServerSocket:
         self._queue: CallQueue | None = None
         self._allowedUids: frozenset[int | str] | None = None
         self._unregister: Callable[[], None] | None = None
+        self._survivesOffline = True
 
     def __repr__(self) -> str:
         state = "listening" if self._port else "bound" if self._bound else "closed"
@@ -280,13 +281,15 @@ class ServerSocket:
         backlog = _checkBacklog(backLog)
         self._checkUninitialized()
         family = _ipFamily(host)
-        survives = keepWhenOffline or isLocalListenAddress(host)
-        if self._ioService.offline and not survives:
+        if self._ioService.offline and not (keepWhenOffline or isLocalListenAddress(host)):
             raise NSError(
                 NS_ERROR_OFFLINE,
                 f"the I/O service is offline; a listener on {host} would not survive it",
             )
-        self._adopt(_bind.bindIP(family, host, port, backlog, v6only), None, survives)
+        bound = _bind.bindIP(family, host, port, backlog, v6only)
+        # Decided on the address bound, not the spelling asked for
+        # ("0:0:0:0:0:0:0:1" is ::1).
+        self._adopt(bound, None, keepWhenOffline or isLocalListenAddress(bound.address.host))
 
     def _adopt(
         self, bound: _bind.BoundSocket, allowedUids: frozenset[int | str] | None, survivesOffline: bool = True
@@ -299,11 +302,15 @@ class ServerSocket:
         self._bound = bound
         self._address = bound.address
         self._allowedUids = allowedUids
-        if not survivesOffline:
-            self._unregister = self._ioService.register(self._goOffline)
+        self._survivesOffline = survivesOffline
+        # Every bound server socket registers, survivor or not: the
+        # registration also keeps it (and its socket file) alive until
+        # close(), as Gecko's socket service holds its sockets.
+        self._unregister = self._ioService.register(self._goOffline)
 
     def _goOffline(self) -> None:
-        self._stop(NS_ERROR_ABORT)
+        if not self._survivesOffline:
+            self._stop(NS_ERROR_ABORT)
 
     # ------------------------------------------------------------------
     # Listening.

@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from . import _args
 from ._accepted import AcceptedSocket
-from ._streammode import NO_TIMEOUT, TIMEOUT_CONNECT, TIMEOUT_READ_WRITE, StreamMode, checkTimeoutType
+from ._streammode import NO_TIMEOUT, TIMEOUT_CONNECT, TIMEOUT_READ_WRITE, StreamMode, checkTimeoutType, goOffline
 from ._twistedcompat import bufferedOutput, isReadable, relabel
 from ._unix import peerCredentials
 from .interfaces import ISocketTransport
@@ -158,6 +158,18 @@ class SocketTransport:
         connection was refused); builds nothing.
         """
         return self._twisted
+
+    def goOffline(self) -> None:
+        """
+        Package-internal: the I/O service went offline (while the listener
+        was still deciding, or later): close with C{NS_ERROR_OFFLINE} at
+        once, building the transport in stream mode if nothing did yet (the
+        streams and C{attachProtocol} then report C{NS_ERROR_OFFLINE}).
+        Nothing for a connection that was refused.
+        """
+        if self._twisted is None and not self._accepted.pending:
+            return
+        goOffline(self.startStreaming())
 
     def refuse(self) -> None:
         """
