@@ -62,6 +62,7 @@ class AcceptPipeline:
         "_deliver",
         "_allowedUids",
         "_address",
+        "_deciding",
         "_refusals",
     )
 
@@ -99,6 +100,9 @@ class AcceptPipeline:
         self._allowedUids = allowedUids
         self._address = address
         self._refusals: RefusalLog | None = None
+        #: A connection from a peer that is not local while the listener's
+        #: onSocketAccepted runs: see L{goOffline}.
+        self._deciding: SocketTransport | None = None
         deliver: Accept
         if IRawAcceptor.providedBy(listener):
             self._rawAccept: Accept | None = listener.socketAccepted
@@ -120,6 +124,18 @@ class AcceptPipeline:
         # pipeline: it must not keep the listener and the server socket
         # alive for them.  (Nothing is accepted after this.)
         self._listener = self._serv = self._rawAccept = None
+
+    def goOffline(self) -> None:
+        """
+        The I/O service is going offline: a connection from a peer that is
+        not local, which the listener is still deciding about (the switch
+        was thrown from its C{onSocketAccepted}), goes offline at once, as
+        the watched ones do.  (The server socket calls this; it is
+        registered with the I/O service whether it survives or not.)
+        """
+        conn = self._deciding
+        if conn is not None:
+            conn.goOffline()
 
     # ------------------------------------------------------------------
     # Stage 1: the uid filter.
@@ -174,20 +190,20 @@ class AcceptPipeline:
             skt.close()
             return
         # A connection from a peer that is not local is closed when the I/O
-        # service goes offline, from the moment anyone can see it: watched
-        # as a connection while the listener runs, then by its Twisted
-        # transport (which lives as long as the connection does).  Its
-        # transport is built exactly as for a local peer: for the
-        # listener's protocol, or in stream mode afterwards.
-        ioService = self._ioService
+        # service goes offline, from the moment anyone can see it: while the
+        # listener decides, through this pipeline (L{goOffline}); then
+        # watched by its Twisted transport, which lives as long as the
+        # connection does.  Its transport is built exactly as for a local
+        # peer: for the listener's protocol, or in stream mode afterwards.
         remote = type(addr) is tuple and not addr[0].startswith(LOOPBACK_PEER_PREFIXES) and addr[0] != "::1"
         if remote:
-            ioService.watch(conn, SocketTransport.goOffline)
+            self._deciding = conn
         listener = self._listener
         try:
             listener.onSocketAccepted(self._serv, conn)
         except Exception:
             _log.failure("Unhandled error in {listener!r}.onSocketAccepted", listener=listener)
+        self._deciding = None
         if accepted.pending:
             try:
                 # Neither attached nor used: stream mode (the listener may
@@ -199,4 +215,4 @@ class AcceptPipeline:
         if remote:
             tcp = conn.builtTransport()
             if tcp is not None:
-                ioService.watch(tcp, goOffline)
+                self._ioService.watch(tcp, goOffline)

@@ -309,6 +309,9 @@ class ServerSocket:
         self._unregister = self._ioService.register(self._goOffline)
 
     def _goOffline(self) -> None:
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.goOffline()
         if not self._survivesOffline:
             self._stop(NS_ERROR_ABORT)
 
