@@ -18,6 +18,19 @@ from twisted_serversock import IOService, ServerSocket
 from .conftest import Recorder, connect, eventually, needsIPv6
 
 
+async def _acceptOne(servers: Any) -> tuple[Any, Recorder, Any, Any]:
+    """
+    A loopback server socket with a L{Recorder} listening, one client
+    connected and its transport accepted.
+    """
+    srv = servers()
+    srv.init(-1, True, -1)
+    rec = Recorder()
+    srv.asyncListen(rec)
+    client = await connect(srv.port)
+    return srv, rec, client, await rec.nextAccepted()
+
+
 @needsIPv6
 def test_survivalDecidedOnTheBoundAddress(servers: Any, io: IOService) -> None:
     """
@@ -53,12 +66,7 @@ async def test_closedListenerNotKeptByItsConnections(servers: Any) -> None:
     After C{close()}, a connection the server socket accepted (and that is
     still open) does not keep the listener alive.
     """
-    srv = servers()
-    srv.init(-1, True, -1)
-    rec = Recorder()
-    srv.asyncListen(rec)
-    client = await connect(srv.port)
-    transport = await rec.nextAccepted()
+    srv, rec, client, transport = await _acceptOne(servers)
     transport.attachProtocol(protocol.Protocol())
     ref = weakref.ref(rec)
     srv.close()
@@ -75,12 +83,7 @@ async def test_streamModeLogPrefix(servers: Any) -> None:
     before the rebuild (Twisted takes the prefix from the protocol's
     C{logPrefix()} only when it provides C{ILoggingContext}).
     """
-    srv = servers()
-    srv.init(-1, True, -1)
-    rec = Recorder()
-    srv.asyncListen(rec)
-    client = await connect(srv.port)
-    transport = await rec.nextAccepted()
+    srv, rec, client, transport = await _acceptOne(servers)
     transport.openInputStream()
     assert transport.builtTransport().logstr.startswith("SocketTransport,")
     client.transport.loseConnection()
