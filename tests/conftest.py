@@ -448,6 +448,13 @@ _NEEDED = (
     "import json, sys, sysconfig\n"
     "import twisted_serversock, twisted_serversock.endpoints, twisted.internet.reactor\n"
     "import twisted.scripts.twistd, twisted.web.tap, twisted_serversock.tap  # what twistd as nobody needs\n"
+    "import importlib, pkgutil, twisted.plugins\n"
+    "# Our dropins live beside the package (in the checkout, for an editable\n"
+    "# install), not in Twisted's own twisted/plugins: import them so that\n"
+    "# the directory they come from is found (and copied) too.\n"
+    "for m in pkgutil.iter_modules(twisted.plugins.__path__):\n"
+    "    if m.name.startswith('twisted_serversock'):\n"
+    "        importlib.import_module('twisted.plugins.' + m.name)\n"
     "std = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib')}\n"
     "roots = sorted((p for p in sys.path if p and p not in std), key=len, reverse=True)\n"
     "found = set()\n"
@@ -492,7 +499,11 @@ def unprivilegedPythonPath() -> str:
     Where the virtual environment or the checkout is not readable by others
     (CI builds its venv in a 0700 C{mktemp -d} directory), the packages
     needed are copied into a world-readable temporary directory, removed
-    when the test run ends.
+    when the test run ends.  That includes this project's plugin dropins:
+    an editable install keeps them in the checkout's C{twisted/plugins},
+    which nothing imports until Twisted looks for plugins, so they are
+    imported on purpose to be found (without them, C{twistd} run as the
+    unprivileged user knows no C{gecko:} endpoint).
     """
     out = subprocess.run([sys.executable, "-c", _NEEDED], capture_output=True, text=True, check=True, cwd="/")
     entries: list[str] = []
