@@ -330,8 +330,20 @@ _NS_SERVER_IP = "198.18.7.1"  # RFC 2544 benchmarking range, only on our veth
 _NS_CLIENT_IP = "198.18.7.2"
 
 _NS_CLIENT = r"""
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+import errno, socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+except ConnectionResetError:
+    # The handshake completed (only an accepted connection is reset), but
+    # the server closed the connection before this process got back from
+    # connect(): under load, a server that closes at once wins that race.
+    # Report the connection, then the reset to the next line sent, as a
+    # client whose connect() returned first would see it.
+    print("connected reset", flush=True)
+    line = sys.stdin.readline().strip()
+    if line and line != "close":
+        print("error", errno.ECONNRESET, flush=True)
+    sys.exit(0)
 print("connected", s.getsockname()[1], flush=True)
 while True:
     line = sys.stdin.readline().strip()
