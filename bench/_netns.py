@@ -8,7 +8,7 @@ that the two never collide.
 The server listens on our end of the pair, L{Peer.serverIP}; the C client
 runs inside the namespace (C{ip netns exec}) and connects from
 L{Peer.peerIP}.  Both are in 198.19.0.0/16 (RFC 2544's benchmarking range;
-the tests use 198.18.7.0/30), in a /30 picked from this process's id and
+the tests take theirs from 198.18.0.0/16), in a /30 picked from this process's id and
 not in use on this host, so that two benchmark runs at once do not share
 one, and exist only on this pair, which is removed again when the context
 ends, whatever happened.  Needs root and iproute2 (C{ip}); L{available}

@@ -326,8 +326,9 @@ async def served() -> Any:
 # ----------------------------------------------------------------------
 # A peer that is not local: a client in a network namespace of our own.
 
-_NS_SERVER_IP = "198.18.7.1"  # RFC 2544 benchmarking range, only on our veth
-_NS_CLIENT_IP = "198.18.7.2"
+#: Where the foreign host's /30 comes from: RFC 2544's benchmarking range
+#: (the benchmarks take theirs from 198.19.0.0/16).
+_NS_RANGE = "198.18.0.0/16"
 
 _NS_CLIENT = r"""
 import errno, socket, sys
@@ -397,11 +398,10 @@ class ForeignHost:
     whose address (C{clientIP}) is not a loopback address.
     """
 
-    serverIP = _NS_SERVER_IP
-    clientIP = _NS_CLIENT_IP
-
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, serverIP: str, clientIP: str) -> None:
         self.name = name
+        self.serverIP = serverIP
+        self.clientIP = clientIP
 
     async def connect(self, port: int) -> ForeignClient:
         import sys
@@ -418,34 +418,55 @@ class ForeignHost:
         return client
 
 
-@pytest.fixture(scope="module")
+def _freeSubnet(pid: int) -> list[str]:
+    """
+    The two host addresses of a /30 of L{_NS_RANGE} that no address of
+    this host is in, starting from one picked by C{pid}: two test runs at
+    once (or a leftover of a killed one) never share an address, which
+    would send one run's replies down the other's veth.
+    """
+    import ipaddress
+
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], check=True, capture_output=True, text=True, timeout=30)
+    inUse = [ipaddress.IPv4Interface(w).ip for w in shown.stdout.split() if "/" in w and w[0].isdigit()]
+    subnets = list(ipaddress.IPv4Network(_NS_RANGE).subnets(new_prefix=30))
+    for i in range(len(subnets)):
+        subnet = subnets[(pid + i) % len(subnets)]
+        if not any(address in subnet for address in inUse):
+            return [str(a) for a in list(subnet.hosts())[:2]]
+    raise RuntimeError(f"no free /30 in {_NS_RANGE}")
+
+
+@pytest.fixture(scope="session")
 def foreignHost() -> Any:
     """
-    Create (and afterwards remove) a network namespace with a veth pair.
-    Needs root and iproute2, which CI has.
+    Create (and after the test run remove) a network namespace joined to
+    this one by a veth pair, once per run: the modules that use it share
+    it, so none depends on another having removed its own first.  Needs
+    root and iproute2, which CI has.
     """
-    import os
-    import shutil
-    import subprocess
-
     if os.getuid() != 0 or shutil.which("ip") is None:
         pytest.skip("creating a network namespace needs root and iproute2")
-    name = f"tss{os.getpid()}"
-    here, there = f"tsa{os.getpid()}"[:15], f"tsb{os.getpid()}"[:15]
+    pid = os.getpid()
+    name = f"tss{pid}"
+    # Interface names: at most 15 characters.
+    here, there = f"tsa{pid}"[:15], f"tsb{pid}"[:15]
+    serverIP, clientIP = _freeSubnet(pid)
     steps = [
         ["ip", "netns", "add", name],
         ["ip", "link", "add", here, "type", "veth", "peer", "name", there, "netns", name],
-        ["ip", "addr", "add", f"{_NS_SERVER_IP}/30", "dev", here],
+        ["ip", "addr", "add", f"{serverIP}/30", "dev", here],
         ["ip", "link", "set", here, "up"],
-        ["ip", "netns", "exec", name, "ip", "addr", "add", f"{_NS_CLIENT_IP}/30", "dev", there],
+        ["ip", "netns", "exec", name, "ip", "addr", "add", f"{clientIP}/30", "dev", there],
         ["ip", "netns", "exec", name, "ip", "link", "set", there, "up"],
         ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
     ]
     try:
         for step in steps:
             subprocess.run(step, check=True, capture_output=True, timeout=30)
-        yield ForeignHost(name)
+        yield ForeignHost(name, serverIP, clientIP)
     finally:
+        # Deleting our end removes the pair; deleting the namespace, what is left.
         subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
