@@ -404,8 +404,6 @@ class RecordingListener:
         self.events.append(("stopped", status))
 
 
-
-
 @implementer(IServerSocket)
 class MemoryServerSocket:
     """
@@ -433,11 +431,13 @@ class MemoryServerSocket:
         self.connections: list[MemoryConnection] = []
         self.backlog: int | None = None
         self._queue = CallQueue(self.clock)
+        #: The address last bound: kept after close, as the real one keeps it.
         self._address: Any = None
+        #: Bound from a successful C{init*} until L{close}, as the real one.
+        self._bound = False
         self._port: _MemoryPort | None = None
         self._listener: Any = None
         self._waiting: list[MemoryConnection] = []
-        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<MemoryServerSocket {self._address!r}>"
@@ -451,15 +451,14 @@ class MemoryServerSocket:
     # --- the init family
 
     def _bind(self, address: Any, backLog: int) -> None:
-        if self._address is not None:
+        if self._bound:
             raise NSError(NS_ERROR_ALREADY_INITIALIZED, "the server socket is already initialised")
         if isinstance(backLog, bool) or not isinstance(backLog, int):
             raise NSError(NS_ERROR_INVALID_ARG, f"backlog must be an integer, not {backLog!r}")
         self._address = address
+        self._bound = True
         self._port = _MemoryPort(address)
         self.backlog = backLog if backLog >= 0 else socket.SOMAXCONN
-        self._listener = None
-        self._stopped = False
 
     @staticmethod
     def _portNumber(port: int) -> int:
@@ -525,9 +524,9 @@ class MemoryServerSocket:
         return self._address
 
     def asyncListen(self, listener: Any) -> None:
-        if self._address is None:
-            raise NSError(NS_ERROR_NOT_INITIALIZED, "the server socket is not initialised")
-        if self._listener is not None or self._stopped:
+        if not self._bound:
+            raise NSError(NS_ERROR_NOT_INITIALIZED, "asyncListen needs a successful init first")
+        if self._listener is not None:
             raise NSError(NS_ERROR_IN_PROGRESS, "asyncListen was called before")
         if not (
             callable(getattr(listener, "onSocketAccepted", None))
@@ -540,21 +539,25 @@ class MemoryServerSocket:
         self._listener = listener
         waiting, self._waiting = self._waiting, []
         for conn in waiting:
-            self._queue.call(self._deliver, conn)
+            self._queue.call(self._deliver, conn, listener)
 
     def close(self) -> None:
-        if self._address is None or self._stopped:
+        """
+        Stop listening, as the real one: the connections not yet accepted
+        are refused; a listener gets its one C{onStopListening} through the
+        clock.  It can be initialised again afterwards, and keeps its
+        address until then.
+        """
+        if not self._bound:
             return
         listener = self._listener
-        if listener is None:
-            # Before asyncListen: no callback, and it can be initialised again.
-            for conn in self._waiting:
-                conn.transport.refuse()
-            self._waiting = []
-            self._address = None
-            return
-        self._stopped = True
-        self._queue.call(listener.onStopListening, self, NS_BINDING_ABORTED)
+        self._bound = False
+        self._listener = None
+        for conn in self._waiting:
+            conn.transport.refuse()
+        self._waiting = []
+        if listener is not None:
+            self._queue.call(listener.onStopListening, self, NS_BINDING_ABORTED)
 
     def connect(self, peer: Any = None) -> MemoryConnection:
         """
@@ -570,24 +573,24 @@ class MemoryServerSocket:
         @raise NSError: C{NS_ERROR_CONNECTION_REFUSED} when not listening
             (never initialised, or closed).
         """
-        if self._address is None or self._stopped:
+        if not self._bound:
             raise NSError(NS_ERROR_CONNECTION_REFUSED, "the server socket is not listening")
         if peer is None and isinstance(self._address, UNIXAddress):
             peer = ""
         conn = MemoryConnection(self.clock, peer, self._address, self._queue, self._port)
         self.connections.append(conn)
-        if self._listener is None:
+        listener = self._listener
+        if listener is None:
             self._waiting.append(conn)
         else:
-            self._queue.call(self._deliver, conn)
+            self._queue.call(self._deliver, conn, listener)
         return conn
 
-    def _deliver(self, conn: MemoryConnection) -> None:
-        if self._stopped:
+    def _deliver(self, conn: MemoryConnection, listener: Any) -> None:
+        if self._listener is not listener:
             # Closed in the meantime: the client's connection is refused.
             conn.transport.refuse()
             return
-        listener = self._listener
         try:
             listener.onSocketAccepted(self, conn.transport)
         finally:
