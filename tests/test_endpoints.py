@@ -28,7 +28,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.logger import formatEvent
 from zope.interface.verify import verifyObject
 
-from twisted_serversock import NSError, ServerSocket, results
+from twisted_serversock import NSError, ServerSocket, _args, results
 from twisted_serversock.endpoints import (
     GeckoServerEndpoint,
     GeckoUNIXServerEndpoint,
@@ -232,6 +232,33 @@ def test_badEndpointArguments() -> None:
         GeckoUNIXServerEndpoint(MemoryReactor(), path="/a", abstract="b")
     with pytest.raises(ValueError):
         GeckoServerEndpoint(MemoryReactor(), loopback=True, interface="127.0.0.1")
+
+
+@pytest.mark.parametrize("name, limit", [("port", _args.MAX_PORT), ("backlog", _args.MAX_BACKLOG)])
+def test_oneLimitForTheParserTheEndpointAndTheServerSocket(name: str, limit: int) -> None:
+    """
+    The largest port and backlog are the same number wherever they are
+    given: a description, an endpoint class, a server socket.
+    """
+    others = {"port": 0, "backlog": -1}
+    reactor = MemoryReactor()
+    GeckoServerEndpoint(reactor, **{**others, name: limit})
+    parseGecko(reactor, **{"port": "0", name: str(limit)})
+    tooLarge = [
+        lambda: GeckoServerEndpoint(reactor, **{**others, name: limit + 1}),
+        lambda: parseGecko(reactor, **{"port": "0", name: str(limit + 1)}),
+    ]
+    if name == "backlog":
+        tooLarge.append(lambda: GeckoUNIXServerEndpoint(reactor, path="/a.sock", backlog=limit + 1))
+        tooLarge.append(lambda: parseGeckoUNIX(reactor, "/a.sock", backlog=str(limit + 1)))
+    for call in tooLarge:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(limit + 1) in str(e.value)
+    serv = ServerSocket()
+    with pytest.raises(NSError) as nsError:
+        serv.init(*{"port": (limit + 1, True, -1), "backlog": (0, True, limit + 1)}[name])
+    assert nsError.value.result == results.NS_ERROR_INVALID_ARG
 
 
 _parsers = {"gecko": parseGecko, "geckounix": parseGeckoUNIX}

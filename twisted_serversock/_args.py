@@ -19,7 +19,25 @@ from typing import Any, Callable, TypeVar
 
 from .results import NS_ERROR_INVALID_ARG, NSError
 
-__all__ = ["boolean", "integer", "text", "pathLike", "SELF_UID", "uids", "groupId", "asNSError"]
+__all__ = [
+    "MAX_PORT",
+    "MAX_BACKLOG",
+    "boolean",
+    "integer",
+    "text",
+    "pathLike",
+    "SELF_UID",
+    "uids",
+    "groupId",
+    "asNSError",
+]
+
+#: The highest TCP port.
+MAX_PORT = 65535
+
+#: The largest backlog a server socket or an endpoint takes (C{listen(2)}'s
+#: argument is a C int; the kernel caps it at C{net.core.somaxconn}).
+MAX_BACKLOG = 2**31 - 1
 
 #: An C{allowedUids} member that stands for the uid the server runs as when
 #: a peer connects (its effective uid), looked up then, not when the set is

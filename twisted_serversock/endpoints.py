@@ -160,8 +160,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         dualStack: bool = False,
         workers: int | str = 0,
     ) -> None:
-        port = _args.integer(port, "port", None, 65535)
-        backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
+        port = _args.integer(port, "port", None, _args.MAX_PORT)
+        backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
         loopback = _args.boolean(loopback, "loopback")
         keepWhenOffline = _args.boolean(keepWhenOffline, "keepWhenOffline")
         ipv6 = _args.boolean(ipv6, "ipv6")
@@ -266,7 +266,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         if abstract is not None and not isinstance(abstract, (str, bytes)):
             raise TypeError(f"abstract must be a string, not {abstract!r}")
         mode = _args.integer(mode, "mode", 0, 0o777)
-        backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
+        backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
         reclaimStale = _args.boolean(reclaimStale, "reclaimStale")
         uids = _args.uids(allowedUids)
         gid = _args.groupId(group)
@@ -359,14 +359,17 @@ def _boolean(name: str, value: str) -> bool:
     raise ValueError(f"{name} must be one of 0/1/true/false/yes/no, not {value!r}")
 
 
-def _integer(name: str, value: str, low: int, high: int) -> int:
+def _integer(name: str, value: str, high: int) -> int:
+    """
+    The whole number C{value} spells, from -1 (the description's "any":
+    the Python API takes any negative number for it) to C{high}; the range
+    is checked by L{_args.integer}, as for the endpoint classes.
+    """
     try:
         number = int(value.strip(), 10)
     except ValueError:
         raise ValueError(f"{name} must be an integer, not {value!r}") from None
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be from {low} to {high}, not {number}")
-    return number
+    return _args.integer(number, name, -1, high)
 
 
 def _octalMode(value: str) -> int:
@@ -451,7 +454,6 @@ def _options(
 
 _GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
 _GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers")
-_MAX_BACKLOG = 2**31 - 1
 
 
 def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
@@ -463,8 +465,8 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
         description.
     """
     o, _ = _options("gecko", args, kwargs, _GECKO_OPTIONS, "port")
-    port = _integer("port", o["port"], -1, 65535) if "port" in o else -1
-    backlog = _integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1
+    port = _integer("port", o["port"], _args.MAX_PORT) if "port" in o else -1
+    backlog = _integer("backlog", o["backlog"], _args.MAX_BACKLOG) if "backlog" in o else -1
     interface = o.get("interface")
     return GeckoServerEndpoint(
         reactor,
@@ -507,15 +509,13 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
             raise ValueError("the abstract name is empty")
         if "mode" in o:
             raise ValueError("mode applies to socket files; an abstract address has no permissions (use uids=)")
-        if "reclaim" in o:
+        if "reclaim" in o:  # given at all, even reclaim=0 (the class sees only true)
             raise ValueError("reclaim applies to socket files, not abstract addresses")
-        if "group" in o:
-            raise ValueError("group applies to socket files; an abstract address has no group (use uids=)")
     return GeckoUNIXServerEndpoint(
         reactor,
         path=path,
         mode=_octalMode(o["mode"]) if "mode" in o else 0o600,
-        backlog=_integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1,
+        backlog=_integer("backlog", o["backlog"], _args.MAX_BACKLOG) if "backlog" in o else -1,
         abstract=abstract,
         reclaimStale=_boolean("reclaim", o["reclaim"]) if "reclaim" in o else False,
         allowedUids=_uids(o["uids"]) if "uids" in o else None,

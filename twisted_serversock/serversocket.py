@@ -54,9 +54,6 @@ __all__ = ["ServerSocket", "LoopbackOnly", "KeepWhenOffline"]
 LoopbackOnly = 1
 KeepWhenOffline = 2
 
-_MAX_PORT = 65535
-_MAX_BACKLOG = 2**31 - 1
-
 _log = Logger()
 
 
@@ -84,8 +81,8 @@ def _boolean(value: Any, what: str) -> bool:
 
 def _checkPort(port: Any) -> int:
     port = _integer(port, "port")
-    if port > _MAX_PORT:
-        raise NSError(NS_ERROR_INVALID_ARG, f"port {port} is above {_MAX_PORT}")
+    if port > _args.MAX_PORT:
+        raise NSError(NS_ERROR_INVALID_ARG, f"port {port} is above {_args.MAX_PORT}")
     return max(port, 0)
 
 
@@ -93,7 +90,7 @@ def _checkBacklog(backlog: Any) -> int:
     backlog = _integer(backlog, "backlog")
     if backlog < 0:
         return socket.SOMAXCONN
-    if backlog > _MAX_BACKLOG:
+    if backlog > _args.MAX_BACKLOG:
         raise NSError(NS_ERROR_INVALID_ARG, f"backlog {backlog} is too large")
     return backlog
 

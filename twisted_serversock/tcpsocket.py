@@ -408,7 +408,7 @@ class TCPSocket(Protocol):
         """
         if not isinstance(host, str) or not host:
             raise NSError(NS_ERROR_INVALID_ARG, f"host must be a non-empty string, not {host!r}")
-        port = _args.asNSError(_args.integer, port, "port", 1, 65535)
+        port = _args.asNSError(_args.integer, port, "port", 1, _args.MAX_PORT)
         if reactor is None:
             from twisted.internet import reactor as _reactor
 

@@ -50,6 +50,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _args
 from ._accepted import AcceptedSocket
 from ._callqueue import CallQueue
 from .interfaces import IServerSocket, IServerSocketListener
@@ -462,8 +463,8 @@ class MemoryServerSocket:
 
     @staticmethod
     def _portNumber(port: int) -> int:
-        if isinstance(port, bool) or not isinstance(port, int) or port > 65535:
-            raise NSError(NS_ERROR_INVALID_ARG, f"port must be an integer <= 65535, not {port!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or port > _args.MAX_PORT:
+            raise NSError(NS_ERROR_INVALID_ARG, f"port must be an integer <= {_args.MAX_PORT}, not {port!r}")
         return port if port > 0 else next(_ports)
 
     def init(self, port: int, loopbackOnly: bool, backLog: int) -> None:
