@@ -112,7 +112,8 @@ def test_noPackageInitUnderTwisted() -> None:
 def test_wheelIsTypedAndLicensed(wheel: Path) -> None:
     """
     PEP 561: the wheel carries C{py.typed}, so mypy checks users' code
-    against our annotations; and the MIT licence text the metadata declares.
+    against our annotations; the MIT licence text the metadata declares;
+    and no link to a place that does not exist.
     """
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -123,7 +124,9 @@ def test_wheelIsTypedAndLicensed(wheel: Path) -> None:
         text = z.read(licence).decode()
     assert "License-Expression: MIT" in meta
     assert text.startswith("MIT License") and text == (ROOT / "LICENSE").read_text()
-    assert "Project-URL: Source, https://" in meta and "Project-URL: Issues, https://" in meta
+    # No project URLs until the project has a public home: metadata must not
+    # send users to a repository that does not exist.
+    assert "Project-URL:" not in meta and "Home-page:" not in meta
     assert "Classifier: Typing :: Typed" in meta
 
 
