@@ -48,6 +48,7 @@ class RealSide:
         self.made: list[ServerSocket] = []
         self.clients: list[socket.socket] = []
         self.io = IOService()
+        self.listeners: list[RecordingListener] = []
 
     def make(self) -> Any:
         serv = ServerSocket(ioService=self.io)
@@ -85,6 +86,7 @@ class MemorySide:
 
     def __init__(self) -> None:
         self.clock = Clock()
+        self.listeners: list[RecordingListener] = []
 
     def make(self) -> Any:
         return MemoryServerSocket(self.clock)
@@ -106,10 +108,8 @@ class MemorySide:
 @pytest.fixture(params=["real", "memory"])
 def side(request: Any) -> Any:
     made = RealSide() if request.param == "real" else MemorySide()
-    listeners: list[RecordingListener] = []
-    made.listeners = listeners
     yield made
-    made.cleanup(listeners)
+    made.cleanup(made.listeners)
 
 
 def listener(side: Any) -> RecordingListener:

@@ -57,7 +57,8 @@ def test_initFamilyRecordsTheAddress() -> None:
     assert code(serv.init, 8081, True, -1) == results.NS_ERROR_ALREADY_INITIALIZED
     serv.close()  # before asyncListen: can be initialised again
     serv.initIPv6(0, False, 5)
-    assert isinstance(serv.getAddress(), IPv6Address) and serv.getAddress().host == "::"
+    address = serv.getAddress()
+    assert isinstance(address, IPv6Address) and address.host == "::"
     assert serv.port > 0 and serv.backlog == 5
     other = MemoryServerSocket()
     other.initWithAddress(("::1", 7000), -1)

@@ -13,7 +13,7 @@ that are not local).
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,6 +24,8 @@ from .interfaces import IIOService
 __all__ = ["IOService", "ioService"]
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 
 @implementer(IIOService)
@@ -92,7 +94,7 @@ class IOService:
 
         return unregister
 
-    def watch(self, obj: Any, goOffline: Callable[[Any], None]) -> None:
+    def watch(self, obj: _T, goOffline: Callable[[_T], None]) -> None:
         """
         Package-internal: call C{goOffline(obj)} when the service goes
         offline, for as long as C{obj} lives (it is held weakly: a
