@@ -649,3 +649,49 @@ def test_defaultReactor() -> None:
         assert srv._reactor is reactor
     finally:
         srv.close()
+
+
+class RecordingIOService(IOService):
+    """
+    An I/O service that counts who is registered with it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registered = 0
+
+    def register(self, goOffline: Any) -> Any:
+        self.registered += 1
+        unregister = super().register(goOffline)
+        live = [True]
+
+        def counted() -> None:
+            if live.pop() if live else False:
+                self.registered -= 1
+            unregister()
+
+        return counted
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        lambda s: s.init(0, True, -1),  # loopback: survives going offline
+        lambda s: s.initSpecialConnection(0, ServerSocket.KeepWhenOffline, -1),  # survives
+        lambda s: s.init(0, False, -1),  # closed by going offline
+    ],
+)
+def test_everyBoundServerSocketRegistersUntilClose(servers: Any, init: Any) -> None:
+    """
+    Every bound server socket is registered with its I/O service, whether
+    or not it survives going offline, from init until close (what the I/O
+    service's docstrings say).
+    """
+    io = RecordingIOService()
+    srv = servers(io)
+    assert io.registered == 0
+    init(srv)
+    assert io.registered == 1
+    srv.close()
+    srv.close()
+    assert io.registered == 0

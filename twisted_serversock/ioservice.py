@@ -4,10 +4,12 @@ The offline switch of Gecko's I/O service, for server sockets and the
 connections they accepted.
 
 The service is a registry: it knows nothing of what it switches off.
-Whatever must stop on going offline registers a callback
-(L{IOService.register}, for server sockets that would not survive it) or
-is watched weakly with one (L{IOService.watch}, for connections from peers
-that are not local).
+Every bound server socket registers a callback (L{IOService.register}),
+whether or not it survives going offline: one that does not closes itself
+from it, and every one takes offline the connection from a non-local peer
+its listener is still deciding about.  A connection from a peer that is
+not local is then watched weakly (L{IOService.watch}) once the listener
+has seen it.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class IOService:
     construct your own for tests and pass it as C{ServerSocket(ioService=...)}.
 
     @ivar _serverSockets: the go-offline callbacks registered with
-        L{register} (by server sockets that would not survive going
-        offline), keyed by their registration.
+        L{register} (by every bound server socket, from C{init*} until
+        C{close}), keyed by their registration.  Holding them also keeps
+        those server sockets alive, as Gecko's socket service holds its
+        sockets.
     @ivar _connections: the objects L{watch}ed (the live Twisted transports
         of accepted connections whose peer is not local) and their
         callbacks; held weakly, so a connection that ends is forgotten
@@ -79,8 +83,9 @@ class IOService:
     def register(self, goOffline: Callable[[], None]) -> Callable[[], None]:
         """
         Package-internal: call C{goOffline()} when the service goes offline
-        (once per switch, until unregistered).  Server sockets that would
-        not survive going offline register while they are bound.
+        (once per switch, until unregistered).  Every server socket
+        registers while it is bound, survivor or not (see the module
+        docstring), and unregisters when it closes.
 
         @return: the unregister handle: call it (any number of times) to
             forget C{goOffline}.
@@ -98,7 +103,9 @@ class IOService:
         """
         Package-internal: call C{goOffline(obj)} when the service goes
         offline, for as long as C{obj} lives (it is held weakly: a
-        connection that ends needs no unregistering).
+        connection that ends needs no unregistering).  The accept pipeline
+        watches the Twisted transport of each connection from a peer that
+        is not local, once the listener's C{onSocketAccepted} returned.
         """
         self._connections[obj] = goOffline
 
