@@ -1,5 +1,6 @@
 """
-SPEC 7: the endpoints and the gecko:/geckounix: string parsers.
+The endpoints and the gecko:/geckounix: string parsers: every option of
+README's option table, and the errors a bad description gets.
 
 Parsing is checked against a C{MemoryReactor} (nothing is bound by parsing);
 everything that listens uses the real reactor and real sockets.
@@ -100,7 +101,7 @@ def test_caseInsensitivePrefix() -> None:
 
 
 # ----------------------------------------------------------------------
-# Every row of the SPEC 7 table
+# Every option of the gecko:/geckounix: syntax (README's option table)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,7 @@ def test_geckoRows(description: str, call: Any) -> None:
         ("geckounix:@name:uids=1000,1001", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({1000, 1001}))))),
         ("geckounix:@name:uids=self", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({"self"}))))),
         ("geckounix:/run/a.sock:uids=self,0", ("initWithFilename", ("/run/a.sock", 0o600, -1, ("allowedUids", frozenset({"self", 0})), ("group", None), ("reclaimStale", False)))),
-        # The socket file's group: a name or a number (SPEC 7).
+        # The socket file's group: a name or a number.
         ("geckounix:path=/run/app.sock:mode=0660:group=root", ("initWithFilename", ("/run/app.sock", 0o660, -1, ("allowedUids", None), ("group", 0), ("reclaimStale", False)))),
         ("geckounix:/run/app.sock:GROUP=4321", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("group", 4321), ("reclaimStale", False)))),
     ],

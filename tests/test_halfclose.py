@@ -1,5 +1,5 @@
 """
-A peer that half-closes (issue 11, part 6): what a server sends in answer to
+A peer that half-closes: what a server sends in answer to
 the last bytes, which can arrive together with the peer's end of stream,
 must reach the peer before the connection closes - for L{TCPSocket} (as
 Gecko flushes before closing) and for the default echo factory of

@@ -1,5 +1,5 @@
 """
-Issue 7, item 3: descriptor exhaustion.
+Hardening: descriptor exhaustion.
 
 An echo server runs in its own process with C{RLIMIT_NOFILE} lowered to
 64, and is flooded with three times as many clients as it has descriptors

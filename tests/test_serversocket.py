@@ -1,5 +1,6 @@
 """
-SPEC 4 for TCP: the init family, asyncListen, close, port and getAddress,
+TCP server sockets, as Gecko's nsIServerSocket: the init family,
+asyncListen, close, port and getAddress,
 on real loopback sockets with the real reactor.
 """
 

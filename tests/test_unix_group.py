@@ -1,5 +1,5 @@
 """
-The group of a UNIX socket file (issue 11, part 7).
+The group of a UNIX socket file.
 
 A web server reaches an application's socket through its group: nginx's
 workers run as www-data, the socket is mode 0660 and must belong to
