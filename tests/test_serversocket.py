@@ -22,6 +22,7 @@ from twisted.internet.error import ConnectError
 
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
+from ._helpers import FlakyListeningSocket
 from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6
 
 
@@ -524,26 +525,6 @@ async def test_listenerExceptionsLogged(servers: Any, logged: Any) -> None:
         c.transport.loseConnection()
 
 
-class _FlakyListeningSocket:
-    """
-    Stands in for the listening socket: raises the given errors from
-    accept() first, then behaves like the real one.
-    """
-
-    def __init__(self, real: socket.socket, errors: list[int]) -> None:
-        self._real = real
-        self._errors = list(errors)
-
-    def accept(self) -> Any:
-        if self._errors:
-            err = self._errors.pop(0)
-            raise OSError(err, os.strerror(err))
-        return self._real.accept()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
 @pytest.mark.parametrize("err", [errno.ECONNABORTED, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPERM])
 @pytest_twisted.ensureDeferred
 async def test_transientAcceptErrorTolerated(servers: Any, logged: Any, err: int) -> None:
@@ -552,7 +533,7 @@ async def test_transientAcceptErrorTolerated(servers: Any, logged: Any, err: int
     rec = Recorder()
     srv.asyncListen(rec)
     port = srv._port
-    port.socket = _FlakyListeningSocket(port.socket, [err])
+    port.socket = FlakyListeningSocket(port.socket, [err])
     client = await connect(srv.port)
     # Level-triggered: the pending connection is accepted on a later turn.
     transport = await rec.nextAccepted()
@@ -574,7 +555,7 @@ async def test_emfileRecovery(servers: Any, logged: Any) -> None:
     rec = Recorder()
     srv.asyncListen(rec)
     port = srv._port
-    port.socket = _FlakyListeningSocket(port.socket, [errno.EMFILE])
+    port.socket = FlakyListeningSocket(port.socket, [errno.EMFILE])
     first = await connect(srv.port)
     await first.whenClosed()
     assert rec.events == []
@@ -593,7 +574,7 @@ async def test_fatalAcceptErrorStops(servers: Any, logged: Any) -> None:
     rec = Recorder()
     srv.asyncListen(rec)
     port = srv._port
-    port.socket = _FlakyListeningSocket(port.socket, [errno.EINVAL])
+    port.socket = FlakyListeningSocket(port.socket, [errno.EINVAL])
     raw = socket.create_connection(("127.0.0.1", srv.port))
     assert await rec.whenStopped() == results.NS_ERROR_UNEXPECTED
     assert [kind for kind, _ in rec.events] == ["stopped"]
