@@ -19,7 +19,6 @@ from twisted.python.failure import Failure
 
 __all__ = [
     "StrOrBytesPath",
-    "TCPAddress",
     "Address",
     "Peer",
     "Accept",
@@ -44,9 +43,6 @@ if TYPE_CHECKING:
 
 #: A file system path, as C{os.fspath} takes it.
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-
-#: A TCP address as Twisted names it.
-TCPAddress = Union[IPv4Address, IPv6Address]
 
 #: An address a server socket binds, or either end of a connection has.
 Address = Union[IPv4Address, IPv6Address, UNIXAddress]
