@@ -53,7 +53,7 @@ class FakeSocket:
     def setsockopt(self, level: int, option: int, value: int) -> None:
         self.options[level, option] = int(value)
 
-    def getsockopt(self, level: int, option: int, size: int = 0) -> Any:
+    def getsockopt(self, level: int, option: int, size: int = 0) -> int | bytes:
         if (level, option) == (socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", -1)):
             if self.family != socket.AF_UNIX:
                 raise OSError("SO_PEERCRED on a TCP connection")

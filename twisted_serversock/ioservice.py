@@ -54,7 +54,7 @@ class IOService:
     def __init__(self) -> None:
         self._offline = False
         self._serverSockets: dict[object, Callable[[], None]] = {}
-        self._connections: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
+        self._connections: weakref.WeakKeyDictionary[object, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 
     @property
     def offline(self) -> bool:
