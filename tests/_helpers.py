@@ -5,6 +5,7 @@ C{conftest.py}) nor about child processes (C{_procs.py}).
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 from typing import Any
@@ -72,3 +73,36 @@ class FlakyListeningSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+def openFds() -> set[int]:
+    """
+    This process's open descriptors.
+    """
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+class Collect:
+    """
+    The receiver of an IPC channel: records its messages, and fires
+    C{lost} with the reason it was lost.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.lost: defer.Deferred[Any] = defer.Deferred()
+
+    def messageReceived(self, message: Any) -> None:
+        self.messages.append(message)
+
+    def channelLost(self, reason: Any) -> None:
+        self.lost.callback(reason.value)
+
+
+def rawSend(skt: socket.socket, data: bytes, fds: list[int] = []) -> None:
+    """
+    Send C{data}, and descriptors C{fds} with it, on a channel's socket as
+    a peer would, bypassing the channel's own encoding.
+    """
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    skt.sendmsg([data], anc)

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, utils
 
-from .conftest import connect, theReactor, timeout
+from twisted_serversock.ipc.spawn import CHANNEL_FD
+
+from .conftest import WAIT, connect, sleep, theReactor, timeout
 
 #: The installed scripts, as users start them: not C{python -c} or
 #: C{python -m twisted}, which put the working directory on C{sys.path} and
@@ -125,3 +129,74 @@ async def echo(port: int, data: bytes) -> bytes:
     client.transport.loseConnection()
     await client.whenClosed()
     return got
+
+
+async def ask(port: int, seconds: float = 60) -> bytes:
+    """
+    One connection: send a byte, return everything until the server closes.
+    """
+    client = await connect(port)
+    client.transport.write(b"?")
+    return bytes(await timeout(client.closed, seconds))
+
+
+async def until(predicate: Any, seconds: float = WAIT, step: float = 0.02) -> None:
+    """
+    Wait (without blocking the reactor) until the asynchronous
+    C{predicate()} is true: for conditions that take a child process to
+    find out, such as L{socketStats}.  (C{conftest.eventually} is the same
+    for a synchronous condition.)
+    """
+    deadline = theReactor().seconds() + seconds
+    while not await predicate():
+        if theReactor().seconds() >= deadline:
+            raise AssertionError(f"condition not met within {seconds}s: {predicate}")
+        await sleep(step)
+
+
+async def socketStats(*args: str) -> list[str]:
+    """
+    The lines of C{ss -Hn ARGS} (iproute2): the kernel's view of sockets,
+    which shows what a process holds without asking the process.
+    """
+    out = await utils.getProcessOutput(shutil.which("ss") or "ss", ["-Hn", *args], env=dict(os.environ))
+    return out.decode().splitlines()
+
+
+def listenQueue(port: int) -> int:
+    """
+    Connections waiting in the kernel's accept queue of 127.0.0.1:port.
+    """
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
+async def channelBacklog(pid: int) -> int:
+    """
+    Bytes sent to worker C{pid} over its channel that it has not read: a
+    stopped worker (SIGSTOP) holds the connections handed to it there.
+    """
+    owner = f"pid={pid},fd={CHANNEL_FD})"
+    return sum(int(line.split()[2]) for line in await socketStats("-xp") if owner in line)
+
+
+async def untilHolding(pid: int) -> None:
+    """
+    Wait until the stopped worker C{pid} has been handed a connection.
+    """
+
+    async def holding() -> bool:
+        return await channelBacklog(pid) > 0
+
+    await until(holding)
+
+
+async def untilRead(pid: int) -> None:
+    """
+    Wait until worker C{pid} has read everything sent to it.
+    """
+
+    async def read() -> bool:
+        return await channelBacklog(pid) == 0
+
+    await until(read)

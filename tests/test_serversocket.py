@@ -23,6 +23,7 @@ from twisted.internet.error import ConnectError
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
 from ._helpers import FlakyListeningSocket
+from ._procs import listenQueue, socketStats, until
 from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6
 
 
@@ -364,12 +365,19 @@ async def test_clientsWaitInBacklogBeforeAsyncListen(servers: Any) -> None:
     srv.init(-1, True, -1)
     client = await connect(srv.port)
     await turns()  # nothing accepts before asyncListen
+    assert listenQueue(srv.port) == 1  # the kernel holds it
+
+    async def establishedToUs() -> bool:
+        return len(await socketStats("-t", "state", "established", f"sport = :{srv.port}")) == 1
+
+    await until(establishedToUs)
     rec = Recorder()
     srv.asyncListen(rec)
     assert rec.events == []
     transport = await rec.nextAccepted()
     assert rec.servers[0] is srv
     assert transport.port == client.transport.getHost().port
+    assert listenQueue(srv.port) == 0
     client.transport.loseConnection()
 
 
