@@ -66,7 +66,7 @@ QUICK_VARIANTS = ("accept+close TCP", "accept+close UNIX", "accept+close TCP, no
 ACCEPT_TARGET = Target("<=", 1.03)
 #: The eager path (a peer that is not loopback) builds the Twisted transport
 #: before the listener sees the connection, and the protocol is attached to
-#: it afterwards: issue 15's bar is plain Twisted itself.
+#: it afterwards: its bar is plain Twisted itself.
 FOREIGN_TARGET = Target("<=", 1.00)
 #: The C client's pause between connections (µs): long enough for the
 #: server under valgrind to finish with one connection and block in

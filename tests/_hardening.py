@@ -1,5 +1,5 @@
 """
-Helpers shared by the hardening tests (issue 7): process measurements from
+Helpers shared by the hardening tests: process measurements from
 C{/proc}, the short/long switch, and a driver for the echo server of
 L{tests.soak.echoserver} running in its own process.
 """

@@ -670,3 +670,15 @@ def statesSeenWhileBinding(path: str, bind: Any, key: Any, rounds: int = 200) ->
         stop.set()
         watcher.join()
     return seen
+
+
+@pytest.fixture
+def workdir() -> Any:
+    """
+    A fresh directory with a short path (UNIX socket paths are limited to
+    108 bytes), removed after the test: the working directory of the
+    processes a test starts.
+    """
+    d = tempfile.mkdtemp(prefix="/tmp/ssk")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -1,5 +1,5 @@
 """
-Bad arguments given from Python (issue 11, part 5): every public entry point
+Bad arguments given from Python: every public entry point
 refuses a value of the wrong kind with an error that names the argument -
 C{TypeError}/C{ValueError} from the endpoint constructors,
 C{NSError(NS_ERROR_INVALID_ARG)} from the Gecko API - instead of failing

@@ -1,5 +1,6 @@
 """
-SPEC 7: the endpoints and the gecko:/geckounix: string parsers.
+The endpoints and the gecko:/geckounix: string parsers: every option of
+README's option table, and the errors a bad description gets.
 
 Parsing is checked against a C{MemoryReactor} (nothing is bound by parsing);
 everything that listens uses the real reactor and real sockets.
@@ -28,7 +29,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.logger import formatEvent
 from zope.interface.verify import verifyObject
 
-from twisted_serversock import NSError, ServerSocket, results
+from twisted_serversock import NSError, ServerSocket, _args, results
 from twisted_serversock.endpoints import (
     GeckoServerEndpoint,
     GeckoUNIXServerEndpoint,
@@ -100,7 +101,7 @@ def test_caseInsensitivePrefix() -> None:
 
 
 # ----------------------------------------------------------------------
-# Every row of the SPEC 7 table
+# Every option of the gecko:/geckounix: syntax (README's option table)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,7 @@ def test_geckoRows(description: str, call: Any) -> None:
         ("geckounix:@name:uids=1000,1001", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({1000, 1001}))))),
         ("geckounix:@name:uids=self", ("initWithAbstractAddress", ("name", -1, ("allowedUids", frozenset({"self"}))))),
         ("geckounix:/run/a.sock:uids=self,0", ("initWithFilename", ("/run/a.sock", 0o600, -1, ("allowedUids", frozenset({"self", 0})), ("group", None), ("reclaimStale", False)))),
-        # The socket file's group: a name or a number (SPEC 7).
+        # The socket file's group: a name or a number.
         ("geckounix:path=/run/app.sock:mode=0660:group=root", ("initWithFilename", ("/run/app.sock", 0o660, -1, ("allowedUids", None), ("group", 0), ("reclaimStale", False)))),
         ("geckounix:/run/app.sock:GROUP=4321", ("initWithFilename", ("/run/app.sock", 0o600, -1, ("allowedUids", None), ("group", 4321), ("reclaimStale", False)))),
     ],
@@ -232,6 +233,33 @@ def test_badEndpointArguments() -> None:
         GeckoUNIXServerEndpoint(MemoryReactor(), path="/a", abstract="b")
     with pytest.raises(ValueError):
         GeckoServerEndpoint(MemoryReactor(), loopback=True, interface="127.0.0.1")
+
+
+@pytest.mark.parametrize("name, limit", [("port", _args.MAX_PORT), ("backlog", _args.MAX_BACKLOG)])
+def test_oneLimitForTheParserTheEndpointAndTheServerSocket(name: str, limit: int) -> None:
+    """
+    The largest port and backlog are the same number wherever they are
+    given: a description, an endpoint class, a server socket.
+    """
+    others = {"port": 0, "backlog": -1}
+    reactor = MemoryReactor()
+    GeckoServerEndpoint(reactor, **{**others, name: limit})
+    parseGecko(reactor, **{"port": "0", name: str(limit)})
+    tooLarge = [
+        lambda: GeckoServerEndpoint(reactor, **{**others, name: limit + 1}),
+        lambda: parseGecko(reactor, **{"port": "0", name: str(limit + 1)}),
+    ]
+    if name == "backlog":
+        tooLarge.append(lambda: GeckoUNIXServerEndpoint(reactor, path="/a.sock", backlog=limit + 1))
+        tooLarge.append(lambda: parseGeckoUNIX(reactor, "/a.sock", backlog=str(limit + 1)))
+    for call in tooLarge:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(limit + 1) in str(e.value)
+    serv = ServerSocket()
+    with pytest.raises(NSError) as nsError:
+        serv.init(*{"port": (limit + 1, True, -1), "backlog": (0, True, limit + 1)}[name])
+    assert nsError.value.result == results.NS_ERROR_INVALID_ARG
 
 
 _parsers = {"gecko": parseGecko, "geckounix": parseGeckoUNIX}

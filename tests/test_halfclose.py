@@ -1,5 +1,5 @@
 """
-A peer that half-closes (issue 11, part 6): what a server sends in answer to
+A peer that half-closes: what a server sends in answer to
 the last bytes, which can arrive together with the peer's end of stream,
 must reach the peer before the connection closes - for L{TCPSocket} (as
 Gecko flushes before closing) and for the default echo factory of
@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
-import tempfile
-from typing import Iterator
 
 import pytest
 import pytest_twisted
@@ -23,11 +20,8 @@ from twisted_serversock.tcpsocket import TCPServerSocket, TCPSocket
 
 from ._hardening import CollectingProcess
 from .conftest import connect, timeout, theReactor
-from .test_tcpsocket import Events
-from .test_twistd import Proc, spawn
-
-#: The installed twistd script of this environment (as users start it).
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from ._helpers import Events
+from ._procs import SERVERSOCK, Proc, spawn
 
 
 @pytest.mark.parametrize("size", [3, 1024 * 1024 + 7], ids=["small", "1MiB"])
@@ -81,13 +75,6 @@ async def test_sendAfterPeerEndIsRefused() -> None:
         server.close()
 
 
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="/tmp/tsh")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 class _Socat(CollectingProcess):
     """
     C{echo DATA | socat - TCP:...}: writes C{DATA}, closes its stdin,
@@ -127,7 +114,7 @@ async def test_serversockEchoAnswersHalfClose(workdir: str, workers: str, listen
     factory, in the parent and in a worker: C{echo hi | socat - TCP:...}
     gets C{hi}.
     """
-    proc: Proc = spawn([TWISTD, "-n", "--pidfile=", "--logfile=-", "serversock", "--listen", listen, "--workers", workers], workdir)
+    proc: Proc = spawn(SERVERSOCK + ["--listen", listen, "--workers", workers], workdir)
     try:
         port = int((await proc.waitFor(r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)")).group(1))
         if workers != "0":

@@ -1,5 +1,5 @@
 """
-Issue 7, item 7: access control beyond file modes (C{allowedUids}, endpoint
+Hardening: access control beyond file modes (C{allowedUids}, endpoint
 option C{uids=}), against a real peer of another uid.
 
 The API, argument checking and same-uid cases are in C{test_unix.py}

@@ -1,5 +1,5 @@
 """
-Issue 7, item 3: descriptor exhaustion.
+Hardening: descriptor exhaustion.
 
 An echo server runs in its own process with C{RLIMIT_NOFILE} lowered to
 64, and is flooded with three times as many clients as it has descriptors
@@ -35,7 +35,7 @@ from twisted_serversock import _port
 
 from ._hardening import EchoServer, cpuSeconds, fdCount, startEchoServer
 from .conftest import Client, Recorder, connect, eventually, failures, sleep, theReactor
-from .test_serversocket import _FlakyListeningSocket
+from ._helpers import FlakyListeningSocket
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -194,7 +194,7 @@ def listening(servers: Any) -> tuple[Any, Recorder, Any]:
     return srv, rec, srv._port
 
 
-class _ShortListeningSocket(_FlakyListeningSocket):
+class _ShortListeningSocket(FlakyListeningSocket):
     """
     Stands in for the listening socket: C{accept()} fails with C{err} while
     C{self.short} is true.
@@ -251,7 +251,7 @@ async def test_connectionErrorsSkipped(servers: Any, logged: Any) -> None:
     """
     srv, rec, port = listening(servers)
     errors = [errno.EPROTO, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ECONNABORTED, errno.EPERM]
-    port.socket = flaky = _FlakyListeningSocket(port.socket, errors)
+    port.socket = flaky = FlakyListeningSocket(port.socket, errors)
     client = await connect(srv.port)
     await rec.nextAccepted()
     assert flaky._errors == [] and rec.statuses == [] and failures(logged) == []

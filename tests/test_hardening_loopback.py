@@ -1,5 +1,5 @@
 """
-Issue 7, item 8: a loopback listener is unreachable through every
+Hardening: a loopback listener is unreachable through every
 non-loopback address the host has.
 
 Every address of this host (C{ip -j addr}, each confirmed local by

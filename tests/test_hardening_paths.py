@@ -1,5 +1,5 @@
 """
-Issue 7, item 6: UNIX socket paths with symbolic links in the way, and a
+Hardening: UNIX socket paths with symbolic links in the way, and a
 directory someone else can write to.
 
 The rules (C{twisted_serversock._unix}, C{docs/unix.md}): a symbolic link

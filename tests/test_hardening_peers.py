@@ -1,5 +1,5 @@
 """
-Issue 7, item 5: slow and hostile peers.
+Hardening: slow and hostile peers.
 
   - 200 clients dribbling one byte a second do not delay a normal client,
     and once they stall the read/write timeout closes every one of them;

@@ -1,5 +1,5 @@
 """
-Issue 7, item 1: the soak, run through L{tests.soak.soak} in a child process
+Hardening: the soak, run through L{tests.soak.soak} in a child process
 (short mode here: 10,000 connect/echo/close cycles through a C{gecko:}
 endpoint and through C{ServerSocket} + streams, and 10,000 C{init*}/C{close}
 cycles of every initialiser; C{SERVERSOCK_SOAK=long} runs the long mode).

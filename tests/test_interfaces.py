@@ -1,5 +1,5 @@
 """
-SPEC 3: the interfaces, their Gecko-named aliases, and that the
+The zope interfaces of the Gecko API, their Gecko-named aliases, and that the
 implementations provide what they declare.
 """
 

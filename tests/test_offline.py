@@ -1,5 +1,5 @@
 """
-SPEC 5: the offline switch.  Which listeners and connections survive going
+The offline switch of the I/O service.  Which listeners and connections survive going
 offline is exactly Gecko's rule: local (loopback-bound or UNIX) or
 KeepWhenOffline listeners, and connections from local peers.
 """

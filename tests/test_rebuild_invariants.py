@@ -1,7 +1,8 @@
 """
-Behaviour the core rebuild (issue 15) must keep, found by reviewing it:
-each test here failed on an intermediate state of the rebuild and passes
-on the code before it.
+Behaviour the rebuild of the core along its seams (binding as functions,
+the accept pipeline, the listening port given callables) had to keep,
+found by reviewing it: each test here failed on an intermediate state of
+the rebuild and passes on the code before it.
 """
 
 from __future__ import annotations

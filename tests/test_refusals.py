@@ -1,5 +1,5 @@
 """
-Connections refused by C{allowedUids} under abuse (issue 11, part 8): many
+Connections refused by C{allowedUids} under abuse: many
 peers - each a new process, from many uids - must neither grow the server's
 memory without bound nor log one line each.  The first refusal is logged at
 once with its pid and uid; the rest are summed up, one line per interval.

@@ -1,5 +1,6 @@
 """
-SPEC 2: result codes, NSError, nameOf, fromErrno.
+Gecko's result codes (the values Gecko defines), NSError, nameOf and
+fromErrno (Gecko's errno mapping).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-SPEC 4 for TCP: the init family, asyncListen, close, port and getAddress,
+TCP server sockets, as Gecko's nsIServerSocket: the init family,
+asyncListen, close, port and getAddress,
 on real loopback sockets with the real reactor.
 """
 
@@ -21,6 +22,8 @@ from twisted.internet.error import ConnectError
 
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
+from ._helpers import FlakyListeningSocket
+from ._procs import listenQueue, socketStats, until
 from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6
 
 
@@ -362,12 +365,19 @@ async def test_clientsWaitInBacklogBeforeAsyncListen(servers: Any) -> None:
     srv.init(-1, True, -1)
     client = await connect(srv.port)
     await turns()  # nothing accepts before asyncListen
+    assert listenQueue(srv.port) == 1  # the kernel holds it
+
+    async def establishedToUs() -> bool:
+        return len(await socketStats("-t", "state", "established", f"sport = :{srv.port}")) == 1
+
+    await until(establishedToUs)
     rec = Recorder()
     srv.asyncListen(rec)
     assert rec.events == []
     transport = await rec.nextAccepted()
     assert rec.servers[0] is srv
     assert transport.port == client.transport.getHost().port
+    assert listenQueue(srv.port) == 0
     client.transport.loseConnection()
 
 
@@ -523,26 +533,6 @@ async def test_listenerExceptionsLogged(servers: Any, logged: Any) -> None:
         c.transport.loseConnection()
 
 
-class _FlakyListeningSocket:
-    """
-    Stands in for the listening socket: raises the given errors from
-    accept() first, then behaves like the real one.
-    """
-
-    def __init__(self, real: socket.socket, errors: list[int]) -> None:
-        self._real = real
-        self._errors = list(errors)
-
-    def accept(self) -> Any:
-        if self._errors:
-            err = self._errors.pop(0)
-            raise OSError(err, os.strerror(err))
-        return self._real.accept()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
 @pytest.mark.parametrize("err", [errno.ECONNABORTED, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPERM])
 @pytest_twisted.ensureDeferred
 async def test_transientAcceptErrorTolerated(servers: Any, logged: Any, err: int) -> None:
@@ -551,7 +541,7 @@ async def test_transientAcceptErrorTolerated(servers: Any, logged: Any, err: int
     rec = Recorder()
     srv.asyncListen(rec)
     port = srv._port
-    port.socket = _FlakyListeningSocket(port.socket, [err])
+    port.socket = FlakyListeningSocket(port.socket, [err])
     client = await connect(srv.port)
     # Level-triggered: the pending connection is accepted on a later turn.
     transport = await rec.nextAccepted()
@@ -573,7 +563,7 @@ async def test_emfileRecovery(servers: Any, logged: Any) -> None:
     rec = Recorder()
     srv.asyncListen(rec)
     port = srv._port
-    port.socket = _FlakyListeningSocket(port.socket, [errno.EMFILE])
+    port.socket = FlakyListeningSocket(port.socket, [errno.EMFILE])
     first = await connect(srv.port)
     await first.whenClosed()
     assert rec.events == []
@@ -592,7 +582,7 @@ async def test_fatalAcceptErrorStops(servers: Any, logged: Any) -> None:
     rec = Recorder()
     srv.asyncListen(rec)
     port = srv._port
-    port.socket = _FlakyListeningSocket(port.socket, [errno.EINVAL])
+    port.socket = FlakyListeningSocket(port.socket, [errno.EINVAL])
     raw = socket.create_connection(("127.0.0.1", srv.port))
     assert await rec.whenStopped() == results.NS_ERROR_UNEXPECTED
     assert [kind for kind, _ in rec.events] == ["stopped"]
@@ -649,3 +639,49 @@ def test_defaultReactor() -> None:
         assert srv._reactor is reactor
     finally:
         srv.close()
+
+
+class RecordingIOService(IOService):
+    """
+    An I/O service that counts who is registered with it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registered = 0
+
+    def register(self, goOffline: Any) -> Any:
+        self.registered += 1
+        unregister = super().register(goOffline)
+        live = [True]
+
+        def counted() -> None:
+            if live.pop() if live else False:
+                self.registered -= 1
+            unregister()
+
+        return counted
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        lambda s: s.init(0, True, -1),  # loopback: survives going offline
+        lambda s: s.initSpecialConnection(0, ServerSocket.KeepWhenOffline, -1),  # survives
+        lambda s: s.init(0, False, -1),  # closed by going offline
+    ],
+)
+def test_everyBoundServerSocketRegistersUntilClose(servers: Any, init: Any) -> None:
+    """
+    Every bound server socket is registered with its I/O service, whether
+    or not it survives going offline, from init until close (what the I/O
+    service's docstrings say).
+    """
+    io = RecordingIOService()
+    srv = servers(io)
+    assert io.registered == 0
+    init(srv)
+    assert io.registered == 1
+    srv.close()
+    srv.close()
+    assert io.registered == 0

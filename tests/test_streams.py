@@ -1,6 +1,6 @@
 """
-SPEC 6, the streams of an accepted connection (C{IAsyncInputStream},
-C{IAsyncOutputStream}): reading, writing, asyncWait, back-pressure in both
+The streams of an accepted connection (C{IAsyncInputStream},
+C{IAsyncOutputStream}), with Gecko's semantics: reading, writing, asyncWait, back-pressure in both
 directions and big transfers, on real loopback sockets with the real
 reactor.
 """

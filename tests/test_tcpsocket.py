@@ -14,57 +14,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 from twisted_serversock import NSError
 from twisted_serversock.interfaces import ITCPServerSocket, ITCPSocket
 from twisted_serversock.tcpsocket import TCPServerSocket, TCPSocket
 from zope.interface.verify import verifyObject
 
-from .conftest import code, eventually, theReactor, timeout
+from ._helpers import Events
+from .conftest import code, eventually, theReactor
 
 DATA = bytes([0, 255, 254, 0, 1, 2, 3, 0, 255, 255, 254, 0])
 BIG = 65539
-
-
-class Events:
-    """
-    Records every event of a L{TCPSocket} or L{TCPServerSocket}, and lets a
-    test wait for the next one of a kind.
-    """
-
-    KINDS = ("open", "data", "drain", "error", "close", "connect")
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self.log: list[tuple[str, Any]] = []
-        self._queues: dict[str, defer.DeferredQueue[Any]] = {k: defer.DeferredQueue() for k in self.KINDS}
-        for kind in self.KINDS:
-            if hasattr(target, "on" + kind):
-                setattr(target, "on" + kind, self._recorder(kind))
-
-    def _recorder(self, kind: str) -> Any:
-        def record(event: Any) -> None:
-            self.log.append((kind, event))
-            self._queues[kind].put(event)
-
-        return record
-
-    def next(self, kind: str) -> defer.Deferred[Any]:
-        return timeout(self._queues[kind].get())
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.log]
-
-    async def received(self, n: int) -> Any:
-        """
-        Everything received once C{n} bytes (or characters) have arrived.
-        """
-        got: Any = None
-        while got is None or len(got) < n:
-            event = await self.next("data")
-            got = event.data if got is None else got + event.data
-        return got
 
 
 def pendingBytes(sock: TCPSocket) -> int:

@@ -1,5 +1,5 @@
 """
-SPEC 6, the accepted connection (C{ISocketTransport}): addresses, opening
+The accepted connection (C{ISocketTransport}): addresses, opening
 streams, close, half-close, isAlive, timeouts, keepalive and
 attachProtocol, on real loopback sockets with the real reactor.
 """

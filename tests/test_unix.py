@@ -1,5 +1,5 @@
 """
-SPEC 4 and 6 for UNIX-domain server sockets (issue 3): initWithFilename,
+UNIX-domain server sockets and their connections: initWithFilename,
 initWithAbstractAddress and the UNIX forms of initWithAddress, on real
 sockets with the real reactor.
 
@@ -239,7 +239,7 @@ def endOfStream(inp: Any) -> bool:
 def providesServerSocket(srv: Any) -> None:
     """
     What C{verifyObject(IServerSocket, srv)} checks, for a UNIX server
-    socket, whose C{port} raises C{NS_ERROR_FAILURE} (SPEC 4, as in Gecko)
+    socket, whose C{port} raises C{NS_ERROR_FAILURE} (as in Gecko)
     where zope's C{verifyObject} expects an attribute (see
     L{test_verifyObject}): the declaration, the class, every method, and
     C{port} raising exactly as specified.
@@ -1422,7 +1422,7 @@ def test_providesServerSocket(servers: Any, d: str, abstract: bool) -> None:
 @pytest.mark.parametrize("abstract", [False, True], ids=["filename", "abstract"])
 def test_verifyObjectStopsAtPort(servers: Any, d: str, abstract: bool) -> None:
     """
-    SPEC 4 (like Gecko) makes C{port} raise on a UNIX socket, and zope's
+    C{port} raises on a UNIX socket (as in Gecko), and zope's
     verifyObject reads every attribute, so for a UNIX server it stops at
     C{port} with exactly that documented error (L{test_providesServerSocket}
     checks the rest of the interface by hand).  verifyObject itself applies
@@ -1464,7 +1464,7 @@ async def test_connectAfterCloseRefused(servers: Any, d: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_namedAndAbstractPeers(servers: Any, d: str) -> None:
     """
-    SPEC 6: an accepted connection's host is the peer's path, or "" for an
+    An accepted connection's host is the peer's path, or "" for an
     unnamed or abstract peer; port is 0.
     """
     path = os.path.join(d, "socket")

@@ -1,5 +1,5 @@
 """
-The group of a UNIX socket file (issue 11, part 7).
+The group of a UNIX socket file.
 
 A web server reaches an application's socket through its group: nginx's
 workers run as www-data, the socket is mode 0660 and must belong to
@@ -35,11 +35,10 @@ from twisted_serversock.endpoints import GeckoUNIXServerEndpoint
 
 from ._hardening import CollectingProcess
 from .conftest import Recorder, asNobody, code, connectUNIX, eventually, nobodyEnv, statesSeenWhileBinding, timeout, theReactor
-from .test_twistd import Proc, spawn
+from ._procs import TWISTD, Proc, spawn
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux UNIX-domain semantics")
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = os.getuid() == 0
 
 
@@ -299,7 +298,7 @@ async def test_nginxAsWWWData(top: str, case: str) -> None:
     else:
         app = os.path.join(top, "app.sock")
         listen = f"geckounix:{app}:mode=0660:group=www-data"
-    twistd: Proc = spawn([TWISTD, "-n", "--pidfile=", "--logfile=-", "web", "--listen", listen, "--path", site], top)
+    twistd: Proc = spawn(TWISTD + ["-n", "--pidfile=", "--logfile=-", "web", "--listen", listen, "--path", site], top)
     try:
         await eventually(lambda: os.path.exists(app) or twistd.ended.called, 30)
         assert not twistd.ended.called, twistd.output

@@ -12,11 +12,16 @@ connection is only this value.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from .results import NS_ERROR_FAILURE, NSError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from ._types import Address, Peer, PortLike, ServerTransport, TransportClass
 
 __all__ = ["AcceptedSocket"]
 
@@ -38,11 +43,11 @@ class AcceptedSocket:
 
     def __init__(
         self,
-        transportClass: Any,
+        transportClass: TransportClass,
         skt: socket.socket,
-        peer: Any,
-        port: Any,
-        reactor: Any,
+        peer: Peer,
+        port: PortLike,
+        reactor: IReactorTime,
     ) -> None:
         """
         @param transportClass: called as C{transportClass(skt, protocol,
@@ -63,7 +68,7 @@ class AcceptedSocket:
     def __repr__(self) -> str:
         return f"<AcceptedSocket from {self.peer!r}{' pending' if self.pending else ''}>"
 
-    def build(self, protocol: Any) -> Any:
+    def build(self, protocol: object) -> ServerTransport:
         """
         Build the Twisted transport with C{protocol} as its protocol (it
         starts reading at once); the caller calls C{makeConnection}.  Only a
@@ -96,12 +101,12 @@ class AcceptedSocket:
             self.pending = False
             self.socket.close()
 
-    def peerAddress(self) -> Any:
+    def peerAddress(self) -> Address:
         """
         @return: the peer's Twisted address (what the transport's
             C{getPeer()} will say), without building the transport.
         """
         addr = self.peer
-        if type(addr) is tuple:
+        if isinstance(addr, tuple):
             return (IPv4Address if len(addr) == 2 else IPv6Address)("TCP", *addr)
         return UNIXAddress(addr or None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -31,12 +31,16 @@ from .ipc.interfaces import IRawAcceptor
 from .netaddr import LOOPBACK_PEER_PREFIXES
 from .transport import SocketTransport
 
+if TYPE_CHECKING:
+    from ._callqueue import CallQueue
+    from ._port import ListeningPort
+    from ._types import Accept, Address, IServerReactor, Peer, TransportClass
+    from .ioservice import IOService
+    from .interfaces import IServerSocket
+
 __all__ = ["AcceptPipeline"]
 
 _log = Logger()
-
-Accept = Callable[[socket.socket, Any], None]
-
 
 class AcceptPipeline:
     """
@@ -66,16 +70,19 @@ class AcceptPipeline:
         "_refusals",
     )
 
+    # Set by the server socket once the port exists (before it listens).
+    port: ListeningPort
+
     def __init__(
         self,
-        serv: Any,
+        serv: IServerSocket,
         listener: Any,
-        queue: Any,
-        reactor: Any,
-        transportClass: Any,
-        ioService: Any,
+        queue: CallQueue,
+        reactor: IServerReactor,
+        transportClass: TransportClass,
+        ioService: IOService,
         allowedUids: frozenset[int | str] | None,
-        address: Any,
+        address: Address,
     ) -> None:
         """
         @param serv: the server socket (what the listener is told accepted
@@ -90,8 +97,7 @@ class AcceptPipeline:
             no filter.
         @param address: the bound address (for the refusal log).
         """
-        self.port: Any = None
-        self._serv = serv
+        self._serv: IServerSocket | None = serv
         self._listener = listener
         self._queue = queue
         self._reactor = reactor
@@ -140,7 +146,7 @@ class AcceptPipeline:
     # ------------------------------------------------------------------
     # Stage 1: the uid filter.
 
-    def _filtered(self, skt: socket.socket, addr: Any) -> None:
+    def _filtered(self, skt: socket.socket, addr: Peer) -> None:
         if self._peerAllowed(skt):
             self._deliver(skt, addr)
 
@@ -169,7 +175,7 @@ class AcceptPipeline:
     # ------------------------------------------------------------------
     # Stage 2: the raw hand-off, or the transport and the listener.
 
-    def _handOff(self, skt: socket.socket, addr: Any) -> None:
+    def _handOff(self, skt: socket.socket, addr: Peer) -> None:
         raw = self._rawAccept
         assert raw is not None
         try:
@@ -178,7 +184,7 @@ class AcceptPipeline:
             _log.failure("Could not hand over the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()
 
-    def _toListener(self, skt: socket.socket, addr: Any) -> None:
+    def _toListener(self, skt: socket.socket, addr: Peer) -> None:
         try:
             # The Twisted transport is built when first needed: for the
             # listener's protocol if it attaches one; the session number is

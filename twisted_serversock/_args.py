@@ -19,7 +19,25 @@ from typing import Any, Callable, TypeVar
 
 from .results import NS_ERROR_INVALID_ARG, NSError
 
-__all__ = ["boolean", "integer", "text", "pathLike", "SELF_UID", "uids", "groupId", "asNSError"]
+__all__ = [
+    "MAX_PORT",
+    "MAX_BACKLOG",
+    "boolean",
+    "integer",
+    "text",
+    "pathLike",
+    "SELF_UID",
+    "uids",
+    "groupId",
+    "asNSError",
+]
+
+#: The highest TCP port.
+MAX_PORT = 65535
+
+#: The largest backlog a server socket or an endpoint takes (C{listen(2)}'s
+#: argument is a C int; the kernel caps it at C{net.core.somaxconn}).
+MAX_BACKLOG = 2**31 - 1
 
 #: An C{allowedUids} member that stands for the uid the server runs as when
 #: a peer connects (its effective uid), looked up then, not when the set is
@@ -29,7 +47,7 @@ SELF_UID = "self"
 _T = TypeVar("_T")
 
 
-def boolean(value: Any, name: str) -> bool:
+def boolean(value: object, name: str) -> bool:
     """
     C{value} as a C{bool}: C{True}/C{False}, or the integers 0 and 1 (XPCOM
     booleans).  A string is refused: C{"no"} would be true.
@@ -62,7 +80,7 @@ def integer(value: Any, name: str, low: int | None = None, high: int | None = No
     return number
 
 
-def text(value: Any, name: str) -> str:
+def text(value: object, name: str) -> str:
     """
     C{value}, which must be a C{str}.
 
@@ -117,7 +135,7 @@ def uids(value: Any, name: str = "allowedUids") -> frozenset[int | str] | None:
     )
 
 
-def groupId(value: Any, name: str = "group") -> int | None:
+def groupId(value: object, name: str = "group") -> int | None:
     """
     The group id C{value} names: C{None}, a gid (an integer, or a string of
     digits, as systemd's C{SocketGroup=} takes), or a group name (looked up
@@ -143,7 +161,7 @@ def groupId(value: Any, name: str = "group") -> int | None:
     return integer(value, name, 0, 2**32 - 2)
 
 
-def asNSError(check: Callable[..., _T], *args: Any) -> _T:
+def asNSError(check: Callable[..., _T], *args: object) -> _T:
     """
     Run one of the checks above for the Gecko API: its C{TypeError} or
     C{ValueError} becomes C{NSError(NS_ERROR_INVALID_ARG)} with the same

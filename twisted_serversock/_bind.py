@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from . import _advice, _unix
 from .results import NS_ERROR_INVALID_ARG, NSError
+
+if TYPE_CHECKING:
+    from ._types import Address, PortLike, StrOrBytesPath, TransportClass
 
 __all__ = ["BoundSocket", "bindIP", "bindFilename", "bindAbstract", "describeIP"]
 
@@ -32,8 +35,8 @@ class _UNIXServer(unix.Server):
     L{twisted_serversock._unix}.)
     """
 
-    def getHost(self) -> UNIXAddress:
-        port: Any = self.server
+    def getHost(self) -> Address:
+        port: PortLike = self.server
         return port.getHost()
 
 
@@ -51,8 +54,8 @@ class BoundSocket(NamedTuple):
     """
 
     socket: socket.socket
-    address: Any
-    transportClass: Any
+    address: Address
+    transportClass: TransportClass
     fileIdentity: tuple[int, int] | None = None
     filePath: bytes = b""
 
@@ -110,14 +113,14 @@ def bindIP(family: int, host: str, port: int, backlog: int, v6only: bool = True)
         # The numeric host keeps a scope ("fe80::1%eth0"), as Twisted's
         # own port reports it: without it the address cannot be reached.
         host = socket.getnameinfo(name, _NUMERIC)[0] if name[3] else name[0]
-        address: Any = IPv6Address("TCP", host, name[1], name[2], name[3])
+        address: Address = IPv6Address("TCP", host, name[1], name[2], name[3])
     else:
         address = IPv4Address("TCP", name[0], name[1])
     return BoundSocket(skt, address, tcp.Server)
 
 
 def bindFilename(
-    path: Any, raw: bytes, mode: int, backlog: int, reclaimStale: bool = False, gid: int | None = None
+    path: StrOrBytesPath, raw: bytes, mode: int, backlog: int, reclaimStale: bool = False, gid: int | None = None
 ) -> BoundSocket:
     """
     Listen on a socket file at C{raw} (the checked bytes of C{path}, which
@@ -125,7 +128,7 @@ def bindFilename(
     L{_unix.listenFilename<twisted_serversock._unix.listenFilename>}.
     """
     skt, identity = _unix.listenFilename(raw, mode, backlog, reclaimStale=reclaimStale, gid=gid)
-    name: Any = path if isinstance(path, (str, bytes)) else os.fspath(path)
+    name: str | bytes = path if isinstance(path, (str, bytes)) else os.fspath(path)
     return BoundSocket(skt, UNIXAddress(name), _UNIXServer, (identity[0], identity[1]), os.path.abspath(raw))
 
 
@@ -134,5 +137,5 @@ def bindAbstract(name: str | bytes, address: bytes, backlog: int) -> BoundSocket
     Listen on the abstract UNIX address C{address} (C{b"\\0" + name}).
     """
     skt = _unix.listenAbstract(address, backlog)
-    shown: Any = "\0" + name if isinstance(name, str) else address
+    shown: str | bytes = "\0" + name if isinstance(name, str) else address
     return BoundSocket(skt, UNIXAddress(shown), _UNIXServer)

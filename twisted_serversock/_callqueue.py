@@ -11,8 +11,9 @@ goes through it.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 _log = Logger()
@@ -29,12 +30,12 @@ class CallQueue:
 
     __slots__ = ("_reactor", "_calls", "_scheduled")
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
-        self._calls: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
-        self._scheduled: Any = None
+        self._calls: deque[tuple[Callable[..., object], tuple[object, ...]]] = deque()
+        self._scheduled: IDelayedCall | None = None
 
-    def call(self, function: Callable[..., object], *args: Any) -> None:
+    def call(self, function: Callable[..., object], *args: object) -> None:
         """
         Queue C{function(*args)}; it runs in a later reactor turn, after every
         call queued before it.  An exception it raises is logged.
@@ -58,7 +59,7 @@ class CallQueue:
         if scheduled is not None and scheduled.active():
             scheduled.cancel()
 
-    def _run(self, function: Callable[..., object], args: tuple[Any, ...]) -> None:
+    def _run(self, function: Callable[..., object], args: tuple[object, ...]) -> None:
         try:
             function(*args)
         except Exception:

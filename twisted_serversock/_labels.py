@@ -7,15 +7,13 @@ other.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import ILoggingContext
 
 __all__ = ["describeAddress", "factoryLogPrefix"]
 
 
-def describeAddress(address: Any) -> str:
+def describeAddress(address: object) -> str:
     """
     A Twisted address as people write it: C{host:port}, C{[v6]:port}, a
     socket path, or C{@name} for an abstract UNIX socket.
@@ -25,13 +23,13 @@ def describeAddress(address: Any) -> str:
     if isinstance(address, IPv4Address):
         return f"{address.host}:{address.port}"
     if isinstance(address, UNIXAddress):
-        raw: Any = address.name
+        raw: str | bytes | None = address.name
         name = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
         return "@" + name[1:] if name.startswith("\0") else name
     return repr(address)
 
 
-def factoryLogPrefix(factory: Any) -> str:
+def factoryLogPrefix(factory: object) -> str:
     """
     What Twisted's ports log a factory as (C{abstract._getLogPrefix}).
     """

@@ -8,8 +8,7 @@ for each connection, as Twisted's own ports do.
 from __future__ import annotations
 
 import os
-import socket
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
@@ -24,7 +23,11 @@ from .ipc.interfaces import IRawAcceptor
 from .results import NS_BINDING_ABORTED, NS_ERROR_INVALID_ARG, NSError, nameOf
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IProtocolFactory
+
+    from ._types import Accept, Address
     from .serversocket import ServerSocket
+    from .transport import SocketTransport
 
 __all__ = ["GeckoListeningPort"]
 
@@ -64,7 +67,7 @@ class _Listener:
         # Twisted's port's: a log.msg in buildProtocol shows the factory.
         return qual(type(self._port.factory))
 
-    def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:
+    def onSocketAccepted(self, serv: ServerSocket, transport: SocketTransport) -> None:
         factory = self._port.factory
         addr = transport.getPeerAddr()
         try:
@@ -112,7 +115,7 @@ class _RawListener(_Listener):
         _Listener.__init__(self, port, stopped)
         # The factory's own method, bound once: the hand-off of every
         # connection takes no extra call through this listener.
-        self.socketAccepted: Callable[[socket.socket, Any], None] = port.factory.socketAccepted
+        self.socketAccepted: Accept = cast("IRawAcceptor", port.factory).socketAccepted
 
 
 @implementer(IListeningPort)
@@ -125,13 +128,13 @@ class GeckoListeningPort:
     @ivar factory: the protocol factory.
     """
 
-    def __init__(self, endpoint: _Bindable, factory: Any) -> None:
+    def __init__(self, endpoint: _Bindable, factory: IProtocolFactory) -> None:
         self._endpoint = endpoint
         self.factory = factory
         self.serverSocket: ServerSocket | None = None
         self._listener: _Listener | None = None
         self._stopping: list[defer.Deferred[None]] = []
-        self._address: Any = None
+        self._address: Address | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} on {describeAddress(self._address)}>"
@@ -146,9 +149,11 @@ class GeckoListeningPort:
         # What Twisted's ports call their "port number": the TCP port, or
         # the UNIX socket's name ("\0name" for an abstract one, as
         # Twisted's unix: would show it).
+        # (Only asked once listening: the address is known.)
         address = self._address
         if isinstance(address, UNIXAddress):
             return os.fsdecode(address.name or b"")
+        assert address is not None
         return str(address.port)
 
     def startListening(self) -> None:
@@ -235,9 +240,10 @@ class GeckoListeningPort:
             for d in stopping:
                 d.callback(None)
 
-    def getHost(self) -> Any:
+    def getHost(self) -> Address | None:  # type: ignore[override]
         """
         The address actually bound (the real port when 0 or -1 was asked;
-        an IPv6 scope as bound).
+        an IPv6 scope as bound); C{None} before it first listened (where
+        C{IListeningPort} promises an address, which it cannot have yet).
         """
         return self._address

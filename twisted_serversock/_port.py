@@ -38,14 +38,20 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import abstract
+from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+    from ._types import Accept, Address, IServerReactor
 
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
@@ -139,7 +145,7 @@ class _Shortage:
         return delay
 
 
-def _shedQueued(listener: Any) -> tuple[int, bool]:
+def _shedQueued(listener: socket.socket) -> tuple[int, bool]:
     """
     C{EMFILE} recovery: free the reserved descriptor, accept and close every
     queued connection, and reserve again.
@@ -203,10 +209,10 @@ class ListeningPort(abstract.FileDescriptor):
     def __init__(
         self,
         skt: socket.socket,
-        address: Any,
-        reactor: Any,
+        address: Address,
+        reactor: IServerReactor,
         *,
-        accept: Callable[[socket.socket, Any], None],
+        accept: Accept,
         failed: Callable[[object], None],
         removed: Callable[[], None],
         close: Callable[[], None],
@@ -230,19 +236,19 @@ class ListeningPort(abstract.FileDescriptor):
         self._failed = failed
         self._removed = removed
         self._close = close
-        self._address: Any = address
+        self._address = address
         self._prefix = prefix
         # The reactor, typed for its clock.
-        self._clock: Any = reactor
-        if skt.family == socket.AF_UNIX:
+        self._clock: IReactorTime = reactor
+        if isinstance(address, UNIXAddress):
             # What Twisted's unix.Port shows in its connections' reprs.
-            self._realPortNumber: Any = os.fsdecode(self._address.name)
+            self._realPortNumber: str | int | None = os.fsdecode(address.name or "")
         else:
-            self._realPortNumber = self._address.port
+            self._realPortNumber = address.port
         self.sessionno = 0
         self.numberAccepts = 100
         self._shortage: _Shortage | None = None
-        self._retry: Any = None
+        self._retry: IDelayedCall | None = None
         #: Accepting paused by L{pauseAccepting} (the worker pool's
         #: back-pressure): no accept until L{resumeAccepting}.
         self.paused = False
@@ -253,7 +259,7 @@ class ListeningPort(abstract.FileDescriptor):
     def logPrefix(self) -> str:
         return self._prefix
 
-    def getHost(self) -> Any:
+    def getHost(self) -> Address:
         """
         The address this port listens on (with an IPv6 scope, as bound).
         """

@@ -15,9 +15,13 @@ the interval (or when the server socket closes).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from ._types import Address
 
 __all__ = ["RefusalLog"]
 
@@ -40,13 +44,13 @@ class RefusalLog:
     interval = 10.0
     maxUids = 16
 
-    def __init__(self, reactor: Any, address: Any) -> None:
+    def __init__(self, reactor: IReactorTime, address: Address) -> None:
         self._reactor = reactor
         self._address = address
         self._count = 0
         self._byUid: dict[int, int] = {}
         self._otherUids = 0
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
 
     def refused(self, pid: int, uid: int) -> None:
         """

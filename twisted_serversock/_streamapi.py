@@ -10,7 +10,7 @@ The stream-mode protocol (C{_streammode.StreamMode}) implements it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 __all__ = ["StreamBackend"]
 
@@ -20,7 +20,7 @@ class StreamBackend(Protocol):
     The connection behind a pair of streams.
     """
 
-    def schedule(self, function: Callable[..., object], *args: Any) -> None:
+    def schedule(self, function: Callable[..., object], *args: object) -> None:
         """
         Call C{function(*args)} later from the reactor, in order with every
         other notification of the same server socket.
@@ -46,13 +46,13 @@ class StreamBackend(Protocol):
         Send C{data} (after what is already buffered).
         """
 
-    def registerProducer(self, producer: Any) -> None:
+    def registerProducer(self, producer: object) -> None:
         """
         Register C{producer} as a pull producer, resumed when the write
         buffer drains.
         """
 
-    def unregisterProducer(self, producer: Any) -> None:
+    def unregisterProducer(self, producer: object) -> None:
         """
         Unregister C{producer} if it is still the registered one.
         """

@@ -13,7 +13,7 @@ instead, L{StreamMode.handOver} takes it out of the way.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, ILoggingContext
@@ -34,6 +34,12 @@ from .results import (
     nameOf,
 )
 from .streams import InputStream, OutputStream
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from ._callqueue import CallQueue
+    from ._types import ServerTransport
 
 __all__ = ["StreamMode", "goOffline", "checkTimeoutType", "TIMEOUT_CONNECT", "TIMEOUT_READ_WRITE", "NO_TIMEOUT"]
 
@@ -91,13 +97,13 @@ class StreamMode:
         "_lastActivity",
     )
 
-    def __init__(self, queue: Any, start: Callable[[], Any]) -> None:
+    def __init__(self, queue: CallQueue, start: Callable[[], ServerTransport]) -> None:
         """
         @param queue: the server socket's FIFO (a C{CallQueue}).
         @param start: builds the Twisted transport with this object as its
             protocol, calls L{makeConnection} and returns the transport.
         """
-        self.tcp: Any = None
+        self.tcp: ServerTransport | None = None
         self.status = NS_OK
         self.peerClosed = False
         self._start = start
@@ -108,13 +114,13 @@ class StreamMode:
         self._outputDone = False
         self._handedOver = False
         self._timeouts: list[float] | None = None
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._lastActivity = 0.0
 
     def __repr__(self) -> str:
         return f"<StreamMode {self.tcp!r} {nameOf(self.status)}>"
 
-    def connection(self) -> Any:
+    def connection(self) -> ServerTransport:
         """
         @return: the Twisted transport, built now if it was not yet.
         @raise NSError: C{NS_ERROR_FAILURE} if building it failed before.
@@ -127,7 +133,7 @@ class StreamMode:
     # ------------------------------------------------------------------
     # Twisted protocol: the reactor calls these while in stream mode.
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ServerTransport) -> None:
         self.tcp = transport
 
     def logPrefix(self) -> str:
@@ -138,7 +144,7 @@ class StreamMode:
         if inp is None:
             inp = self._input = InputStream(self)
         if self._timer is not None:
-            self._lastActivity = self.tcp.reactor.seconds()
+            self._lastActivity = self.connection().reactor.seconds()
         inp.feed(data)
 
     def readConnectionLost(self) -> None:
@@ -173,7 +179,7 @@ class StreamMode:
     # ------------------------------------------------------------------
     # StreamBackend: what the streams ask of the connection.
 
-    def schedule(self, function: Callable[..., object], *args: Any) -> None:
+    def schedule(self, function: Callable[..., object], *args: object) -> None:
         self._queue.call(function, *args)
 
     def pauseReading(self) -> None:
@@ -192,10 +198,10 @@ class StreamMode:
             self._lastActivity = tcp.reactor.seconds()
         tcp.write(data)
 
-    def registerProducer(self, producer: Any) -> None:
+    def registerProducer(self, producer: object) -> None:
         self.connection().registerProducer(producer, False)
 
-    def unregisterProducer(self, producer: Any) -> None:
+    def unregisterProducer(self, producer: object) -> None:
         tcp = self.connection()
         if tcp.producer is producer:
             tcp.unregisterProducer()
@@ -379,7 +385,7 @@ class StreamMode:
         self._timer = None
         assert self._timeouts is not None
         seconds = self._timeouts[TIMEOUT_READ_WRITE]
-        reactor = self.tcp.reactor
+        reactor = self.connection().reactor
         idle = reactor.seconds() - self._lastActivity
         if idle >= seconds:
             _log.info(
@@ -402,7 +408,7 @@ def checkTimeoutType(type: int) -> None:
         raise NSError(NS_ERROR_INVALID_ARG, f"timeout type must be 0 or 1, not {type!r}")
 
 
-def goOffline(twistedTransport: Any) -> None:
+def goOffline(twistedTransport: ServerTransport) -> None:
     """
     Take a connection offline: a connection in stream mode closes its
     streams with C{NS_ERROR_OFFLINE} and aborts; one handed to a protocol

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorFDSet, IStreamServerEndpoint
 from zope.interface import implementer
 
 from . import _args
@@ -32,6 +32,9 @@ from .netaddr import ipFamily
 from .results import NSError
 from ._listeningport import GeckoListeningPort
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
+
+if TYPE_CHECKING:
+    from ._types import StrOrBytesPath
 
 __all__ = [
     "GeckoServerEndpoint",
@@ -43,7 +46,7 @@ __all__ = [
 
 
 
-def _stableRepr(value: Any) -> str:
+def _stableRepr(value: object) -> str:
     """
     C{repr(value)}, the same in every process: a set's members sorted (the
     order of a set with a string in it, such as C{allowedUids} with
@@ -60,7 +63,7 @@ class _GeckoEndpointBase:
     C{CannotListenError}.
     """
 
-    _reactor: Any
+    _reactor: IReactorFDSet
     #: How many worker processes serve this endpoint (cluster mode); 0:
     #: this process.
     _workers: int = 0
@@ -68,7 +71,7 @@ class _GeckoEndpointBase:
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
 
-    def _where(self) -> tuple[str, Any]:
+    def _where(self) -> tuple[str, int | None]:
         raise NotImplementedError
 
     def bindServerSocket(self) -> ServerSocket:
@@ -97,7 +100,7 @@ class _GeckoEndpointBase:
         params = {k.lstrip("_"): _stableRepr(v) for k, v in vars(self).items() if k not in ("_reactor", "_workers")}
         return f"{type(self).__name__}(" + ", ".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
 
-    def listen(self, protocolFactory: Any) -> defer.Deferred[IListeningPort]:
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         """
         Bind and listen now, and start handing connections to
         C{protocolFactory}.  In cluster mode (C{workers} not 0) the first
@@ -120,7 +123,7 @@ class _GeckoEndpointBase:
             return defer.maybeDeferred(clusterListen, self._reactor, self, protocolFactory, self._workers)
         return defer.execute(self._listenNow, protocolFactory)
 
-    def _listenNow(self, protocolFactory: Any) -> IListeningPort:
+    def _listenNow(self, protocolFactory: IProtocolFactory) -> IListeningPort:
         port = GeckoListeningPort(self, protocolFactory)
         port.startListening()
         return port
@@ -150,7 +153,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorFDSet,
         port: int = -1,
         loopback: bool = False,
         backlog: int = -1,
@@ -160,8 +163,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         dualStack: bool = False,
         workers: int | str = 0,
     ) -> None:
-        port = _args.integer(port, "port", None, 65535)
-        backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
+        port = _args.integer(port, "port", None, _args.MAX_PORT)
+        backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
         loopback = _args.boolean(loopback, "loopback")
         keepWhenOffline = _args.boolean(keepWhenOffline, "keepWhenOffline")
         ipv6 = _args.boolean(ipv6, "ipv6")
@@ -195,7 +198,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
     def __repr__(self) -> str:
         return f"<GeckoServerEndpoint {self._where()}>"
 
-    def _where(self) -> tuple[str, Any]:
+    def _where(self) -> tuple[str, int | None]:
         if self._interface is not None:
             return self._interface, self._port
         if self._dualStack or self._ipv6:
@@ -248,8 +251,8 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
 
     def __init__(
         self,
-        reactor: Any,
-        path: Any = None,
+        reactor: IReactorFDSet,
+        path: StrOrBytesPath | None = None,
         mode: int = 0o600,
         backlog: int = -1,
         abstract: str | None = None,
@@ -266,7 +269,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         if abstract is not None and not isinstance(abstract, (str, bytes)):
             raise TypeError(f"abstract must be a string, not {abstract!r}")
         mode = _args.integer(mode, "mode", 0, 0o777)
-        backlog = _args.integer(backlog, "backlog", None, _MAX_BACKLOG)
+        backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
         reclaimStale = _args.boolean(reclaimStale, "reclaimStale")
         uids = _args.uids(allowedUids)
         gid = _args.groupId(group)
@@ -286,9 +289,10 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
     def __repr__(self) -> str:
         return f"<GeckoUNIXServerEndpoint {self._where()[0]}>"
 
-    def _where(self) -> tuple[str, Any]:
+    def _where(self) -> tuple[str, int | None]:
         if self._abstract is not None:
             return "@" + os.fsdecode(self._abstract), None
+        assert self._path is not None  # one of the two, checked when made
         return os.fsdecode(self._path), None
 
     def _init(self, serv: ServerSocket) -> None:
@@ -313,7 +317,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
 MAX_WORKERS = 1024
 
 
-def workerCount(value: Any) -> int:
+def workerCount(value: object) -> int:
     """
     The number of worker processes C{value} asks for: a whole number from 0
     to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
@@ -359,14 +363,17 @@ def _boolean(name: str, value: str) -> bool:
     raise ValueError(f"{name} must be one of 0/1/true/false/yes/no, not {value!r}")
 
 
-def _integer(name: str, value: str, low: int, high: int) -> int:
+def _integer(name: str, value: str, high: int) -> int:
+    """
+    The whole number C{value} spells, from -1 (the description's "any":
+    the Python API takes any negative number for it) to C{high}; the range
+    is checked by L{_args.integer}, as for the endpoint classes.
+    """
     try:
         number = int(value.strip(), 10)
     except ValueError:
         raise ValueError(f"{name} must be an integer, not {value!r}") from None
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be from {low} to {high}, not {number}")
-    return number
+    return _args.integer(number, name, -1, high)
 
 
 def _octalMode(value: str) -> int:
@@ -395,7 +402,7 @@ def _uids(value: str) -> frozenset[int | str]:
     return frozenset(uids)
 
 
-def _text(value: Any, what: str) -> str:
+def _text(value: object, what: str) -> str:
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -408,8 +415,8 @@ def _text(value: Any, what: str) -> str:
 
 def _options(
     prefix: str,
-    args: tuple[Any, ...],
-    kwargs: dict[Any, Any],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
     valid: Iterable[str],
     positional: str,
 ) -> tuple[dict[str, str], bool]:
@@ -451,10 +458,9 @@ def _options(
 
 _GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
 _GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers")
-_MAX_BACKLOG = 2**31 - 1
 
 
-def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
+def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> GeckoServerEndpoint:
     """
     Build a L{GeckoServerEndpoint} from the arguments of a C{gecko:}
     description (as Twisted's grammar split them).
@@ -463,8 +469,8 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
         description.
     """
     o, _ = _options("gecko", args, kwargs, _GECKO_OPTIONS, "port")
-    port = _integer("port", o["port"], -1, 65535) if "port" in o else -1
-    backlog = _integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1
+    port = _integer("port", o["port"], _args.MAX_PORT) if "port" in o else -1
+    backlog = _integer("backlog", o["backlog"], _args.MAX_BACKLOG) if "backlog" in o else -1
     interface = o.get("interface")
     return GeckoServerEndpoint(
         reactor,
@@ -479,7 +485,7 @@ def parseGecko(reactor: Any, *args: Any, **kwargs: Any) -> GeckoServerEndpoint:
     )
 
 
-def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEndpoint:
+def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> GeckoUNIXServerEndpoint:
     """
     Build a L{GeckoUNIXServerEndpoint} from the arguments of a
     C{geckounix:} description.  A positional C{@name} is the abstract
@@ -507,15 +513,13 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
             raise ValueError("the abstract name is empty")
         if "mode" in o:
             raise ValueError("mode applies to socket files; an abstract address has no permissions (use uids=)")
-        if "reclaim" in o:
+        if "reclaim" in o:  # given at all, even reclaim=0 (the class sees only true)
             raise ValueError("reclaim applies to socket files, not abstract addresses")
-        if "group" in o:
-            raise ValueError("group applies to socket files; an abstract address has no group (use uids=)")
     return GeckoUNIXServerEndpoint(
         reactor,
         path=path,
         mode=_octalMode(o["mode"]) if "mode" in o else 0o600,
-        backlog=_integer("backlog", o["backlog"], -1, _MAX_BACKLOG) if "backlog" in o else -1,
+        backlog=_integer("backlog", o["backlog"], _args.MAX_BACKLOG) if "backlog" in o else -1,
         abstract=abstract,
         reclaimStale=_boolean("reclaim", o["reclaim"]) if "reclaim" in o else False,
         allowedUids=_uids(o["uids"]) if "uids" in o else None,
@@ -525,4 +529,4 @@ def parseGeckoUNIX(reactor: Any, *args: Any, **kwargs: Any) -> GeckoUNIXServerEn
 
 
 #: The parsers by plugin prefix (for the dropin).
-PARSERS: dict[str, Callable[..., Any]] = {"gecko": parseGecko, "geckounix": parseGeckoUNIX}
+PARSERS: dict[str, Callable[..., _GeckoEndpointBase]] = {"gecko": parseGecko, "geckounix": parseGeckoUNIX}

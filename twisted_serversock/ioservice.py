@@ -4,16 +4,18 @@ The offline switch of Gecko's I/O service, for server sockets and the
 connections they accepted.
 
 The service is a registry: it knows nothing of what it switches off.
-Whatever must stop on going offline registers a callback
-(L{IOService.register}, for server sockets that would not survive it) or
-is watched weakly with one (L{IOService.watch}, for connections from peers
-that are not local).
+Every bound server socket registers a callback (L{IOService.register}),
+whether or not it survives going offline: one that does not closes itself
+from it, and every one takes offline the connection from a non-local peer
+its listener is still deciding about.  A connection from a peer that is
+not local is then watched weakly (L{IOService.watch}) once the listener
+has seen it.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,6 +26,8 @@ from .interfaces import IIOService
 __all__ = ["IOService", "ioService"]
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 
 @implementer(IIOService)
@@ -37,8 +41,10 @@ class IOService:
     construct your own for tests and pass it as C{ServerSocket(ioService=...)}.
 
     @ivar _serverSockets: the go-offline callbacks registered with
-        L{register} (by server sockets that would not survive going
-        offline), keyed by their registration.
+        L{register} (by every bound server socket, from C{init*} until
+        C{close}), keyed by their registration.  Holding them also keeps
+        those server sockets alive, as Gecko's socket service holds its
+        sockets.
     @ivar _connections: the objects L{watch}ed (the live Twisted transports
         of accepted connections whose peer is not local) and their
         callbacks; held weakly, so a connection that ends is forgotten
@@ -48,7 +54,7 @@ class IOService:
     def __init__(self) -> None:
         self._offline = False
         self._serverSockets: dict[object, Callable[[], None]] = {}
-        self._connections: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
+        self._connections: weakref.WeakKeyDictionary[object, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 
     @property
     def offline(self) -> bool:
@@ -77,8 +83,9 @@ class IOService:
     def register(self, goOffline: Callable[[], None]) -> Callable[[], None]:
         """
         Package-internal: call C{goOffline()} when the service goes offline
-        (once per switch, until unregistered).  Server sockets that would
-        not survive going offline register while they are bound.
+        (once per switch, until unregistered).  Every server socket
+        registers while it is bound, survivor or not (see the module
+        docstring), and unregisters when it closes.
 
         @return: the unregister handle: call it (any number of times) to
             forget C{goOffline}.
@@ -92,11 +99,13 @@ class IOService:
 
         return unregister
 
-    def watch(self, obj: Any, goOffline: Callable[[Any], None]) -> None:
+    def watch(self, obj: _T, goOffline: Callable[[_T], None]) -> None:
         """
         Package-internal: call C{goOffline(obj)} when the service goes
         offline, for as long as C{obj} lives (it is held weakly: a
-        connection that ends needs no unregistering).
+        connection that ends needs no unregistering).  The accept pipeline
+        watches the Twisted transport of each connection from a peer that
+        is not local, once the listener's C{onSocketAccepted} returned.
         """
         self._connections[obj] = goOffline
 

@@ -7,7 +7,7 @@ L{NetAddr}, the scriptable address (Gecko's C{nsINetAddr}), and the
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TypeVar
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from zope.interface import implementer
@@ -21,17 +21,18 @@ FAMILY_LOCAL = 3
 
 __all__ = ["NetAddr", "FAMILY_INET", "FAMILY_INET6", "FAMILY_LOCAL"]
 
+_T = TypeVar("_T")
 
-def unixName(value: Any) -> str:
+
+def unixName(value: object) -> str:
     """
     A UNIX address as Gecko shows it: the path as text, and C{""} for an
     unnamed peer (C{None} or empty) or an abstract address (leading NUL).
     """
     if value is None:
         return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "surrogateescape")
-    return "" if value.startswith("\0") else str(value)
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+    return "" if text.startswith("\0") else text
 
 
 def _scopeIndex(scope: int | str) -> int:
@@ -88,7 +89,7 @@ class NetAddr:
             return cls(FAMILY_LOCAL, unixName(addr.name))
         raise TypeError(f"not a Twisted address: {addr!r}")
 
-    def _inet6Only(self, value: Any) -> Any:
+    def _inet6Only(self, value: _T) -> _T:
         if self.family != FAMILY_INET6:
             raise NSError(NS_ERROR_NOT_AVAILABLE, "only IPv6 addresses have this field")
         return value

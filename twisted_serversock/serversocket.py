@@ -21,7 +21,7 @@ is closed first.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
@@ -49,18 +49,20 @@ from .results import (
     nameOf,
 )
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorFDSet
+
+    from ._types import Address, IServerReactor
+
 __all__ = ["ServerSocket", "LoopbackOnly", "KeepWhenOffline"]
 
 LoopbackOnly = 1
 KeepWhenOffline = 2
 
-_MAX_PORT = 65535
-_MAX_BACKLOG = 2**31 - 1
-
 _log = Logger()
 
 
-def _logPrefixOf(listener: Any) -> str:
+def _logPrefixOf(listener: object) -> str:
     """
     The log prefix of the listening port: the listener's C{logPrefix()} if
     it has one (an endpoint's is its factory's), else C{"ServerSocket"}.
@@ -74,31 +76,31 @@ def _logPrefixOf(listener: Any) -> str:
     return "ServerSocket"
 
 
-def _integer(value: Any, what: str) -> int:
+def _integer(value: object, what: str) -> int:
     return _args.asNSError(_args.integer, value, what)
 
 
-def _boolean(value: Any, what: str) -> bool:
+def _boolean(value: object, what: str) -> bool:
     return _args.asNSError(_args.boolean, value, what)
 
 
-def _checkPort(port: Any) -> int:
-    port = _integer(port, "port")
-    if port > _MAX_PORT:
-        raise NSError(NS_ERROR_INVALID_ARG, f"port {port} is above {_MAX_PORT}")
+def _checkPort(value: object) -> int:
+    port = _integer(value, "port")
+    if port > _args.MAX_PORT:
+        raise NSError(NS_ERROR_INVALID_ARG, f"port {port} is above {_args.MAX_PORT}")
     return max(port, 0)
 
 
-def _checkBacklog(backlog: Any) -> int:
-    backlog = _integer(backlog, "backlog")
+def _checkBacklog(value: object) -> int:
+    backlog = _integer(value, "backlog")
     if backlog < 0:
         return socket.SOMAXCONN
-    if backlog > _MAX_BACKLOG:
+    if backlog > _args.MAX_BACKLOG:
         raise NSError(NS_ERROR_INVALID_ARG, f"backlog {backlog} is too large")
     return backlog
 
 
-def _ipFamily(host: Any) -> int:
+def _ipFamily(host: str) -> int:
     """
     The address family of IP literal C{host}.
 
@@ -139,14 +141,16 @@ class ServerSocket:
     LoopbackOnly = LoopbackOnly
     KeepWhenOffline = KeepWhenOffline
 
-    def __init__(self, reactor: Any = None, ioService: Any = None) -> None:
-        self._reactor = reactor
+    def __init__(self, reactor: IReactorFDSet | None = None, ioService: _ioservice.IOService | None = None) -> None:
+        # Every Twisted reactor watches descriptors and has a clock; see
+        # IServerReactor for why the type needs saying.
+        self._reactor = cast("IServerReactor | None", reactor)
         self._ioService = ioService if ioService is not None else _ioservice.ioService
         self._bound: _bind.BoundSocket | None = None
         self._port: ListeningPort | None = None
         self._pipeline: AcceptPipeline | None = None
         self._listener: Any = None
-        self._address: Any = None
+        self._address: Address | None = None
         self._queue: CallQueue | None = None
         self._allowedUids: frozenset[int | str] | None = None
         self._unregister: Callable[[], None] | None = None
@@ -156,11 +160,11 @@ class ServerSocket:
         state = "listening" if self._port else "bound" if self._bound else "closed"
         return f"<ServerSocket {state} on {self._address}>"
 
-    def _getReactor(self) -> Any:
+    def _getReactor(self) -> IServerReactor:
         if self._reactor is None:
             from twisted.internet import reactor
 
-            self._reactor = reactor
+            self._reactor = cast("IServerReactor", reactor)
         return self._reactor
 
     # ------------------------------------------------------------------
@@ -272,8 +276,8 @@ class ServerSocket:
     def _listenIP(
         self,
         host: str,
-        port: Any,
-        backLog: Any,
+        port: object,
+        backLog: object,
         v6only: bool = True,
         keepWhenOffline: bool = False,
     ) -> None:
@@ -287,9 +291,11 @@ class ServerSocket:
                 f"the I/O service is offline; a listener on {host} would not survive it",
             )
         bound = _bind.bindIP(family, host, port, backlog, v6only)
+        address = bound.address
+        assert not isinstance(address, UNIXAddress)
         # Decided on the address bound, not the spelling asked for
         # ("0:0:0:0:0:0:0:1" is ::1).
-        self._adopt(bound, None, keepWhenOffline or isLocalListenAddress(bound.address.host))
+        self._adopt(bound, None, keepWhenOffline or isLocalListenAddress(address.host))
 
     def _adopt(
         self, bound: _bind.BoundSocket, allowedUids: frozenset[int | str] | None, survivesOffline: bool = True
@@ -443,7 +449,7 @@ class ServerSocket:
             else "the server socket is not initialised",
         )
 
-    def getAddress(self) -> Any:
+    def getAddress(self) -> Address:
         if self._address is None:
             raise NSError(NS_ERROR_NOT_INITIALIZED, "the server socket is not initialised")
         return self._address

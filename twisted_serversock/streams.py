@@ -33,7 +33,7 @@ flushed.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Callable, cast
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -83,13 +83,14 @@ def bufferLimit(segsize: int, segcount: int) -> int:
     return (segsize or DEFAULT_SEGMENT_SIZE) * (segcount or DEFAULT_SEGMENT_COUNT)
 
 
-def _checkStatus(status: Any) -> None:
+def _checkStatus(status: object) -> None:
     if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 0xFFFFFFFF:
         raise NSError(NS_ERROR_INVALID_ARG, f"status must be a result code, not {status!r}")
 
 
-def _notify(callback: Any, method: str, stream: object) -> None:
-    getattr(callback, method, callback)(stream)
+def _notify(callback: object, method: str, stream: object) -> None:
+    # An nsIInputStreamCallback/nsIOutputStreamCallback, or a callable.
+    cast("Callable[[object], object]", getattr(callback, method, callback))(stream)
 
 
 class _AsyncStream:
@@ -112,7 +113,7 @@ class _AsyncStream:
     def __init__(self, backend: StreamBackend) -> None:
         self._backend = backend
         self._status = NS_OK
-        self._waiter: Any = None
+        self._waiter: object = None
         self._closureOnly = False
         self._generation = 0
 
@@ -126,7 +127,7 @@ class _AsyncStream:
 
     def asyncWait(
         self,
-        callback: Any,
+        callback: object,
         flags: int = 0,
         requestedCount: int = 0,
         eventTarget: object = None,

@@ -19,10 +19,18 @@ delivers and takes C{bytes}.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol as _TypingProtocol, TypeVar, cast
 
 from twisted.internet import error as _error
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorFDSet,
+    IReactorTCP,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +40,7 @@ from . import _args
 from .interfaces import ITCPServerSocket, ITCPSocket
 from .results import NS_BINDING_ABORTED, NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NSError, nameOf
 from .serversocket import ServerSocket
-from .transport import bufferedOutput
+from .transport import SocketTransport, bufferedOutput
 
 __all__ = [
     "TCPServerSocket",
@@ -51,6 +59,33 @@ _BINARY_TYPES = ("string", "arraybuffer")
 
 _log = Logger()
 
+if TYPE_CHECKING:
+    from ._types import Address
+
+
+class _Connection(_TypingProtocol):
+    """
+    What a L{TCPSocket} uses of its Twisted transport (C{tcp.Client} or
+    C{tcp.Server}; Twisted's C{Protocol.transport} says only C{ITransport}).
+    """
+
+    def getPeer(self) -> Address: ...
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
+class _Connectable(_TypingProtocol):
+    """
+    A server socket that hands accepted L{TCPSocket}s to its C{onconnect}
+    (L{TCPServerSocket}, and the child's in L{twisted_serversock.ipc.child}).
+    """
+
+    onconnect: Callable[[TCPServerSocketEvent], object] | None
+
 
 class TCPSocketEvent:
     """
@@ -63,7 +98,7 @@ class TCPSocketEvent:
         by the socket's C{binaryType}); else C{None}.
     """
 
-    def __init__(self, type: str, target: Any, data: Any = None) -> None:
+    def __init__(self, type: str, target: TCPSocket, data: str | bytes | None = None) -> None:
         self.type = type
         self.target = target
         self.data = data
@@ -79,7 +114,7 @@ class TCPServerSocketEvent:
     @ivar socket: the accepted L{TCPSocket}, already C{"open"}.
     """
 
-    def __init__(self, type: str, target: Any, socket: TCPSocket) -> None:
+    def __init__(self, type: str, target: object, socket: TCPSocket) -> None:
         self.type = type
         self.target = target
         self.socket = socket
@@ -105,7 +140,7 @@ class TCPSocketErrorEvent:
 
     def __init__(
         self,
-        target: Any,
+        target: object,
         message: str,
         name: str = "Error",
         filename: str = "",
@@ -123,7 +158,11 @@ class TCPSocketErrorEvent:
         return f"<TCPSocketErrorEvent {self.name}: {self.message}>"
 
 
-def _fire(handler: Callable[[Any], Any] | None, event: Any, owner: Any) -> None:
+#: An event a handler gets.
+_E = TypeVar("_E", TCPSocketEvent, TCPServerSocketEvent, TCPSocketErrorEvent)
+
+
+def _fire(handler: Callable[[_E], object] | None, event: _E, owner: object) -> None:
     """
     Call an event handler; an exception in it is logged, never propagated
     into the reactor event that delivered it.
@@ -136,17 +175,17 @@ def _fire(handler: Callable[[Any], Any] | None, event: Any, owner: Any) -> None:
         _log.failure("Unhandled error in {owner!r}'s on{type} handler", owner=owner, type=event.type)
 
 
-def _binaryType(binaryType: Any) -> str:
+def _binaryType(binaryType: object) -> str:
     if binaryType not in _BINARY_TYPES:
         raise NSError(NS_ERROR_INVALID_ARG, f'binaryType must be "string" or "arraybuffer", not {binaryType!r}')
     return str(binaryType)
 
 
-def _checkBinaryType(options: Any) -> str:
+def _checkBinaryType(options: object) -> str:
     if options is None:
         return "string"
     try:
-        binaryType = options.get("binaryType", "string")
+        binaryType = cast("Mapping[str, object]", options).get("binaryType", "string")
     except AttributeError:
         raise NSError(NS_ERROR_INVALID_ARG, f"options must be a mapping such as {{'binaryType': 'string'}}, not {options!r}") from None
     return _binaryType(binaryType)
@@ -209,11 +248,11 @@ class TCPSocket(Protocol):
         self.readyState = "connecting"
         self.host = ""
         self.port = 0
-        self.onopen: Callable[[Any], Any] | None = None
-        self.ondata: Callable[[Any], Any] | None = None
-        self.ondrain: Callable[[Any], Any] | None = None
-        self.onerror: Callable[[Any], Any] | None = None
-        self.onclose: Callable[[Any], Any] | None = None
+        self.onopen: Callable[[TCPSocketEvent], object] | None = None
+        self.ondata: Callable[[TCPSocketEvent], object] | None = None
+        self.ondrain: Callable[[TCPSocketEvent], object] | None = None
+        self.onerror: Callable[[TCPSocketErrorEvent], object] | None = None
+        self.onclose: Callable[[TCPSocketEvent], object] | None = None
         self._watch = _DrainWatch(self._drained)
         self._waitingForDrain = False
         self._suspended = 0
@@ -226,13 +265,12 @@ class TCPSocket(Protocol):
     # Protocol.
 
     def connectionMade(self) -> None:
-        transport: Any = self.transport
+        transport = cast("_Connection", self.transport)
         peer = transport.getPeer()
-        host = getattr(peer, "host", None)
-        if host is not None:
-            self.host, self.port = host, peer.port
+        if not isinstance(peer, UNIXAddress):
+            self.host, self.port = peer.host, peer.port
         elif not self.host:
-            name = getattr(peer, "name", None)
+            name = peer.name
             self.host = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else (name or "")
         self.readyState = "open"
         transport.registerProducer(self._watch, True)
@@ -243,7 +281,7 @@ class TCPSocket(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.ondata is None:
             return
-        payload: Any = data.decode("latin-1") if self.binaryType == "string" else data
+        payload: str | bytes = data.decode("latin-1") if self.binaryType == "string" else data
         _fire(self.ondata, TCPSocketEvent("data", self, payload), self)
 
     def readConnectionLost(self) -> None:
@@ -262,7 +300,7 @@ class TCPSocket(Protocol):
         if self._waitingForDrain:
             self._waitingForDrain = False
             _fire(self.ondrain, TCPSocketEvent("drain", self), self)
-        transport: Any = self.transport
+        transport = cast("_Connection", self.transport)
         if self.readyState == "closing" and transport is not None:
             # close() left the producer registered so that this drain event
             # could come; now let the transport finish closing.
@@ -297,7 +335,7 @@ class TCPSocket(Protocol):
         """
         Bytes given to L{send} and not yet written to the socket.
         """
-        transport: Any = self.transport
+        transport = cast("_Connection", self.transport)
         if transport is None:
             return 0
         try:
@@ -306,6 +344,7 @@ class TCPSocket(Protocol):
             return 0
 
     def _payload(self, data: Any) -> bytes:
+        # (Any: str or any bytes-like object, checked here at run time.)
         if self.binaryType == "string":
             if not isinstance(data, str):
                 raise NSError(NS_ERROR_INVALID_ARG, f'a "string" socket sends str (one character per byte), not {type(data).__name__}')
@@ -323,7 +362,7 @@ class TCPSocket(Protocol):
         except TypeError:
             raise NSError(NS_ERROR_INVALID_ARG, f'an "arraybuffer" socket sends bytes, not {type(data).__name__}') from None
 
-    def send(self, data: Any) -> bool:
+    def send(self, data: object) -> bool:
         """
         Queue C{data}.
 
@@ -335,7 +374,7 @@ class TCPSocket(Protocol):
         if self.readyState != "open":
             raise NSError(NS_ERROR_FAILURE, f"cannot send on a {self.readyState} socket")
         payload = self._payload(data)
-        transport: Any = self.transport
+        transport = cast("_Connection", self.transport)
         transport.write(payload)
         if self._watch.full:
             self._waitingForDrain = True
@@ -368,7 +407,7 @@ class TCPSocket(Protocol):
         """
         if self.readyState in ("closing", "closed"):
             return
-        transport: Any = self.transport
+        transport = cast("_Connection", self.transport)
         self.readyState = "closing"
         if transport is None:
             return
@@ -383,7 +422,7 @@ class TCPSocket(Protocol):
         """
         if self.readyState == "closed":
             return
-        transport: Any = self.transport
+        transport = cast("_Connection", self.transport)
         self.readyState = "closing"
         self._aborted = True
         self._waitingForDrain = False
@@ -394,7 +433,9 @@ class TCPSocket(Protocol):
     # Client sockets (an extension: Gecko's TCPSocket constructor).
 
     @classmethod
-    def open(cls, host: str, port: int, options: Any = None, reactor: Any = None) -> TCPSocket:
+    def open(
+        cls, host: str, port: int, options: Mapping[str, object] | None = None, reactor: IReactorTCP | None = None
+    ) -> TCPSocket:
         """
         Connect to C{host}:C{port}.  The socket starts C{"connecting"};
         C{onopen} or C{onerror} then C{onclose} follow.
@@ -408,7 +449,7 @@ class TCPSocket(Protocol):
         """
         if not isinstance(host, str) or not host:
             raise NSError(NS_ERROR_INVALID_ARG, f"host must be a non-empty string, not {host!r}")
-        port = _args.asNSError(_args.integer, port, "port", 1, 65535)
+        port = _args.asNSError(_args.integer, port, "port", 1, _args.MAX_PORT)
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -419,7 +460,7 @@ class TCPSocket(Protocol):
         return sock
 
 
-def _connected(server: Any, sock: TCPSocket) -> None:
+def _connected(server: _Connectable, sock: TCPSocket) -> None:
     """
     Give C{server}'s C{onconnect} the newly accepted, open C{sock}; with no
     handler (or one that raises) the socket is closed, as in Gecko.
@@ -439,10 +480,10 @@ class _ClientFactory(ClientFactory):
     def __init__(self, socket: TCPSocket) -> None:
         self._socket = socket
 
-    def buildProtocol(self, addr: Any) -> TCPSocket:
+    def buildProtocol(self, addr: IAddress | None) -> TCPSocket:
         return self._socket
 
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self._socket.connectionLost(reason)
 
 
@@ -462,10 +503,12 @@ class TCPServerSocket:
         C{NS_ERROR_FAILURE}).
     """
 
-    def __init__(self, port: int, options: Any = None, backlog: int = -1, reactor: Any = None) -> None:
+    def __init__(
+        self, port: int, options: Mapping[str, object] | None = None, backlog: int = -1, reactor: IReactorFDSet | None = None
+    ) -> None:
         self.binaryType = _checkBinaryType(options)
-        self.onconnect: Callable[[Any], Any] | None = None
-        self.onerror: Callable[[Any], Any] | None = None
+        self.onconnect: Callable[[TCPServerSocketEvent], object] | None = None
+        self.onerror: Callable[[TCPSocketErrorEvent], object] | None = None
         self._serverSocket = ServerSocket(reactor)
         self._serverSocket.init(port, False, backlog)
         self.localPort = self._serverSocket.port
@@ -481,7 +524,7 @@ class TCPServerSocket:
         self._serverSocket.close()
 
     # IServerSocketListener
-    def onSocketAccepted(self, serv: ServerSocket, transport: Any) -> None:
+    def onSocketAccepted(self, serv: ServerSocket, transport: SocketTransport) -> None:
         sock = TCPSocket(self.binaryType)
         transport.attachProtocol(sock)
         _connected(self, sock)

@@ -39,20 +39,19 @@ import ipaddress
 import itertools
 import os
 import socket
-import struct
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _args
 from ._accepted import AcceptedSocket
 from ._callqueue import CallQueue
-from .interfaces import IServerSocket, IServerSocketListener
+from ._memorytransport import FakeSocket, MemoryPort, MemoryTwistedTransport
+from .interfaces import IServerSocket, IServerSocketListener, ISocketTransport
 from .results import (
     NS_BINDING_ABORTED,
     NS_ERROR_ALREADY_INITIALIZED,
@@ -64,6 +63,11 @@ from .results import (
     NSError,
 )
 from .transport import SocketTransport
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from ._types import Address, Peer, PortLike, ServerTransport
 
 __all__ = ["MemoryServerSocket", "MemoryConnection", "RecordingListener", "flush"]
 
@@ -83,158 +87,6 @@ def flush(clock: Clock) -> None:
     clock.advance(0)
 
 
-class _FakeSocket:
-    """
-    The handle of a L{MemoryConnection}'s Twisted transport: what
-    L{SocketTransport} asks of a socket (its family, socket options, a
-    C{MSG_PEEK} for C{isAlive()}), without a socket.
-    """
-
-    def __init__(self, family: int) -> None:
-        self.family = family
-        self.closed = False
-        self.options: dict[tuple[int, int], int] = {}
-
-    def close(self) -> None:
-        self.closed = True
-
-    def fileno(self) -> int:
-        return -1
-
-    def recv(self, size: int, flags: int = 0) -> bytes:
-        raise BlockingIOError("nothing to read from a memory connection")
-
-    def setsockopt(self, level: int, option: int, value: int) -> None:
-        self.options[level, option] = int(value)
-
-    def getsockopt(self, level: int, option: int, size: int = 0) -> Any:
-        if (level, option) == (socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", -1)):
-            if self.family != socket.AF_UNIX:
-                raise OSError("SO_PEERCRED on a TCP connection")
-            return struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
-        return self.options.get((level, option), 0)
-
-
-class _MemoryTwistedTransport(StringTransport):
-    """
-    A C{StringTransport} standing in for Twisted's C{tcp.Server}: it keeps
-    the attributes the accepted-connection code reads, delivers the
-    connection's loss through the clock as the reactor would, and holds
-    bytes fed while reading is paused.
-    """
-
-    def __init__(self, skt: _FakeSocket, protocol: Any, peer: Any, port: Any, sessionno: int, reactor: Clock) -> None:
-        super().__init__(hostAddress=port.getHost(), peerAddress=port.peerAddress(peer))
-        self.socket = skt
-        self.protocol = protocol
-        self.reactor = reactor
-        self.sessionno = sessionno
-        self.client = peer if type(peer) is tuple else (peer, None)
-        self.hostname = self.client[0]
-        # What bufferedOutput() reads: everything written is sent at once.
-        self.dataBuffer = b""
-        self.offset = 0
-        self._tempDataLen = 0
-        self._aborting = False
-        self.aborted = False
-        self.held: list[bytes] = []
-        self.lost = False
-        self.logstr = self._getLogPrefix(protocol)
-        self.repstr = f"<{type(protocol).__name__} #{sessionno} on memory>"
-
-    def __repr__(self) -> str:
-        return self.repstr
-
-    def _getLogPrefix(self, protocol: Any) -> str:
-        logPrefix = getattr(protocol, "logPrefix", None)
-        return logPrefix() if callable(logPrefix) else type(protocol).__name__
-
-    def getHandle(self) -> _FakeSocket:
-        return self.socket
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        held, self.held = self.held, []
-        for data in held:
-            self.deliver(data)
-
-    def deliver(self, data: bytes) -> None:
-        if not self.connected or self.disconnecting:
-            return
-        if self.producerState != "producing" or self.held:
-            self.held.append(data)
-        else:
-            self.protocol.dataReceived(data)
-
-    def readConnectionLost(self, reason: Failure) -> None:
-        # tcp.Connection's: a half-closeable protocol hears of it, any
-        # other loses the connection.
-        protocol = self.protocol
-        if IHalfCloseableProtocol.providedBy(protocol):
-            protocol.readConnectionLost()
-        else:
-            self.loseConnection()
-
-    def loseWriteConnection(self) -> None:
-        # Our side's half-close: the bytes written so far are all the peer
-        # gets; the connection stays up for reading.
-        pass
-
-    def loseConnection(self) -> None:
-        if self.lost:
-            return
-        super().loseConnection()
-        self.reactor.callLater(0, self.connectionLost, Failure(ConnectionDone()))
-
-    def abortConnection(self) -> None:
-        if self.lost:
-            return
-        self._aborting = self.aborted = True
-        super().loseConnection()
-        self.reactor.callLater(0, self.connectionLost, Failure(ConnectionLost()))
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.lost:
-            return
-        self.lost = True
-        self.connected = False
-        self.disconnected = True
-        self.socket.close()
-        producer = self.producer
-        if producer is not None:
-            self.producer = None
-            producer.stopProducing()
-        self.protocol.connectionLost(reason)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.disconnected:
-            producer.stopProducing()
-            return
-        super().registerProducer(producer, streaming)
-        if not streaming:
-            # As Twisted's FileDescriptor: a pull producer is asked at once.
-            producer.resumeProducing()
-
-
-class _MemoryPort:
-    """
-    The listening port a L{MemoryConnection} says it was accepted on: it
-    numbers connections and knows the addresses.
-    """
-
-    def __init__(self, host: Any) -> None:
-        self.sessionno = 0
-        self.host = host
-
-    def getHost(self) -> Any:
-        return self.host
-
-    def peerAddress(self, peer: Any) -> Any:
-        if type(peer) is tuple:
-            return (IPv4Address if len(peer) == 2 else IPv6Address)("TCP", *peer[:2])
-        return UNIXAddress(peer or None)
-
-
 class MemoryConnection:
     """
     An accepted connection without a socket: the real L{SocketTransport}
@@ -249,10 +101,10 @@ class MemoryConnection:
     def __init__(
         self,
         clock: Clock | None = None,
-        peer: Any = None,
-        host: Any = None,
+        peer: Peer | None = None,
+        host: Address | None = None,
         queue: CallQueue | None = None,
-        port: Any = None,
+        port: MemoryPort | None = None,
     ) -> None:
         """
         @param clock: drives the connection's callbacks; a new C{Clock} if
@@ -274,22 +126,25 @@ class MemoryConnection:
                 UNIXAddress("/memory.sock") if isinstance(peer, (str, bytes)) else IPv4Address("TCP", "127.0.0.1", 8080)
             )
         family = socket.AF_UNIX if isinstance(peer, (str, bytes)) else socket.AF_INET
-        self._socket = _FakeSocket(family)
-        self._tcp: _MemoryTwistedTransport | None = None
+        self._socket = FakeSocket(family)
+        self._tcp: MemoryTwistedTransport | None = None
         self._accepted = AcceptedSocket(
-            self._build, cast(socket.socket, self._socket), peer, port or _MemoryPort(host), self.clock
+            self._build, cast(socket.socket, self._socket), peer, port or MemoryPort(host), self.clock
         )
         self.transport: SocketTransport = SocketTransport(queue or CallQueue(self.clock), self._accepted)
 
     def __repr__(self) -> str:
         return f"<MemoryConnection {self.transport!r}>"
 
-    def _build(self, *args: Any) -> _MemoryTwistedTransport:
+    def _build(
+        self, skt: socket.socket, protocol: object, peer: Peer, port: PortLike, sessionno: int, reactor: IReactorTime
+    ) -> ServerTransport:
         # The accepted socket's transport class: keep what it builds.
-        tcp = self._tcp = _MemoryTwistedTransport(*args)
+        fake, memoryPort = cast(FakeSocket, skt), cast(MemoryPort, port)
+        tcp = self._tcp = MemoryTwistedTransport(fake, protocol, peer, memoryPort, sessionno, reactor)
         return tcp
 
-    def _built(self) -> _MemoryTwistedTransport:
+    def _built(self) -> MemoryTwistedTransport:
         """
         The Twisted transport; built in stream mode, as the server socket
         does once C{onSocketAccepted} returns, if nothing built it yet.
@@ -382,28 +237,26 @@ class RecordingListener:
         C{("stopped", status)}.
     """
 
-    def __init__(self, onAccepted: Callable[[Any, Any], object] | None = None) -> None:
+    def __init__(self, onAccepted: Callable[[IServerSocket, ISocketTransport], object] | None = None) -> None:
         """
         @param onAccepted: called as C{onAccepted(serv, transport)} after
             recording each connection (to open streams, attach a protocol,
             ...), as a listener would.
         """
-        self.accepted: list[Any] = []
+        self.accepted: list[ISocketTransport] = []
         self.stopped: list[int] = []
         self.events: list[tuple[str, Any]] = []
         self._onAccepted = onAccepted
 
-    def onSocketAccepted(self, serv: Any, transport: Any) -> None:
+    def onSocketAccepted(self, serv: IServerSocket, transport: ISocketTransport) -> None:
         self.accepted.append(transport)
         self.events.append(("accepted", transport))
         if self._onAccepted is not None:
             self._onAccepted(serv, transport)
 
-    def onStopListening(self, serv: Any, status: int) -> None:
+    def onStopListening(self, serv: IServerSocket, status: int) -> None:
         self.stopped.append(status)
         self.events.append(("stopped", status))
-
-
 
 
 @implementer(IServerSocket)
@@ -433,11 +286,13 @@ class MemoryServerSocket:
         self.connections: list[MemoryConnection] = []
         self.backlog: int | None = None
         self._queue = CallQueue(self.clock)
-        self._address: Any = None
-        self._port: _MemoryPort | None = None
+        #: The address last bound: kept after close, as the real one keeps it.
+        self._address: Address | None = None
+        #: Bound from a successful C{init*} until L{close}, as the real one.
+        self._bound = False
+        self._port: MemoryPort | None = None
         self._listener: Any = None
         self._waiting: list[MemoryConnection] = []
-        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<MemoryServerSocket {self._address!r}>"
@@ -450,21 +305,20 @@ class MemoryServerSocket:
 
     # --- the init family
 
-    def _bind(self, address: Any, backLog: int) -> None:
-        if self._address is not None:
+    def _bind(self, address: Address, backLog: int) -> None:
+        if self._bound:
             raise NSError(NS_ERROR_ALREADY_INITIALIZED, "the server socket is already initialised")
         if isinstance(backLog, bool) or not isinstance(backLog, int):
             raise NSError(NS_ERROR_INVALID_ARG, f"backlog must be an integer, not {backLog!r}")
         self._address = address
-        self._port = _MemoryPort(address)
+        self._bound = True
+        self._port = MemoryPort(address)
         self.backlog = backLog if backLog >= 0 else socket.SOMAXCONN
-        self._listener = None
-        self._stopped = False
 
     @staticmethod
     def _portNumber(port: int) -> int:
-        if isinstance(port, bool) or not isinstance(port, int) or port > 65535:
-            raise NSError(NS_ERROR_INVALID_ARG, f"port must be an integer <= 65535, not {port!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or port > _args.MAX_PORT:
+            raise NSError(NS_ERROR_INVALID_ARG, f"port must be an integer <= {_args.MAX_PORT}, not {port!r}")
         return port if port > 0 else next(_ports)
 
     def init(self, port: int, loopbackOnly: bool, backLog: int) -> None:
@@ -519,15 +373,15 @@ class MemoryServerSocket:
             raise NSError(NS_ERROR_FAILURE, "no TCP port: not initialised, or a UNIX socket")
         return int(address.port)
 
-    def getAddress(self) -> Any:
+    def getAddress(self) -> Address:
         if self._address is None:
             raise NSError(NS_ERROR_NOT_INITIALIZED, "the server socket is not initialised")
         return self._address
 
     def asyncListen(self, listener: Any) -> None:
-        if self._address is None:
-            raise NSError(NS_ERROR_NOT_INITIALIZED, "the server socket is not initialised")
-        if self._listener is not None or self._stopped:
+        if not self._bound:
+            raise NSError(NS_ERROR_NOT_INITIALIZED, "asyncListen needs a successful init first")
+        if self._listener is not None:
             raise NSError(NS_ERROR_IN_PROGRESS, "asyncListen was called before")
         if not (
             callable(getattr(listener, "onSocketAccepted", None))
@@ -540,23 +394,27 @@ class MemoryServerSocket:
         self._listener = listener
         waiting, self._waiting = self._waiting, []
         for conn in waiting:
-            self._queue.call(self._deliver, conn)
+            self._queue.call(self._deliver, conn, listener)
 
     def close(self) -> None:
-        if self._address is None or self._stopped:
+        """
+        Stop listening, as the real one: the connections not yet accepted
+        are refused; a listener gets its one C{onStopListening} through the
+        clock.  It can be initialised again afterwards, and keeps its
+        address until then.
+        """
+        if not self._bound:
             return
         listener = self._listener
-        if listener is None:
-            # Before asyncListen: no callback, and it can be initialised again.
-            for conn in self._waiting:
-                conn.transport.refuse()
-            self._waiting = []
-            self._address = None
-            return
-        self._stopped = True
-        self._queue.call(listener.onStopListening, self, NS_BINDING_ABORTED)
+        self._bound = False
+        self._listener = None
+        for conn in self._waiting:
+            conn.transport.refuse()
+        self._waiting = []
+        if listener is not None:
+            self._queue.call(listener.onStopListening, self, NS_BINDING_ABORTED)
 
-    def connect(self, peer: Any = None) -> MemoryConnection:
+    def connect(self, peer: Peer | None = None) -> MemoryConnection:
         """
         A client connects: the listener's C{onSocketAccepted} gets the new
         connection's transport through the clock (once listening, in the
@@ -570,24 +428,24 @@ class MemoryServerSocket:
         @raise NSError: C{NS_ERROR_CONNECTION_REFUSED} when not listening
             (never initialised, or closed).
         """
-        if self._address is None or self._stopped:
+        if not self._bound:
             raise NSError(NS_ERROR_CONNECTION_REFUSED, "the server socket is not listening")
         if peer is None and isinstance(self._address, UNIXAddress):
             peer = ""
         conn = MemoryConnection(self.clock, peer, self._address, self._queue, self._port)
         self.connections.append(conn)
-        if self._listener is None:
+        listener = self._listener
+        if listener is None:
             self._waiting.append(conn)
         else:
-            self._queue.call(self._deliver, conn)
+            self._queue.call(self._deliver, conn, listener)
         return conn
 
-    def _deliver(self, conn: MemoryConnection) -> None:
-        if self._stopped:
+    def _deliver(self, conn: MemoryConnection, listener: Any) -> None:
+        if self._listener is not listener:
             # Closed in the meantime: the client's connection is refused.
             conn.transport.refuse()
             return
-        listener = self._listener
         try:
             listener.onSocketAccepted(self, conn.transport)
         finally:

@@ -25,7 +25,7 @@ server socket sees to that, with L{SocketTransport.startStreaming}).
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
@@ -53,6 +53,10 @@ from .results import (
     succeeded,
 )
 from .streams import InputStream, OutputStream, bufferLimit
+
+if TYPE_CHECKING:
+    from ._callqueue import CallQueue
+    from ._types import Address, ServerTransport
 
 __all__ = ["SocketTransport", "bufferedOutput"]
 
@@ -84,14 +88,14 @@ class SocketTransport:
     TIMEOUT_CONNECT = TIMEOUT_CONNECT
     TIMEOUT_READ_WRITE = TIMEOUT_READ_WRITE
 
-    def __init__(self, queue: Any, accepted: AcceptedSocket) -> None:
+    def __init__(self, queue: CallQueue, accepted: AcceptedSocket) -> None:
         """
         @param queue: the server socket's FIFO for deferred notifications
             (a C{CallQueue}).
         @param accepted: the accepted socket; its Twisted transport is built
             when first needed.
         """
-        self._twisted: Any = None
+        self._twisted: ServerTransport | None = None
         self._accepted = accepted
         self._queue = queue
         self._mode: StreamMode | None = None
@@ -106,7 +110,7 @@ class SocketTransport:
         return f"<SocketTransport {self._twisted!r} {status}>"
 
     @property
-    def _tcp(self) -> Any:
+    def _tcp(self) -> ServerTransport:
         """
         The Twisted transport, built on first use in stream mode if it was
         not built yet.
@@ -132,7 +136,7 @@ class SocketTransport:
                 mode.handOver()
         return mode
 
-    def startStreaming(self) -> Any:
+    def startStreaming(self) -> ServerTransport:
         """
         Package-internal: the Twisted transport, built now with the
         stream-mode protocol if nothing built it yet.  The server socket
@@ -151,7 +155,7 @@ class SocketTransport:
             mode.makeConnection(tcp)
         return tcp
 
-    def builtTransport(self) -> Any:
+    def builtTransport(self) -> ServerTransport | None:
         """
         Package-internal: the Twisted transport if it was built (for an
         attached protocol or in stream mode), else C{None} (not yet, or the
@@ -213,7 +217,7 @@ class SocketTransport:
     def port(self) -> int:
         return int(self._tcp.client[1] or 0)
 
-    def getPeerAddr(self) -> Any:
+    def getPeerAddr(self) -> Address:
         accepted = self._accepted
         if accepted.pending:
             # What the Twisted transport's getPeer() will say, without
@@ -221,12 +225,12 @@ class SocketTransport:
             # (AcceptedSocket.peerAddress, inlined: every connection an
             # endpoint accepts comes here.)
             addr = accepted.peer
-            if type(addr) is tuple:
+            if isinstance(addr, tuple):
                 return (IPv4Address if len(addr) == 2 else IPv6Address)("TCP", *addr)
             return UNIXAddress(addr or None)
         return self._tcp.getPeer()
 
-    def getSelfAddr(self) -> Any:
+    def getSelfAddr(self) -> Address:
         return self._tcp.getHost()
 
     def getScriptablePeerAddr(self) -> NetAddr:

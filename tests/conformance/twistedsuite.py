@@ -361,7 +361,7 @@ for _builder, _names, _why in [
 DEVIATIONS: dict[tuple[str, str], str] = {
     ("UNIXAdoptStreamConnectionTestsBuilder", "test_ServerAddressUNIX"): (
         "adoptStreamConnection names the server end by getsockname(); a geckounix: socket file is bound "
-        "in a private directory and linked into place (no permission window, SPEC 4), so the kernel's "
+        "in a private directory and linked into place (so it never exists with looser permissions than asked), so the kernel's "
         "name for it is the private path"
     ),
 }

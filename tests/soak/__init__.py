@@ -1,5 +1,5 @@
 """
-Hardening helpers that run as their own processes (issue 7).
+Hardening helpers that run as their own processes.
 
   - L{echoserver<tests.soak.echoserver>}: an echo server (a C{gecko:}
     endpoint with a Twisted protocol, or a C{ServerSocket} with Gecko

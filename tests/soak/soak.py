@@ -1,5 +1,6 @@
 """
-The soak (issue 7, item 1):
+The soak: many connect/echo/close and init/close cycles, checking that
+descriptors and memory come back to their baseline:
 
     python -m tests.soak.soak [--long] [--cycles N] [--init-cycles N]
         [--concurrency C] [--reactor asyncio] [--only echo|init]

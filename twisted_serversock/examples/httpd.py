@@ -24,6 +24,7 @@ import sys
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from twisted_serversock import NSError, ServerSocket, results
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         _log.error("cannot listen: {error}", error=str(e))
         return 1
     address = server.getAddress()
+    assert isinstance(address, (IPv4Address, IPv6Address))  # init() listens on TCP
     _log.info("serving {root} on http://{host}:{port}/", root=os.path.realpath(args.root),
               host=address.host, port=server.port)
     server.asyncListen(HTTPServer(args.root))

@@ -1,0 +1,202 @@
+"""
+Helpers for tests that run the package in real C{twistd}/C{twist}
+processes: the installed scripts, a child process whose output a test can
+wait on, and the common checks of a running C{twistd serversock}.
+
+(The worker-side test modules still carry copies of some of these; they
+move here as those modules are switched.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import defer, protocol, utils
+
+from twisted_serversock.ipc.spawn import CHANNEL_FD
+
+from .conftest import WAIT, connect, sleep, theReactor, timeout
+
+#: The installed scripts, as users start them: not C{python -c} or
+#: C{python -m twisted}, which put the working directory on C{sys.path} and
+#: so hide whether a module there is found.
+BIN = os.path.dirname(sys.executable)
+TWISTD = [os.path.join(BIN, "twistd")]
+TWIST = [os.path.join(BIN, "twist"), "--log-format=text"]
+
+#: C{twistd serversock} in the foreground, logging to stdout.
+SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
+
+#: The line C{twistd serversock} logs once it listens; group 1 is the port.
+LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
+
+
+class Proc(protocol.ProcessProtocol):
+    """
+    A child process whose combined output is searchable while it runs.
+    """
+
+    def __init__(self) -> None:
+        self.output = ""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self.signal: int | None = None
+        self._waiting: list[tuple[re.Pattern[str], defer.Deferred[re.Match[str]]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+        for pattern, d in list(self._waiting):
+            m = pattern.search(self.output)
+            if m:
+                self._waiting.remove((pattern, d))
+                d.callback(m)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        for pattern, d in self._waiting:
+            d.errback(AssertionError(f"process ended before {pattern.pattern!r}:\n{self.output}"))
+        self._waiting = []
+        self.signal = reason.value.signal
+        self.ended.callback(reason.value.exitCode)
+
+    def waitFor(self, regex: str) -> defer.Deferred[re.Match[str]]:
+        """
+        The first match of C{regex} in the output, now or once it appears
+        (within 30 seconds; an error if the process ends first).
+        """
+        pattern = re.compile(regex)
+        m = pattern.search(self.output)
+        if m:
+            return defer.succeed(m)
+        d: defer.Deferred[re.Match[str]] = defer.Deferred()
+        self._waiting.append((pattern, d))
+        return timeout(d, 30)
+
+    async def stop(self) -> bool:
+        """
+        SIGTERM the process; whether it shut down cleanly.  (twistd re-raises
+        the terminating signal after an orderly shutdown, so that its exit
+        status reports it: a clean stop is exit 0, or death by SIGTERM after
+        the shutdown was logged.)
+        """
+        if not self.ended.called:
+            self.transport.signalProcess(signal.SIGTERM)
+        code = await timeout(self.ended, 30)
+        if "Server Shut Down" not in self.output and "Main loop terminated" not in self.output:
+            return False
+        return code == 0 or (self.signal == signal.SIGTERM)
+
+
+def spawn(argv: list[str], cwd: str) -> Proc:
+    """
+    Start C{argv} in C{cwd} with this process's environment.
+    """
+    proc = Proc()
+    theReactor().spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=cwd)
+    return proc
+
+
+async def stopCleanly(proc: Proc) -> int:
+    """
+    SIGTERM; the exit status (which must come within the wait).
+    """
+    if not proc.ended.called:
+        proc.transport.signalProcess(signal.SIGTERM)
+    return int(await timeout(proc.ended, 30))
+
+
+def workerPids(proc: Proc) -> dict[int, int]:
+    """
+    The pid of each worker number of a C{twistd serversock}, latest start
+    last.
+    """
+    return {int(i): int(p) for i, p in re.findall(r"Started worker (\d+) \(pid (\d+)\)", proc.output)}
+
+
+async def echo(port: int, data: bytes) -> bytes:
+    """
+    Send C{data} to the echo server on C{port}; what came back.
+    """
+    client = await connect(port)
+    client.transport.write(data)
+    got = await client.waitFor(len(data))
+    client.transport.loseConnection()
+    await client.whenClosed()
+    return got
+
+
+async def ask(port: int, seconds: float = 60) -> bytes:
+    """
+    One connection: send a byte, return everything until the server closes.
+    """
+    client = await connect(port)
+    client.transport.write(b"?")
+    return bytes(await timeout(client.closed, seconds))
+
+
+async def until(predicate: Any, seconds: float = WAIT, step: float = 0.02) -> None:
+    """
+    Wait (without blocking the reactor) until the asynchronous
+    C{predicate()} is true: for conditions that take a child process to
+    find out, such as L{socketStats}.  (C{conftest.eventually} is the same
+    for a synchronous condition.)
+    """
+    deadline = theReactor().seconds() + seconds
+    while not await predicate():
+        if theReactor().seconds() >= deadline:
+            raise AssertionError(f"condition not met within {seconds}s: {predicate}")
+        await sleep(step)
+
+
+async def socketStats(*args: str) -> list[str]:
+    """
+    The lines of C{ss -Hn ARGS} (iproute2): the kernel's view of sockets,
+    which shows what a process holds without asking the process.
+    """
+    out = await utils.getProcessOutput(shutil.which("ss") or "ss", ["-Hn", *args], env=dict(os.environ))
+    return out.decode().splitlines()
+
+
+def listenQueue(port: int) -> int:
+    """
+    Connections waiting in the kernel's accept queue of 127.0.0.1:port.
+    """
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
+async def channelBacklog(pid: int) -> int:
+    """
+    Bytes sent to worker C{pid} over its channel that it has not read: a
+    stopped worker (SIGSTOP) holds the connections handed to it there.
+    """
+    owner = f"pid={pid},fd={CHANNEL_FD})"
+    return sum(int(line.split()[2]) for line in await socketStats("-xp") if owner in line)
+
+
+async def untilHolding(pid: int) -> None:
+    """
+    Wait until the stopped worker C{pid} has been handed a connection.
+    """
+
+    async def holding() -> bool:
+        return await channelBacklog(pid) > 0
+
+    await until(holding)
+
+
+async def untilRead(pid: int) -> None:
+    """
+    Wait until worker C{pid} has read everything sent to it.
+    """
+
+    async def read() -> bool:
+        return await channelBacklog(pid) == 0
+
+    await until(read)
