@@ -25,9 +25,8 @@ from typing import Iterator
 import pytest
 import pytest_twisted
 
+from ._procs import LISTENING, TWIST, TWISTD, echo, spawn, stopCleanly
 from .conftest import asNobody, timeout, unprivilegedPythonPath
-from .test_tap import LISTENING, echo, stopCleanly
-from .test_twistd import TWIST, TWISTD, spawn
 
 SHOUT = textwrap.dedent(
     """
@@ -46,7 +45,8 @@ SHOUT = textwrap.dedent(
 @pytest.fixture
 def workdir() -> Iterator[str]:
     """
-    A short directory that the unprivileged user may enter but not write.
+    A short directory that the unprivileged user may enter but not write
+    (unlike conftest's, which is private to us).
     """
     d = tempfile.mkdtemp(prefix="/tmp/sst")
     os.chmod(d, 0o755)
