@@ -64,6 +64,8 @@ class AcceptPipeline:
         "_address",
         "_deciding",
         "_refusals",
+        "_acceptedClass",
+        "_connectionClass",
     )
 
     def __init__(
@@ -76,6 +78,8 @@ class AcceptPipeline:
         ioService: Any,
         allowedUids: frozenset[int | str] | None,
         address: Any,
+        acceptedClass: Any = AcceptedSocket,
+        connectionClass: Any = SocketTransport,
     ) -> None:
         """
         @param serv: the server socket (what the listener is told accepted
@@ -89,6 +93,11 @@ class AcceptPipeline:
         @param allowedUids: the uids allowed to connect, or C{None} for
             no filter.
         @param address: the bound address (for the refusal log).
+        @param acceptedClass: what each accepted socket becomes, called like
+            L{AcceptedSocket} (with C{transportClass} as its first argument).
+        @param connectionClass: the connection the listener is given,
+            called like L{SocketTransport}.  (A TLS server socket's put TLS
+            on each connection; the same work per connection either way.)
         """
         self.port: Any = None
         self._serv = serv
@@ -100,6 +109,8 @@ class AcceptPipeline:
         self._allowedUids = allowedUids
         self._address = address
         self._refusals: RefusalLog | None = None
+        self._acceptedClass = acceptedClass
+        self._connectionClass = connectionClass
         #: A connection from a peer that is not local while the listener's
         #: onSocketAccepted runs: see L{goOffline}.
         self._deciding: SocketTransport | None = None
@@ -183,8 +194,8 @@ class AcceptPipeline:
             # The Twisted transport is built when first needed: for the
             # listener's protocol if it attaches one; the session number is
             # taken then, so that a refused connection takes none.
-            accepted = AcceptedSocket(self._transportClass, skt, addr, self.port, self._reactor)
-            conn = SocketTransport(self._queue, accepted)
+            accepted = self._acceptedClass(self._transportClass, skt, addr, self.port, self._reactor)
+            conn = self._connectionClass(self._queue, accepted)
         except Exception:
             _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()

@@ -334,9 +334,7 @@ class ServerSocket:
         if self._queue is None:
             self._queue = CallQueue(reactor)
         self._listener = listener
-        pipeline = self._pipeline = AcceptPipeline(
-            self, listener, self._queue, reactor, bound.transportClass, self._ioService, self._allowedUids, bound.address
-        )
+        pipeline = self._pipeline = self._newPipeline(listener, reactor, bound)
         port = self._port = ListeningPort(
             bound.socket,
             bound.address,
@@ -349,6 +347,15 @@ class ServerSocket:
         )
         pipeline.port = port
         port.startListening()
+
+    def _newPipeline(self, listener: Any, reactor: Any, bound: _bind.BoundSocket) -> AcceptPipeline:
+        """
+        The accept pipeline of one listening period (a TLS server socket's
+        puts TLS on each connection).
+        """
+        return AcceptPipeline(
+            self, listener, self._queue, reactor, bound.transportClass, self._ioService, self._allowedUids, bound.address
+        )
 
     def pauseAccepting(self) -> None:
         """
