@@ -122,12 +122,12 @@ class ClientResult:
     version: str | None = None
     cipher: tuple[str, str, int] | None = None
     error: str | None = None
-    alpn: str | None = None
+    peerCert: bytes | None = None
 
 
 def _pythonClient(
     port: int, send: bytes, version: str | None, cert: tuple[str, str] | None, ciphers: str | None,
-    host: str = "127.0.0.1", serverName: str | None = None, family: int = socket.AF_INET,
+    host: str = "127.0.0.1", serverName: str | None = None, family: int = socket.AF_INET, preamble: bytes = b"",
 ) -> ClientResult:  # fmt: skip
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -144,9 +144,11 @@ def _pythonClient(
     try:
         with socket.socket(family) as raw:
             raw.settimeout(WAIT)
-            raw.connect((host, port))
+            raw.connect(host if family == socket.AF_UNIX else (host, port))
+            raw.sendall(preamble)  # (a PROXY header, as HAProxy sends it before TLS)
             with ctx.wrap_socket(raw, server_hostname=serverName) as t:
                 result.version, result.cipher = t.version(), t.cipher()
+                result.peerCert = t.getpeercert(binary_form=True)
                 t.sendall(send)
                 while len(result.data) < len(send):
                     chunk = t.recv(4096)

@@ -59,6 +59,10 @@ PUBLIC: dict[str, list[str]] = {
         "REQUEST_FIRST_HANDSHAKE", "REQUEST_ALWAYS", "REQUIRE_FIRST_HANDSHAKE", "REQUIRE_ALWAYS",
         "TLS_VERSION_1", "TLS_VERSION_1_1", "TLS_VERSION_1_2", "TLS_VERSION_1_3", "TLS_VERSION_UNKNOWN",
     ],
+    "twisted_serversock.tlsendpoints": [
+        "GeckoTLSServerEndpoint", "parseGeckoTLS", "parseGeckoUNIXTLS", "contextFactoryFromOptions",
+        "DEFAULT_HANDSHAKE_TIMEOUT",
+    ],
     "twisted_serversock.tcpsocket": [
         "TCPServerSocket", "TCPSocket", "TCPSocketEvent", "TCPServerSocketEvent",
         "TCPSocketErrorEvent", "BUFFER_SIZE",

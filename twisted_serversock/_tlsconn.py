@@ -149,14 +149,16 @@ class TLSFactory(TLSMemoryBIOFactory):
 
     @ivar handshakeTimeout: seconds a client gets to finish its handshake,
         or C{None} for no limit.
-    @ivar clock: the C{IReactorTime} that times it.
+    @ivar clock: the C{IReactorTime} that times it.  (Twisted's TLS
+        protocol batches its writes on the global reactor, as behind
+        C{ssl:}.)
     """
 
     protocol = TLSProtocol
     handshakeTimeout: float | None
 
     def __init__(self, contextFactory: Any, wrappedFactory: Any, clock: Any, handshakeTimeout: float | None = None) -> None:
-        super().__init__(contextFactory, False, wrappedFactory, clock)
+        super().__init__(contextFactory, False, wrappedFactory)
         self.clock = clock
         self.handshakeTimeout = handshakeTimeout
 
