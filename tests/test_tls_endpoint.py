@@ -33,11 +33,15 @@ __all__ = ["certs"]
 
 class Echo(protocol.Protocol):
     """
-    Echoes; closes after echoing a newline.
+    Echoes; closes after echoing a newline.  Keeps the client's
+    certificate, if any.
     """
+
+    peerCertificate: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
+        self.peerCertificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
         self.transport.write(data)
         if data.endswith(b"\n"):
             self.transport.loseConnection()
@@ -274,8 +278,7 @@ async def test_clientCertificates(certs: Certs, served: Any, mode: str) -> None:
     number = port.getHost().port
     signed = await pythonClient(number, cert=(certs["client.pem"], certs["clientkey.pem"]))
     assert signed.error is None and signed.data == b"HELLO"
-    transport = factory.built[-1].transport
-    assert transport.getPeerCertificate().get_subject().commonName == "client"
+    assert factory.built[-1].peerCertificate.get_subject().commonName == "client"
     selfSigned = await pythonClient(number, cert=(certs["other.pem"], certs["otherkey.pem"]))
     assert selfSigned.error is not None and "unknown ca" in selfSigned.error.lower()
     none = await pythonClient(number)

@@ -400,3 +400,39 @@ async def test_garbageInsteadOfClientHello(certs: Certs, logged: list[dict[str, 
         assert len(lines) == 1 and "failed" in lines[0]["log_format"]
     finally:
         serv.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_protocolAttachedAfterStreamMode(certs: Certs) -> None:
+    """
+    A listener that keeps the connection (stream mode) and attaches a
+    protocol only once told the handshake finished: the protocol gets what
+    the client sent meanwhile (plaintext) and its answer is encrypted; the
+    socket options still reach the socket.
+    """
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    seen: list[Any] = []
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            self.transport = transport
+            transport.securityInfo.setSecurityObserver(self)
+
+        def onHandshakeDone(self, s: Any, status: Any) -> None:
+            transport = self.transport
+            transport.keepaliveEnabled = True
+            seen.append((transport.keepaliveEnabled, transport.isAlive(), transport.host))
+            transport.attachProtocol(_EchoProtocol())
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
+    try:
+        result = await pythonClient(serv.port, b"HELLO\n")
+        assert result.error is None and result.data == b"HELLO\n"
+        assert seen == [(True, True, "127.0.0.1")]
+    finally:
+        serv.close()

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import endpoints
+from ._listeningport import GeckoListeningPort
 from ._tlsconn import DEFAULT_HANDSHAKE_TIMEOUT, TLSFactory
 from ._twistedcompat import sslServerOptions, unwrapHAProxy
 
@@ -98,8 +99,17 @@ class GeckoTLSServerEndpoint:
         haproxy = unwrapHAProxy(protocolFactory)
         if haproxy is not None:
             wrap, application = haproxy
-            return self._endpoint.listen(wrap(self._tls(application)))
-        return self._endpoint.listen(self._tls(protocolFactory))
+            factory = wrap(self._tls(application))
+        else:
+            factory = self._tls(protocolFactory)
+        return self._endpoint.listen(factory).addCallback(self._listening)
+
+    @staticmethod
+    def _listening(port: Any) -> Any:
+        if isinstance(port, GeckoListeningPort):
+            # "(TLS Port N Closed)", as Twisted's ssl: ports log it.
+            port.tcpKind = "TLS"
+        return port
 
     def _tls(self, factory: Any) -> TLSFactory:
         return TLSFactory(self._contextFactory, factory, self._reactor, self._handshakeTimeout)
