@@ -398,6 +398,9 @@ async def test_garbageInsteadOfClientHello(certs: Certs, logged: list[dict[str, 
         assert listener.events == ["accepted", "accepted", "handshakeDone"]
         lines = [e for e in logged if "TLS handshake with" in e.get("log_format", "")]
         assert len(lines) == 1 and "failed" in lines[0]["log_format"]
+        # OpenSSL's reason, without its library and function fields.
+        assert lines[0]["error"] in ("wrong version number", "http request"), lines[0]["error"]
+        assert lines[0]["peer"].startswith("127.0.0.1:")
     finally:
         serv.close()
 
@@ -436,3 +439,35 @@ async def test_protocolAttachedAfterStreamMode(certs: Certs) -> None:
         assert seen == [(True, True, "127.0.0.1")]
     finally:
         serv.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_overUNIXSocket(certs: Certs) -> None:
+    """
+    A TLS server socket initialised on a UNIX socket file serves TLS there.
+    """
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="/tmp/tlsx")
+    serv = TLSServerSocket()
+    try:
+        path = os.path.join(d, "s.sock")
+        serv.initWithFilename(path, 0o600, -1)
+        serv.serverCert = certs.privateCertificate()
+
+        class Listener:
+            def onSocketAccepted(self, s: Any, transport: Any) -> None:
+                transport.attachProtocol(_EchoProtocol())
+
+            def onStopListening(self, s: Any, status: int) -> None:
+                pass
+
+        serv.asyncListen(Listener())
+        result = await pythonClient(0, b"HELLO\n", host=path, family=socket.AF_UNIX)
+        assert result.error is None and result.data == b"HELLO\n"
+    finally:
+        serv.close()
+        shutil.rmtree(d, ignore_errors=True)
