@@ -471,3 +471,81 @@ async def test_overUNIXSocket(certs: Certs) -> None:
     finally:
         serv.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _finishedWithData(port: int, data: bytes) -> bytes:
+    """
+    A TLS 1.3 client whose last handshake message and first bytes of data
+    leave in one write (as a browser's often do); what it reads back.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(data)
+        raw.sendall(outgoing.read())  # Finished and the data, together
+        got = b""
+        while len(got) < len(data):
+            try:
+                got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = raw.recv(65536)
+                if not chunk:
+                    break
+                incoming.write(chunk)
+        return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshakeDoneWithDataInTheSameRead(certs: Certs) -> None:
+    """
+    A client whose last handshake message and first data arrive in one
+    read: the observer is told once and the data is read.  (The input
+    stream, which notifies from the read itself, reports the data first;
+    the observer's call is queued - a documented difference from Gecko.)
+    """
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    events: list[str] = []
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            transport.securityInfo.setSecurityObserver(self)
+            self.out = transport.openOutputStream()
+            transport.openInputStream().asyncWait(self.ready)
+
+        def onHandshakeDone(self, s: Any, status: Any) -> None:
+            events.append("handshakeDone")
+
+        def ready(self, stream: Any) -> None:
+            events.append("inputReady")
+            self.out.write(stream.read(100))
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
+    try:
+        from twisted.internet import threads
+
+        for _ in range(3):
+            events.clear()
+            got = await timeout(threads.deferToThread(_finishedWithData, serv.port, b"HELLO"))
+            assert got == b"HELLO"
+            await eventually(lambda: len(events) == 2)
+            assert sorted(events) == ["handshakeDone", "inputReady"]
+    finally:
+        serv.close()
