@@ -316,3 +316,28 @@ async def test_proxyHeaderBeforeClientHello(certs: Certs, served: Any) -> None:
     assert result.error is None and result.data == b"HELLO\n"
     peer = factory.built[0].transport.getPeer()
     assert (peer.host, peer.port) == ("203.0.113.7", 4567)
+
+
+@pytest.mark.parametrize(
+    "address,host",
+    [
+        ("ipv6=1:loopback=1", "::1"),
+        ("interface=\\:\\:1", "::1"),
+        ("dualstack=1", "127.0.0.1"),
+        ("dualstack=1", "::1"),
+        ("keepWhenOffline=1:loopback=1", "127.0.0.1"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_geckoAddressing(certs: Certs, served: Any, address: str, host: str) -> None:
+    """
+    C{geckotls:} takes C{gecko:}'s address options.
+    """
+    from .conftest import hasIPv6Loopback
+
+    if ":" in host and not hasIPv6Loopback():
+        pytest.skip("no IPv6 loopback")
+    port, _ = await served(f"geckotls:0:{address}:privateKey={esc(certs['server.pem'])}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    result = await pythonClient(port.getHost().port, b"HELLO\n", host=host, family=family)
+    assert result.error is None and result.data == b"HELLO\n"
