@@ -20,6 +20,7 @@ BENCHMARKS: tuple[str, ...] = (
     "dispatch",
     "skewed",
     "cluster",
+    "tls",
 )
 
 

@@ -17,12 +17,16 @@ _INTERFACES = [
     "nsIServerSocket", "nsIServerSocketListener", "nsISocketTransport", "nsINetAddr",
     "nsITCPServerSocketInternal", "nsIAsyncInputStream", "nsIAsyncOutputStream",
     "nsIInputStreamCallback", "nsIOutputStreamCallback",
+    "ITLSServerSocket", "ITLSServerConnectionInfo", "ITLSServerSecurityObserver", "ITLSClientStatus",
+    "nsITLSServerSocket", "nsITLSServerConnectionInfo", "nsITLSServerSecurityObserver",
+    "nsITLSClientStatus",
 ]  # fmt: skip
 
 PUBLIC: dict[str, list[str]] = {
     "twisted_serversock": [
         "results", "NSError", "ServerSocket", "LoopbackOnly", "KeepWhenOffline", "IOService",
         "ioService", "NetAddr", "SocketTransport", "TCPServerSocket", "TCPSocket",
+        "TLSServerSocket",
     ] + _INTERFACES,
     "twisted_serversock.interfaces": _INTERFACES,
     "twisted_serversock.results": [
@@ -49,6 +53,15 @@ PUBLIC: dict[str, list[str]] = {
     "twisted_serversock.endpoints": [
         "GeckoServerEndpoint", "GeckoUNIXServerEndpoint", "GeckoListeningPort", "parseGecko",
         "parseGeckoUNIX",
+    ],
+    "twisted_serversock.tls": [
+        "TLSServerSocket", "TLSServerConnectionInfo", "TLSSocketTransport", "REQUEST_NEVER",
+        "REQUEST_FIRST_HANDSHAKE", "REQUEST_ALWAYS", "REQUIRE_FIRST_HANDSHAKE", "REQUIRE_ALWAYS",
+        "TLS_VERSION_1", "TLS_VERSION_1_1", "TLS_VERSION_1_2", "TLS_VERSION_1_3", "TLS_VERSION_UNKNOWN",
+    ],
+    "twisted_serversock.tlsendpoints": [
+        "GeckoTLSServerEndpoint", "parseGeckoTLS", "parseGeckoUNIXTLS", "contextFactoryFromOptions",
+        "DEFAULT_HANDSHAKE_TIMEOUT",
     ],
     "twisted_serversock.tcpsocket": [
         "TCPServerSocket", "TCPSocket", "TCPSocketEvent", "TCPServerSocketEvent",

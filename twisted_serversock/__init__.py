@@ -25,6 +25,10 @@ from .interfaces import (
     ITCPServerSocket,
     ITCPServerSocketInternal,
     ITCPSocket,
+    ITLSClientStatus,
+    ITLSServerConnectionInfo,
+    ITLSServerSecurityObserver,
+    ITLSServerSocket,
     nsIAsyncInputStream,
     nsIAsyncOutputStream,
     nsIInputStreamCallback,
@@ -34,12 +38,17 @@ from .interfaces import (
     nsIServerSocketListener,
     nsISocketTransport,
     nsITCPServerSocketInternal,
+    nsITLSClientStatus,
+    nsITLSServerConnectionInfo,
+    nsITLSServerSecurityObserver,
+    nsITLSServerSocket,
 )
 from .ioservice import IOService, ioService
 from .netaddr import NetAddr
 from .results import NSError
 from .serversocket import KeepWhenOffline, LoopbackOnly, ServerSocket
 from .tcpsocket import TCPServerSocket, TCPSocket
+from .tls import TLSServerSocket
 from .transport import SocketTransport
 
 __version__ = "0.1.0.dev0"
@@ -56,6 +65,7 @@ __all__ = [
     "SocketTransport",
     "TCPServerSocket",
     "TCPSocket",
+    "TLSServerSocket",
     "IServerSocket",
     "IServerSocketListener",
     "ISocketTransport",
@@ -77,4 +87,12 @@ __all__ = [
     "nsIAsyncOutputStream",
     "nsIInputStreamCallback",
     "nsIOutputStreamCallback",
+    "ITLSServerSocket",
+    "ITLSServerConnectionInfo",
+    "ITLSServerSecurityObserver",
+    "ITLSClientStatus",
+    "nsITLSServerSocket",
+    "nsITLSServerConnectionInfo",
+    "nsITLSServerSecurityObserver",
+    "nsITLSClientStatus",
 ]

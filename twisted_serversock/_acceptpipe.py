@@ -34,7 +34,7 @@ from .transport import SocketTransport
 if TYPE_CHECKING:
     from ._callqueue import CallQueue
     from ._port import ListeningPort
-    from ._types import Accept, Address, IServerReactor, Peer, TransportClass
+    from ._types import Accept, Address, IServerReactor, Peer
     from .ioservice import IOService
     from .interfaces import IServerSocket
 
@@ -68,6 +68,8 @@ class AcceptPipeline:
         "_address",
         "_deciding",
         "_refusals",
+        "_acceptedClass",
+        "_connectionClass",
     )
 
     # Set by the server socket once the port exists (before it listens).
@@ -79,10 +81,12 @@ class AcceptPipeline:
         listener: Any,
         queue: CallQueue,
         reactor: IServerReactor,
-        transportClass: TransportClass,
+        transportClass: object,
         ioService: IOService,
         allowedUids: frozenset[int | str] | None,
         address: Address,
+        acceptedClass: Any = AcceptedSocket,
+        connectionClass: Any = SocketTransport,
     ) -> None:
         """
         @param serv: the server socket (what the listener is told accepted
@@ -90,12 +94,18 @@ class AcceptPipeline:
         @param listener: the listener given to C{asyncListen}.
         @param queue: the server socket's L{CallQueue}, shared with its
             connections.
-        @param transportClass: the Twisted server transport class.
+        @param transportClass: the Twisted server transport class (or what
+            C{acceptedClass} takes in its place), passed on as is.
         @param ioService: the I/O service that watches connections from
             peers that are not local.
         @param allowedUids: the uids allowed to connect, or C{None} for
             no filter.
         @param address: the bound address (for the refusal log).
+        @param acceptedClass: what each accepted socket becomes, called like
+            L{AcceptedSocket} (with C{transportClass} as its first argument).
+        @param connectionClass: the connection the listener is given,
+            called like L{SocketTransport}.  (A TLS server socket's put TLS
+            on each connection; the same work per connection either way.)
         """
         self._serv: IServerSocket | None = serv
         self._listener = listener
@@ -106,6 +116,8 @@ class AcceptPipeline:
         self._allowedUids = allowedUids
         self._address = address
         self._refusals: RefusalLog | None = None
+        self._acceptedClass = acceptedClass
+        self._connectionClass = connectionClass
         #: A connection from a peer that is not local while the listener's
         #: onSocketAccepted runs: see L{goOffline}.
         self._deciding: SocketTransport | None = None
@@ -189,8 +201,8 @@ class AcceptPipeline:
             # The Twisted transport is built when first needed: for the
             # listener's protocol if it attaches one; the session number is
             # taken then, so that a refused connection takes none.
-            accepted = AcceptedSocket(self._transportClass, skt, addr, self.port, self._reactor)
-            conn = SocketTransport(self._queue, accepted)
+            accepted = self._acceptedClass(self._transportClass, skt, addr, self.port, self._reactor)
+            conn = self._connectionClass(self._queue, accepted)
         except Exception:
             _log.failure("Could not set up the connection accepted from {addr!r}; closing it", addr=addr)
             skt.close()

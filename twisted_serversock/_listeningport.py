@@ -126,7 +126,11 @@ class GeckoListeningPort:
     @ivar serverSocket: the L{ServerSocket} behind this port (a new one after
         each L{startListening} that follows a L{stopListening}).
     @ivar factory: the protocol factory.
+    @ivar tcpKind: what the close line calls a TCP port: C{"TCP"}, or
+        C{"TLS"} behind C{geckotls:} (as Twisted's C{ssl:} ports say).
     """
+
+    tcpKind = "TCP"
 
     def __init__(self, endpoint: _Bindable, factory: IProtocolFactory) -> None:
         self._endpoint = endpoint
@@ -224,7 +228,7 @@ class GeckoListeningPort:
         if listener is not self._listener:
             return
         self._listener = None
-        kind = "UNIX" if isinstance(self._address, UNIXAddress) else "TCP"
+        kind = "UNIX" if isinstance(self._address, UNIXAddress) else self.tcpKind
         legacyLog.msg(f"({kind} Port {self._portName()} Closed)")
         if status != NS_BINDING_ABORTED:
             _log.warn(

@@ -24,6 +24,15 @@ What we rely on, and why:
     (L{closeWithoutShutdown}), so a worker's copy is not ended too.
   - C{tcp.Server} reads its port's C{_realPortNumber} for its repr: our
     listening port sets it (L{PORT_NUMBER_ATTRIBUTE}).
+  - TLS (imported only when used: pyOpenSSL is optional):
+    C{TLSMemoryBIOProtocol(..., _connectWrapped=False)}, a TLS protocol
+    that does not connect the protocol it wraps (L{tlsProtocolWithoutConnecting});
+    its C{_reason}, why TLS failed, before C{connectionLost} hands it on
+    (L{tlsFailure});
+    C{twisted.internet.endpoints._parseSSL}, how C{ssl:} reads its options
+    (L{sslServerOptions}); C{twisted.protocols.haproxy._wrapper}'s
+    C{HAProxyWrappingFactory}, which C{haproxy:} wraps a factory in
+    (L{unwrapHAProxy}).
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ __all__ = [
     "isReadable",
     "closeWithoutShutdown",
     "PORT_NUMBER_ATTRIBUTE",
+    "tlsProtocolWithoutConnecting",
+    "sslServerOptions",
+    "unwrapHAProxy",
+    "tlsFailure",
     "problems",
 ]
 
@@ -83,6 +96,70 @@ def closeWithoutShutdown(transport: Any) -> None:
     transport.loseConnection()
 
 
+def tlsProtocolWithoutConnecting(protocolClass: Any, factory: Any, wrapped: Any) -> Any:
+    """
+    A C{TLSMemoryBIOProtocol} (of C{protocolClass}) for C{wrapped} whose
+    C{makeConnection} does not connect C{wrapped}: the caller connects it
+    to the TLS protocol afterwards (as Twisted's own C{startTLS} does).
+    """
+    return protocolClass(factory, wrapped, _connectWrapped=False)
+
+
+def tlsFailure(tlsProtocol: Any) -> Any:
+    """
+    The failure that ended C{tlsProtocol}'s TLS (a bad handshake), or
+    C{None}; read before its C{connectionLost} passes it on.
+    """
+    return getattr(tlsProtocol, "_reason", None)
+
+
+def sslServerOptions(**options: Any) -> Any:
+    """
+    The C{CertificateOptions} an C{ssl:} endpoint string with these
+    options (C{privateKey}, C{certKey}, C{sslmethod}, C{extraCertChain},
+    C{dhParameters}) would use: Twisted's own reading of them.
+    """
+    from twisted.internet import endpoints
+
+    args, _ = endpoints._parseSSL(None, "0", **options)
+    return args[2]
+
+
+def unwrapHAProxy(factory: Any) -> Any:
+    """
+    If C{factory} is the factory C{haproxy:} wrapped around an
+    application's (a C{HAProxyWrappingFactory}), a function that wraps
+    another factory the same way, and the application's factory; else
+    C{None}.
+    """
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    if isinstance(factory, HAProxyWrappingFactory):
+        return HAProxyWrappingFactory, factory.wrappedFactory
+    return None
+
+
+def _tlsProblems() -> list[str]:
+    found: list[str] = []
+    try:
+        from twisted.internet import endpoints
+        from twisted.protocols.haproxy import _wrapper
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+    except ImportError as e:  # no pyOpenSSL: TLS is not available anyway
+        return [] if "OpenSSL" in str(e) else [f"cannot import Twisted's TLS or HAProxy support: {e}"]
+    if "_connectWrapped" not in inspect.signature(TLSMemoryBIOProtocol.__init__).parameters:
+        found.append("TLSMemoryBIOProtocol no longer takes _connectWrapped (tlsProtocolWithoutConnecting)")
+    if "self._reason = reason" not in _source(TLSMemoryBIOProtocol._tlsShutdownFinished):
+        found.append("TLSMemoryBIOProtocol no longer keeps why TLS failed in _reason (tlsFailure)")
+    parseSSL = getattr(endpoints, "_parseSSL", None)
+    wanted = {"privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters"}
+    if parseSSL is None or not wanted <= set(inspect.signature(parseSSL).parameters):
+        found.append("twisted.internet.endpoints._parseSSL is gone or takes other options (sslServerOptions)")
+    if not hasattr(_wrapper, "HAProxyWrappingFactory"):
+        found.append("twisted.protocols.haproxy._wrapper.HAProxyWrappingFactory is gone (unwrapHAProxy)")
+    return found
+
+
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
@@ -118,4 +195,4 @@ def problems() -> list[str]:
         found.append("tcp.Connection.abortConnection() no longer sets _aborting (isReadable)")
     if getattr(tcp.Connection, "_shouldShutdown", None) is not True or "if self._shouldShutdown" not in connection:
         found.append("tcp.Connection no longer honours _shouldShutdown (closeWithoutShutdown)")
-    return found
+    return found + _tlsProblems()

@@ -23,6 +23,15 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
+# The stream interfaces live in their own module (this one would pass the
+# size limit); they are part of this contract all the same.
+from ._streaminterfaces import (
+    IAsyncInputStream,
+    IAsyncOutputStream,
+    IInputStreamCallback,
+    IOutputStreamCallback,
+)
+
 __all__ = [
     "IServerSocket", "IServerSocketListener", "ISocketTransport", "IAsyncInputStream",
     "IAsyncOutputStream", "IInputStreamCallback", "IOutputStreamCallback", "INetAddr",
@@ -31,6 +40,10 @@ __all__ = [
     "nsIServerSocket", "nsIServerSocketListener", "nsISocketTransport", "nsINetAddr",
     "nsITCPServerSocketInternal", "nsIAsyncInputStream", "nsIAsyncOutputStream",
     "nsIInputStreamCallback", "nsIOutputStreamCallback",
+    # TLS server sockets (Gecko's nsITLSServerSocket.idl), and their Gecko names:
+    "ITLSServerSocket", "ITLSServerConnectionInfo", "ITLSServerSecurityObserver", "ITLSClientStatus",
+    "nsITLSServerSocket", "nsITLSServerConnectionInfo", "nsITLSServerSecurityObserver",
+    "nsITLSClientStatus",
 ]  # fmt: skip
 
 
@@ -216,152 +229,6 @@ class INetAddr(Interface):
         "(so, as with an uninitialised server socket's port, verifyObject "
         "applies to IP addresses only)."
     )
-
-
-class IInputStreamCallback(Interface):
-    """
-    Notified by L{IAsyncInputStream.asyncWait} (Gecko's
-    C{nsIInputStreamCallback}).  A plain callable taking the stream may be
-    used instead.
-    """
-
-    def onInputStreamReady(stream: IAsyncInputStream) -> None:
-        """
-        The stream has data to read, or it is closed.
-        """
-
-
-class IOutputStreamCallback(Interface):
-    """
-    Notified by L{IAsyncOutputStream.asyncWait} (Gecko's
-    C{nsIOutputStreamCallback}).  A plain callable taking the stream may be
-    used instead.
-    """
-
-    def onOutputStreamReady(stream: IAsyncOutputStream) -> None:
-        """
-        The stream can accept data again, or it is closed.
-        """
-
-
-class IAsyncInputStream(Interface):
-    """
-    The non-blocking input stream of an accepted connection (Gecko's
-    C{nsIAsyncInputStream}).
-
-    Bytes read from the socket are buffered up to C{segsize * segcount}; past
-    that, reading from the socket pauses until the consumer drains the
-    buffer, so a slow consumer bounds the memory a fast peer can use.
-    """
-
-    WAIT_CLOSURE_ONLY = Attribute(
-        "asyncWait flag (1): notify only when the stream is closed."
-    )
-
-    def available() -> int:
-        """
-        The number of bytes that can be read without blocking.  Once the
-        stream is closed and drained this raises L{NSError} with the close
-        status (C{NS_BASE_STREAM_CLOSED} after a clean end of stream).
-        """
-
-    def read(count: int) -> bytes:
-        """
-        Read up to C{count} bytes.  Returns C{b""} at a clean end of stream;
-        raises C{NS_BASE_STREAM_WOULD_BLOCK} while the stream is open and
-        empty, and the close status after an error.
-        """
-
-    def asyncWait(
-        callback: object,
-        flags: int = 0,
-        requestedCount: int = 0,
-        eventTarget: object = None,
-    ) -> None:
-        """
-        Ask for one notification when data is readable or the stream is
-        closed.  C{callback} is an L{IInputStreamCallback} or a callable
-        taking the stream; C{None} cancels a pending wait.  The notification
-        is made by the reactor, never from inside this call.
-        C{requestedCount} and C{eventTarget} are accepted for Gecko
-        compatibility and ignored (every callback runs in the reactor
-        thread).
-        """
-
-    def close() -> None:
-        """
-        Close the stream (C{NS_BASE_STREAM_CLOSED}); unread data is dropped.
-        """
-
-    def closeWithStatus(status: int) -> None:
-        """
-        Close the stream with C{status}; readers then see that status.  A
-        success status closes only this stream; an error status fails the
-        whole connection, as in Gecko: the output stream reports it too, and
-        bytes already written are flushed before the connection closes.
-        """
-
-    def isNonBlocking() -> bool:
-        """
-        Always C{True}: nothing may block the reactor.
-        """
-
-
-class IAsyncOutputStream(Interface):
-    """
-    The non-blocking output stream of an accepted connection (Gecko's
-    C{nsIAsyncOutputStream}), backed by the Twisted transport's write buffer.
-    """
-
-    WAIT_CLOSURE_ONLY = Attribute(
-        "asyncWait flag (1): notify only when the stream is closed."
-    )
-
-    def write(data: bytes) -> int:
-        """
-        Write as much of C{data} as the buffer accepts and return the number
-        of bytes taken; raises C{NS_BASE_STREAM_WOULD_BLOCK} when none can be
-        taken, and the close status once the stream is closed.
-        """
-
-    def asyncWait(
-        callback: object,
-        flags: int = 0,
-        requestedCount: int = 0,
-        eventTarget: object = None,
-    ) -> None:
-        """
-        Ask for one notification when the stream can accept data again or is
-        closed.  Same rules as L{IAsyncInputStream.asyncWait}.  When the
-        buffer is full, "again" means once Twisted's write buffer has fully
-        drained (Twisted tells its producers no sooner).
-        """
-
-    def flush() -> None:
-        """
-        Nothing to do: written data is already queued on the transport,
-        which sends it as fast as the peer reads.
-        """
-
-    def close() -> None:
-        """
-        Close the stream; data already written is still delivered.  If the
-        input side is closed too, the connection is closed once flushed;
-        otherwise our side of the connection is shut down for writing
-        (the peer reads end of stream).
-        """
-
-    def closeWithStatus(status: int) -> None:
-        """
-        Close the stream with C{status}; writers then see that status.  An
-        error status fails the whole connection (see
-        L{IAsyncInputStream.closeWithStatus}).
-        """
-
-    def isNonBlocking() -> bool:
-        """
-        Always C{True}.
-        """
 
 
 class ISocketTransport(Interface):
@@ -582,6 +449,121 @@ class ITCPServerSocketInternal(Interface):
         """
 
 
+# ----------------------------------------------------------------------
+# TLS server sockets (Gecko's nsITLSServerSocket.idl).
+
+
+class ITLSServerSocket(IServerSocket):
+    """
+    A server socket whose connections speak TLS (Gecko's
+    C{nsITLSServerSocket}): initialised and closed like any
+    L{IServerSocket}; the TLS settings below are made between C{init*} and
+    C{asyncListen}.  Each accepted transport's C{securityInfo} provides
+    L{ITLSServerConnectionInfo}.  The handshake runs as the peer sends it;
+    the listener learns that it finished from its security observer.
+    """
+
+    REQUEST_NEVER = Attribute("0: never ask the client for a certificate (the default).")
+    REQUEST_FIRST_HANDSHAKE = Attribute("1: ask on the first handshake; the client may send none.")
+    REQUEST_ALWAYS = Attribute("2: ask on every handshake; the client may send none.")
+    REQUIRE_FIRST_HANDSHAKE = Attribute("3: ask on the first handshake; without one it fails.")
+    REQUIRE_ALWAYS = Attribute("4: ask on every handshake; without one it fails.")
+
+    serverCert = Attribute(
+        "The server's certificate with its private key (a Twisted "
+        "C{twisted.internet.ssl.PrivateCertificate}, which stands for Gecko's "
+        "C{nsIX509Cert}).  Required before C{asyncListen}, which otherwise "
+        "raises NSError(NS_ERROR_NOT_INITIALIZED).  Setting it while "
+        "listening raises NS_ERROR_IN_PROGRESS; anything but a "
+        "PrivateCertificate, NS_ERROR_INVALID_ARG."
+    )
+
+    def setSessionTickets(enabled: bool) -> None:
+        """
+        Whether the server issues session tickets (resumption); the default
+        is C{True}, as in Gecko.
+
+        @raise NSError: C{NS_ERROR_IN_PROGRESS} once listening.
+        """
+
+    def setRequestClientCertificate(mode: int) -> None:
+        """
+        Whether to ask the client for a certificate: one of the C{REQUEST_*}
+        and C{REQUIRE_*} modes.  A certificate the client sends is not
+        verified: the consumer judges C{status.peerCert}.  A required one
+        that is missing fails the handshake.
+
+        @raise NSError: C{NS_ERROR_INVALID_ARG} for an unknown mode;
+            C{NS_ERROR_IN_PROGRESS} once listening.
+        """
+
+    def setVersionRange(minVersion: int, maxVersion: int) -> None:
+        """
+        The TLS versions to accept, as L{ITLSClientStatus} constants
+        (C{TLS_VERSION_1_2 = 0x303}, C{TLS_VERSION_1_3 = 0x304}); a client
+        that offers none of them fails its handshake.  The default is TLS
+        1.2 to 1.3.
+
+        @raise NSError: C{NS_ERROR_INVALID_ARG} for an unknown version or
+            C{minVersion > maxVersion}; C{NS_ERROR_IN_PROGRESS} once
+            listening.
+        """
+
+
+class ITLSClientStatus(Interface):
+    """
+    What a finished handshake established (Gecko's C{nsITLSClientStatus}).
+    """
+
+    SSL_VERSION_3 = Attribute("0x300")
+    TLS_VERSION_1 = Attribute("0x301")
+    TLS_VERSION_1_1 = Attribute("0x302")
+    TLS_VERSION_1_2 = Attribute("0x303")
+    TLS_VERSION_1_3 = Attribute("0x304")
+    TLS_VERSION_UNKNOWN = Attribute("-1: no handshake finished yet.")
+
+    peerCert = Attribute(
+        "The client's certificate (a C{twisted.internet.ssl.Certificate}), "
+        "or None if it sent none.  Not verified."
+    )
+    tlsVersionUsed = Attribute("The version negotiated: one of the TLS_VERSION_* constants.")
+    cipherName = Attribute("The cipher suite's IANA name, e.g. C{TLS_AES_128_GCM_SHA256}.")
+    keyLength = Attribute("The cipher's effective key length, in bits.")
+    macLength = Attribute("The MAC's length in bits (128 for an AEAD cipher's tag).")
+
+
+class ITLSServerSecurityObserver(Interface):
+    """
+    Told that a connection's handshake finished (Gecko's
+    C{nsITLSServerSecurityObserver}).
+    """
+
+    def onHandshakeDone(server: ITLSServerSocket, status: ITLSClientStatus) -> None:
+        """
+        The handshake finished.  Called through the reactor, at most once
+        per connection, after the listener's C{onSocketAccepted} for it;
+        never if the handshake fails.
+        """
+
+
+class ITLSServerConnectionInfo(Interface):
+    """
+    The TLS side of one accepted connection (Gecko's
+    C{nsITLSServerConnectionInfo}): an accepted transport's
+    C{securityInfo}.
+    """
+
+    serverSocket = Attribute("The L{ITLSServerSocket} that accepted the connection.")
+    status = Attribute("The connection's L{ITLSClientStatus} (TLS_VERSION_UNKNOWN until the handshake finishes).")
+
+    def setSecurityObserver(observer: ITLSServerSecurityObserver | None) -> None:
+        """
+        Set (or, with C{None}, clear) the observer told when the handshake
+        finishes; set after it finished, the observer is told at once (still
+        through the reactor).
+        """
+
+
 # Gecko-named aliases: the same objects.
 nsIServerSocket = IServerSocket
 nsIServerSocketListener = IServerSocketListener
@@ -592,3 +574,7 @@ nsIAsyncInputStream = IAsyncInputStream
 nsIAsyncOutputStream = IAsyncOutputStream
 nsIInputStreamCallback = IInputStreamCallback
 nsIOutputStreamCallback = IOutputStreamCallback
+nsITLSServerSocket = ITLSServerSocket
+nsITLSServerConnectionInfo = ITLSServerConnectionInfo
+nsITLSServerSecurityObserver = ITLSServerSecurityObserver
+nsITLSClientStatus = ITLSClientStatus

@@ -340,9 +340,7 @@ class ServerSocket:
         if self._queue is None:
             self._queue = CallQueue(reactor)
         self._listener = listener
-        pipeline = self._pipeline = AcceptPipeline(
-            self, listener, self._queue, reactor, bound.transportClass, self._ioService, self._allowedUids, bound.address
-        )
+        pipeline = self._pipeline = self._newPipeline(listener, self._queue, reactor, bound)
         port = self._port = ListeningPort(
             bound.socket,
             bound.address,
@@ -355,6 +353,15 @@ class ServerSocket:
         )
         pipeline.port = port
         port.startListening()
+
+    def _newPipeline(self, listener: Any, queue: CallQueue, reactor: Any, bound: _bind.BoundSocket) -> AcceptPipeline:
+        """
+        The accept pipeline of one listening period (a TLS server socket's
+        puts TLS on each connection).
+        """
+        return AcceptPipeline(
+            self, listener, queue, reactor, bound.transportClass, self._ioService, self._allowedUids, bound.address
+        )
 
     def pauseAccepting(self) -> None:
         """

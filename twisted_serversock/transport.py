@@ -189,8 +189,16 @@ class SocketTransport:
             return
         self._streams().closeWithStatus(NS_BINDING_ABORTED, abort=True)
 
+    def _socket(self) -> socket.socket:
+        """
+        The connection's socket, its Twisted transport built (a TLS
+        transport's C{getHandle()} is its TLS connection, not the socket).
+        """
+        self._tcp
+        return self._accepted.socket
+
     def _isUnix(self) -> bool:
-        return bool(self._tcp.getHandle().family == socket.AF_UNIX)
+        return bool(self._socket().family == socket.AF_UNIX)
 
     # ------------------------------------------------------------------
     # ISocketTransport: timeouts.
@@ -302,10 +310,7 @@ class SocketTransport:
             return
         tcp = self._tcp
         handed = None if mode is None else mode.handOver()
-        tcp.protocol = protocol
-        # Twisted formats the log prefix and the repr of a connection from
-        # its protocol at construction: redo both for the new protocol.
-        relabel(tcp, protocol)
+        self._rehome(tcp, protocol)
         if handed is not None and handed[1]:
             # The unopened input stream held reading back.  Resume before
             # the protocol runs, so that a pauseProducing() it does in
@@ -316,6 +321,16 @@ class SocketTransport:
         if handed is not None:
             assert mode is not None
             self._replay(handed[0], mode.peerClosed, protocol)
+
+    def _rehome(self, tcp: Any, protocol: Any) -> None:
+        """
+        Make C{protocol} the protocol of Twisted transport C{tcp}, which
+        was built for the stream-mode protocol.
+        """
+        tcp.protocol = protocol
+        # Twisted formats the log prefix and the repr of a connection from
+        # its protocol at construction: redo both for the new protocol.
+        relabel(tcp, protocol)
 
     def _replay(self, chunks: list[bytes], peerClosed: bool, protocol: Any) -> None:
         # Bytes (and an end of stream) that arrived before the protocol,
@@ -346,7 +361,7 @@ class SocketTransport:
         if not tcp.connected or tcp.disconnecting:
             return False
         try:
-            return bool(tcp.getHandle().recv(1, socket.MSG_PEEK))
+            return bool(self._accepted.socket.recv(1, socket.MSG_PEEK))
         except BlockingIOError:
             return True
         except OSError:
@@ -358,14 +373,14 @@ class SocketTransport:
     def _tcpSocket(self, what: str) -> socket.socket:
         if self._isUnix():
             raise NSError(NS_ERROR_NOT_AVAILABLE, f"{what} applies to TCP connections only")
-        return self._tcp.getHandle()
+        return self._socket()
 
     @property
     def keepaliveEnabled(self) -> bool:
         if self._isUnix():
             return False
         try:
-            return bool(self._tcp.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+            return bool(self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
         except OSError as e:
             raise NSError.fromOSError(e, "getsockopt(SO_KEEPALIVE)") from None
 
@@ -401,6 +416,6 @@ class SocketTransport:
         if not self._isUnix():
             raise NSError(NS_ERROR_NOT_AVAILABLE, "peer credentials exist for UNIX connections only")
         try:
-            return peerCredentials(self._tcp.getHandle())
+            return peerCredentials(self._socket())
         except OSError as e:
             raise NSError.fromOSError(e, "getsockopt(SO_PEERCRED)") from None

@@ -81,6 +81,9 @@ class Kind:
     name = ""
     interface = "127.0.0.1"
     family = socket.AF_INET
+    #: The endpoints themselves speak TLS (C{geckotls:} and C{ssl:}): the
+    #: TLS tests use them as they are.
+    speaksTLS = False
 
     def gecko(self, reactor: Any) -> Any:
         raise NotImplementedError
@@ -179,6 +182,45 @@ class TCPAny(Kind):
         return TCP4ServerEndpoint(reactor, port, interface=interface)
 
 
+def _pem() -> str:
+    """
+    The certificate and key Twisted's TLS tests serve (as a file).
+    """
+    return test_tls.ContextGeneratingMixin._pem.path.decode()
+
+
+class TLS4Loopback(TCP4Loopback):
+    """
+    C{geckotls:} against Twisted's C{ssl:}, with the same options.
+    """
+
+    name = "geckotls"
+    speaksTLS = True
+
+    def gecko(self, reactor: Any) -> Any:
+        return serverFromString(reactor, f"geckotls:port=0:loopback=1:privateKey={_escape(_pem())}")
+
+    def twisted(self, reactor: Any) -> Any:
+        return serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={_escape(_pem())}")
+
+
+class TLSAny(TCPAny):
+    """
+    The TLS port tests, on C{geckotls:} and C{ssl:} at the port and
+    interface each test asks for.
+    """
+
+    name = "tlsport"
+    speaksTLS = True
+
+    def at(self, impl: str, reactor: Any, port: int, interface: str) -> Any:
+        key = "privateKey=" + _escape(_pem())
+        if impl == "gecko":
+            where = f":interface={_escape(interface)}" if interface else ""
+            return serverFromString(reactor, f"geckotls:port={port}{where}:{key}")
+        return serverFromString(reactor, f"ssl:{port}:interface={_escape(interface)}:{key}")
+
+
 def _listenNow(endpoint: Any, factory: Any) -> Any:
     """
     The port from C{endpoint.listen(factory)}, which binds synchronously (a
@@ -216,7 +258,7 @@ class _Creator(EndpointCreator):
     def server(self, reactor: Any) -> Any:
         self._builder._hooked()
         endpoint = getattr(self._kind, self._impl)(reactor)
-        if self._tls:
+        if self._tls and not self._kind.speaksTLS:
             return _TLSServer(endpoint)
         return endpoint
 
@@ -283,7 +325,7 @@ class _Hooks:
     def getListeningPort(self, reactor: Any, factory: Any, port: int = 0, interface: str = "") -> Any:
         if isinstance(self.kind, TCPAny):
             self._hooked()
-            if self.tls:
+            if self.tls and not self.kind.speaksTLS:
                 factory = _tlsFactory(self, factory)
             return _listenNow(self.kind.at(self.impl, reactor, port, interface), factory)
         return _listenNow(self._server(reactor), factory)
@@ -413,6 +455,11 @@ _TLS_BUILDERS = [
     (TCP4Loopback(), test_tls.StartTLSClientTestsMixin),
     (TCP4Loopback(), test_tls.AbortSSLConnectionTests),
     (TCPAny(), test_tls.TLSPortTestsBuilder),
+    # geckotls: itself, against ssl:.
+    (TLS4Loopback(), test_tls.SSLClientTestsMixin),
+    (TLS4Loopback(), test_tls.StartTLSClientTestsMixin),
+    (TLS4Loopback(), test_tls.AbortSSLConnectionTests),
+    (TLSAny(), test_tls.TLSPortTestsBuilder),
 ]
 
 
@@ -432,7 +479,7 @@ def _generate() -> dict[str, Any]:
     plan.extend((kind, builder, True) for kind, builder in _TLS_BUILDERS)
     for kind, builder, tls in plan:
         for impl in ("gecko", "twisted"):
-            tag = "tls" if tls and not isinstance(kind, TCPAny) else kind.name
+            tag = "tls" if tls and not isinstance(kind, TCPAny) and not kind.speaksTLS else kind.name
             body = {
                 "kind": kind,
                 "impl": impl,

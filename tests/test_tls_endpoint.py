@@ -1,0 +1,343 @@
+"""
+The C{geckotls:} and C{geckounixtls:} endpoints: Twisted's C{ssl:} options
+and behaviour over C{gecko:}'s addressing, a handshake timeout, SNI,
+verified client certificates, and bad input (one clear line, nothing
+lost).  Real sockets and real clients (Python's C{ssl}, C{openssl
+s_client}).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import protocol
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel
+
+from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint
+from twisted_serversock.tlsendpoints import GeckoTLSServerEndpoint, contextFactoryFromOptions
+
+from ._tlshelp import Certs, certs, pythonClient, sClient
+from .conftest import connect, eventually, failures, theReactor, timeout
+
+__all__ = ["certs"]
+
+
+class Echo(protocol.Protocol):
+    """
+    Echoes; closes after echoing a newline.  Keeps the client's
+    certificate, if any.
+    """
+
+    peerCertificate: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.peerCertificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        self.transport.write(data)
+        if data.endswith(b"\n"):
+            self.transport.loseConnection()
+
+
+class EchoFactory(protocol.Factory):
+    protocol = Echo
+
+    def __init__(self) -> None:
+        self.built: list[Echo] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = super().buildProtocol(addr)
+        self.built.append(p)
+        return p
+
+
+def parse(description: str, reactor: Any = None) -> Any:
+    return serverFromString(reactor or MemoryReactor(), description)
+
+
+@pytest.fixture
+def served() -> Iterator[Any]:
+    ports: list[Any] = []
+
+    async def listen(description: str, factory: Any = None) -> tuple[Any, Any]:
+        factory = factory or EchoFactory()
+        port = await timeout(serverFromString(theReactor(), description).listen(factory))
+        ports.append(port)
+        return port, factory
+
+    yield listen
+    for port in ports:
+        port.stopListening()
+
+
+def esc(path: str) -> str:
+    return path.replace(":", "\\:")
+
+
+# ----------------------------------------------------------------------
+# Parsing
+
+
+def test_parsesSSLOptions(certs: Certs) -> None:
+    endpoint = parse(f"geckotls:0:loopback=1:privateKey={certs['server.pem']}")
+    assert isinstance(endpoint, GeckoTLSServerEndpoint)
+    endpoint = parse(f"GeckoTLS:port=0:privateKey={certs['key.pem']}:certKey={certs['cert.pem']}:sslmethod=TLS_METHOD"
+                     f":extraCertChain={certs['ca.pem']}:handshakeTimeout=2.5")  # fmt: skip
+    assert isinstance(endpoint, GeckoTLSServerEndpoint)
+    assert isinstance(parse(f"geckounixtls:/tmp/x.sock:privateKey={certs['server.pem']}"), GeckoTLSServerEndpoint)
+
+
+def test_pluginsFound() -> None:
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    prefixes = {p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
+    assert {"geckotls", "geckounixtls"} <= prefixes
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ("privateKey=/nonexistent/k.pem", "privateKey: cannot read '/nonexistent/k.pem'"),
+        ("privateKey={key.pem}:certKey=/nonexistent/c.pem", "certKey: cannot read"),
+        ("privateKey={otherkey.pem}:certKey={cert.pem}", "does not match the certificate"),
+        ("privateKey={ca.srl}", "is not a usable PEM certificate and key"),
+        ("privateKey={server.pem}:sslmethod=NOPE", "sslmethod: unknown method 'NOPE'"),
+        ("privateKey={server.pem}:extraCertChain={key.pem}", "doesn't contain any valid certificates"),
+        ("privateKey={server.pem}:clientCert=require", "clientCA=FILE go together"),
+        ("privateKey={server.pem}:clientCert=maybe:clientCA={ca.pem}", "clientCert must be request or require"),
+        ("privateKey={server.pem}:handshakeTimeout=soon", "handshakeTimeout must be a number"),
+        ("privateKey={server.pem}:workers=2", "does not serve from worker processes yet"),
+        ("privateKey={server.pem}:nope=1", "unknown option 'nope' for geckotls: endpoints; valid options are"),
+        ("privateKey={server.pem}:loopback=maybe", "loopback must be one of"),
+        ("privateKey={server.pem}:sniDir=/nonexistent", "sniDir: cannot read '/nonexistent'"),
+    ],
+)
+def test_badOptions(certs: Certs, options: str, message: str) -> None:
+    """
+    Every bad option is one C{ValueError} line naming it (and the file).
+    """
+    for name in ("key.pem", "otherkey.pem", "cert.pem", "ca.srl", "server.pem", "ca.pem"):
+        options = options.replace("{" + name + "}", certs[name])
+    with pytest.raises(ValueError) as e:
+        parse("geckotls:0:" + options)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_expiredCertificateWarns(certs: Certs, logged: list[dict[str, Any]]) -> None:
+    parse(f"geckotls:0:privateKey={certs['expired.pem']}")
+    warnings = [e for e in logged if e.get("log_level") is LogLevel.warn and "expired" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    assert warnings[0]["when"] == "2020-01-31 00:00 UTC"
+
+
+def test_handshakeTimeoutArgument(certs: Certs) -> None:
+    cf = contextFactoryFromOptions(certs["server.pem"])
+    with pytest.raises(ValueError):
+        GeckoTLSServerEndpoint(Clock(), GeckoServerEndpoint(MemoryReactor()), cf, handshakeTimeout=-1)
+
+
+# ----------------------------------------------------------------------
+# Serving
+
+
+@pytest.mark.parametrize("client", ["python", "s_client"])
+@pytest_twisted.ensureDeferred
+async def test_serves(certs: Certs, served: Any, client: str) -> None:
+    port, factory = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}")
+    number = port.getHost().port
+    if client == "python":
+        result = await pythonClient(number, b"HELLO\n")
+        assert result.error is None and result.data == b"HELLO\n"
+        assert result.version == "TLSv1.3"
+    else:
+        code, out, err = await sClient(number, "-servername", "localhost")
+        assert code == 0 and "\nHELLO\n" in out, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_servesOverUNIX(certs: Certs, served: Any) -> None:
+    d = tempfile.mkdtemp(prefix="/tmp/tlsu")
+    try:
+        path = os.path.join(d, "s.sock")
+        await served(f"geckounixtls:{path}:privateKey={esc(certs['server.pem'])}")
+        result = await pythonClient(0, b"HELLO\n", host=path, family=socket.AF_UNIX)
+        assert result.error is None and result.data == b"HELLO\n"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshakeTimeout(certs: Certs, logged: list[dict[str, Any]]) -> None:
+    """
+    A client that connects and sends nothing is closed once the handshake
+    timeout passes (on the endpoint's clock), with one log line; a client
+    that finished its handshake is not.
+    """
+    clock = Clock()
+    cf = contextFactoryFromOptions(certs["server.pem"])
+    endpoint = GeckoTLSServerEndpoint(clock, GeckoServerEndpoint(theReactor(), 0, loopback=True), cf, handshakeTimeout=5)
+    factory = EchoFactory()
+    port = await timeout(endpoint.listen(factory))
+    try:
+        number = port.getHost().port
+        silent = await connect(number)
+        result = await pythonClient(number, b"HELLO\n")
+        assert result.error is None and result.data == b"HELLO\n"
+        await eventually(lambda: len(factory.built) == 2)
+        clock.advance(4.9)
+        assert not silent.closed.called
+        clock.advance(0.2)
+        await silent.whenClosed()
+        lines = [e for e in logged if "not finished after" in e.get("log_format", "")]
+        assert len(lines) == 1 and lines[0]["seconds"] == 5
+        assert clock.getDelayedCalls() == []
+    finally:
+        port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbageInsteadOfClientHello(certs: Certs, served: Any, logged: list[dict[str, Any]]) -> None:
+    """
+    Plain HTTP sent to a TLS port: that connection is closed with one log
+    line and no traceback; the server keeps serving.
+    """
+    port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}")
+    client = await connect(port.getHost().port)
+    client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await client.whenClosed()
+    result = await pythonClient(port.getHost().port, b"HELLO\n")
+    assert result.error is None and result.data == b"HELLO\n"
+    lines = [e for e in logged if "TLS handshake with" in e.get("log_format", "")]
+    assert len(lines) == 1 and "failed" in lines[0]["log_format"]
+    assert failures(logged) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_versionOutsideRange(certs: Certs, served: Any, logged: list[dict[str, Any]]) -> None:
+    """
+    A client offering only TLS 1.1 (below Twisted's minimum, 1.2) fails its
+    handshake with a protocol version alert; the next client is served.
+    """
+    port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}")
+    number = port.getHost().port
+    code, out, err = await sClient(number, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+    assert code != 0 and "protocol version" in err.replace("_", " ").lower(), err
+    result = await pythonClient(number, b"HELLO\n")
+    assert result.error is None and result.data == b"HELLO\n"
+    assert failures(logged) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sni(certs: Certs, served: Any) -> None:
+    """
+    With C{sniDir}, the client's server name picks C{<name>.pem}; an
+    unknown name (or none) gets the C{privateKey} certificate.
+    """
+    from twisted.internet.ssl import Certificate
+
+    d = tempfile.mkdtemp(prefix="/tmp/tlss")
+    try:
+        with open(os.path.join(d, "other.example.pem"), "w") as f:
+            f.write(open(certs["other.pem"]).read() + open(certs["otherkey.pem"]).read())
+        port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}:sniDir={esc(d)}")
+        number = port.getHost().port
+
+        def cn(result: Any) -> str:
+            assert result.error is None, result.error
+            subject = Certificate.load(result.peerCert).getSubject()
+            return str(subject.commonName.decode())
+
+        assert cn(await pythonClient(number, serverName="other.example")) == "other.example"
+        assert cn(await pythonClient(number, serverName="OTHER.example")) == "other.example"
+        assert cn(await pythonClient(number, serverName="unknown.example")) == "localhost"
+        assert cn(await pythonClient(number)) == "localhost"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["require", "request"])
+@pytest_twisted.ensureDeferred
+async def test_clientCertificates(certs: Certs, served: Any, mode: str) -> None:
+    """
+    C{clientCert=require}: a certificate signed by C{clientCA} is served,
+    a self-signed one or none fails.  C{request}: none is served too.
+    """
+    port, factory = await served(
+        f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}:clientCert={mode}:clientCA={esc(certs['ca.pem'])}"
+    )
+    number = port.getHost().port
+    signed = await pythonClient(number, cert=(certs["client.pem"], certs["clientkey.pem"]))
+    assert signed.error is None and signed.data == b"HELLO"
+    assert factory.built[-1].peerCertificate.get_subject().commonName == "client"
+    selfSigned = await pythonClient(number, cert=(certs["other.pem"], certs["otherkey.pem"]))
+    assert selfSigned.error is not None and "unknown ca" in selfSigned.error.lower()
+    none = await pythonClient(number)
+    if mode == "require":
+        assert none.error is not None and "certificate required" in none.error.lower()
+    else:
+        assert none.error is None and none.data == b"HELLO"
+
+
+@pytest_twisted.ensureDeferred
+async def test_haproxyReordersFactories(certs: Certs, served: Any) -> None:
+    """
+    Behind C{haproxy:}, the PROXY header parser comes before TLS (HAProxy
+    sends the header before the client's ClientHello), and the
+    application's factory inside TLS.
+    """
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    port, app = await served(f"haproxy:geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}")
+    assert isinstance(port.factory, HAProxyWrappingFactory)
+    assert isinstance(port.factory.wrappedFactory, TLSMemoryBIOFactory)
+    assert port.factory.wrappedFactory.wrappedFactory is app
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxyHeaderBeforeClientHello(certs: Certs, served: Any) -> None:
+    """
+    C{haproxy:geckotls:}: a PROXY header, then the TLS handshake on the
+    same connection; the application sees the address from the header.
+    """
+    port, factory = await served(f"haproxy:geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}")
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 4567 443\r\n"
+    result = await pythonClient(port.getHost().port, b"HELLO\n", preamble=header)
+    assert result.error is None and result.data == b"HELLO\n"
+    peer = factory.built[0].transport.getPeer()
+    assert (peer.host, peer.port) == ("203.0.113.7", 4567)
+
+
+@pytest.mark.parametrize(
+    "address,host",
+    [
+        ("ipv6=1:loopback=1", "::1"),
+        ("interface=\\:\\:1", "::1"),
+        ("dualstack=1", "127.0.0.1"),
+        ("dualstack=1", "::1"),
+        ("keepWhenOffline=1:loopback=1", "127.0.0.1"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_geckoAddressing(certs: Certs, served: Any, address: str, host: str) -> None:
+    """
+    C{geckotls:} takes C{gecko:}'s address options.
+    """
+    from .conftest import hasIPv6Loopback
+
+    if ":" in host and not hasIPv6Loopback():
+        pytest.skip("no IPv6 loopback")
+    port, _ = await served(f"geckotls:0:{address}:privateKey={esc(certs['server.pem'])}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    result = await pythonClient(port.getHost().port, b"HELLO\n", host=host, family=family)
+    assert result.error is None and result.data == b"HELLO\n"

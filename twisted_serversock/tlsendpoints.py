@@ -1,0 +1,312 @@
+# -*- test-case-name: tests.test_tls_endpoint -*-
+"""
+The C{geckotls:} and C{geckounixtls:} endpoints: TLS as Twisted's C{ssl:}
+does it (the same options, read by Twisted's own code, and the same
+C{TLSMemoryBIOFactory} around the application's factory, so ALPN and
+everything else behave alike), over the addressing of C{gecko:} or
+C{geckounix:}.  Swapping C{ssl:} for C{geckotls:} changes nothing else.
+
+Beyond C{ssl:}:
+
+  - C{handshakeTimeout}: a client that has not finished its handshake
+    after this many seconds (default 30; 0: no limit) is closed;
+  - C{sniDir}: a directory of PEM files, one per host name
+    (C{<host>.pem}, its certificate and key, as txsni names them); the
+    client's server name (SNI) picks the certificate;
+  - C{clientCert=request|require} with C{clientCA}: ask for (or demand) a
+    client certificate, verified against the CA certificates in
+    C{clientCA};
+  - behind C{haproxy:} (C{haproxy:geckotls:...}) the PROXY header is read
+    before the TLS handshake, as HAProxy sends it when it passes TLS
+    through (TCP mode, C{send-proxy-v2}).
+
+A failed handshake closes that connection with one log line and no
+traceback; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import endpoints
+from ._listeningport import GeckoListeningPort
+from ._tlsconn import DEFAULT_HANDSHAKE_TIMEOUT, TLSFactory
+from ._twistedcompat import sslServerOptions, unwrapHAProxy
+
+__all__ = [
+    "GeckoTLSServerEndpoint",
+    "parseGeckoTLS",
+    "parseGeckoUNIXTLS",
+    "contextFactoryFromOptions",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+]
+
+_log = Logger()
+
+
+@implementer(IStreamServerEndpoint)
+class GeckoTLSServerEndpoint:
+    """
+    TLS over another server endpoint (a L{GeckoServerEndpoint
+    <twisted_serversock.endpoints.GeckoServerEndpoint>} or
+    L{GeckoUNIXServerEndpoint
+    <twisted_serversock.endpoints.GeckoUNIXServerEndpoint>}, or any
+    C{IStreamServerEndpoint}), as Twisted's C{ssl:} puts it over TCP: the
+    application's factory wrapped in Twisted's C{TLSMemoryBIOFactory}.
+
+    @param reactor: the reactor (an C{IReactorTime} for the timeout).
+    @param endpoint: the endpoint to listen on.
+    @param contextFactory: the TLS configuration, as for Twisted's
+        C{SSL4ServerEndpoint} (a C{CertificateOptions}).
+    @param handshakeTimeout: seconds a client gets to finish its handshake;
+        C{None} or 0 for no limit.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: Any,
+        contextFactory: Any,
+        handshakeTimeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        if isinstance(handshakeTimeout, bool) or not (
+            handshakeTimeout is None or (isinstance(handshakeTimeout, (int, float)) and handshakeTimeout >= 0)
+        ):
+            raise ValueError(f"handshakeTimeout must be a number of seconds (0: none), not {handshakeTimeout!r}")
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._contextFactory = contextFactory
+        self._handshakeTimeout = handshakeTimeout or None
+
+    def __repr__(self) -> str:
+        return f"<GeckoTLSServerEndpoint over {self._endpoint!r}>"
+
+    def listen(self, protocolFactory: Any) -> defer.Deferred[IListeningPort]:
+        """
+        Listen on the wrapped endpoint with C{protocolFactory} behind TLS.
+        Behind C{haproxy:}, the PROXY header is read first (HAProxy sends it
+        before the client's TLS handshake).
+
+        @return: what the wrapped endpoint's C{listen} returns.
+        """
+        haproxy = unwrapHAProxy(protocolFactory)
+        if haproxy is not None:
+            wrap, application = haproxy
+            factory = wrap(self._tls(application))
+        else:
+            factory = self._tls(protocolFactory)
+        return self._endpoint.listen(factory).addCallback(self._listening)
+
+    @staticmethod
+    def _listening(port: Any) -> Any:
+        if isinstance(port, GeckoListeningPort):
+            # "(TLS Port N Closed)", as Twisted's ssl: ports log it.
+            port.tcpKind = "TLS"
+        return port
+
+    def _tls(self, factory: Any) -> TLSFactory:
+        return TLSFactory(self._contextFactory, factory, self._reactor, self._handshakeTimeout)
+
+
+# ----------------------------------------------------------------------
+# The TLS configuration.
+
+
+def _readable(option: str, path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ValueError(f"{option}: cannot read {path!r}: {e.strerror or e}") from None
+    return path
+
+
+def _warnIfExpired(option: str, path: str, certificate: Any) -> None:
+    if certificate is not None and certificate.has_expired():
+        notAfter = certificate.get_notAfter().decode("ascii", "replace")
+        when = datetime.datetime.strptime(notAfter, "%Y%m%d%H%M%SZ").strftime("%Y-%m-%d %H:%M UTC")
+        _log.warn(
+            "{option}: the certificate in {path} expired on {when}; clients will refuse it",
+            option=option,
+            path=path,
+            when=when,
+        )
+
+
+def _options(option: str, privateKey: str, certKey: str | None = None, **more: Any) -> Any:
+    """
+    Twisted's C{CertificateOptions} for these C{ssl:} options, every
+    failure a one-line C{ValueError} naming the option and file.
+    """
+    _readable(option, privateKey)
+    if certKey is not None:
+        _readable("certKey", certKey)
+    for name in ("extraCertChain", "dhParameters"):
+        if more.get(name) is not None:
+            _readable(name, more[name])
+    try:
+        options = sslServerOptions(privateKey=privateKey, certKey=certKey, **more)
+    except AttributeError:
+        raise ValueError(f"sslmethod: unknown method {more.get('sslmethod')!r} (for example TLS_METHOD)") from None
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+    except Exception as e:
+        what = "does not match the certificate" if "match" in str(e).lower() else f"is not a usable PEM certificate and key ({e or type(e).__name__})"
+        files = privateKey if certKey is None else f"{privateKey} (key) and {certKey} (certificate)"
+        raise ValueError(f"{option}: the private key in {files} {what}") from None
+    _warnIfExpired(option, certKey or privateKey, options.certificate)
+    return options
+
+
+def _verifyClients(context: Any, mode: str | None, clientCA: str | None) -> None:
+    from OpenSSL import SSL
+
+    if mode is None:
+        return
+    flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if mode == "require" else 0)
+    context.set_verify(flags)
+    try:
+        context.load_verify_locations(clientCA)
+    except SSL.Error as e:
+        raise ValueError(f"clientCA: {clientCA!r} holds no usable CA certificate ({e})") from None
+
+
+def contextFactoryFromOptions(
+    privateKey: str = "server.pem",
+    certKey: str | None = None,
+    sslmethod: str | None = None,
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
+    sniDir: str | None = None,
+    clientCert: str | None = None,
+    clientCA: str | None = None,
+) -> Any:
+    """
+    The TLS configuration a C{geckotls:} string describes: what Twisted's
+    C{ssl:} makes of its options, plus SNI and client certificates.
+
+    @raise ValueError: one line naming the option and what is wrong with
+        it (a missing or unreadable file, a key that does not match its
+        certificate, an unknown method, C{clientCert} without C{clientCA}).
+    """
+    if clientCert is not None and clientCert not in ("request", "require"):
+        raise ValueError(f"clientCert must be request or require, not {clientCert!r}")
+    if (clientCert is None) != (clientCA is None):
+        raise ValueError(
+            "clientCert=request|require and clientCA=FILE go together: client certificates are verified against clientCA"
+        )
+    if clientCA is not None:
+        _readable("clientCA", clientCA)
+    more = {"sslmethod": sslmethod, "extraCertChain": extraCertChain, "dhParameters": dhParameters}
+    hosts: dict[bytes, Any] = {}
+    if sniDir is not None:
+        try:
+            names = sorted(n for n in os.listdir(sniDir) if n.endswith(".pem"))
+        except OSError as e:
+            raise ValueError(f"sniDir: cannot read {sniDir!r}: {e.strerror or e}") from None
+        for name in names:
+            host = name[: -len(".pem")].lower()
+            options = _options(f"sniDir ({name})", os.path.join(sniDir, name), None, sslmethod=sslmethod, dhParameters=dhParameters)
+            context = options.getContext()
+            _verifyClients(context, clientCert, clientCA)
+            hosts[host.encode("idna")] = context
+        if not hosts:
+            raise ValueError(f"sniDir: {sniDir!r} has no <host>.pem files")
+    options = _options("privateKey", privateKey, certKey, **more)
+    context = options.getContext()
+    _verifyClients(context, clientCert, clientCA)
+    if hosts:
+
+        def pick(connection: Any) -> None:
+            name = connection.get_servername()
+            chosen = hosts.get(name.lower()) if name else None
+            if chosen is not None:
+                connection.set_context(chosen)
+
+        context.set_tlsext_servername_callback(pick)
+    return options
+
+
+# ----------------------------------------------------------------------
+# The string parsers.
+
+_TLS_OPTIONS = (
+    "privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters", "handshakeTimeout",
+    "sniDir", "clientCert", "clientCA",
+)  # fmt: skip
+_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
+_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group")
+
+
+def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tuple[dict[Any, Any], dict[str, str]]:
+    names = {n.lower(): n for n in address + _TLS_OPTIONS}
+    addressKw: dict[Any, Any] = {}
+    tls: dict[str, str] = {}
+    for key, value in kwargs.items():
+        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        canonical = names.get(text.lower())
+        if canonical is None:
+            if text.lower() == "workers":
+                raise ValueError(f"{prefix}: does not serve from worker processes yet; workers= is for gecko: and geckounix:")
+            raise ValueError(
+                f"unknown option {text!r} for {prefix}: endpoints; valid options are " + ", ".join(sorted(names.values()))
+            )
+        if canonical in _TLS_OPTIONS:
+            if canonical in tls:
+                raise ValueError(f"option {canonical!r} given twice")
+            tls[canonical] = value
+        else:
+            addressKw[key] = value
+    return addressKw, tls
+
+
+def _handshakeTimeout(value: str | None) -> float | None:
+    if value is None:
+        return DEFAULT_HANDSHAKE_TIMEOUT
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        raise ValueError(f"handshakeTimeout must be a number of seconds (0: none), not {value!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"handshakeTimeout must be a number of seconds (0: none), not {value!r}")
+    return seconds or None
+
+
+def _build(reactor: Any, address: Any, tls: dict[str, str]) -> GeckoTLSServerEndpoint:
+    timeout = _handshakeTimeout(tls.pop("handshakeTimeout", None))
+    return GeckoTLSServerEndpoint(reactor, address, contextFactoryFromOptions(**tls), timeout)
+
+
+def parseGeckoTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:
+    """
+    Build a L{GeckoTLSServerEndpoint} over a L{GeckoServerEndpoint
+    <twisted_serversock.endpoints.GeckoServerEndpoint>} from the arguments
+    of a C{geckotls:} description: every C{gecko:} option but C{workers},
+    and C{ssl:}'s.
+
+    @raise ValueError: naming the offending option or value.
+    """
+    addressKw, tls = _split("geckotls", kwargs, _GECKO_ADDRESS)
+    return _build(reactor, endpoints.parseGecko(reactor, *args, **addressKw), tls)
+
+
+def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:
+    """
+    Build a L{GeckoTLSServerEndpoint} over a L{GeckoUNIXServerEndpoint
+    <twisted_serversock.endpoints.GeckoUNIXServerEndpoint>} from the
+    arguments of a C{geckounixtls:} description: every C{geckounix:}
+    option but C{workers}, and C{ssl:}'s.
+
+    @raise ValueError: naming the offending option or value.
+    """
+    addressKw, tls = _split("geckounixtls", kwargs, _UNIX_ADDRESS)
+    return _build(reactor, endpoints.parseGeckoUNIX(reactor, *args, **addressKw), tls)
