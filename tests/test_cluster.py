@@ -463,6 +463,54 @@ async def test_plainScript(site: str) -> None:
     await stoppedCleanly(proc, pids)
 
 
+LEAK_SCRIPT = """\
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import log
+
+
+class Sockets(Protocol):
+    def connectionMade(self):
+        # What os.system and os.popen do: the child inherits every
+        # inheritable descriptor.
+        listing = subprocess.run(
+            ["/bin/sh", "-c", "for f in /proc/$$/fd/*; do readlink $f; done"],
+            close_fds=False,
+            capture_output=True,
+        ).stdout.decode()
+        sockets = [line for line in listing.split() if line.startswith("socket:")]
+        self.transport.write(b"HTTP/1.0 200 OK\\r\\n\\r\\nsockets: %d" % len(sockets))
+        self.transport.loseConnection()
+
+
+log.startLogging(sys.stdout)
+serverFromString(reactor, sys.argv[1]).listen(Factory.forProtocol(Sockets))
+reactor.run()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectionsDoNotLeakIntoTheWorkersChildProcesses(site: str) -> None:
+    """
+    A process a cluster worker's protocol starts with C{close_fds=False}
+    (as C{os.system} and C{os.popen} do) inherits no socket: a handed-over
+    connection is close-on-exec in the worker, as it is in a plain
+    Twisted server.
+    """
+    with open(os.path.join(site, "leak.py"), "w") as f:
+        f.write(LEAK_SCRIPT)
+    proc = start([sys.executable, "leak.py", "gecko:port=0:loopback=1:workers=1"], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    worker = int((await proc.waitFor(SERVES)).group(2))
+    out, code = await curl(f"http://127.0.0.1:{port}/")
+    assert code == 0 and out == b"sockets: 0", (out, proc.output)
+    await stoppedCleanly(proc, {worker})
+
+
 @pytest_twisted.ensureDeferred
 async def test_daphne(site: str) -> None:
     with open(os.path.join(site, "app.py"), "w") as f:

@@ -178,6 +178,33 @@ async def test_channelNeverBlocks() -> None:
     await timeout(collect.lost)
 
 
+@pytest_twisted.ensureDeferred
+async def test_receivedDescriptorsAreCloseOnExec() -> None:
+    """
+    A descriptor that arrives over a channel is close-on-exec from the
+    moment it is received: a process the receiver starts (C{os.system},
+    C{subprocess} with C{close_fds=False}) never inherits a connection.
+    """
+    ours, theirs = channelPair()
+    collect = Collect()
+    receiver = Channel(ours, collect, theReactor(), "receiver")
+    receiver.startReading()
+    sent = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(sent, True)
+    try:
+        rawSend(theirs, wire.encodeConn(1, 1), [sent])
+        await eventually(lambda: len(collect.messages) == 1)
+    finally:
+        os.close(sent)
+    received = collect.messages[0].fd
+    try:
+        assert not os.get_inheritable(received)
+    finally:
+        os.close(received)
+    theirs.close()
+    await timeout(collect.lost)
+
+
 # ----------------------------------------------------------------------
 # TCPServerSocketChild with the parent in this process.
 
