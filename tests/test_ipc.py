@@ -209,6 +209,11 @@ async def test_receivedDescriptorsAreCloseOnExec() -> None:
 # TCPServerSocketChild with the parent in this process.
 
 
+#: Every port, 0 (any free one) included: what these tests let a child ask
+#: for.
+ANY_PORT = range(65536)
+
+
 class InProcess:
     """
     A parent dispatcher and a child link joined by a real channel.
@@ -217,7 +222,7 @@ class InProcess:
     def __init__(self) -> None:
         parentEnd, childEnd = channelPair()
         self.dispatcher = Dispatcher()
-        self.workerLink = WorkerLink(self.dispatcher, parentEnd, theReactor(), "child 1")
+        self.workerLink = WorkerLink(self.dispatcher, parentEnd, theReactor(), "child 1", listenPorts=ANY_PORT)
         self.parentLink = ParentLink(childEnd, theReactor())
 
     def server(self) -> TCPServerSocketChild:
@@ -271,6 +276,36 @@ async def test_childServerSocket(inProcess: InProcess) -> None:
         await connect(server.localPort)
     client.transport.loseConnection()
     await acceptedEvents.next("close")
+
+
+@pytest.mark.parametrize("allowed", [None, (1,)])
+@pytest_twisted.ensureDeferred
+async def test_childMayListenOnlyWhereTheParentLetsIt(allowed: tuple[int, ...] | None) -> None:
+    """
+    A child's request for a listener is refused - nothing is bound, the
+    child's onerror says why - unless the parent's link names the port:
+    by default (the workers of C{twistd serversock} and cluster mode) a
+    child may not listen at all.
+    """
+    parentEnd, childEnd = channelPair()
+    dispatcher = Dispatcher()
+    if allowed is None:
+        link = WorkerLink(dispatcher, parentEnd, theReactor(), "child 1")
+    else:
+        link = WorkerLink(dispatcher, parentEnd, theReactor(), "child 1", listenPorts=allowed)
+    parentLink = ParentLink(childEnd, theReactor())
+    try:
+        server = TCPServerSocketChild(parentLink, reactor=theReactor())
+        server.init(None)
+        events = Events(server)
+        server.listen(0, None, -1)
+        error = await events.next("error")
+        assert error.name == "NS_ERROR_CONNECTION_REFUSED"
+        assert "does not let its children listen on port 0" in error.message
+        assert not dispatcher.routes and not link._listens
+    finally:
+        parentLink.channel.loseConnection()
+    await eventually(lambda: link.lost)
 
 
 @pytest_twisted.ensureDeferred
@@ -375,7 +410,7 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
     """
     parentEnd, childEnd = channelPair()
     dispatcher = Dispatcher()
-    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process", listenPorts=ANY_PORT)
     child = ChildProcess()
     process = theReactor().spawnProcess(
         child, sys.executable, [sys.executable, "-c", CHILD], env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: childEnd.fileno()}
@@ -427,7 +462,7 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
     script.write_text(CHILD)
     parentEnd, childEnd = channelPair()
     dispatcher = Dispatcher()
-    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process", listenPorts=ANY_PORT)
     child = ChildProcess()
     process = theReactor().spawnProcess(
         child, sys.executable, [sys.executable, str(script)], env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: childEnd.fileno()}

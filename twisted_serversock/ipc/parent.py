@@ -25,7 +25,7 @@ import inspect
 import socket
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
@@ -38,7 +38,7 @@ from zope.interface import implementer
 from .._twistedcompat import closeWithoutShutdown
 from .._labels import factoryLogPrefix
 from .interfaces import IRawAcceptor
-from ..results import NS_BINDING_ABORTED, NSError, nameOf
+from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, nameOf
 from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
 from .control import ANY, INTEGER, ControlTable, optional, reject
@@ -81,7 +81,20 @@ class WorkerLink:
 
     controls = ControlTable()
 
-    def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()
+    ) -> None:
+        """
+        @param listenPorts: the ports the child may ask this process to
+            listen on (Gecko's C{TCPServerSocket} in a child,
+            L{TCPServerSocketChild<twisted_serversock.ipc.child.TCPServerSocketChild>});
+            the listener binds every interface, with this process's
+            privileges.  Empty (the default, and what the workers of
+            C{twistd serversock} and cluster mode get): the child may not
+            listen at all, and its C{onerror} says so.  C{range(65536)}
+            lets it listen anywhere, port 0 (any free port) included.
+        """
+        self._listenPorts = listenPorts
         self._dispatcher = dispatcher
         self._reactor = reactor
         self.name = name
@@ -181,6 +194,10 @@ class WorkerLink:
         if id in self._listens:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
             return
+        if not self._mayListen(port):
+            _log.warn("{link!r} asked to listen on port {port!r}, which it may not; refused", link=self, port=port)
+            self.sendError(id, f"{nameOf(NS_ERROR_CONNECTION_REFUSED)}: this process does not let its children listen on port {port!r}")
+            return
         serv = ServerSocket(self._reactor)
         try:
             serv.init(port, False, backlog)
@@ -200,6 +217,17 @@ class WorkerLink:
         self._listens[id] = (serv, route)
         self._dispatcher.join(route, self)
         self.sendControl("listening", id=id, route=route.id, port=serv.port)
+
+    def _mayListen(self, port: Any) -> bool:
+        """
+        Whether the child may ask for a listener on C{port}.
+        """
+        if type(port) is not int:
+            return False
+        try:
+            return port in self._listenPorts
+        except TypeError:
+            return False
 
     @controls.handler("close", id=INTEGER)
     def _onClose(self, id: int) -> None:
