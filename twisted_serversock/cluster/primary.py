@@ -140,6 +140,9 @@ class ClusterPrimary:
         self.pool: WorkerPool | None = None
         self.failed = False
         self._ports: dict[str, PrimaryPort] = {}
+        # Descriptions listened on and closed since: a worker that asks for
+        # one (it started after the close, or asked late) gets a closed port.
+        self._closedDescriptions: set[str] = set()
         self._count = 0
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
@@ -191,6 +194,7 @@ class ClusterPrimary:
         route.watchPort(inner)
         port = PrimaryPort(self._closed, description, route, inner, factory)
         self._ports[description] = port
+        self._closedDescriptions.discard(description)
         if self.pool is None:
             self._count = max(self._count, workers)
         elif workers != self._count:
@@ -212,6 +216,7 @@ class ClusterPrimary:
     def _closed(self, port: PrimaryPort) -> None:
         if self._ports.get(port.description) is port:
             del self._ports[port.description]
+            self._closedDescriptions.add(port.description)
         self.dispatcher.closeRoute(port.route)
 
     # ------------------------------------------------------------------
@@ -270,6 +275,9 @@ class ClusterPrimary:
     @controls.handler("cluster-attach", id=INTEGER, description=STRING)
     def _onAttach(self, link: WorkerLink, id: int, description: str) -> None:
         port = self._ports.get(description)
+        if port is None and description in self._closedDescriptions:
+            link.sendControl("cluster-closed", id=id)
+            return
         if port is None:
             reason = (
                 f"{link!r}'s program listens on {description}, on which the primary (pid "
@@ -279,7 +287,10 @@ class ClusterPrimary:
             link.sendControl("cluster-refused", id=id, reason=reason)
             self.fail(reason)
             return
-        self.dispatcher.join(port.route, link)
+        # Connections come once the worker is ready (a reload's successor
+        # attaches while its predecessor still serves).
+        assert self.pool is not None
+        self.pool.serveWhenReady(link, port.route)
         link.sendControl("cluster-attached", id=id, route=port.route.id, address=encodeAddress(port.getHost()))
 
     @controls.handler("cluster-up", pid=optional(INTEGER, 0))
@@ -289,8 +300,8 @@ class ClusterPrimary:
     @controls.handler("cluster-detach", route=INTEGER)
     def _onDetach(self, link: WorkerLink, route: int) -> None:
         found = self.dispatcher.routes.get(route)
-        if found is not None:
-            self.dispatcher.leaveRoute(found, link)
+        if found is not None and self.pool is not None:
+            self.pool.stopServing(link, found)
 
     def fail(self, reason: str) -> None:
         """

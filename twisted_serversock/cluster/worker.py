@@ -173,6 +173,9 @@ class ClusterWorker(Worker):
         self._ports: dict[int, WorkerPort] = {}  # by route
         self._descriptions: dict[str, WorkerPort] = {}
         self._waiting: dict[int, tuple[defer.Deferred[IListeningPort], WorkerPort]] = {}
+        # Requests answered from the start-up facts, until the primary's
+        # own answer arrives.
+        self._early: dict[int, WorkerPort] = {}
         self._ids = itertools.count(1)
         reactor.callWhenRunning(self._running)
 
@@ -209,8 +212,13 @@ class ClusterWorker(Worker):
         self._descriptions[description] = port
         requestId = next(self._ids)
         self.link.sendControl("cluster-attach", id=requestId, description=description)
-        known = self._env.listeners.get(description)
+        # What the primary had when this worker started holds for the
+        # program's first listen on each description only: a listener the
+        # program stopped and listens on again has a new route in the
+        # primary, so later listens wait for the primary's answer.
+        known = self._env.listeners.pop(description, None)
         if known is not None:
+            self._early[requestId] = port
             self._attached(port, *known)
             return defer.succeed(port)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
@@ -257,6 +265,35 @@ class ClusterWorker(Worker):
             d, port = entry
             self._attached(port, route, decodeAddress(address))
             d.callback(port)
+            return
+        early = self._early.pop(id, None)
+        if early is not None and early.listening and early.route != route:
+            # The primary listened anew between this worker's start and
+            # its request: its answer names the listener's route now.
+            if early.route is not None and self._ports.get(early.route) is early:
+                del self._ports[early.route]
+            self._ports[route] = early
+            early.route = route
+
+    @controls.handler("cluster-closed", id=INTEGER)
+    def _onClosed(self, id: int) -> None:
+        """
+        The primary listened on the description and has closed that
+        listener since (this worker started later, or asked late): as in
+        the primary, the program's port is closed - its C{listen()}
+        succeeds, no connection comes.
+        """
+        entry = self._waiting.pop(id, None)
+        if entry is not None:
+            d, port = entry
+            d.callback(port)
+            return
+        early = self._early.pop(id, None)
+        if early is not None and early.listening:
+            if early.route is not None and self._ports.get(early.route) is early:
+                del self._ports[early.route]
+            early.listening = False
+            early.factory.doStop()
 
     @controls.handler("cluster-refused", id=optional(ANY, None), reason=optional(STRING, "refused"))
     def _onRefused(self, id: Any, reason: str) -> None:

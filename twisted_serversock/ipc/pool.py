@@ -124,6 +124,36 @@ class WorkerPool:
             if worker.link is not None and worker.link.ready and not worker.retiring:
                 self.dispatcher.join(route, worker.link)
 
+    def serveWhenReady(self, link: WorkerLink, route: Route) -> None:
+        """
+        Let the worker of C{link} serve C{route} (one it asked for: a
+        cluster worker's listener) from when it is ready: at once if it is,
+        never if it is retiring.
+        """
+        worker = self._workerOf(link)
+        if worker is None or worker.retiring:
+            return
+        if route not in worker.routes:
+            worker.routes.append(route)
+        if link.ready and not link.lost:
+            self.dispatcher.join(route, link)
+
+    def stopServing(self, link: WorkerLink, route: Route) -> None:
+        """
+        The worker of C{link} serves C{route} no more (its program stopped
+        listening on it); connections already sent to it stay its own.
+        """
+        worker = self._workerOf(link)
+        if worker is not None and route in worker.routes:
+            worker.routes.remove(route)
+        self.dispatcher.leaveRoute(route, link)
+
+    def _workerOf(self, link: WorkerLink) -> Worker | None:
+        for worker in self._workers():
+            if worker.link is link:
+                return worker
+        return None
+
     def _workers(self) -> list[Worker]:
         """
         Every worker process there is (current, starting and retiring).
@@ -207,7 +237,7 @@ class WorkerPool:
         elif worker is not slot.current:
             return
         _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
-        for route in self._routes:
+        for route in self._routes + worker.routes:
             self.dispatcher.join(route, link)
         self._reloading.discard(worker)
         self._announce()

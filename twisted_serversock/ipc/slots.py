@@ -15,6 +15,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .dispatch import Route
 from .parent import WorkerLink
 
 __all__ = ["Slot", "Worker", "WorkerProcess"]
@@ -54,6 +55,10 @@ class WorkerProcess(ProcessProtocol):
 class Worker:
     """
     One worker process of a slot, from spawn to exit.
+
+    @ivar routes: the routes this worker asked to serve (a cluster worker's
+        listeners), beside the pool's own; it gets their connections once
+        it is ready.
     """
 
     def __init__(self, slot: Slot) -> None:
@@ -61,6 +66,7 @@ class Worker:
         self.index = slot.index
         self.pid = 0
         self.link: WorkerLink | None = None
+        self.routes: list[Route] = []
         self.process: Any = None
         self.startedAt = time.monotonic()
         self.killAt = 0.0
