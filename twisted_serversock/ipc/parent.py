@@ -30,12 +30,11 @@ from typing import Any, Callable, Container
 from twisted.internet import tcp
 from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.internet.protocol import Protocol
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._twistedcompat import closeWithoutShutdown
+from .._twistedcompat import closeWithoutShutdown, unwrapProxied
 from .._labels import factoryLogPrefix
 from .interfaces import IRawAcceptor
 from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, nameOf
@@ -70,7 +69,6 @@ class WorkerLink:
         anything; children send heartbeats while idle.
     @ivar limit: the C{sent} count at which L{onLimit} is called (0: none).
     @ivar onReady: called when the child says it is ready.
-    @ivar onLost: called once when the channel is gone.
     @ivar onLimit: called once when C{sent} reaches C{limit}.
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's messages); without
@@ -111,7 +109,6 @@ class WorkerLink:
         self.lost = False
         self.lastHeard = time.monotonic()
         self.onReady: Callable[[WorkerLink], None] | None = None
-        self.onLost: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
         self._listens: dict[int, tuple[ServerSocket, Route]] = {}
@@ -163,8 +160,6 @@ class WorkerLink:
             serv.close()
         self._listens.clear()
         self._dispatcher.linkLost(self)
-        if self.onLost is not None:
-            self.onLost(self)
 
     # Control messages from the child.
     @controls.handler("heartbeat")
@@ -354,11 +349,12 @@ class _HandOff(Protocol):
         self.transport = transport
         factory = self._factory
         raw, proxy = transport, False
-        if isinstance(transport, HAProxyProtocolWrapper):
+        unwrapped = unwrapProxied(transport)
+        if unwrapped is not None:
             # haproxy:...: the wrapper connects us before it has read
             # anything, so the PROXY header is still in the socket - the
             # worker parses it (its factory is wrapped for this route).
-            raw, proxy = transport.transport, True
+            raw, proxy = unwrapped, True
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
             raw.stopReading()
             skt = raw.socket.dup()

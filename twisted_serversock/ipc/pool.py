@@ -596,15 +596,3 @@ class WorkerPool:
         )
         d, self._ended_d = self._ended_d, None
         d.callback(None)
-
-    def adoptedCounts(self) -> dict[int, int]:
-        """
-        Connections adopted so far, by worker number.
-        """
-        counts: dict[int, int] = {}
-        for slot in self._slots:
-            live = sum(
-                w.link.adopted for w in (slot.current, slot.successor) if w is not None and w.link is not None and not w.counted
-            )
-            counts[slot.index] = slot.adopted + live
-        return counts

@@ -91,7 +91,3 @@ class Slot:
         self.restarts = 0
         self.adopted = 0
         self.pending: Any = None
-
-    @property
-    def pid(self) -> int:
-        return self.current.pid if self.current is not None else 0

@@ -23,6 +23,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLo
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
+from .._twistedcompat import innerProtocol, proxyWrapped
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .wire import Control
 
@@ -66,7 +67,7 @@ def _innermost(protocol: Any) -> Any:
     The protocol inside wrappers (PROXY, twisted.web's HTTP/1-or-2 choice).
     """
     for _ in range(8):
-        inner = getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_channel", None)
+        inner = innerProtocol(protocol)
         if inner is None:
             break
         protocol = inner
@@ -247,9 +248,7 @@ class Worker:
         see the client's address.
         """
         if proxy and id not in self._proxyFactories:
-            from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-
-            self._proxyFactories[id] = HAProxyWrappingFactory(self._factory)
+            self._proxyFactories[id] = proxyWrapped(self._factory)
 
     def _parentLost(self, reason: Failure) -> None:
         if not self._stopping:
