@@ -207,7 +207,7 @@ class ClusterPrimary:
         _log.info(
             "Cluster primary (pid {pid}): {description} on {address} is served by {n} worker process(es)",
             pid=os.getpid(),
-            description=description,
+            description=endpoint.description,
             address=describeAddress(port.getHost()),
             n=self._count,
         )

@@ -24,12 +24,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText
-from zope.interface import implementer, provider
+from twisted.logger import Logger
+from zope.interface import implementer
 
 from .._labels import describeAddress
 from ..ipc.control import ANY, INTEGER, STRING, ControlTable, optional
-from ..ipc.worker import Worker, ignoreGroupSignals
+from ..ipc.worker import Worker, ignoreGroupSignals, logObserver
 from ._env import WorkerEnvironment, decodeAddress
 
 __all__ = ["ClusterWorker", "WorkerPort", "environment", "setEnvironment", "workerFor", "logObserver"]
@@ -58,24 +58,6 @@ def environment() -> WorkerEnvironment | None:
     This worker's start-up facts, or C{None} outside a cluster worker.
     """
     return _environment
-
-
-@provider(ILogObserver)
-def logObserver(event: dict[str, Any]) -> None:
-    """
-    A worker's log: one line an event (its system in brackets, its level
-    unless info, and any traceback) on the process's standard error, which
-    the primary relays into its own log with the worker's pid.
-    """
-    text = eventAsText(event, includeTimestamp=False, includeSystem=True)
-    level = event.get("log_level")
-    if level is not None and level is not LogLevel.info:
-        text = f"{level.name}: {text}"
-    # The real standard error: twistd points sys.stderr at the log itself.
-    stream = sys.__stderr__
-    if stream is not None:
-        stream.write(text + "\n")
-        stream.flush()
 
 
 class _NoFactory:

@@ -43,7 +43,9 @@ class WorkerProcess(ProcessProtocol):
     def _relay(self, line: bytes) -> None:
         text = line.decode("utf-8", "backslashreplace").rstrip()
         if text:
-            _log.info("[worker {index} pid {pid}] {line}", index=self._worker.index, pid=self._worker.pid, line=text)
+            # One prefix: the worker's number and pid as the event's system
+            # (the line carries the worker's own system, if any).
+            _log.info("{line}", line=text, log_system=f"worker {self._worker.index} pid {self._worker.pid}")
 
     def processEnded(self, reason: Failure) -> None:
         if self._partial:

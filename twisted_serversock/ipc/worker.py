@@ -20,14 +20,14 @@ import time
 from typing import Any
 
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
-from zope.interface import implementer
+from zope.interface import provider
 from twisted.python.failure import Failure
 
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .wire import Control
 
-__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals"]
+__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
 
 _log = Logger()
 
@@ -116,21 +116,31 @@ def finishGracefully(protocol: Any) -> None:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
 
 
-@implementer(ILogObserver)
-def _stderrObserver(event: dict[str, Any]) -> None:
+@provider(ILogObserver)
+def logObserver(event: dict[str, Any]) -> None:
     """
-    One line an event (plus a traceback), for the parent to relay; the
-    level is written unless it is info.
+    A worker's log, the same for C{twistd serversock} and cluster workers:
+    one line an event on the process's real standard error, which the
+    parent relays into its own log under the worker's number and pid.  The
+    line is the event's text, after its level unless info and its system
+    when it has one of its own (a connection's C{HTTPChannel,0,1.2.3.4}; not
+    the C{namespace#level} Twisted shows for events without one), and
+    before any traceback.
     """
     text = formatEvent(event)
-    failure = event.get("log_failure")
-    if failure is not None:
-        text = f"{text}\n{failure.getTraceback()}"
+    system = event.get("log_system")
+    if system and system != "-":
+        text = f"[{system}] {text}"
     level = event.get("log_level")
     if level is not None and level is not LogLevel.info:
         text = f"{level.name}: {text}"
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    # The real standard error: twistd points sys.stderr at the log itself.
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(text.rstrip("\n") + "\n")
+    stream.flush()
 
 
 #: Signals meant for the parent that a worker ignores: a terminal's Ctrl-C
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--heartbeat", type=float, default=5.0)
     args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([_stderrObserver], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
