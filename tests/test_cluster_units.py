@@ -99,7 +99,7 @@ def worker() -> Iterator[tuple[ClusterWorker, socket.socket, MemoryReactorClock]
     """
     reactor = MemoryReactorClock()
     ours, primaryEnd = channelPair()
-    env = WorkerEnvironment(ours.detach(), 1, ["program"], {"D": (1, IPv4Address("TCP", "127.0.0.1", 8080))}, 1)
+    env = WorkerEnvironment(ours.detach(), 1, ["program"], {"D": (1, IPv4Address("TCP", "127.0.0.1", 8080))}, 1, 5.0)
     clusterWorker = ClusterWorker(reactor, env)
     yield clusterWorker, primaryEnd, reactor
     clusterWorker.link.channel.loseConnection()
@@ -178,23 +178,30 @@ class _Process:
         self.signals.append(signal)
 
 
-class _Primary(ClusterPrimary):
+class _Reactor(MemoryReactorClock):
     """
-    A primary whose workers are stand-ins: the test holds each one's end of
-    its channel (in L{children}, in the order they were started).
+    A memory reactor that starts stand-ins for worker processes: the test
+    holds each one's end of its channel (in L{children}, in the order they
+    were started) and its command line and environment (in L{commands}).
     """
 
-    def __init__(self, reactor: Any) -> None:
-        super().__init__(reactor)
+    def __init__(self) -> None:
+        super().__init__()
         self.children: list[socket.socket] = []
+        self.commands: list[tuple[list[str], dict[str, str]]] = []
+        self.protocols: list[Any] = []
+        self.processes: list[_Process] = []
 
-    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
-        self.children.append(channel.dup())
-        return _Process(1000 + len(self.children))
+    def spawnProcess(self, processProtocol: Any, executable: Any, args: Any = (), env: Any = None, path: Any = None, uid: Any = None, gid: Any = None, usePTY: Any = False, childFDs: Any = None) -> Any:
+        self.children.append(socket.socket(fileno=os.dup(childFDs[3])))
+        self.commands.append((list(args), dict(env or {})))
+        self.protocols.append(processProtocol)
+        self.processes.append(_Process(1000 + len(self.children)))
+        return self.processes[-1]
 
 
 @pytest.fixture
-def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Primary, MemoryReactorClock, PrimaryPort]]:
+def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, _Reactor, PrimaryPort]]:
     """
     A started primary listening on C{"gecko:port=0:loopback=1:workers=1"},
     with one stand-in worker.
@@ -203,8 +210,8 @@ def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Primary, MemoryR
     # The primary's exit status is the process's: not this one's.
     monkeypatch.setattr(atexit, "register", lambda function: function)
     saved = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    reactor = MemoryReactorClock()
-    clusterPrimary = _Primary(reactor)
+    reactor = _Reactor()
+    clusterPrimary = ClusterPrimary(reactor)
     endpoint = serverFromString(reactor, "gecko:port=0:loopback=1:workers=1")
     port = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
     reactor.run()
@@ -215,18 +222,18 @@ def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Primary, MemoryR
         for signum, handler in saved.items():
             signal.signal(signum, handler)
         port.stopListening()
-        for child in clusterPrimary.children:
+        for child in reactor.children:
             child.close()
         pump(reactor)
 
 
-def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[_Primary, MemoryReactorClock, PrimaryPort]) -> None:
+def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
     """
     A worker that attaches before it is ready (its program listens before
     its reactor runs) joins the listener's route when it says it is ready.
     """
     clusterPrimary, reactor, port = primary
-    [child] = clusterPrimary.children
+    [child] = reactor.children
     send(child, "cluster-attach", id=1, description=port.description)
     pump(reactor)
     assert [f["route"] for f in controls(child, "cluster-attached")] == [port.route.id]
@@ -236,21 +243,21 @@ def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[_Primary, MemoryReact
     assert len(port.route.links) == 1
 
 
-def test_reloadSuccessorJoinsOnceReady(primary: tuple[_Primary, MemoryReactorClock, PrimaryPort]) -> None:
+def test_reloadSuccessorJoinsOnceReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
     """
     A reload's successor that has attached but is not ready gets no
     connection: its predecessor alone serves until the successor is ready,
     then the successor alone.
     """
     clusterPrimary, reactor, port = primary
-    [old] = clusterPrimary.children
+    [old] = reactor.children
     send(old, "cluster-attach", id=1, description=port.description)
     send(old, "ready", pid=1001)
     pump(reactor)
     [oldLink] = port.route.links
     assert clusterPrimary.pool is not None
     clusterPrimary.pool.reload()
-    [_, new] = clusterPrimary.children
+    [_, new] = reactor.children
     send(new, "cluster-attach", id=1, description=port.description)
     pump(reactor)
     assert port.route.links == [oldLink]
@@ -260,14 +267,14 @@ def test_reloadSuccessorJoinsOnceReady(primary: tuple[_Primary, MemoryReactorClo
     assert [f["grace"] for f in controls(old, "stop")] == [10.0]
 
 
-def test_closedListenerDoesNotEndTheCluster(primary: tuple[_Primary, MemoryReactorClock, PrimaryPort]) -> None:
+def test_closedListenerDoesNotEndTheCluster(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
     """
     A worker (restarted, or late) asking for a listener the primary had and
     has closed gets C{cluster-closed}; the cluster goes on.  A description
     the primary never had is still a program error.
     """
     clusterPrimary, reactor, port = primary
-    [child] = clusterPrimary.children
+    [child] = reactor.children
     port.stopListening()
     send(child, "cluster-attach", id=1, description=port.description)
     pump(reactor)
@@ -277,3 +284,26 @@ def test_closedListenerDoesNotEndTheCluster(primary: tuple[_Primary, MemoryReact
     pump(reactor)
     assert [f["id"] for f in controls(child, "cluster-refused")] == [2]
     assert clusterPrimary.failed
+
+
+def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    A cluster worker is started like a C{twistd serversock} worker: its
+    channel as descriptor 3, its heartbeat derived from the pool's timeout
+    (the default: every 5 s), and its one C{ready} message is what tells
+    the primary that a worker's program could start.
+    """
+    from twisted_serversock.cluster._env import MARKER
+    from twisted_serversock.ipc.defaults import TIMEOUT, heartbeatFor
+
+    clusterPrimary, reactor, port = primary
+    [(argv, env)] = reactor.commands
+    assert argv[-2:] == ["-m", "twisted_serversock.cluster.boot"]
+    started = WorkerEnvironment.decode(env[MARKER])
+    assert started.channelFd == 3 and started.heartbeat == heartbeatFor(TIMEOUT) == 5.0
+    assert started.listeners == {port.description: (port.route.id, port.getHost())}
+    assert clusterPrimary.pool is not None and not clusterPrimary.pool.everReady
+    [child] = reactor.children
+    send(child, "ready", pid=1001)
+    pump(reactor)
+    assert clusterPrimary.pool.everReady

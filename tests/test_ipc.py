@@ -221,7 +221,7 @@ class InProcess:
 
     def __init__(self) -> None:
         parentEnd, childEnd = channelPair()
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(theReactor().seconds)
         self.workerLink = WorkerLink(self.dispatcher, parentEnd, theReactor(), "child 1", listenPorts=ANY_PORT)
         self.parentLink = ParentLink(childEnd, theReactor())
 
@@ -288,7 +288,7 @@ async def test_childMayListenOnlyWhereTheParentLetsIt(allowed: tuple[int, ...] |
     child may not listen at all.
     """
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     if allowed is None:
         link = WorkerLink(dispatcher, parentEnd, theReactor(), "child 1")
     else:
@@ -409,7 +409,7 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
     once and closes that listener.
     """
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process", listenPorts=ANY_PORT)
     child = ChildProcess()
     process = theReactor().spawnProcess(
@@ -461,7 +461,7 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process", listenPorts=ANY_PORT)
     child = ChildProcess()
     process = theReactor().spawnProcess(
@@ -505,7 +505,7 @@ async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> 
     from twisted_serversock.ipc.parent import HandOffFactory
 
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "hostile child")
     route = dispatcher.addRoute("test")
     port = await timeout(serverFromString(theReactor(), "gecko:port=0:loopback=1").listen(HandOffFactory(dispatcher, route, None)))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import socket
-import sys
 from typing import Any
 
 from twisted.internet import defer
@@ -29,7 +27,7 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from ..ipc.control import ANY, INTEGER, STRING, ControlTable, optional
-from ..ipc.worker import Worker, ignoreGroupSignals, logObserver
+from ..ipc.worker import Worker, logObserver
 from ._env import WorkerEnvironment, decodeAddress
 
 __all__ = ["ClusterWorker", "WorkerPort", "environment", "setEnvironment", "workerFor", "logObserver"]
@@ -58,19 +56,6 @@ def environment() -> WorkerEnvironment | None:
     This worker's start-up facts, or C{None} outside a cluster worker.
     """
     return _environment
-
-
-class _NoFactory:
-    """
-    The L{Worker}'s own factory: a cluster worker's factories are its
-    listeners', started and stopped by their ports.
-    """
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
 
 
 @implementer(IListeningPort)
@@ -149,7 +134,9 @@ class ClusterWorker(Worker):
 
     def __init__(self, reactor: Any, env: WorkerEnvironment) -> None:
         channel = socket.socket(fileno=env.channelFd)
-        super().__init__(reactor, _NoFactory(), channel, env.index)
+        # No factory of its own: each listener's is started and stopped by
+        # its port.
+        super().__init__(reactor, None, channel, env.index, env.heartbeat)
         self.index = env.index
         self._env = env
         self._ports: dict[int, WorkerPort] = {}  # by route
@@ -162,14 +149,10 @@ class ClusterWorker(Worker):
         reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        # The primary decides when workers stop or reload (after
-        # reactor.run, which installs its own SIGINT handler); SIGTERM sent
-        # to a worker itself is a graceful stop.
-        ignoreGroupSignals()
-        signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, 10.0))
-        # The program started: the primary stops counting this worker's
-        # failed starts.
-        self.link.sendControl("cluster-up", pid=os.getpid())
+        # After reactor.run, which installs its own SIGINT handler.  The
+        # program started: its ready message also tells the primary to stop
+        # counting this worker's failed starts.
+        self.installSignals()
         self.start()
 
     def factoryFor(self, route: int) -> Any:

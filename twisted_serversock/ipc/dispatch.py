@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import time
 from collections import deque
 from typing import Any, Callable
 
@@ -217,7 +216,10 @@ class Dispatcher:
     @ivar paused: how many routes are paused now.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        """
+        @param clock: the time now, in seconds (the reactor's C{seconds}).
+        """
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
         self.waiting = 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import socket
-import time
 from collections import deque
 from typing import Any, Callable, Container
 
@@ -65,7 +64,7 @@ class WorkerLink:
     @ivar routes: the routes this child serves.
     @ivar accepting: False once the child gets no new connections (being
         replaced, or not ready).
-    @ivar lastHeard: when (C{time.monotonic()}) the child last sent
+    @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
         anything; children send heartbeats while idle.
     @ivar limit: the C{sent} count at which L{onLimit} is called (0: none).
     @ivar onReady: called when the child says it is ready.
@@ -107,7 +106,7 @@ class WorkerLink:
         self.ready = False
         self.accepting = True
         self.lost = False
-        self.lastHeard = time.monotonic()
+        self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
@@ -135,7 +134,7 @@ class WorkerLink:
 
     # Receiver
     def messageReceived(self, message: Message) -> None:
-        self.lastHeard = time.monotonic()
+        self.lastHeard = self._reactor.seconds()
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds, message.closed)
         elif isinstance(message, Control):

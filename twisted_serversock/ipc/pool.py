@@ -17,19 +17,17 @@ that dies before it is ready) leaves the old worker serving.
 from __future__ import annotations
 
 import random
-import socket
-import time
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .slots import Slot, Worker, WorkerProcess
-from .spawn import CHANNEL_FD, spawnWorkerProcess
+from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
 from .sdnotify import SystemdNotifier
 from .channel import channelPair
 from .wire import Control
@@ -49,13 +47,15 @@ _KILL_MARGIN = 2.0
 
 class WorkerPool:
     """
-    C{count} worker processes running the protocol factory C{factoryName},
-    serving the pool's routes.
+    C{count} worker processes, each started with C{command} (the same
+    spawn for C{twistd serversock} and cluster mode: only the command
+    differs), serving the pool's routes.
 
     @ivar dispatcher: where accepted connections go.
     @ivar killedForTimeout: workers killed for being silent C{timeout} s.
     @ivar recycled: workers replaced after C{maxRequests} connections.
     @ivar reloads: reloads begun.
+    @ivar everReady: whether some worker has said it is ready.
     @param onControl: called with C{(link, message)} for each control
         message of a worker that the link does not handle itself (cluster
         mode's messages).
@@ -65,10 +65,10 @@ class WorkerPool:
         self,
         reactor: Any,
         dispatcher: Dispatcher,
-        factoryName: str,
+        command: WorkerCommand,
         count: int,
-        timeout: float = 30.0,
-        grace: float = 10.0,
+        timeout: float = TIMEOUT,
+        grace: float = GRACE,
         maxRequests: int = 0,
         maxRequestsJitter: int = 0,
         notifier: SystemdNotifier | None = None,
@@ -86,7 +86,7 @@ class WorkerPool:
         """
         self._reactor = reactor
         self.dispatcher = dispatcher
-        self._factoryName = factoryName
+        self._command = command
         self._onControl = onControl
         self._slots = [Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
@@ -107,13 +107,14 @@ class WorkerPool:
         self.killedForTimeout = 0
         self.recycled = 0
         self.reloads = 0
+        self.everReady = False
 
     @property
     def heartbeat(self) -> float:
         """
         How often an idle worker says it is alive.
         """
-        return min(max(self._timeout / 4, 0.05), 5.0)
+        return heartbeatFor(self._timeout)
 
     def addRoute(self, route: Route) -> None:
         """
@@ -174,17 +175,6 @@ class WorkerPool:
     # ------------------------------------------------------------------
     # Starting a worker.
 
-    def spawnWorker(self, processProtocol: ProcessProtocol, channel: socket.socket, index: int) -> Any:
-        """
-        Start one worker process with its end of the channel, C{channel},
-        as descriptor 3 (the caller closes C{channel} afterwards).  Override
-        this to start workers another way (cluster mode runs the program
-        itself again).
-
-        @return: the C{IProcessTransport}.
-        """
-        return spawnWorkerProcess(self._reactor, processProtocol, channel, self._factoryName, index, self.heartbeat)
-
     def _spawn(self, slot: Slot, successor: bool = False) -> Worker | None:
         slot.pending = None
         if self._stopping or slot not in self._slots:
@@ -195,7 +185,7 @@ class WorkerPool:
             moved = childEnd.dup()
             childEnd.close()
             childEnd = moved
-        worker = Worker(slot)
+        worker = Worker(slot, self._reactor.seconds())
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
@@ -208,7 +198,8 @@ class WorkerPool:
         else:
             slot.current = worker
         try:
-            worker.process = self.spawnWorker(WorkerProcess(self, worker), childEnd, slot.index)
+            command = self._command(slot.index, self.heartbeat)
+            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -237,6 +228,7 @@ class WorkerPool:
         elif worker is not slot.current:
             return
         _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
+        self.everReady = True
         for route in self._routes + worker.routes:
             self.dispatcher.join(route, link)
         self._reloading.discard(worker)
@@ -289,7 +281,7 @@ class WorkerPool:
             slot.current = None
         if slot.successor is worker:
             slot.successor = None
-        worker.killAt = time.monotonic() + self._grace + _KILL_MARGIN
+        worker.killAt = self._reactor.seconds() + self._grace + _KILL_MARGIN
         _log.info("Retiring {worker}: {why}", worker=worker, why=why)
         link = worker.link
         if link is not None and not link.lost:
@@ -387,7 +379,7 @@ class WorkerPool:
         unacknowledged connections go to other workers once they are gone.
         """
         self._tick = None
-        now = time.monotonic()
+        now = self._reactor.seconds()
         for worker in self._workers():
             link = worker.link
             if worker.process is None or worker.killed or link is None:
@@ -442,7 +434,7 @@ class WorkerPool:
         status = getattr(reason.value, "status", None)
         signal = getattr(reason.value, "signal", None)
         how = f"signal {signal}" if signal else f"status {getattr(reason.value, 'exitCode', status)}"
-        lived = time.monotonic() - worker.startedAt
+        lived = self._reactor.seconds() - worker.startedAt
         adopted = link.adopted if link is not None else 0
         if worker in self._retiring:
             self._retiring.discard(worker)
@@ -494,7 +486,7 @@ class WorkerPool:
         self._checkEnded()
 
     def _scheduleRestart(self, slot: Slot) -> float:
-        delay = min(_FIRST_DELAY * 2 ** max(slot.failures - 1, 0), _MAX_DELAY)
+        delay: float = min(_FIRST_DELAY * 2.0 ** max(slot.failures - 1, 0), _MAX_DELAY)
         slot.restarts += 1
         slot.pending = self._reactor.callLater(delay, self._spawn, slot)
         return delay
@@ -512,7 +504,7 @@ class WorkerPool:
         """
         d: defer.Deferred[None] = defer.Deferred()
         self._ended_d = d
-        self._deadline = time.monotonic() + grace
+        self._deadline = self._reactor.seconds() + grace
         self.notifier.stopping(self.status())
         if not self.dispatcher.held:
             self._tellWorkers()
@@ -529,7 +521,8 @@ class WorkerPool:
         return d
 
     def _remaining(self) -> float:
-        return max(self._deadline - time.monotonic(), 0.0)
+        now: float = self._reactor.seconds()
+        return max(self._deadline - now, 0.0)
 
     def _tellWorkers(self) -> None:
         """

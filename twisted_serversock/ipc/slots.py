@@ -8,7 +8,6 @@ protocol: relays its stderr into the parent's log, reports its end).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from twisted.internet.protocol import ProcessProtocol
@@ -63,14 +62,17 @@ class Worker:
         it is ready.
     """
 
-    def __init__(self, slot: Slot) -> None:
+    def __init__(self, slot: Slot, startedAt: float) -> None:
+        """
+        @param startedAt: when it was started (the reactor's C{seconds()}).
+        """
         self.slot = slot
         self.index = slot.index
         self.pid = 0
         self.link: WorkerLink | None = None
         self.routes: list[Route] = []
         self.process: Any = None
-        self.startedAt = time.monotonic()
+        self.startedAt = startedAt
         self.killAt = 0.0
         self.killed = False
         self.retiring = False
