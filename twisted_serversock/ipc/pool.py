@@ -421,69 +421,76 @@ class WorkerPool:
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
         """
         C{worker}'s process ended (its L{WorkerProcess} says so): count,
-        log, restart or not.
+        log, and restart or not, by the worker's state then (retiring,
+        stopping, a successor, the current worker).
         """
         link, worker.process = worker.link, None
-        slot = worker.slot
+        adopted = 0
         if link is not None:
             if not link.lost:
                 link.close()  # reads its last acks first; re-sends the rest
             if not worker.counted:
                 worker.counted = True
-                slot.adopted += link.adopted
-        status = getattr(reason.value, "status", None)
-        signal = getattr(reason.value, "signal", None)
-        how = f"signal {signal}" if signal else f"status {getattr(reason.value, 'exitCode', status)}"
-        lived = self._reactor.seconds() - worker.startedAt
-        adopted = link.adopted if link is not None else 0
+                worker.slot.adopted += link.adopted
+            adopted = link.adopted
+        value = reason.value
+        signal = getattr(value, "signal", None)
+        how = f"signal {signal}" if signal else f"status {getattr(value, 'exitCode', getattr(value, 'status', None))}"
         if worker in self._retiring:
             self._retiring.discard(worker)
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
         elif self._stopping:
             _log.info("Worker {index} (pid {pid}) exited ({how})", index=worker.index, pid=worker.pid, how=how)
-        elif worker is slot.successor:
-            slot.successor = None
-            self._reloading.discard(worker)
-            current = slot.current
-            if current is None and slot in self._slots:
-                # The current worker died counting on this successor: the
-                # slot would stay empty for good without a restart.
-                slot.failures += 1
-                serving = f"nobody; restarting it in {self._scheduleRestart(slot):.2f} s"
-            else:
-                serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
-            _log.error(
-                "New {worker} exited ({how}) before it was ready; {serving}",
-                worker=worker,
-                how=how,
-                serving=serving,
-            )
-            if current is not None and current.link is not None and not current.retiring:
-                current.link.accepting = True
-            self.dispatcher.wake()
-            if self._reloadPending and not self._reloading:
-                self._announce()
-        elif worker is slot.current:
-            slot.current = None
-            slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
-            if slot.successor is None:
-                delay = self._scheduleRestart(slot)
-                restart = f"restarting it in {delay:.2f} s"
-            else:
-                restart = "its successor is starting"
-            _log.warn(
-                "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} "
-                "connection(s); {restart}",
-                index=worker.index,
-                pid=worker.pid,
-                how=how,
-                lived=lived,
-                adopted=adopted,
-                restart=restart,
-            )
+        elif worker is worker.slot.successor:
+            self._successorEnded(worker, how)
+        elif worker is worker.slot.current:
+            self._currentEnded(worker, how, adopted)
         if not self._stopping:
             self.notifier.status(self.status())
         self._checkEnded()
+
+    def _successorEnded(self, worker: Worker, how: str) -> None:
+        """
+        A successor died before it was ready: the current worker (if any)
+        serves on; an empty slot is restarted.
+        """
+        slot = worker.slot
+        slot.successor = None
+        self._reloading.discard(worker)
+        current = slot.current
+        if current is None and slot in self._slots:
+            # The current worker died counting on this successor: the slot
+            # would stay empty for good without a restart.
+            slot.failures += 1
+            serving = f"nobody; restarting it in {self._scheduleRestart(slot):.2f} s"
+        else:
+            serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
+        _log.error("New {worker} exited ({how}) before it was ready; {serving}", worker=worker, how=how, serving=serving)
+        if current is not None and current.link is not None and not current.retiring:
+            current.link.accepting = True
+        self.dispatcher.wake()
+        if self._reloadPending and not self._reloading:
+            self._announce()
+
+    def _currentEnded(self, worker: Worker, how: str, adopted: int) -> None:
+        """
+        The serving worker died: restart it with backoff, unless its
+        successor is already starting.
+        """
+        slot = worker.slot
+        slot.current = None
+        lived = self._reactor.seconds() - worker.startedAt
+        slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
+        restart = "its successor is starting" if slot.successor else f"restarting it in {self._scheduleRestart(slot):.2f} s"
+        _log.warn(
+            "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} connection(s); {restart}",
+            index=worker.index,
+            pid=worker.pid,
+            how=how,
+            lived=lived,
+            adopted=adopted,
+            restart=restart,
+        )
 
     def _scheduleRestart(self, slot: Slot) -> float:
         delay: float = min(_FIRST_DELAY * 2.0 ** max(slot.failures - 1, 0), _MAX_DELAY)
