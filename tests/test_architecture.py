@@ -1,6 +1,6 @@
 """
 The package's shape, checked: no import cycle among its modules, no module
-over 600 lines, objects that use each other through real methods rather
+over 600 lines, no function over 60, objects that use each other through real methods rather
 than through each other's private attributes, and no private Twisted name
 (a private module, class or attribute) outside the one module that wraps
 them.  (See
@@ -22,6 +22,8 @@ NAME = "twisted_serversock"
 
 #: Longest module allowed (lines).
 MAX_LINES = 600
+#: Longest function or method allowed (lines, its docstring included).
+MAX_FUNCTION_LINES = 60
 #: Private-attribute accesses on another object allowed in the whole
 #: package, outside the one module that wraps Twisted's internals: the
 #: count there is (a value object comparing itself with another of its
@@ -182,6 +184,22 @@ def test_modulesAreSmall() -> None:
         name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_functionsAreShort() -> None:
+    """
+    No function or method is longer than L{MAX_FUNCTION_LINES}: a longer
+    one is doing several jobs (split it by job, or by state).
+    """
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in _modules().values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == []
 
 
 def test_fewPrivateAccesses() -> None:

@@ -263,10 +263,8 @@ class Dispatcher:
         what it holds unacknowledged stays its own.
         """
         link.accepting = False
-        for route in link.routes:
-            if link in route.links:
-                route.links.remove(link)
-        link.routes = []
+        for route in list(link.routes):
+            self.leaveRoute(route, link)
 
     def leaveRoute(self, route: Route, link: ILink) -> None:
         """
@@ -342,7 +340,9 @@ class Dispatcher:
         """
         routes: Any = self.routes.values()
         if self._closedWaiting:
-            routes = list(routes) + self._orphans()
+            # Closed routes (no longer in routes) with connections waiting.
+            self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
+            routes = list(routes) + self._closedWaiting
         for route in routes:
             waiting = route.waiting
             while waiting:
@@ -363,14 +363,6 @@ class Dispatcher:
             for route in self.routes.values():
                 if route.resume():
                     self.paused -= 1
-
-    def _orphans(self) -> list[Route]:
-        """
-        Closed routes (no longer in C{routes}) that still have connections
-        waiting.
-        """
-        self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
-        return list(self._closedWaiting)
 
     def acked(self, link: ILink, connIds: tuple[int, ...], closed: int = 0) -> None:
         """
@@ -464,12 +456,7 @@ class Dispatcher:
     def _drop(self, held: _Held, why: str) -> None:
         self.held.pop(held.connId, None)
         self.dropped += 1
-        _log.error(
-            "Closing connection {id} of {route!r}: {why}",
-            id=held.connId,
-            route=held.route,
-            why=why,
-        )
+        _log.error("Closing connection {id} of {route!r}: {why}", id=held.connId, route=held.route, why=why)
         held.socket.close()
 
     def dropAll(self, why: str) -> int:
