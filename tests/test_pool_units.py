@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from twisted_serversock.ipc.dispatch import Dispatcher, Route
 from twisted_serversock.ipc.pool import WorkerPool
+from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
 from twisted_serversock.ipc.spawn import Command
 
 from .test_cluster_units import _Reactor, controls, pump, send
@@ -112,8 +113,27 @@ def test_readyWorkerServes(pool: Pool) -> None:
     A started worker gets no connection until it says it is ready.
     """
     assert len(pool.reactor.children) == 1 and pool.serving() == []
+    assert pool.pool.status().startswith("0 of 1 worker(s) serving, 1 starting, 0 retiring")
     pool.ready(0)
     assert pool.serving() == [0] and pool.pool.everReady
+    assert pool.pool.status().startswith("1 of 1 worker(s) serving, 0 starting, 0 retiring")
+
+
+def test_workerStatesMoveOneWay() -> None:
+    """
+    A worker's state moves only forward - starting, serving, retiring,
+    ended - and a move the lifecycle does not have is a bug, caught where
+    it happens.
+    """
+    worker = Worker(Slot(1), 0.0)
+    assert worker.state == STARTING
+    assert worker.enter(SERVING) == STARTING
+    assert worker.enter(RETIRING) == SERVING
+    with pytest.raises(AssertionError, match="retiring -> serving"):
+        worker.enter(SERVING)
+    assert worker.enter(ENDED) == RETIRING
+    with pytest.raises(AssertionError):
+        worker.enter(ENDED)
 
 
 def test_silentWorkerIsKilledAndReplaced(pool: Pool) -> None:

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
-from .slots import Slot, Worker, WorkerProcess
+from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, WorkerProcess
 from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
 from .sdnotify import SystemdNotifier
 from .channel import channelPair
@@ -122,7 +122,7 @@ class WorkerPool:
         """
         self._routes.append(route)
         for worker in self._workers():
-            if worker.link is not None and worker.link.ready and not worker.retiring:
+            if worker.link is not None and worker.state is SERVING:
                 self.dispatcher.join(route, worker.link)
 
     def serveWhenReady(self, link: WorkerLink, route: Route) -> None:
@@ -132,11 +132,11 @@ class WorkerPool:
         never if it is retiring.
         """
         worker = self._workerOf(link)
-        if worker is None or worker.retiring:
+        if worker is None or worker.state is RETIRING:
             return
         if route not in worker.routes:
             worker.routes.append(route)
-        if link.ready and not link.lost:
+        if worker.state is SERVING and not link.lost:
             self.dispatcher.join(route, link)
 
     def stopServing(self, link: WorkerLink, route: Route) -> None:
@@ -219,7 +219,7 @@ class WorkerPool:
     def _ready(self, worker: Worker) -> None:
         slot = worker.slot
         link = worker.link
-        if self._stopping or worker.retiring or link is None:
+        if self._stopping or worker.state is not STARTING or link is None:
             return
         if worker is slot.successor:
             old, slot.current, slot.successor = slot.current, worker, None
@@ -227,6 +227,7 @@ class WorkerPool:
                 self._retire(old, f"worker {slot.index} (pid {worker.pid}) replaces it")
         elif worker is not slot.current:
             return
+        worker.enter(SERVING)
         _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
         self.everReady = True
         for route in self._routes + worker.routes:
@@ -256,8 +257,8 @@ class WorkerPool:
         """
         One line: how many workers serve, start and retire.
         """
-        serving = sum(1 for s in self._slots if s.current is not None and s.current.link is not None and s.current.link.ready)
-        starting = sum(1 for w in self._workers() if w.link is not None and not w.link.ready and not w.retiring)
+        serving = sum(1 for s in self._slots if s.current is not None and s.current.state is SERVING)
+        starting = sum(1 for w in self._workers() if w.state is STARTING)
         return (
             f"{serving} of {len(self._slots)} worker(s) serving, {starting} starting, "
             f"{len(self._retiring)} retiring; {self.dispatcher.accepted} connection(s) accepted"
@@ -271,9 +272,9 @@ class WorkerPool:
         No new connections for C{worker}; it finishes its open ones within
         the grace period and exits (or is killed shortly after).
         """
-        if worker.retiring:
+        if worker.state in (RETIRING, ENDED):
             return
-        worker.retiring = True
+        worker.enter(RETIRING)
         self._retiring.add(worker)
         self._reloading.discard(worker)
         slot = worker.slot
@@ -395,7 +396,7 @@ class WorkerPool:
                     n=len(link.inflight),
                 )
                 self._kill(worker)
-            elif worker.retiring and now >= worker.killAt:
+            elif worker.state is RETIRING and now >= worker.killAt:
                 _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
                 self._kill(worker)
         if not self._stopping or self._ended_d is not None:
@@ -436,7 +437,7 @@ class WorkerPool:
         value = reason.value
         signal = getattr(value, "signal", None)
         how = f"signal {signal}" if signal else f"status {getattr(value, 'exitCode', getattr(value, 'status', None))}"
-        if worker in self._retiring:
+        if worker.enter(ENDED) is RETIRING:
             self._retiring.discard(worker)
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
         elif self._stopping:
@@ -466,7 +467,7 @@ class WorkerPool:
         else:
             serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
         _log.error("New {worker} exited ({how}) before it was ready; {serving}", worker=worker, how=how, serving=serving)
-        if current is not None and current.link is not None and not current.retiring:
+        if current is not None and current.link is not None and current.state is not RETIRING:
             current.link.accepting = True
         self.dispatcher.wake()
         if self._reloadPending and not self._reloading:

@@ -17,7 +17,14 @@ from twisted.python.failure import Failure
 from .dispatch import Route
 from .parent import WorkerLink
 
-__all__ = ["Slot", "Worker", "WorkerProcess"]
+__all__ = ["Slot", "Worker", "WorkerProcess", "STARTING", "SERVING", "RETIRING", "ENDED"]
+
+#: A worker's states (L{Worker.state}).  STARTING: spawned, not yet ready;
+#: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
+#: none and drains; ENDED: its process has exited.
+STARTING, SERVING, RETIRING, ENDED = "starting", "serving", "retiring", "ended"
+#: The moves between them (see L{Worker.enter}).
+_MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETIRING: (ENDED,), ENDED: ()}
 
 _log = Logger()
 
@@ -57,6 +64,8 @@ class Worker:
     """
     One worker process of a slot, from spawn to exit.
 
+    @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
+        changed only by L{enter}.
     @ivar routes: the routes this worker asked to serve (a cluster worker's
         listeners), beside the pool's own; it gets their connections once
         it is ready.
@@ -75,11 +84,24 @@ class Worker:
         self.startedAt = startedAt
         self.killAt = 0.0
         self.killed = False
-        self.retiring = False
+        self.state = STARTING
         self.counted = False
 
     def __repr__(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
+
+    def enter(self, state: str) -> str:
+        """
+        Move to C{state}, the one place a worker's state changes.
+
+        @return: the state it leaves.
+        @raise AssertionError: for a move the lifecycle does not have (a
+            bug in the pool).
+        """
+        previous = self.state
+        assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
+        self.state = state
+        return previous
 
 
 class Slot:
