@@ -21,7 +21,6 @@ from it.
 
 from __future__ import annotations
 
-import inspect
 import socket
 from collections import deque
 from typing import Any, Callable, Container
@@ -36,9 +35,8 @@ from zope.interface import implementer
 from .._twistedcompat import closeWithoutShutdown, unwrapProxied
 from .._labels import factoryLogPrefix
 from .interfaces import IRawAcceptor
-from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, nameOf
-from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
+from .childlisten import ChildListeners
 from .control import ANY, INTEGER, ControlTable, optional, reject
 from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
 from .wire import Ack, Conn, Control, Message, encodeControl
@@ -67,6 +65,8 @@ class WorkerLink:
     @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
         anything; children send heartbeats while idle.
     @ivar limit: the C{sent} count at which L{onLimit} is called (0: none).
+    @ivar listeners: the listeners the child asked for (Gecko's
+        C{TCPServerSocketChild}), a L{ChildListeners}.
     @ivar onReady: called when the child says it is ready.
     @ivar onLimit: called once when C{sent} reaches C{limit}.
     @ivar onControl: called with C{(link, message)} for a control message
@@ -91,7 +91,6 @@ class WorkerLink:
             listen at all, and its C{onerror} says so.  C{range(65536)}
             lets it listen anywhere, port 0 (any free port) included.
         """
-        self._listenPorts = listenPorts
         self._dispatcher = dispatcher
         self._reactor = reactor
         self.name = name
@@ -110,7 +109,7 @@ class WorkerLink:
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
-        self._listens: dict[int, tuple[ServerSocket, Route]] = {}
+        self.listeners = ChildListeners(self, dispatcher, reactor, listenPorts)
         self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
         self.channel.startReading()
 
@@ -155,9 +154,7 @@ class WorkerLink:
         self.lost = True
         self.ready = False
         self.accepting = False
-        for serv, _route in list(self._listens.values()):
-            serv.close()
-        self._listens.clear()
+        self.listeners.closeAll()
         self._dispatcher.linkLost(self)
 
     # Control messages from the child.
@@ -177,98 +174,16 @@ class WorkerLink:
         if self.onReady is not None:
             self.onReady(self)
 
-    # The port and backlog are checked by the server socket, whose
-    # NSError goes back to the child as an error message.
     @controls.handler("listen", id=INTEGER, port=ANY, backlog=optional(ANY, -1))
     def _onListen(self, id: int, port: Any, backlog: Any) -> None:
-        """
-        The child asks for a listener (Gecko's C{PTCPServerSocket}
-        constructor): listen here, forward its connections and its errors.
-        """
-        if id in self._listens:
+        if id in self.listeners.open:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
             return
-        if not self._mayListen(port):
-            _log.warn("{link!r} asked to listen on port {port!r}, which it may not; refused", link=self, port=port)
-            self.sendError(id, f"{nameOf(NS_ERROR_CONNECTION_REFUSED)}: this process does not let its children listen on port {port!r}")
-            return
-        serv = ServerSocket(self._reactor)
-        try:
-            serv.init(port, False, backlog)
-        except NSError as e:
-            self.sendError(id, f"{e.name}: {e}")
-            return
-        route = self._dispatcher.addRoute(f"listen {id} of {self.name}", closeWhenOrphaned=True)
-        route.onOrphaned = serv.close
-
-        def unexpectedStop(message: str) -> None:
-            if not self.lost:
-                self.sendError(id, message)
-
-        serv.asyncListen(_ForwardingListener(self._dispatcher, route, unexpectedStop))
-        # After asyncListen: ServerSocket.pauseAccepting needs its port.
-        route.watchPort(serv)
-        self._listens[id] = (serv, route)
-        self._dispatcher.join(route, self)
-        self.sendControl("listening", id=id, route=route.id, port=serv.port)
-
-    def _mayListen(self, port: Any) -> bool:
-        """
-        Whether the child may ask for a listener on C{port}.
-        """
-        if type(port) is not int:
-            return False
-        try:
-            return port in self._listenPorts
-        except TypeError:
-            return False
+        self.listeners.listen(id, port, backlog)
 
     @controls.handler("close", id=INTEGER)
     def _onClose(self, id: int) -> None:
-        entry = self._listens.pop(id, None)
-        if entry is not None:
-            entry[0].close()
-
-    def sendError(self, id: int, message: str) -> None:
-        """
-        Tell the child that its listener C{id} failed (its C{onerror}
-        gets C{message}).
-        """
-        frame = inspect.currentframe()
-        caller = frame.f_back if frame is not None else None
-        self.sendControl(
-            "error",
-            id=id,
-            message=message,
-            filename=__file__,
-            lineNumber=caller.f_lineno if caller is not None else 0,
-            columnNumber=0,
-        )
-
-
-@implementer(IRawAcceptor)
-class _ForwardingListener:
-    """
-    The parent-side listener of a child-requested server socket: an
-    unexpected stop is forwarded to the child as an error.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, route: Route, unexpectedStop: Callable[[str], None]) -> None:
-        """
-        @param unexpectedStop: called with the error message when the
-            listener stops for another reason than being closed.
-        """
-        self._dispatcher = dispatcher
-        self._route = route
-        self._unexpectedStop = unexpectedStop
-
-    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
-        self._dispatcher.submit(self._route, skt)
-
-    def onStopListening(self, serv: ServerSocket, status: int) -> None:
-        self._dispatcher.closeRoute(self._route)
-        if status != NS_BINDING_ABORTED:
-            self._unexpectedStop(f"{nameOf(status)}: Server socket was closed by unexpected reason.")
+        self.listeners.close(id)
 
 
 @implementer(IProtocolFactory, ILoggingContext, IRawAcceptor)
