@@ -70,7 +70,8 @@ def bufferedOutput(transport: Any) -> int:
     (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
     the C{_tempDataBuffer} list, C{_tempDataLen} bytes long).
     """
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    buffered: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return buffered
 
 
 def relabel(transport: Any, protocol: Any) -> None:
