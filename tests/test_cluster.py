@@ -110,16 +110,33 @@ def test_uidsSelfStaysAToken() -> None:
     """
     C{uids=self} is not resolved when parsed (a C{twistd --uid} primary
     parses as root, its workers as the user): the description says
-    C{self}, the same whatever the order or the hash seed.
+    C{self}.
     """
-    one = serverFromString(_NoReactor(), "geckounix:@app:uids=self,0:workers=2").clusterDescription()
-    assert "allowedUids=frozenset({'self', 0})" in one
-    assert one == serverFromString(_NoReactor(), "geckounix:@app:uids=0,SELF:workers=2").clusterDescription()
+    assert serverFromString(_NoReactor(), "geckounix:@app:uids=self,0:workers=2").clusterDescription() == "geckounix:@app:uids=self,0"
+
+
+def test_descriptionIsWhatTheUserWrote() -> None:
+    """
+    An endpoint's description is the string the user wrote (logs name the
+    listener by it); its cluster description, by which workers find the
+    primary's listener, is that string without C{workers=} - whatever the
+    endpoint keeps inside.  An endpoint made in Python has the string of
+    its arguments.
+    """
+    endpoint = serverFromString(_NoReactor(), "gecko:8081:loopback=1:workers=2")
+    assert endpoint.description == "gecko:8081:loopback=1:workers=2"
+    assert endpoint.clusterDescription() == "gecko:8081:loopback=1"
+    endpoint.somethingNew = 1  # a new attribute does not change the key
+    assert endpoint.clusterDescription() == "gecko:8081:loopback=1"
+    unix = serverFromString(_NoReactor(), "geckounix:/run/a\\:b.sock:Workers=4:mode=660")
+    assert unix.clusterDescription() == "geckounix:/run/a\\:b.sock:mode=660"
+    assert GeckoServerEndpoint(_NoReactor(), 8080, loopback=True, workers=2).description == "gecko:port=8080:loopback=1:workers=2"
+    assert GeckoUNIXServerEndpoint(_NoReactor(), "/run/x.sock", mode=0o660).description == "geckounix:path=/run/x.sock:mode=660"
 
 
 def test_descriptionsDifferByEveryParameterButWorkers() -> None:
     one = serverFromString(_NoReactor(), "gecko:port=0:loopback=1:workers=2").clusterDescription()
-    assert one == serverFromString(_NoReactor(), "gecko:0:loopback=true:workers=3").clusterDescription()
+    assert one == serverFromString(_NoReactor(), "gecko:port=0:loopback=1:workers=3").clusterDescription()
     assert one != serverFromString(_NoReactor(), "gecko:port=0:loopback=1:backlog=5:workers=2").clusterDescription()
 
 
@@ -285,6 +302,12 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     if reactor == "asyncio":
         for pid in pids:
             assert re.search(rf"\[worker \d pid {pid}\] .*reactor class: twisted\.internet\.asyncioreactor", proc.output)
+    # One prefix a relayed line - the worker's number and pid - and no
+    # logger namespace (the primary's or the worker's) beside it.
+    workerLines = re.findall(r"^.*\[worker \d pid \d+\].*$", proc.output, re.M)
+    assert workerLines and not [line for line in workerLines if re.search(r"#(debug|info|warn|error|critical)\]", line)], workerLines
+    # The primary names its listener as the user wrote it.
+    assert re.search(r"Cluster primary \(pid \d+\): gecko:port=0:loopback=1:workers=2 on 127\.0\.0\.1:\d+ ", proc.output), proc.output
     await stoppedCleanly(proc, pids)
     assert not os.path.exists(os.path.join(site, "twistd.pid"))
     assert "Traceback" not in proc.output
@@ -404,7 +427,8 @@ async def test_tacFile(site: str) -> None:
 async def test_geckounix(site: str) -> None:
     path = os.path.join(site, "web.sock")
     proc = start([TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
-    await proc.waitFor(r"Cluster primary \(pid \d+\): GeckoUNIXServerEndpoint\(.* is served by")
+    # The primary names the listener as the user wrote it.
+    await proc.waitFor(rf"Cluster primary \(pid \d+\): geckounix:path={re.escape(path)}:workers=2 on {re.escape(path)} is served by")
     pids = await servedByWorkers(proc, "http://localhost/pid.rpy", "--unix-socket", path)
     await stoppedCleanly(proc, pids)
     assert not os.path.exists(path)
@@ -461,6 +485,54 @@ async def test_plainScript(site: str) -> None:
     for index in (1, 2):
         assert re.search(rf"\[worker {index} pid \d+\] .*role: worker {index}$", proc.output, re.M), proc.output
     await stoppedCleanly(proc, pids)
+
+
+LEAK_SCRIPT = """\
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import log
+
+
+class Sockets(Protocol):
+    def connectionMade(self):
+        # What os.system and os.popen do: the child inherits every
+        # inheritable descriptor.
+        listing = subprocess.run(
+            ["/bin/sh", "-c", "for f in /proc/$$/fd/*; do readlink $f; done"],
+            close_fds=False,
+            capture_output=True,
+        ).stdout.decode()
+        sockets = [line for line in listing.split() if line.startswith("socket:")]
+        self.transport.write(b"HTTP/1.0 200 OK\\r\\n\\r\\nsockets: %d" % len(sockets))
+        self.transport.loseConnection()
+
+
+log.startLogging(sys.stdout)
+serverFromString(reactor, sys.argv[1]).listen(Factory.forProtocol(Sockets))
+reactor.run()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectionsDoNotLeakIntoTheWorkersChildProcesses(site: str) -> None:
+    """
+    A process a cluster worker's protocol starts with C{close_fds=False}
+    (as C{os.system} and C{os.popen} do) inherits no socket: a handed-over
+    connection is close-on-exec in the worker, as it is in a plain
+    Twisted server.
+    """
+    with open(os.path.join(site, "leak.py"), "w") as f:
+        f.write(LEAK_SCRIPT)
+    proc = start([sys.executable, "leak.py", "gecko:port=0:loopback=1:workers=1"], site)
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    worker = int((await proc.waitFor(SERVES)).group(2))
+    out, code = await curl(f"http://127.0.0.1:{port}/")
+    assert code == 0 and out == b"sockets: 0", (out, proc.output)
+    await stoppedCleanly(proc, {worker})
 
 
 @pytest_twisted.ensureDeferred

@@ -178,8 +178,40 @@ async def test_channelNeverBlocks() -> None:
     await timeout(collect.lost)
 
 
+@pytest_twisted.ensureDeferred
+async def test_receivedDescriptorsAreCloseOnExec() -> None:
+    """
+    A descriptor that arrives over a channel is close-on-exec from the
+    moment it is received: a process the receiver starts (C{os.system},
+    C{subprocess} with C{close_fds=False}) never inherits a connection.
+    """
+    ours, theirs = channelPair()
+    collect = Collect()
+    receiver = Channel(ours, collect, theReactor(), "receiver")
+    receiver.startReading()
+    sent = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(sent, True)
+    try:
+        rawSend(theirs, wire.encodeConn(1, 1), [sent])
+        await eventually(lambda: len(collect.messages) == 1)
+    finally:
+        os.close(sent)
+    received = collect.messages[0].fd
+    try:
+        assert not os.get_inheritable(received)
+    finally:
+        os.close(received)
+    theirs.close()
+    await timeout(collect.lost)
+
+
 # ----------------------------------------------------------------------
 # TCPServerSocketChild with the parent in this process.
+
+
+#: Every port, 0 (any free one) included: what these tests let a child ask
+#: for.
+ANY_PORT = range(65536)
 
 
 class InProcess:
@@ -189,8 +221,8 @@ class InProcess:
 
     def __init__(self) -> None:
         parentEnd, childEnd = channelPair()
-        self.dispatcher = Dispatcher()
-        self.workerLink = WorkerLink(self.dispatcher, parentEnd, theReactor(), "child 1")
+        self.dispatcher = Dispatcher(theReactor().seconds)
+        self.workerLink = WorkerLink(self.dispatcher, parentEnd, theReactor(), "child 1", listenPorts=ANY_PORT)
         self.parentLink = ParentLink(childEnd, theReactor())
 
     def server(self) -> TCPServerSocketChild:
@@ -246,6 +278,36 @@ async def test_childServerSocket(inProcess: InProcess) -> None:
     await acceptedEvents.next("close")
 
 
+@pytest.mark.parametrize("allowed", [None, (1,)])
+@pytest_twisted.ensureDeferred
+async def test_childMayListenOnlyWhereTheParentLetsIt(allowed: tuple[int, ...] | None) -> None:
+    """
+    A child's request for a listener is refused - nothing is bound, the
+    child's onerror says why - unless the parent's link names the port:
+    by default (the workers of C{twistd serversock} and cluster mode) a
+    child may not listen at all.
+    """
+    parentEnd, childEnd = channelPair()
+    dispatcher = Dispatcher(theReactor().seconds)
+    if allowed is None:
+        link = WorkerLink(dispatcher, parentEnd, theReactor(), "child 1")
+    else:
+        link = WorkerLink(dispatcher, parentEnd, theReactor(), "child 1", listenPorts=allowed)
+    parentLink = ParentLink(childEnd, theReactor())
+    try:
+        server = TCPServerSocketChild(parentLink, reactor=theReactor())
+        server.init(None)
+        events = Events(server)
+        server.listen(0, None, -1)
+        error = await events.next("error")
+        assert error.name == "NS_ERROR_CONNECTION_REFUSED"
+        assert "does not let its children listen on port 0" in error.message
+        assert not dispatcher.routes and not link.listeners.open
+    finally:
+        parentLink.channel.loseConnection()
+    await eventually(lambda: link.lost)
+
+
 @pytest_twisted.ensureDeferred
 async def test_parentErrorsReachOnerror(inProcess: InProcess) -> None:
     """
@@ -264,7 +326,7 @@ async def test_parentErrorsReachOnerror(inProcess: InProcess) -> None:
         busy.close()
     assert "NS_ERROR_SOCKET_ADDRESS_IN_USE" in error.message
     assert error.name == "NS_ERROR_SOCKET_ADDRESS_IN_USE"
-    assert error.filename.endswith("parent.py")
+    assert error.filename.endswith("childlisten.py")
     assert error.lineNumber > 0 and error.columnNumber == 0
 
 
@@ -278,7 +340,7 @@ async def test_unexpectedStopReachesOnerror(inProcess: InProcess) -> None:
     events = Events(server)
     server.listen(0, None, -1)
     await eventually(lambda: server.localPort > 0)
-    serv, _route = next(iter(inProcess.workerLink._listens.values()))
+    serv, _route = next(iter(inProcess.workerLink.listeners.open.values()))
     serv._acceptFailed(OSError("injected"))
     error = await events.next("error")
     assert "Server socket was closed by unexpected reason." in error.message
@@ -347,28 +409,30 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
     once and closes that listener.
     """
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
-    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
+    dispatcher = Dispatcher(theReactor().seconds)
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process", listenPorts=ANY_PORT)
     child = ChildProcess()
     process = theReactor().spawnProcess(
         child, sys.executable, [sys.executable, "-c", CHILD], env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: childEnd.fileno()}
     )
     childEnd.close()
     try:
-        await eventually(lambda: link._listens, seconds=20)
-        serv, _route = next(iter(link._listens.values()))
+        await eventually(lambda: link.listeners.open, seconds=20)
+        serv, _route = next(iter(link.listeners.open.values()))
         port = serv.port
         for i in range(5):
             client = await connect(port)
             client.transport.write(b"echo %d" % i)
             assert await client.waitFor(6) == b"echo %d" % i
             client.transport.loseConnection()
-        assert link.adopted == 5
+        # The child acknowledges before it serves: the last ack may reach
+        # this process after the echo does.
+        await eventually(lambda: link.adopted == 5)
     finally:
         process.signalProcess(signal.SIGKILL)
     await timeout(child.ended)
     await eventually(lambda: link.lost, seconds=2)
-    assert not link._listens
+    assert not link.listeners.open
     with pytest.raises(Exception):
         await connect(port)
 
@@ -399,16 +463,16 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
-    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process")
+    dispatcher = Dispatcher(theReactor().seconds)
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child process", listenPorts=ANY_PORT)
     child = ChildProcess()
     process = theReactor().spawnProcess(
         child, sys.executable, [sys.executable, str(script)], env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: childEnd.fileno()}
     )
     childEnd.close()
     try:
-        await eventually(lambda: link._listens, seconds=20)
-        serv, _route = next(iter(link._listens.values()))
+        await eventually(lambda: link.listeners.open, seconds=20)
+        serv, _route = next(iter(link.listeners.open.values()))
         port = serv.port
         assert await echoOnce(port) == b"x"
         process.signalProcess(signal.SIGSTOP)
@@ -443,7 +507,7 @@ async def test_parentKeepsServingAHostileChild(logged: list[dict[str, Any]]) -> 
     from twisted_serversock.ipc.parent import HandOffFactory
 
     parentEnd, childEnd = channelPair()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "hostile child")
     route = dispatcher.addRoute("test")
     port = await timeout(serverFromString(theReactor(), "gecko:port=0:loopback=1").listen(HandOffFactory(dispatcher, route, None)))

@@ -151,7 +151,7 @@ async def test_parentRejectsMalformedControlMessages(logged: list[dict[str, Any]
     is logged as unknown; the channel stays up.
     """
     parentEnd, childEnd = channelPair()
-    link = WorkerLink(Dispatcher(), parentEnd, theReactor(), "child 1")
+    link = WorkerLink(Dispatcher(theReactor().seconds), parentEnd, theReactor(), "child 1")
     try:
         rawSend(childEnd, wire.encodeControl("listen", id="x", port=0))
         rawSend(childEnd, wire.encodeControl("close", wrong=1))
@@ -183,7 +183,7 @@ async def test_typeErrorInAHandlerIsAFailureNotABadMessage(logged: list[dict[str
     and the message is not counted as rejected or called bad.
     """
     parentEnd, childEnd = channelPair()
-    link = WorkerLink(Dispatcher(), parentEnd, theReactor(), "child 1")
+    link = WorkerLink(Dispatcher(theReactor().seconds), parentEnd, theReactor(), "child 1")
 
     def onReady(link: WorkerLink) -> None:
         raise TypeError("a bug in onReady")

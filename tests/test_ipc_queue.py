@@ -137,7 +137,7 @@ async def test_gracePeriodEndLeavesConnectionsInFlight(logged: list[dict[str, An
     still queued in the channel) stays that child's, and when the child
     wakes up it adopts the original connection and its ack is welcome.
     """
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     parentEnd, childEnd = channelPair()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "stuck child")
     served = dispatcher.addRoute("served")
@@ -184,7 +184,7 @@ async def test_stuckChildGoneAfterTheGracePeriod() -> None:
     leaves nobody to take its connection: the parent closes its copy (the
     client sees the end) and counts it as closed unserved.
     """
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(theReactor().seconds)
     parentEnd, childEnd = channelPair()
     link = WorkerLink(dispatcher, parentEnd, theReactor(), "stuck child")
     served = dispatcher.addRoute("served")

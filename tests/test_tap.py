@@ -147,6 +147,9 @@ async def test_twoWorkersServeEchoAndStopCleanly(workdir: str) -> None:
     counts = {int(i): int(n) for i, n in re.findall(r"Worker (\d+): (\d+) connection\(s\) adopted", proc.output)}
     assert set(counts) == {1, 2} and sum(counts.values()) == 20 and min(counts.values()) > 0, proc.output
     assert "Traceback" not in proc.output
+    # Each worker's last line, relayed with one prefix: its number and pid.
+    for index, pid in pids.items():
+        assert re.search(rf"^\S+ \[worker {index} pid {pid}\] Worker {index} adopted \d+ connection\(s\); exiting$", proc.output, re.M), proc.output
     with pytest.raises(Exception):
         await connect(port)
 

@@ -80,3 +80,35 @@ def test_closeWithoutShutdown() -> None:
     finally:
         copy.close()
         peer.close()
+
+
+def test_proxyWrapper() -> None:
+    """
+    L{compat.proxyWrapped} puts a factory behind Twisted's PROXY parser;
+    L{compat.unwrapProxied} finds the raw transport under that parser's
+    protocol, and nothing under a plain one.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    wrapped = compat.proxyWrapped(protocol.Factory.forProtocol(protocol.Protocol))
+    proxy = wrapped.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    raw = StringTransport()
+    proxy.makeConnection(raw)
+    assert compat.unwrapProxied(proxy) is raw
+    assert compat.unwrapProxied(raw) is None
+
+
+def test_innerProtocol() -> None:
+    """
+    L{compat.innerProtocol} finds the HTTP/1.1 channel inside the protocol
+    C{twisted.web}'s C{Site} builds, and nothing inside a plain protocol.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.web.http import HTTPChannel
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    built = Site(Resource()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert isinstance(compat.innerProtocol(built), HTTPChannel)
+    assert compat.innerProtocol(protocol.Protocol()) is None

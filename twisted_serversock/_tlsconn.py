@@ -174,7 +174,8 @@ class TLSFactory(TLSMemoryBIOFactory):
         A TLS protocol for C{protocol}, not yet connected: the caller
         connects it to its transport, then C{protocol} to it.
         """
-        return tlsProtocolWithoutConnecting(self.protocol, self, protocol)
+        tls: TLSProtocol = tlsProtocolWithoutConnecting(self.protocol, self, protocol)
+        return tls
 
 
 # ----------------------------------------------------------------------

@@ -30,17 +30,32 @@ What we rely on, and why:
     its C{_reason}, why TLS failed, before C{connectionLost} hands it on
     (L{tlsFailure});
     C{twisted.internet.endpoints._parseSSL}, how C{ssl:} reads its options
-    (L{sslServerOptions}); C{twisted.protocols.haproxy._wrapper}'s
-    C{HAProxyWrappingFactory}, which C{haproxy:} wraps a factory in
+    (L{sslServerOptions}).
+  - C{twisted.protocols.haproxy._wrapper}: the PROXY protocol wrapper and
+    its factory (the package's public API is only C{proxyEndpoint}).  The
+    worker parent hands a C{haproxy:} connection over before the header is
+    read (L{unwrapProxied}) and the worker parses it (L{proxyWrapped}); a
+    C{geckotls:} listener reads the header before TLS, so it takes the
+    application's factory out of the wrapper C{haproxy:} put it in
     (L{unwrapHAProxy}).
+  - C{twisted.web.http._GenericHTTPChannelProtocol._channel}: the
+    HTTP/1.1 channel inside the protocol C{twisted.web}'s C{Site} builds,
+    which a draining worker asks to close after its current response
+    (L{innerProtocol}).
+  - C{twisted.scripts._twistd_unix.UnixApplicationRunner} and
+    C{twisted.application.twist._options.TwistOptions}: C{twistd} and
+    C{twist} fitted to a cluster worker, which must not daemonize, write a
+    pidfile or switch user again (L{fitRunnersToWorker}).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 from twisted.internet import abstract, tcp
+from twisted.logger import ILogObserver
 
 __all__ = [
     "bufferedOutput",
@@ -52,6 +67,10 @@ __all__ = [
     "sslServerOptions",
     "unwrapHAProxy",
     "tlsFailure",
+    "unwrapProxied",
+    "proxyWrapped",
+    "innerProtocol",
+    "fitRunnersToWorker",
     "problems",
 ]
 
@@ -65,7 +84,8 @@ def bufferedOutput(transport: Any) -> int:
     (C{abstract.FileDescriptor} keeps them as C{dataBuffer[offset:]} plus
     the C{_tempDataBuffer} list, C{_tempDataLen} bytes long).
     """
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    buffered: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return buffered
 
 
 def relabel(transport: Any, protocol: Any) -> None:
@@ -160,6 +180,71 @@ def _tlsProblems() -> list[str]:
     return found
 
 
+def unwrapProxied(transport: Any) -> Any | None:
+    """
+    The raw transport under Twisted's PROXY protocol wrapper (C{haproxy:}
+    endpoints), whose header is still unread; C{None} if C{transport} is
+    not such a wrapper.
+    """
+    from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+
+    if isinstance(transport, HAProxyProtocolWrapper):
+        return transport.transport
+    return None
+
+
+def proxyWrapped(factory: Any) -> Any:
+    """
+    C{factory} behind Twisted's PROXY protocol parser: its protocols see
+    the address the header names.
+    """
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    return HAProxyWrappingFactory(factory)
+
+
+def innerProtocol(protocol: Any) -> Any | None:
+    """
+    The protocol one wrapper inside C{protocol}: a C{WrappingFactory}'s
+    C{wrappedProtocol}, or the HTTP/1.1 channel of C{twisted.web}'s
+    HTTP/1-or-2 protocol; C{None} if there is none.
+    """
+    return getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_channel", None)
+
+
+def fitRunnersToWorker(observer: ILogObserver) -> None:
+    """
+    Make C{twistd} and C{twist} in this process run as a cluster worker:
+    in the foreground, with no pidfile, syslog, chroot, umask or user
+    switch (the primary did all that once and the worker inherits it),
+    logging to C{observer}.  Imports neither the reactor nor the program.
+    """
+    from twisted.application.twist._options import TwistOptions
+    from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+    runnerInit = UnixApplicationRunner.__init__
+
+    def workerRunnerInit(self: Any, config: Any) -> None:
+        config.update(nodaemon=True, pidfile="", syslog=False, logfile="-", chroot=None, umask=None, euid=False)
+        config["logger"] = lambda: observer
+        config["uid"] = config["gid"] = None
+        runnerInit(self, config)
+
+    def keepPrivileges(self: Any, euid: Any, uid: Any, gid: Any) -> None:
+        pass  # the primary's user and group, inherited
+
+    UnixApplicationRunner.__init__ = workerRunnerInit  # type: ignore[method-assign]
+    UnixApplicationRunner.shedPrivileges = keepPrivileges  # type: ignore[method-assign]
+    postOptions = TwistOptions.postOptions
+
+    def workerPostOptions(self: Any) -> None:
+        postOptions(self)
+        self["logFile"] = sys.stderr
+        self["fileLogObserverFactory"] = lambda f: observer
+
+    TwistOptions.postOptions = workerPostOptions  # type: ignore[method-assign]
+
+
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
@@ -195,4 +280,58 @@ def problems() -> list[str]:
         found.append("tcp.Connection.abortConnection() no longer sets _aborting (isReadable)")
     if getattr(tcp.Connection, "_shouldShutdown", None) is not True or "if self._shouldShutdown" not in connection:
         found.append("tcp.Connection no longer honours _shouldShutdown (closeWithoutShutdown)")
-    return found + _tlsProblems()
+    found.extend(_proxyProblems())
+    found.extend(_webProblems())
+    found.extend(_runnerProblems())
+    found.extend(_tlsProblems())
+    return found
+
+
+def _proxyProblems() -> list[str]:
+    try:
+        from twisted.protocols.haproxy import _wrapper
+    except ImportError as e:
+        return [f"twisted.protocols.haproxy._wrapper cannot be imported ({e}) (unwrapProxied, proxyWrapped)"]
+    found = []
+    wrapper = getattr(_wrapper, "HAProxyProtocolWrapper", None)
+    if wrapper is None or "self.transport" not in _mroSource(wrapper):
+        found.append("haproxy._wrapper.HAProxyProtocolWrapper is gone or keeps no transport (unwrapProxied)")
+    if not callable(getattr(_wrapper, "HAProxyWrappingFactory", None)):
+        found.append("haproxy._wrapper.HAProxyWrappingFactory is gone (proxyWrapped)")
+    return found
+
+
+def _webProblems() -> list[str]:
+    try:
+        from twisted.web import http
+    except ImportError:
+        return []  # twisted.web is optional: nothing to drain then
+    generic = getattr(http, "_GenericHTTPChannelProtocol", None)
+    if generic is None or "_channel" not in _mroSource(generic):
+        return ["twisted.web.http._GenericHTTPChannelProtocol no longer wraps its HTTP channel as _channel (innerProtocol)"]
+    return []
+
+
+def _runnerProblems() -> list[str]:
+    try:
+        from twisted.application import app
+        from twisted.application.twist._options import TwistOptions
+        from twisted.scripts import _twistd_unix
+        from twisted.scripts._twistd_unix import UnixApplicationRunner
+    except ImportError as e:
+        return [f"twistd's or twist's runner cannot be imported ({e}) (fitRunnersToWorker)"]
+    found = []
+    # The runner and the loggers it makes read the configuration.
+    runner = _source(_twistd_unix) + _source(app)
+    for key in ("nodaemon", "pidfile", "syslog", "logfile", "logger", "chroot", "umask", "uid", "gid", "euid"):
+        if f'config["{key}"]' not in runner and f"config['{key}']" not in runner and f'"{key}"' not in runner:
+            found.append(f"twistd's UnixApplicationRunner no longer reads config[{key!r}] (fitRunnersToWorker)")
+    if "def shedPrivileges" not in _mroSource(UnixApplicationRunner):
+        found.append("twistd's UnixApplicationRunner has no shedPrivileges any more (fitRunnersToWorker)")
+    options = _mroSource(TwistOptions)
+    for key in ("logFile", "fileLogObserverFactory"):
+        if f'"{key}"' not in options:
+            found.append(f"twist's TwistOptions no longer uses {key!r} (fitRunnersToWorker)")
+    if "def postOptions" not in options:
+        found.append("twist's TwistOptions has no postOptions any more (fitRunnersToWorker)")
+    return found

@@ -46,15 +46,41 @@ __all__ = [
 
 
 
-def _stableRepr(value: object) -> str:
+def _escape(value: object) -> str:
     """
-    C{repr(value)}, the same in every process: a set's members sorted (the
-    order of a set with a string in it, such as C{allowedUids} with
-    C{"self"}, changes with each process's hash seed).
+    C{value} as text inside an endpoint string: C{\\}, C{:} and C{=}
+    escaped with a backslash, as Twisted's grammar reads them.
     """
-    if isinstance(value, frozenset):
-        return "frozenset({" + ", ".join(sorted(map(repr, value))) + "})"
-    return repr(value)
+    text = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _endpointString(prefix: str, args: Iterable[object], options: Iterable[tuple[object, object]]) -> str:
+    """
+    The endpoint string of C{prefix} with positional C{args} and C{options}
+    (name, value), in that order.
+    """
+    parts = [_escape(a) for a in args] + [f"{_escape(k)}={_escape(v)}" for k, v in options]
+    return f"{prefix}:" + ":".join(parts)
+
+
+def _withoutWorkers(description: str) -> str:
+    """
+    C{description} without its C{workers=} option (whatever its case).
+    """
+    segments = [""]
+    escaped = False
+    for char in description:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            segments.append("")
+            continue
+        segments[-1] += char
+    kept = [segments[0]] + [seg for seg in segments[1:] if seg.split("=", 1)[0].lower() != "workers"]
+    return ":".join(kept)
 
 
 class _GeckoEndpointBase:
@@ -67,6 +93,11 @@ class _GeckoEndpointBase:
     #: How many worker processes serve this endpoint (cluster mode); 0:
     #: this process.
     _workers: int = 0
+    #: The endpoint as a string: as the user wrote it
+    #: (C{gecko:8081:loopback=1:workers=2}) for an endpoint parsed from
+    #: one, else the string of its arguments.  Logs name the endpoint by
+    #: it, and cluster workers find the primary's listener by it.
+    description: str = ""
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -93,12 +124,12 @@ class _GeckoEndpointBase:
 
     def clusterDescription(self) -> str:
         """
-        This endpoint's parameters as text (all but C{workers}): in cluster
-        mode a worker's endpoint attaches to the primary's listener with the
-        same description.
+        L{description} without C{workers=}: in cluster mode a worker's
+        endpoint attaches to the primary's listener with the same
+        description (the worker runs the same program, so it writes the
+        same string).
         """
-        params = {k.lstrip("_"): _stableRepr(v) for k, v in vars(self).items() if k not in ("_reactor", "_workers")}
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
+        return _withoutWorkers(self.description)
 
     def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         """
@@ -194,6 +225,11 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         self._interface = interface
         self._ipv6 = ipv6
         self._dualStack = dualStack
+        given: list[tuple[str, object]] = [("port", port), ("loopback", int(loopback)), ("backlog", backlog)]
+        given += [("keepWhenOffline", int(keepWhenOffline))]
+        given += [("interface", interface), ("ipv6", int(ipv6)), ("dualstack", int(dualStack)), ("workers", self._workers)]
+        defaults = {"port": -1, "backlog": -1, "interface": None}
+        self.description = _endpointString("gecko", (), [(k, v) for k, v in given if v != defaults.get(k, 0)])
 
     def __repr__(self) -> str:
         return f"<GeckoServerEndpoint {self._where()}>"
@@ -285,6 +321,11 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         self._reclaimStale = reclaimStale
         self._allowedUids = uids
         self._gid = gid
+        uidList = None if uids is None else ",".join(sorted(str(uid) for uid in uids))
+        given: list[tuple[str, object]] = [("path", path), ("mode", oct(mode)[2:]), ("backlog", backlog), ("abstract", abstract)]
+        given += [("reclaim", int(reclaimStale)), ("uids", uidList), ("group", gid), ("workers", self._workers)]
+        defaults = {"mode": "600", "backlog": -1, "path": None, "abstract": None, "uids": None, "group": None}
+        self.description = _endpointString("geckounix", (), [(k, v) for k, v in given if v != defaults.get(k, 0)])
 
     def __repr__(self) -> str:
         return f"<GeckoUNIXServerEndpoint {self._where()[0]}>"
@@ -472,7 +513,7 @@ def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> Gecko
     port = _integer("port", o["port"], _args.MAX_PORT) if "port" in o else -1
     backlog = _integer("backlog", o["backlog"], _args.MAX_BACKLOG) if "backlog" in o else -1
     interface = o.get("interface")
-    return GeckoServerEndpoint(
+    endpoint = GeckoServerEndpoint(
         reactor,
         port=port,
         loopback=_boolean("loopback", o["loopback"]) if "loopback" in o else False,
@@ -483,6 +524,8 @@ def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> Gecko
         dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
         workers=o.get("workers", 0),
     )
+    endpoint.description = _endpointString("gecko", args, kwargs.items())
+    return endpoint
 
 
 def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> GeckoUNIXServerEndpoint:
@@ -515,7 +558,7 @@ def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> G
             raise ValueError("mode applies to socket files; an abstract address has no permissions (use uids=)")
         if "reclaim" in o:  # given at all, even reclaim=0 (the class sees only true)
             raise ValueError("reclaim applies to socket files, not abstract addresses")
-    return GeckoUNIXServerEndpoint(
+    endpoint = GeckoUNIXServerEndpoint(
         reactor,
         path=path,
         mode=_octalMode(o["mode"]) if "mode" in o else 0o600,
@@ -526,6 +569,8 @@ def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> G
         group=o["group"].strip() if "group" in o else None,
         workers=o.get("workers", 0),
     )
+    endpoint.description = _endpointString("geckounix", args, kwargs.items())
+    return endpoint
 
 
 #: The parsers by plugin prefix (for the dropin).

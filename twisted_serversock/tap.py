@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from typing import Any
 
 from twisted.application import service
@@ -28,9 +29,12 @@ from twisted.python import usage
 
 from ._startup import cannotListenReason, failStartup
 from ._labels import describeAddress
+from .endpoints import workerCount
+from .ipc.defaults import GRACE, TIMEOUT
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.sdnotify import SystemdNotifier
+from .ipc.spawn import serversockCommand
 from .ipc.signals import installSignals
 from .ipc.worker import resolveFactory
 
@@ -40,13 +44,6 @@ _log = Logger()
 
 DEFAULT_FACTORY = "twisted_serversock.examples.echo"
 DEFAULT_LISTEN = "gecko:8080"
-
-
-def _cpuCount() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class _NoReactor:
@@ -71,8 +68,8 @@ class Options(usage.Options):
     optParameters = [
         ["factory", "f", DEFAULT_FACTORY, "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
         ["workers", "w", None, "Worker processes (default: the number of CPUs; 0 = serve in this process)."],
-        ["grace", "g", "10", "Seconds open connections get to finish after SIGTERM, SIGHUP or a recycle."],
-        ["timeout", "t", "30", "Kill and replace a worker silent for this many seconds (heartbeats keep idle ones alive)."],
+        ["grace", "g", f"{GRACE:g}", "Seconds open connections get to finish after SIGTERM, SIGHUP or a recycle."],
+        ["timeout", "t", f"{TIMEOUT:g}", "Kill and replace a worker silent for this many seconds (heartbeats keep idle ones alive)."],
         ["max-requests", None, "0", "Replace a worker gracefully after it was given this many connections (0 = never)."],
         ["max-requests-jitter", None, "0", "Add a random 0..J to --max-requests per worker, so that they are not all replaced at once."],
     ]
@@ -105,7 +102,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         workers = self["workers"]
         if workers is None:
-            self["workers"] = _cpuCount()
+            self["workers"] = workerCount("auto")  # one per CPU, counted as workers=auto counts
         else:
             try:
                 self["workers"] = int(workers)
@@ -162,7 +159,7 @@ class ServerSockService(service.Service):
         workers: int,
         grace: float,
         reactor: Any = None,
-        timeout: float = 30.0,
+        timeout: float = TIMEOUT,
         maxRequests: int = 0,
         maxRequestsJitter: int = 0,
     ) -> None:
@@ -176,7 +173,6 @@ class ServerSockService(service.Service):
         self._reactor = reactor
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
-        self._dispatcher = Dispatcher()
         self._stopped: defer.Deferred[Any] | None = None
         self._waiters: list[defer.Deferred[None]] | None = []
         self._listened = False
@@ -205,11 +201,12 @@ class ServerSockService(service.Service):
             return
         self._listened = True
         reactor = self._getReactor()
+        self._dispatcher = Dispatcher(clock=reactor.seconds)
         if self._workers:
             self.pool = WorkerPool(
                 reactor,
                 self._dispatcher,
-                self._factoryName,
+                partial(serversockCommand, self._factoryName),
                 self._workers,
                 timeout=self._timeout,
                 grace=self._grace,

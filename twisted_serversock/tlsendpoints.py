@@ -102,7 +102,8 @@ class GeckoTLSServerEndpoint:
             factory = wrap(self._tls(application))
         else:
             factory = self._tls(protocolFactory)
-        return self._endpoint.listen(factory).addCallback(self._listening)
+        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening)
+        return listening
 
     @staticmethod
     def _listening(port: Any) -> Any:

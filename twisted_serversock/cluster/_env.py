@@ -58,6 +58,8 @@ class WorkerEnvironment:
     @ivar listeners: the primary's listeners when the worker started: for
         each description, C{(route id, address)}.
     @ivar primaryPid: the primary's process id.
+    @ivar heartbeat: how often the worker says it is alive while idle
+        (seconds).
     """
 
     def __init__(
@@ -67,12 +69,14 @@ class WorkerEnvironment:
         argv: list[str],
         listeners: dict[str, tuple[int, Any]],
         primaryPid: int,
+        heartbeat: float,
     ) -> None:
         self.channelFd = channelFd
         self.index = index
         self.argv = argv
         self.listeners = listeners
         self.primaryPid = primaryPid
+        self.heartbeat = heartbeat
 
     def encode(self) -> str:
         """
@@ -85,6 +89,7 @@ class WorkerEnvironment:
                 "argv": self.argv,
                 "listeners": {k: [route, encodeAddress(a)] for k, (route, a) in self.listeners.items()},
                 "primary": self.primaryPid,
+                "heartbeat": self.heartbeat,
             }
         )
 
@@ -103,6 +108,7 @@ class WorkerEnvironment:
                 [str(a) for a in data["argv"]],
                 {str(k): (int(v[0]), decodeAddress(v[1])) for k, v in data["listeners"].items()},
                 int(data["primary"]),
+                max(float(data["heartbeat"]), 0.01),
             )
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise ValueError(f"{MARKER} is not a cluster worker's environment: {e}") from None

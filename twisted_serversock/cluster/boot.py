@@ -16,10 +16,10 @@ import runpy
 import sys
 import types
 
-from ._adapt import adaptTwistedRunners
+from .._twistedcompat import fitRunnersToWorker
 from ._cmdline import splitCommandLine
 from ._env import MARKER, WorkerEnvironment
-from .worker import setEnvironment
+from .worker import logObserver, setEnvironment
 
 __all__ = ["main"]
 
@@ -35,7 +35,9 @@ def main() -> None:
     os.set_inheritable(env.channelFd, False)  # not for the program's own children
     setEnvironment(env)
     program = splitCommandLine(env.argv)
-    adaptTwistedRunners()
+    # twistd and twist: in the foreground, no pidfile, no second switch of
+    # user, one line an event on standard error for the primary to relay.
+    fitRunnersToWorker(logObserver)
     # The primary relays each line as it comes: no block buffering on pipes.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 import sys
 from typing import Any, Callable
 
@@ -32,9 +31,11 @@ from zope.interface import implementer
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
-from ..ipc.pool import CHANNEL_FD, WorkerPool
+from ..ipc.defaults import GRACE
+from ..ipc.pool import WorkerPool
+from ..ipc.spawn import CHANNEL_FD, Command
 from ..ipc.signals import installSignals
-from ..ipc.control import INTEGER, STRING, ControlTable, optional
+from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.wire import Control
 from ._cmdline import Program, splitCommandLine
 from ._env import MARKER, WorkerEnvironment, encodeAddress
@@ -43,9 +44,6 @@ __all__ = ["ClusterPrimary", "PrimaryPort", "primaryFor"]
 
 _log = Logger()
 
-#: Seconds the workers get to finish their open connections when the
-#: primary stops.
-GRACE = 10.0
 #: The module a worker's interpreter runs first (it then runs the program).
 BOOT_MODULE = "twisted_serversock.cluster.boot"
 #: Until some worker's program has started (its reactor runs), a worker
@@ -136,16 +134,18 @@ class ClusterPrimary:
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(clock=reactor.seconds)
         self.pool: WorkerPool | None = None
         self.failed = False
         self._ports: dict[str, PrimaryPort] = {}
+        # Descriptions listened on and closed since: a worker that asks for
+        # one (it started after the close, or asked late) gets a closed port.
+        self._closedDescriptions: set[str] = set()
         self._count = 0
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
         self._stopping: defer.Deferred[None] | None = None
-        self._upOnce = False
         self._starts: dict[int, int] = {}
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
         reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
@@ -191,6 +191,7 @@ class ClusterPrimary:
         route.watchPort(inner)
         port = PrimaryPort(self._closed, description, route, inner, factory)
         self._ports[description] = port
+        self._closedDescriptions.discard(description)
         if self.pool is None:
             self._count = max(self._count, workers)
         elif workers != self._count:
@@ -203,7 +204,7 @@ class ClusterPrimary:
         _log.info(
             "Cluster primary (pid {pid}): {description} on {address} is served by {n} worker process(es)",
             pid=os.getpid(),
-            description=description,
+            description=endpoint.description,
             address=describeAddress(port.getHost()),
             n=self._count,
         )
@@ -212,6 +213,7 @@ class ClusterPrimary:
     def _closed(self, port: PrimaryPort) -> None:
         if self._ports.get(port.description) is port:
             del self._ports[port.description]
+            self._closedDescriptions.add(port.description)
         self.dispatcher.closeRoute(port.route)
 
     # ------------------------------------------------------------------
@@ -220,7 +222,7 @@ class ClusterPrimary:
     def _start(self) -> None:
         if self.pool is not None or self._stopping is not None or not self._ports:
             return
-        self.pool = _ClusterPool(self, self._reactor, self.dispatcher, "", self._count, onControl=self._control)
+        self.pool = WorkerPool(self._reactor, self.dispatcher, self.workerCommand, self._count, onControl=self._control)
         self._installSignals()
         _log.info(
             "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
@@ -230,15 +232,15 @@ class ClusterPrimary:
         )
         self.pool.start()
 
-    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
+    def workerCommand(self, index: int, heartbeat: float) -> Command:
         """
-        Start worker C{index}: this interpreter with the program's
+        The command of worker C{index}: this interpreter with the program's
         interpreter options, running L{BOOT_MODULE}, which runs the program,
-        with C{channel} as descriptor C{CHANNEL_FD}.
+        told its start-up facts in its environment.
         """
-        assert self._program is not None
+        assert self._program is not None and self.pool is not None
         starts = self._starts[index] = self._starts.get(index, 0) + 1
-        if starts >= STARTS_BEFORE_GIVING_UP and not self._upOnce:
+        if starts >= STARTS_BEFORE_GIVING_UP and not self.pool.everReady:
             self._reactor.callLater(
                 0,
                 self.fail,
@@ -248,16 +250,9 @@ class ClusterPrimary:
             )
         listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
         env = dict(os.environ)
-        env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid()).encode()
+        env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid(), heartbeat).encode()
         argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
-        return self._reactor.spawnProcess(
-            processProtocol,
-            sys.executable,
-            argv,
-            env=env,
-            path=self._cwd if os.path.isdir(self._cwd) else None,
-            childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
-        )
+        return Command(argv, env, self._cwd if os.path.isdir(self._cwd) else None)
 
     #: The control messages of the workers' programs, and their fields.
     controls = ControlTable()
@@ -270,6 +265,9 @@ class ClusterPrimary:
     @controls.handler("cluster-attach", id=INTEGER, description=STRING)
     def _onAttach(self, link: WorkerLink, id: int, description: str) -> None:
         port = self._ports.get(description)
+        if port is None and description in self._closedDescriptions:
+            link.sendControl("cluster-closed", id=id)
+            return
         if port is None:
             reason = (
                 f"{link!r}'s program listens on {description}, on which the primary (pid "
@@ -279,18 +277,17 @@ class ClusterPrimary:
             link.sendControl("cluster-refused", id=id, reason=reason)
             self.fail(reason)
             return
-        self.dispatcher.join(port.route, link)
+        # Connections come once the worker is ready (a reload's successor
+        # attaches while its predecessor still serves).
+        assert self.pool is not None
+        self.pool.serveWhenReady(link, port.route)
         link.sendControl("cluster-attached", id=id, route=port.route.id, address=encodeAddress(port.getHost()))
-
-    @controls.handler("cluster-up", pid=optional(INTEGER, 0))
-    def _onUp(self, link: WorkerLink, pid: int) -> None:
-        self._upOnce = True
 
     @controls.handler("cluster-detach", route=INTEGER)
     def _onDetach(self, link: WorkerLink, route: int) -> None:
         found = self.dispatcher.routes.get(route)
-        if found is not None:
-            self.dispatcher.leaveRoute(found, link)
+        if found is not None and self.pool is not None:
+            self.pool.stopServing(link, found)
 
     def fail(self, reason: str) -> None:
         """
@@ -341,19 +338,6 @@ class ClusterPrimary:
                 except Exception:
                     pass
             os._exit(1)
-
-
-class _ClusterPool(WorkerPool):
-    """
-    The worker pool of a cluster: its workers run the program again.
-    """
-
-    def __init__(self, primary: ClusterPrimary, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._primary = primary
-
-    def spawnWorker(self, processProtocol: Any, channel: socket.socket, index: int) -> Any:
-        return self._primary.spawnWorker(processProtocol, channel, index)
 
 
 _primary: ClusterPrimary | None = None

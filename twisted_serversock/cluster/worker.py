@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import socket
-import sys
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText
-from zope.interface import implementer, provider
+from twisted.logger import Logger
+from zope.interface import implementer
 
 from .._labels import describeAddress
 from ..ipc.control import ANY, INTEGER, STRING, ControlTable, optional
-from ..ipc.worker import Worker, ignoreGroupSignals
+from ..ipc.worker import Worker, logObserver
 from ._env import WorkerEnvironment, decodeAddress
 
 __all__ = ["ClusterWorker", "WorkerPort", "environment", "setEnvironment", "workerFor", "logObserver"]
@@ -58,37 +56,6 @@ def environment() -> WorkerEnvironment | None:
     This worker's start-up facts, or C{None} outside a cluster worker.
     """
     return _environment
-
-
-@provider(ILogObserver)
-def logObserver(event: dict[str, Any]) -> None:
-    """
-    A worker's log: one line an event (its system in brackets, its level
-    unless info, and any traceback) on the process's standard error, which
-    the primary relays into its own log with the worker's pid.
-    """
-    text = eventAsText(event, includeTimestamp=False, includeSystem=True)
-    level = event.get("log_level")
-    if level is not None and level is not LogLevel.info:
-        text = f"{level.name}: {text}"
-    # The real standard error: twistd points sys.stderr at the log itself.
-    stream = sys.__stderr__
-    if stream is not None:
-        stream.write(text + "\n")
-        stream.flush()
-
-
-class _NoFactory:
-    """
-    The L{Worker}'s own factory: a cluster worker's factories are its
-    listeners', started and stopped by their ports.
-    """
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
 
 
 @implementer(IListeningPort)
@@ -167,24 +134,25 @@ class ClusterWorker(Worker):
 
     def __init__(self, reactor: Any, env: WorkerEnvironment) -> None:
         channel = socket.socket(fileno=env.channelFd)
-        super().__init__(reactor, _NoFactory(), channel, env.index)
+        # No factory of its own: each listener's is started and stopped by
+        # its port.
+        super().__init__(reactor, None, channel, env.index, env.heartbeat)
         self.index = env.index
         self._env = env
         self._ports: dict[int, WorkerPort] = {}  # by route
         self._descriptions: dict[str, WorkerPort] = {}
         self._waiting: dict[int, tuple[defer.Deferred[IListeningPort], WorkerPort]] = {}
+        # Requests answered from the start-up facts, until the primary's
+        # own answer arrives.
+        self._early: dict[int, WorkerPort] = {}
         self._ids = itertools.count(1)
         reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        # The primary decides when workers stop or reload (after
-        # reactor.run, which installs its own SIGINT handler); SIGTERM sent
-        # to a worker itself is a graceful stop.
-        ignoreGroupSignals()
-        signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, 10.0))
-        # The program started: the primary stops counting this worker's
-        # failed starts.
-        self.link.sendControl("cluster-up", pid=os.getpid())
+        # After reactor.run, which installs its own SIGINT handler.  The
+        # program started: its ready message also tells the primary to stop
+        # counting this worker's failed starts.
+        self.installSignals()
         self.start()
 
     def factoryFor(self, route: int) -> Any:
@@ -209,8 +177,13 @@ class ClusterWorker(Worker):
         self._descriptions[description] = port
         requestId = next(self._ids)
         self.link.sendControl("cluster-attach", id=requestId, description=description)
-        known = self._env.listeners.get(description)
+        # What the primary had when this worker started holds for the
+        # program's first listen on each description only: a listener the
+        # program stopped and listens on again has a new route in the
+        # primary, so later listens wait for the primary's answer.
+        known = self._env.listeners.pop(description, None)
         if known is not None:
+            self._early[requestId] = port
             self._attached(port, *known)
             return defer.succeed(port)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
@@ -257,6 +230,35 @@ class ClusterWorker(Worker):
             d, port = entry
             self._attached(port, route, decodeAddress(address))
             d.callback(port)
+            return
+        early = self._early.pop(id, None)
+        if early is not None and early.listening and early.route != route:
+            # The primary listened anew between this worker's start and
+            # its request: its answer names the listener's route now.
+            if early.route is not None and self._ports.get(early.route) is early:
+                del self._ports[early.route]
+            self._ports[route] = early
+            early.route = route
+
+    @controls.handler("cluster-closed", id=INTEGER)
+    def _onClosed(self, id: int) -> None:
+        """
+        The primary listened on the description and has closed that
+        listener since (this worker started later, or asked late): as in
+        the primary, the program's port is closed - its C{listen()}
+        succeeds, no connection comes.
+        """
+        entry = self._waiting.pop(id, None)
+        if entry is not None:
+            d, port = entry
+            d.callback(port)
+            return
+        early = self._early.pop(id, None)
+        if early is not None and early.listening:
+            if early.route is not None and self._ports.get(early.route) is early:
+                del self._ports[early.route]
+            early.listening = False
+            early.factory.doStop()
 
     @controls.handler("cluster-refused", id=optional(ANY, None), reason=optional(STRING, "refused"))
     def _onRefused(self, id: Any, reason: str) -> None:

@@ -13,13 +13,15 @@ parent.
    when none can take more.
  - L{links}: what the dispatcher needs of a child's link.
  - L{parent}: the parent's end of a child's channel, and the factory the
-   parent listens with.
+   parent listens with; L{childlisten}: the listeners a child asks its
+   parent for (Gecko's C{TCPServerSocketChild}), only on allowed ports.
  - L{child}: the child's end, and L{TCPServerSocketChild} (Gecko's
    C{nsITCPServerSocketInternal}).
- - L{pool}: the worker processes of C{twistd serversock}: restarts,
-   C{--timeout}, reload, C{--max-requests}, one worker more or fewer;
-   L{slots}: one worker process and its number; L{spawn}: the command
-   line that starts one.
+ - L{pool}: the worker processes of C{twistd serversock} and cluster mode:
+   restarts, C{--timeout}, reload, C{--max-requests}, one worker more or
+   fewer; L{slots}: one worker process, its number and its states;
+   L{spawn}: how one is started; L{defaults}: the grace period, timeout and
+   heartbeat.
  - L{signals}: the parent's signals; L{sdnotify}: systemd notification.
  - L{worker}: the worker process's main program.
 

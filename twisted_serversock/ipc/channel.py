@@ -39,6 +39,10 @@ _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
+#: Received descriptors are close-on-exec from the start: a connection must
+#: never reach a process the receiver starts (C{os.system}, C{subprocess}
+#: with C{close_fds=False}), even one started while it is being adopted.
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 # What Channel._sendNow says.
 _SENT, _LATER, _FAILED = 0, 1, 2
 _RECV_SIZE = MAX_MESSAGE + 1
@@ -229,7 +233,7 @@ class Channel:
             if not self.connected:
                 return False
             try:
-                data, ancdata, flags, _addr = recvmsg(_RECV_SIZE, _ANCILLARY)
+                data, ancdata, flags, _addr = recvmsg(_RECV_SIZE, _ANCILLARY, _MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as e:

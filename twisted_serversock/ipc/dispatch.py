@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import time
 from collections import deque
 from typing import Any, Callable
 
@@ -217,7 +216,10 @@ class Dispatcher:
     @ivar paused: how many routes are paused now.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        """
+        @param clock: the time now, in seconds (the reactor's C{seconds}).
+        """
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
         self.waiting = 0
@@ -261,10 +263,8 @@ class Dispatcher:
         what it holds unacknowledged stays its own.
         """
         link.accepting = False
-        for route in link.routes:
-            if link in route.links:
-                route.links.remove(link)
-        link.routes = []
+        for route in list(link.routes):
+            self.leaveRoute(route, link)
 
     def leaveRoute(self, route: Route, link: ILink) -> None:
         """
@@ -340,7 +340,9 @@ class Dispatcher:
         """
         routes: Any = self.routes.values()
         if self._closedWaiting:
-            routes = list(routes) + self._orphans()
+            # Closed routes (no longer in routes) with connections waiting.
+            self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
+            routes = list(routes) + self._closedWaiting
         for route in routes:
             waiting = route.waiting
             while waiting:
@@ -361,14 +363,6 @@ class Dispatcher:
             for route in self.routes.values():
                 if route.resume():
                     self.paused -= 1
-
-    def _orphans(self) -> list[Route]:
-        """
-        Closed routes (no longer in C{routes}) that still have connections
-        waiting.
-        """
-        self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
-        return list(self._closedWaiting)
 
     def acked(self, link: ILink, connIds: tuple[int, ...], closed: int = 0) -> None:
         """
@@ -462,12 +456,7 @@ class Dispatcher:
     def _drop(self, held: _Held, why: str) -> None:
         self.held.pop(held.connId, None)
         self.dropped += 1
-        _log.error(
-            "Closing connection {id} of {route!r}: {why}",
-            id=held.connId,
-            route=held.route,
-            why=why,
-        )
+        _log.error("Closing connection {id} of {route!r}: {why}", id=held.connId, route=held.route, why=why)
         held.socket.close()
 
     def dropAll(self, why: str) -> int:

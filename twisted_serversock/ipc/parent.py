@@ -21,26 +21,22 @@ from it.
 
 from __future__ import annotations
 
-import inspect
 import socket
-import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.internet.protocol import Protocol
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._twistedcompat import closeWithoutShutdown
+from .._twistedcompat import closeWithoutShutdown, unwrapProxied
 from .._labels import factoryLogPrefix
 from .interfaces import IRawAcceptor
-from ..results import NS_BINDING_ABORTED, NSError, nameOf
-from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
+from .childlisten import ChildListeners
 from .control import ANY, INTEGER, ControlTable, optional, reject
 from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
 from .wire import Ack, Conn, Control, Message, encodeControl
@@ -66,11 +62,12 @@ class WorkerLink:
     @ivar routes: the routes this child serves.
     @ivar accepting: False once the child gets no new connections (being
         replaced, or not ready).
-    @ivar lastHeard: when (C{time.monotonic()}) the child last sent
+    @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
         anything; children send heartbeats while idle.
     @ivar limit: the C{sent} count at which L{onLimit} is called (0: none).
+    @ivar listeners: the listeners the child asked for (Gecko's
+        C{TCPServerSocketChild}), a L{ChildListeners}.
     @ivar onReady: called when the child says it is ready.
-    @ivar onLost: called once when the channel is gone.
     @ivar onLimit: called once when C{sent} reaches C{limit}.
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's messages); without
@@ -81,7 +78,19 @@ class WorkerLink:
 
     controls = ControlTable()
 
-    def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()
+    ) -> None:
+        """
+        @param listenPorts: the ports the child may ask this process to
+            listen on (Gecko's C{TCPServerSocket} in a child,
+            L{TCPServerSocketChild<twisted_serversock.ipc.child.TCPServerSocketChild>});
+            the listener binds every interface, with this process's
+            privileges.  Empty (the default, and what the workers of
+            C{twistd serversock} and cluster mode get): the child may not
+            listen at all, and its C{onerror} says so.  C{range(65536)}
+            lets it listen anywhere, port 0 (any free port) included.
+        """
         self._dispatcher = dispatcher
         self._reactor = reactor
         self.name = name
@@ -96,12 +105,11 @@ class WorkerLink:
         self.ready = False
         self.accepting = True
         self.lost = False
-        self.lastHeard = time.monotonic()
+        self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
-        self.onLost: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
-        self._listens: dict[int, tuple[ServerSocket, Route]] = {}
+        self.listeners = ChildListeners(self, dispatcher, reactor, listenPorts)
         self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
         self.channel.startReading()
 
@@ -125,7 +133,7 @@ class WorkerLink:
 
     # Receiver
     def messageReceived(self, message: Message) -> None:
-        self.lastHeard = time.monotonic()
+        self.lastHeard = self._reactor.seconds()
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds, message.closed)
         elif isinstance(message, Control):
@@ -146,12 +154,8 @@ class WorkerLink:
         self.lost = True
         self.ready = False
         self.accepting = False
-        for serv, _route in list(self._listens.values()):
-            serv.close()
-        self._listens.clear()
+        self.listeners.closeAll()
         self._dispatcher.linkLost(self)
-        if self.onLost is not None:
-            self.onLost(self)
 
     # Control messages from the child.
     @controls.handler("heartbeat")
@@ -170,83 +174,16 @@ class WorkerLink:
         if self.onReady is not None:
             self.onReady(self)
 
-    # The port and backlog are checked by the server socket, whose
-    # NSError goes back to the child as an error message.
     @controls.handler("listen", id=INTEGER, port=ANY, backlog=optional(ANY, -1))
     def _onListen(self, id: int, port: Any, backlog: Any) -> None:
-        """
-        The child asks for a listener (Gecko's C{PTCPServerSocket}
-        constructor): listen here, forward its connections and its errors.
-        """
-        if id in self._listens:
+        if id in self.listeners.open:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
             return
-        serv = ServerSocket(self._reactor)
-        try:
-            serv.init(port, False, backlog)
-        except NSError as e:
-            self.sendError(id, f"{e.name}: {e}")
-            return
-        route = self._dispatcher.addRoute(f"listen {id} of {self.name}", closeWhenOrphaned=True)
-        route.onOrphaned = serv.close
-
-        def unexpectedStop(message: str) -> None:
-            if not self.lost:
-                self.sendError(id, message)
-
-        serv.asyncListen(_ForwardingListener(self._dispatcher, route, unexpectedStop))
-        # After asyncListen: ServerSocket.pauseAccepting needs its port.
-        route.watchPort(serv)
-        self._listens[id] = (serv, route)
-        self._dispatcher.join(route, self)
-        self.sendControl("listening", id=id, route=route.id, port=serv.port)
+        self.listeners.listen(id, port, backlog)
 
     @controls.handler("close", id=INTEGER)
     def _onClose(self, id: int) -> None:
-        entry = self._listens.pop(id, None)
-        if entry is not None:
-            entry[0].close()
-
-    def sendError(self, id: int, message: str) -> None:
-        """
-        Tell the child that its listener C{id} failed (its C{onerror}
-        gets C{message}).
-        """
-        frame = inspect.currentframe()
-        caller = frame.f_back if frame is not None else None
-        self.sendControl(
-            "error",
-            id=id,
-            message=message,
-            filename=__file__,
-            lineNumber=caller.f_lineno if caller is not None else 0,
-            columnNumber=0,
-        )
-
-
-@implementer(IRawAcceptor)
-class _ForwardingListener:
-    """
-    The parent-side listener of a child-requested server socket: an
-    unexpected stop is forwarded to the child as an error.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, route: Route, unexpectedStop: Callable[[str], None]) -> None:
-        """
-        @param unexpectedStop: called with the error message when the
-            listener stops for another reason than being closed.
-        """
-        self._dispatcher = dispatcher
-        self._route = route
-        self._unexpectedStop = unexpectedStop
-
-    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
-        self._dispatcher.submit(self._route, skt)
-
-    def onStopListening(self, serv: ServerSocket, status: int) -> None:
-        self._dispatcher.closeRoute(self._route)
-        if status != NS_BINDING_ABORTED:
-            self._unexpectedStop(f"{nameOf(status)}: Server socket was closed by unexpected reason.")
+        self.listeners.close(id)
 
 
 @implementer(IProtocolFactory, ILoggingContext, IRawAcceptor)
@@ -326,11 +263,12 @@ class _HandOff(Protocol):
         self.transport = transport
         factory = self._factory
         raw, proxy = transport, False
-        if isinstance(transport, HAProxyProtocolWrapper):
+        unwrapped = unwrapProxied(transport)
+        if unwrapped is not None:
             # haproxy:...: the wrapper connects us before it has read
             # anything, so the PROXY header is still in the socket - the
             # worker parses it (its factory is wrapped for this route).
-            raw, proxy = transport.transport, True
+            raw, proxy = unwrapped, True
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
             raw.stopReading()
             skt = raw.socket.dup()

@@ -17,19 +17,17 @@ that dies before it is ready) leaves the old worker serving.
 from __future__ import annotations
 
 import random
-import socket
-import time
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
-from .slots import Slot, Worker, WorkerProcess
-from .spawn import CHANNEL_FD, spawnWorkerProcess
+from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, WorkerProcess
+from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
 from .sdnotify import SystemdNotifier
 from .channel import channelPair
 from .wire import Control
@@ -49,13 +47,15 @@ _KILL_MARGIN = 2.0
 
 class WorkerPool:
     """
-    C{count} worker processes running the protocol factory C{factoryName},
-    serving the pool's routes.
+    C{count} worker processes, each started with C{command} (the same
+    spawn for C{twistd serversock} and cluster mode: only the command
+    differs), serving the pool's routes.
 
     @ivar dispatcher: where accepted connections go.
     @ivar killedForTimeout: workers killed for being silent C{timeout} s.
     @ivar recycled: workers replaced after C{maxRequests} connections.
     @ivar reloads: reloads begun.
+    @ivar everReady: whether some worker has said it is ready.
     @param onControl: called with C{(link, message)} for each control
         message of a worker that the link does not handle itself (cluster
         mode's messages).
@@ -65,10 +65,10 @@ class WorkerPool:
         self,
         reactor: Any,
         dispatcher: Dispatcher,
-        factoryName: str,
+        command: WorkerCommand,
         count: int,
-        timeout: float = 30.0,
-        grace: float = 10.0,
+        timeout: float = TIMEOUT,
+        grace: float = GRACE,
         maxRequests: int = 0,
         maxRequestsJitter: int = 0,
         notifier: SystemdNotifier | None = None,
@@ -86,7 +86,7 @@ class WorkerPool:
         """
         self._reactor = reactor
         self.dispatcher = dispatcher
-        self._factoryName = factoryName
+        self._command = command
         self._onControl = onControl
         self._slots = [Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
@@ -107,13 +107,14 @@ class WorkerPool:
         self.killedForTimeout = 0
         self.recycled = 0
         self.reloads = 0
+        self.everReady = False
 
     @property
     def heartbeat(self) -> float:
         """
         How often an idle worker says it is alive.
         """
-        return min(max(self._timeout / 4, 0.05), 5.0)
+        return heartbeatFor(self._timeout)
 
     def addRoute(self, route: Route) -> None:
         """
@@ -121,8 +122,38 @@ class WorkerPool:
         """
         self._routes.append(route)
         for worker in self._workers():
-            if worker.link is not None and worker.link.ready and not worker.retiring:
+            if worker.link is not None and worker.state is SERVING:
                 self.dispatcher.join(route, worker.link)
+
+    def serveWhenReady(self, link: WorkerLink, route: Route) -> None:
+        """
+        Let the worker of C{link} serve C{route} (one it asked for: a
+        cluster worker's listener) from when it is ready: at once if it is,
+        never if it is retiring.
+        """
+        worker = self._workerOf(link)
+        if worker is None or worker.state is RETIRING:
+            return
+        if route not in worker.routes:
+            worker.routes.append(route)
+        if worker.state is SERVING and not link.lost:
+            self.dispatcher.join(route, link)
+
+    def stopServing(self, link: WorkerLink, route: Route) -> None:
+        """
+        The worker of C{link} serves C{route} no more (its program stopped
+        listening on it); connections already sent to it stay its own.
+        """
+        worker = self._workerOf(link)
+        if worker is not None and route in worker.routes:
+            worker.routes.remove(route)
+        self.dispatcher.leaveRoute(route, link)
+
+    def _workerOf(self, link: WorkerLink) -> Worker | None:
+        for worker in self._workers():
+            if worker.link is link:
+                return worker
+        return None
 
     def _workers(self) -> list[Worker]:
         """
@@ -144,17 +175,6 @@ class WorkerPool:
     # ------------------------------------------------------------------
     # Starting a worker.
 
-    def spawnWorker(self, processProtocol: ProcessProtocol, channel: socket.socket, index: int) -> Any:
-        """
-        Start one worker process with its end of the channel, C{channel},
-        as descriptor 3 (the caller closes C{channel} afterwards).  Override
-        this to start workers another way (cluster mode runs the program
-        itself again).
-
-        @return: the C{IProcessTransport}.
-        """
-        return spawnWorkerProcess(self._reactor, processProtocol, channel, self._factoryName, index, self.heartbeat)
-
     def _spawn(self, slot: Slot, successor: bool = False) -> Worker | None:
         slot.pending = None
         if self._stopping or slot not in self._slots:
@@ -165,7 +185,7 @@ class WorkerPool:
             moved = childEnd.dup()
             childEnd.close()
             childEnd = moved
-        worker = Worker(slot)
+        worker = Worker(slot, self._reactor.seconds())
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
@@ -178,7 +198,8 @@ class WorkerPool:
         else:
             slot.current = worker
         try:
-            worker.process = self.spawnWorker(WorkerProcess(self, worker), childEnd, slot.index)
+            command = self._command(slot.index, self.heartbeat)
+            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -198,7 +219,7 @@ class WorkerPool:
     def _ready(self, worker: Worker) -> None:
         slot = worker.slot
         link = worker.link
-        if self._stopping or worker.retiring or link is None:
+        if self._stopping or worker.state is not STARTING or link is None:
             return
         if worker is slot.successor:
             old, slot.current, slot.successor = slot.current, worker, None
@@ -206,8 +227,10 @@ class WorkerPool:
                 self._retire(old, f"worker {slot.index} (pid {worker.pid}) replaces it")
         elif worker is not slot.current:
             return
+        worker.enter(SERVING)
         _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
-        for route in self._routes:
+        self.everReady = True
+        for route in self._routes + worker.routes:
             self.dispatcher.join(route, link)
         self._reloading.discard(worker)
         self._announce()
@@ -234,8 +257,8 @@ class WorkerPool:
         """
         One line: how many workers serve, start and retire.
         """
-        serving = sum(1 for s in self._slots if s.current is not None and s.current.link is not None and s.current.link.ready)
-        starting = sum(1 for w in self._workers() if w.link is not None and not w.link.ready and not w.retiring)
+        serving = sum(1 for s in self._slots if s.current is not None and s.current.state is SERVING)
+        starting = sum(1 for w in self._workers() if w.state is STARTING)
         return (
             f"{serving} of {len(self._slots)} worker(s) serving, {starting} starting, "
             f"{len(self._retiring)} retiring; {self.dispatcher.accepted} connection(s) accepted"
@@ -249,9 +272,9 @@ class WorkerPool:
         No new connections for C{worker}; it finishes its open ones within
         the grace period and exits (or is killed shortly after).
         """
-        if worker.retiring:
+        if worker.state in (RETIRING, ENDED):
             return
-        worker.retiring = True
+        worker.enter(RETIRING)
         self._retiring.add(worker)
         self._reloading.discard(worker)
         slot = worker.slot
@@ -259,7 +282,7 @@ class WorkerPool:
             slot.current = None
         if slot.successor is worker:
             slot.successor = None
-        worker.killAt = time.monotonic() + self._grace + _KILL_MARGIN
+        worker.killAt = self._reactor.seconds() + self._grace + _KILL_MARGIN
         _log.info("Retiring {worker}: {why}", worker=worker, why=why)
         link = worker.link
         if link is not None and not link.lost:
@@ -357,7 +380,7 @@ class WorkerPool:
         unacknowledged connections go to other workers once they are gone.
         """
         self._tick = None
-        now = time.monotonic()
+        now = self._reactor.seconds()
         for worker in self._workers():
             link = worker.link
             if worker.process is None or worker.killed or link is None:
@@ -373,7 +396,7 @@ class WorkerPool:
                     n=len(link.inflight),
                 )
                 self._kill(worker)
-            elif worker.retiring and now >= worker.killAt:
+            elif worker.state is RETIRING and now >= worker.killAt:
                 _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
                 self._kill(worker)
         if not self._stopping or self._ended_d is not None:
@@ -399,72 +422,79 @@ class WorkerPool:
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
         """
         C{worker}'s process ended (its L{WorkerProcess} says so): count,
-        log, restart or not.
+        log, and restart or not, by the worker's state then (retiring,
+        stopping, a successor, the current worker).
         """
         link, worker.process = worker.link, None
-        slot = worker.slot
+        adopted = 0
         if link is not None:
             if not link.lost:
                 link.close()  # reads its last acks first; re-sends the rest
             if not worker.counted:
                 worker.counted = True
-                slot.adopted += link.adopted
-        status = getattr(reason.value, "status", None)
-        signal = getattr(reason.value, "signal", None)
-        how = f"signal {signal}" if signal else f"status {getattr(reason.value, 'exitCode', status)}"
-        lived = time.monotonic() - worker.startedAt
-        adopted = link.adopted if link is not None else 0
-        if worker in self._retiring:
+                worker.slot.adopted += link.adopted
+            adopted = link.adopted
+        value = reason.value
+        signal = getattr(value, "signal", None)
+        how = f"signal {signal}" if signal else f"status {getattr(value, 'exitCode', getattr(value, 'status', None))}"
+        if worker.enter(ENDED) is RETIRING:
             self._retiring.discard(worker)
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
         elif self._stopping:
             _log.info("Worker {index} (pid {pid}) exited ({how})", index=worker.index, pid=worker.pid, how=how)
-        elif worker is slot.successor:
-            slot.successor = None
-            self._reloading.discard(worker)
-            current = slot.current
-            if current is None and slot in self._slots:
-                # The current worker died counting on this successor: the
-                # slot would stay empty for good without a restart.
-                slot.failures += 1
-                serving = f"nobody; restarting it in {self._scheduleRestart(slot):.2f} s"
-            else:
-                serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
-            _log.error(
-                "New {worker} exited ({how}) before it was ready; {serving}",
-                worker=worker,
-                how=how,
-                serving=serving,
-            )
-            if current is not None and current.link is not None and not current.retiring:
-                current.link.accepting = True
-            self.dispatcher.wake()
-            if self._reloadPending and not self._reloading:
-                self._announce()
-        elif worker is slot.current:
-            slot.current = None
-            slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
-            if slot.successor is None:
-                delay = self._scheduleRestart(slot)
-                restart = f"restarting it in {delay:.2f} s"
-            else:
-                restart = "its successor is starting"
-            _log.warn(
-                "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} "
-                "connection(s); {restart}",
-                index=worker.index,
-                pid=worker.pid,
-                how=how,
-                lived=lived,
-                adopted=adopted,
-                restart=restart,
-            )
+        elif worker is worker.slot.successor:
+            self._successorEnded(worker, how)
+        elif worker is worker.slot.current:
+            self._currentEnded(worker, how, adopted)
         if not self._stopping:
             self.notifier.status(self.status())
         self._checkEnded()
 
+    def _successorEnded(self, worker: Worker, how: str) -> None:
+        """
+        A successor died before it was ready: the current worker (if any)
+        serves on; an empty slot is restarted.
+        """
+        slot = worker.slot
+        slot.successor = None
+        self._reloading.discard(worker)
+        current = slot.current
+        if current is None and slot in self._slots:
+            # The current worker died counting on this successor: the slot
+            # would stay empty for good without a restart.
+            slot.failures += 1
+            serving = f"nobody; restarting it in {self._scheduleRestart(slot):.2f} s"
+        else:
+            serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
+        _log.error("New {worker} exited ({how}) before it was ready; {serving}", worker=worker, how=how, serving=serving)
+        if current is not None and current.link is not None and current.state is not RETIRING:
+            current.link.accepting = True
+        self.dispatcher.wake()
+        if self._reloadPending and not self._reloading:
+            self._announce()
+
+    def _currentEnded(self, worker: Worker, how: str, adopted: int) -> None:
+        """
+        The serving worker died: restart it with backoff, unless its
+        successor is already starting.
+        """
+        slot = worker.slot
+        slot.current = None
+        lived = self._reactor.seconds() - worker.startedAt
+        slot.failures = 1 if lived >= _STABLE_SECONDS else slot.failures + 1
+        restart = "its successor is starting" if slot.successor else f"restarting it in {self._scheduleRestart(slot):.2f} s"
+        _log.warn(
+            "Worker {index} (pid {pid}) died ({how}) after {lived:.1f} s, having adopted {adopted} connection(s); {restart}",
+            index=worker.index,
+            pid=worker.pid,
+            how=how,
+            lived=lived,
+            adopted=adopted,
+            restart=restart,
+        )
+
     def _scheduleRestart(self, slot: Slot) -> float:
-        delay = min(_FIRST_DELAY * 2 ** max(slot.failures - 1, 0), _MAX_DELAY)
+        delay: float = min(_FIRST_DELAY * 2.0 ** max(slot.failures - 1, 0), _MAX_DELAY)
         slot.restarts += 1
         slot.pending = self._reactor.callLater(delay, self._spawn, slot)
         return delay
@@ -482,7 +512,7 @@ class WorkerPool:
         """
         d: defer.Deferred[None] = defer.Deferred()
         self._ended_d = d
-        self._deadline = time.monotonic() + grace
+        self._deadline = self._reactor.seconds() + grace
         self.notifier.stopping(self.status())
         if not self.dispatcher.held:
             self._tellWorkers()
@@ -499,7 +529,8 @@ class WorkerPool:
         return d
 
     def _remaining(self) -> float:
-        return max(self._deadline - time.monotonic(), 0.0)
+        now: float = self._reactor.seconds()
+        return max(self._deadline - now, 0.0)
 
     def _tellWorkers(self) -> None:
         """
@@ -566,15 +597,3 @@ class WorkerPool:
         )
         d, self._ended_d = self._ended_d, None
         d.callback(None)
-
-    def adoptedCounts(self) -> dict[int, int]:
-        """
-        Connections adopted so far, by worker number.
-        """
-        counts: dict[int, int] = {}
-        for slot in self._slots:
-            live = sum(
-                w.link.adopted for w in (slot.current, slot.successor) if w is not None and w.link is not None and not w.counted
-            )
-            counts[slot.index] = slot.adopted + live
-        return counts

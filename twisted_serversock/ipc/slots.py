@@ -8,16 +8,23 @@ protocol: relays its stderr into the parent's log, reports its end).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .dispatch import Route
 from .parent import WorkerLink
 
-__all__ = ["Slot", "Worker", "WorkerProcess"]
+__all__ = ["Slot", "Worker", "WorkerProcess", "STARTING", "SERVING", "RETIRING", "ENDED"]
+
+#: A worker's states (L{Worker.state}).  STARTING: spawned, not yet ready;
+#: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
+#: none and drains; ENDED: its process has exited.
+STARTING, SERVING, RETIRING, ENDED = "starting", "serving", "retiring", "ended"
+#: The moves between them (see L{Worker.enter}).
+_MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETIRING: (ENDED,), ENDED: ()}
 
 _log = Logger()
 
@@ -42,7 +49,9 @@ class WorkerProcess(ProcessProtocol):
     def _relay(self, line: bytes) -> None:
         text = line.decode("utf-8", "backslashreplace").rstrip()
         if text:
-            _log.info("[worker {index} pid {pid}] {line}", index=self._worker.index, pid=self._worker.pid, line=text)
+            # One prefix: the worker's number and pid as the event's system
+            # (the line carries the worker's own system, if any).
+            _log.info("{line}", line=text, log_system=f"worker {self._worker.index} pid {self._worker.pid}")
 
     def processEnded(self, reason: Failure) -> None:
         if self._partial:
@@ -54,22 +63,45 @@ class WorkerProcess(ProcessProtocol):
 class Worker:
     """
     One worker process of a slot, from spawn to exit.
+
+    @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
+        changed only by L{enter}.
+    @ivar routes: the routes this worker asked to serve (a cluster worker's
+        listeners), beside the pool's own; it gets their connections once
+        it is ready.
     """
 
-    def __init__(self, slot: Slot) -> None:
+    def __init__(self, slot: Slot, startedAt: float) -> None:
+        """
+        @param startedAt: when it was started (the reactor's C{seconds()}).
+        """
         self.slot = slot
         self.index = slot.index
         self.pid = 0
         self.link: WorkerLink | None = None
+        self.routes: list[Route] = []
         self.process: Any = None
-        self.startedAt = time.monotonic()
+        self.startedAt = startedAt
         self.killAt = 0.0
         self.killed = False
-        self.retiring = False
+        self.state = STARTING
         self.counted = False
 
     def __repr__(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
+
+    def enter(self, state: str) -> str:
+        """
+        Move to C{state}, the one place a worker's state changes.
+
+        @return: the state it leaves.
+        @raise AssertionError: for a move the lifecycle does not have (a
+            bug in the pool).
+        """
+        previous = self.state
+        assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
+        self.state = state
+        return previous
 
 
 class Slot:
@@ -85,7 +117,3 @@ class Slot:
         self.restarts = 0
         self.adopted = 0
         self.pending: Any = None
-
-    @property
-    def pid(self) -> int:
-        return self.current.pid if self.current is not None else 0

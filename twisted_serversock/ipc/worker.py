@@ -16,17 +16,18 @@ import os
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
-from zope.interface import implementer
+from zope.interface import provider
 from twisted.python.failure import Failure
 
+from .._twistedcompat import innerProtocol, proxyWrapped
+from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .wire import Control
 
-__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals"]
+__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
 
 _log = Logger()
 
@@ -66,7 +67,7 @@ def _innermost(protocol: Any) -> Any:
     The protocol inside wrappers (PROXY, twisted.web's HTTP/1-or-2 choice).
     """
     for _ in range(8):
-        inner = getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_channel", None)
+        inner = innerProtocol(protocol)
         if inner is None:
             break
         protocol = inner
@@ -115,21 +116,31 @@ def finishGracefully(protocol: Any) -> None:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
 
 
-@implementer(ILogObserver)
-def _stderrObserver(event: dict[str, Any]) -> None:
+@provider(ILogObserver)
+def logObserver(event: dict[str, Any]) -> None:
     """
-    One line an event (plus a traceback), for the parent to relay; the
-    level is written unless it is info.
+    A worker's log, the same for C{twistd serversock} and cluster workers:
+    one line an event on the process's real standard error, which the
+    parent relays into its own log under the worker's number and pid.  The
+    line is the event's text, after its level unless info and its system
+    when it has one of its own (a connection's C{HTTPChannel,0,1.2.3.4}; not
+    the C{namespace#level} Twisted shows for events without one), and
+    before any traceback.
     """
     text = formatEvent(event)
-    failure = event.get("log_failure")
-    if failure is not None:
-        text = f"{text}\n{failure.getTraceback()}"
+    system = event.get("log_system")
+    if system and system != "-":
+        text = f"[{system}] {text}"
     level = event.get("log_level")
     if level is not None and level is not LogLevel.info:
         text = f"{level.name}: {text}"
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    # The real standard error: twistd points sys.stderr at the log itself.
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(text.rstrip("\n") + "\n")
+    stream.flush()
 
 
 #: Signals meant for the parent that a worker ignores: a terminal's Ctrl-C
@@ -162,7 +173,7 @@ class Worker:
 
     controls = ControlTable()
 
-    def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int, heartbeat: float = 5.0) -> None:
+    def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int, heartbeat: float = heartbeatFor(TIMEOUT)) -> None:
         from .child import ParentLink
 
         self._reactor = reactor
@@ -179,8 +190,25 @@ class Worker:
         self.link.onControl = self._control
         self.link.onLost = self._parentLost
 
+    def installSignals(self) -> None:
+        """
+        The worker's signal handlers: the signals its parent acts on are
+        ignored (see L{ignoreGroupSignals}); SIGTERM sent to this worker
+        itself is a graceful stop with the default grace period.  (Call it
+        before the reactor runs, or after C{reactor.run} installed the
+        reactor's own handlers.)
+        """
+        ignoreGroupSignals()
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
+
     def start(self) -> None:
-        self._factory.doStart()
+        """
+        Once the reactor runs: start the factory, tell the parent this
+        worker is ready (its one readiness message) and begin the
+        heartbeats.
+        """
+        if self._factory is not None:
+            self._factory.doStart()
         self.link.sendControl("ready", pid=os.getpid())
         self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
@@ -235,7 +263,7 @@ class Worker:
         if not self.controls.dispatch(message, "the parent", self.link.channel, self):
             _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
 
-    @controls.handler("stop", grace=optional(NUMBER, 10.0))
+    @controls.handler("stop", grace=optional(NUMBER, GRACE))
     def _onStop(self, grace: float) -> None:
         self.stop(float(grace))
 
@@ -247,14 +275,12 @@ class Worker:
         see the client's address.
         """
         if proxy and id not in self._proxyFactories:
-            from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-
-            self._proxyFactories[id] = HAProxyWrappingFactory(self._factory)
+            self._proxyFactories[id] = proxyWrapped(self._factory)
 
     def _parentLost(self, reason: Failure) -> None:
         if not self._stopping:
             _log.warn("The parent process went away; finishing open connections")
-            self.stop(10.0)
+            self.stop(GRACE)
 
     def stop(self, grace: float) -> None:
         """
@@ -265,7 +291,7 @@ class Worker:
         self._stopping = True
         # Heartbeats go on while draining: without them the parent would
         # take a long drain for a hang.
-        self._deadline = time.monotonic() + grace
+        self._deadline = self._reactor.seconds() + grace
         for transport in list(self._transports):
             try:
                 finishGracefully(getattr(transport, "protocol", None))
@@ -276,7 +302,7 @@ class Worker:
     def _poll(self) -> None:
         if not self._transports:
             self._finish()
-        elif time.monotonic() >= self._deadline:
+        elif self._reactor.seconds() >= self._deadline:
             _log.warn("Grace period over; aborting {n} open connection(s)", n=len(self._transports))
             for t in list(self._transports):
                 t.abortConnection()
@@ -290,7 +316,8 @@ class Worker:
             self._beat.cancel()
         self._beat = None
         try:
-            self._factory.doStop()
+            if self._factory is not None:
+                self._factory.doStop()
         finally:
             self.link.channel.loseConnection()
             self._reactor.stop()
@@ -304,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--factory", required=True)
     parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--heartbeat", type=float, default=heartbeatFor(TIMEOUT))
     args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([_stderrObserver], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
@@ -318,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(args.channel_fd, False)  # never into a process this one starts
     channel = socket.socket(fileno=args.channel_fd)
     worker = Worker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
-    ignoreGroupSignals()
-    signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(worker.stop, 10.0))
+    worker.installSignals()
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)
     return 0

@@ -1,0 +1,309 @@
+"""
+Cluster mode's primary and worker driven directly, on a memory reactor
+with its clock, over real channels: no process is started (the primary's
+workers are stand-ins whose channel ends this test holds), so every message
+and every transition is the test's to make.
+
+ - A worker's program that stops listening and listens again on the same
+   description serves the primary's new listener (its route), not the one
+   the worker was told of when it started.
+ - A worker asking for a listener the primary had and has closed gets a
+   closed port; the cluster goes on.
+ - A worker gets connections of the listeners it attaches to only once it
+   is ready: a reload's successor attaches while its predecessor serves.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import os
+import signal
+import socket
+from typing import Any, Iterator
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+
+from twisted_serversock.cluster._env import WorkerEnvironment, encodeAddress
+from twisted_serversock.cluster.primary import ClusterPrimary, PrimaryPort
+from twisted_serversock.cluster.worker import ClusterWorker
+from twisted_serversock.ipc import wire
+from twisted_serversock.ipc.channel import Channel, channelPair
+
+#: The signals the primary's pool handles (restored after each test).
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
+
+
+def pump(reactor: MemoryReactorClock) -> None:
+    """
+    Let every channel the memory reactor watches read what waits for it.
+    """
+    for reader in list(reactor.getReaders()):
+        if isinstance(reader, Channel):
+            reader.doRead()
+
+
+def receive(skt: socket.socket) -> list[Any]:
+    """
+    Every message waiting on C{skt} (the other end of a channel).
+    """
+    skt.setblocking(False)
+    messages = []
+    while True:
+        try:
+            data, ancillary, _flags, _addr = skt.recvmsg(wire.MAX_MESSAGE + 1, socket.CMSG_SPACE(64))
+        except BlockingIOError:
+            return messages
+        fds = array.array("i")
+        for _level, _type, cdata in ancillary:
+            fds.frombytes(cdata)
+        messages.append(wire.decode(data, list(fds)))
+
+
+def controls(skt: socket.socket, type: str) -> list[dict[str, Any]]:
+    """
+    The fields of each control message C{type} waiting on C{skt}.
+    """
+    return [m.fields for m in receive(skt) if isinstance(m, wire.Control) and m.type == type]
+
+
+def send(skt: socket.socket, type: str, **fields: Any) -> None:
+    skt.sendmsg([wire.encodeControl(type, **fields)])
+
+
+class _Description:
+    """
+    What a worker's C{listen} needs of an endpoint.
+    """
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+
+    def clusterDescription(self) -> str:
+        return self._description
+
+
+# ----------------------------------------------------------------------
+# The worker.
+
+
+@pytest.fixture
+def worker() -> Iterator[tuple[ClusterWorker, socket.socket, MemoryReactorClock]]:
+    """
+    A cluster worker told at start-up that the primary has listener
+    C{"D"} on route 1; the test holds the primary's end of its channel.
+    """
+    reactor = MemoryReactorClock()
+    ours, primaryEnd = channelPair()
+    env = WorkerEnvironment(ours.detach(), 1, ["program"], {"D": (1, IPv4Address("TCP", "127.0.0.1", 8080))}, 1, 5.0)
+    clusterWorker = ClusterWorker(reactor, env)
+    yield clusterWorker, primaryEnd, reactor
+    clusterWorker.link.channel.loseConnection()
+    primaryEnd.close()
+
+
+def test_relistenServesThePrimarysNewRoute(worker: tuple[ClusterWorker, socket.socket, MemoryReactorClock]) -> None:
+    """
+    The program's first listen on a description the primary had at the
+    worker's start attaches at once; after it stops listening, a second
+    listen waits for the primary, whose new listener has a new route:
+    connections of that route get the program's factory.
+    """
+    clusterWorker, primaryEnd, reactor = worker
+    factory = Factory.forProtocol(Protocol)
+    first = clusterWorker.listen(_Description("D"), factory)
+    port = first.result
+    assert port.route == 1 and clusterWorker.factoryFor(1) is factory
+    assert [f["description"] for f in controls(primaryEnd, "cluster-attach")] == ["D"]
+    port.stopListening()
+    assert [f["route"] for f in controls(primaryEnd, "cluster-detach")] == [1]
+    again = clusterWorker.listen(_Description("D"), factory)
+    assert not again.called  # the primary answers
+    [request] = controls(primaryEnd, "cluster-attach")
+    send(primaryEnd, "cluster-attached", id=request["id"], route=7, address=encodeAddress(IPv4Address("TCP", "127.0.0.1", 8080)))
+    pump(reactor)
+    assert again.called and again.result.route == 7
+    assert clusterWorker.factoryFor(7) is factory
+
+
+def test_primaryAnswerCorrectsAStartUpRoute(worker: tuple[ClusterWorker, socket.socket, MemoryReactorClock]) -> None:
+    """
+    If the primary listened anew between the worker's start and its first
+    listen, the primary's answer names the route the worker serves.
+    """
+    clusterWorker, primaryEnd, reactor = worker
+    factory = Factory.forProtocol(Protocol)
+    port = clusterWorker.listen(_Description("D"), factory).result
+    [request] = controls(primaryEnd, "cluster-attach")
+    send(primaryEnd, "cluster-attached", id=request["id"], route=9, address=encodeAddress(port.getHost()))
+    pump(reactor)
+    assert port.route == 9 and clusterWorker.factoryFor(9) is factory and clusterWorker.factoryFor(1) is None
+
+
+def test_closedListenerIsAClosedPort(worker: tuple[ClusterWorker, socket.socket, MemoryReactorClock]) -> None:
+    """
+    A listener the primary has closed: the program's C{listen} succeeds
+    with a port that gets no connection.
+    """
+    clusterWorker, primaryEnd, reactor = worker
+    factory = Factory.forProtocol(Protocol)
+    d = clusterWorker.listen(_Description("E"), factory)
+    [request] = controls(primaryEnd, "cluster-attach")
+    send(primaryEnd, "cluster-closed", id=request["id"])
+    pump(reactor)
+    port = d.result
+    assert not port.listening and port.route is None
+    port.stopListening()
+    assert controls(primaryEnd, "cluster-detach") == []
+
+
+# ----------------------------------------------------------------------
+# The primary.
+
+
+class _Process:
+    """
+    Stands in for a worker process.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, signal: str) -> None:
+        self.signals.append(signal)
+
+
+class _Reactor(MemoryReactorClock):
+    """
+    A memory reactor that starts stand-ins for worker processes: the test
+    holds each one's end of its channel (in L{children}, in the order they
+    were started) and its command line and environment (in L{commands}).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.children: list[socket.socket] = []
+        self.commands: list[tuple[list[str], dict[str, str]]] = []
+        self.protocols: list[Any] = []
+        self.processes: list[_Process] = []
+
+    def spawnProcess(self, processProtocol: Any, executable: Any, args: Any = (), env: Any = None, path: Any = None, uid: Any = None, gid: Any = None, usePTY: Any = False, childFDs: Any = None) -> Any:
+        self.children.append(socket.socket(fileno=os.dup(childFDs[3])))
+        self.commands.append((list(args), dict(env or {})))
+        self.protocols.append(processProtocol)
+        self.processes.append(_Process(1000 + len(self.children)))
+        return self.processes[-1]
+
+
+@pytest.fixture
+def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, _Reactor, PrimaryPort]]:
+    """
+    A started primary listening on C{"gecko:port=0:loopback=1:workers=1"},
+    with one stand-in worker.
+    """
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    # The primary's exit status is the process's: not this one's.
+    monkeypatch.setattr(atexit, "register", lambda function: function)
+    saved = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    reactor = _Reactor()
+    clusterPrimary = ClusterPrimary(reactor)
+    endpoint = serverFromString(reactor, "gecko:port=0:loopback=1:workers=1")
+    port = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    reactor.run()
+    reactor.advance(0)
+    try:
+        yield clusterPrimary, reactor, port
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        port.stopListening()
+        for child in reactor.children:
+            child.close()
+        pump(reactor)
+
+
+def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    A worker that attaches before it is ready (its program listens before
+    its reactor runs) joins the listener's route when it says it is ready.
+    """
+    clusterPrimary, reactor, port = primary
+    [child] = reactor.children
+    send(child, "cluster-attach", id=1, description=port.description)
+    pump(reactor)
+    assert [f["route"] for f in controls(child, "cluster-attached")] == [port.route.id]
+    assert port.route.links == []
+    send(child, "ready", pid=1001)
+    pump(reactor)
+    assert len(port.route.links) == 1
+
+
+def test_reloadSuccessorJoinsOnceReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    A reload's successor that has attached but is not ready gets no
+    connection: its predecessor alone serves until the successor is ready,
+    then the successor alone.
+    """
+    clusterPrimary, reactor, port = primary
+    [old] = reactor.children
+    send(old, "cluster-attach", id=1, description=port.description)
+    send(old, "ready", pid=1001)
+    pump(reactor)
+    [oldLink] = port.route.links
+    assert clusterPrimary.pool is not None
+    clusterPrimary.pool.reload()
+    [_, new] = reactor.children
+    send(new, "cluster-attach", id=1, description=port.description)
+    pump(reactor)
+    assert port.route.links == [oldLink]
+    send(new, "ready", pid=1002)
+    pump(reactor)
+    assert len(port.route.links) == 1 and port.route.links[0] is not oldLink
+    assert [f["grace"] for f in controls(old, "stop")] == [10.0]
+
+
+def test_closedListenerDoesNotEndTheCluster(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    A worker (restarted, or late) asking for a listener the primary had and
+    has closed gets C{cluster-closed}; the cluster goes on.  A description
+    the primary never had is still a program error.
+    """
+    clusterPrimary, reactor, port = primary
+    [child] = reactor.children
+    port.stopListening()
+    send(child, "cluster-attach", id=1, description=port.description)
+    pump(reactor)
+    assert [f["id"] for f in controls(child, "cluster-closed")] == [1]
+    assert not clusterPrimary.failed
+    send(child, "cluster-attach", id=2, description="never")
+    pump(reactor)
+    assert [f["id"] for f in controls(child, "cluster-refused")] == [2]
+    assert clusterPrimary.failed
+
+
+def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    A cluster worker is started like a C{twistd serversock} worker: its
+    channel as descriptor 3, its heartbeat derived from the pool's timeout
+    (the default: every 5 s), and its one C{ready} message is what tells
+    the primary that a worker's program could start.
+    """
+    from twisted_serversock.cluster._env import MARKER
+    from twisted_serversock.ipc.defaults import TIMEOUT, heartbeatFor
+
+    clusterPrimary, reactor, port = primary
+    [(argv, env)] = reactor.commands
+    assert argv[-2:] == ["-m", "twisted_serversock.cluster.boot"]
+    started = WorkerEnvironment.decode(env[MARKER])
+    assert started.channelFd == 3 and started.heartbeat == heartbeatFor(TIMEOUT) == 5.0
+    assert started.listeners == {port.description: (port.route.id, port.getHost())}
+    assert clusterPrimary.pool is not None and not clusterPrimary.pool.everReady
+    [child] = reactor.children
+    send(child, "ready", pid=1001)
+    pump(reactor)
+    assert clusterPrimary.pool.everReady

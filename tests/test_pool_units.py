@@ -1,0 +1,219 @@
+"""
+The worker pool's transitions, driven on a memory reactor's clock: worker
+processes are stand-ins (the test holds each one's end of its channel and
+ends it when it likes), so every state - starting, serving, retiring,
+killed, restarting - and every order of events is the test's to make, in
+milliseconds.  The real-process tests (C{test_lifecycle}, C{test_tap},
+C{test_cluster}) prove that the same pool runs.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Iterator
+
+import pytest
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python.failure import Failure
+
+from twisted_serversock.ipc.dispatch import Dispatcher, Route
+from twisted_serversock.ipc.pool import WorkerPool
+from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
+from twisted_serversock.ipc.spawn import Command
+
+from .test_cluster_units import _Reactor, controls, pump, send
+
+#: The pool's settings here: a worker silent 4 s is killed; retired ones
+#: get 2 s (and are killed 2 s after that); each takes 2 connections.
+TIMEOUT, GRACE, MAX_REQUESTS = 4.0, 2.0, 2
+
+
+class Pool:
+    """
+    A started one-worker pool serving one route, and its stand-ins.
+    """
+
+    def __init__(self) -> None:
+        self.reactor = _Reactor()
+        self.dispatcher = Dispatcher(self.reactor.seconds)
+        self.route: Route = self.dispatcher.addRoute("test")
+        self.pool = WorkerPool(
+            self.reactor,
+            self.dispatcher,
+            lambda index, heartbeat: Command(["worker", str(index)], {}),
+            1,
+            timeout=TIMEOUT,
+            grace=GRACE,
+            maxRequests=MAX_REQUESTS,
+        )
+        self.pool.addRoute(self.route)
+        self.pool.start()
+        self.clients: list[socket.socket] = []
+
+    def ready(self, n: int) -> None:
+        """
+        Worker process C{n} (in start order) says it is ready.
+        """
+        send(self.reactor.children[n], "ready", pid=1001 + n)
+        pump(self.reactor)
+
+    def end(self, n: int, signal: int | None = None) -> None:
+        """
+        Worker process C{n} exits (0, or killed by C{signal}).
+        """
+        reason = ProcessDone(0) if signal is None else ProcessTerminated(None, signal)
+        self.reactor.protocols[n].processEnded(Failure(reason))
+
+    def serving(self) -> list[int]:
+        """
+        Which worker processes (in start order) get the route's connections.
+        """
+        names = [repr(link) for link in self.route.links]
+        return [n for n in range(len(self.reactor.children)) if f"<worker {self._index(n)} (pid {1001 + n})>" in names]
+
+    def _index(self, n: int) -> str:
+        return self.reactor.commands[n][0][1]
+
+    def connect(self) -> None:
+        """
+        One accepted connection for the route.
+        """
+        client, accepted = socket.socketpair()
+        self.clients.append(client)
+        self.dispatcher.submit(self.route, accepted)
+
+    def stops(self, n: int) -> list[float]:
+        """
+        The grace periods of the C{stop} messages worker process C{n} got.
+        """
+        return [fields["grace"] for fields in controls(self.reactor.children[n], "stop")]
+
+    def wait(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass, in the pool's ticks.
+        """
+        for _ in range(int(seconds / 0.1)):
+            self.reactor.advance(0.1)
+
+    def close(self) -> None:
+        for skt in self.reactor.children + self.clients:
+            skt.close()
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pool]:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made = Pool()
+    yield made
+    made.close()
+
+
+def test_readyWorkerServes(pool: Pool) -> None:
+    """
+    A started worker gets no connection until it says it is ready.
+    """
+    assert len(pool.reactor.children) == 1 and pool.serving() == []
+    assert pool.pool.status().startswith("0 of 1 worker(s) serving, 1 starting, 0 retiring")
+    pool.ready(0)
+    assert pool.serving() == [0] and pool.pool.everReady
+    assert pool.pool.status().startswith("1 of 1 worker(s) serving, 0 starting, 0 retiring")
+
+
+def test_workerStatesMoveOneWay() -> None:
+    """
+    A worker's state moves only forward - starting, serving, retiring,
+    ended - and a move the lifecycle does not have is a bug, caught where
+    it happens.
+    """
+    worker = Worker(Slot(1), 0.0)
+    assert worker.state == STARTING
+    assert worker.enter(SERVING) == STARTING
+    assert worker.enter(RETIRING) == SERVING
+    with pytest.raises(AssertionError, match="retiring -> serving"):
+        worker.enter(SERVING)
+    assert worker.enter(ENDED) == RETIRING
+    with pytest.raises(AssertionError):
+        worker.enter(ENDED)
+
+
+def test_silentWorkerIsKilledAndReplaced(pool: Pool) -> None:
+    """
+    Heartbeats keep a worker alive; one silent for the timeout is killed,
+    and once it has exited a new one starts.
+    """
+    pool.ready(0)
+    for _ in range(3):
+        pool.wait(TIMEOUT / 2)
+        send(pool.reactor.children[0], "heartbeat")
+        pump(pool.reactor)
+    assert pool.reactor.processes[0].signals == []
+    pool.wait(TIMEOUT + 1)
+    assert pool.reactor.processes[0].signals == ["KILL"] and pool.pool.killedForTimeout == 1
+    assert pool.serving() == []
+    pool.end(0, signal=9)
+    pool.wait(1)
+    assert len(pool.reactor.children) == 2
+
+
+def test_successorDyingBeforeReadyLeavesTheOldWorkerServing(pool: Pool) -> None:
+    """
+    A reload's new worker that dies before it is ready changes nothing: the
+    old one keeps serving and is never told to stop.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    assert len(pool.reactor.children) == 2 and pool.serving() == [0]
+    pool.end(1, signal=9)
+    pool.wait(1)
+    assert pool.serving() == [0] and pool.stops(0) == []
+    assert len(pool.reactor.children) == 2  # not restarted: the old one serves
+
+
+def test_crashDuringReloadCountsOnTheSuccessor(pool: Pool) -> None:
+    """
+    The current worker dying during a reload is not restarted: its starting
+    successor takes the slot when it is ready.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    pool.end(0, signal=9)
+    pool.wait(1)
+    assert len(pool.reactor.children) == 2 and pool.serving() == []
+    pool.ready(1)
+    assert pool.serving() == [1]
+    assert pool.pool.status().startswith("1 of 1 worker(s) serving, 0 starting, 0 retiring")
+
+
+def test_maxRequestsRecyclesGracefully(pool: Pool) -> None:
+    """
+    A worker given its C{maxRequests} connections gets no more; its
+    successor starts, and once the successor is ready the old one is told
+    to stop within the grace period - and killed if still there after it.
+    """
+    pool.ready(0)
+    pool.connect()
+    pool.connect()
+    assert pool.pool.recycled == 1 and len(pool.reactor.children) == 2
+    pool.ready(1)
+    assert pool.serving() == [1] and pool.stops(0) == [GRACE]
+    pool.wait(GRACE + 2.5)
+    assert pool.reactor.processes[0].signals == ["KILL"]
+    pool.end(0, signal=9)
+    assert pool.pool.status().startswith("1 of 1 worker(s) serving, 0 starting, 0 retiring")
+
+
+def test_oneWorkerMoreAndFewerDuringAReload(pool: Pool) -> None:
+    """
+    SIGTTIN during a reload starts one worker more at once; SIGTTOU retires
+    the highest-numbered one, whatever state it is in; the reload finishes.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    pool.pool.addWorker()
+    assert [command[0][1] for command in pool.reactor.commands] == ["1", "1", "2"]
+    pool.pool.removeWorker()
+    assert pool.stops(2) == [GRACE]
+    pool.ready(1)
+    assert pool.serving() == [1] and pool.stops(0) == [GRACE]
+    pool.pool.removeWorker()  # never below one
+    assert pool.serving() == [1]
