@@ -30,15 +30,11 @@ from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 from twisted_serversock.results import NSError
 from zope.interface.verify import verifyObject
 
+from ._helpers import Collect, Events, openFds, rawSend
 from .conftest import connect, eventually, theReactor, timeout
-from .test_tcpsocket import Events
 
 # ----------------------------------------------------------------------
 # The wire format.
-
-
-def openFds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
 
 
 def test_roundTrip() -> None:
@@ -101,23 +97,6 @@ def test_decoderOnlyRaisesProtocolError(data: bytes, fds: list[int]) -> None:
         assert fds == [message.fd]
     else:
         assert fds == []
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self.lost: defer.Deferred[Any] = defer.Deferred()
-
-    def messageReceived(self, message: Any) -> None:
-        self.messages.append(message)
-
-    def channelLost(self, reason: Any) -> None:
-        self.lost.callback(reason.value)
-
-
-def rawSend(skt: socket.socket, data: bytes, fds: list[int] = []) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    skt.sendmsg([data], anc)
 
 
 @pytest_twisted.ensureDeferred
