@@ -2,9 +2,6 @@
 Helpers for tests that run the package in real C{twistd}/C{twist}
 processes: the installed scripts, a child process whose output a test can
 wait on, and the common checks of a running C{twistd serversock}.
-
-(The worker-side test modules still carry copies of some of these; they
-move here as those modules are switched.)
 """
 
 from __future__ import annotations
@@ -35,6 +32,10 @@ SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
 
 #: The line C{twistd serversock} logs once it listens; group 1 is the port.
 LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
+
+#: Twisted's own start line, as C{tcp.Port} logs it ("Site starting on
+#: N"); group 1 is the port.
+STARTING = r" starting on (\d+)"
 
 
 class Proc(protocol.ProcessProtocol):
@@ -93,12 +94,13 @@ class Proc(protocol.ProcessProtocol):
         return code == 0 or (self.signal == signal.SIGTERM)
 
 
-def spawn(argv: list[str], cwd: str) -> Proc:
+def spawn(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
     """
-    Start C{argv} in C{cwd} with this process's environment.
+    Start C{argv} in C{cwd} with the environment C{env} (by default, this
+    process's).
     """
     proc = Proc()
-    theReactor().spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=cwd)
+    theReactor().spawnProcess(proc, argv[0], argv, env=env if env is not None else dict(os.environ), path=cwd)
     return proc
 
 
