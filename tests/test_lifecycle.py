@@ -17,8 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -27,11 +26,8 @@ from twisted.internet import defer, utils
 from twisted_serversock.ipc.child import REPORT_DELAY
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
+from ._procs import LISTENING, SERVERSOCK, Proc, ask, listenQueue, socketStats, spawn, stopCleanly, until, untilHolding, workerPids
 from .conftest import connect, eventually, sleep, theReactor, timeout
-from .test_tap import SERVERSOCK, socketStats, stopCleanly, until, untilHolding, workerPids
-from .test_twistd import Proc
-
-LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
 
 VERSIONED = """
 import os
@@ -65,13 +61,6 @@ def factory():
 """
 
 
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="/tmp/slc")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def writeModule(workdir: str, name: str, template: str, version: bytes) -> None:
     """
     (Re)write a factory module.  Each version has its own length, so a
@@ -84,11 +73,11 @@ def writeModule(workdir: str, name: str, template: str, version: bytes) -> None:
 
 
 def spawnServer(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
-    proc = Proc()
-    full = dict(os.environ)
-    full.update(env or {})
-    theReactor().spawnProcess(proc, SERVERSOCK[0], SERVERSOCK + argv, env=full, path=cwd)
-    return proc
+    """
+    Start C{twistd serversock ARGV} in C{cwd}, with C{env} added to this
+    process's environment.
+    """
+    return spawn(SERVERSOCK + argv, cwd, {**os.environ, **(env or {})})
 
 
 async def startServer(argv: list[str], cwd: str, workers: int, env: dict[str, str] | None = None) -> tuple[Proc, int]:
@@ -97,15 +86,6 @@ async def startServer(argv: list[str], cwd: str, workers: int, env: dict[str, st
     for i in range(1, workers + 1):
         await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
     return proc, port
-
-
-async def ask(port: int, seconds: float = 60) -> bytes:
-    """
-    One connection: send a byte, return everything until the server closes.
-    """
-    client = await connect(port)
-    client.transport.write(b"?")
-    return bytes(await timeout(client.closed, seconds))
 
 
 def signalPid(pid: int, sig: int) -> None:
@@ -267,14 +247,6 @@ def listening(port: int) -> bool:
     Whether something listens on 127.0.0.1:port.
     """
     return bool(subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip())
-
-
-def listenQueue(port: int) -> int:
-    """
-    Connections waiting in the kernel's accept queue of 127.0.0.1:port.
-    """
-    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
-    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
 
 
 @pytest_twisted.ensureDeferred
