@@ -22,9 +22,8 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from ._hardening import LONG, ROOT
+from ._procs import SERVERSOCK, spawn, stopCleanly, workerPids
 from .conftest import theReactor, timeout
-from .test_tap import SERVERSOCK, stopCleanly, workerPids
-from .test_twistd import spawn
 
 SECONDS = 30.0 if LONG else 8.0
 CONCURRENCY = 8
