@@ -18,7 +18,7 @@ from twisted.internet import defer, protocol, utils
 
 from twisted_serversock.ipc.spawn import CHANNEL_FD
 
-from .conftest import WAIT, connect, sleep, theReactor, timeout
+from .conftest import connect, eventually, theReactor, timeout
 
 #: The installed scripts, as users start them: not C{python -c} or
 #: C{python -m twisted}, which put the working directory on C{sys.path} and
@@ -142,20 +142,6 @@ async def ask(port: int, seconds: float = 60) -> bytes:
     return bytes(await timeout(client.closed, seconds))
 
 
-async def until(predicate: Any, seconds: float = WAIT, step: float = 0.02) -> None:
-    """
-    Wait (without blocking the reactor) until the asynchronous
-    C{predicate()} is true: for conditions that take a child process to
-    find out, such as L{socketStats}.  (C{conftest.eventually} is the same
-    for a synchronous condition.)
-    """
-    deadline = theReactor().seconds() + seconds
-    while not await predicate():
-        if theReactor().seconds() >= deadline:
-            raise AssertionError(f"condition not met within {seconds}s: {predicate}")
-        await sleep(step)
-
-
 async def socketStats(*args: str) -> list[str]:
     """
     The lines of C{ss -Hn ARGS} (iproute2): the kernel's view of sockets,
@@ -190,7 +176,7 @@ async def untilHolding(pid: int) -> None:
     async def holding() -> bool:
         return await channelBacklog(pid) > 0
 
-    await until(holding)
+    await eventually(holding)
 
 
 async def untilRead(pid: int) -> None:
@@ -201,4 +187,4 @@ async def untilRead(pid: int) -> None:
     async def read() -> bool:
         return await channelBacklog(pid) == 0
 
-    await until(read)
+    await eventually(read)

@@ -26,7 +26,7 @@ from twisted.internet import defer, utils
 from twisted_serversock.ipc.child import REPORT_DELAY
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import LISTENING, SERVERSOCK, Proc, ask, listenQueue, socketStats, spawn, stopCleanly, until, untilHolding, workerPids
+from ._procs import LISTENING, SERVERSOCK, Proc, ask, listenQueue, socketStats, spawn, stopCleanly, untilHolding, workerPids
 from .conftest import connect, eventually, sleep, theReactor, timeout
 
 VERSIONED = """
@@ -205,7 +205,7 @@ async def test_leastLoadedDispatch(workdir: str) -> None:
             await client.whenClosed()
         # The worker has closed them (the kernel shows none of its
         # connections left) ...
-        await until(lambda: heldBy(emptied, port, 0))
+        await eventually(lambda: heldBy(emptied, port, 0))
         # ... and reports the closes REPORT_DELAY later, over its channel:
         # the one wait on a time, with a wide margin.
         await sleep(REPORT_DELAY * 25)
@@ -370,7 +370,7 @@ async def test_sighupUnderWrkKeepAliveLoad(workdir: str) -> None:
 
     try:
         # The load is on once wrk's connections are established.
-        await until(lambda: establishedAtLeast(port, 8), 30)
+        await eventually(lambda: establishedAtLeast(port, 8), 30)
         await reloadFiveTimes(proc, workdir, "webapp", WEBAPP, check)
         out, err, code = await timeout(load, 60)
     finally:
@@ -670,10 +670,10 @@ async def test_haproxyInFrontOfTwoInstancesRestartedInTurn(workdir: str) -> None
                 return False
             return b" 200 " in reply.split(b"\r\n", 1)[0]
 
-        await until(answers, 10, 0.1)
+        await eventually(answers, 10, 0.1)
         load = runWrk(url, 16)
         # The load is on once wrk's connections to HAProxy are established.
-        await until(lambda: establishedAtLeast(front, 8), 30)
+        await eventually(lambda: establishedAtLeast(front, 8), 30)
         for name in ("a", "b"):
             old = instances[name]
             old.transport.signalProcess(signal.SIGTERM)
@@ -681,7 +681,7 @@ async def test_haproxyInFrontOfTwoInstancesRestartedInTurn(workdir: str) -> None
             assert re.search(r"0 closed unserved", old.output), old.output
             instances[name] = await instance(name)
             # HAProxy sends it requests again: one of its workers answers.
-            await until(lambda: answeredBy(set(workerPids(instances[name]).values())), 30)
+            await eventually(lambda: answeredBy(set(workerPids(instances[name]).values())), 30)
         out, err, code = await timeout(load, 60)
         text = out.decode()
         assert code == 0, text + err.decode()
