@@ -1,6 +1,6 @@
 """
-Worker chaos (issue 7, item 4): a stream of connections through
-C{twistd serversock --workers 2} while workers are SIGKILLed at random.
+Worker chaos: a stream of connections through C{twistd serversock
+--workers 2} while workers are SIGKILLed at random.
 Every connection the parent accepted is served, except those a killed
 worker had already adopted; the parent loses none.
 

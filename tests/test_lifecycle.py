@@ -1,6 +1,6 @@
 """
-The worker lifecycle of C{twistd serversock} (SPEC 8.1) in real processes
-with real clients: a stopped (SIGSTOP) worker costs at most a connection or
+The worker lifecycle of C{twistd serversock} (its workers started, stopped,
+replaced, reloaded and recycled) in real processes with real clients: a stopped (SIGSTOP) worker costs at most a connection or
 two and is killed and replaced at C{--timeout}; a woken one serves what it
 adopted and nothing twice; accept back-pressure leaves the excess in the
 kernel's backlog; SIGHUP reloads new code with nothing failed (also under
