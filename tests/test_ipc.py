@@ -31,6 +31,7 @@ from twisted_serversock.results import NSError
 from zope.interface.verify import verifyObject
 
 from ._helpers import Collect, Events, openFds, rawSend
+from ._procs import listenQueue
 from .conftest import connect, eventually, theReactor, timeout
 
 # ----------------------------------------------------------------------
@@ -436,8 +437,6 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
     the child serves all of them.
     """
     from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
-
-    from .test_lifecycle import listenQueue
 
     script = tmp_path / "child.py"
     script.write_text(CHILD)
