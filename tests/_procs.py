@@ -104,6 +104,18 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
     return proc
 
 
+async def serving(proc: Proc, workers: int) -> int:
+    """
+    Wait until C{twistd serversock} (or C{twist serversock}) logs that it
+    listens and its workers 1 to C{workers} are ready; the port it listens
+    on.
+    """
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    for i in range(1, workers + 1):
+        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+    return port
+
+
 async def stopCleanly(proc: Proc) -> int:
     """
     SIGTERM; the exit status (which must come within the wait).

@@ -22,7 +22,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from ._hardening import LONG, ROOT
-from ._procs import LISTENING, SERVERSOCK, spawn, stopCleanly, workerPids
+from ._procs import SERVERSOCK, serving, spawn, stopCleanly, workerPids
 from .conftest import theReactor, timeout
 
 SECONDS = 30.0 if LONG else 8.0
@@ -70,9 +70,7 @@ async def oneConnection(port: int) -> tuple[bool, int | None]:
 @pytest_twisted.ensureDeferred
 async def test_workerChaos() -> None:
     proc = spawn(SERVERSOCK + ["--listen", "gecko:port=0:loopback=1", "--workers", "2", "--factory", "tests.chaosfactory.factory"], ROOT)
-    port = int((await proc.waitFor(LISTENING)).group(1))
-    for i in (1, 2):
-        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+    port = await serving(proc, 2)
     rng = random.Random(4242)
     killed: set[int] = set()
     results: list[tuple[bool, int | None]] = []

@@ -26,7 +26,7 @@ from twisted.internet import defer, utils
 from twisted_serversock.ipc.child import REPORT_DELAY
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import LISTENING, SERVERSOCK, Proc, ask, listenQueue, socketStats, spawn, stopCleanly, untilHolding, workerPids
+from ._procs import LISTENING, SERVERSOCK, Proc, ask, listenQueue, serving, socketStats, spawn, stopCleanly, untilHolding, workerPids
 from .conftest import connect, eventually, sleep, theReactor, timeout
 
 VERSIONED = """
@@ -82,10 +82,7 @@ def spawnServer(argv: list[str], cwd: str, env: dict[str, str] | None = None) ->
 
 async def startServer(argv: list[str], cwd: str, workers: int, env: dict[str, str] | None = None) -> tuple[Proc, int]:
     proc = spawnServer(["--listen", "gecko:port=0:loopback=1", "--workers", str(workers)] + argv, cwd, env)
-    port = int((await proc.waitFor(LISTENING)).group(1))
-    for i in range(1, workers + 1):
-        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
-    return proc, port
+    return proc, await serving(proc, workers)
 
 
 def signalPid(pid: int, sig: int) -> None:

@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 import pytest_twisted
 
-from ._procs import LISTENING, TWIST, TWISTD, echo, spawn, stopCleanly
+from ._procs import TWIST, TWISTD, echo, serving, spawn, stopCleanly
 from .conftest import asNobody, timeout, unprivilegedPythonPath
 
 SHOUT = textwrap.dedent(
@@ -68,9 +68,7 @@ async def test_twistServesAsTwistdDoes(enterableWorkdir: str, workers: str) -> N
     argv = TWIST + ["serversock", "--listen", "gecko:port=0:loopback=1", "--workers", workers, "--factory", "shout.make"]
     proc = spawn(argv, enterableWorkdir)
     try:
-        port = int((await proc.waitFor(LISTENING)).group(1))
-        for i in range(1, int(workers) + 1):
-            await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+        port = await serving(proc, int(workers))
         for _ in range(4):
             assert await echo(port, b"twist") == b"TWIST"
     finally:

@@ -17,7 +17,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from ._procs import LISTENING, SERVERSOCK, STARTING, Proc, echo, spawn, stopCleanly, untilHolding, untilRead, workerPids
+from ._procs import SERVERSOCK, STARTING, Proc, echo, serving, spawn, stopCleanly, untilHolding, untilRead, workerPids
 from .conftest import connect, connectUNIX, eventually, timeout
 
 
@@ -27,10 +27,7 @@ async def started(argv: list[str], cwd: str, workers: int) -> tuple[Proc, int]:
     C{workers} workers are ready, the process and its port.
     """
     proc = spawn(SERVERSOCK + argv, cwd)
-    port = int((await proc.waitFor(LISTENING)).group(1))
-    for i in range(1, workers + 1):
-        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
-    return proc, port
+    return proc, await serving(proc, workers)
 
 
 @pytest_twisted.ensureDeferred
