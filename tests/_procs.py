@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -152,6 +153,16 @@ async def ask(port: int, seconds: float = 60) -> bytes:
     client = await connect(port)
     client.transport.write(b"?")
     return bytes(await timeout(client.closed, seconds))
+
+
+def freePort() -> int:
+    """
+    A loopback TCP port nothing listens on now: for a program (HAProxy) that
+    must be told its port rather than report one.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def socketStats(*args: str) -> list[str]:

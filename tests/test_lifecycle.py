@@ -26,7 +26,7 @@ from twisted.internet import defer, utils
 from twisted_serversock.ipc.child import REPORT_DELAY
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import LISTENING, SERVERSOCK, Proc, ask, listenQueue, serving, socketStats, spawn, stopCleanly, untilHolding, workerPids
+from ._procs import LISTENING, SERVERSOCK, Proc, ask, freePort, listenQueue, serving, socketStats, spawn, stopCleanly, untilHolding, workerPids
 from .conftest import connect, eventually, sleep, theReactor, timeout
 
 VERSIONED = """
@@ -599,12 +599,6 @@ backend app
     server a unix@{a} send-proxy-v2
     server b unix@{b} send-proxy-v2
 """
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon(Proc):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from typing import Any, Iterator
 
@@ -18,7 +17,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import utils
 
-from ._procs import STARTING, TWISTD, Proc, spawn
+from ._procs import STARTING, TWISTD, Proc, freePort, spawn
 from ._tlshelp import Certs, certs
 from .conftest import timeout
 
@@ -64,12 +63,6 @@ def site() -> Iterator[str]:
         f.write(b"hello over tls\n")
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def curl(url: str, *args: str) -> tuple[int, str, str]:
