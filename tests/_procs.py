@@ -2,9 +2,6 @@
 Helpers for tests that run the package in real C{twistd}/C{twist}
 processes: the installed scripts, a child process whose output a test can
 wait on, and the common checks of a running C{twistd serversock}.
-
-(The worker-side test modules still carry copies of some of these; they
-move here as those modules are switched.)
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -21,7 +19,7 @@ from twisted.internet import defer, protocol, utils
 
 from twisted_serversock.ipc.spawn import CHANNEL_FD
 
-from .conftest import WAIT, connect, sleep, theReactor, timeout
+from .conftest import connect, eventually, theReactor, timeout
 
 #: The installed scripts, as users start them: not C{python -c} or
 #: C{python -m twisted}, which put the working directory on C{sys.path} and
@@ -35,6 +33,10 @@ SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
 
 #: The line C{twistd serversock} logs once it listens; group 1 is the port.
 LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
+
+#: Twisted's own start line, as C{tcp.Port} logs it ("Site starting on
+#: N"); group 1 is the port.
+STARTING = r" starting on (\d+)"
 
 
 class Proc(protocol.ProcessProtocol):
@@ -93,13 +95,26 @@ class Proc(protocol.ProcessProtocol):
         return code == 0 or (self.signal == signal.SIGTERM)
 
 
-def spawn(argv: list[str], cwd: str) -> Proc:
+def spawn(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
     """
-    Start C{argv} in C{cwd} with this process's environment.
+    Start C{argv} in C{cwd} with the environment C{env} (by default, this
+    process's).
     """
     proc = Proc()
-    theReactor().spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=cwd)
+    theReactor().spawnProcess(proc, argv[0], argv, env=env if env is not None else dict(os.environ), path=cwd)
     return proc
+
+
+async def serving(proc: Proc, workers: int) -> int:
+    """
+    Wait until C{twistd serversock} (or C{twist serversock}) logs that it
+    listens and its workers 1 to C{workers} are ready; the port it listens
+    on.
+    """
+    port = int((await proc.waitFor(LISTENING)).group(1))
+    for i in range(1, workers + 1):
+        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+    return port
 
 
 async def stopCleanly(proc: Proc) -> int:
@@ -140,18 +155,14 @@ async def ask(port: int, seconds: float = 60) -> bytes:
     return bytes(await timeout(client.closed, seconds))
 
 
-async def until(predicate: Any, seconds: float = WAIT, step: float = 0.02) -> None:
+def freePort() -> int:
     """
-    Wait (without blocking the reactor) until the asynchronous
-    C{predicate()} is true: for conditions that take a child process to
-    find out, such as L{socketStats}.  (C{conftest.eventually} is the same
-    for a synchronous condition.)
+    A loopback TCP port nothing listens on now: for a program (HAProxy) that
+    must be told its port rather than report one.
     """
-    deadline = theReactor().seconds() + seconds
-    while not await predicate():
-        if theReactor().seconds() >= deadline:
-            raise AssertionError(f"condition not met within {seconds}s: {predicate}")
-        await sleep(step)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def socketStats(*args: str) -> list[str]:
@@ -188,7 +199,7 @@ async def untilHolding(pid: int) -> None:
     async def holding() -> bool:
         return await channelBacklog(pid) > 0
 
-    await until(holding)
+    await eventually(holding)
 
 
 async def untilRead(pid: int) -> None:
@@ -199,4 +210,4 @@ async def untilRead(pid: int) -> None:
     async def read() -> bool:
         return await channelBacklog(pid) == 0
 
-    await until(read)
+    await eventually(read)

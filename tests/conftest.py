@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 import json
 import os
 import shlex
@@ -63,16 +64,30 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     return deferLater(theReactor(), seconds, lambda: None)
 
 
-async def eventually(predicate: Any, seconds: float = WAIT, step: float = 0.01) -> None:
+async def eventually(predicate: Any, seconds: float = WAIT, step: float | None = None) -> None:
     """
     Wait (without blocking the reactor) until C{predicate()} is true.
+
+    The predicate is synchronous, or asynchronous (it returns an awaitable,
+    for a condition that takes a child process to find out, such as
+    C{_procs.socketStats}).  It is asked again every C{step} seconds: by
+    default 0.01, or 0.02 for an asynchronous one.  The wait fails once
+    the pauses between tries add up to C{seconds} (so never before
+    C{seconds} have passed).
     """
     waited = 0.0
-    while not predicate():
+    while True:
+        result = predicate()
+        asynchronous = inspect.isawaitable(result)
+        if asynchronous:
+            result = await result
+        if result:
+            return
         if waited >= seconds:
             raise AssertionError(f"condition not met within {seconds}s: {predicate}")
-        await sleep(step)
-        waited += step
+        pause = step if step is not None else (0.02 if asynchronous else 0.01)
+        await sleep(pause)
+        waited += pause
 
 
 class Recorder:

@@ -4,7 +4,8 @@ over 600 lines, no function over 60, objects that use each other through real me
 than through each other's private attributes, and no private Twisted name
 (a private module, class or attribute) outside the one module that wraps
 them.  (See
-C{docs/architecture.md} for the map these rules keep true.)
+C{docs/architecture.md} for the map these rules keep true.)  And one rule
+of the test suite's own: no module of it imports a test module.
 
 Static checks over the source (C{ast}), so they run in milliseconds and
 name the offending module or line.
@@ -223,6 +224,51 @@ def test_noPrivateTwistedNames() -> None:
     assert found == []
 
 
+#: The test suite: its modules share helpers through C{conftest.py} and the
+#: C{_*.py} modules, never by importing one another.
+TESTS = Path(__file__).parent
+
+
+def _testModuleImports(path: Path, name: str, label: str = "") -> list[str]:
+    """
+    The imports in C{path} (the module C{name}, under C{tests}) of a test
+    module (C{tests.test_*}, or C{test_*} in a package under C{tests}).
+    """
+    found = []
+    isPackage = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                if not isPackage:
+                    base.pop()
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            targets = [source] + [f"{source}.{a.name}" for a in node.names]
+        else:
+            continue
+        if any(t.split(".")[0] == "tests" and t.split(".")[-1].startswith("test_") for t in targets):
+            found.append(f"{label or path.relative_to(TESTS.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_noTestModuleImportsAnother() -> None:
+    """
+    No module of the test suite imports a test module: a helper two test
+    modules need is in C{conftest.py} or one of the C{_*.py} modules
+    (tests/README.md says which).
+    """
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        parts = list(path.relative_to(TESTS.parent).with_suffix("").parts)
+        found += _testModuleImports(path, ".".join(parts))
+    assert found == []
+
+
 def test_checksSeeViolations(tmp_path: Path) -> None:
     """
     The checks above would see what they look for (they are not vacuous).
@@ -245,4 +291,27 @@ def test_checksSeeViolations(tmp_path: Path) -> None:
         "from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory",
         "from twisted.web.http import _GenericHTTPChannelProtocol, HTTPChannel",
         "getattr(p, '_channel', None)",
+    ]
+    source.write_text(
+        "from .test_tap import spawn\n"
+        "from . import test_ipc, _procs\n"
+        "import tests.test_cluster\n"
+        "from tests.test_twistd import Proc\n"
+        "from ._procs import spawn\n"
+        "from .conftest import timeout\n"
+        "from ..test_ipc import Collect\n"
+        "import testing, test_x\n"
+    )
+    assert [line.split(": ", 1)[1] for line in _testModuleImports(source, "tests.soak.m", "m.py")] == [
+        "from .test_tap import spawn",
+        "from . import test_ipc, _procs",
+        "import tests.test_cluster",
+        "from tests.test_twistd import Proc",
+        "from ..test_ipc import Collect",
+    ]
+    assert [line.split(": ", 1)[1] for line in _testModuleImports(source, "tests.m", "m.py")] == [
+        "from .test_tap import spawn",
+        "from . import test_ipc, _procs",
+        "import tests.test_cluster",
+        "from tests.test_twistd import Proc",
     ]

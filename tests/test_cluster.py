@@ -28,19 +28,14 @@ from twisted_serversock.cluster._cmdline import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
+from ._procs import BIN, TWIST, TWISTD, Proc, ask, listenQueue, spawn, untilHolding
 from .conftest import _othersCanRead, connect, eventually, nobodyEnv, theReactor, timeout
-from .test_lifecycle import ask, listenQueue
-from .test_tap import untilHolding
-from .test_twistd import Proc
 
-BIN = os.path.dirname(sys.executable)
-TWISTD = os.path.join(BIN, "twistd")
-TWIST = os.path.join(BIN, "twist")
 DAPHNE = os.path.join(BIN, "daphne")
 CURL = shutil.which("curl") or "/usr/bin/curl"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 #: The primary's log line with the port it bound.
-LISTENING = r"Cluster primary \(pid \d+\): .* on 127\.0\.0\.1:(\d+) is served by"
+PRIMARY_LISTENING = r"Cluster primary \(pid \d+\): .* on 127\.0\.0\.1:(\d+) is served by"
 #: A worker's relayed log line once it serves a listener.
 SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
 
@@ -200,8 +195,7 @@ def _noProcessLeft() -> Iterator[None]:
 
 
 def start(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
-    proc = Proc()
-    theReactor().spawnProcess(proc, argv[0], argv, env=env if env is not None else dict(os.environ), path=cwd)
+    proc = spawn(argv, cwd, env)
     _started.append(proc)
     return proc
 
@@ -291,8 +285,8 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     primary's log with their pids.
     """
     options = ["--reactor=asyncio"] if reactor == "asyncio" else []
-    proc = start([TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    proc = start([*TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     with open(os.path.join(site, "twistd.pid")) as f:
         assert int(f.read()) == proc.transport.pid
@@ -328,10 +322,10 @@ def twistdAsNobody(site: str, listen: str) -> Proc:
     if python is None:
         pytest.skip("no interpreter of this version that nobody may run")
     env = nobodyEnv()
-    script = TWISTD
+    script = TWISTD[0]
     if not _othersCanRead(script):  # CI's venv is in a private directory
         script = os.path.join(site, "twistd")
-        shutil.copy(TWISTD, script)
+        shutil.copy(TWISTD[0], script)
         os.chmod(script, 0o644)
     import twisted.plugins.twisted_serversock_endpoints as dropin
 
@@ -358,7 +352,7 @@ async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
     only then starts the workers, which run as that user and group.
     """
     proc = twistdAsNobody(site, "gecko:port=0:loopback=1:workers=2")
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     for pid in pids | {proc.transport.pid}:
         with open(f"/proc/{pid}/status") as f:
@@ -395,8 +389,8 @@ async def test_uidsSelfIsTheUserThatServes(site: str) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_twistWeb(site: str) -> None:
-    proc = start([TWIST, "--log-format=text", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    proc = start([*TWIST, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     await stoppedCleanly(proc, pids)
 
@@ -417,8 +411,8 @@ async def test_tacFile(site: str) -> None:
                 """
             )
         )
-    proc = start([TWISTD, "-n", "--pidfile=", "-y", "app.tac"], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    proc = start([*TWISTD, "-n", "--pidfile=", "-y", "app.tac"], site)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     await stoppedCleanly(proc, pids)
 
@@ -426,7 +420,7 @@ async def test_tacFile(site: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_geckounix(site: str) -> None:
     path = os.path.join(site, "web.sock")
-    proc = start([TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
+    proc = start([*TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
     # The primary names the listener as the user wrote it.
     await proc.waitFor(rf"Cluster primary \(pid \d+\): geckounix:path={re.escape(path)}:workers=2 on {re.escape(path)} is served by")
     pids = await servedByWorkers(proc, "http://localhost/pid.rpy", "--unix-socket", path)
@@ -478,7 +472,7 @@ async def test_plainScript(site: str) -> None:
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
     proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2"], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/")
     # twisted_serversock.cluster says which role the program runs in.
     assert re.search(r"^\S+ \S+ \[-\] role: primary$", proc.output, re.M), proc.output
@@ -528,7 +522,7 @@ async def test_connectionsDoNotLeakIntoTheWorkersChildProcesses(site: str) -> No
     with open(os.path.join(site, "leak.py"), "w") as f:
         f.write(LEAK_SCRIPT)
     proc = start([sys.executable, "leak.py", "gecko:port=0:loopback=1:workers=1"], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     worker = int((await proc.waitFor(SERVES)).group(2))
     out, code = await curl(f"http://127.0.0.1:{port}/")
     assert code == 0 and out == b"sockets: 0", (out, proc.output)
@@ -569,7 +563,7 @@ async def test_daemonizedPrimary(site: str) -> None:
     pidfile = os.path.join(site, "p.pid")
     logfile = os.path.join(site, "p.log")
     launcher = start(
-        [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site],
+        [*TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site],
         site,
     )
     assert await timeout(launcher.ended, 30) == 0, launcher.output
@@ -582,7 +576,7 @@ async def test_daemonizedPrimary(site: str) -> None:
 
     try:
         await eventually(lambda: logged(SERVES + r"[\s\S]*" + SERVES) is not None, 30, 0.1)
-        match = logged(LISTENING)
+        match = logged(PRIMARY_LISTENING)
         assert match is not None
         pids = await pidsAnswering(f"http://127.0.0.1:{match.group(1)}/pid.rpy")
         assert len(pids) == 2 and daemon not in pids and pids == childrenOf(daemon)
@@ -600,8 +594,8 @@ async def test_sigkilledWorkerLosesNothingAndComesBack(site: str) -> None:
     acknowledges; SIGKILL it, and those go to the other worker - every
     request is answered - and a new worker takes its place.
     """
-    proc = start([TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    proc = start([*TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     url = f"http://127.0.0.1:{port}/pid.rpy"
     pids = await servedByWorkers(proc, url)
     victim, survivor = sorted(pids)
@@ -633,9 +627,9 @@ async def test_haproxyWrapping(site: str) -> None:
     the factory, so it runs in the workers, which see the proxied address.
     """
     proc = start(
-        [TWISTD, "-n", "--pidfile=", "web", "--listen", "haproxy:gecko:port=0:loopback=1:workers=2", "--path", site], site
+        [*TWISTD, "-n", "--pidfile=", "web", "--listen", "haproxy:gecko:port=0:loopback=1:workers=2", "--path", site], site
     )
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     client = await connect(port)
     client.transport.write(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nGET /pid.rpy HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -663,7 +657,7 @@ async def test_haproxyWrapping(site: str) -> None:
 )
 @pytest_twisted.ensureDeferred
 async def test_badInputFailsAtOnce(site: str, listen: list[str], message: str) -> None:
-    argv = [TWISTD, "-n", "--pidfile=", "web", "--path", site]
+    argv = [*TWISTD, "-n", "--pidfile=", "web", "--path", site]
     for description in listen:
         argv += ["--listen", description]
     proc = start(argv, site)
@@ -684,7 +678,7 @@ async def test_workersThatCannotStartStopTheCluster(site: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         busy = s.getsockname()[1]
-    argv = [TWISTD, "-n", "--pidfile=", "web", "--path", site, "--listen", "gecko:port=0:loopback=1:workers=2"]
+    argv = [*TWISTD, "-n", "--pidfile=", "web", "--path", site, "--listen", "gecko:port=0:loopback=1:workers=2"]
     proc = start(argv + ["--listen", f"tcp:{busy}:interface=127.0.0.1"], site)
     code = await timeout(proc.ended, 60)
     assert code == 1, proc.output
@@ -721,7 +715,7 @@ async def test_saturatedWorkerLeavesTheExcessInTheKernelBacklog(site: str) -> No
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
     proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=1"], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     worker = int((await proc.waitFor(SERVES)).group(2))
     os.kill(worker, signal.SIGSTOP)
     try:
@@ -749,8 +743,8 @@ async def test_sighupToTheWholeProcessGroup(site: str) -> None:
     meanwhile are all answered.
     """
     setsid = shutil.which("setsid") or "/usr/bin/setsid"
-    proc = start([setsid, TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    proc = start([setsid, *TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     url = f"http://127.0.0.1:{port}/pid.rpy"
     primary = proc.transport.pid
     assert os.getpgid(primary) == primary  # its own group: only the cluster gets the signal

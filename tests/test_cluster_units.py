@@ -15,12 +15,10 @@ and every transition is the test's to make.
 
 from __future__ import annotations
 
-import array
 import atexit
-import os
 import signal
 import socket
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -31,48 +29,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted_serversock.cluster._env import WorkerEnvironment, encodeAddress
 from twisted_serversock.cluster.primary import ClusterPrimary, PrimaryPort
 from twisted_serversock.cluster.worker import ClusterWorker
-from twisted_serversock.ipc import wire
-from twisted_serversock.ipc.channel import Channel, channelPair
+from twisted_serversock.ipc.channel import channelPair
+
+from ._memoryworkers import StandInReactor, controls, pump, send
 
 #: The signals the primary's pool handles (restored after each test).
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
-
-
-def pump(reactor: MemoryReactorClock) -> None:
-    """
-    Let every channel the memory reactor watches read what waits for it.
-    """
-    for reader in list(reactor.getReaders()):
-        if isinstance(reader, Channel):
-            reader.doRead()
-
-
-def receive(skt: socket.socket) -> list[Any]:
-    """
-    Every message waiting on C{skt} (the other end of a channel).
-    """
-    skt.setblocking(False)
-    messages = []
-    while True:
-        try:
-            data, ancillary, _flags, _addr = skt.recvmsg(wire.MAX_MESSAGE + 1, socket.CMSG_SPACE(64))
-        except BlockingIOError:
-            return messages
-        fds = array.array("i")
-        for _level, _type, cdata in ancillary:
-            fds.frombytes(cdata)
-        messages.append(wire.decode(data, list(fds)))
-
-
-def controls(skt: socket.socket, type: str) -> list[dict[str, Any]]:
-    """
-    The fields of each control message C{type} waiting on C{skt}.
-    """
-    return [m.fields for m in receive(skt) if isinstance(m, wire.Control) and m.type == type]
-
-
-def send(skt: socket.socket, type: str, **fields: Any) -> None:
-    skt.sendmsg([wire.encodeControl(type, **fields)])
 
 
 class _Description:
@@ -165,43 +127,8 @@ def test_closedListenerIsAClosedPort(worker: tuple[ClusterWorker, socket.socket,
 # The primary.
 
 
-class _Process:
-    """
-    Stands in for a worker process.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.signals: list[str] = []
-
-    def signalProcess(self, signal: str) -> None:
-        self.signals.append(signal)
-
-
-class _Reactor(MemoryReactorClock):
-    """
-    A memory reactor that starts stand-ins for worker processes: the test
-    holds each one's end of its channel (in L{children}, in the order they
-    were started) and its command line and environment (in L{commands}).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.children: list[socket.socket] = []
-        self.commands: list[tuple[list[str], dict[str, str]]] = []
-        self.protocols: list[Any] = []
-        self.processes: list[_Process] = []
-
-    def spawnProcess(self, processProtocol: Any, executable: Any, args: Any = (), env: Any = None, path: Any = None, uid: Any = None, gid: Any = None, usePTY: Any = False, childFDs: Any = None) -> Any:
-        self.children.append(socket.socket(fileno=os.dup(childFDs[3])))
-        self.commands.append((list(args), dict(env or {})))
-        self.protocols.append(processProtocol)
-        self.processes.append(_Process(1000 + len(self.children)))
-        return self.processes[-1]
-
-
 @pytest.fixture
-def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, _Reactor, PrimaryPort]]:
+def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, StandInReactor, PrimaryPort]]:
     """
     A started primary listening on C{"gecko:port=0:loopback=1:workers=1"},
     with one stand-in worker.
@@ -210,7 +137,7 @@ def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, _
     # The primary's exit status is the process's: not this one's.
     monkeypatch.setattr(atexit, "register", lambda function: function)
     saved = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    reactor = _Reactor()
+    reactor = StandInReactor()
     clusterPrimary = ClusterPrimary(reactor)
     endpoint = serverFromString(reactor, "gecko:port=0:loopback=1:workers=1")
     port = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
@@ -227,7 +154,7 @@ def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, _
         pump(reactor)
 
 
-def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
     A worker that attaches before it is ready (its program listens before
     its reactor runs) joins the listener's route when it says it is ready.
@@ -243,7 +170,7 @@ def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[ClusterPrimary, _Reac
     assert len(port.route.links) == 1
 
 
-def test_reloadSuccessorJoinsOnceReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+def test_reloadSuccessorJoinsOnceReady(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
     A reload's successor that has attached but is not ready gets no
     connection: its predecessor alone serves until the successor is ready,
@@ -267,7 +194,7 @@ def test_reloadSuccessorJoinsOnceReady(primary: tuple[ClusterPrimary, _Reactor, 
     assert [f["grace"] for f in controls(old, "stop")] == [10.0]
 
 
-def test_closedListenerDoesNotEndTheCluster(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+def test_closedListenerDoesNotEndTheCluster(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
     A worker (restarted, or late) asking for a listener the primary had and
     has closed gets C{cluster-closed}; the cluster goes on.  A description
@@ -286,7 +213,7 @@ def test_closedListenerDoesNotEndTheCluster(primary: tuple[ClusterPrimary, _Reac
     assert clusterPrimary.failed
 
 
-def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
     A cluster worker is started like a C{twistd serversock} worker: its
     channel as descriptor 3, its heartbeat derived from the pool's timeout

@@ -21,7 +21,7 @@ from twisted_serversock.tcpsocket import TCPServerSocket, TCPSocket
 from ._hardening import CollectingProcess
 from .conftest import connect, timeout, theReactor
 from ._helpers import Events
-from ._procs import SERVERSOCK, Proc, spawn
+from ._procs import LISTENING, SERVERSOCK, Proc, spawn
 
 
 @pytest.mark.parametrize("size", [3, 1024 * 1024 + 7], ids=["small", "1MiB"])
@@ -116,7 +116,7 @@ async def test_serversockEchoAnswersHalfClose(workdir: str, workers: str, listen
     """
     proc: Proc = spawn(SERVERSOCK + ["--listen", listen, "--workers", workers], workdir)
     try:
-        port = int((await proc.waitFor(r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)")).group(1))
+        port = int((await proc.waitFor(LISTENING)).group(1))
         if workers != "0":
             await proc.waitFor(r"Worker 1 \(pid \d+\) is ready")
         for i in range(5):

@@ -1,6 +1,6 @@
 """
-Worker chaos (issue 7, item 4): a stream of connections through
-C{twistd serversock --workers 2} while workers are SIGKILLed at random.
+Worker chaos: a stream of connections through C{twistd serversock
+--workers 2} while workers are SIGKILLed at random.
 Every connection the parent accepted is served, except those a killed
 worker had already adopted; the parent loses none.
 
@@ -22,9 +22,8 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from ._hardening import LONG, ROOT
+from ._procs import SERVERSOCK, serving, spawn, stopCleanly, workerPids
 from .conftest import theReactor, timeout
-from .test_tap import SERVERSOCK, stopCleanly, workerPids
-from .test_twistd import spawn
 
 SECONDS = 30.0 if LONG else 8.0
 CONCURRENCY = 8
@@ -71,9 +70,7 @@ async def oneConnection(port: int) -> tuple[bool, int | None]:
 @pytest_twisted.ensureDeferred
 async def test_workerChaos() -> None:
     proc = spawn(SERVERSOCK + ["--listen", "gecko:port=0:loopback=1", "--workers", "2", "--factory", "tests.chaosfactory.factory"], ROOT)
-    port = int((await proc.waitFor(r"serversock listening on \S+ \([\d.]+:(\d+)\)")).group(1))
-    for i in (1, 2):
-        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+    port = await serving(proc, 2)
     rng = random.Random(4242)
     killed: set[int] = set()
     results: list[tuple[bool, int | None]] = []

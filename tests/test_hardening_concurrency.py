@@ -1,6 +1,6 @@
 """
-Issue 7, item 2: 10,000 concurrent idle connections on one listener, then
-every one of them echoes correctly.
+Many concurrent connections: 10,000 idle connections held open at once
+on one listener, then every one of them echoes correctly.
 
 The listener (a C{ServerSocket} with Gecko-stream echo, in this process)
 needs a descriptor a connection, so this process's C{RLIMIT_NOFILE} is

@@ -30,15 +30,12 @@ from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 from twisted_serversock.results import NSError
 from zope.interface.verify import verifyObject
 
+from ._helpers import Collect, Events, openFds, rawSend
+from ._procs import listenQueue
 from .conftest import connect, eventually, theReactor, timeout
-from .test_tcpsocket import Events
 
 # ----------------------------------------------------------------------
 # The wire format.
-
-
-def openFds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
 
 
 def test_roundTrip() -> None:
@@ -101,23 +98,6 @@ def test_decoderOnlyRaisesProtocolError(data: bytes, fds: list[int]) -> None:
         assert fds == [message.fd]
     else:
         assert fds == []
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self.lost: defer.Deferred[Any] = defer.Deferred()
-
-    def messageReceived(self, message: Any) -> None:
-        self.messages.append(message)
-
-    def channelLost(self, reason: Any) -> None:
-        self.lost.callback(reason.value)
-
-
-def rawSend(skt: socket.socket, data: bytes, fds: list[int] = []) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    skt.sendmsg([data], anc)
 
 
 @pytest_twisted.ensureDeferred
@@ -457,8 +437,6 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
     the child serves all of them.
     """
     from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
-
-    from .test_lifecycle import listenQueue
 
     script = tmp_path / "child.py"
     script.write_text(CHILD)

@@ -19,7 +19,7 @@ from twisted_serversock.ipc.control import INTEGER, STRING, ControlTable, option
 from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 
 from .conftest import eventually, theReactor
-from .test_ipc import rawSend
+from ._helpers import rawSend
 
 # ----------------------------------------------------------------------
 # The table itself (a parser: no reactor needed).

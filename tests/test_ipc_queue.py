@@ -21,7 +21,7 @@ from twisted_serversock.ipc.child import ParentLink
 from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 
 from .conftest import eventually, theReactor, timeout
-from .test_ipc import Collect, openFds
+from ._helpers import Collect, openFds
 
 
 def tcpConnection() -> tuple[socket.socket, socket.socket]:

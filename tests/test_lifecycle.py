@@ -1,6 +1,6 @@
 """
-The worker lifecycle of C{twistd serversock} (SPEC 8.1) in real processes
-with real clients: a stopped (SIGSTOP) worker costs at most a connection or
+The worker lifecycle of C{twistd serversock} (its workers started, stopped,
+replaced, reloaded and recycled) in real processes with real clients: a stopped (SIGSTOP) worker costs at most a connection or
 two and is killed and replaced at C{--timeout}; a woken one serves what it
 adopted and nothing twice; accept back-pressure leaves the excess in the
 kernel's backlog; SIGHUP reloads new code with nothing failed (also under
@@ -17,8 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -27,11 +26,8 @@ from twisted.internet import defer, utils
 from twisted_serversock.ipc.child import REPORT_DELAY
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
+from ._procs import LISTENING, SERVERSOCK, Proc, ask, freePort, listenQueue, serving, socketStats, spawn, stopCleanly, untilHolding, workerPids
 from .conftest import connect, eventually, sleep, theReactor, timeout
-from .test_tap import SERVERSOCK, socketStats, stopCleanly, until, untilHolding, workerPids
-from .test_twistd import Proc
-
-LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
 
 VERSIONED = """
 import os
@@ -65,13 +61,6 @@ def factory():
 """
 
 
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="/tmp/slc")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def writeModule(workdir: str, name: str, template: str, version: bytes) -> None:
     """
     (Re)write a factory module.  Each version has its own length, so a
@@ -84,28 +73,16 @@ def writeModule(workdir: str, name: str, template: str, version: bytes) -> None:
 
 
 def spawnServer(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
-    proc = Proc()
-    full = dict(os.environ)
-    full.update(env or {})
-    theReactor().spawnProcess(proc, SERVERSOCK[0], SERVERSOCK + argv, env=full, path=cwd)
-    return proc
+    """
+    Start C{twistd serversock ARGV} in C{cwd}, with C{env} added to this
+    process's environment.
+    """
+    return spawn(SERVERSOCK + argv, cwd, {**os.environ, **(env or {})})
 
 
 async def startServer(argv: list[str], cwd: str, workers: int, env: dict[str, str] | None = None) -> tuple[Proc, int]:
     proc = spawnServer(["--listen", "gecko:port=0:loopback=1", "--workers", str(workers)] + argv, cwd, env)
-    port = int((await proc.waitFor(LISTENING)).group(1))
-    for i in range(1, workers + 1):
-        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
-    return proc, port
-
-
-async def ask(port: int, seconds: float = 60) -> bytes:
-    """
-    One connection: send a byte, return everything until the server closes.
-    """
-    client = await connect(port)
-    client.transport.write(b"?")
-    return bytes(await timeout(client.closed, seconds))
+    return proc, await serving(proc, workers)
 
 
 def signalPid(pid: int, sig: int) -> None:
@@ -225,7 +202,7 @@ async def test_leastLoadedDispatch(workdir: str) -> None:
             await client.whenClosed()
         # The worker has closed them (the kernel shows none of its
         # connections left) ...
-        await until(lambda: heldBy(emptied, port, 0))
+        await eventually(lambda: heldBy(emptied, port, 0))
         # ... and reports the closes REPORT_DELAY later, over its channel:
         # the one wait on a time, with a wide margin.
         await sleep(REPORT_DELAY * 25)
@@ -267,14 +244,6 @@ def listening(port: int) -> bool:
     Whether something listens on 127.0.0.1:port.
     """
     return bool(subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip())
-
-
-def listenQueue(port: int) -> int:
-    """
-    Connections waiting in the kernel's accept queue of 127.0.0.1:port.
-    """
-    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
-    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
 
 
 @pytest_twisted.ensureDeferred
@@ -398,7 +367,7 @@ async def test_sighupUnderWrkKeepAliveLoad(workdir: str) -> None:
 
     try:
         # The load is on once wrk's connections are established.
-        await until(lambda: establishedAtLeast(port, 8), 30)
+        await eventually(lambda: establishedAtLeast(port, 8), 30)
         await reloadFiveTimes(proc, workdir, "webapp", WEBAPP, check)
         out, err, code = await timeout(load, 60)
     finally:
@@ -632,12 +601,6 @@ backend app
 """
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Daemon(Proc):
     """
     A helper process (HAProxy) whose output is kept.
@@ -698,10 +661,10 @@ async def test_haproxyInFrontOfTwoInstancesRestartedInTurn(workdir: str) -> None
                 return False
             return b" 200 " in reply.split(b"\r\n", 1)[0]
 
-        await until(answers, 10, 0.1)
+        await eventually(answers, 10, 0.1)
         load = runWrk(url, 16)
         # The load is on once wrk's connections to HAProxy are established.
-        await until(lambda: establishedAtLeast(front, 8), 30)
+        await eventually(lambda: establishedAtLeast(front, 8), 30)
         for name in ("a", "b"):
             old = instances[name]
             old.transport.signalProcess(signal.SIGTERM)
@@ -709,7 +672,7 @@ async def test_haproxyInFrontOfTwoInstancesRestartedInTurn(workdir: str) -> None
             assert re.search(r"0 closed unserved", old.output), old.output
             instances[name] = await instance(name)
             # HAProxy sends it requests again: one of its workers answers.
-            await until(lambda: answeredBy(set(workerPids(instances[name]).values())), 30)
+            await eventually(lambda: answeredBy(set(workerPids(instances[name]).values())), 30)
         out, err, code = await timeout(load, 60)
         text = out.decode()
         assert code == 0, text + err.decode()

@@ -21,7 +21,7 @@ from twisted_serversock.ipc.pool import WorkerPool
 from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
 from twisted_serversock.ipc.spawn import Command
 
-from .test_cluster_units import _Reactor, controls, pump, send
+from ._memoryworkers import StandInReactor, controls, pump, send
 
 #: The pool's settings here: a worker silent 4 s is killed; retired ones
 #: get 2 s (and are killed 2 s after that); each takes 2 connections.
@@ -34,7 +34,7 @@ class Pool:
     """
 
     def __init__(self) -> None:
-        self.reactor = _Reactor()
+        self.reactor = StandInReactor()
         self.dispatcher = Dispatcher(self.reactor.seconds)
         self.route: Route = self.dispatcher.addRoute("test")
         self.pool = WorkerPool(

@@ -23,7 +23,7 @@ from twisted.internet.error import ConnectError
 from twisted_serversock import IOService, NetAddr, NSError, ServerSocket, results
 
 from ._helpers import FlakyListeningSocket
-from ._procs import listenQueue, socketStats, until
+from ._procs import listenQueue, socketStats
 from .conftest import Recorder, asNobody, code, nobodyEnv, connect, eventually, failures, needsIPv6
 
 
@@ -370,7 +370,7 @@ async def test_clientsWaitInBacklogBeforeAsyncListen(servers: Any) -> None:
     async def establishedToUs() -> bool:
         return len(await socketStats("-t", "state", "established", f"sport = :{srv.port}")) == 1
 
-    await until(establishedToUs)
+    await eventually(establishedToUs)
     rec = Recorder()
     srv.asyncListen(rec)
     assert rec.events == []

@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 import pytest_twisted
 
-from ._procs import LISTENING, TWIST, TWISTD, echo, spawn, stopCleanly
+from ._procs import TWIST, TWISTD, echo, serving, spawn, stopCleanly
 from .conftest import asNobody, timeout, unprivilegedPythonPath
 
 SHOUT = textwrap.dedent(
@@ -43,10 +43,11 @@ SHOUT = textwrap.dedent(
 
 
 @pytest.fixture
-def workdir() -> Iterator[str]:
+def enterableWorkdir() -> Iterator[str]:
     """
     A short directory that the unprivileged user may enter but not write
-    (unlike conftest's, which is private to us).
+    (unlike conftest's C{workdir}, which is private to us): the working
+    directory of the processes these tests start, some as that user.
     """
     d = tempfile.mkdtemp(prefix="/tmp/sst")
     os.chmod(d, 0o755)
@@ -56,20 +57,18 @@ def workdir() -> Iterator[str]:
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 @pytest_twisted.ensureDeferred
-async def test_twistServesAsTwistdDoes(workdir: str, workers: str) -> None:
+async def test_twistServesAsTwistdDoes(enterableWorkdir: str, workers: str) -> None:
     """
     C{twist serversock} (which never calls C{privilegedStartService})
     listens, serves the factory from the working directory - in the
     workers too - and stops cleanly on SIGTERM.
     """
-    with open(os.path.join(workdir, "shout.py"), "w") as f:
+    with open(os.path.join(enterableWorkdir, "shout.py"), "w") as f:
         f.write(SHOUT)
     argv = TWIST + ["serversock", "--listen", "gecko:port=0:loopback=1", "--workers", workers, "--factory", "shout.make"]
-    proc = spawn(argv, workdir)
+    proc = spawn(argv, enterableWorkdir)
     try:
-        port = int((await proc.waitFor(LISTENING)).group(1))
-        for i in range(1, int(workers) + 1):
-            await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
+        port = await serving(proc, int(workers))
         for _ in range(4):
             assert await echo(port, b"twist") == b"TWIST"
     finally:
@@ -79,30 +78,30 @@ async def test_twistServesAsTwistdDoes(workdir: str, workers: str) -> None:
 
 
 @pytest.mark.parametrize("program", ["twistd", "twist"])
-def test_unimportableFactorySaysWhereItLooked(workdir: str, program: str) -> None:
+def test_unimportableFactorySaysWhereItLooked(enterableWorkdir: str, program: str) -> None:
     """
     A factory that cannot be found: one line that names the working
     directory and C{sys.path}, and says how to make it found.
     """
     argv = (TWISTD + ["-n", "--pidfile="] if program == "twistd" else TWIST) + ["serversock", "--factory", "myapp.factory"]
-    out = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(argv, cwd=enterableWorkdir, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     text = out.stdout + out.stderr
     (line,) = [line for line in text.splitlines() if "--factory myapp.factory cannot be imported" in line]
-    assert f"in the working directory {workdir}" in line
+    assert f"in the working directory {enterableWorkdir}" in line
     assert "site-packages" in line
     assert "run from the directory that holds myapp.py" in line and "PYTHONPATH" in line
     assert "Traceback" not in text
 
 
-def _nobodyTwistd(workdir: str) -> list[str]:
+def _nobodyTwistd(enterableWorkdir: str) -> list[str]:
     """
     The installed C{twistd} script, run as the unprivileged user: a copy of
     it (CI's virtualenv is not readable by others) run by the real
     interpreter, with the packages on a C{PYTHONPATH} that user can read.
     Not C{python -c}: that would put the working directory on C{sys.path}.
     """
-    script = os.path.join(workdir, "twistd")
+    script = os.path.join(enterableWorkdir, "twistd")
     shutil.copy(TWISTD[0], script)
     os.chmod(script, 0o755)
     # -S: not the interpreter's own site-packages, which may hold another
@@ -123,7 +122,7 @@ FAILURES = [
 @pytest.mark.parametrize("plugin", ["serversock", "web"])
 @pytest.mark.parametrize("case, template, unprivileged, result, advice", FAILURES, ids=[f[0] for f in FAILURES])
 def test_startupFailureIsOneLine(
-    workdir: str, plugin: str, case: str, template: str, unprivileged: bool, result: str, advice: str
+    enterableWorkdir: str, plugin: str, case: str, template: str, unprivileged: bool, result: str, advice: str
 ) -> None:
     """
     C{twistd serversock}: one line (no traceback) naming the C{--listen}
@@ -137,12 +136,12 @@ def test_startupFailureIsOneLine(
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     stale = socket.socket(socket.AF_UNIX)
-    stale.bind(os.path.join(workdir, "stale.sock"))
+    stale.bind(os.path.join(enterableWorkdir, "stale.sock"))
     stale.close()  # the file stays: nothing listens on it any more
-    description = template.format(busy=busy.getsockname()[1], dir=workdir)
-    advice = advice.format(dir=workdir)
+    description = template.format(busy=busy.getsockname()[1], dir=enterableWorkdir)
+    advice = advice.format(dir=enterableWorkdir)
     if unprivileged:
-        argv = _nobodyTwistd(workdir)
+        argv = _nobodyTwistd(enterableWorkdir)
         env = dict(os.environ, PYTHONPATH=unprivilegedPythonPath())
     else:
         argv, env = list(TWISTD), dict(os.environ)
@@ -150,7 +149,7 @@ def test_startupFailureIsOneLine(
     if plugin == "serversock":
         argv += ["--workers", "1"]
     try:
-        out = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(argv, cwd=enterableWorkdir, env=env, capture_output=True, text=True, timeout=60)
     finally:
         busy.close()
     text = out.stdout + out.stderr
@@ -167,11 +166,11 @@ def test_startupFailureIsOneLine(
         assert "CannotListenError" in line and result in line, text
     assert advice in line, text
     if case == "stale socket file":
-        assert stat.S_ISSOCK(os.lstat(os.path.join(workdir, "stale.sock")).st_mode), "left alone"
+        assert stat.S_ISSOCK(os.lstat(os.path.join(enterableWorkdir, "stale.sock")).st_mode), "left alone"
 
 
 @pytest_twisted.ensureDeferred
-async def test_twistStartupFailureIsOneLine(workdir: str) -> None:
+async def test_twistStartupFailureIsOneLine(enterableWorkdir: str) -> None:
     """
     Under C{twist} too, a port that cannot be had is one line and a
     non-zero exit, with nothing served.
@@ -182,7 +181,7 @@ async def test_twistStartupFailureIsOneLine(workdir: str) -> None:
     port = busy.getsockname()[1]
     try:
         description = f"gecko:port={port}:loopback=1"
-        proc = spawn(TWIST + ["serversock", "--listen", description, "--workers", "1"], workdir)
+        proc = spawn(TWIST + ["serversock", "--listen", description, "--workers", "1"], enterableWorkdir)
         status = await timeout(proc.ended, 60)
     finally:
         busy.close()

@@ -9,124 +9,25 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
-import tempfile
 import textwrap
-from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, utils
+from twisted.internet import defer
 
-from twisted_serversock.ipc.spawn import CHANNEL_FD
-
-from .conftest import WAIT, connect, connectUNIX, eventually, sleep, theReactor, timeout
-from .test_twistd import TWISTD, Proc, spawn
-
-SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
-LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="/tmp/ssk")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-async def echo(port: int, data: bytes) -> bytes:
-    client = await connect(port)
-    client.transport.write(data)
-    got = await client.waitFor(len(data))
-    client.transport.loseConnection()
-    await client.whenClosed()
-    return got
-
-
-def workerPids(proc: Proc) -> dict[int, int]:
-    """
-    The pid of each worker number, latest start last.
-    """
-    return {int(i): int(p) for i, p in re.findall(r"Started worker (\d+) \(pid (\d+)\)", proc.output)}
-
-
-async def stopCleanly(proc: Proc) -> int:
-    """
-    SIGTERM; the exit status (which must come within the wait).
-    """
-    if not proc.ended.called:
-        proc.transport.signalProcess(signal.SIGTERM)
-    return int(await timeout(proc.ended, 30))
+from ._procs import SERVERSOCK, STARTING, Proc, echo, serving, spawn, stopCleanly, untilHolding, untilRead, workerPids
+from .conftest import connect, connectUNIX, eventually, timeout
 
 
 async def started(argv: list[str], cwd: str, workers: int) -> tuple[Proc, int]:
+    """
+    Start C{twistd serversock ARGV} in C{cwd}; once it listens and its
+    C{workers} workers are ready, the process and its port.
+    """
     proc = spawn(SERVERSOCK + argv, cwd)
-    port = int((await proc.waitFor(LISTENING)).group(1))
-    for i in range(1, workers + 1):
-        await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
-    return proc, port
-
-
-async def socketStats(*args: str) -> list[str]:
-    """
-    The lines of C{ss -Hn ARGS} (iproute2): the kernel's view of sockets,
-    which shows what a process holds without asking the process.
-    """
-    out = await utils.getProcessOutput(shutil.which("ss") or "ss", ["-Hn", *args], env=dict(os.environ))
-    return out.decode().splitlines()
-
-
-async def channelBacklog(pid: int) -> int:
-    """
-    Bytes sent to worker C{pid} over its channel that it has not read: a
-    stopped worker (SIGSTOP) holds the connections handed to it there.
-    """
-    owner = f"pid={pid},fd={CHANNEL_FD})"
-    return sum(int(line.split()[2]) for line in await socketStats("-xp") if owner in line)
-
-
-async def established(port: int) -> int:
-    """
-    How many TCP connections to local C{port} are established (whichever
-    process holds them).
-    """
-    return len(await socketStats("-t", "state", "established", f"sport = :{port}"))
-
-
-async def until(predicate: Any, seconds: float = WAIT, step: float = 0.02) -> None:
-    """
-    Wait (without blocking the reactor) until the asynchronous
-    C{predicate()} is true.
-    """
-    deadline = theReactor().seconds() + seconds
-    while not await predicate():
-        if theReactor().seconds() >= deadline:
-            raise AssertionError(f"condition not met within {seconds}s: {predicate}")
-        await sleep(step)
-
-
-async def untilHolding(pid: int) -> None:
-    """
-    Wait until the stopped worker C{pid} has been handed a connection.
-    """
-
-    async def holding() -> bool:
-        return await channelBacklog(pid) > 0
-
-    await until(holding)
-
-
-async def untilRead(pid: int) -> None:
-    """
-    Wait until worker C{pid} has read everything sent to it.
-    """
-
-    async def read() -> bool:
-        return await channelBacklog(pid) == 0
-
-    await until(read)
+    return proc, await serving(proc, workers)
 
 
 @pytest_twisted.ensureDeferred
@@ -281,7 +182,7 @@ async def test_proxyProtocolIsParsedInTheWorker(workdir: str) -> None:
         SERVERSOCK + ["--listen", "haproxy:gecko:port=0:loopback=1", "--workers", "1", "--factory", "peer.factory"], workdir
     )
     try:
-        port = int((await proc.waitFor(r" starting on (\d+)")).group(1))  # Twisted's own line
+        port = int((await proc.waitFor(STARTING)).group(1))  # Twisted's own line
         await proc.waitFor(r"Worker 1 \(pid \d+\) is ready")
         pid = workerPids(proc)[1]
         for i in range(3):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import sys
 import tempfile
 from typing import Any, Iterator
 
@@ -19,13 +17,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import utils
 
+from ._procs import STARTING, TWISTD, Proc, freePort, spawn
 from ._tlshelp import Certs, certs
 from .conftest import timeout
-from .test_twistd import LISTENING, Proc, spawn
 
 __all__ = ["certs"]
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CURL = shutil.which("curl")
 
 pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed (.ci/run installs it)")
@@ -68,12 +65,6 @@ def site() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def curl(url: str, *args: str) -> tuple[int, str, str]:
     """
     Run C{curl -sk ARGS URL}: its exit code, the body and the HTTP version
@@ -91,8 +82,8 @@ async def curl(url: str, *args: str) -> tuple[int, str, str]:
 
 
 async def twistdWeb(site: str, description: str) -> tuple[Proc, int]:
-    proc = spawn([TWISTD, "-n", "--pidfile=", "--logfile=-", "web", "--listen", description, "--path", site], site)
-    port = int((await proc.waitFor(LISTENING)).group(1))
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", "web", "--listen", description, "--path", site], site)
+    port = int((await proc.waitFor(STARTING)).group(1))
     return proc, port
 
 

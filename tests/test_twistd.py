@@ -10,84 +10,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
-import sys
 import tempfile
 from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from .conftest import connect, theReactor, timeout
-
-#: The installed scripts, as users start them: not C{python -c} or
-#: C{python -m twisted}, which put the working directory on C{sys.path} and
-#: so hide whether a module there is found.
-BIN = os.path.dirname(sys.executable)
-TWISTD = [os.path.join(BIN, "twistd")]
-TWIST = [os.path.join(BIN, "twist"), "--log-format=text"]
-
-
-class Proc(protocol.ProcessProtocol):
-    """
-    A child process whose combined output is searchable while it runs.
-    """
-
-    def __init__(self) -> None:
-        self.output = ""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-        self.signal: int | None = None
-        self._waiting: list[tuple[re.Pattern[str], defer.Deferred[re.Match[str]]]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data.decode("utf-8", "replace")
-        for pattern, d in list(self._waiting):
-            m = pattern.search(self.output)
-            if m:
-                self._waiting.remove((pattern, d))
-                d.callback(m)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        for pattern, d in self._waiting:
-            d.errback(AssertionError(f"process ended before {pattern.pattern!r}:\n{self.output}"))
-        self._waiting = []
-        self.signal = reason.value.signal
-        self.ended.callback(reason.value.exitCode)
-
-    def waitFor(self, regex: str) -> defer.Deferred[re.Match[str]]:
-        pattern = re.compile(regex)
-        m = pattern.search(self.output)
-        if m:
-            return defer.succeed(m)
-        d: defer.Deferred[re.Match[str]] = defer.Deferred()
-        self._waiting.append((pattern, d))
-        return timeout(d, 30)
-
-    async def stop(self) -> bool:
-        """
-        SIGTERM the process; whether it shut down cleanly.  (twistd re-raises
-        the terminating signal after an orderly shutdown, so that its exit
-        status reports it: a clean stop is exit 0, or death by SIGTERM after
-        the shutdown was logged.)
-        """
-        if not self.ended.called:
-            self.transport.signalProcess(signal.SIGTERM)
-        code = await timeout(self.ended, 30)
-        if "Server Shut Down" not in self.output and "Main loop terminated" not in self.output:
-            return False
-        return code == 0 or (self.signal == signal.SIGTERM)
-
-
-def spawn(argv: list[str], cwd: str) -> Proc:
-    proc = Proc()
-    env = dict(os.environ)
-    theReactor().spawnProcess(proc, argv[0], argv, env=env, path=cwd)
-    return proc
+from ._procs import STARTING, TWIST, TWISTD, spawn
+from .conftest import connect, timeout
 
 
 @pytest.fixture
@@ -108,10 +40,6 @@ async def httpGet(port: int, path: str) -> bytes:
     return await client.whenClosed()
 
 
-#: Twisted's own start line, as tcp.Port logs it ("Site starting on N").
-LISTENING = r" starting on (\d+)"
-
-
 @pytest.mark.parametrize("reactorName", ["default", "asyncio"])
 @pytest_twisted.ensureDeferred
 async def test_twistdWebServesFile(site: str, reactorName: str) -> None:
@@ -130,7 +58,7 @@ async def test_twistdWebServesFile(site: str, reactorName: str) -> None:
     argv += ["web", "--listen", "gecko:port=0:loopback=1", "--path", site]
     proc = spawn(argv, site)
     try:
-        port = int((await proc.waitFor(LISTENING)).group(1))
+        port = int((await proc.waitFor(STARTING)).group(1))
         reply = await httpGet(port, "/hello.txt")
         assert reply.startswith(b"HTTP/1.0 200") or reply.startswith(b"HTTP/1.1 200")
         assert reply.endswith(b"hello from gecko\n" * 1000)
@@ -152,7 +80,7 @@ def _dropinModules() -> list[Any]:
 async def test_twistWeb(site: str) -> None:
     proc = spawn(TWIST + ["web", "--listen", "gecko:port=0:loopback=1", "--path", site], site)
     try:
-        port = int((await proc.waitFor(LISTENING)).group(1))
+        port = int((await proc.waitFor(STARTING)).group(1))
         reply = await httpGet(port, "/hello.txt")
         assert b" 200 " in reply.split(b"\r\n", 1)[0]
     finally:
@@ -227,7 +155,7 @@ async def test_tacFile(site: str) -> None:
         f.write(TAC)
     proc = spawn(TWISTD + ["-n", "--pidfile=", "-y", tac], site)
     try:
-        port = int((await proc.waitFor(LISTENING)).group(1))
+        port = int((await proc.waitFor(STARTING)).group(1))
         client = await connect(port)
         client.transport.write(b"tac echo")
         assert await client.waitFor(8) == b"tac echo"
