@@ -549,3 +549,96 @@ async def test_handshakeDoneWithDataInTheSameRead(certs: Certs) -> None:
             assert sorted(events) == ["handshakeDone", "inputReady"]
     finally:
         serv.close()
+
+
+def _halfClosingClient(port: int, version: str) -> tuple[bytes, str | None, bytes]:
+    """
+    Send C{hello}; read until the server ends its sending side, which must
+    be a TLS C{close_notify} (a bare FIN raises here: ragged EOFs are not
+    suppressed); then send C{after} and close with a C{close_notify}.
+
+    @return: what was read, why the end was not clean (or C{None}), and
+        what was read after the client's own close.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, "TLSv" + version.replace(".", "_"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        t = ctx.wrap_socket(raw, suppress_ragged_eofs=False)
+        t.sendall(b"hello")
+        got = b""
+        try:
+            while True:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except (OSError, ssl.SSLError) as e:
+            return got, f"{type(e).__name__}: {e}", b""
+        t.sendall(b"after")
+        plain = t.unwrap()  # our close_notify, the server's already read
+        rest = b""
+        while chunk := plain.recv(4096):
+            rest += chunk
+        return got, None, rest
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("when", ["inReadCallback", "laterTurn"])
+@pytest_twisted.ensureDeferred
+async def test_closingOutputSendsCloseNotify(certs: Certs, version: str, when: str) -> None:
+    """
+    Closing the output stream while the input stays open ends the sending
+    side with a TLS C{close_notify} (not a bare TCP FIN), logs no error,
+    and the input stream goes on reading until the client closes.
+    """
+    from twisted.internet import reactor, threads
+
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    received: list[bytes] = []
+    inputEnded: defer.Deferred[int] = defer.Deferred()
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            self.out = transport.openOutputStream()
+            self.answered = False
+            transport.openInputStream().asyncWait(self.ready)
+
+        def ready(self, stream: Any) -> None:
+            try:
+                data = stream.read(100)
+            except NSError as e:
+                if e.result == NS_BASE_STREAM_WOULD_BLOCK:
+                    stream.asyncWait(self.ready)
+                else:
+                    inputEnded.callback(e.result)
+                return
+            if not data:
+                inputEnded.callback(0)
+                return
+            received.append(data)
+            if not self.answered:
+                self.answered = True
+                self.out.write(b"RESPONSE:" + data)
+                if when == "inReadCallback":
+                    self.out.close()
+                else:
+                    reactor.callLater(0, self.out.close)  # type: ignore[attr-defined]
+            stream.asyncWait(self.ready)
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
+    try:
+        got, unclean, rest = await timeout(threads.deferToThread(_halfClosingClient, serv.port, version))
+        assert (got, unclean, rest) == (b"RESPONSE:hello", None, b"")
+        await timeout(inputEnded)
+        assert b"".join(received) == b"helloafter"
+    finally:
+        serv.close()
