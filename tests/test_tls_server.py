@@ -30,6 +30,7 @@ from twisted_serversock.interfaces import (
     nsITLSServerSocket,
 )
 from twisted_serversock.results import NS_BASE_STREAM_WOULD_BLOCK
+from twisted_serversock.streams import bufferLimit
 
 from ._tlshelp import GECKO_TLS12_CIPHER, GECKO_TLS13_CIPHER, Certs, certs, pythonClient, sClient
 from .conftest import code, eventually, timeout
@@ -640,5 +641,68 @@ async def test_closingOutputSendsCloseNotify(certs: Certs, version: str, when: s
         assert (got, unclean, rest) == (b"RESPONSE:hello", None, b"")
         await timeout(inputEnded)
         assert b"".join(received) == b"helloafter"
+    finally:
+        serv.close()
+
+
+def _readAll(port: int) -> bytes:
+    """
+    Connect with TLS and read until the server closes.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as t:
+        got = b""
+        while chunk := t.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_outputFullBeforeHandshake(certs: Certs) -> None:
+    """
+    Writing in C{onSocketAccepted}, before the handshake, until
+    C{NS_BASE_STREAM_WOULD_BLOCK} stops at the output stream's limit (the
+    plaintext waiting in TLS counts, as the socket's buffer does); once the
+    handshake is done and it is sent, the stream is ready again and the
+    client gets everything.
+    """
+    from twisted.internet import threads
+
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    written: list[int] = []
+    chunk = b"x" * 65536
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            out = transport.openOutputStream()
+            total = 0
+            for _ in range(50):
+                try:
+                    total += out.write(chunk)
+                except NSError as e:
+                    assert e.result == NS_BASE_STREAM_WOULD_BLOCK
+                    break
+            written.append(total)
+            out.asyncWait(self.ready)
+
+        def ready(self, out: Any) -> None:
+            out.write(b"END")
+            out.close()
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
+    try:
+        got = await timeout(threads.deferToThread(_readAll, serv.port))
+        limit = bufferLimit(0, 0)  # the default, as on a plain connection
+        assert written == [limit]
+        assert got == b"x" * limit + b"END"
     finally:
         serv.close()

@@ -31,7 +31,9 @@ What we rely on, and why:
     (L{tlsFailure}); its C{_appSendBuffer}, plaintext written before the
     handshake finished (L{tlsPendingPlaintext}); C{BufferingTLSTransport}'s
     C{_aggregator}, which holds small writes for a reactor turn, flushed as
-    its own C{loseConnection} does (L{flushTLSWrites});
+    its own C{loseConnection} does (L{flushTLSWrites}), and its
+    C{_buffer}, counted with C{_appSendBuffer} and the socket's buffer as a
+    TLS connection's buffered output (L{tlsBufferedOutput});
     C{twisted.internet.endpoints._parseSSL}, how C{ssl:} reads its options
     (L{sslServerOptions}).
   - C{twisted.protocols.haproxy._wrapper}: the PROXY protocol wrapper and
@@ -72,6 +74,7 @@ __all__ = [
     "tlsFailure",
     "tlsPendingPlaintext",
     "flushTLSWrites",
+    "tlsBufferedOutput",
     "unwrapProxied",
     "proxyWrapped",
     "innerProtocol",
@@ -155,6 +158,19 @@ def flushTLSWrites(tlsProtocol: Any) -> None:
     tlsProtocol._aggregator.flush()
 
 
+def tlsBufferedOutput(tlsProtocol: Any) -> int:
+    """
+    How many bytes written to C{tlsProtocol} (a C{BufferingTLSTransport})
+    wait to be sent: the plaintext its write aggregator holds for the next
+    reactor turn, the plaintext waiting for the handshake
+    (L{tlsPendingPlaintext}), and what waits in the socket's buffer
+    (L{bufferedOutput} of the transport under it).  (After the connection
+    is lost the aggregator is a null one, without a buffer.)
+    """
+    held: int = sum(map(len, getattr(tlsProtocol._aggregator, "_buffer", ())))
+    return held + sum(map(len, tlsProtocol._appSendBuffer)) + bufferedOutput(tlsProtocol.transport)
+
+
 def sslServerOptions(**options: Any) -> Any:
     """
     The C{CertificateOptions} an C{ssl:} endpoint string with these
@@ -201,6 +217,10 @@ def _tlsProblems() -> list[str]:
 
     if "self._aggregator.flush()" not in _source(BufferingTLSTransport.loseConnection):
         found.append("BufferingTLSTransport no longer holds small writes in _aggregator (flushTLSWrites)")
+    from twisted.protocols.tls import _AggregateSmallWrites
+
+    if "self._buffer.append(" not in _source(_AggregateSmallWrites.write):
+        found.append("BufferingTLSTransport's write aggregator no longer keeps its writes in _buffer (tlsBufferedOutput)")
     parseSSL = getattr(endpoints, "_parseSSL", None)
     wanted = {"privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters"}
     if parseSSL is None or not wanted <= set(inspect.signature(parseSSL).parameters):

@@ -27,6 +27,8 @@ from zope.interface import implementer
 from ._accepted import AcceptedSocket
 from ._acceptpipe import AcceptPipeline
 from ._callqueue import CallQueue
+from ._streammode import StreamMode
+from ._twistedcompat import tlsBufferedOutput
 from .interfaces import ITLSServerConnectionInfo, ITLSServerSocket
 from .results import NS_ERROR_FAILURE, NS_ERROR_IN_PROGRESS, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from .serversocket import ServerSocket
@@ -167,6 +169,20 @@ class _TLSAcceptedSocket(AcceptedSocket):
         return tls
 
 
+class _TLSStreamMode(StreamMode):
+    """
+    Stream mode on a TLS connection: the output stream's buffer counts
+    also the plaintext waiting in TLS (held for the next reactor turn, or
+    for the handshake to finish), so that writing until
+    C{NS_BASE_STREAM_WOULD_BLOCK} stops before the handshake too.
+    """
+
+    __slots__ = ()
+
+    def bufferedOutput(self) -> int:
+        return tlsBufferedOutput(self.connection())
+
+
 class TLSSocketTransport(SocketTransport):
     """
     An accepted TLS connection: a L{SocketTransport} whose bytes go through
@@ -174,6 +190,8 @@ class TLSSocketTransport(SocketTransport):
     """
 
     __slots__ = ()
+
+    _streamModeClass = _TLSStreamMode
 
     @property
     def securityInfo(self) -> TLSServerConnectionInfo:
