@@ -265,6 +265,78 @@ async def test_sni(certs: Certs, served: Any) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _chainFiles(certs: Certs, d: str) -> None:
+    """
+    In C{d}: C{chain.test.pem}, a certificate for C{chain.test} issued by
+    an intermediate CA that C{certs}' CA issued, then the intermediate's
+    certificate, then the key (what a server is given to serve the chain).
+    """
+    import subprocess
+
+    from ._tlshelp import OPENSSL
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with open(os.path.join(d, "ext_ca"), "w") as f:
+        f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    with open(os.path.join(d, "ext_leaf"), "w") as f:
+        f.write("subjectAltName=DNS:chain.test\n")
+    run("req", *ec, "-keyout", "int.key", "-out", "int.csr", "-subj", "/CN=Test Intermediate")
+    run("x509", "-req", "-in", "int.csr", "-CA", certs["ca.pem"], "-CAkey", certs["cakey.pem"], "-set_serial", "7",
+        "-extfile", "ext_ca", "-out", "int.pem", "-days", "30")  # fmt: skip
+    run("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=chain.test")
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "int.pem", "-CAkey", "int.key", "-set_serial", "8",
+        "-extfile", "ext_leaf", "-out", "leaf.pem", "-days", "30")  # fmt: skip
+    os.mkdir(os.path.join(d, "sni"))
+    with open(os.path.join(d, "sni", "chain.test.pem"), "w") as out:
+        for part in ("leaf.pem", "int.pem", "leaf.key"):
+            with open(os.path.join(d, part)) as f:
+                out.write(f.read())
+
+
+def _verifiedClient(port: int, cafile: str) -> str:
+    """
+    Connect to C{chain.test} with Python's C{ssl}, verifying against
+    C{cafile}; the error, or C{""}.
+    """
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="chain.test"):
+            return ""
+    except (OSError, ssl.SSLError) as e:
+        return str(e)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sniServesTheChain(certs: Certs, served: Any) -> None:
+    """
+    A C{<host>.pem} in C{sniDir} whose certificate an intermediate CA
+    issued is served with the intermediate: clients that trust only the
+    root verify it (C{openssl s_client -verify_return_error}, Python's
+    C{ssl}).
+    """
+    from twisted.internet import threads
+
+    d = tempfile.mkdtemp(prefix="/tmp/tlsch")
+    try:
+        _chainFiles(certs, d)
+        port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}:sniDir={esc(os.path.join(d, 'sni'))}")
+        number = port.getHost().port
+        code, out, err = await sClient(
+            number, "-servername", "chain.test", "-CAfile", certs["ca.pem"], "-verify_return_error", "-showcerts"
+        )
+        assert code == 0, err
+        assert "Verify return code: 0 (ok)" in out, out
+        assert "Test Intermediate" in out
+        assert await timeout(threads.deferToThread(_verifiedClient, number, certs["ca.pem"])) == ""
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("mode", ["require", "request"])
 @pytest_twisted.ensureDeferred
 async def test_clientCertificates(certs: Certs, served: Any, mode: str) -> None:

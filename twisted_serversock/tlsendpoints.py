@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from typing import Any
 
 from twisted.internet import defer
@@ -166,6 +167,24 @@ def _options(option: str, privateKey: str, certKey: str | None = None, **more: A
     return options
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _chainAfterFirst(option: str, path: str) -> list[Any]:
+    """
+    The certificates in the PEM file C{path} after the first (the leaf):
+    the intermediates that complete its chain, as pyOpenSSL C{X509}s.
+    """
+    from OpenSSL import crypto
+
+    with open(path, "rb") as f:
+        found = _PEM_CERTIFICATE.findall(f.read())
+    try:
+        return [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in found[1:]]
+    except crypto.Error as e:
+        raise ValueError(f"{option}: {path!r} holds a certificate that cannot be read ({e})") from None
+
+
 def _verifyClients(context: Any, mode: str | None, clientCA: str | None) -> None:
     from OpenSSL import SSL
 
@@ -214,7 +233,11 @@ def contextFactoryFromOptions(
             raise ValueError(f"sniDir: cannot read {sniDir!r}: {e.strerror or e}") from None
         for name in names:
             host = name[: -len(".pem")].lower()
-            options = _options(f"sniDir ({name})", os.path.join(sniDir, name), None, sslmethod=sslmethod, dhParameters=dhParameters)
+            path = os.path.join(sniDir, name)
+            options = _options(f"sniDir ({name})", path, None, sslmethod=sslmethod, dhParameters=dhParameters)
+            # ssl:'s reading keeps the key and the first certificate; the
+            # others in the file complete its chain (as txsni serves them).
+            options.extraCertChain = _chainAfterFirst(f"sniDir ({name})", path)
             context = options.getContext()
             _verifyClients(context, clientCert, clientCA)
             hosts[host.encode("idna")] = context
