@@ -84,6 +84,11 @@ class TLSProtocol(BufferingTLSTransport):
         if timeout is not None:
             self._timer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
         super().makeConnection(transport)
+        handle = self.getHandle()
+        if handle is not None and handle.get_app_data() is None:
+            # (Twisted before 25 does not say, for a server connection,
+            # which protocol it is; an SNI host's ALPN choice asks.)
+            handle.set_app_data(self)
 
     def dataReceived(self, data: bytes) -> None:
         # Twisted's receive loop delivers plaintext, then flushes what TLS

@@ -185,6 +185,33 @@ def _chainAfterFirst(option: str, path: str) -> list[Any]:
         raise ValueError(f"{option}: {path!r} holds a certificate that cannot be read ({e})") from None
 
 
+def _negotiateForFactory(context: Any) -> None:
+    """
+    Let C{context} (an SNI host's) choose the application protocol (ALPN)
+    as the listening context does: the first of the wrapped factory's
+    C{acceptableProtocols()} that the client offers.  Twisted before 25
+    sets this up per connection on the context the connection starts with
+    only, so a host picked by SNI answered no ALPN (no HTTP/2); later
+    releases set it on every context, as this does.
+    """
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+
+    noOverlap = getattr(SSL, "NO_OVERLAPPING_PROTOCOLS", b"")
+
+    def select(connection: Any, offered: list[bytes]) -> Any:
+        tls = connection.get_app_data()
+        wrapped = getattr(getattr(tls, "factory", None), "wrappedFactory", None)
+        negotiation = IProtocolNegotiationFactory(wrapped, None)
+        if negotiation is not None:
+            for name in negotiation.acceptableProtocols():
+                if name in offered:
+                    return name
+        return noOverlap
+
+    context.set_alpn_select_callback(select)
+
+
 def _verifyClients(context: Any, mode: str | None, clientCA: str | None) -> None:
     from OpenSSL import SSL
 
@@ -240,6 +267,7 @@ def contextFactoryFromOptions(
             options.extraCertChain = _chainAfterFirst(f"sniDir ({name})", path)
             context = options.getContext()
             _verifyClients(context, clientCert, clientCA)
+            _negotiateForFactory(context)
             hosts[host.encode("idna")] = context
         if not hosts:
             raise ValueError(f"sniDir: {sniDir!r} has no <host>.pem files")
