@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
@@ -462,3 +462,19 @@ async def test_geckoAddressing(certs: Certs, served: Any, address: str, host: st
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     result = await pythonClient(port.getHost().port, b"HELLO\n", host=host, family=family)
     assert result.error is None and result.data == b"HELLO\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopLineSaysTLS(certs: Certs, logged: list[dict[str, Any]]) -> None:
+    """
+    A C{geckotls:} port logs its end as C{ssl:}'s does: "(TLS Port N
+    Closed)" (docs/deviations.md).
+    """
+    from twisted.logger import formatEvent
+
+    port = await timeout(serverFromString(theReactor(), f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}").listen(EchoFactory()))
+    number = port.getHost().port
+    await timeout(defer.maybeDeferred(port.stopListening))
+    lines = [formatEvent(e) for e in logged]
+    assert f"(TLS Port {number} Closed)" in lines
+    assert f"(TCP Port {number} Closed)" not in lines
