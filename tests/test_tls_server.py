@@ -318,25 +318,51 @@ def test_badSettings(call: Any) -> None:
 async def test_lateObserver(certs: Certs) -> None:
     """
     An observer set after the handshake finished is told at once (through
-    the reactor, not inside C{setSecurityObserver}); each observer once.
+    the reactor, not inside C{setSecurityObserver}) if no observer of that
+    connection was told yet: at most once per connection.  The listener
+    observes the first connection, so a late observer of it is not told;
+    the second had none, so its first late observer is told and a second
+    one, set in the same turn, is not (the queue runs in order: it would
+    have been told right after).
     """
-    serv, listener = serve(certs)
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    accepted: list[Any] = []
+    told: list[Any] = []
+
+    class Observer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def onHandshakeDone(self, server: Any, status: Any) -> None:
+            told.append((self.name, server, status))
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            if not accepted:
+                transport.securityInfo.setSecurityObserver(Observer("listener's"))
+            accepted.append(transport)
+            transport.attachProtocol(_EchoProtocol())
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
     try:
-        result = await pythonClient(serv.port, b"HELLO\n")
-        assert result.error is None
-        transport = await timeout(listener.accepted.get())
-        await timeout(listener.statuses.get())
-        late: list[Any] = []
-
-        class Late:
-            def onHandshakeDone(self, server: Any, status: Any) -> None:
-                late.append((server, status))
-
-        transport.securityInfo.setSecurityObserver(Late())
-        assert late == []
-        await eventually(lambda: len(late) == 1)
-        assert late[0] == (serv, transport.securityInfo.status)
-        assert listener.events.count("handshakeDone") == 1
+        for _ in range(2):
+            result = await pythonClient(serv.port, b"HELLO\n")
+            assert result.error is None and result.data == b"HELLO\n"
+        first, second = accepted
+        await eventually(lambda: len(told) == 1)
+        assert told[0][0] == "listener's"
+        assert second.securityInfo.status is not None
+        first.securityInfo.setSecurityObserver(Observer("first, after the listener's"))
+        second.securityInfo.setSecurityObserver(Observer("second, the first late one"))
+        second.securityInfo.setSecurityObserver(Observer("second, again"))
+        assert len(told) == 1
+        await eventually(lambda: len(told) >= 2)
+        assert told[1:] == [("second, the first late one", serv, second.securityInfo.status)]
     finally:
         serv.close()
 

@@ -88,6 +88,9 @@ class TLSServerConnectionInfo:
         self.status: Any = None
         self._queue = queue
         self._observer: Any = None
+        #: An observer was told (or is queued to be told) of this
+        #: connection's handshake: no other will be.
+        self._told = False
 
     def __repr__(self) -> str:
         return f"<TLSServerConnectionInfo {self.status!r}>"
@@ -98,9 +101,12 @@ class TLSServerConnectionInfo:
         self._observer = observer
         if observer is not None and self.status is not None:
             # Set after the handshake finished: told at once (through the
-            # reactor), as in Gecko.
+            # reactor), as in Gecko - unless an observer was told already:
+            # at most once per connection.
             self._observer = None
-            self._queue.call(self._notify, observer)
+            if not self._told:
+                self._told = True
+                self._queue.call(self._notify, observer)
 
     def handshakeDone(self, connection: Any) -> None:
         """
@@ -114,7 +120,8 @@ class TLSServerConnectionInfo:
         status.update(connection)
         self.status = status
         observer, self._observer = self._observer, None
-        if observer is not None:
+        if observer is not None and not self._told:
+            self._told = True
             self._queue.call(self._notify, observer)
 
     def _notify(self, observer: Any) -> None:
