@@ -732,3 +732,37 @@ async def test_outputFullBeforeHandshake(certs: Certs) -> None:
         assert got == b"x" * limit + b"END"
     finally:
         serv.close()
+
+
+def test_rawListenerRefused(certs: Certs) -> None:
+    """
+    A listener that takes sockets raw (C{IRawAcceptor}) would get them
+    without TLS: C{asyncListen} refuses it with C{NS_ERROR_INVALID_ARG},
+    and the server socket can listen with another listener after.
+    """
+    from zope.interface import implementer
+
+    from twisted_serversock.ipc.interfaces import IRawAcceptor
+
+    @implementer(IRawAcceptor)
+    class Raw:
+        def socketAccepted(self, skt: Any, addr: Any) -> None:
+            skt.close()
+
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            pass
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    try:
+        with pytest.raises(NSError) as raised:
+            serv.asyncListen(Raw())
+        assert code(raised) == "NS_ERROR_INVALID_ARG"
+        assert "IRawAcceptor" in str(raised.value)
+        serv.asyncListen(EchoAfterHandshake())
+    finally:
+        serv.close()

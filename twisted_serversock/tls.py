@@ -28,6 +28,7 @@ from ._accepted import AcceptedSocket
 from ._acceptpipe import AcceptPipeline
 from ._callqueue import CallQueue
 from ._streammode import StreamMode
+from .ipc.interfaces import IRawAcceptor
 from ._twistedcompat import tlsBufferedOutput
 from .interfaces import ITLSServerConnectionInfo, ITLSServerSocket
 from .results import NS_ERROR_FAILURE, NS_ERROR_IN_PROGRESS, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
@@ -286,12 +287,19 @@ class TLSServerSocket(ServerSocket):
         """
         See L{IServerSocket.asyncListen}.
 
-        @raise NSError: C{NS_ERROR_NOT_INITIALIZED} without C{serverCert};
+        @raise NSError: C{NS_ERROR_INVALID_ARG} for a listener that takes
+            sockets raw (C{IRawAcceptor}: it would get them without TLS);
+            C{NS_ERROR_NOT_INITIALIZED} without C{serverCert};
             C{NS_ERROR_FAILURE} if TLS cannot be set up with it (a key that
             does not match the certificate); otherwise as a
             L{ServerSocket}'s.
         """
         if self._bound is not None and self._listener is None:
+            if IRawAcceptor.providedBy(listener):
+                raise NSError(
+                    NS_ERROR_INVALID_ARG,
+                    f"the listener {listener!r} takes sockets raw (IRawAcceptor): a TLS server socket's connections need TLS",
+                )
             if self._serverCert is None:
                 raise NSError(NS_ERROR_NOT_INITIALIZED, "a TLS server socket needs its serverCert before asyncListen")
             from ._tlscontext import GeckoTLSFactory, contextFor
