@@ -86,6 +86,17 @@ def esc(path: str) -> str:
 # Parsing
 
 
+@pytest_twisted.ensureDeferred
+async def test_workersZeroAccepted(certs: Certs, served: Any) -> None:
+    """
+    C{workers=0}, the documented default (serve in this process), is
+    accepted on C{geckotls:} as on C{gecko:}; the port serves TLS.
+    """
+    port, _ = await served(f"geckotls:0:loopback=1:workers=0:privateKey={esc(certs['server.pem'])}")
+    result = await pythonClient(port.getHost().port)
+    assert result.error is None and result.data == b"HELLO"
+
+
 def test_parsesSSLOptions(certs: Certs) -> None:
     endpoint = parse(f"geckotls:0:loopback=1:privateKey={certs['server.pem']}")
     assert isinstance(endpoint, GeckoTLSServerEndpoint)
@@ -116,6 +127,7 @@ def test_pluginsFound() -> None:
         ("privateKey={server.pem}:clientCert=maybe:clientCA={ca.pem}", "clientCert must be request or require"),
         ("privateKey={server.pem}:handshakeTimeout=soon", "handshakeTimeout must be a number"),
         ("privateKey={server.pem}:workers=2", "does not serve from worker processes yet"),
+        ("privateKey={server.pem}:WORKERS=1", "does not serve from worker processes yet"),
         ("privateKey={server.pem}:nope=1", "unknown option 'nope' for geckotls: endpoints; valid options are"),
         ("privateKey={server.pem}:loopback=maybe", "loopback must be one of"),
         ("privateKey={server.pem}:sniDir=/nonexistent", "sniDir: cannot read '/nonexistent'"),

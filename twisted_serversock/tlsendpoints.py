@@ -308,6 +308,8 @@ def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tup
         canonical = names.get(text.lower())
         if canonical is None:
             if text.lower() == "workers":
+                if str(value).strip() == "0":
+                    continue  # the default: serve in this process
                 raise ValueError(f"{prefix}: does not serve from worker processes yet; workers= is for gecko: and geckounix:")
             raise ValueError(
                 f"unknown option {text!r} for {prefix}: endpoints; valid options are " + ", ".join(sorted(names.values()))
