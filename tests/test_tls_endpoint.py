@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
@@ -86,6 +86,17 @@ def esc(path: str) -> str:
 # Parsing
 
 
+@pytest_twisted.ensureDeferred
+async def test_workersZeroAccepted(certs: Certs, served: Any) -> None:
+    """
+    C{workers=0}, the documented default (serve in this process), is
+    accepted on C{geckotls:} as on C{gecko:}; the port serves TLS.
+    """
+    port, _ = await served(f"geckotls:0:loopback=1:workers=0:privateKey={esc(certs['server.pem'])}")
+    result = await pythonClient(port.getHost().port)
+    assert result.error is None and result.data == b"HELLO"
+
+
 def test_parsesSSLOptions(certs: Certs) -> None:
     endpoint = parse(f"geckotls:0:loopback=1:privateKey={certs['server.pem']}")
     assert isinstance(endpoint, GeckoTLSServerEndpoint)
@@ -116,6 +127,7 @@ def test_pluginsFound() -> None:
         ("privateKey={server.pem}:clientCert=maybe:clientCA={ca.pem}", "clientCert must be request or require"),
         ("privateKey={server.pem}:handshakeTimeout=soon", "handshakeTimeout must be a number"),
         ("privateKey={server.pem}:workers=2", "does not serve from worker processes yet"),
+        ("privateKey={server.pem}:WORKERS=1", "does not serve from worker processes yet"),
         ("privateKey={server.pem}:nope=1", "unknown option 'nope' for geckotls: endpoints; valid options are"),
         ("privateKey={server.pem}:loopback=maybe", "loopback must be one of"),
         ("privateKey={server.pem}:sniDir=/nonexistent", "sniDir: cannot read '/nonexistent'"),
@@ -265,6 +277,127 @@ async def test_sni(certs: Certs, served: Any) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _chainFiles(certs: Certs, d: str) -> None:
+    """
+    In C{d}: C{chain.test.pem}, a certificate for C{chain.test} issued by
+    an intermediate CA that C{certs}' CA issued, then the intermediate's
+    certificate, then the key (what a server is given to serve the chain).
+    """
+    import subprocess
+
+    from ._tlshelp import OPENSSL
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with open(os.path.join(d, "ext_ca"), "w") as f:
+        f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    with open(os.path.join(d, "ext_leaf"), "w") as f:
+        f.write("subjectAltName=DNS:chain.test\n")
+    run("req", *ec, "-keyout", "int.key", "-out", "int.csr", "-subj", "/CN=Test Intermediate")
+    run("x509", "-req", "-in", "int.csr", "-CA", certs["ca.pem"], "-CAkey", certs["cakey.pem"], "-set_serial", "7",
+        "-extfile", "ext_ca", "-out", "int.pem", "-days", "30")  # fmt: skip
+    run("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=chain.test")
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "int.pem", "-CAkey", "int.key", "-set_serial", "8",
+        "-extfile", "ext_leaf", "-out", "leaf.pem", "-days", "30")  # fmt: skip
+    os.mkdir(os.path.join(d, "sni"))
+    with open(os.path.join(d, "sni", "chain.test.pem"), "w") as out:
+        for part in ("leaf.pem", "int.pem", "leaf.key"):
+            with open(os.path.join(d, part)) as f:
+                out.write(f.read())
+
+
+def _verifiedClient(port: int, cafile: str) -> str:
+    """
+    Connect to C{chain.test} with Python's C{ssl}, verifying against
+    C{cafile}; the error, or C{""}.
+    """
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="chain.test"):
+            return ""
+    except (OSError, ssl.SSLError) as e:
+        return str(e)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sniServesTheChain(certs: Certs, served: Any) -> None:
+    """
+    A C{<host>.pem} in C{sniDir} whose certificate an intermediate CA
+    issued is served with the intermediate: clients that trust only the
+    root verify it (C{openssl s_client -verify_return_error}, Python's
+    C{ssl}).
+    """
+    from twisted.internet import threads
+
+    d = tempfile.mkdtemp(prefix="/tmp/tlsch")
+    try:
+        _chainFiles(certs, d)
+        port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}:sniDir={esc(os.path.join(d, 'sni'))}")
+        number = port.getHost().port
+        code, out, err = await sClient(
+            number, "-servername", "chain.test", "-CAfile", certs["ca.pem"], "-verify_return_error", "-showcerts"
+        )
+        assert code == 0, err
+        assert "Verify return code: 0 (ok)" in out, out
+        assert "Test Intermediate" in out
+        assert await timeout(threads.deferToThread(_verifiedClient, number, certs["ca.pem"])) == ""
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _alpnClient(port: int, serverName: str | None) -> str | None:
+    """
+    Offer C{h2} and C{http/1.1} (as C{curl --http2} does); the protocol the
+    server chose.
+    """
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=serverName) as t:
+        return t.selected_alpn_protocol()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sniHostsNegotiateALPN(certs: Certs, served: Any) -> None:
+    """
+    A host picked by SNI chooses the application protocol (ALPN) from the
+    factory's C{acceptableProtocols()}, as the default certificate does (on
+    every supported Twisted: before 25 it was set up on the first context
+    only, and SNI hosts answered none, so no HTTP/2).
+    """
+    from twisted.internet import threads
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+    from zope.interface import implementer
+
+    @implementer(IProtocolNegotiationFactory)
+    class Negotiating(EchoFactory):
+        def acceptableProtocols(self) -> list[bytes]:
+            return [b"h2", b"http/1.1"]
+
+    d = tempfile.mkdtemp(prefix="/tmp/tlsal")
+    try:
+        with open(os.path.join(d, "other.example.pem"), "w") as f:
+            f.write(open(certs["other.pem"]).read() + open(certs["otherkey.pem"]).read())
+        description = f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}:sniDir={esc(d)}"
+        port, _ = await served(description, Negotiating())
+        number = port.getHost().port
+        for name in ("other.example", None, "unknown.example"):
+            assert await timeout(threads.deferToThread(_alpnClient, number, name)) == "h2", name
+        # A factory that negotiates nothing: the SNI host chooses no protocol.
+        # (Not asked of the default certificate: there Twisted's own choice
+        # answers, which pyOpenSSL 26 turns into a handshake failure.)
+        plain, _ = await served(description)
+        assert await timeout(threads.deferToThread(_alpnClient, plain.getHost().port, "other.example")) is None
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("mode", ["require", "request"])
 @pytest_twisted.ensureDeferred
 async def test_clientCertificates(certs: Certs, served: Any, mode: str) -> None:
@@ -341,3 +474,19 @@ async def test_geckoAddressing(certs: Certs, served: Any, address: str, host: st
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     result = await pythonClient(port.getHost().port, b"HELLO\n", host=host, family=family)
     assert result.error is None and result.data == b"HELLO\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopLineSaysTLS(certs: Certs, logged: list[dict[str, Any]]) -> None:
+    """
+    A C{geckotls:} port logs its end as C{ssl:}'s does: "(TLS Port N
+    Closed)" (docs/deviations.md).
+    """
+    from twisted.logger import formatEvent
+
+    port = await timeout(serverFromString(theReactor(), f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}").listen(EchoFactory()))
+    number = port.getHost().port
+    await timeout(defer.maybeDeferred(port.stopListening))
+    lines = [formatEvent(e) for e in logged]
+    assert f"(TLS Port {number} Closed)" in lines
+    assert f"(TCP Port {number} Closed)" not in lines

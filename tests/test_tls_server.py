@@ -30,6 +30,7 @@ from twisted_serversock.interfaces import (
     nsITLSServerSocket,
 )
 from twisted_serversock.results import NS_BASE_STREAM_WOULD_BLOCK
+from twisted_serversock.streams import bufferLimit
 
 from ._tlshelp import GECKO_TLS12_CIPHER, GECKO_TLS13_CIPHER, Certs, certs, pythonClient, sClient
 from .conftest import code, eventually, timeout
@@ -317,25 +318,51 @@ def test_badSettings(call: Any) -> None:
 async def test_lateObserver(certs: Certs) -> None:
     """
     An observer set after the handshake finished is told at once (through
-    the reactor, not inside C{setSecurityObserver}); each observer once.
+    the reactor, not inside C{setSecurityObserver}) if no observer of that
+    connection was told yet: at most once per connection.  The listener
+    observes the first connection, so a late observer of it is not told;
+    the second had none, so its first late observer is told and a second
+    one, set in the same turn, is not (the queue runs in order: it would
+    have been told right after).
     """
-    serv, listener = serve(certs)
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    accepted: list[Any] = []
+    told: list[Any] = []
+
+    class Observer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def onHandshakeDone(self, server: Any, status: Any) -> None:
+            told.append((self.name, server, status))
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            if not accepted:
+                transport.securityInfo.setSecurityObserver(Observer("listener's"))
+            accepted.append(transport)
+            transport.attachProtocol(_EchoProtocol())
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
     try:
-        result = await pythonClient(serv.port, b"HELLO\n")
-        assert result.error is None
-        transport = await timeout(listener.accepted.get())
-        await timeout(listener.statuses.get())
-        late: list[Any] = []
-
-        class Late:
-            def onHandshakeDone(self, server: Any, status: Any) -> None:
-                late.append((server, status))
-
-        transport.securityInfo.setSecurityObserver(Late())
-        assert late == []
-        await eventually(lambda: len(late) == 1)
-        assert late[0] == (serv, transport.securityInfo.status)
-        assert listener.events.count("handshakeDone") == 1
+        for _ in range(2):
+            result = await pythonClient(serv.port, b"HELLO\n")
+            assert result.error is None and result.data == b"HELLO\n"
+        first, second = accepted
+        await eventually(lambda: len(told) == 1)
+        assert told[0][0] == "listener's"
+        assert second.securityInfo.status is not None
+        first.securityInfo.setSecurityObserver(Observer("first, after the listener's"))
+        second.securityInfo.setSecurityObserver(Observer("second, the first late one"))
+        second.securityInfo.setSecurityObserver(Observer("second, again"))
+        assert len(told) == 1
+        await eventually(lambda: len(told) >= 2)
+        assert told[1:] == [("second, the first late one", serv, second.securityInfo.status)]
     finally:
         serv.close()
 
@@ -547,5 +574,195 @@ async def test_handshakeDoneWithDataInTheSameRead(certs: Certs) -> None:
             assert got == b"HELLO"
             await eventually(lambda: len(events) == 2)
             assert sorted(events) == ["handshakeDone", "inputReady"]
+    finally:
+        serv.close()
+
+
+def _halfClosingClient(port: int, version: str) -> tuple[bytes, str | None, bytes]:
+    """
+    Send C{hello}; read until the server ends its sending side, which must
+    be a TLS C{close_notify} (a bare FIN raises here: ragged EOFs are not
+    suppressed); then send C{after} and close with a C{close_notify}.
+
+    @return: what was read, why the end was not clean (or C{None}), and
+        what was read after the client's own close.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, "TLSv" + version.replace(".", "_"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        t = ctx.wrap_socket(raw, suppress_ragged_eofs=False)
+        t.sendall(b"hello")
+        got = b""
+        try:
+            while True:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except (OSError, ssl.SSLError) as e:
+            return got, f"{type(e).__name__}: {e}", b""
+        t.sendall(b"after")
+        plain = t.unwrap()  # our close_notify, the server's already read
+        rest = b""
+        while chunk := plain.recv(4096):
+            rest += chunk
+        return got, None, rest
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("when", ["inReadCallback", "laterTurn"])
+@pytest_twisted.ensureDeferred
+async def test_closingOutputSendsCloseNotify(certs: Certs, version: str, when: str) -> None:
+    """
+    Closing the output stream while the input stays open ends the sending
+    side with a TLS C{close_notify} (not a bare TCP FIN), logs no error,
+    and the input stream goes on reading until the client closes.
+    """
+    from twisted.internet import reactor, threads
+
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    received: list[bytes] = []
+    inputEnded: defer.Deferred[int] = defer.Deferred()
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            self.out = transport.openOutputStream()
+            self.answered = False
+            transport.openInputStream().asyncWait(self.ready)
+
+        def ready(self, stream: Any) -> None:
+            try:
+                data = stream.read(100)
+            except NSError as e:
+                if e.result == NS_BASE_STREAM_WOULD_BLOCK:
+                    stream.asyncWait(self.ready)
+                else:
+                    inputEnded.callback(e.result)
+                return
+            if not data:
+                inputEnded.callback(0)
+                return
+            received.append(data)
+            if not self.answered:
+                self.answered = True
+                self.out.write(b"RESPONSE:" + data)
+                if when == "inReadCallback":
+                    self.out.close()
+                else:
+                    reactor.callLater(0, self.out.close)  # type: ignore[attr-defined]
+            stream.asyncWait(self.ready)
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
+    try:
+        got, unclean, rest = await timeout(threads.deferToThread(_halfClosingClient, serv.port, version))
+        assert (got, unclean, rest) == (b"RESPONSE:hello", None, b"")
+        await timeout(inputEnded)
+        assert b"".join(received) == b"helloafter"
+    finally:
+        serv.close()
+
+
+def _readAll(port: int) -> bytes:
+    """
+    Connect with TLS and read until the server closes.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as t:
+        got = b""
+        while chunk := t.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_outputFullBeforeHandshake(certs: Certs) -> None:
+    """
+    Writing in C{onSocketAccepted}, before the handshake, until
+    C{NS_BASE_STREAM_WOULD_BLOCK} stops at the output stream's limit (the
+    plaintext waiting in TLS counts, as the socket's buffer does); once the
+    handshake is done and it is sent, the stream is ready again and the
+    client gets everything.
+    """
+    from twisted.internet import threads
+
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    written: list[int] = []
+    chunk = b"x" * 65536
+
+    class Listener:
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            out = transport.openOutputStream()
+            total = 0
+            for _ in range(50):
+                try:
+                    total += out.write(chunk)
+                except NSError as e:
+                    assert e.result == NS_BASE_STREAM_WOULD_BLOCK
+                    break
+            written.append(total)
+            out.asyncWait(self.ready)
+
+        def ready(self, out: Any) -> None:
+            out.write(b"END")
+            out.close()
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv.asyncListen(Listener())
+    try:
+        got = await timeout(threads.deferToThread(_readAll, serv.port))
+        limit = bufferLimit(0, 0)  # the default, as on a plain connection
+        assert written == [limit]
+        assert got == b"x" * limit + b"END"
+    finally:
+        serv.close()
+
+
+def test_rawListenerRefused(certs: Certs) -> None:
+    """
+    A listener that takes sockets raw (C{IRawAcceptor}) would get them
+    without TLS: C{asyncListen} refuses it with C{NS_ERROR_INVALID_ARG},
+    and the server socket can listen with another listener after.
+    """
+    from zope.interface import implementer
+
+    from twisted_serversock.ipc.interfaces import IRawAcceptor
+
+    @implementer(IRawAcceptor)
+    class Raw:
+        def socketAccepted(self, skt: Any, addr: Any) -> None:
+            skt.close()
+
+        def onSocketAccepted(self, s: Any, transport: Any) -> None:
+            pass
+
+        def onStopListening(self, s: Any, status: int) -> None:
+            pass
+
+    serv = TLSServerSocket()
+    serv.init(-1, True, -1)
+    serv.serverCert = certs.privateCertificate()
+    try:
+        with pytest.raises(NSError) as raised:
+            serv.asyncListen(Raw())
+        assert code(raised) == "NS_ERROR_INVALID_ARG"
+        assert "IRawAcceptor" in str(raised.value)
+        serv.asyncListen(EchoAfterHandshake())
     finally:
         serv.close()

@@ -11,6 +11,14 @@ C{TLSMemoryBIOFactory} builds, as behind C{ssl:}), which also
   - logs one line for a handshake that failed (a client that sent garbage,
     offered no acceptable version, or no required certificate), with no
     traceback: the peer's mistake is not the server's error;
+  - half-closes: C{loseWriteConnection} ends the sending side with a TLS
+    C{close_notify} (after any plaintext still waiting for the handshake),
+    then a TCP FIN, and goes on reading (Twisted's own TLS protocol has no
+    C{loseWriteConnection}: the call would reach the socket under it and
+    end the stream with a bare FIN);
+  - survives losing its connection while it delivers received bytes (a
+    socket whose sending side is already shut down closes at once when
+    TLS closes it): the loss is handed on once the bytes are delivered;
 
 and L{TLSClientStatus}, what a finished handshake established (Gecko's
 C{nsITLSClientStatus}).
@@ -31,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from ._twistedcompat import tlsFailure, tlsProtocolWithoutConnecting
+from ._twistedcompat import flushTLSWrites, tlsFailure, tlsPendingPlaintext, tlsProtocolWithoutConnecting
 from .interfaces import ITLSClientStatus
 
 __all__ = ["TLSFactory", "TLSProtocol", "TLSClientStatus", "DEFAULT_HANDSHAKE_TIMEOUT", "ianaCipherName"]
@@ -63,15 +71,40 @@ class TLSProtocol(BufferingTLSTransport):
     handshakeFinished = False
     connectionInfo: Any = None
     _timer: Any = None
+    #: C{loseWriteConnection} was called; the C{close_notify} is sent once
+    #: no plaintext waits for the handshake (C{_closeNotifySent}).
+    _writeClosed = False
+    _closeNotifySent = False
+    #: Inside C{dataReceived}; a C{connectionLost} then is kept for its end.
+    _receiving = False
+    _lostWhileReceiving: Failure | None = None
 
     def makeConnection(self, transport: Any) -> None:
         timeout = self.factory.handshakeTimeout
         if timeout is not None:
             self._timer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
         super().makeConnection(transport)
+        handle = self.getHandle()
+        if handle is not None and handle.get_app_data() is None:
+            # (Twisted before 25 does not say, for a server connection,
+            # which protocol it is; an SNI host's ALPN choice asks.)
+            handle.set_app_data(self)
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+        # Twisted's receive loop delivers plaintext, then flushes what TLS
+        # has to send; the application may close the connection meanwhile,
+        # and the socket under it may then report its loss at once (it does
+        # when its sending side is shut down already).  That loss waits
+        # until the loop is done.
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
+        lost, self._lostWhileReceiving = self._lostWhileReceiving, None
+        if lost is not None:
+            self.connectionLost(lost)
+            return
         if not self.handshakeFinished:
             handle = self.getHandle()
             # The server has the client's Finished message exactly when the
@@ -80,6 +113,42 @@ class TLSProtocol(BufferingTLSTransport):
                 self.handshakeFinished = True
                 self._cancelTimer()
                 self.factory.handshakeDone(self, handle)
+        if self._writeClosed and not self._closeNotifySent:
+            self._maybeSendCloseNotify()
+
+    def loseWriteConnection(self) -> None:
+        """
+        End the sending side: any plaintext still buffered is sent, then a
+        TLS C{close_notify} and a TCP FIN; the connection goes on reading
+        until the peer closes.  Before the handshake finished, the end
+        waits for it (with the plaintext written before).
+        """
+        if self._writeClosed or self.disconnecting or not self.connected:
+            return
+        self._writeClosed = True
+        flushTLSWrites(self)
+        self._maybeSendCloseNotify()
+
+    def _maybeSendCloseNotify(self) -> None:
+        handle = self.getHandle()
+        if handle is None or self.disconnecting or not self.handshakeFinished or tlsPendingPlaintext(self):
+            return  # dataReceived comes back here once the handshake is done
+        self._closeNotifySent = True
+        try:
+            bothClosed = handle.shutdown()
+        except SSL.Error:
+            bothClosed = False
+        try:
+            alert = handle.bio_read(2**15)
+        except SSL.WantReadError:
+            alert = b""
+        transport: Any = self.transport  # a tcp.Server or unix.Server
+        if alert:
+            transport.write(alert)
+        if bothClosed:
+            transport.loseConnection()
+        else:
+            transport.loseWriteConnection()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         super().registerProducer(producer, streaming)
@@ -90,6 +159,10 @@ class TLSProtocol(BufferingTLSTransport):
         super().unregisterProducer()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._receiving:
+            if self._lostWhileReceiving is None:
+                self._lostWhileReceiving = reason
+            return
         self._cancelTimer()
         failure = tlsFailure(self) or reason
         if not self.handshakeFinished and failure is not None and failure.check(SSL.Error):

@@ -28,7 +28,12 @@ What we rely on, and why:
     C{TLSMemoryBIOProtocol(..., _connectWrapped=False)}, a TLS protocol
     that does not connect the protocol it wraps (L{tlsProtocolWithoutConnecting});
     its C{_reason}, why TLS failed, before C{connectionLost} hands it on
-    (L{tlsFailure});
+    (L{tlsFailure}); its C{_appSendBuffer}, plaintext written before the
+    handshake finished (L{tlsPendingPlaintext}); C{BufferingTLSTransport}'s
+    C{_aggregator}, which holds small writes for a reactor turn, flushed as
+    its own C{loseConnection} does (L{flushTLSWrites}), and its
+    C{_buffer}, counted with C{_appSendBuffer} and the socket's buffer as a
+    TLS connection's buffered output (L{tlsBufferedOutput});
     C{twisted.internet.endpoints._parseSSL}, how C{ssl:} reads its options
     (L{sslServerOptions}).
   - C{twisted.protocols.haproxy._wrapper}: the PROXY protocol wrapper and
@@ -67,6 +72,9 @@ __all__ = [
     "sslServerOptions",
     "unwrapHAProxy",
     "tlsFailure",
+    "tlsPendingPlaintext",
+    "flushTLSWrites",
+    "tlsBufferedOutput",
     "unwrapProxied",
     "proxyWrapped",
     "innerProtocol",
@@ -133,6 +141,36 @@ def tlsFailure(tlsProtocol: Any) -> Any:
     return getattr(tlsProtocol, "_reason", None)
 
 
+def tlsPendingPlaintext(tlsProtocol: Any) -> int:
+    """
+    How many plaintext bytes C{tlsProtocol} (a C{TLSMemoryBIOProtocol})
+    holds that TLS has not taken yet: written before the handshake
+    finished, they wait in its C{_appSendBuffer}.
+    """
+    return sum(map(len, tlsProtocol._appSendBuffer))
+
+
+def flushTLSWrites(tlsProtocol: Any) -> None:
+    """
+    Hand the small writes a C{BufferingTLSTransport} holds for the next
+    reactor turn to TLS now (as its own C{loseConnection} does).
+    """
+    tlsProtocol._aggregator.flush()
+
+
+def tlsBufferedOutput(tlsProtocol: Any) -> int:
+    """
+    How many bytes written to C{tlsProtocol} (a C{BufferingTLSTransport})
+    wait to be sent: the plaintext its write aggregator holds for the next
+    reactor turn, the plaintext waiting for the handshake
+    (L{tlsPendingPlaintext}), and what waits in the socket's buffer
+    (L{bufferedOutput} of the transport under it).  (After the connection
+    is lost the aggregator is a null one, without a buffer.)
+    """
+    held: int = sum(map(len, getattr(tlsProtocol._aggregator, "_buffer", ())))
+    return held + sum(map(len, tlsProtocol._appSendBuffer)) + bufferedOutput(tlsProtocol.transport)
+
+
 def sslServerOptions(**options: Any) -> Any:
     """
     The C{CertificateOptions} an C{ssl:} endpoint string with these
@@ -171,6 +209,18 @@ def _tlsProblems() -> list[str]:
         found.append("TLSMemoryBIOProtocol no longer takes _connectWrapped (tlsProtocolWithoutConnecting)")
     if "self._reason = reason" not in _source(TLSMemoryBIOProtocol._tlsShutdownFinished):
         found.append("TLSMemoryBIOProtocol no longer keeps why TLS failed in _reason (tlsFailure)")
+    if "self._appSendBuffer = []" not in _source(TLSMemoryBIOProtocol.makeConnection) or (
+        "self._appSendBuffer.append(" not in _source(TLSMemoryBIOProtocol._bufferedWrite)
+    ):
+        found.append("TLSMemoryBIOProtocol no longer buffers early plaintext in _appSendBuffer (tlsPendingPlaintext)")
+    from twisted.protocols.tls import BufferingTLSTransport
+
+    if "self._aggregator.flush()" not in _source(BufferingTLSTransport.loseConnection):
+        found.append("BufferingTLSTransport no longer holds small writes in _aggregator (flushTLSWrites)")
+    from twisted.protocols.tls import _AggregateSmallWrites
+
+    if "self._buffer.append(" not in _source(_AggregateSmallWrites.write):
+        found.append("BufferingTLSTransport's write aggregator no longer keeps its writes in _buffer (tlsBufferedOutput)")
     parseSSL = getattr(endpoints, "_parseSSL", None)
     wanted = {"privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters"}
     if parseSSL is None or not wanted <= set(inspect.signature(parseSSL).parameters):

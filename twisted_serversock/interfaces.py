@@ -560,7 +560,8 @@ class ITLSServerConnectionInfo(Interface):
         """
         Set (or, with C{None}, clear) the observer told when the handshake
         finishes; set after it finished, the observer is told at once (still
-        through the reactor).
+        through the reactor) unless an observer of this connection was told
+        already: at most one C{onHandshakeDone} per connection.
         """
 
 

@@ -27,6 +27,9 @@ from zope.interface import implementer
 from ._accepted import AcceptedSocket
 from ._acceptpipe import AcceptPipeline
 from ._callqueue import CallQueue
+from ._streammode import StreamMode
+from .ipc.interfaces import IRawAcceptor
+from ._twistedcompat import tlsBufferedOutput
 from .interfaces import ITLSServerConnectionInfo, ITLSServerSocket
 from .results import NS_ERROR_FAILURE, NS_ERROR_IN_PROGRESS, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from .serversocket import ServerSocket
@@ -86,6 +89,9 @@ class TLSServerConnectionInfo:
         self.status: Any = None
         self._queue = queue
         self._observer: Any = None
+        #: An observer was told (or is queued to be told) of this
+        #: connection's handshake: no other will be.
+        self._told = False
 
     def __repr__(self) -> str:
         return f"<TLSServerConnectionInfo {self.status!r}>"
@@ -96,9 +102,12 @@ class TLSServerConnectionInfo:
         self._observer = observer
         if observer is not None and self.status is not None:
             # Set after the handshake finished: told at once (through the
-            # reactor), as in Gecko.
+            # reactor), as in Gecko - unless an observer was told already:
+            # at most once per connection.
             self._observer = None
-            self._queue.call(self._notify, observer)
+            if not self._told:
+                self._told = True
+                self._queue.call(self._notify, observer)
 
     def handshakeDone(self, connection: Any) -> None:
         """
@@ -112,7 +121,8 @@ class TLSServerConnectionInfo:
         status.update(connection)
         self.status = status
         observer, self._observer = self._observer, None
-        if observer is not None:
+        if observer is not None and not self._told:
+            self._told = True
             self._queue.call(self._notify, observer)
 
     def _notify(self, observer: Any) -> None:
@@ -167,6 +177,20 @@ class _TLSAcceptedSocket(AcceptedSocket):
         return tls
 
 
+class _TLSStreamMode(StreamMode):
+    """
+    Stream mode on a TLS connection: the output stream's buffer counts
+    also the plaintext waiting in TLS (held for the next reactor turn, or
+    for the handshake to finish), so that writing until
+    C{NS_BASE_STREAM_WOULD_BLOCK} stops before the handshake too.
+    """
+
+    __slots__ = ()
+
+    def bufferedOutput(self) -> int:
+        return tlsBufferedOutput(self.connection())
+
+
 class TLSSocketTransport(SocketTransport):
     """
     An accepted TLS connection: a L{SocketTransport} whose bytes go through
@@ -174,6 +198,8 @@ class TLSSocketTransport(SocketTransport):
     """
 
     __slots__ = ()
+
+    _streamModeClass = _TLSStreamMode
 
     @property
     def securityInfo(self) -> TLSServerConnectionInfo:
@@ -261,12 +287,19 @@ class TLSServerSocket(ServerSocket):
         """
         See L{IServerSocket.asyncListen}.
 
-        @raise NSError: C{NS_ERROR_NOT_INITIALIZED} without C{serverCert};
+        @raise NSError: C{NS_ERROR_INVALID_ARG} for a listener that takes
+            sockets raw (C{IRawAcceptor}: it would get them without TLS);
+            C{NS_ERROR_NOT_INITIALIZED} without C{serverCert};
             C{NS_ERROR_FAILURE} if TLS cannot be set up with it (a key that
             does not match the certificate); otherwise as a
             L{ServerSocket}'s.
         """
         if self._bound is not None and self._listener is None:
+            if IRawAcceptor.providedBy(listener):
+                raise NSError(
+                    NS_ERROR_INVALID_ARG,
+                    f"the listener {listener!r} takes sockets raw (IRawAcceptor): a TLS server socket's connections need TLS",
+                )
             if self._serverCert is None:
                 raise NSError(NS_ERROR_NOT_INITIALIZED, "a TLS server socket needs its serverCert before asyncListen")
             from ._tlscontext import GeckoTLSFactory, contextFor

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from typing import Any
 
 from twisted.internet import defer
@@ -166,6 +167,51 @@ def _options(option: str, privateKey: str, certKey: str | None = None, **more: A
     return options
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _chainAfterFirst(option: str, path: str) -> list[Any]:
+    """
+    The certificates in the PEM file C{path} after the first (the leaf):
+    the intermediates that complete its chain, as pyOpenSSL C{X509}s.
+    """
+    from OpenSSL import crypto
+
+    with open(path, "rb") as f:
+        found = _PEM_CERTIFICATE.findall(f.read())
+    try:
+        return [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in found[1:]]
+    except crypto.Error as e:
+        raise ValueError(f"{option}: {path!r} holds a certificate that cannot be read ({e})") from None
+
+
+def _negotiateForFactory(context: Any) -> None:
+    """
+    Let C{context} (an SNI host's) choose the application protocol (ALPN)
+    as the listening context does: the first of the wrapped factory's
+    C{acceptableProtocols()} that the client offers.  Twisted before 25
+    sets this up per connection on the context the connection starts with
+    only, so a host picked by SNI answered no ALPN (no HTTP/2); later
+    releases set it on every context, as this does.
+    """
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+
+    noOverlap = getattr(SSL, "NO_OVERLAPPING_PROTOCOLS", b"")
+
+    def select(connection: Any, offered: list[bytes]) -> Any:
+        tls = connection.get_app_data()
+        wrapped = getattr(getattr(tls, "factory", None), "wrappedFactory", None)
+        negotiation = IProtocolNegotiationFactory(wrapped, None)
+        if negotiation is not None:
+            for name in negotiation.acceptableProtocols():
+                if name in offered:
+                    return name
+        return noOverlap
+
+    context.set_alpn_select_callback(select)
+
+
 def _verifyClients(context: Any, mode: str | None, clientCA: str | None) -> None:
     from OpenSSL import SSL
 
@@ -214,9 +260,14 @@ def contextFactoryFromOptions(
             raise ValueError(f"sniDir: cannot read {sniDir!r}: {e.strerror or e}") from None
         for name in names:
             host = name[: -len(".pem")].lower()
-            options = _options(f"sniDir ({name})", os.path.join(sniDir, name), None, sslmethod=sslmethod, dhParameters=dhParameters)
+            path = os.path.join(sniDir, name)
+            options = _options(f"sniDir ({name})", path, None, sslmethod=sslmethod, dhParameters=dhParameters)
+            # ssl:'s reading keeps the key and the first certificate; the
+            # others in the file complete its chain (as txsni serves them).
+            options.extraCertChain = _chainAfterFirst(f"sniDir ({name})", path)
             context = options.getContext()
             _verifyClients(context, clientCert, clientCA)
+            _negotiateForFactory(context)
             hosts[host.encode("idna")] = context
         if not hosts:
             raise ValueError(f"sniDir: {sniDir!r} has no <host>.pem files")
@@ -257,6 +308,8 @@ def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tup
         canonical = names.get(text.lower())
         if canonical is None:
             if text.lower() == "workers":
+                if str(value).strip() == "0":
+                    continue  # the default: serve in this process
                 raise ValueError(f"{prefix}: does not serve from worker processes yet; workers= is for gecko: and geckounix:")
             raise ValueError(
                 f"unknown option {text!r} for {prefix}: endpoints; valid options are " + ", ".join(sorted(names.values()))

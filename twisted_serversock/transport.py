@@ -79,9 +79,13 @@ class SocketTransport:
     @ivar _mode: the stream-mode protocol, created when streams, timeouts
         or stream mode are first asked for; else C{None}.
     @ivar _attached: whether L{attachProtocol} handed the connection over.
+    @cvar _streamModeClass: the stream-mode protocol's class (a TLS
+        connection's counts what waits in TLS as buffered output).
     """
 
     __slots__ = ("_twisted", "_accepted", "_queue", "_mode", "_attached", "__weakref__")
+
+    _streamModeClass: type[StreamMode] = StreamMode
 
     OPEN_BLOCKING = OPEN_BLOCKING
     OPEN_UNBUFFERED = OPEN_UNBUFFERED
@@ -128,7 +132,7 @@ class SocketTransport:
         """
         mode = self._mode
         if mode is None:
-            mode = self._mode = StreamMode(self._queue, self.startStreaming)
+            mode = self._mode = self._streamModeClass(self._queue, self.startStreaming)
             if self._twisted is not None:
                 # Attached directly: the mode only closes the connection.
                 mode.makeConnection(self._twisted)
