@@ -522,7 +522,12 @@ async def test_sigusr1RotatesTheLogFile(workdir: str) -> None:
 
 class NotifyReader:
     """
-    A real C{AF_UNIX} datagram socket standing in for systemd.
+    A real C{AF_UNIX} datagram socket standing in for systemd, which reads
+    its notify socket as datagrams arrive: so does this one, on the reactor
+    (a datagram socket queues only C{net.unix.max_dgram_qlen}, 10 by
+    default; read only when the test looks, the watchdog's C{WATCHDOG=1}
+    every 200 ms would fill it during a slow start and the sender's next
+    datagram, C{READY=1}, would be refused).
     """
 
     def __init__(self, path: str) -> None:
@@ -531,6 +536,23 @@ class NotifyReader:
         self.socket.bind(path)
         self.socket.setblocking(False)
         self.messages: list[dict[str, str]] = []
+        theReactor().addReader(self)
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def doRead(self) -> None:
+        self.read()
+
+    def logPrefix(self) -> str:
+        return "NotifyReader"
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+    def close(self) -> None:
+        theReactor().removeReader(self)
+        self.socket.close()
 
     def read(self) -> list[dict[str, str]]:
         while True:
@@ -573,7 +595,7 @@ async def test_systemdNotifications(workdir: str) -> None:
         assert reader.has("STOPPING")
         assert [k for k in reader.keys() if k][-1] == "STOPPING"
     finally:
-        reader.socket.close()
+        reader.close()
 
 
 HAPROXY_CONFIG = """
@@ -727,4 +749,4 @@ async def test_socketActivatedTypeNotify(workdir: str) -> None:
     finally:
         proc.transport.signalProcess(signal.SIGTERM)
         assert int(await timeout(proc.ended, 30)) == 0, proc.output
-        reader.socket.close()
+        reader.close()
