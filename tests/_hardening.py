@@ -16,9 +16,9 @@ from typing import Any, Iterator
 from twisted.internet import defer, protocol
 
 from .conftest import theReactor, timeout
-from .soak._proc import cpuSeconds, fdCount, rssKiB
+from .soak._proc import cpuSeconds, fdCount, openFiles, rssKiB
 
-__all__ = ["cpuSeconds", "fdCount", "rssKiB"]  # (re-exported for the tests)
+__all__ = ["cpuSeconds", "fdCount", "openFiles", "rssKiB"]  # (re-exported for the tests)
 
 #: The repository root (the echo server runs as C{-m tests.soak.echoserver}).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

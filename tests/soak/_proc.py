@@ -15,6 +15,21 @@ def fdCount(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def openFiles(pid: int | str = "self") -> set[str]:
+    """
+    What process C{pid}'s descriptors refer to (C{socket:[INODE]},
+    C{pipe:[INODE]}, paths): a descriptor opened later is a new member even
+    when it reuses the number of one closed meanwhile.
+    """
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed since the listing
+            pass
+    return found
+
+
 def rssKiB(pid: int | str = "self") -> int:
     """
     The resident set size of process C{pid}, in KiB.
