@@ -146,7 +146,6 @@ class ClusterPrimary:
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
         self._stopping: defer.Deferred[None] | None = None
-        self._starts: dict[int, int] = {}
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
         reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         atexit.register(self._exitStatus)
@@ -222,7 +221,15 @@ class ClusterPrimary:
     def _start(self) -> None:
         if self.pool is not None or self._stopping is not None or not self._ports:
             return
-        self.pool = WorkerPool(self._reactor, self.dispatcher, self.workerCommand, self._count, onControl=self._control)
+        self.pool = WorkerPool(
+            self._reactor,
+            self.dispatcher,
+            self.workerCommand,
+            self._count,
+            onControl=self._control,
+            startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP,
+            onGiveUp=self._gaveUp,
+        )
         self._installSignals()
         _log.info(
             "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
@@ -238,21 +245,19 @@ class ClusterPrimary:
         interpreter options, running L{BOOT_MODULE}, which runs the program,
         told its start-up facts in its environment.
         """
-        assert self._program is not None and self.pool is not None
-        starts = self._starts[index] = self._starts.get(index, 0) + 1
-        if starts >= STARTS_BEFORE_GIVING_UP and not self.pool.everReady:
-            self._reactor.callLater(
-                0,
-                self.fail,
-                f"worker {index} exited {starts - 1} times before its program started (its log lines "
-                "above say why; a program that also listens on an endpoint without workers= has every "
-                "worker try to bind it too)",
-            )
+        assert self._program is not None
         listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
         env = dict(os.environ)
         env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid(), heartbeat).encode()
         argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
         return Command(argv, env, self._cwd if os.path.isdir(self._cwd) else None)
+
+    def _gaveUp(self, index: int, exits: int) -> None:
+        self.fail(
+            f"worker {index} exited {exits} times before its program started (its log lines above say "
+            "why; a program that also listens on an endpoint without workers= has every worker try to "
+            "bind it too)"
+        )
 
     #: The control messages of the workers' programs, and their fields.
     controls = ControlTable()

@@ -73,6 +73,8 @@ class WorkerPool:
         maxRequestsJitter: int = 0,
         notifier: SystemdNotifier | None = None,
         onControl: Callable[[WorkerLink, Control], None] | None = None,
+        startsBeforeGivingUp: int = 0,
+        onGiveUp: Callable[[int, int], None] | None = None,
     ) -> None:
         """
         @param timeout: seconds of silence (no heartbeat, no ack) after
@@ -83,11 +85,15 @@ class WorkerPool:
             connections (plus a random 0..C{maxRequestsJitter}); 0: never.
         @param notifier: systemd notification (default: from the
             environment's C{NOTIFY_SOCKET}).
+        @param startsBeforeGivingUp: until some worker is ready, a slot
+            started this many times is a program that cannot run as a
+            worker: C{onGiveUp(index, exits)} is called (0: never).
         """
         self._reactor = reactor
         self.dispatcher = dispatcher
         self._command = command
         self._onControl = onControl
+        self._maxStarts, self._onGiveUp = startsBeforeGivingUp, onGiveUp
         self._slots = [Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
         self._timeout = timeout
@@ -111,15 +117,11 @@ class WorkerPool:
 
     @property
     def heartbeat(self) -> float:
-        """
-        How often an idle worker says it is alive.
-        """
+        """How often an idle worker says it is alive."""
         return heartbeatFor(self._timeout)
 
     def addRoute(self, route: Route) -> None:
-        """
-        Let every worker (now and after restarts) serve C{route}.
-        """
+        """Let every worker (now and after restarts) serve C{route}."""
         self._routes.append(route)
         for worker in self._workers():
             if worker.link is not None and worker.state is SERVING:
@@ -149,6 +151,17 @@ class WorkerPool:
             worker.routes.remove(route)
         self.dispatcher.leaveRoute(route, link)
 
+    def slot(self, index: int) -> Slot:
+        """
+        Worker number C{index}'s slot (its counts: restarts, adopted).
+
+        @raise KeyError: if there is no such worker number.
+        """
+        for slot in self._slots:
+            if slot.index == index:
+                return slot
+        raise KeyError(index)
+
     def _workerOf(self, link: WorkerLink) -> Worker | None:
         for worker in self._workers():
             if worker.link is link:
@@ -156,16 +169,12 @@ class WorkerPool:
         return None
 
     def _workers(self) -> list[Worker]:
-        """
-        Every worker process there is (current, starting and retiring).
-        """
+        # Every worker process there is (current, starting and retiring).
         found = [w for slot in self._slots for w in (slot.current, slot.successor) if w is not None]
         return found + list(self._retiring)
 
     def start(self) -> None:
-        """
-        Start every worker, the timeout checks and the systemd watchdog.
-        """
+        """Start every worker, the timeout checks and the systemd watchdog."""
         self._started = True
         for slot in self._slots:
             self._spawn(slot)
@@ -179,6 +188,8 @@ class WorkerPool:
         slot.pending = None
         if self._stopping or slot not in self._slots:
             return None
+        if self._onGiveUp and not successor and not self.everReady and 0 < self._maxStarts <= slot.restarts + 1:
+            self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
         parentEnd, childEnd = channelPair()
         if childEnd.fileno() == CHANNEL_FD:
             # dup2 onto itself would keep close-on-exec set.
@@ -236,10 +247,8 @@ class WorkerPool:
         self._announce()
 
     def _announce(self) -> None:
-        """
-        Tell systemd: ready after start-up (first worker ready) and after a
-        reload (every new worker ready or gone); else the new status.
-        """
+        # systemd: ready after start-up (first worker ready) and after a
+        # reload (every new worker ready or gone); else the new status.
         if self._reloadPending and not self._reloading:
             self._reloadPending = False
             _log.info("Reload done: {status}", status=self.status())
@@ -254,9 +263,7 @@ class WorkerPool:
     _reloadPending = False
 
     def status(self) -> str:
-        """
-        One line: how many workers serve, start and retire.
-        """
+        """One line: how many workers serve, start and retire."""
         serving = sum(1 for s in self._slots if s.current is not None and s.current.state is SERVING)
         starting = sum(1 for w in self._workers() if w.state is STARTING)
         return (
@@ -268,10 +275,8 @@ class WorkerPool:
     # Replacing workers.
 
     def _retire(self, worker: Worker, why: str) -> None:
-        """
-        No new connections for C{worker}; it finishes its open ones within
-        the grace period and exits (or is killed shortly after).
-        """
+        # No new connections for it; it drains within the grace period and
+        # exits (or is killed shortly after).
         if worker.state in (RETIRING, ENDED):
             return
         worker.enter(RETIRING)
@@ -326,8 +331,7 @@ class WorkerPool:
                 # Started before this reload, maybe with the old code.
                 self._retire(slot.successor, "a reload supersedes it")
             if slot.current is None:
-                if slot.pending is not None and slot.pending.active():
-                    slot.pending.cancel()
+                self._cancelRestart(slot)
                 worker = self._spawn(slot)
             else:
                 worker = self._spawn(slot, successor=True)
@@ -337,9 +341,7 @@ class WorkerPool:
             self._announce()
 
     def addWorker(self) -> None:
-        """
-        One worker more (SIGTTIN).
-        """
+        """One worker more (SIGTTIN)."""
         if self._stopping:
             return
         slot = Slot(max((s.index for s in self._slots), default=0) + 1)
@@ -358,9 +360,7 @@ class WorkerPool:
             _log.warn("Not removing the last worker (SIGTTOU with one worker left)")
             return
         slot = self._slots.pop()
-        if slot.pending is not None and slot.pending.active():
-            slot.pending.cancel()
-        slot.pending = None
+        self._cancelRestart(slot)
         _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._slots))
         for worker in (slot.successor, slot.current):
             if worker is not None:
@@ -403,11 +403,8 @@ class WorkerPool:
             self._tick = self._reactor.callLater(self._tickInterval(), self._check)
 
     def _kill(self, worker: Worker) -> None:
-        """
-        SIGKILL: even a stopped worker dies at once and never runs again;
-        its channel ends after its last message, and only then are its
-        unacknowledged connections re-sent.
-        """
+        # SIGKILL: even a stopped worker dies at once; its unacknowledged
+        # connections are re-sent once its channel ends (after its last ack).
         worker.killed = True
         if worker.link is not None:
             self.dispatcher.leave(worker.link)
@@ -499,6 +496,11 @@ class WorkerPool:
         slot.pending = self._reactor.callLater(delay, self._spawn, slot)
         return delay
 
+    def _cancelRestart(self, slot: Slot) -> None:
+        if slot.pending is not None and slot.pending.active():
+            slot.pending.cancel()
+        slot.pending = None
+
     # ------------------------------------------------------------------
     # Stopping.
 
@@ -539,9 +541,7 @@ class WorkerPool:
         """
         self._stopping = True
         for slot in self._slots:
-            if slot.pending is not None and slot.pending.active():
-                slot.pending.cancel()
-            slot.pending = None
+            self._cancelRestart(slot)
         told = 0
         for worker in self._workers():
             if worker.link is not None and not worker.link.lost:

@@ -1,0 +1,78 @@
+"""
+The one worker model's single places, on a memory reactor's clock: the
+count of a slot's failed starts is the pool's (C{Slot.restarts}), which
+both front doors share; only cluster mode asks the pool to give up on a
+program that never starts.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.python.failure import Failure
+
+from twisted_serversock.cluster.primary import STARTS_BEFORE_GIVING_UP, ClusterPrimary, PrimaryPort
+from twisted_serversock.ipc.dispatch import Dispatcher
+from twisted_serversock.ipc.pool import WorkerPool
+from twisted_serversock.ipc.spawn import Command
+
+from .test_cluster_units import _Reactor, primary, pump, send
+
+__all__ = ["primary"]
+
+
+def _dies(reactor: _Reactor, n: int) -> None:
+    """
+    Worker process C{n} (in start order) exits with status 1, and the
+    clock runs past its restart's backoff.
+    """
+    reactor.protocols[n].processEnded(Failure(ProcessTerminated(1)))
+    reactor.advance(11.0)
+
+
+def test_primaryGivesUpOnAProgramThatNeverStarts(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    A worker that dies before any worker was ready is restarted; at its
+    fourth start the primary stops the cluster, naming the three exits.
+    """
+    clusterPrimary, reactor, port = primary
+    for n in range(STARTS_BEFORE_GIVING_UP - 2):
+        _dies(reactor, n)
+        assert not clusterPrimary.failed
+    _dies(reactor, STARTS_BEFORE_GIVING_UP - 2)
+    assert len(reactor.children) == STARTS_BEFORE_GIVING_UP
+    assert clusterPrimary.failed and not reactor.running
+    assert clusterPrimary.pool is not None
+    assert clusterPrimary.pool.slot(1).restarts == STARTS_BEFORE_GIVING_UP - 1
+
+
+def test_primaryKeepsRestartingOnceAWorkerWasReady(primary: tuple[ClusterPrimary, _Reactor, PrimaryPort]) -> None:
+    """
+    Once some worker was ready the program can run as a worker: deaths are
+    restarts with backoff, never a reason to stop the cluster.
+    """
+    clusterPrimary, reactor, port = primary
+    send(reactor.children[0], "ready", pid=1001)
+    pump(reactor)
+    for n in range(STARTS_BEFORE_GIVING_UP + 1):
+        _dies(reactor, n)
+    assert not clusterPrimary.failed and len(reactor.children) == STARTS_BEFORE_GIVING_UP + 2
+
+
+def test_serversockPoolNeverGivesUp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without C{onGiveUp} (C{twistd serversock}'s pool) a worker that never
+    starts is restarted for good.
+    """
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    reactor = _Reactor()
+    pool = WorkerPool(reactor, Dispatcher(reactor.seconds), lambda index, heartbeat: Command(["w"], {}), 1)
+    pool.start()
+    try:
+        for n in range(STARTS_BEFORE_GIVING_UP + 1):
+            _dies(reactor, n)
+        assert len(reactor.children) == STARTS_BEFORE_GIVING_UP + 2
+        assert pool.slot(1).restarts == STARTS_BEFORE_GIVING_UP + 1
+    finally:
+        for child in reactor.children:
+            child.close()
