@@ -76,3 +76,32 @@ def test_serversockPoolNeverGivesUp(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         for child in reactor.children:
             child.close()
+
+
+def test_onlyTheServersockWorkerWrapsForPROXYRoutes() -> None:
+    """
+    A C{twistd serversock} worker told that a route's connections carry a
+    PROXY header serves them with its factory wrapped to parse it; a
+    cluster worker's program wraps its own factory (C{haproxy:} in its
+    endpoint string), so it has no such message.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.cluster.worker import ClusterWorker
+    from twisted_serversock.ipc.channel import channelPair
+    from twisted_serversock.ipc.worker import ServersockWorker
+
+    assert "route" in ServersockWorker.controls and "route" not in ClusterWorker.controls
+    reactor = MemoryReactorClock()
+    ours, parentEnd = channelPair()
+    factory = Factory.forProtocol(Protocol)
+    worker = ServersockWorker(reactor, factory, ours, 1)
+    try:
+        send(parentEnd, "route", id=2, proxy=True)
+        pump(reactor)
+        assert worker.factoryFor(1) is factory
+        assert worker.factoryFor(2) is not factory and worker.factoryFor(2).wrappedFactory is factory
+    finally:
+        worker.link.channel.loseConnection()
+        parentEnd.close()
