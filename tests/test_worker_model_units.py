@@ -7,6 +7,8 @@ program that never starts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.error import ProcessTerminated
 from twisted.python.failure import Failure
@@ -105,3 +107,85 @@ def test_onlyTheServersockWorkerWrapsForPROXYRoutes() -> None:
     finally:
         worker.link.channel.loseConnection()
         parentEnd.close()
+
+
+class _Port:
+    """
+    A listening port whose stop the test ends.
+    """
+
+    def __init__(self, log: list[str]) -> None:
+        from twisted.internet import defer
+
+        self.log = log
+        self.stopped: defer.Deferred[None] = defer.Deferred()
+
+    def stopListening(self) -> Any:
+        self.log.append("port")
+        return self.stopped
+
+
+class _Pool:
+    def __init__(self, log: list[str]) -> None:
+        from twisted.internet import defer
+
+        self.log = log
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def stop(self, grace: float) -> Any:
+        self.log.append(f"pool {grace}")
+        return self.ended
+
+
+def test_parentStopsOnceWhoeverAsks() -> None:
+    """
+    Both front doors stop on one path: listeners first, then the workers
+    with the grace period, once however many ask (a signal, the reactor's
+    shutdown, C{stopService}); each asker's Deferred fires when all of it
+    is done, and a signal then stops the reactor.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    log: list[str] = []
+    port, pool = _Port(log), _Pool(log)
+    stopper = ParentStop(reactor, 7.0, lambda: [port])
+    stopper.pool = pool
+    assert not stopper.stopping
+    first = stopper.stop()
+    stopper.terminate("SIGTERM")
+    assert stopper.stopping and log == ["port"] and not first.called
+    port.stopped.callback(None)
+    assert log == ["port", "pool 7.0"] and not first.called and not reactor.hasStopped
+    pool.ended.callback(None)
+    assert first.called and reactor.hasStopped
+    assert stopper.stop().called and log == ["port", "pool 7.0"]
+
+
+def test_parentStopWithoutWorkers() -> None:
+    """
+    Serving in this process: a signal tells systemd it is stopping, the
+    listeners stop, and so does the reactor.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    class Notifier:
+        said: list[str] = []
+
+        def stopping(self, status: str) -> None:
+            self.said.append(status)
+
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    log: list[str] = []
+    port = _Port(log)
+    port.stopped.callback(None)
+    stopper = ParentStop(reactor, 1.0, lambda: [port])
+    stopper.notifier = notifier = Notifier()
+    stopper.terminate("SIGINT")
+    assert log == ["port"] and notifier.said == ["stopping"] and reactor.hasStopped

@@ -35,7 +35,7 @@ from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.sdnotify import SystemdNotifier
 from .ipc.spawn import serversockCommand
-from .ipc.signals import installSignals
+from .ipc.signals import ParentStop
 from .ipc.worker import resolveFactory
 
 __all__ = ["Options", "makeService", "ServerSockService"]
@@ -173,8 +173,7 @@ class ServerSockService(service.Service):
         self._reactor = reactor
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
-        self._stopped: defer.Deferred[Any] | None = None
-        self._waiters: list[defer.Deferred[None]] | None = []
+        self._stopper: ParentStop | None = None
         self._listened = False
 
     def _getReactor(self) -> Any:
@@ -201,6 +200,7 @@ class ServerSockService(service.Service):
             return
         self._listened = True
         reactor = self._getReactor()
+        self._stopper = ParentStop(reactor, self._grace, self._takePorts)
         self._dispatcher = Dispatcher(clock=reactor.seconds)
         if self._workers:
             self.pool = WorkerPool(
@@ -213,6 +213,7 @@ class ServerSockService(service.Service):
                 maxRequests=self._maxRequests[0],
                 maxRequestsJitter=self._maxRequests[1],
             )
+            self._stopper.pool = self.pool
         try:
             for description in self._descriptions:
                 endpoint = serverFromString(reactor, description)
@@ -236,62 +237,28 @@ class ServerSockService(service.Service):
     def startService(self) -> None:
         self._listenAll()
         service.Service.startService(self)
-        reactor = self._getReactor()
+        stopper = self._stopper
+        assert stopper is not None
         # Before any worker starts, so that a signal during start-up is
         # acted on once the reactor runs; and again then, over the
         # reactor's own SIGTERM/SIGINT handlers (which would make a graceful
         # stop end "killed by SIGTERM").
-        self._installSignals()
-        reactor.callWhenRunning(self._installSignals)
+        stopper.installSignals()
+        self._getReactor().callWhenRunning(stopper.installSignals)
         if self.pool is not None:
             self.pool.start()
         else:
-            self._notifier = SystemdNotifier(reactor)
-            self._notifier.ready("serving in this process")
-            self._notifier.startWatchdog()
-
-    _notifier: SystemdNotifier | None = None
-
-    def _installSignals(self) -> None:
-        installSignals(self._getReactor(), self.pool, self._terminate)
-
-    def _terminate(self, why: str) -> None:
-        _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self._grace)
-        if self._notifier is not None:
-            self._notifier.stopping("stopping")
-        d = self._stop()
-        d.addBoth(lambda _: self._getReactor().stop())
+            stopper.notifier = notifier = SystemdNotifier(self._getReactor())
+            notifier.ready("serving in this process")
+            notifier.startWatchdog()
 
     def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
-        return self._stop()
+        return defer.succeed(None) if self._stopper is None else self._stopper.stop()
 
-    def _stop(self) -> defer.Deferred[None]:
-        """
-        Stop listening, then stop the workers; every caller gets its own
-        Deferred that fires when all of it is done.
-        """
-        if self._stopped is None:
-            ports, self.ports = self.ports, []
-            stops = [defer.maybeDeferred(port.stopListening) for port in ports]
-            stopped: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
-            stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
-            pool = self.pool
-            if pool is not None:
-                stopped.addCallback(lambda _: pool.stop(self._grace))
-            stopped.addBoth(self._fireWaiters)
-            self._stopped = stopped
-        d: defer.Deferred[None] = defer.Deferred()
-        if self._waiters is None:
-            d.callback(None)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _fireWaiters(self, result: object) -> None:
-        waiters, self._waiters = self._waiters or [], None
-        for d in waiters:
-            d.callback(None)
+    def _takePorts(self) -> list[Any]:
+        ports, self.ports = self.ports, []
+        return ports
 
 
 def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
