@@ -99,36 +99,23 @@ class Options(usage.Options):
             program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
             raise SystemExit(f"{program} serversock: {e}") from None
 
+    def _number(self, name: str, kind: type, fits: Any, within: str) -> None:
+        # --name as kind (or a one-line UsageError), for which fits() holds.
+        try:
+            self[name] = kind(self[name])
+        except ValueError:
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise usage.UsageError(f"--{name} must be {what}, not {self[name]!r}") from None
+        if not fits(self[name]):
+            raise usage.UsageError(f"--{name} must be {within}, not {self[name]}")
+
     def postOptions(self) -> None:
-        workers = self["workers"]
-        if workers is None:
+        if self["workers"] is None:
             self["workers"] = workerCount("auto")  # one per CPU, counted as workers=auto counts
-        else:
-            try:
-                self["workers"] = int(workers)
-            except ValueError:
-                raise usage.UsageError(f"--workers must be a whole number, not {workers!r}") from None
-            if self["workers"] < 0:
-                raise usage.UsageError(f"--workers must be 0 or more, not {workers}")
-        try:
-            self["grace"] = float(self["grace"])
-        except ValueError:
-            raise usage.UsageError(f"--grace must be a number of seconds, not {self['grace']!r}") from None
-        if not self["grace"] >= 0:
-            raise usage.UsageError(f"--grace must be 0 or more seconds, not {self['grace']}")
-        try:
-            self["timeout"] = float(self["timeout"])
-        except ValueError:
-            raise usage.UsageError(f"--timeout must be a number of seconds, not {self['timeout']!r}") from None
-        if not 0 < self["timeout"] < float("inf"):
-            raise usage.UsageError(f"--timeout must be a finite number of seconds above 0, not {self['timeout']}")
-        for name in ("max-requests", "max-requests-jitter"):
-            try:
-                self[name] = int(self[name])
-            except ValueError:
-                raise usage.UsageError(f"--{name} must be a whole number, not {self[name]!r}") from None
-            if self[name] < 0:
-                raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
+        for name in ("workers", "max-requests", "max-requests-jitter"):
+            self._number(name, int, lambda n: n >= 0, "0 or more")
+        self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
+        self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
