@@ -137,6 +137,10 @@ class WorkerLink:
         """The child gets no new connections (it is retiring or gone)."""
         self.accepting = False
 
+    def resumeAccepting(self) -> None:
+        """The child gets new connections again (its successor failed)."""
+        self.accepting = True
+
     def hand(self, held: _Held, now: float) -> None:
         """
         Send C{held} to the child at C{now}: it is the child's until

@@ -304,7 +304,7 @@ class WorkerPool:
         if self._stopping or worker is not slot.current or slot.successor is not None:
             return
         assert worker.link is not None
-        worker.link.accepting = False
+        worker.link.stopAccepting()
         self.recycled += 1
         _log.info(
             "{worker} was given {n} connection(s) (--max-requests): replacing it",
@@ -312,7 +312,7 @@ class WorkerPool:
             n=worker.link.sent,
         )
         if self._spawn(slot, successor=True) is None:
-            worker.link.accepting = True
+            worker.link.resumeAccepting()
 
     def reload(self) -> None:
         """
@@ -465,7 +465,7 @@ class WorkerPool:
             serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
         _log.error("New {worker} exited ({how}) before it was ready; {serving}", worker=worker, how=how, serving=serving)
         if current is not None and current.link is not None and current.state is not RETIRING:
-            current.link.accepting = True
+            current.link.resumeAccepting()
         self.dispatcher.wake()
         if self._reloadPending and not self._reloading:
             self._announce()
