@@ -19,7 +19,7 @@ PACKAGE = Path(twisted_serversock.__file__).parent
 MAX_CLASS_LINES = 300
 #: Classes still over the limit, with the most lines each may have: the
 #: pool of worker processes is still to be split.
-STILL_TOO_LONG = {"ipc/pool.py:WorkerPool": 552}
+STILL_TOO_LONG = {"ipc/pool.py:WorkerPool": 549}
 
 
 def _workerSide() -> list[Path]:

@@ -189,3 +189,36 @@ def test_parentStopWithoutWorkers() -> None:
     stopper.notifier = notifier = Notifier()
     stopper.terminate("SIGINT")
     assert log == ["port"] and notifier.said == ["stopping"] and reactor.hasStopped
+
+
+def test_reloadIsDoneWhenItsWorkersServeOrEnd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A reload is done (systemd is told READY=1 again) once each of its
+    workers serves, retires or ends: one that died before it was ready
+    no longer keeps the reload pending for good.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from .test_pool_units import Pool
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    pool = Pool()
+    said: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        said.append(event.get("log_format") or "")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        pool.ready(0)
+        pool.end(0, signal=9)  # dies; its restart is pending
+        pool.pool.reload()  # the empty slot gets the reload's worker at once
+        assert len(pool.reactor.children) == 2
+        pool.end(1, signal=9)  # ... which dies before it is ready
+        pool.wait(1.0)
+        assert len(pool.reactor.children) == 3 and not [f for f in said if f.startswith("Reload done")]
+        pool.ready(2)
+        assert [f for f in said if f.startswith("Reload done")]
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        pool.close()

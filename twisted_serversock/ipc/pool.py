@@ -103,6 +103,7 @@ class WorkerPool:
         self.notifier = notifier if notifier is not None else SystemdNotifier(reactor)
         self._retiring: set[Worker] = set()
         self._reloading: set[Worker] = set()
+        self._reloadPending = False
         self._started = False
         self._announced = False
         self._stopping = False
@@ -152,11 +153,7 @@ class WorkerPool:
         self.dispatcher.leaveRoute(route, link)
 
     def slot(self, index: int) -> Slot:
-        """
-        Worker number C{index}'s slot (its counts: restarts, adopted).
-
-        @raise KeyError: if there is no such worker number.
-        """
+        """Worker number C{index}'s slot (its counts); C{KeyError} if none."""
         for slot in self._slots:
             if slot.index == index:
                 return slot
@@ -228,8 +225,7 @@ class WorkerPool:
         return worker
 
     def _ready(self, worker: Worker) -> None:
-        slot = worker.slot
-        link = worker.link
+        slot, link = worker.slot, worker.link
         if self._stopping or worker.state is not STARTING or link is None:
             return
         if worker is slot.successor:
@@ -238,13 +234,24 @@ class WorkerPool:
                 self._retire(old, f"worker {slot.index} (pid {worker.pid}) replaces it")
         elif worker is not slot.current:
             return
-        worker.enter(SERVING)
+        self._enter(worker, SERVING)
         _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
         self.everReady = True
         for route in self._routes + worker.routes:
             self.dispatcher.join(route, link)
-        self._reloading.discard(worker)
         self._announce()
+
+    def _enter(self, worker: Worker, state: str) -> str:
+        # The one place a worker's state changes, with the sets that follow
+        # it: a retiring worker is off its slot but the pool's until it
+        # ends; a reload's worker counts until it serves, retires or ends.
+        previous = worker.enter(state)
+        self._reloading.discard(worker)
+        if state is RETIRING:
+            self._retiring.add(worker)
+        elif state is ENDED:
+            self._retiring.discard(worker)
+        return previous
 
     def _announce(self) -> None:
         # systemd: ready after start-up (first worker ready) and after a
@@ -259,8 +266,6 @@ class WorkerPool:
             self.notifier.ready(self.status())
         else:
             self.notifier.status(self.status())
-
-    _reloadPending = False
 
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
@@ -279,9 +284,7 @@ class WorkerPool:
         # exits (or is killed shortly after).
         if worker.state in (RETIRING, ENDED):
             return
-        worker.enter(RETIRING)
-        self._retiring.add(worker)
-        self._reloading.discard(worker)
+        self._enter(worker, RETIRING)
         slot = worker.slot
         if slot.current is worker:
             slot.current = None
@@ -350,10 +353,7 @@ class WorkerPool:
         self._spawn(slot)
 
     def removeWorker(self) -> None:
-        """
-        One worker fewer (SIGTTOU), never below one: the highest-numbered
-        worker retires.
-        """
+        """One worker fewer (SIGTTOU), never below one: the highest-numbered retires."""
         if self._stopping:
             return
         if len(self._slots) <= 1:
@@ -370,7 +370,7 @@ class WorkerPool:
     # ------------------------------------------------------------------
     # Hung workers.
 
-    def _tickInterval(self) -> float:
+    def _tickInterval(self) -> float:  # a tenth of the timeout, within 50 ms..1 s
         return min(max(self._timeout / 10, 0.05), 1.0)
 
     def _check(self) -> None:
@@ -434,8 +434,7 @@ class WorkerPool:
         value = reason.value
         signal = getattr(value, "signal", None)
         how = f"signal {signal}" if signal else f"status {getattr(value, 'exitCode', getattr(value, 'status', None))}"
-        if worker.enter(ENDED) is RETIRING:
-            self._retiring.discard(worker)
+        if self._enter(worker, ENDED) is RETIRING:
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
         elif self._stopping:
             _log.info("Worker {index} (pid {pid}) exited ({how})", index=worker.index, pid=worker.pid, how=how)
@@ -454,7 +453,6 @@ class WorkerPool:
         """
         slot = worker.slot
         slot.successor = None
-        self._reloading.discard(worker)
         current = slot.current
         if current is None and slot in self._slots:
             # The current worker died counting on this successor: the slot
@@ -531,8 +529,7 @@ class WorkerPool:
         return d
 
     def _remaining(self) -> float:
-        now: float = self._reactor.seconds()
-        return max(self._deadline - now, 0.0)
+        return max(self._deadline - float(self._reactor.seconds()), 0.0)
 
     def _tellWorkers(self) -> None:
         """
@@ -551,7 +548,7 @@ class WorkerPool:
         self._killer = self._reactor.callLater(self._remaining() + _KILL_MARGIN, self._killAll)
         self._checkEnded()
 
-    def _giveUp(self) -> None:
+    def _giveUp(self) -> None:  # the grace period ended with connections held
         lost = self.dispatcher.dropAll("the grace period ended before a worker adopted it")
         _log.error("{n} held connection(s) closed unserved at the end of the grace period", n=lost)
         self._tellWorkers()
