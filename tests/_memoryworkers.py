@@ -1,21 +1,34 @@
 """
-The memory-reactor pieces of the tests that drive the worker pool and
-cluster mode without starting a process (C{test_pool_units},
-C{test_cluster_units}): a memory reactor whose "processes" are stand-ins
-whose channel ends the test holds, and reading and writing those channels.
+The memory-reactor pieces of the tests that drive the worker pool, its
+dispatcher and cluster mode without starting a process (C{test_pool_units},
+C{test_cluster_units}, C{test_dispatch_units}, C{test_worker_model_units}):
+a memory reactor whose "processes" are stand-ins whose channel ends the
+test holds, reading and writing those channels, a started one-worker
+L{Pool} and a started cluster L{primary}.
 """
 
 from __future__ import annotations
 
 import array
+import atexit
 import os
+import signal
 import socket
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
+from twisted_serversock.cluster.primary import ClusterPrimary, PrimaryPort
 from twisted_serversock.ipc import wire
 from twisted_serversock.ipc.channel import Channel
+from twisted_serversock.ipc.dispatch import Dispatcher, Route
+from twisted_serversock.ipc.pool import WorkerPool
+from twisted_serversock.ipc.spawn import Command
 
 
 def pump(reactor: MemoryReactorClock) -> None:
@@ -92,3 +105,111 @@ class StandInReactor(MemoryReactorClock):
         self.protocols.append(processProtocol)
         self.processes.append(StandInProcess(1000 + len(self.children)))
         return self.processes[-1]
+
+
+#: The pool's settings in L{Pool}: a worker silent 4 s is killed; retired
+#: ones get 2 s (and are killed 2 s after that); each takes 2 connections.
+TIMEOUT, GRACE, MAX_REQUESTS = 4.0, 2.0, 2
+
+
+class Pool:
+    """
+    A started one-worker pool serving one route, and its stand-ins.
+    """
+
+    def __init__(self) -> None:
+        self.reactor = StandInReactor()
+        self.dispatcher = Dispatcher(self.reactor.seconds)
+        self.route: Route = self.dispatcher.addRoute("test")
+        self.pool = WorkerPool(
+            self.reactor,
+            self.dispatcher,
+            lambda index, heartbeat: Command(["worker", str(index)], {}),
+            1,
+            timeout=TIMEOUT,
+            grace=GRACE,
+            maxRequests=MAX_REQUESTS,
+        )
+        self.pool.addRoute(self.route)
+        self.pool.start()
+        self.clients: list[socket.socket] = []
+
+    def ready(self, n: int) -> None:
+        """
+        Worker process C{n} (in start order) says it is ready.
+        """
+        send(self.reactor.children[n], "ready", pid=1001 + n)
+        pump(self.reactor)
+
+    def end(self, n: int, signal: int | None = None) -> None:
+        """
+        Worker process C{n} exits (0, or killed by C{signal}).
+        """
+        reason = ProcessDone(0) if signal is None else ProcessTerminated(None, signal)
+        self.reactor.protocols[n].processEnded(Failure(reason))
+
+    def serving(self) -> list[int]:
+        """
+        Which worker processes (in start order) get the route's connections.
+        """
+        names = [repr(link) for link in self.route.links]
+        return [n for n in range(len(self.reactor.children)) if f"<worker {self._index(n)} (pid {1001 + n})>" in names]
+
+    def _index(self, n: int) -> str:
+        return self.reactor.commands[n][0][1]
+
+    def connect(self) -> None:
+        """
+        One accepted connection for the route.
+        """
+        client, accepted = socket.socketpair()
+        self.clients.append(client)
+        self.dispatcher.submit(self.route, accepted)
+
+    def stops(self, n: int) -> list[float]:
+        """
+        The grace periods of the C{stop} messages worker process C{n} got.
+        """
+        return [fields["grace"] for fields in controls(self.reactor.children[n], "stop")]
+
+    def wait(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass, in the pool's ticks.
+        """
+        for _ in range(int(seconds / 0.1)):
+            self.reactor.advance(0.1)
+
+    def close(self) -> None:
+        for skt in self.reactor.children + self.clients:
+            skt.close()
+
+
+#: The signals the primary's pool handles (restored after each test).
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
+
+
+@pytest.fixture
+def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, StandInReactor, PrimaryPort]]:
+    """
+    A started primary listening on C{"gecko:port=0:loopback=1:workers=1"},
+    with one stand-in worker.
+    """
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    # The primary's exit status is the process's: not this one's.
+    monkeypatch.setattr(atexit, "register", lambda function: function)
+    saved = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    reactor = StandInReactor()
+    clusterPrimary = ClusterPrimary(reactor)
+    endpoint = serverFromString(reactor, "gecko:port=0:loopback=1:workers=1")
+    port = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    reactor.run()
+    reactor.advance(0)
+    try:
+        yield clusterPrimary, reactor, port
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        port.stopListening()
+        for child in reactor.children:
+            child.close()
+        pump(reactor)

@@ -15,14 +15,11 @@ and every transition is the test's to make.
 
 from __future__ import annotations
 
-import atexit
-import signal
 import socket
 from typing import Iterator
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
@@ -31,10 +28,8 @@ from twisted_serversock.cluster.primary import ClusterPrimary, PrimaryPort
 from twisted_serversock.cluster.worker import ClusterWorker
 from twisted_serversock.ipc.channel import channelPair
 
-from ._memoryworkers import StandInReactor, controls, pump, send
+from ._memoryworkers import StandInReactor, controls, primary, pump, send  # noqa: F401 (primary: a fixture)
 
-#: The signals the primary's pool handles (restored after each test).
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
 
 class _Description:
@@ -125,33 +120,6 @@ def test_closedListenerIsAClosedPort(worker: tuple[ClusterWorker, socket.socket,
 
 # ----------------------------------------------------------------------
 # The primary.
-
-
-@pytest.fixture
-def primary(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClusterPrimary, StandInReactor, PrimaryPort]]:
-    """
-    A started primary listening on C{"gecko:port=0:loopback=1:workers=1"},
-    with one stand-in worker.
-    """
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    # The primary's exit status is the process's: not this one's.
-    monkeypatch.setattr(atexit, "register", lambda function: function)
-    saved = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    reactor = StandInReactor()
-    clusterPrimary = ClusterPrimary(reactor)
-    endpoint = serverFromString(reactor, "gecko:port=0:loopback=1:workers=1")
-    port = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
-    reactor.run()
-    reactor.advance(0)
-    try:
-        yield clusterPrimary, reactor, port
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-        port.stopListening()
-        for child in reactor.children:
-            child.close()
-        pump(reactor)
 
 
 def test_workerGetsConnectionsOnlyOnceReady(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:

@@ -9,95 +9,14 @@ C{test_cluster}) prove that the same pool runs.
 
 from __future__ import annotations
 
-import socket
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.python.failure import Failure
 
-from twisted_serversock.ipc.dispatch import Dispatcher, Route
-from twisted_serversock.ipc.pool import WorkerPool
 from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
-from twisted_serversock.ipc.spawn import Command
 
-from ._memoryworkers import StandInReactor, controls, pump, send
+from ._memoryworkers import GRACE, TIMEOUT, Pool, pump, send
 
-#: The pool's settings here: a worker silent 4 s is killed; retired ones
-#: get 2 s (and are killed 2 s after that); each takes 2 connections.
-TIMEOUT, GRACE, MAX_REQUESTS = 4.0, 2.0, 2
-
-
-class Pool:
-    """
-    A started one-worker pool serving one route, and its stand-ins.
-    """
-
-    def __init__(self) -> None:
-        self.reactor = StandInReactor()
-        self.dispatcher = Dispatcher(self.reactor.seconds)
-        self.route: Route = self.dispatcher.addRoute("test")
-        self.pool = WorkerPool(
-            self.reactor,
-            self.dispatcher,
-            lambda index, heartbeat: Command(["worker", str(index)], {}),
-            1,
-            timeout=TIMEOUT,
-            grace=GRACE,
-            maxRequests=MAX_REQUESTS,
-        )
-        self.pool.addRoute(self.route)
-        self.pool.start()
-        self.clients: list[socket.socket] = []
-
-    def ready(self, n: int) -> None:
-        """
-        Worker process C{n} (in start order) says it is ready.
-        """
-        send(self.reactor.children[n], "ready", pid=1001 + n)
-        pump(self.reactor)
-
-    def end(self, n: int, signal: int | None = None) -> None:
-        """
-        Worker process C{n} exits (0, or killed by C{signal}).
-        """
-        reason = ProcessDone(0) if signal is None else ProcessTerminated(None, signal)
-        self.reactor.protocols[n].processEnded(Failure(reason))
-
-    def serving(self) -> list[int]:
-        """
-        Which worker processes (in start order) get the route's connections.
-        """
-        names = [repr(link) for link in self.route.links]
-        return [n for n in range(len(self.reactor.children)) if f"<worker {self._index(n)} (pid {1001 + n})>" in names]
-
-    def _index(self, n: int) -> str:
-        return self.reactor.commands[n][0][1]
-
-    def connect(self) -> None:
-        """
-        One accepted connection for the route.
-        """
-        client, accepted = socket.socketpair()
-        self.clients.append(client)
-        self.dispatcher.submit(self.route, accepted)
-
-    def stops(self, n: int) -> list[float]:
-        """
-        The grace periods of the C{stop} messages worker process C{n} got.
-        """
-        return [fields["grace"] for fields in controls(self.reactor.children[n], "stop")]
-
-    def wait(self, seconds: float) -> None:
-        """
-        Let C{seconds} pass, in the pool's ticks.
-        """
-        for _ in range(int(seconds / 0.1)):
-            self.reactor.advance(0.1)
-
-    def close(self) -> None:
-        for skt in self.reactor.children + self.clients:
-            skt.close()
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.sdnotify import SystemdNotifier
 from .ipc.spawn import serversockCommand
-from .ipc.signals import installSignals
+from .ipc.signals import ParentStop
 from .ipc.worker import resolveFactory
 
 __all__ = ["Options", "makeService", "ServerSockService"]
@@ -99,36 +99,23 @@ class Options(usage.Options):
             program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
             raise SystemExit(f"{program} serversock: {e}") from None
 
+    def _number(self, name: str, kind: type, fits: Any, within: str) -> None:
+        # --name as kind (or a one-line UsageError), for which fits() holds.
+        try:
+            self[name] = kind(self[name])
+        except ValueError:
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise usage.UsageError(f"--{name} must be {what}, not {self[name]!r}") from None
+        if not fits(self[name]):
+            raise usage.UsageError(f"--{name} must be {within}, not {self[name]}")
+
     def postOptions(self) -> None:
-        workers = self["workers"]
-        if workers is None:
+        if self["workers"] is None:
             self["workers"] = workerCount("auto")  # one per CPU, counted as workers=auto counts
-        else:
-            try:
-                self["workers"] = int(workers)
-            except ValueError:
-                raise usage.UsageError(f"--workers must be a whole number, not {workers!r}") from None
-            if self["workers"] < 0:
-                raise usage.UsageError(f"--workers must be 0 or more, not {workers}")
-        try:
-            self["grace"] = float(self["grace"])
-        except ValueError:
-            raise usage.UsageError(f"--grace must be a number of seconds, not {self['grace']!r}") from None
-        if not self["grace"] >= 0:
-            raise usage.UsageError(f"--grace must be 0 or more seconds, not {self['grace']}")
-        try:
-            self["timeout"] = float(self["timeout"])
-        except ValueError:
-            raise usage.UsageError(f"--timeout must be a number of seconds, not {self['timeout']!r}") from None
-        if not 0 < self["timeout"] < float("inf"):
-            raise usage.UsageError(f"--timeout must be a finite number of seconds above 0, not {self['timeout']}")
-        for name in ("max-requests", "max-requests-jitter"):
-            try:
-                self[name] = int(self[name])
-            except ValueError:
-                raise usage.UsageError(f"--{name} must be a whole number, not {self[name]!r}") from None
-            if self[name] < 0:
-                raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
+        for name in ("workers", "max-requests", "max-requests-jitter"):
+            self._number(name, int, lambda n: n >= 0, "0 or more")
+        self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
+        self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
@@ -173,8 +160,7 @@ class ServerSockService(service.Service):
         self._reactor = reactor
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
-        self._stopped: defer.Deferred[Any] | None = None
-        self._waiters: list[defer.Deferred[None]] | None = []
+        self._stopper: ParentStop | None = None
         self._listened = False
 
     def _getReactor(self) -> Any:
@@ -201,6 +187,7 @@ class ServerSockService(service.Service):
             return
         self._listened = True
         reactor = self._getReactor()
+        self._stopper = ParentStop(reactor, self._grace, self._takePorts)
         self._dispatcher = Dispatcher(clock=reactor.seconds)
         if self._workers:
             self.pool = WorkerPool(
@@ -213,6 +200,7 @@ class ServerSockService(service.Service):
                 maxRequests=self._maxRequests[0],
                 maxRequestsJitter=self._maxRequests[1],
             )
+            self._stopper.pool = self.pool
         try:
             for description in self._descriptions:
                 endpoint = serverFromString(reactor, description)
@@ -236,62 +224,28 @@ class ServerSockService(service.Service):
     def startService(self) -> None:
         self._listenAll()
         service.Service.startService(self)
-        reactor = self._getReactor()
+        stopper = self._stopper
+        assert stopper is not None
         # Before any worker starts, so that a signal during start-up is
         # acted on once the reactor runs; and again then, over the
         # reactor's own SIGTERM/SIGINT handlers (which would make a graceful
         # stop end "killed by SIGTERM").
-        self._installSignals()
-        reactor.callWhenRunning(self._installSignals)
+        stopper.installSignals()
+        self._getReactor().callWhenRunning(stopper.installSignals)
         if self.pool is not None:
             self.pool.start()
         else:
-            self._notifier = SystemdNotifier(reactor)
-            self._notifier.ready("serving in this process")
-            self._notifier.startWatchdog()
-
-    _notifier: SystemdNotifier | None = None
-
-    def _installSignals(self) -> None:
-        installSignals(self._getReactor(), self.pool, self._terminate)
-
-    def _terminate(self, why: str) -> None:
-        _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self._grace)
-        if self._notifier is not None:
-            self._notifier.stopping("stopping")
-        d = self._stop()
-        d.addBoth(lambda _: self._getReactor().stop())
+            stopper.notifier = notifier = SystemdNotifier(self._getReactor())
+            notifier.ready("serving in this process")
+            notifier.startWatchdog()
 
     def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
-        return self._stop()
+        return defer.succeed(None) if self._stopper is None else self._stopper.stop()
 
-    def _stop(self) -> defer.Deferred[None]:
-        """
-        Stop listening, then stop the workers; every caller gets its own
-        Deferred that fires when all of it is done.
-        """
-        if self._stopped is None:
-            ports, self.ports = self.ports, []
-            stops = [defer.maybeDeferred(port.stopListening) for port in ports]
-            stopped: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
-            stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
-            pool = self.pool
-            if pool is not None:
-                stopped.addCallback(lambda _: pool.stop(self._grace))
-            stopped.addBoth(self._fireWaiters)
-            self._stopped = stopped
-        d: defer.Deferred[None] = defer.Deferred()
-        if self._waiters is None:
-            d.callback(None)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _fireWaiters(self, result: object) -> None:
-        waiters, self._waiters = self._waiters or [], None
-        for d in waiters:
-            d.callback(None)
+    def _takePorts(self) -> list[Any]:
+        ports, self.ports = self.ports, []
+        return ports
 
 
 def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:

@@ -7,10 +7,9 @@ every cluster listener and hands each connection to a worker that attached
 to that listener (L{twisted_serversock.ipc}'s dispatcher, worker pool and
 channel).  It serves nothing itself.
 
-Its end is the program's: when the reactor shuts down, the listeners close
-and the workers are told to finish their connections and exit.  SIGTERM and
-SIGINT stop the reactor without re-raising the signal, so that a graceful
-stop under C{twistd} exits with status 0.  A worker whose program listens on
+It stops as C{twistd serversock} does (L{ParentStop}): when the reactor
+shuts down or on SIGTERM/SIGINT, the listeners close and the workers are
+told to finish their connections and exit.  A worker whose program listens on
 a description the primary does not have is a program error: the primary
 logs it, stops, and exits with status 1.
 """
@@ -34,7 +33,7 @@ from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.defaults import GRACE
 from ..ipc.pool import WorkerPool
 from ..ipc.spawn import CHANNEL_FD, Command
-from ..ipc.signals import installSignals
+from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.wire import Control
 from ._cmdline import Program, splitCommandLine
@@ -145,10 +144,9 @@ class ClusterPrimary:
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
-        self._stopping: defer.Deferred[None] | None = None
-        self._starts: dict[int, int] = {}
+        self._stopper = ParentStop(reactor, GRACE, lambda: list(self._ports.values()))
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
-        reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        reactor.addSystemEventTrigger("before", "shutdown", self._stopper.stop)
         atexit.register(self._exitStatus)
 
     # ------------------------------------------------------------------
@@ -220,10 +218,21 @@ class ClusterPrimary:
     # The workers.
 
     def _start(self) -> None:
-        if self.pool is not None or self._stopping is not None or not self._ports:
+        if self.pool is not None or self._stopper.stopping or not self._ports:
             return
-        self.pool = WorkerPool(self._reactor, self.dispatcher, self.workerCommand, self._count, onControl=self._control)
-        self._installSignals()
+        self.pool = WorkerPool(
+            self._reactor,
+            self.dispatcher,
+            self.workerCommand,
+            self._count,
+            onControl=self._control,
+            startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP,
+            onGiveUp=self._gaveUp,
+        )
+        # The lifecycle's own handlers, over the reactor's, which would
+        # make twistd re-raise the signal after an orderly shutdown.
+        self._stopper.pool = self.pool
+        self._stopper.installSignals()
         _log.info(
             "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
             pid=os.getpid(),
@@ -238,21 +247,19 @@ class ClusterPrimary:
         interpreter options, running L{BOOT_MODULE}, which runs the program,
         told its start-up facts in its environment.
         """
-        assert self._program is not None and self.pool is not None
-        starts = self._starts[index] = self._starts.get(index, 0) + 1
-        if starts >= STARTS_BEFORE_GIVING_UP and not self.pool.everReady:
-            self._reactor.callLater(
-                0,
-                self.fail,
-                f"worker {index} exited {starts - 1} times before its program started (its log lines "
-                "above say why; a program that also listens on an endpoint without workers= has every "
-                "worker try to bind it too)",
-            )
+        assert self._program is not None
         listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
         env = dict(os.environ)
         env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid(), heartbeat).encode()
         argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
         return Command(argv, env, self._cwd if os.path.isdir(self._cwd) else None)
+
+    def _gaveUp(self, index: int, exits: int) -> None:
+        self.fail(
+            f"worker {index} exited {exits} times before its program started (its log lines above say "
+            "why; a program that also listens on an endpoint without workers= has every worker try to "
+            "bind it too)"
+        )
 
     #: The control messages of the workers' programs, and their fields.
     controls = ControlTable()
@@ -298,34 +305,6 @@ class ClusterPrimary:
             self.failed = True
             if self._reactor.running:
                 self._reactor.stop()
-
-    # ------------------------------------------------------------------
-    # Stopping.
-
-    def _installSignals(self) -> None:
-        # The lifecycle's own handlers (SIGTERM/SIGINT graceful stop, SIGHUP
-        # reload, SIGTTIN/SIGTTOU, SIGUSR1), over the reactor's, which would
-        # make twistd re-raise the signal after an orderly shutdown.
-        installSignals(self._reactor, self.pool, self._terminate)
-
-    def _terminate(self, why: str) -> None:
-        _log.info("{signal}: stopping the cluster (workers get {grace} s to finish)", signal=why, grace=GRACE)
-        if self._reactor.running:
-            self._reactor.stop()
-
-    def _shutdown(self) -> defer.Deferred[None]:
-        """
-        Close every listener, then stop the workers (the reactor waits).
-        """
-        if self._stopping is None:
-            stops = [port.stopListening() for port in list(self._ports.values())]
-            d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
-            pool = self.pool
-            if pool is not None:
-                d.addBoth(lambda _: pool.stop(GRACE))
-            d.addErrback(lambda f: _log.failure("Error while stopping the cluster", f))
-            self._stopping = d
-        return self._stopping
 
     def _exitStatus(self) -> None:
         # Registered when the primary is made, so it runs after the program's

@@ -166,13 +166,6 @@ class Channel:
                 self._writing = True
                 self._reactor.addWriter(self)
 
-    @property
-    def pending(self) -> int:
-        """
-        How many messages wait for the kernel to take them.
-        """
-        return len(self._queue)
-
     def _sendNow(self, data: bytes, fds: list[int] | tuple[int, ...]) -> int:
         if not fds:
             ancillary = []

@@ -31,7 +31,6 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from .links import ILink
-from .wire import encodeConn
 
 __all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
 
@@ -254,7 +253,7 @@ class Dispatcher:
         if route.proxy:
             link.sendControl("route", id=route.id, proxy=True)
         route.links.append(link)
-        link.routes.append(route)
+        link.serve(route)
         self.wake()
 
     def leave(self, link: ILink) -> None:
@@ -262,7 +261,7 @@ class Dispatcher:
         C{link} gets no new connections from now on (it is being retired);
         what it holds unacknowledged stays its own.
         """
-        link.accepting = False
+        link.stopAccepting()
         for route in list(link.routes):
             self.leaveRoute(route, link)
 
@@ -274,8 +273,7 @@ class Dispatcher:
         """
         if link in route.links:
             route.links.remove(link)
-        if route in link.routes:
-            link.routes.remove(route)
+        link.unserve(route)
 
     def markProxy(self, route: Route) -> None:
         """
@@ -325,12 +323,7 @@ class Dispatcher:
             return False
         held.link = link
         held.sentAt = now
-        link.inflight[held.connId] = held
-        link.sentOrder.append((held.connId, now))
-        link.sent += 1
-        link.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
-        if link.limit and link.sent == link.limit and link.onLimit is not None:
-            link.onLimit(link)
+        link.hand(held, now)
         return True
 
     def wake(self) -> None:
@@ -369,30 +362,13 @@ class Dispatcher:
         C{link}'s child adopted C{connIds} and C{closed} of its connections
         ended: close the parent's copies of the adopted ones.
         """
-        if closed:
-            link.open = max(link.open - closed, 0)
-        if connIds:
-            first = link.inflight.get(connIds[0])
-            if first is not None:
-                took = self._now() - first.sentAt
-                if took <= FAST_ACK:
-                    if link.window < MAX_INFLIGHT:
-                        link.window += 1
-                elif took > ACK_DEADLINE:
-                    link.window = max(1, link.window // 2)
-        for connId in connIds:
-            held = link.inflight.pop(connId, None)
-            if held is None:
-                _log.warn("{link!r} acknowledged connection {id}, which it was not given", link=link, id=connId)
-                continue
-            del self.held[connId]
-            link.adopted += 1
-            link.open += 1
-            self.adopted += 1
+        adopted, unknown = link.adopt(connIds, closed, self._now())
+        for connId in unknown:
+            _log.warn("{link!r} acknowledged connection {id}, which it was not given", link=link, id=connId)
+        for held in adopted:
+            del self.held[held.connId]
             held.socket.close()  # a plain close: the child's copy lives on
-        order, inflight = link.sentOrder, link.inflight
-        while order and order[0][0] not in inflight:
-            order.popleft()
+        self.adopted += len(adopted)
         if self.waiting or self.paused:
             self.wake()
         self._checkIdle()
@@ -403,18 +379,14 @@ class Dispatcher:
         was read): re-route what it had not acknowledged (close it, once a
         shutdown's grace period has ended: see L{dropAll}).
         """
-        link.accepting = False
-        for route in link.routes:
+        routes, unacked = link.detach()
+        for route in routes:
             if link in route.links:
                 route.links.remove(link)
             if not route.links and route.closeWhenOrphaned and not route.closed:
                 route.closed = True
                 if route.onOrphaned is not None:
                     route.onOrphaned()
-        link.routes = []
-        unacked = list(link.inflight.values())
-        link.inflight.clear()
-        link.sentOrder.clear()
         if self._gaveUp:
             # The shutdown's grace period is over: nobody is left to take
             # them (see dropAll).

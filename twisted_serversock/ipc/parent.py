@@ -38,8 +38,8 @@ from .interfaces import IRawAcceptor
 from .channel import Channel, closeAll
 from .childlisten import ChildListeners
 from .control import ANY, INTEGER, ControlTable, optional, reject
-from .dispatch import INITIAL_WINDOW, Dispatcher, Route, _Held
-from .wire import Ack, Conn, Control, Message, encodeControl
+from .dispatch import ACK_DEADLINE, FAST_ACK, INITIAL_WINDOW, MAX_INFLIGHT, Dispatcher, Route, _Held
+from .wire import Ack, Conn, Control, Message, encodeConn, encodeControl
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
@@ -121,6 +121,82 @@ class WorkerLink:
         Send a control message to the child.
         """
         self.channel.send(encodeControl(type, **fields))
+
+    # What the dispatcher records: the link's counts change only here.
+
+    def serve(self, route: Route) -> None:
+        """The child serves C{route} from now on."""
+        self.routes.append(route)
+
+    def unserve(self, route: Route) -> None:
+        """The child serves C{route} no more."""
+        if route in self.routes:
+            self.routes.remove(route)
+
+    def stopAccepting(self) -> None:
+        """The child gets no new connections (it is retiring or gone)."""
+        self.accepting = False
+
+    def resumeAccepting(self) -> None:
+        """The child gets new connections again (its successor failed)."""
+        self.accepting = True
+
+    def hand(self, held: _Held, now: float) -> None:
+        """
+        Send C{held} to the child at C{now}: it is the child's until
+        acknowledged; call L{onLimit} when this makes C{limit}.
+        """
+        self.inflight[held.connId] = held
+        self.sentOrder.append((held.connId, now))
+        self.sent += 1
+        self.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
+        if self.limit and self.sent == self.limit and self.onLimit is not None:
+            self.onLimit(self)
+
+    def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
+        """
+        The child adopted C{connIds} and C{closed} of its connections ended;
+        the window grows after a fast ack and halves after a slow one.
+
+        @return: the adopted connections, and the ids it was not given.
+        """
+        if closed:
+            self.open = max(self.open - closed, 0)
+        first = self.inflight.get(connIds[0]) if connIds else None
+        if first is not None:
+            took = now - first.sentAt
+            if took <= FAST_ACK:
+                if self.window < MAX_INFLIGHT:
+                    self.window += 1
+            elif took > ACK_DEADLINE:
+                self.window = max(1, self.window // 2)
+        adopted, unknown = [], []
+        for connId in connIds:
+            held = self.inflight.pop(connId, None)
+            if held is None:
+                unknown.append(connId)
+            else:
+                adopted.append(held)
+        self.adopted += len(adopted)
+        self.open += len(adopted)
+        order, inflight = self.sentOrder, self.inflight
+        while order and order[0][0] not in inflight:
+            order.popleft()
+        return adopted, unknown
+
+    def detach(self) -> tuple[list[Route], list[_Held]]:
+        """
+        The child is gone: it serves nothing and holds nothing from now on.
+
+        @return: the routes it served and the connections it had not
+            acknowledged.
+        """
+        self.accepting = False
+        routes, self.routes = self.routes, []
+        unacked = list(self.inflight.values())
+        self.inflight.clear()
+        self.sentOrder.clear()
+        return routes, unacked
 
     def close(self) -> None:
         """

@@ -73,6 +73,8 @@ class WorkerPool:
         maxRequestsJitter: int = 0,
         notifier: SystemdNotifier | None = None,
         onControl: Callable[[WorkerLink, Control], None] | None = None,
+        startsBeforeGivingUp: int = 0,
+        onGiveUp: Callable[[int, int], None] | None = None,
     ) -> None:
         """
         @param timeout: seconds of silence (no heartbeat, no ack) after
@@ -83,11 +85,15 @@ class WorkerPool:
             connections (plus a random 0..C{maxRequestsJitter}); 0: never.
         @param notifier: systemd notification (default: from the
             environment's C{NOTIFY_SOCKET}).
+        @param startsBeforeGivingUp: until some worker is ready, a slot
+            started this many times is a program that cannot run as a
+            worker: C{onGiveUp(index, exits)} is called (0: never).
         """
         self._reactor = reactor
         self.dispatcher = dispatcher
         self._command = command
         self._onControl = onControl
+        self._maxStarts, self._onGiveUp = startsBeforeGivingUp, onGiveUp
         self._slots = [Slot(i + 1) for i in range(count)]
         self._routes: list[Route] = []
         self._timeout = timeout
@@ -97,6 +103,7 @@ class WorkerPool:
         self.notifier = notifier if notifier is not None else SystemdNotifier(reactor)
         self._retiring: set[Worker] = set()
         self._reloading: set[Worker] = set()
+        self._reloadPending = False
         self._started = False
         self._announced = False
         self._stopping = False
@@ -111,15 +118,11 @@ class WorkerPool:
 
     @property
     def heartbeat(self) -> float:
-        """
-        How often an idle worker says it is alive.
-        """
+        """How often an idle worker says it is alive."""
         return heartbeatFor(self._timeout)
 
     def addRoute(self, route: Route) -> None:
-        """
-        Let every worker (now and after restarts) serve C{route}.
-        """
+        """Let every worker (now and after restarts) serve C{route}."""
         self._routes.append(route)
         for worker in self._workers():
             if worker.link is not None and worker.state is SERVING:
@@ -149,6 +152,13 @@ class WorkerPool:
             worker.routes.remove(route)
         self.dispatcher.leaveRoute(route, link)
 
+    def slot(self, index: int) -> Slot:
+        """Worker number C{index}'s slot (its counts); C{KeyError} if none."""
+        for slot in self._slots:
+            if slot.index == index:
+                return slot
+        raise KeyError(index)
+
     def _workerOf(self, link: WorkerLink) -> Worker | None:
         for worker in self._workers():
             if worker.link is link:
@@ -156,16 +166,12 @@ class WorkerPool:
         return None
 
     def _workers(self) -> list[Worker]:
-        """
-        Every worker process there is (current, starting and retiring).
-        """
+        # Every worker process there is (current, starting and retiring).
         found = [w for slot in self._slots for w in (slot.current, slot.successor) if w is not None]
         return found + list(self._retiring)
 
     def start(self) -> None:
-        """
-        Start every worker, the timeout checks and the systemd watchdog.
-        """
+        """Start every worker, the timeout checks and the systemd watchdog."""
         self._started = True
         for slot in self._slots:
             self._spawn(slot)
@@ -179,6 +185,8 @@ class WorkerPool:
         slot.pending = None
         if self._stopping or slot not in self._slots:
             return None
+        if self._onGiveUp and not successor and not self.everReady and 0 < self._maxStarts <= slot.restarts + 1:
+            self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
         parentEnd, childEnd = channelPair()
         if childEnd.fileno() == CHANNEL_FD:
             # dup2 onto itself would keep close-on-exec set.
@@ -217,8 +225,7 @@ class WorkerPool:
         return worker
 
     def _ready(self, worker: Worker) -> None:
-        slot = worker.slot
-        link = worker.link
+        slot, link = worker.slot, worker.link
         if self._stopping or worker.state is not STARTING or link is None:
             return
         if worker is slot.successor:
@@ -227,19 +234,28 @@ class WorkerPool:
                 self._retire(old, f"worker {slot.index} (pid {worker.pid}) replaces it")
         elif worker is not slot.current:
             return
-        worker.enter(SERVING)
+        self._enter(worker, SERVING)
         _log.info("Worker {index} (pid {pid}) is ready", index=slot.index, pid=worker.pid)
         self.everReady = True
         for route in self._routes + worker.routes:
             self.dispatcher.join(route, link)
-        self._reloading.discard(worker)
         self._announce()
 
+    def _enter(self, worker: Worker, state: str) -> str:
+        # The one place a worker's state changes, with the sets that follow
+        # it: a retiring worker is off its slot but the pool's until it
+        # ends; a reload's worker counts until it serves, retires or ends.
+        previous = worker.enter(state)
+        self._reloading.discard(worker)
+        if state is RETIRING:
+            self._retiring.add(worker)
+        elif state is ENDED:
+            self._retiring.discard(worker)
+        return previous
+
     def _announce(self) -> None:
-        """
-        Tell systemd: ready after start-up (first worker ready) and after a
-        reload (every new worker ready or gone); else the new status.
-        """
+        # systemd: ready after start-up (first worker ready) and after a
+        # reload (every new worker ready or gone); else the new status.
         if self._reloadPending and not self._reloading:
             self._reloadPending = False
             _log.info("Reload done: {status}", status=self.status())
@@ -251,12 +267,8 @@ class WorkerPool:
         else:
             self.notifier.status(self.status())
 
-    _reloadPending = False
-
     def status(self) -> str:
-        """
-        One line: how many workers serve, start and retire.
-        """
+        """One line: how many workers serve, start and retire."""
         serving = sum(1 for s in self._slots if s.current is not None and s.current.state is SERVING)
         starting = sum(1 for w in self._workers() if w.state is STARTING)
         return (
@@ -268,15 +280,11 @@ class WorkerPool:
     # Replacing workers.
 
     def _retire(self, worker: Worker, why: str) -> None:
-        """
-        No new connections for C{worker}; it finishes its open ones within
-        the grace period and exits (or is killed shortly after).
-        """
+        # No new connections for it; it drains within the grace period and
+        # exits (or is killed shortly after).
         if worker.state in (RETIRING, ENDED):
             return
-        worker.enter(RETIRING)
-        self._retiring.add(worker)
-        self._reloading.discard(worker)
+        self._enter(worker, RETIRING)
         slot = worker.slot
         if slot.current is worker:
             slot.current = None
@@ -299,7 +307,7 @@ class WorkerPool:
         if self._stopping or worker is not slot.current or slot.successor is not None:
             return
         assert worker.link is not None
-        worker.link.accepting = False
+        worker.link.stopAccepting()
         self.recycled += 1
         _log.info(
             "{worker} was given {n} connection(s) (--max-requests): replacing it",
@@ -307,7 +315,7 @@ class WorkerPool:
             n=worker.link.sent,
         )
         if self._spawn(slot, successor=True) is None:
-            worker.link.accepting = True
+            worker.link.resumeAccepting()
 
     def reload(self) -> None:
         """
@@ -326,8 +334,7 @@ class WorkerPool:
                 # Started before this reload, maybe with the old code.
                 self._retire(slot.successor, "a reload supersedes it")
             if slot.current is None:
-                if slot.pending is not None and slot.pending.active():
-                    slot.pending.cancel()
+                self._cancelRestart(slot)
                 worker = self._spawn(slot)
             else:
                 worker = self._spawn(slot, successor=True)
@@ -337,9 +344,7 @@ class WorkerPool:
             self._announce()
 
     def addWorker(self) -> None:
-        """
-        One worker more (SIGTTIN).
-        """
+        """One worker more (SIGTTIN)."""
         if self._stopping:
             return
         slot = Slot(max((s.index for s in self._slots), default=0) + 1)
@@ -348,19 +353,14 @@ class WorkerPool:
         self._spawn(slot)
 
     def removeWorker(self) -> None:
-        """
-        One worker fewer (SIGTTOU), never below one: the highest-numbered
-        worker retires.
-        """
+        """One worker fewer (SIGTTOU), never below one: the highest-numbered retires."""
         if self._stopping:
             return
         if len(self._slots) <= 1:
             _log.warn("Not removing the last worker (SIGTTOU with one worker left)")
             return
         slot = self._slots.pop()
-        if slot.pending is not None and slot.pending.active():
-            slot.pending.cancel()
-        slot.pending = None
+        self._cancelRestart(slot)
         _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._slots))
         for worker in (slot.successor, slot.current):
             if worker is not None:
@@ -370,7 +370,7 @@ class WorkerPool:
     # ------------------------------------------------------------------
     # Hung workers.
 
-    def _tickInterval(self) -> float:
+    def _tickInterval(self) -> float:  # a tenth of the timeout, within 50 ms..1 s
         return min(max(self._timeout / 10, 0.05), 1.0)
 
     def _check(self) -> None:
@@ -403,11 +403,8 @@ class WorkerPool:
             self._tick = self._reactor.callLater(self._tickInterval(), self._check)
 
     def _kill(self, worker: Worker) -> None:
-        """
-        SIGKILL: even a stopped worker dies at once and never runs again;
-        its channel ends after its last message, and only then are its
-        unacknowledged connections re-sent.
-        """
+        # SIGKILL: even a stopped worker dies at once; its unacknowledged
+        # connections are re-sent once its channel ends (after its last ack).
         worker.killed = True
         if worker.link is not None:
             self.dispatcher.leave(worker.link)
@@ -437,8 +434,7 @@ class WorkerPool:
         value = reason.value
         signal = getattr(value, "signal", None)
         how = f"signal {signal}" if signal else f"status {getattr(value, 'exitCode', getattr(value, 'status', None))}"
-        if worker.enter(ENDED) is RETIRING:
-            self._retiring.discard(worker)
+        if self._enter(worker, ENDED) is RETIRING:
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
         elif self._stopping:
             _log.info("Worker {index} (pid {pid}) exited ({how})", index=worker.index, pid=worker.pid, how=how)
@@ -457,7 +453,6 @@ class WorkerPool:
         """
         slot = worker.slot
         slot.successor = None
-        self._reloading.discard(worker)
         current = slot.current
         if current is None and slot in self._slots:
             # The current worker died counting on this successor: the slot
@@ -468,7 +463,7 @@ class WorkerPool:
             serving = f"{current} keeps serving" if current is not None else "nobody keeps serving"
         _log.error("New {worker} exited ({how}) before it was ready; {serving}", worker=worker, how=how, serving=serving)
         if current is not None and current.link is not None and current.state is not RETIRING:
-            current.link.accepting = True
+            current.link.resumeAccepting()
         self.dispatcher.wake()
         if self._reloadPending and not self._reloading:
             self._announce()
@@ -498,6 +493,11 @@ class WorkerPool:
         slot.restarts += 1
         slot.pending = self._reactor.callLater(delay, self._spawn, slot)
         return delay
+
+    def _cancelRestart(self, slot: Slot) -> None:
+        if slot.pending is not None and slot.pending.active():
+            slot.pending.cancel()
+        slot.pending = None
 
     # ------------------------------------------------------------------
     # Stopping.
@@ -529,8 +529,7 @@ class WorkerPool:
         return d
 
     def _remaining(self) -> float:
-        now: float = self._reactor.seconds()
-        return max(self._deadline - now, 0.0)
+        return max(self._deadline - float(self._reactor.seconds()), 0.0)
 
     def _tellWorkers(self) -> None:
         """
@@ -539,9 +538,7 @@ class WorkerPool:
         """
         self._stopping = True
         for slot in self._slots:
-            if slot.pending is not None and slot.pending.active():
-                slot.pending.cancel()
-            slot.pending = None
+            self._cancelRestart(slot)
         told = 0
         for worker in self._workers():
             if worker.link is not None and not worker.link.lost:
@@ -551,7 +548,7 @@ class WorkerPool:
         self._killer = self._reactor.callLater(self._remaining() + _KILL_MARGIN, self._killAll)
         self._checkEnded()
 
-    def _giveUp(self) -> None:
+    def _giveUp(self) -> None:  # the grace period ended with connections held
         lost = self.dispatcher.dropAll("the grace period ended before a worker adopted it")
         _log.error("{n} held connection(s) closed unserved at the end of the grace period", n=lost)
         self._tellWorkers()

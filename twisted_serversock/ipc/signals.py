@@ -2,7 +2,9 @@
 """
 The parent's signals, in gunicorn's vocabulary: SIGTERM/SIGINT graceful
 stop, SIGHUP graceful reload, SIGTTIN/SIGTTOU one worker more/fewer, SIGUSR1
-log rotation (twistd's own handler when it logs to a file).
+log rotation (twistd's own handler when it logs to a file); and
+L{ParentStop}, the one way a parent (C{twistd serversock} or a cluster
+primary) stops.
 
 Handlers only schedule work on the reactor (C{callFromThread} is safe from
 a signal handler and before the reactor runs): a signal that arrives during
@@ -15,9 +17,10 @@ from __future__ import annotations
 import signal
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
-__all__ = ["installSignals"]
+__all__ = ["installSignals", "ParentStop"]
 
 _log = Logger()
 
@@ -66,3 +69,75 @@ def installSignals(reactor: Any, pool: Any, terminate: Callable[[str], None]) ->
             signal.SIGUSR1,
             later(lambda: _log.info("SIGUSR1: logging to a stream, not a file; nothing to reopen")),
         )
+
+
+class ParentStop:
+    """
+    How a parent stops, whoever asks (SIGTERM/SIGINT, the reactor's
+    shutdown, C{stopService}): its listeners stop, then its workers get the
+    grace period to finish their connections; once.  A signal then stops
+    the reactor, without re-raising the signal, so a graceful stop under
+    C{twistd} exits with status 0.
+
+    @ivar pool: the L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}
+        to stop, once there is one.
+    @ivar notifier: told C{stopping} on a signal when serving in this
+        process (a pool tells systemd itself).
+    """
+
+    def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
+        """
+        @param ports: returns the listening ports to stop (called once).
+        """
+        self._reactor = reactor
+        self._grace = grace
+        self._ports = ports
+        self.notifier: Any = None
+        self.pool: Any = None
+        self._waiters: list[defer.Deferred[None]] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the stop has begun."""
+        return self._waiters is not None or self._done
+
+    _done = False
+
+    def installSignals(self) -> None:
+        """The parent's signal handlers (see L{installSignals})."""
+        installSignals(self._reactor, self.pool, self.terminate)
+
+    def terminate(self, why: str) -> None:
+        """SIGTERM/SIGINT: stop, then stop the reactor."""
+        _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self._grace)
+        if self.notifier is not None:
+            self.notifier.stopping("stopping")
+        self.stop().addBoth(lambda _: self._reactor.stop() if self._reactor.running else None)
+
+    def stop(self) -> defer.Deferred[None]:
+        """
+        Stop listening, then stop the workers; every caller gets its own
+        Deferred that fires when all of it is done.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._done:
+            d.callback(None)
+            return d
+        if self._waiters is not None:
+            self._waiters.append(d)
+            return d
+        self._waiters = [d]
+        stops = [defer.maybeDeferred(port.stopListening) for port in self._ports()]
+        stopped: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
+        stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
+        pool = self.pool
+        if pool is not None:
+            stopped.addCallback(lambda _: pool.stop(self._grace))
+            stopped.addErrback(lambda f: _log.failure("Error while stopping the workers", f))
+        stopped.addBoth(self._fire)
+        return d
+
+    def _fire(self, result: object) -> None:
+        waiters, self._waiters, self._done = self._waiters or [], None, True
+        for d in waiters:
+            d.callback(None)

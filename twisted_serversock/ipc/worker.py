@@ -182,7 +182,6 @@ class Worker:
         self._heartbeat = heartbeat
         self._beat: Any = None
         self._transports: set[Any] = set()
-        self._proxyFactories: dict[int, Any] = {}
         self.adopted = 0
         self._stopping = False
         self.link = ParentLink(channel, reactor, name=f"worker {index} channel")
@@ -228,7 +227,7 @@ class Worker:
         @return: the factory, or C{None} for a route this worker does not
             serve (the connection is then closed and the error logged).
         """
-        return self._proxyFactories.get(route, self._factory)
+        return self._factory
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
         factory = self.factoryFor(route)
@@ -266,16 +265,6 @@ class Worker:
     @controls.handler("stop", grace=optional(NUMBER, GRACE))
     def _onStop(self, grace: float) -> None:
         self.stop(float(grace))
-
-    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
-    def _onRoute(self, id: int, proxy: bool) -> None:
-        """
-        Connections of route C{id} carry a PROXY protocol header (the parent
-        listens on a C{haproxy:} endpoint): parse it here, so that protocols
-        see the client's address.
-        """
-        if proxy and id not in self._proxyFactories:
-            self._proxyFactories[id] = proxyWrapped(self._factory)
 
     def _parentLost(self, reason: Failure) -> None:
         if not self._stopping:
@@ -323,6 +312,30 @@ class Worker:
             self._reactor.stop()
 
 
+class ServersockWorker(Worker):
+    """
+    The worker of C{twistd serversock}: its one factory serves every route,
+    wrapped to parse the PROXY header on routes whose parent listens on a
+    C{haproxy:} endpoint (cluster workers' programs wrap their own).
+    """
+
+    controls = ControlTable(base=Worker.controls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._proxyFactories: dict[int, Any] = {}
+
+    def factoryFor(self, route: int) -> Any:
+        return self._proxyFactories.get(route, self._factory)
+
+    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
+    def _onRoute(self, id: int, proxy: bool) -> None:
+        # Connections of route id carry a PROXY header: parse it here, so
+        # that protocols see the client's address.
+        if proxy and id not in self._proxyFactories:
+            self._proxyFactories[id] = proxyWrapped(self._factory)
+
+
 def main(argv: list[str] | None = None) -> int:
     """
     Run one worker (the parent starts it; not for direct use).
@@ -344,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.set_inheritable(args.channel_fd, False)  # never into a process this one starts
     channel = socket.socket(fileno=args.channel_fd)
-    worker = Worker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
+    worker = ServersockWorker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
     worker.installSignals()
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)

@@ -1,0 +1,223 @@
+"""
+The one worker model's single places, on a memory reactor's clock: the
+count of a slot's failed starts is the pool's (C{Slot.restarts}), which
+both front doors share; only cluster mode asks the pool to give up on a
+program that never starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.python.failure import Failure
+
+from twisted_serversock.cluster.primary import STARTS_BEFORE_GIVING_UP, ClusterPrimary, PrimaryPort
+from twisted_serversock.ipc.dispatch import Dispatcher
+from twisted_serversock.ipc.pool import WorkerPool
+from twisted_serversock.ipc.spawn import Command
+
+from ._memoryworkers import Pool, StandInReactor, primary, pump, send  # noqa: F401 (primary: a fixture)
+
+__all__ = ["primary"]
+
+
+def _dies(reactor: StandInReactor, n: int) -> None:
+    """
+    Worker process C{n} (in start order) exits with status 1, and the
+    clock runs past its restart's backoff.
+    """
+    reactor.protocols[n].processEnded(Failure(ProcessTerminated(1)))
+    reactor.advance(11.0)
+
+
+def test_primaryGivesUpOnAProgramThatNeverStarts(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    A worker that dies before any worker was ready is restarted; at its
+    fourth start the primary stops the cluster, naming the three exits.
+    """
+    clusterPrimary, reactor, port = primary
+    for n in range(STARTS_BEFORE_GIVING_UP - 2):
+        _dies(reactor, n)
+        assert not clusterPrimary.failed
+    _dies(reactor, STARTS_BEFORE_GIVING_UP - 2)
+    assert len(reactor.children) == STARTS_BEFORE_GIVING_UP
+    assert clusterPrimary.failed and not reactor.running
+    assert clusterPrimary.pool is not None
+    assert clusterPrimary.pool.slot(1).restarts == STARTS_BEFORE_GIVING_UP - 1
+
+
+def test_primaryKeepsRestartingOnceAWorkerWasReady(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    Once some worker was ready the program can run as a worker: deaths are
+    restarts with backoff, never a reason to stop the cluster.
+    """
+    clusterPrimary, reactor, port = primary
+    send(reactor.children[0], "ready", pid=1001)
+    pump(reactor)
+    for n in range(STARTS_BEFORE_GIVING_UP + 1):
+        _dies(reactor, n)
+    assert not clusterPrimary.failed and len(reactor.children) == STARTS_BEFORE_GIVING_UP + 2
+
+
+def test_serversockPoolNeverGivesUp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without C{onGiveUp} (C{twistd serversock}'s pool) a worker that never
+    starts is restarted for good.
+    """
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    reactor = StandInReactor()
+    pool = WorkerPool(reactor, Dispatcher(reactor.seconds), lambda index, heartbeat: Command(["w"], {}), 1)
+    pool.start()
+    try:
+        for n in range(STARTS_BEFORE_GIVING_UP + 1):
+            _dies(reactor, n)
+        assert len(reactor.children) == STARTS_BEFORE_GIVING_UP + 2
+        assert pool.slot(1).restarts == STARTS_BEFORE_GIVING_UP + 1
+    finally:
+        for child in reactor.children:
+            child.close()
+
+
+def test_onlyTheServersockWorkerWrapsForPROXYRoutes() -> None:
+    """
+    A C{twistd serversock} worker told that a route's connections carry a
+    PROXY header serves them with its factory wrapped to parse it; a
+    cluster worker's program wraps its own factory (C{haproxy:} in its
+    endpoint string), so it has no such message.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.cluster.worker import ClusterWorker
+    from twisted_serversock.ipc.channel import channelPair
+    from twisted_serversock.ipc.worker import ServersockWorker
+
+    assert "route" in ServersockWorker.controls and "route" not in ClusterWorker.controls
+    reactor = MemoryReactorClock()
+    ours, parentEnd = channelPair()
+    factory = Factory.forProtocol(Protocol)
+    worker = ServersockWorker(reactor, factory, ours, 1)
+    try:
+        send(parentEnd, "route", id=2, proxy=True)
+        pump(reactor)
+        assert worker.factoryFor(1) is factory
+        assert worker.factoryFor(2) is not factory and worker.factoryFor(2).wrappedFactory is factory
+    finally:
+        worker.link.channel.loseConnection()
+        parentEnd.close()
+
+
+class _Port:
+    """
+    A listening port whose stop the test ends.
+    """
+
+    def __init__(self, log: list[str]) -> None:
+        from twisted.internet import defer
+
+        self.log = log
+        self.stopped: defer.Deferred[None] = defer.Deferred()
+
+    def stopListening(self) -> Any:
+        self.log.append("port")
+        return self.stopped
+
+
+class _Pool:
+    def __init__(self, log: list[str]) -> None:
+        from twisted.internet import defer
+
+        self.log = log
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def stop(self, grace: float) -> Any:
+        self.log.append(f"pool {grace}")
+        return self.ended
+
+
+def test_parentStopsOnceWhoeverAsks() -> None:
+    """
+    Both front doors stop on one path: listeners first, then the workers
+    with the grace period, once however many ask (a signal, the reactor's
+    shutdown, C{stopService}); each asker's Deferred fires when all of it
+    is done, and a signal then stops the reactor.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    log: list[str] = []
+    port, pool = _Port(log), _Pool(log)
+    stopper = ParentStop(reactor, 7.0, lambda: [port])
+    stopper.pool = pool
+    assert not stopper.stopping
+    first = stopper.stop()
+    stopper.terminate("SIGTERM")
+    assert stopper.stopping and log == ["port"] and not first.called
+    port.stopped.callback(None)
+    assert log == ["port", "pool 7.0"] and not first.called and not reactor.hasStopped
+    pool.ended.callback(None)
+    assert first.called and reactor.hasStopped
+    assert stopper.stop().called and log == ["port", "pool 7.0"]
+
+
+def test_parentStopWithoutWorkers() -> None:
+    """
+    Serving in this process: a signal tells systemd it is stopping, the
+    listeners stop, and so does the reactor.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    class Notifier:
+        said: list[str] = []
+
+        def stopping(self, status: str) -> None:
+            self.said.append(status)
+
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    log: list[str] = []
+    port = _Port(log)
+    port.stopped.callback(None)
+    stopper = ParentStop(reactor, 1.0, lambda: [port])
+    stopper.notifier = notifier = Notifier()
+    stopper.terminate("SIGINT")
+    assert log == ["port"] and notifier.said == ["stopping"] and reactor.hasStopped
+
+
+def test_reloadIsDoneWhenItsWorkersServeOrEnd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A reload is done (systemd is told READY=1 again) once each of its
+    workers serves, retires or ends: one that died before it was ready
+    no longer keeps the reload pending for good.
+    """
+    from twisted.logger import globalLogPublisher
+
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    pool = Pool()
+    said: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        said.append(event.get("log_format") or "")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        pool.ready(0)
+        pool.end(0, signal=9)  # dies; its restart is pending
+        pool.pool.reload()  # the empty slot gets the reload's worker at once
+        assert len(pool.reactor.children) == 2
+        pool.end(1, signal=9)  # ... which dies before it is ready
+        pool.wait(1.0)
+        assert len(pool.reactor.children) == 3 and not [f for f in said if f.startswith("Reload done")]
+        pool.ready(2)
+        assert [f for f in said if f.startswith("Reload done")]
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        pool.close()
