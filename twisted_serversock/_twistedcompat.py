@@ -51,6 +51,10 @@ What we rely on, and why:
     C{twisted.application.twist._options.TwistOptions}: C{twistd} and
     C{twist} fitted to a cluster worker, which must not daemonize, write a
     pidfile or switch user again (L{fitRunnersToWorker}).
+  - The reactor installs the C{sigTerm}/C{sigInt} it has when C{run()}
+    starts: the worker parents make those theirs, so that no SIGTERM
+    during start-up stops the process the reactor's way
+    (L{stopSignalsHandledBy}).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ __all__ = [
     "proxyWrapped",
     "innerProtocol",
     "fitRunnersToWorker",
+    "stopSignalsHandledBy",
     "problems",
 ]
 
@@ -306,6 +311,29 @@ def _mroSource(cls: type) -> str:
     return "\n".join(_source(klass) for klass in cls.__mro__ if klass.__module__.startswith("twisted."))
 
 
+def stopSignalsHandledBy(reactor: Any, handler: Any) -> None:
+    """
+    Make C{handler} what C{reactor} installs for SIGTERM (and SIGINT, when
+    that is still Python's default) when it starts running, in place of its
+    own handlers, which stop the reactor.  Re-installing ours once the
+    reactor runs leaves a window between the two in which a signal would
+    stop the process the reactor's way; with this there is none.  The
+    reactor takes its C{sigTerm} and C{sigInt} when C{run()} starts, so
+    setting them on the instance beforehand chooses what it installs.
+    """
+    reactor.sigTerm = handler
+    reactor.sigInt = handler
+
+
+def _signalProblems() -> list[str]:
+    from twisted.internet import base
+
+    factory = getattr(base.ReactorBase, "_signalsFactory", None)
+    if factory is None or "self.sigTerm" not in _source(factory) or "self.sigInt" not in _source(factory):
+        return ["the reactor no longer installs its sigTerm/sigInt as they are when it starts (stopSignalsHandledBy)"]
+    return []
+
+
 def problems() -> list[str]:
     """
     Check the installed Twisted for every private name this module uses.
@@ -334,6 +362,7 @@ def problems() -> list[str]:
     found.extend(_webProblems())
     found.extend(_runnerProblems())
     found.extend(_tlsProblems())
+    found.extend(_signalProblems())
     return found
 
 

@@ -227,9 +227,10 @@ class ServerSockService(service.Service):
         stopper = self._stopper
         assert stopper is not None
         # Before any worker starts, so that a signal during start-up is
-        # acted on once the reactor runs; and again then, over the
-        # reactor's own SIGTERM/SIGINT handlers (which would make a graceful
-        # stop end "killed by SIGTERM").
+        # acted on once the reactor runs (the reactor then installs our
+        # SIGTERM/SIGINT handlers, not its own, which would make a graceful
+        # stop end "killed by SIGTERM"); and again once it runs, for any
+        # reactor that installs its own some other way.
         stopper.installSignals()
         self._getReactor().callWhenRunning(stopper.installSignals)
         if self.pool is not None:

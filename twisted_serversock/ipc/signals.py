@@ -20,6 +20,8 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .._twistedcompat import stopSignalsHandledBy
+
 __all__ = ["installSignals", "ParentStop"]
 
 _log = Logger()
@@ -47,6 +49,9 @@ def installSignals(reactor: Any, pool: Any, terminate: Callable[[str], None]) ->
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    # And the handlers the reactor installs when it starts running: a
+    # SIGTERM during start-up is then a graceful stop too.
+    stopSignalsHandledBy(reactor, stop)
     if pool is not None:
         actions: dict[signal.Signals, Callable[[], None]] = {
             signal.SIGHUP: pool.reload,
