@@ -87,7 +87,7 @@ def makeCerts() -> Certs:
     _openssl("req", "-x509", *ec, "-nodes", "-keyout", "otherkey.pem", "-out", "other.pem", "-days", "30",
              "-subj", "/CN=other.example", cwd=d)  # fmt: skip
     _openssl("req", "-x509", *ec, "-nodes", "-keyout", "cakey.pem", "-out", "ca.pem", "-days", "30",
-             "-subj", "/CN=Test CA", cwd=d)  # fmt: skip
+             "-subj", "/CN=Test CA", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)  # fmt: skip
     _openssl("req", *ec, "-nodes", "-keyout", "clientkey.pem", "-out", "client.csr", "-subj", "/CN=client", cwd=d)
     _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "cakey.pem", "-CAcreateserial",
              "-out", "client.pem", "-days", "30", cwd=d)  # fmt: skip

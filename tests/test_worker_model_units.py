@@ -149,7 +149,9 @@ def test_parentStopsOnceWhoeverAsks() -> None:
     from twisted_serversock.ipc.signals import ParentStop
 
     reactor = MemoryReactorClock()
-    reactor.running = True
+    # Running, not stopped (Twisted before 25 starts a MemoryReactor with
+    # hasStopped already true).
+    reactor.running, reactor.hasStopped = True, False
     log: list[str] = []
     port, pool = _Port(log), _Pool(log)
     stopper = ParentStop(reactor, 7.0, lambda: [port])
