@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pytest
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, threads
 
+from ._hardening import CollectingProcess
 from .conftest import WAIT, theReactor, timeout
 
 OPENSSL = shutil.which("openssl") or "openssl"
@@ -173,26 +174,20 @@ def pythonClient(port: int, send: bytes = b"HELLO", version: str | None = None, 
 # openssl s_client, a real process.
 
 
-class _Collect(protocol.ProcessProtocol):
+class _Collect(CollectingProcess):
+    """
+    A L{CollectingProcess} that is sent C{send} on its standard input, which
+    is then closed.
+    """
+
     def __init__(self, send: bytes) -> None:
+        super().__init__()
         self.send = send
-        self.out = b""
-        self.err = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(self.send)
         self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 async def sClient(port: int, *args: str, send: bytes = b"HELLO\n") -> tuple[int, str, str]:

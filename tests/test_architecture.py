@@ -34,6 +34,20 @@ MAX_PRIVATE_ACCESSES = 1
 COMPAT = "_twistedcompat.py"
 
 
+
+def _importedFrom(name: str, isPackage: bool, node: ast.ImportFrom) -> str:
+    """
+    The module a C{from ... import} in module C{name} imports from, with a
+    relative import resolved.
+    """
+    if not node.level:
+        return node.module or ""
+    base = name.split(".")
+    if not isPackage:
+        base.pop()
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
 def _modules() -> dict[str, Path]:
     modules = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -55,14 +69,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = name.split(".")
-                if not isPackage:
-                    base.pop()
-                base = base[: len(base) - (node.level - 1)]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _importedFrom(name, isPackage, node)
             for alias in node.names:
                 full = f"{source}.{alias.name}"
                 found.add(full if full in modules else source)
@@ -240,14 +247,7 @@ def _testModuleImports(path: Path, name: str, label: str = "") -> list[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = name.split(".")
-                if not isPackage:
-                    base.pop()
-                base = base[: len(base) - (node.level - 1)]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _importedFrom(name, isPackage, node)
             targets = [source] + [f"{source}.{a.name}" for a in node.names]
         else:
             continue
