@@ -697,3 +697,47 @@ def workdir() -> Any:
     d = tempfile.mkdtemp(prefix="/tmp/ssk")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    """
+    Every living process below C{pid} (children, their children, ...), as
+    the kernel lists them in C{/proc/PID/task/TID/children}.
+    """
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    children = {int(p) for p in f.read().split()}
+            except (OSError, ValueError):
+                continue
+            todo.extend(children - found)
+            found |= children
+    return found
+
+
+@pytest.fixture(autouse=True)
+def noProcessOutlivesItsTest(request: Any) -> Any:
+    """
+    Kill the processes a test started and left running (a failed test's
+    C{twistd}, and its workers), so that one failure cannot hold ports,
+    CPU or files for the tests after it and turn into several.  Processes
+    started by broader fixtures before the test began are left alone.
+    """
+    before = _descendants(os.getpid())
+    yield
+    left = _descendants(os.getpid()) - before
+    for pid in sorted(left):
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    if left:
+        sys.stderr.write(f"\n{request.node.nodeid}: killed {len(left)} process(es) it left running: {sorted(left)}\n")
