@@ -1,16 +1,8 @@
 # -*- test-case-name: tests.test_dispatch_units -*-
 """
-The parent's dispatcher: which child gets each accepted connection, and
-when the parent stops accepting.
-
-Each connection goes to the child with the fewest connections in hand
-(sent and unacknowledged, plus adopted and not yet reported closed; the
-children report closes batched with their acks).  A child takes at most
-its window of unacknowledged hand-overs (see L{MAX_INFLIGHT}), and none
-while one of them is older than L{ACK_DEADLINE} (it may be stopped or
-stuck).  When no child of a route can take a connection, the route's
-listening ports stop accepting: the excess waits in the kernel's backlog,
-not in the parent, and accepting resumes as acknowledgements arrive.
+The parent's dispatcher: which child gets each accepted connection (the
+one with the fewest in hand, within its window: see L{MAX_INFLIGHT}), and
+when the parent stops accepting (see L{MAX_WAITING}).
 
 A connection is re-sent to another child only after the first child's
 channel has ended and everything it sent on it has been read (see
@@ -125,18 +117,12 @@ class Route:
             link = links[(start + i) % count]
             if not link.accepting:
                 continue
-            inflight = link.inflight
-            n = len(inflight)
-            if n:
-                if n >= link.window:
-                    continue
-                # The oldest unacknowledged hand-over (a dict's first entry
-                # is slow to find once many were deleted: keep an order).
-                order = link.sentOrder
-                while order[0][0] not in inflight:
-                    order.popleft()
-                if now - order[0][1] > ACK_DEADLINE:
-                    continue
+            n = len(link.inflight)
+            # sentOrder starts with the oldest unacknowledged hand-over (its
+            # link keeps it so: a dict's first entry is slow to find once
+            # many were deleted).
+            if n and (n >= link.window or now - link.sentOrder[0][1] > ACK_DEADLINE):
+                continue
             key = (n + link.open) * 1024 + n
             if best is None or key < bestKey:
                 best, bestKey = link, key

@@ -53,8 +53,8 @@ class WorkerLink:
 
     @ivar inflight: connections sent to the child and not yet acknowledged.
     @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
-        still name acknowledged ones at its end, never at its start after
-        an ack).
+        still name acknowledged ones after its start, never at its start:
+        L{adopt} keeps it so).
     @ivar window: how many unacknowledged it may have (see
         L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
     @ivar adopted: connections the child acknowledged; C{open}: those it

@@ -41,8 +41,7 @@ class WorkerProcess(ProcessProtocol):
     """
 
     def __init__(self, pool: _Ends, worker: Worker) -> None:
-        self._pool = pool
-        self._worker = worker
+        self._pool, self._worker = pool, worker
         self._partial = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -79,14 +78,11 @@ class Worker:
     """
 
     def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int = 0) -> None:
-        self.slot = slot
-        self.index = slot.index
-        self.generation = generation
+        self.slot, self.index, self.link = slot, slot.index, link
+        self.generation, self.startedAt = generation, startedAt
         self.pid = 0
-        self.link = link
         self.routes: list[Route] = []
         self.process: Any = None
-        self.startedAt = startedAt
         self.killAt = 0.0
         self.killed = False
         self.state = STARTING
@@ -120,9 +116,7 @@ class Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.failures = 0
-        self.restarts = 0
-        self.adopted = 0
+        self.failures = self.restarts = self.adopted = 0
         self.pending: Any = None
 
 
@@ -142,11 +136,7 @@ class Workers:
         self.live: list[Worker] = []
 
     def enter(self, worker: Worker, state: str) -> str:
-        """
-        Move C{worker} to C{state} (an ended one is no longer L{live}).
-
-        @return: the state it leaves.
-        """
+        """Move C{worker} to C{state} (see L{Worker.enter}); an ended one is no longer L{live}."""
         previous = worker.enter(state)
         if state is ENDED:
             self.live.remove(worker)

@@ -47,15 +47,12 @@ def logTotals(slots: list[Slot], dispatcher: Dispatcher, **workers: int) -> None
     """
     for slot in slots:
         _log.info("Worker {index}: {n} connection(s) adopted, {r} restart(s)", index=slot.index, n=slot.adopted, r=slot.restarts)
+    counts = {name: getattr(dispatcher, name) for name in ("accepted", "adopted", "redispatched", "dropped", "pauses")}
     _log.info(
         "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
         "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
         "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
-        accepted=dispatcher.accepted,
-        adopted=dispatcher.adopted,
-        redispatched=dispatcher.redispatched,
-        dropped=dispatcher.dropped,
-        pauses=dispatcher.pauses,
+        **counts,
         **workers,
     )
 
@@ -85,9 +82,7 @@ class Restarts:
         @param start: starts a worker in a slot, when its delay is over.
         @param maxStarts: see L{untried}.
         """
-        self._reactor = reactor
-        self._slots = slots
-        self._start = start
+        self._reactor, self._slots, self._start = reactor, slots, start
         self._maxStarts, self._onGiveUp = maxStarts, onGiveUp
 
     def untried(self, slot: Slot) -> None:
@@ -101,15 +96,11 @@ class Restarts:
             self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
 
     def died(self, slot: Slot, lived: float) -> None:
-        """
-        A worker of C{slot} died after C{lived} seconds.
-        """
+        """A worker of C{slot} died after C{lived} seconds."""
         slot.failures = 1 if lived >= self.STABLE_SECONDS else slot.failures + 1
 
     def schedule(self, slot: Slot) -> float:
-        """
-        Start C{slot} again after its backoff delay; return the delay.
-        """
+        """Start C{slot} again after its backoff delay; return the delay."""
         delay = min(self.FIRST_DELAY * 2.0 ** max(slot.failures - 1, 0), self.MAX_DELAY)
         slot.restarts += 1
         slot.pending = self._reactor.callLater(delay, self._fire, slot)
@@ -120,10 +111,7 @@ class Restarts:
         self._start(slot)
 
     def cancel(self, slot: Slot) -> None:
-        """
-        C{slot} starts no more on its own (stopping, removed, or started
-        now).
-        """
+        """C{slot} starts no more on its own (removed, or started now)."""
         if slot.pending is not None and slot.pending.active():
             slot.pending.cancel()
         slot.pending = None
@@ -146,10 +134,7 @@ class HungWorkers:
     """
 
     def __init__(self, reactor: Any, timeout: float, dispatcher: Dispatcher, workers: Callable[[], Iterable[Worker]]) -> None:
-        self._reactor = reactor
-        self._timeout = timeout
-        self._dispatcher = dispatcher
-        self._workers = workers
+        self._reactor, self._timeout, self._dispatcher, self._workers = reactor, timeout, dispatcher, workers
         self._tick: Any = None
         self.killedForTimeout = 0
 
@@ -166,19 +151,13 @@ class HungWorkers:
     def _check(self) -> None:
         now = self._reactor.seconds()
         for worker in list(self._workers()):
-            link = worker.link
+            silent = now - worker.link.lastHeard
             if worker.process is None or worker.killed:
                 continue
-            if now - link.lastHeard > self._timeout:
+            if silent > self._timeout:
                 self.killedForTimeout += 1
-                _log.error(
-                    "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} "
-                    "unacknowledged connection(s); killing it",
-                    worker=worker,
-                    silent=now - link.lastHeard,
-                    timeout=self._timeout,
-                    n=len(link.inflight),
-                )
+                why = "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} unacknowledged connection(s)"
+                _log.error(why + "; killing it", worker=worker, silent=silent, timeout=self._timeout, n=len(worker.link.inflight))
                 kill(worker, self._dispatcher)
             elif worker.state is RETIRING and now >= worker.killAt:
                 _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
@@ -195,8 +174,7 @@ class Announcer:
     """
 
     def __init__(self, notifier: SystemdNotifier, status: Callable[[], str]) -> None:
-        self.notifier = notifier
-        self._status = status
+        self.notifier, self._status = notifier, status
         self._told = -1  # the generation systemd was last told READY for
 
     def changed(self, everReady: bool, generation: int, pending: Callable[[], bool]) -> None:
@@ -233,10 +211,7 @@ class Shutdown:
         """
         @param onStopping: called when the workers are told to stop.
         """
-        self._reactor = reactor
-        self._onStopping = onStopping
-        self._dispatcher = dispatcher
-        self._workers = workers
+        self._reactor, self._dispatcher, self._workers, self._onStopping = reactor, dispatcher, workers, onStopping
         self._ended: defer.Deferred[None] | None = None
         self._deadline = 0.0
         self._killer: Any = None
@@ -289,9 +264,7 @@ class Shutdown:
             kill(worker, self._dispatcher)
 
     def check(self) -> None:
-        """
-        A worker ended: fire L{begin}'s Deferred if it was the last.
-        """
+        """A worker ended: fire L{begin}'s Deferred if it was the last."""
         if self._ended is None or not self.stopping or self._workers():
             return
         if self._killer is not None and self._killer.active():
