@@ -282,29 +282,17 @@ class HandOffFactory:
         return _HandOff(self, addr)
 
     def serveHere(self, addr: Any, transport: Any) -> Protocol | None:
-        """
-        The fallback factory's protocol for a connection that came through
-        a wrapper whose bytes the parent must process (TLS); the first such
-        connection is logged.
-        """
+        """The fallback's protocol for a wrapped (TLS) connection; the first is logged."""
         if not self._warned:
             self._warned = True
-            _log.warn(
-                "Connections of {route!r} come through {transport!r}, which cannot be handed to a "
-                "worker; serving them in the parent process",
-                route=self.route,
-                transport=type(transport).__name__,
-            )
+            why = "Connections of {route!r} come through {transport!r}, which cannot be handed to a worker"
+            _log.warn(why + "; serving them in the parent process", route=self.route, transport=type(transport).__name__)
         protocol: Protocol | None = self.fallback.buildProtocol(addr)
         return protocol
 
 
 class _HandOff(Protocol):
-    """
-    Hands the connection's descriptor to the dispatcher and lets its
-    Twisted transport go without C{shutdown()}; or, for a wrapped
-    transport, serves it in this process.
-    """
+    """One connection of a L{HandOffFactory}: handed over, or served here."""
 
     def __init__(self, factory: HandOffFactory, addr: Any) -> None:
         self._factory, self._addr = factory, addr

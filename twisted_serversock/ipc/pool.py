@@ -11,12 +11,8 @@ a successor: the successor gets connections once it says it is ready, and
 only then is the older one I{retired} - it gets no new connections,
 finishes its open ones within the grace period and exits.  So a reload
 refuses and drops nothing, and a broken new version (a successor that dies
-before it is ready) leaves the old worker serving.
-
-Which worker of a slot is which is not recorded beside the workers' states:
-a slot's live workers, oldest first, are its STARTING and SERVING ones; the
-retiring ones are those in RETIRING; a reload is a generation number each
-worker carries, pending while a worker of the latest generation starts.
+before it is ready) leaves the old worker serving.  Which worker is which
+is read off their states (see L{Workers}).
 """
 
 from __future__ import annotations
