@@ -309,7 +309,8 @@ class _HandOff(Protocol):
             # worker parses it (its factory is wrapped for this route).
             raw, proxy = unwrapped, True
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
-            raw.stopReading()
+            reader: Any = raw  # (Twisted's FileDescriptor is not annotated)
+            reader.stopReading()
             skt = raw.socket.dup()
             # Close without shutdown(2), which would end the child's copy too.
             closeWithoutShutdown(raw)
@@ -322,7 +323,7 @@ class _HandOff(Protocol):
             transport.loseConnection()
             return
         self._inner = inner
-        inner.makeConnection(transport)
+        self._inner.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
