@@ -112,6 +112,32 @@ class StandInReactor(MemoryReactorClock):
 TIMEOUT, GRACE, MAX_REQUESTS = 4.0, 2.0, 2
 
 
+class RecordingNotifier:
+    """
+    Stands in for the pool's systemd notifier: records what it is told
+    (C{"ready"}, C{"reloading"}, C{"stopping"}; status lines are not
+    kept).
+    """
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def ready(self, status: str) -> None:
+        self.said.append("ready")
+
+    def reloading(self, status: str) -> None:
+        self.said.append("reloading")
+
+    def stopping(self, status: str) -> None:
+        self.said.append("stopping")
+
+    def status(self, status: str) -> None:
+        pass
+
+    def startWatchdog(self) -> None:
+        pass
+
+
 class Pool:
     """
     A started one-worker pool serving one route, and its stand-ins.
@@ -119,6 +145,7 @@ class Pool:
 
     def __init__(self) -> None:
         self.reactor = StandInReactor()
+        self.notifier = RecordingNotifier()
         self.dispatcher = Dispatcher(self.reactor.seconds)
         self.route: Route = self.dispatcher.addRoute("test")
         self.pool = WorkerPool(
@@ -129,6 +156,7 @@ class Pool:
             timeout=TIMEOUT,
             grace=GRACE,
             maxRequests=MAX_REQUESTS,
+            notifier=self.notifier,  # type: ignore[arg-type]
         )
         self.pool.addRoute(self.route)
         self.pool.start()
@@ -165,6 +193,14 @@ class Pool:
         client, accepted = socket.socketpair()
         self.clients.append(client)
         self.dispatcher.submit(self.route, accepted)
+
+    def heartbeat(self, *ns: int) -> None:
+        """
+        Worker processes C{ns} say they are alive.
+        """
+        for n in ns:
+            send(self.reactor.children[n], "heartbeat")
+        pump(self.reactor)
 
     def stops(self, n: int) -> list[float]:
         """

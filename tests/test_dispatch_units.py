@@ -187,3 +187,33 @@ def test_limitCallsBackOnce(setup: Setup) -> None:
     link.onLimit = calls.append
     setup.connect(3)
     assert calls == [link] and link.sent == 3
+
+
+class _TwistedPort:
+    """
+    A Twisted port (no C{pauseAccepting}): it pauses by not reading.
+    """
+
+    connected, disconnecting, reading = True, False, True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_twistedPortsPauseByNotReading(setup: Setup) -> None:
+    """
+    A Twisted port of a saturated route stops reading (accepting) and
+    starts again with the others; a closed one is left alone.
+    """
+    port, closed = _TwistedPort(), _TwistedPort()
+    closed.connected = False
+    setup.route.watchPort(port)
+    setup.route.watchPort(closed)
+    setup.connect(MAX_WAITING)
+    assert not port.reading and closed.reading
+    while setup.route.paused:
+        setup.child()
+    assert port.reading and setup.port.accepting

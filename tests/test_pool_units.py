@@ -9,14 +9,18 @@ C{test_cluster}) prove that the same pool runs.
 
 from __future__ import annotations
 
-from typing import Iterator
+import socket
+
+from typing import Any, Iterator
 
 import pytest
+from twisted.internet.task import Clock
 
+from twisted_serversock.ipc import wire
 from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
+from twisted_serversock.ipc.supervise import KILL_MARGIN, Restarts
 
-from ._memoryworkers import GRACE, TIMEOUT, Pool, pump, send
-
+from ._memoryworkers import GRACE, TIMEOUT, Pool, pump, receive, send
 
 
 @pytest.fixture
@@ -44,7 +48,7 @@ def test_workerStatesMoveOneWay() -> None:
     ended - and a move the lifecycle does not have is a bug, caught where
     it happens.
     """
-    worker = Worker(Slot(1), 0.0)
+    worker = Worker(Slot(1), None, 0.0)  # type: ignore[arg-type]
     assert worker.state == STARTING
     assert worker.enter(SERVING) == STARTING
     assert worker.enter(RETIRING) == SERVING
@@ -136,3 +140,165 @@ def test_oneWorkerMoreAndFewerDuringAReload(pool: Pool) -> None:
     assert pool.serving() == [1] and pool.stops(0) == [GRACE]
     pool.pool.removeWorker()  # never below one
     assert pool.serving() == [1]
+
+
+def test_emptySlotRestartsWhenItsSuccessorDies(pool: Pool) -> None:
+    """
+    The serving worker dying while its successor starts leaves the slot to
+    the successor; if the successor then dies before it is ready too, the
+    slot is empty and starts again after the backoff delay.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    pool.end(0, signal=9)
+    pool.end(1, signal=9)
+    pool.reactor.advance(Restarts.FIRST_DELAY / 2)
+    assert len(pool.reactor.children) == 2
+    pool.reactor.advance(Restarts.FIRST_DELAY)
+    assert len(pool.reactor.children) == 3 and pool.pool.slot(1).restarts == 1
+    pool.ready(2)
+    assert pool.serving() == [2]
+
+
+def test_retiringWorkerIsKilledAfterGraceAndMargin(pool: Pool) -> None:
+    """
+    A retired worker (alive: it sends heartbeats) still there at the end
+    of its grace period gets a margin more, then is killed - not for
+    silence.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    pool.ready(1)
+    assert pool.stops(0) == [GRACE]
+    for _ in range(int(GRACE + KILL_MARGIN) - 1):
+        pool.wait(1)
+        pool.heartbeat(0, 1)
+    pool.wait(0.9)
+    assert pool.reactor.processes[0].signals == []
+    pool.wait(0.6)  # a tick (a tenth of the timeout) later
+    assert pool.reactor.processes[0].signals == ["KILL"] and pool.pool.killedForTimeout == 0
+    assert pool.reactor.processes[1].signals == []
+    pool.end(0, signal=9)
+    assert pool.pool.status().startswith("1 of 1 worker(s) serving, 0 starting, 0 retiring")
+
+
+def test_stopWhileAReloadIsPending(pool: Pool) -> None:
+    """
+    Stopping during a reload tells the old worker and its starting
+    successor to stop; the successor's readiness changes nothing, neither
+    is restarted, systemd never hears the reload is done, and the stop is
+    done once both have exited.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    stopped = pool.pool.stop(GRACE)
+    assert pool.stops(0) == [GRACE] and pool.stops(1) == [GRACE]
+    pool.ready(1)
+    assert 1 not in pool.serving()
+    pool.end(1)
+    pool.wait(1)
+    assert len(pool.reactor.children) == 2 and not stopped.called
+    pool.end(0)
+    assert stopped.called and pool.notifier.said == ["ready", "reloading", "stopping"]
+
+
+def test_stopClosesHeldConnectionsAtTheEndOfTheGracePeriod(pool: Pool) -> None:
+    """
+    Connections no worker could take yet are handed over first; those still
+    held when the grace period ends are closed, and the workers are then
+    told to stop with what is left of it (nothing).
+    """
+    pool.connect()
+    stopped = pool.pool.stop(GRACE)
+    assert pool.stops(0) == []
+    pool.wait(GRACE + 0.1)
+    assert pool.dispatcher.dropped == 1 and pool.stops(0) == [0.0]
+    pool.end(0)
+    assert stopped.called
+
+
+def test_systemdHearsReadyOnceAtStartAndOnceAReloadIsDone(pool: Pool) -> None:
+    """
+    systemd is told READY when the first worker is ready, RELOADING on a
+    reload, and READY again only once the reload's worker is ready.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    assert pool.notifier.said == ["ready", "reloading"]
+    pool.ready(1)
+    assert pool.notifier.said == ["ready", "reloading", "ready"]
+
+
+def test_silenceIsTheTimeoutNotAFixedDelay(pool: Pool) -> None:
+    """
+    A starting worker too is killed once silent for the timeout, and its
+    slot restarts when it has exited.
+    """
+    pool.wait(TIMEOUT - 0.5)
+    assert pool.reactor.processes[0].signals == []
+    pool.wait(1)
+    assert pool.reactor.processes[0].signals == ["KILL"]
+    pool.end(0, signal=9)
+    pool.wait(1)
+    assert len(pool.reactor.children) == 2
+
+
+def test_restartBackoffGrowsAndResetsAfterAStableRun() -> None:
+    """
+    A slot whose workers keep dying waits twice as long each time, up to a
+    ceiling; one that ran for a stable while restarts after the shortest
+    delay again.
+    """
+    clock, slot, started = Clock(), Slot(1), []  # type: ignore[var-annotated]
+    restarts = Restarts(clock, [slot], started.append)
+    delays = []
+    for _ in range(9):
+        restarts.died(slot, lived=0.5)
+        delays.append(restarts.schedule(slot))
+        clock.advance(delays[-1])
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, Restarts.MAX_DELAY, Restarts.MAX_DELAY])
+    assert started == [slot] * 9 and slot.restarts == 9 and slot.pending is None
+    restarts.died(slot, lived=Restarts.STABLE_SECONDS)
+    assert restarts.schedule(slot) == Restarts.FIRST_DELAY
+    restarts.cancelAll()
+    assert clock.getDelayedCalls() == [] and slot.pending is None
+
+
+def test_giveUpOnAProgramThatNeverStarts() -> None:
+    """
+    Until some worker was ready, the slot's C{maxStarts}th start says the
+    program cannot run as a worker (with the exits so far), after the
+    start.
+    """
+    clock, slot, gaveUp = Clock(), Slot(1), []  # type: ignore[var-annotated]
+    restarts = Restarts(clock, [slot], lambda slot: None, 3, lambda *args: gaveUp.append(args))
+    for _ in range(2):
+        restarts.untried(slot)
+        clock.advance(0)
+        assert gaveUp == []
+        slot.restarts += 1
+    restarts.untried(slot)
+    assert gaveUp == []
+    clock.advance(0)
+    assert gaveUp == [(1, 2)]
+
+
+def test_aDeadWorkerIsRecordedInItsSlot(pool: Pool) -> None:
+    """
+    The connections a worker adopted stay counted in its slot after it has
+    gone; the next worker of the slot starts from there.
+    """
+    pool.ready(0)
+    pool.connect()
+    connIds = [m.connId for m in _conns(pool, 0)]
+    pool.reactor.children[0].sendmsg([wire.encodeReport(connIds, 0)])
+    pump(pool.reactor)
+    pool.end(0, signal=9)
+    assert pool.pool.slot(1).adopted == 1 and pool.pool.slot(1).failures == 1
+
+
+def _conns(pool: Pool, n: int) -> list[Any]:
+    messages = [m for m in receive(pool.reactor.children[n]) if isinstance(m, wire.Conn)]
+    for message in messages:
+        socket.socket(fileno=message.fd).close()
+    return messages

@@ -1,16 +1,8 @@
-# -*- test-case-name: tests.test_ipc -*-
+# -*- test-case-name: tests.test_dispatch_units -*-
 """
-The parent's dispatcher: which child gets each accepted connection, and
-when the parent stops accepting.
-
-Each connection goes to the child with the fewest connections in hand
-(sent and unacknowledged, plus adopted and not yet reported closed; the
-children report closes batched with their acks).  A child takes at most
-L{MAX_INFLIGHT} unacknowledged hand-overs, and none while one of them is
-older than L{ACK_DEADLINE} (it may be stopped or stuck).  When no child of a
-route can take a connection, the route's listening ports stop accepting:
-the excess waits in the kernel's backlog, not in the parent, and accepting
-resumes as acknowledgements arrive.
+The parent's dispatcher: which child gets each accepted connection (the
+one with the fewest in hand, within its window: see L{MAX_INFLIGHT}), and
+when the parent stops accepting (see L{MAX_WAITING}).
 
 A connection is re-sent to another child only after the first child's
 channel has ended and everything it sent on it has been read (see
@@ -38,16 +30,12 @@ _log = Logger()
 
 
 class _Held:
-    """
-    An accepted connection the parent still holds.
-    """
+    """An accepted connection the parent still holds."""
 
     __slots__ = ("connId", "route", "socket", "link", "sentAt")
 
     def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
-        self.connId = connId
-        self.route = route
-        self.socket = skt
+        self.connId, self.route, self.socket = connId, route, skt
         self.link: ILink | None = None
         self.sentAt = 0.0
 
@@ -79,29 +67,23 @@ class Route:
 
     @ivar id: the route's number on the wire.
     @ivar links: the children serving this route now.
-    @ivar closeWhenOrphaned: close the listener (see L{onOrphaned}) when
-        the last link goes away; False for a worker pool, whose workers come
-        back.
-    @ivar onOrphaned: called when the last link of a C{closeWhenOrphaned}
-        route is lost.
+    @ivar closeWhenOrphaned: close the listener (call L{onOrphaned}) when
+        the last link goes away; False for a worker pool, whose workers
+        come back.
     @ivar proxy: connections arrive with a PROXY protocol header, which the
         child parses (the parent never reads from a connection).
-    @ivar ports: the listening ports whose accepting pauses while no child
-        can take a connection (see L{watchPort}).
+    @ivar ports: the listening ports paused while no child can take a
+        connection (see L{watchPort}).
     @ivar waiting: its accepted connections no child could take yet,
         oldest first.
     """
 
     def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
-        self.id = id
+        self.id, self.closeWhenOrphaned, self.name = id, closeWhenOrphaned, name
         self.links: list[ILink] = []
-        self.closeWhenOrphaned = closeWhenOrphaned
-        self.name = name
         self.onOrphaned: Callable[[], None] | None = None
-        self.closed = False
-        self.proxy = False
+        self.closed = self.proxy = self.paused = False
         self.ports: list[Any] = []
-        self.paused = False
         self.waiting: deque[_Held] = deque()
         self._next = 0
 
@@ -111,87 +93,60 @@ class Route:
     def watchPort(self, port: Any) -> None:
         """
         Pause accepting on C{port} while every child of this route is
-        saturated (the excess waits in the kernel's backlog).  C{port} needs
-        C{pauseAccepting}/C{resumeAccepting} (gecko endpoints) or
-        C{stopReading}/C{startReading} (Twisted's own ports); other ports
-        are never paused.
+        saturated.  C{port} needs C{pauseAccepting}/C{resumeAccepting}
+        (gecko endpoints) or C{stopReading}/C{startReading} (Twisted's own
+        ports); other ports are never paused.
         """
         self.ports.append(port)
         if self.paused:
-            _pausePort(port)
+            _setAccepting(port, False)
 
     def pick(self, now: float) -> ILink | None:
         """
-        The child with the fewest connections in hand (unacknowledged plus
-        adopted and open) among those that can take one: ready, not being
-        replaced, fewer unacknowledged than its window (see
-        L{MAX_INFLIGHT}), none of them older than L{ACK_DEADLINE}.  Ties go to the child with fewer
-        unacknowledged, then in turn.
+        The child with the fewest connections in hand among those that can
+        take one (accepting, under its window, none of its hand-overs older
+        than L{ACK_DEADLINE}); ties go to fewer unacknowledged, then in turn.
         """
         links = self.links
         count = len(links)
         if not count:
             return None
         start = self._next = (self._next + 1) % count
-        best = None
-        bestKey = 0
+        best, bestKey = None, 0
         for i in range(count):
             link = links[(start + i) % count]
             if not link.accepting:
                 continue
-            inflight = link.inflight
-            n = len(inflight)
-            if n:
-                if n >= link.window:
-                    continue
-                # The oldest unacknowledged hand-over (a dict's first entry
-                # is slow to find once many were deleted: keep an order).
-                order = link.sentOrder
-                while order[0][0] not in inflight:
-                    order.popleft()
-                if now - order[0][1] > ACK_DEADLINE:
-                    continue
+            n = len(link.inflight)
+            # sentOrder starts with the oldest unacknowledged hand-over (its
+            # link keeps it so: a dict's first entry is slow to find once
+            # many were deleted).
+            if n and (n >= link.window or now - link.sentOrder[0][1] > ACK_DEADLINE):
+                continue
             key = (n + link.open) * 1024 + n
             if best is None or key < bestKey:
                 best, bestKey = link, key
         return best
 
-    def pause(self) -> bool:
-        """
-        Stop accepting on every watched port; False if already paused.
-        """
-        if self.paused:
+    def setPaused(self, paused: bool) -> bool:
+        """Stop (or resume) accepting on every watched port; False if it already was."""
+        if self.paused is paused:
             return False
-        self.paused = True
+        self.paused = paused
         for port in self.ports:
-            _pausePort(port)
-        return True
-
-    def resume(self) -> bool:
-        """
-        Accept again on every watched port; False if not paused.
-        """
-        if not self.paused:
-            return False
-        self.paused = False
-        for port in self.ports:
-            _resumePort(port)
+            _setAccepting(port, not paused)
         return True
 
 
-def _pausePort(port: Any) -> None:
-    pause = getattr(port, "pauseAccepting", None)
-    if pause is not None:
-        pause()
-    elif hasattr(port, "stopReading") and getattr(port, "connected", False):
+def _setAccepting(port: Any, accepting: bool) -> None:
+    gecko = getattr(port, "resumeAccepting" if accepting else "pauseAccepting", None)
+    if gecko is not None:
+        gecko()
+    elif not getattr(port, "connected", False) or not hasattr(port, "startReading"):
+        return  # not a reader of its own, or closed
+    elif not accepting:
         port.stopReading()
-
-
-def _resumePort(port: Any) -> None:
-    resume = getattr(port, "resumeAccepting", None)
-    if resume is not None:
-        resume()
-    elif hasattr(port, "startReading") and getattr(port, "connected", False) and not getattr(port, "disconnecting", False):
+    elif not getattr(port, "disconnecting", False):
         port.startReading()
 
 
@@ -201,18 +156,15 @@ class Dispatcher:
 
     @ivar held: every connection not yet acknowledged, by id.
     @ivar waiting: how many connections wait for a child (in their routes'
-        C{waiting} queues).  Bounded: at L{MAX_WAITING} the route's
-        accepting pauses, so at most that plus what one accept run had
-        already taken waits.
-    @ivar accepted: how many connections were submitted.
-    @ivar adopted: how many a child acknowledged.
-    @ivar redispatched: how many connections went to a second child because
-        the first one was lost before acknowledging.
-    @ivar dropped: how many were closed unserved (their listener's last
-        child gone, or a shutdown's grace period over).
-    @ivar pauses: how many times accepting paused because no child could
-        take a connection.
-    @ivar paused: how many routes are paused now.
+        C{waiting} queues); at L{MAX_WAITING} the route's accepting pauses.
+    @ivar accepted: connections submitted.
+    @ivar adopted: connections a child acknowledged.
+    @ivar redispatched: connections sent to a second child because the
+        first was lost before acknowledging.
+    @ivar dropped: connections closed unserved (their listener's last child
+        gone, or a shutdown's grace period over).
+    @ivar pauses: how many times accepting paused; C{paused}: how many
+        routes are paused now.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -221,13 +173,8 @@ class Dispatcher:
         """
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
-        self.waiting = 0
-        self.accepted = 0
-        self.adopted = 0
-        self.redispatched = 0
-        self.dropped = 0
-        self.pauses = 0
-        self.paused = 0
+        self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = 0
+        self.pauses = self.paused = 0
         self._now = clock
         self._lastPauseLog = -_PAUSE_LOG_EVERY
         self._connIds = itertools.count(1)
@@ -237,17 +184,13 @@ class Dispatcher:
         self._gaveUp = False
 
     def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
-        """
-        A new route (for one listener).
-        """
+        """A new route (for one listener)."""
         route = Route(next(self._routeIds), closeWhenOrphaned, name)
         self.routes[route.id] = route
         return route
 
     def join(self, route: Route, link: ILink) -> None:
-        """
-        Let C{link} serve C{route}, and give it what was waiting.
-        """
+        """Let C{link} serve C{route}, and give it what was waiting."""
         if route.closed or link in route.links:
             return
         if route.proxy:
@@ -268,8 +211,7 @@ class Dispatcher:
     def leaveRoute(self, route: Route, link: ILink) -> None:
         """
         C{link} serves C{route} no more (a cluster worker's program stopped
-        listening on it): new connections of the route go to its other
-        children; those already sent to C{link} stay in flight.
+        listening on it); what was already sent to it stays in flight.
         """
         if link in route.links:
             route.links.remove(link)
@@ -289,8 +231,7 @@ class Dispatcher:
     def submit(self, route: Route, skt: socket.socket) -> None:
         """
         Take an accepted socket for C{route}; hand it on now or as soon as
-        a child of the route can take it (pausing the route's accepting
-        until then).
+        a child of the route can take it.
         """
         held = _Held(next(self._connIds), route, skt)
         self.accepted += 1
@@ -302,7 +243,7 @@ class Dispatcher:
                 self._pause(route)
 
     def _pause(self, route: Route) -> None:
-        if not route.pause():
+        if not route.setPaused(True):
             return
         self.paused += 1
         self.pauses += 1
@@ -321,8 +262,7 @@ class Dispatcher:
         link = held.route.pick(now)
         if link is None:
             return False
-        held.link = link
-        held.sentAt = now
+        held.link, held.sentAt = link, now
         link.hand(held, now)
         return True
 
@@ -340,21 +280,15 @@ class Dispatcher:
             waiting = route.waiting
             while waiting:
                 held = waiting[0]
-                if held.connId not in self.held:
-                    waiting.popleft()
-                    self.waiting -= 1
-                elif route.closed and not route.links:
-                    waiting.popleft()
-                    self.waiting -= 1
+                if held.connId in self.held and route.closed and not route.links:
                     self._drop(held, "its listener's last child is gone")
-                elif self._send(held):
-                    waiting.popleft()
-                    self.waiting -= 1
-                else:
+                elif held.connId in self.held and not self._send(held):
                     break
+                waiting.popleft()
+                self.waiting -= 1
         if self.paused and self.waiting <= MAX_WAITING // 2:
             for route in self.routes.values():
-                if route.resume():
+                if route.setPaused(False):
                     self.paused -= 1
 
     def acked(self, link: ILink, connIds: tuple[int, ...], closed: int = 0) -> None:
@@ -388,8 +322,7 @@ class Dispatcher:
                 if route.onOrphaned is not None:
                     route.onOrphaned()
         if self._gaveUp:
-            # The shutdown's grace period is over: nobody is left to take
-            # them (see dropAll).
+            # The grace period is over: nobody is left to take them.
             for held in unacked:
                 self._drop(held, "its worker went away after the grace period ended")
             unacked = []
@@ -434,7 +367,7 @@ class Dispatcher:
     def dropAll(self, why: str) -> int:
         """
         Close every held connection no child has (at the end of a shutdown's
-        grace period); returns how many there were.
+        grace period); return how many there were.
 
         Connections already sent to a child that is still there stay its
         own: it may still adopt them (their message may even be queued in
@@ -452,9 +385,7 @@ class Dispatcher:
         return len(held)
 
     def whenIdle(self, callback: Callable[[], None]) -> None:
-        """
-        Call C{callback} once no connection is held (at once if none is).
-        """
+        """Call C{callback} once no connection is held (at once if none is)."""
         self._idleWaiters.append(callback)
         self._checkIdle()
 

@@ -1,11 +1,9 @@
-# -*- test-case-name: tests.test_ipc -*-
+# -*- test-case-name: tests.test_dispatch_units -*-
 """
 What the parent's L{Dispatcher<twisted_serversock.ipc.dispatch.Dispatcher>}
-needs of a child's link: the state it reads per child for least-loaded
-dispatch, and the methods that change it (the link's counts change only in
-the link).  L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}
-provides it; the dispatcher imports only this, so that it does not depend
-on the module that uses it.
+needs of a child's link, as a protocol, so that the dispatcher does not
+import L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}, which uses
+it.
 """
 
 from __future__ import annotations
@@ -18,12 +16,10 @@ __all__ = ["ILink"]
 
 class ILink(Protocol):
     """
-    One child as the dispatcher sees it (see
-    L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>} for what each
-    attribute means): it reads the link's state for least-loaded dispatch
-    and changes it only through the methods.  Connections and routes are
-    the dispatcher's own values, typed C{Any} here so that this module
-    imports nothing.
+    One child as the dispatcher sees it (see L{WorkerLink
+    <twisted_serversock.ipc.parent.WorkerLink>}): it reads this state for
+    least-loaded dispatch and changes it only through the methods.
+    Connections and routes are typed C{Any}, so that this imports nothing.
     """
 
     inflight: dict[int, Any]
@@ -34,15 +30,9 @@ class ILink(Protocol):
     accepting: bool
 
     def sendControl(self, type: str, **fields: Any) -> None: ...
-
     def serve(self, route: Any) -> None: ...
-
     def unserve(self, route: Any) -> None: ...
-
     def stopAccepting(self) -> None: ...
-
     def hand(self, held: Any, now: float) -> None: ...
-
     def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[Any], list[int]]: ...
-
     def detach(self) -> tuple[list[Any], list[Any]]: ...

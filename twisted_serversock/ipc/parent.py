@@ -48,32 +48,27 @@ _log = Logger()
 
 class WorkerLink:
     """
-    The parent's end of one child's channel.
+    The parent's end of one child's channel.  Its counts change only
+    through its methods, which the dispatcher calls.
 
     @ivar inflight: connections sent to the child and not yet acknowledged.
     @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
-        still name acknowledged ones at its end, never at its start after
-        an ack).
-    @ivar window: how many of those it may have (see
+        still name acknowledged ones after its start, never at its start:
+        L{adopt} keeps it so).
+    @ivar window: how many unacknowledged it may have (see
         L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
-    @ivar adopted: how many connections the child has acknowledged.
-    @ivar open: how many of those the child has not yet reported closed.
-    @ivar sent: how many connections were sent to it.
-    @ivar routes: the routes this child serves.
-    @ivar accepting: False once the child gets no new connections (being
-        replaced, or not ready).
+    @ivar adopted: connections the child acknowledged; C{open}: those it
+        has not yet reported closed; C{sent}: those sent to it.
+    @ivar accepting: False once the child gets no new connections.
     @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
         anything; children send heartbeats while idle.
-    @ivar limit: the C{sent} count at which L{onLimit} is called (0: none).
+    @ivar limit: the C{sent} count at which C{onLimit} is called once (0:
+        none).
     @ivar listeners: the listeners the child asked for (Gecko's
         C{TCPServerSocketChild}), a L{ChildListeners}.
-    @ivar onReady: called when the child says it is ready.
-    @ivar onLimit: called once when C{sent} reaches C{limit}.
     @ivar onControl: called with C{(link, message)} for a control message
-        this class has no handler for (cluster mode's messages); without
-        it such a message is logged and counted as rejected.
-    @cvar controls: the control messages a child may send, and their
-        fields.
+        this class has no handler for (cluster mode's); without it such a
+        message is logged and counted as rejected.
     """
 
     controls = ControlTable()
@@ -91,20 +86,14 @@ class WorkerLink:
             listen at all, and its C{onerror} says so.  C{range(65536)}
             lets it listen anywhere, port 0 (any free port) included.
         """
-        self._dispatcher = dispatcher
-        self._reactor = reactor
-        self.name = name
+        self._dispatcher, self._reactor, self.name = dispatcher, reactor, name
         self.inflight: dict[int, _Held] = {}
         self.sentOrder: deque[tuple[int, float]] = deque()
         self.window = INITIAL_WINDOW
-        self.adopted = 0
-        self.open = 0
-        self.sent = 0
-        self.limit = 0
+        self.adopted = self.open = self.sent = self.limit = 0
         self.routes: list[Route] = []
-        self.ready = False
+        self.ready = self.lost = False
         self.accepting = True
-        self.lost = False
         self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
@@ -117,12 +106,8 @@ class WorkerLink:
         return f"<{self.name}>"
 
     def sendControl(self, type: str, **fields: Any) -> None:
-        """
-        Send a control message to the child.
-        """
+        """Send a control message to the child."""
         self.channel.send(encodeControl(type, **fields))
-
-    # What the dispatcher records: the link's counts change only here.
 
     def serve(self, route: Route) -> None:
         """The child serves C{route} from now on."""
@@ -170,13 +155,9 @@ class WorkerLink:
                     self.window += 1
             elif took > ACK_DEADLINE:
                 self.window = max(1, self.window // 2)
-        adopted, unknown = [], []
-        for connId in connIds:
-            held = self.inflight.pop(connId, None)
-            if held is None:
-                unknown.append(connId)
-            else:
-                adopted.append(held)
+        popped = [(connId, self.inflight.pop(connId, None)) for connId in connIds]
+        adopted = [held for _, held in popped if held is not None]
+        unknown = [connId for connId, held in popped if held is None]
         self.adopted += len(adopted)
         self.open += len(adopted)
         order, inflight = self.sentOrder, self.inflight
@@ -193,8 +174,7 @@ class WorkerLink:
         """
         self.accepting = False
         routes, self.routes = self.routes, []
-        unacked = list(self.inflight.values())
-        self.inflight.clear()
+        unacked, self.inflight = list(self.inflight.values()), {}
         self.sentOrder.clear()
         return routes, unacked
 
@@ -243,9 +223,7 @@ class WorkerLink:
         self.markReady()
 
     def markReady(self) -> None:
-        """
-        The child is ready for connections (its C{ready} message says so).
-        """
+        """The child is ready for connections (its C{ready} message says so)."""
         self.ready = True
         if self.onReady is not None:
             self.onReady(self)
@@ -280,9 +258,7 @@ class HandOffFactory:
     """
 
     def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
-        self.dispatcher = dispatcher
-        self.route = route
-        self.fallback = fallback
+        self.dispatcher, self.route, self.fallback = dispatcher, route, fallback
         self._warned = False
 
     def doStart(self) -> None:
@@ -306,33 +282,20 @@ class HandOffFactory:
         return _HandOff(self, addr)
 
     def serveHere(self, addr: Any, transport: Any) -> Protocol | None:
-        """
-        The fallback factory's protocol for a connection that came through
-        a wrapper whose bytes the parent must process (TLS); the first such
-        connection is logged.
-        """
+        """The fallback's protocol for a wrapped (TLS) connection; the first is logged."""
         if not self._warned:
             self._warned = True
-            _log.warn(
-                "Connections of {route!r} come through {transport!r}, which cannot be handed to a "
-                "worker; serving them in the parent process",
-                route=self.route,
-                transport=type(transport).__name__,
-            )
+            why = "Connections of {route!r} come through {transport!r}, which cannot be handed to a worker"
+            _log.warn(why + "; serving them in the parent process", route=self.route, transport=type(transport).__name__)
         protocol: Protocol | None = self.fallback.buildProtocol(addr)
         return protocol
 
 
 class _HandOff(Protocol):
-    """
-    Hands the connection's descriptor to the dispatcher and lets its
-    Twisted transport go without C{shutdown()}; or, for a wrapped
-    transport, serves it in this process.
-    """
+    """One connection of a L{HandOffFactory}: handed over, or served here."""
 
     def __init__(self, factory: HandOffFactory, addr: Any) -> None:
-        self._factory = factory
-        self._addr = addr
+        self._factory, self._addr = factory, addr
         self._inner: Any = None
 
     def makeConnection(self, transport: Any) -> None:
@@ -346,7 +309,8 @@ class _HandOff(Protocol):
             # worker parses it (its factory is wrapped for this route).
             raw, proxy = unwrapped, True
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
-            raw.stopReading()
+            reader: Any = raw  # (Twisted's FileDescriptor is not annotated)
+            reader.stopReading()
             skt = raw.socket.dup()
             # Close without shutdown(2), which would end the child's copy too.
             closeWithoutShutdown(raw)
@@ -359,7 +323,7 @@ class _HandOff(Protocol):
             transport.loseConnection()
             return
         self._inner = inner
-        inner.makeConnection(transport)
+        self._inner.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:

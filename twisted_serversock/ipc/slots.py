@@ -1,14 +1,15 @@
-# -*- test-case-name: tests.test_lifecycle -*-
+# -*- test-case-name: tests.test_pool_units -*-
 """
 The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}:
 L{Slot} (a worker number across restarts and replacements), L{Worker} (one
-process of a slot, from spawn to exit) and L{WorkerProcess} (its process
+process of a slot, from spawn to exit, in one of four states), L{Workers}
+(all of them, and what their states say) and L{WorkerProcess} (its process
 protocol: relays its stderr into the parent's log, reports its end).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -17,7 +18,7 @@ from twisted.python.failure import Failure
 from .dispatch import Route
 from .parent import WorkerLink
 
-__all__ = ["Slot", "Worker", "WorkerProcess", "STARTING", "SERVING", "RETIRING", "ENDED"]
+__all__ = ["Slot", "Worker", "Workers", "WorkerProcess", "STARTING", "SERVING", "RETIRING", "ENDED"]
 
 #: A worker's states (L{Worker.state}).  STARTING: spawned, not yet ready;
 #: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
@@ -29,15 +30,18 @@ _MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETI
 _log = Logger()
 
 
+class _Ends(Protocol):
+    def workerEnded(self, worker: Worker, reason: Failure) -> None: ...
+
+
 class WorkerProcess(ProcessProtocol):
     """
-    One worker process: relays its stderr into the parent's log and reports
-    its end to the pool.
+    One worker process: relays its stderr into the parent's log, one line
+    an event, and reports its end to the pool.
     """
 
-    def __init__(self, pool: Any, worker: Worker) -> None:
-        self._pool = pool
-        self._worker = worker
+    def __init__(self, pool: _Ends, worker: Worker) -> None:
+        self._pool, self._worker = pool, worker
         self._partial = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -66,33 +70,29 @@ class Worker:
 
     @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
         changed only by L{enter}.
+    @ivar generation: the pool's reload count when it was started: the
+        workers of the latest reload are the ones a reload waits for.
     @ivar routes: the routes this worker asked to serve (a cluster worker's
         listeners), beside the pool's own; it gets their connections once
         it is ready.
     """
 
-    def __init__(self, slot: Slot, startedAt: float) -> None:
-        """
-        @param startedAt: when it was started (the reactor's C{seconds()}).
-        """
-        self.slot = slot
-        self.index = slot.index
+    def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int = 0) -> None:
+        self.slot, self.index, self.link = slot, slot.index, link
+        self.generation, self.startedAt = generation, startedAt
         self.pid = 0
-        self.link: WorkerLink | None = None
         self.routes: list[Route] = []
         self.process: Any = None
-        self.startedAt = startedAt
         self.killAt = 0.0
         self.killed = False
         self.state = STARTING
-        self.counted = False
 
     def __repr__(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
 
     def enter(self, state: str) -> str:
         """
-        Move to C{state}, the one place a worker's state changes.
+        Move to C{state}.
 
         @return: the state it leaves.
         @raise AssertionError: for a move the lifecycle does not have (a
@@ -107,13 +107,65 @@ class Worker:
 class Slot:
     """
     Worker number C{index} across its restarts and replacements.
+
+    @ivar failures: deaths in a row without a stable run (the backoff's).
+    @ivar restarts: restarts so far.
+    @ivar adopted: connections its ended workers adopted.
+    @ivar pending: its scheduled restart, if any.
     """
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.current: Worker | None = None
-        self.successor: Worker | None = None
-        self.failures = 0
-        self.restarts = 0
-        self.adopted = 0
+        self.failures = self.restarts = self.adopted = 0
         self.pending: Any = None
+
+
+class Workers:
+    """
+    A pool's slots and worker processes: the one place a worker's state
+    changes, and where what the pool needs to know is read off those
+    states (a slot's worker and successor are its STARTING and SERVING
+    workers, oldest first; the retiring ones are those in RETIRING).
+
+    @ivar slots: the pool's slots, by number.
+    @ivar live: every worker whose process has not ended, oldest first.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.slots = [Slot(i + 1) for i in range(count)]
+        self.live: list[Worker] = []
+
+    def enter(self, worker: Worker, state: str) -> str:
+        """Move C{worker} to C{state} (see L{Worker.enter}); an ended one is no longer L{live}."""
+        previous = worker.enter(state)
+        if state is ENDED:
+            self.live.remove(worker)
+        return previous
+
+    def inSlot(self, slot: Slot) -> list[Worker]:
+        """C{slot}'s worker and, while it is being replaced, its successor."""
+        return [w for w in self.live if w.slot is slot and w.state in (STARTING, SERVING)]
+
+    def of(self, link: WorkerLink) -> Worker | None:
+        """The worker of C{link}, if it is live."""
+        return next((worker for worker in self.live if worker.link is link), None)
+
+    def slot(self, index: int) -> Slot:
+        """Worker number C{index}'s slot; C{KeyError} if none."""
+        for slot in self.slots:
+            if slot.index == index:
+                return slot
+        raise KeyError(index)
+
+    def count(self, state: str) -> int:
+        """How many workers are in C{state}."""
+        return sum(1 for worker in self.live if worker.state is state)
+
+    def starting(self, generation: int) -> bool:
+        """
+        Whether a worker of C{generation} is starting, or a slot waits
+        for a restart (which will be one).
+        """
+        return any(w.state is STARTING and w.generation == generation for w in self.live) or any(
+            slot.pending is not None for slot in self.slots
+        )

@@ -1,0 +1,273 @@
+# -*- test-case-name: tests.test_pool_units -*-
+"""
+What a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>} does on the
+reactor's clock, each a small collaborator it owns: L{Restarts} (when a
+dead worker's slot starts again), L{HungWorkers} (killing the workers
+that went silent, or overstayed their grace period), L{Announcer} (what
+systemd is told) and L{Shutdown} (stopping within a grace period).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .dispatch import Dispatcher
+from .sdnotify import SystemdNotifier
+from .slots import RETIRING, Slot, Worker
+
+__all__ = ["Restarts", "HungWorkers", "Announcer", "Shutdown", "KILL_MARGIN", "kill", "logTotals"]
+
+_log = Logger()
+
+#: A retired worker still there this long after its grace period is killed.
+KILL_MARGIN = 2.0
+
+
+def kill(worker: Worker, dispatcher: Dispatcher) -> None:
+    """
+    SIGKILL C{worker}: even a stopped (SIGSTOP) process dies at once.  It
+    gets no new connections; those it had not acknowledged are re-sent
+    once its channel ends (after its last ack).
+    """
+    worker.killed = True
+    dispatcher.leave(worker.link)
+    try:
+        worker.process.signalProcess("KILL")
+    except Exception:
+        pass  # it has just exited: its end is on its way
+
+
+def logTotals(slots: list[Slot], dispatcher: Dispatcher, **workers: int) -> None:
+    """
+    Log what a stopped pool did: each slot's counts, and the totals of its
+    connections and C{workers} (C{killed}, C{recycled}, C{reloads}).
+    """
+    for slot in slots:
+        _log.info("Worker {index}: {n} connection(s) adopted, {r} restart(s)", index=slot.index, n=slot.adopted, r=slot.restarts)
+    counts = {name: getattr(dispatcher, name) for name in ("accepted", "adopted", "redispatched", "dropped", "pauses")}
+    _log.info(
+        "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
+        "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
+        "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
+        **counts,
+        **workers,
+    )
+
+
+class Restarts:
+    """
+    Restarts with exponential backoff: a slot whose workers keep dying
+    waits longer each time (from L{FIRST_DELAY}, doubling, at most
+    L{MAX_DELAY}), so that a broken program does not spin; a worker that
+    ran L{STABLE_SECONDS} starts the count again.
+    """
+
+    STABLE_SECONDS = 5.0
+    FIRST_DELAY = 0.1
+    MAX_DELAY = 10.0
+
+    def __init__(
+        self,
+        reactor: Any,
+        slots: list[Slot],
+        start: Callable[[Slot], object],
+        maxStarts: int = 0,
+        onGiveUp: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """
+        @param slots: the pool's slots (see L{cancelAll}).
+        @param start: starts a worker in a slot, when its delay is over.
+        @param maxStarts: see L{untried}.
+        """
+        self._reactor, self._slots, self._start = reactor, slots, start
+        self._maxStarts, self._onGiveUp = maxStarts, onGiveUp
+
+    def untried(self, slot: Slot) -> None:
+        """
+        C{slot} starts a worker while no worker was ever ready: the
+        C{maxStarts}th time, the program cannot run as a worker:
+        C{onGiveUp(index, exits)} is called (later: not in the middle of a
+        start).
+        """
+        if self._onGiveUp is not None and 0 < self._maxStarts <= slot.restarts + 1:
+            self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
+
+    def died(self, slot: Slot, lived: float) -> None:
+        """A worker of C{slot} died after C{lived} seconds."""
+        slot.failures = 1 if lived >= self.STABLE_SECONDS else slot.failures + 1
+
+    def schedule(self, slot: Slot) -> float:
+        """Start C{slot} again after its backoff delay; return the delay."""
+        delay = min(self.FIRST_DELAY * 2.0 ** max(slot.failures - 1, 0), self.MAX_DELAY)
+        slot.restarts += 1
+        slot.pending = self._reactor.callLater(delay, self._fire, slot)
+        return delay
+
+    def _fire(self, slot: Slot) -> None:
+        slot.pending = None
+        self._start(slot)
+
+    def cancel(self, slot: Slot) -> None:
+        """C{slot} starts no more on its own (removed, or started now)."""
+        if slot.pending is not None and slot.pending.active():
+            slot.pending.cancel()
+        slot.pending = None
+
+    def cancelAll(self) -> None:
+        """No slot starts again on its own (the pool is stopping)."""
+        for slot in self._slots:
+            self.cancel(slot)
+
+
+class HungWorkers:
+    """
+    Every tick (a tenth of the timeout, within 50 ms..1 s), kill the
+    workers silent for C{timeout} seconds - heartbeats keep idle ones
+    alive - and retiring ones past their grace period plus
+    L{KILL_MARGIN}.  Their unacknowledged connections go to other workers
+    once they are gone.
+
+    @ivar killedForTimeout: workers killed for being silent.
+    """
+
+    def __init__(self, reactor: Any, timeout: float, dispatcher: Dispatcher, workers: Callable[[], Iterable[Worker]]) -> None:
+        self._reactor, self._timeout, self._dispatcher, self._workers = reactor, timeout, dispatcher, workers
+        self._tick: Any = None
+        self.killedForTimeout = 0
+
+    def start(self) -> None:
+        """Check every tick until L{stop}."""
+        self._tick = self._reactor.callLater(min(max(self._timeout / 10, 0.05), 1.0), self._check)
+
+    def stop(self) -> None:
+        """No more checks."""
+        if self._tick is not None and self._tick.active():
+            self._tick.cancel()
+        self._tick = None
+
+    def _check(self) -> None:
+        now = self._reactor.seconds()
+        for worker in list(self._workers()):
+            silent = now - worker.link.lastHeard
+            if worker.process is None or worker.killed:
+                continue
+            if silent > self._timeout:
+                self.killedForTimeout += 1
+                why = "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} unacknowledged connection(s)"
+                _log.error(why + "; killing it", worker=worker, silent=silent, timeout=self._timeout, n=len(worker.link.inflight))
+                kill(worker, self._dispatcher)
+            elif worker.state is RETIRING and now >= worker.killAt:
+                _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
+                kill(worker, self._dispatcher)
+        self.start()
+
+
+class Announcer:
+    """
+    What systemd is told of a pool: READY once its first worker is ready;
+    after a reload, READY again once the reload is done (none of its
+    workers still starting, no slot waiting for a restart); else the
+    pool's status line.
+    """
+
+    def __init__(self, notifier: SystemdNotifier, status: Callable[[], str]) -> None:
+        self.notifier, self._status = notifier, status
+        self._told = -1  # the generation systemd was last told READY for
+
+    def changed(self, everReady: bool, generation: int, pending: Callable[[], bool]) -> None:
+        """
+        The pool's workers changed; C{generation} is its latest reload's,
+        C{pending()} whether that reload is still under way.
+        """
+        status = self._status()
+        if self._told < 0 and everReady:
+            self._told = 0
+            self.notifier.ready(status)
+        elif 0 <= self._told < generation and not pending():
+            self._told = generation
+            _log.info("Reload done: {status}", status=status)
+            self.notifier.ready(status)
+        else:
+            self.notifier.status(status)
+
+
+class Shutdown:
+    """
+    A pool's stop: the connections the parent still holds go to workers
+    first (those none has adopted when the grace period ends are closed);
+    then every worker is told to finish within what is left of the grace
+    period, and killed L{KILL_MARGIN} after it.
+
+    @ivar stopping: whether the workers were told to stop (from then on
+        nothing restarts).
+    """
+
+    def __init__(
+        self, reactor: Any, dispatcher: Dispatcher, workers: Callable[[], list[Worker]], onStopping: Callable[[], None]
+    ) -> None:
+        """
+        @param onStopping: called when the workers are told to stop.
+        """
+        self._reactor, self._dispatcher, self._workers, self._onStopping = reactor, dispatcher, workers, onStopping
+        self._ended: defer.Deferred[None] | None = None
+        self._deadline = 0.0
+        self._killer: Any = None
+        self.stopping = False
+
+    def begin(self, grace: float) -> defer.Deferred[None]:
+        """
+        Stop within C{grace} seconds.
+
+        @return: fires once no worker is left (see L{check}).
+        """
+        d = self._ended = defer.Deferred()
+        self._deadline = self._reactor.seconds() + grace
+        held = self._dispatcher.held
+        if not held:
+            self._tellWorkers()
+            return d
+        _log.info("Handing {n} held connection(s) to workers before stopping", n=len(held))
+        giveUp = self._reactor.callLater(grace, self._giveUp)
+
+        def idle() -> None:
+            if giveUp.active():
+                giveUp.cancel()
+                self._tellWorkers()
+
+        self._dispatcher.whenIdle(idle)
+        return d
+
+    def _remaining(self) -> float:
+        return max(self._deadline - float(self._reactor.seconds()), 0.0)
+
+    def _tellWorkers(self) -> None:
+        self.stopping = True
+        self._onStopping()
+        told = [w for w in self._workers() if not w.link.lost]
+        for worker in told:
+            worker.link.sendControl("stop", grace=self._remaining())
+        _log.info("Told {n} worker(s) to finish their connections within {grace:.1f} s", n=len(told), grace=self._remaining())
+        self._killer = self._reactor.callLater(self._remaining() + KILL_MARGIN, self._killAll)
+        self.check()
+
+    def _giveUp(self) -> None:
+        lost = self._dispatcher.dropAll("the grace period ended before a worker adopted it")
+        _log.error("{n} held connection(s) closed unserved at the end of the grace period", n=lost)
+        self._tellWorkers()
+
+    def _killAll(self) -> None:
+        for worker in self._workers():
+            _log.warn("{worker} did not exit in time; killing it", worker=worker)
+            kill(worker, self._dispatcher)
+
+    def check(self) -> None:
+        """A worker ended: fire L{begin}'s Deferred if it was the last."""
+        if self._ended is None or not self.stopping or self._workers():
+            return
+        if self._killer is not None and self._killer.active():
+            self._killer.cancel()
+        d, self._ended = self._ended, None
+        d.callback(None)
