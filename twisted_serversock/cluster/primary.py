@@ -10,8 +10,9 @@ channel).  It serves nothing itself.
 It stops as C{twistd serversock} does (L{ParentStop}): when the reactor
 shuts down or on SIGTERM/SIGINT, the listeners close and the workers are
 told to finish their connections and exit.  A worker whose program listens on
-a description the primary does not have is a program error: the primary
-logs it, stops, and exits with status 1.
+a description the primary does not have, or workers that never start, is
+a program error: the primary logs it, stops, and the process exits with
+status 1 (see L{ClusterPrimary.exitStatus}).
 """
 
 from __future__ import annotations
@@ -32,19 +33,17 @@ from .._listeningport import GeckoListeningPort
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.defaults import GRACE
 from ..ipc.pool import WorkerPool
-from ..ipc.spawn import CHANNEL_FD, Command
+from ..ipc.spawn import WORKER_MODULE, Command
 from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.wire import Control
 from ._cmdline import Program, splitCommandLine
-from ._env import MARKER, WorkerEnvironment, encodeAddress
+from .worker import encodeAddress
 
-__all__ = ["ClusterPrimary", "PrimaryPort", "primaryFor"]
+__all__ = ["ClusterPrimary", "PrimaryPort"]
 
 _log = Logger()
 
-#: The module a worker's interpreter runs first (it then runs the program).
-BOOT_MODULE = "twisted_serversock.cluster.boot"
 #: Until some worker's program has started (its reactor runs), a worker
 #: started this many times (so dead this many times less one, before it
 #: started) is a program that cannot run as a worker: the cluster stops
@@ -61,16 +60,11 @@ class PrimaryPort:
     @ivar factory: the application's protocol factory (used by the
         workers; never started here).
     @ivar description: the endpoint's description, which workers match.
-    @ivar route: the dispatcher's route for this listener.
     """
 
     def __init__(
         self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any
     ) -> None:
-        """
-        @param onStop: called with this port when it stops listening (the
-            primary forgets it and closes its route).
-        """
         self._onStop = onStop
         self.description = description
         self.route = route
@@ -110,11 +104,7 @@ class PrimaryPort:
             self._stopped = self._port.stopListening()
             self._onStop(self)
         d: defer.Deferred[None] = defer.Deferred()
-
-        def stopped(result: object) -> None:
-            d.callback(None)
-
-        self._stopped.addBoth(stopped)
+        self._stopped.addBoth(lambda result: d.callback(None))
         return d
 
     loseConnection = stopListening
@@ -122,16 +112,19 @@ class PrimaryPort:
 
 class ClusterPrimary:
     """
-    The cluster primary of this process (one per process, see
-    L{primaryFor}).
+    The cluster primary of a reactor (see
+    L{Registry<twisted_serversock.cluster.Registry>}).
 
     @ivar dispatcher: holds accepted connections until a worker adopts them.
     @ivar pool: the workers, once started.
-    @ivar failed: whether a program error stopped the cluster (the process
-        then exits with status 1).
+    @ivar failed: whether a program error stopped the cluster.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, atExit: Callable[[Callable[[], None]], object] | None = None) -> None:
+        """
+        @param atExit: registers L{exitStatus}'s enforcement at the
+            process's exit (C{atexit.register}; a test's stand-in).
+        """
         self._reactor = reactor
         self.dispatcher = Dispatcher(clock=reactor.seconds)
         self.pool: WorkerPool | None = None
@@ -147,7 +140,9 @@ class ClusterPrimary:
         self._stopper = ParentStop(reactor, GRACE, lambda: list(self._ports.values()))
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
         reactor.addSystemEventTrigger("before", "shutdown", self._stopper.stop)
-        atexit.register(self._exitStatus)
+        # Registered now, so that it runs after the program's own exit
+        # handlers (registered later).
+        (atExit or atexit.register)(self._exit)
 
     # ------------------------------------------------------------------
     # Listening.
@@ -244,15 +239,14 @@ class ClusterPrimary:
     def workerCommand(self, index: int, heartbeat: float) -> Command:
         """
         The command of worker C{index}: this interpreter with the program's
-        interpreter options, running L{BOOT_MODULE}, which runs the program,
-        told its start-up facts in its environment.
+        interpreter options; its start-up message names the program to run
+        and the listeners the primary has now.
         """
         assert self._program is not None
-        listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
-        env = dict(os.environ)
-        env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid(), heartbeat).encode()
-        argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
-        return Command(argv, env, self._cwd if os.path.isdir(self._cwd) else None)
+        listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
+        startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
+        argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
+        return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(
@@ -306,27 +300,22 @@ class ClusterPrimary:
             if self._reactor.running:
                 self._reactor.stop()
 
-    def _exitStatus(self) -> None:
-        # Registered when the primary is made, so it runs after the program's
-        # own exit handlers: the program's main returned normally, but the
-        # cluster stopped on an error.
-        if self.failed:
+    def exitStatus(self) -> int | None:
+        """
+        The process's exit status the cluster asks for: 1 once a program
+        error stopped it, else C{None} (the program's own).  No runner has a
+        way to set an exit status once its reactor stopped (C{twistd} and
+        C{twist} only re-raise a signal, and a plain program's C{main}
+        returns normally), so it is enforced when the process exits.
+        """
+        return 1 if self.failed else None
+
+    def _exit(self) -> None:
+        status = self.exitStatus()
+        if status is not None:
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
                 except Exception:
                     pass
-            os._exit(1)
-
-
-_primary: ClusterPrimary | None = None
-
-
-def primaryFor(reactor: Any) -> ClusterPrimary:
-    """
-    This process's cluster primary (made on first use).
-    """
-    global _primary
-    if _primary is None:
-        _primary = ClusterPrimary(reactor)
-    return _primary
+            os._exit(status)

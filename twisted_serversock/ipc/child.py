@@ -78,16 +78,12 @@ class ParentLink:
         return self.channel.connected
 
     def sendControl(self, type: str, **fields: Any) -> None:
-        """
-        Send a control message to the parent.
-        """
         self.channel.send(encodeControl(type, **fields))
 
     def requestListener(self, server: TCPServerSocketChild, port: int, backlog: int) -> int:
         """
-        Ask the parent to listen on C{port} for C{server}.
-
-        @return: the request's id, for L{closeListener}.
+        Ask the parent to listen on C{port} for C{server}; returns the
+        request's id, for L{closeListener}.
         """
         listenId = next(self._listenIds)
         self._requests[listenId] = server
@@ -154,10 +150,6 @@ class ParentLink:
             return
         self._unacked = []
         closed, self._closed = self._closed, 0
-        if len(unacked) == 1:
-            connId, route = unacked[0]
-            self.channel.send(encodeReport((connId,), closed), then=lambda: self._deliver(connId, route))
-            return
 
         def deliverAll() -> None:
             for connId, route in unacked:
@@ -191,7 +183,6 @@ class ParentLink:
         self._unacked = []
         if self._reportLater is not None and self._reportLater.active():
             self._reportLater.cancel()
-        self._reportLater = None
         if self.onLost is not None:
             self.onLost(reason)
 
@@ -252,14 +243,6 @@ class TCPServerSocketChild:
     def __repr__(self) -> str:
         return f"<TCPServerSocketChild port {self.localPort}>"
 
-    def _getReactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
-
-    # ITCPServerSocketInternal
     def init(self, windowVal: object) -> None:
         self.windowVal = windowVal
 
@@ -303,8 +286,12 @@ class TCPServerSocketChild:
             socketChild.close()
             return
         sock = TCPSocket(self.binaryType)
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
         try:
-            self._getReactor().adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
+            self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
         finally:
             socketChild.close()  # the reactor adopted a duplicate
         _connected(self, sock)
@@ -357,5 +344,4 @@ class _One:
     def doStart(self) -> None:
         pass
 
-    def doStop(self) -> None:
-        pass
+    doStop = doStart

@@ -207,7 +207,7 @@ class WorkerPool:
             slot.current = worker
         try:
             command = self._command(slot.index, self.heartbeat)
-            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command)
+            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, link.sendControl)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()

@@ -1,17 +1,20 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-The worker process of C{twistd serversock}: C{python -m
-twisted_serversock.ipc.worker --channel-fd 3 --factory MODULE.NAME}.
+Every worker process: C{python -m twisted_serversock.ipc.worker}, with its
+channel to the parent as descriptor 3.  It reads its start-up message
+(L{twisted_serversock.ipc.spawn.readStartup}) and becomes the worker it
+says: a C{twistd serversock} worker (L{ServersockWorker}, one factory) or
+a cluster worker, which runs the primary's program again
+(L{twisted_serversock.cluster.boot}).
 
-It adopts each connection the parent hands over with the protocol factory,
-and on the parent's C{stop} message (or if the parent goes away) lets its
-open connections finish for the grace period, then exits 0.  Its log goes
-to stderr, one line an event, which the parent relays into its own log.
+A worker adopts each connection the parent hands over, and on the parent's
+C{stop} message (or if the parent goes away) lets its open connections
+finish for the grace period, then exits 0.  Its log goes to stderr, one
+line an event, which the parent relays into its own log.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -19,12 +22,13 @@ import sys
 from typing import Any
 
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
-from zope.interface import provider
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from .._twistedcompat import innerProtocol, proxyWrapped
-from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
+from .defaults import GRACE, TIMEOUT, heartbeatFor
+from .spawn import CHANNEL_FD, readStartup
 from .wire import Control
 
 __all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
@@ -51,27 +55,15 @@ def resolveFactory(name: str) -> Any:
     obj = importFactory(name)
     if IProtocolFactory.providedBy(obj):
         return obj
-    if callable(obj) and not isinstance(obj, type):
-        try:
-            made = obj()
-        except Exception as e:
-            raise ValueError(f"--factory {name}() failed: {type(e).__name__}: {e}") from None
-        if IProtocolFactory.providedBy(made):
-            return made
+    if not callable(obj) or isinstance(obj, type):
+        raise ValueError(f"--factory {name} is {obj!r}, which is neither an IProtocolFactory nor a callable returning one")
+    try:
+        made = obj()
+    except Exception as e:
+        raise ValueError(f"--factory {name}() failed: {type(e).__name__}: {e}") from None
+    if not IProtocolFactory.providedBy(made):
         raise ValueError(f"--factory {name}() returned {made!r}, which is not an IProtocolFactory")
-    raise ValueError(f"--factory {name} is {obj!r}, which is neither an IProtocolFactory nor a callable returning one")
-
-
-def _innermost(protocol: Any) -> Any:
-    """
-    The protocol inside wrappers (PROXY, twisted.web's HTTP/1-or-2 choice).
-    """
-    for _ in range(8):
-        inner = innerProtocol(protocol)
-        if inner is None:
-            break
-        protocol = inner
-    return protocol
+    return made
 
 
 def finishGracefully(protocol: Any) -> None:
@@ -79,7 +71,8 @@ def finishGracefully(protocol: Any) -> None:
     Ask a connection's protocol to end at its next natural boundary, so that
     a worker being stopped or replaced drains without cutting a client off:
 
-     - a protocol with a C{stopGracefully()} method: that is called;
+     - a protocol (or the one inside its wrappers: PROXY, twisted.web's
+       HTTP/1-or-2 choice) with a C{stopGracefully()} method: that is called;
      - Twisted's HTTP/1.1 channel (C{twisted.web}): the response being
        written and every later one says C{Connection: close} and the
        connection closes after it, so a keep-alive client moves to a new
@@ -87,17 +80,15 @@ def finishGracefully(protocol: Any) -> None:
        after any server's C{Connection: close};
      - anything else: left alone until it closes or the grace period ends.
     """
-    if protocol is None:
-        return
-    hook = getattr(protocol, "stopGracefully", None)
-    if callable(hook):
-        hook()
-        return
-    protocol = _innermost(protocol)
-    hook = getattr(protocol, "stopGracefully", None)
-    if callable(hook):
-        hook()
-        return
+    for _ in range(9):
+        hook = getattr(protocol, "stopGracefully", None)
+        if callable(hook):
+            hook()
+            return
+        inner = innerProtocol(protocol) if protocol is not None else None
+        if inner is None:
+            break
+        protocol = inner
     http = sys.modules.get("twisted.web.http")
     if http is None or not isinstance(protocol, http.HTTPChannel):
         return
@@ -143,21 +134,16 @@ def logObserver(event: dict[str, Any]) -> None:
     stream.flush()
 
 
-#: Signals meant for the parent that a worker ignores: a terminal's Ctrl-C
-#: or hangup, or C{kill} of the whole process group, reaches the workers
-#: too, and the parent decides when they stop or reload; SIGTTIN/SIGTTOU
-#: would otherwise stop a worker that touches the terminal from the
-#: background.
-_GROUP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
-
-
 def ignoreGroupSignals() -> None:
     """
-    Ignore, in a worker, the signals its parent acts on (the whole process
-    group gets them from a terminal or C{kill -- -PGID}); SIGTERM sent to
-    the worker itself stays a graceful stop (its caller installs that).
+    Ignore, in a worker, the signals its parent acts on: a terminal's
+    Ctrl-C or hangup, or C{kill} of the whole process group, reaches the
+    workers too, and the parent decides when they stop or reload;
+    SIGTTIN/SIGTTOU would otherwise stop a worker that touches the terminal
+    from the background.  SIGTERM sent to the worker itself stays a
+    graceful stop (its caller installs that).
     """
-    for signum in _GROUP_SIGNALS:
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -191,11 +177,10 @@ class Worker:
 
     def installSignals(self) -> None:
         """
-        The worker's signal handlers: the signals its parent acts on are
-        ignored (see L{ignoreGroupSignals}); SIGTERM sent to this worker
-        itself is a graceful stop with the default grace period.  (Call it
-        before the reactor runs, or after C{reactor.run} installed the
-        reactor's own handlers.)
+        The worker's signal handlers (see L{ignoreGroupSignals}); SIGTERM
+        sent to this worker itself is a graceful stop with the default grace
+        period.  (Call it before the reactor runs, or after C{reactor.run}
+        installed the reactor's own handlers.)
         """
         ignoreGroupSignals()
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
@@ -221,11 +206,9 @@ class Worker:
 
     def factoryFor(self, route: int) -> Any:
         """
-        The protocol factory for connections of C{route}: the one factory
-        here; cluster mode's workers have one per listener.
-
-        @return: the factory, or C{None} for a route this worker does not
-            serve (the connection is then closed and the error logged).
+        The protocol factory for connections of C{route}, or C{None} for a
+        route this worker does not serve (the connection is then closed and
+        the error logged).
         """
         return self._factory
 
@@ -330,34 +313,38 @@ class ServersockWorker(Worker):
 
     @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
     def _onRoute(self, id: int, proxy: bool) -> None:
-        # Connections of route id carry a PROXY header: parse it here, so
-        # that protocols see the client's address.
         if proxy and id not in self._proxyFactories:
             self._proxyFactories[id] = proxyWrapped(self._factory)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     """
     Run one worker (the parent starts it; not for direct use).
     """
-    parser = argparse.ArgumentParser(prog="twisted_serversock.ipc.worker")
-    parser.add_argument("--channel-fd", type=int, required=True)
-    parser.add_argument("--factory", required=True)
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--heartbeat", type=float, default=heartbeatFor(TIMEOUT))
-    args = parser.parse_args(argv)
+    os.set_inheritable(CHANNEL_FD, False)  # never into a process this one starts
+    channel = socket.socket(fileno=CHANNEL_FD)
+    try:
+        startup = readStartup(channel)
+    except ValueError as e:
+        logObserver({"log_format": "{e}", "e": e, "log_level": LogLevel.critical})
+        return 2
+    startup["heartbeat"] = max(startup["heartbeat"], 0.01)
+    if startup["worker"] == "cluster":
+        from ..cluster.boot import run
+
+        run(channel, startup)
+        return 0
+    sys.path[:] = startup["path"] + [p for p in sys.path if p not in startup["path"]]
     globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
     try:
-        factory = resolveFactory(args.factory)
+        factory = resolveFactory(startup["factory"])
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    os.set_inheritable(args.channel_fd, False)  # never into a process this one starts
-    channel = socket.socket(fileno=args.channel_fd)
-    worker = ServersockWorker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
+    worker = ServersockWorker(reactor, factory, channel, startup["index"], startup["heartbeat"])
     worker.installSignals()
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)
