@@ -47,15 +47,11 @@ DEFAULT_LISTEN = "gecko:8080"
 
 
 class _NoReactor:
-    """
-    Stands in for the reactor while endpoint strings are only checked.
-    """
+    """Stands in for the reactor while endpoint strings are only checked."""
 
 
 class Options(usage.Options):
-    """
-    The options of C{twistd serversock}.
-    """
+    """The options of C{twistd serversock}."""
 
     synopsis = (
         "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS] [--timeout SECONDS] "
@@ -79,9 +75,7 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """
-        An endpoint to listen on (repeatable; default gecko:8080).
-        """
+        """An endpoint to listen on (repeatable; default gecko:8080)."""
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -139,17 +133,9 @@ class ServerSockService(service.Service):
     """
 
     def __init__(
-        self,
-        descriptions: list[str],
-        factory: Any,
-        factoryName: str,
-        workers: int,
-        grace: float,
-        reactor: Any = None,
-        timeout: float = TIMEOUT,
-        maxRequests: int = 0,
-        maxRequestsJitter: int = 0,
-    ) -> None:
+        self, descriptions: list[str], factory: Any, factoryName: str, workers: int, grace: float,
+        reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0,
+    ) -> None:  # fmt: skip
         self._descriptions = descriptions
         self._factory = factory
         self._factoryName = factoryName
@@ -190,15 +176,10 @@ class ServerSockService(service.Service):
         self._stopper = ParentStop(reactor, self._grace, self._takePorts)
         self._dispatcher = Dispatcher(clock=reactor.seconds)
         if self._workers:
+            command = partial(serversockCommand, self._factoryName)
+            maxRequests, jitter = self._maxRequests
             self.pool = WorkerPool(
-                reactor,
-                self._dispatcher,
-                partial(serversockCommand, self._factoryName),
-                self._workers,
-                timeout=self._timeout,
-                grace=self._grace,
-                maxRequests=self._maxRequests[0],
-                maxRequestsJitter=self._maxRequests[1],
+                reactor, self._dispatcher, command, self._workers, timeout=self._timeout, grace=self._grace, maxRequests=maxRequests, maxRequestsJitter=jitter
             )
             self._stopper.pool = self.pool
         try:
@@ -263,16 +244,8 @@ def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
 
 
 def makeService(options: Options) -> ServerSockService:
-    """
-    The C{twistd serversock} service for parsed C{options}.
-    """
+    """The C{twistd serversock} service for parsed C{options}."""
     return ServerSockService(
-        list(options["listen"]),
-        options["protocolFactory"],
-        options["factory"],
-        int(options["workers"]),
-        float(options["grace"]),
-        timeout=float(options["timeout"]),
-        maxRequests=int(options["max-requests"]),
-        maxRequestsJitter=int(options["max-requests-jitter"]),
-    )
+        list(options["listen"]), options["protocolFactory"], options["factory"], int(options["workers"]), float(options["grace"]),
+        timeout=float(options["timeout"]), maxRequests=int(options["max-requests"]), maxRequestsJitter=int(options["max-requests-jitter"]),
+    )  # fmt: skip

@@ -27,10 +27,7 @@ __all__ = ["run"]
 
 
 def run(channel: socket.socket, startup: dict[str, Any]) -> None:
-    """
-    Become the cluster worker C{startup} describes, with C{channel} to the
-    primary, and run the program.
-    """
+    """Become the cluster worker C{startup} describes, with C{channel} to the primary, and run the program."""
     registry.becomeWorker(channel, startup)
     argv = startup["argv"]
     program = splitCommandLine(argv)

@@ -1,18 +1,14 @@
 # -*- test-case-name: tests.test_cluster -*-
 """
 The primary of a cluster: the first process whose C{workers=N} endpoint
-listens.  It binds (synchronously, inside C{listen()}), and once its reactor
-runs it starts N workers that run its own command line again; it accepts on
-every cluster listener and hands each connection to a worker that attached
-to that listener (L{twisted_serversock.ipc}'s dispatcher, worker pool and
-channel).  It serves nothing itself.
+listens.  It binds inside C{listen()}, and once its reactor runs starts N
+workers that run its own command line again; it accepts and hands each
+connection to a worker that attached to that listener.  It serves nothing
+itself, and stops as C{twistd serversock} does (L{ParentStop}).
 
-It stops as C{twistd serversock} does (L{ParentStop}): when the reactor
-shuts down or on SIGTERM/SIGINT, the listeners close and the workers are
-told to finish their connections and exit.  A worker whose program listens on
-a description the primary does not have, or workers that never start, is
-a program error: the primary logs it, stops, and the process exits with
-status 1 (see L{ClusterPrimary.exitStatus}).
+A worker whose program listens on a description the primary does not have,
+or workers that never start, is a program error: the primary logs it,
+stops, and the process exits with status 1 (L{ClusterPrimary.exitStatus}).
 """
 
 from __future__ import annotations
@@ -62,9 +58,7 @@ class PrimaryPort:
     @ivar description: the endpoint's description, which workers match.
     """
 
-    def __init__(
-        self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any
-    ) -> None:
+    def __init__(self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any) -> None:
         self._onStop = onStop
         self.description = description
         self.route = route
@@ -77,29 +71,19 @@ class PrimaryPort:
 
     @property
     def serverSocket(self) -> Any:
-        """
-        The L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
-        that accepts for the workers.
-        """
+        """The L{ServerSocket<twisted_serversock.serversocket.ServerSocket>} that accepts for the workers."""
         return self._port.serverSocket
 
     def getHost(self) -> Any:
         return self._port.getHost()
 
     def startListening(self) -> None:
-        """
-        Nothing to do: the port listens from the start, and a cluster
-        listener that stopped cannot start again (its workers detached).
-
-        @raise CannotListenError: after L{stopListening}.
-        """
+        """Nothing to do; after L{stopListening}, C{CannotListenError} (its workers detached)."""
         if self._stopped is not None:
             raise CannotListenError(None, self.description, ValueError("a stopped cluster listener cannot listen again; listen on the endpoint anew"))
 
     def stopListening(self) -> defer.Deferred[None]:
-        """
-        Stop accepting; connections already accepted still go to workers.
-        """
+        """Stop accepting; connections already accepted still go to workers."""
         if self._stopped is None:
             self._stopped = self._port.stopListening()
             self._onStop(self)
@@ -121,10 +105,7 @@ class ClusterPrimary:
     """
 
     def __init__(self, reactor: Any, atExit: Callable[[Callable[[], None]], object] | None = None) -> None:
-        """
-        @param atExit: registers L{exitStatus}'s enforcement at the
-            process's exit (C{atexit.register}; a test's stand-in).
-        """
+        """@param atExit: registers L{exitStatus}'s enforcement (C{atexit.register})."""
         self._reactor = reactor
         self.dispatcher = Dispatcher(clock=reactor.seconds)
         self.pool: WorkerPool | None = None
@@ -144,34 +125,23 @@ class ClusterPrimary:
         # handlers (registered later).
         (atExit or atexit.register)(self._exit)
 
-    # ------------------------------------------------------------------
-    # Listening.
-
     def listen(self, endpoint: Any, factory: Any, workers: int) -> defer.Deferred[IListeningPort]:
         """
         Bind C{endpoint} now; its connections go to the workers.
 
         @return: an already fired Deferred: the L{PrimaryPort}, or
-            C{CannotListenError} (a bind error, the same description
-            listened on twice, or a program the workers cannot run again).
+            C{CannotListenError} (a bind error, a description listened on
+            twice, or a program the workers cannot run again).
         """
         description = endpoint.clusterDescription()
-        if description in self._ports:
-            return defer.fail(
-                CannotListenError(
-                    None,
-                    description,
-                    ValueError(
-                        "this description is already listening in cluster mode; workers find their "
-                        "listener by its description, so each must be different"
-                    ),
+        try:
+            if description in self._ports:
+                raise ValueError(
+                    "this description is already listening in cluster mode; workers find their listener by its description, so each must be different"
                 )
-            )
-        if self._program is None:
-            try:
-                self._program = splitCommandLine(self._argv)
-            except ValueError as e:
-                return defer.fail(CannotListenError(None, description, e))
+            self._program = self._program or splitCommandLine(self._argv)
+        except ValueError as e:
+            return defer.fail(CannotListenError(None, description, e))
         route = self.dispatcher.addRoute(description)
         inner = GeckoListeningPort(endpoint, HandOffFactory(self.dispatcher, route, factory))
         try:
@@ -188,19 +158,11 @@ class ClusterPrimary:
         if self.pool is None:
             self._count = max(self._count, workers)
         elif workers != self._count:
-            _log.warn(
-                "{description} asks for {n} workers, but the cluster already runs {count}; they serve it",
-                description=description,
-                n=workers,
-                count=self._count,
-            )
+            _log.warn("{description} asks for {n} workers, but the cluster already runs {count}; they serve it", description=description, n=workers, count=self._count)
         _log.info(
             "Cluster primary (pid {pid}): {description} on {address} is served by {n} worker process(es)",
-            pid=os.getpid(),
-            description=endpoint.description,
-            address=describeAddress(port.getHost()),
-            n=self._count,
-        )
+            pid=os.getpid(), description=endpoint.description, address=describeAddress(port.getHost()), n=self._count,
+        )  # fmt: skip
         return defer.succeed(port)
 
     def _closed(self, port: PrimaryPort) -> None:
@@ -209,39 +171,22 @@ class ClusterPrimary:
             self._closedDescriptions.add(port.description)
         self.dispatcher.closeRoute(port.route)
 
-    # ------------------------------------------------------------------
-    # The workers.
-
     def _start(self) -> None:
         if self.pool is not None or self._stopper.stopping or not self._ports:
             return
         self.pool = WorkerPool(
-            self._reactor,
-            self.dispatcher,
-            self.workerCommand,
-            self._count,
-            onControl=self._control,
-            startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP,
-            onGiveUp=self._gaveUp,
-        )
+            self._reactor, self.dispatcher, self.workerCommand, self._count,
+            onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp,
+        )  # fmt: skip
         # The lifecycle's own handlers, over the reactor's, which would
         # make twistd re-raise the signal after an orderly shutdown.
         self._stopper.pool = self.pool
         self._stopper.installSignals()
-        _log.info(
-            "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
-            pid=os.getpid(),
-            n=self._count,
-            argv=" ".join(self._argv),
-        )
+        _log.info("Cluster primary (pid {pid}) starting {n} worker(s): {argv}", pid=os.getpid(), n=self._count, argv=" ".join(self._argv))
         self.pool.start()
 
     def workerCommand(self, index: int, heartbeat: float) -> Command:
-        """
-        The command of worker C{index}: this interpreter with the program's
-        interpreter options; its start-up message names the program to run
-        and the listeners the primary has now.
-        """
+        """Worker C{index}'s command: the program's interpreter options; the program and our listeners."""
         assert self._program is not None
         listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
         startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
@@ -291,9 +236,7 @@ class ClusterPrimary:
             self.pool.stopServing(link, found)
 
     def fail(self, reason: str) -> None:
-        """
-        A program error: log it, stop everything, and exit with status 1.
-        """
+        """A program error: log it, stop everything, and exit with status 1."""
         if not self.failed:
             _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
             self.failed = True

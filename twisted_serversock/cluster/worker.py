@@ -40,9 +40,7 @@ ATTACH_TIMEOUT = 30.0
 
 
 def encodeAddress(address: Any) -> list[Any]:
-    """
-    A listener's address as JSON-able data (for L{decodeAddress}).
-    """
+    """A listener's address as JSON-able data (for L{decodeAddress})."""
     if isinstance(address, IPv6Address):
         return ["TCP6", address.host, address.port, address.flowInfo, address.scopeID]
     if isinstance(address, IPv4Address):
@@ -53,9 +51,7 @@ def encodeAddress(address: Any) -> list[Any]:
 
 
 def decodeAddress(data: list[Any]) -> Any:
-    """
-    The address L{encodeAddress} encoded.
-    """
+    """The address L{encodeAddress} encoded."""
     kind, *rest = data
     if kind == "TCP6":
         return IPv6Address("TCP", *rest)
@@ -90,10 +86,7 @@ class WorkerPort:
         return f"<WorkerPort {self.description} on {describeAddress(self._address)}>"
 
     def attached(self, route: int, address: Any) -> None:
-        """
-        The primary serves this listener's connections to this worker from
-        now on.
-        """
+        """The primary serves this listener's connections to this worker from now on."""
         self.route, self._address, self.listening = route, address, True
         self.factory.doStart()
         _log.info(
@@ -105,21 +98,14 @@ class WorkerPort:
         )
 
     def getHost(self) -> Any:
-        """
-        The primary's listening address.
-        """
+        """The primary's listening address."""
         return self._address
 
     def startListening(self) -> None:
-        """
-        Nothing to do: the port is attached from the start.
-        """
+        """Nothing to do: the port is attached from the start."""
 
     def stopListening(self) -> defer.Deferred[None]:
-        """
-        Take no new connections of this listener; those already handed
-        over are still served.
-        """
+        """Take no new connections of this listener; those already handed over are still served."""
         if self.listening:
             self.listening = False
             self._worker.detach(self)
@@ -151,10 +137,9 @@ class ClusterWorker(Worker):
         self._known = {str(d): (int(route), decodeAddress(address)) for d, (route, address) in startup["listeners"].items()}
         self._ports: dict[int, WorkerPort] = {}  # by route
         self._descriptions: dict[str, WorkerPort] = {}
-        self._waiting: dict[int, tuple[defer.Deferred[IListeningPort], WorkerPort]] = {}
-        # Requests answered from the start-up facts, until the primary's
-        # own answer arrives.
-        self._early: dict[int, WorkerPort] = {}
+        # Requests to the primary by id: the program's Deferred, or None for
+        # one answered from the start-up facts until the primary answers.
+        self._asked: dict[int, tuple[defer.Deferred[IListeningPort] | None, WorkerPort]] = {}
         self._ids = itertools.count(1)
         reactor.callWhenRunning(self._running)
 
@@ -192,14 +177,14 @@ class ClusterWorker(Worker):
         # primary, so later listens wait for the primary's answer.
         known = self._known.pop(description, None)
         if known is not None:
-            self._early[requestId] = port
+            self._asked[requestId] = (None, port)
             self._attached(port, *known)
             return defer.succeed(port)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
-        self._waiting[requestId] = (d, port)
+        self._asked[requestId] = (d, port)
 
         def timedOut(failure: Any) -> Any:
-            self._waiting.pop(requestId, None)
+            self._asked.pop(requestId, None)
             if failure.check(defer.TimeoutError):
                 raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
             return failure
@@ -217,17 +202,12 @@ class ClusterWorker(Worker):
             del self._ports[port.route]
 
     def detach(self, port: WorkerPort) -> None:
-        """
-        Ask the primary to send no more connections of C{port}'s listener.
-        """
+        """Ask the primary to send no more connections of C{port}'s listener."""
         if port.route is not None and self.link.connected:
             self.link.sendControl("cluster-detach", route=port.route)
 
     def stop(self, grace: float) -> None:
-        """
-        Take no new connections, let open ones finish within C{grace}
-        seconds, then stop the reactor (and so the program).
-        """
+        """Take no new connections, let open ones finish within C{grace} seconds, then stop the reactor (and so the program)."""
         for port in list(self._ports.values()):
             if port.listening:
                 self.detach(port)
@@ -237,19 +217,16 @@ class ClusterWorker(Worker):
 
     @controls.handler("cluster-attached", id=INTEGER, route=INTEGER, address=ANY)
     def _onAttached(self, id: int, route: int, address: Any) -> None:
-        entry = self._waiting.pop(id, None)
-        if entry is not None:
-            d, port = entry
+        d, port = self._asked.pop(id, (None, None))
+        if d is not None and port is not None:
             self._attached(port, route, decodeAddress(address))
             d.callback(port)
-            return
-        early = self._early.pop(id, None)
-        if early is not None and early.listening and early.route != route:
+        elif port is not None and port.listening and port.route != route:
             # The primary listened anew between this worker's start and
             # its request: its answer names the listener's route now.
-            self._forget(early)
-            self._ports[route] = early
-            early.route = route
+            self._forget(port)
+            self._ports[route] = port
+            port.route = route
 
     @controls.handler("cluster-closed", id=INTEGER)
     def _onClosed(self, id: int) -> None:
@@ -257,20 +234,18 @@ class ClusterWorker(Worker):
         # listener since (this worker started later, or asked late): as in
         # the primary, the program's port is closed - its listen()
         # succeeds, no connection comes.
-        entry = self._waiting.pop(id, None)
-        if entry is not None:
-            entry[0].callback(entry[1])
-            return
-        early = self._early.pop(id, None)
-        if early is not None and early.listening:
-            self._forget(early)
-            early.listening = False
-            early.factory.doStop()
+        d, port = self._asked.pop(id, (None, None))
+        if d is not None:
+            d.callback(port)
+        elif port is not None and port.listening:
+            self._forget(port)
+            port.listening = False
+            port.factory.doStop()
 
     @controls.handler("cluster-refused", id=optional(ANY, None), reason=optional(STRING, "refused"))
     def _onRefused(self, id: Any, reason: str) -> None:
-        entry = self._waiting.pop(id, None) if isinstance(id, int) else None
-        if entry is not None:
-            entry[0].errback(CannotListenError(None, entry[1].description, ValueError(reason)))
+        d, port = self._asked.pop(id, (None, None)) if isinstance(id, int) else (None, None)
+        if d is not None and port is not None:
+            d.errback(CannotListenError(None, port.description, ValueError(reason)))
         else:
             _log.error("The cluster primary refused a listener: {reason}", reason=reason)

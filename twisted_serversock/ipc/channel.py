@@ -50,10 +50,8 @@ _log = Logger()
 
 class Receiver(Protocol):
     """
-    What a L{Channel} delivers to.  A receiver may also have a
-    C{readDone()} method, called after each run of messages read on one
-    readable event while the channel is up (the child acknowledges all the
-    connections of one run with a single message from there).
+    What a L{Channel} delivers to; it may also have C{readDone()}, called
+    after each readable event's run of messages while the channel is up.
     """
 
     def messageReceived(self, message: Message) -> None: ...
@@ -62,9 +60,7 @@ class Receiver(Protocol):
 
 
 def closeAll(fds: list[int]) -> None:
-    """
-    Close descriptors that arrived with a message nobody takes.
-    """
+    """Close descriptors that arrived with a message nobody takes."""
     for fd in fds:
         try:
             os.close(fd)
@@ -246,9 +242,7 @@ class Channel:
         return True
 
     def loseConnection(self) -> None:
-        """
-        Close the channel now; messages not yet sent are dropped.
-        """
+        """Close the channel now; messages not yet sent are dropped."""
         self._lose(Failure(ConnectionDone("channel closed")))
 
     def _lose(self, reason: Failure) -> None:

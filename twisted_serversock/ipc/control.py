@@ -1,16 +1,8 @@
 # -*- test-case-name: tests.test_ipc_control -*-
 """
 Control messages (the channel's C{J} messages) dispatched by an explicit
-table: each message name has one handler and the fields it takes, each with
-the JSON type it must have.
-
-A message whose fields do not fit - a missing field, one of the wrong type,
-one the message does not have - is rejected before any handler runs: it is
-logged with what was wrong and counted in the channel's C{rejected}.  Once
-a handler runs, whatever it raises is the handler's own error (a bug, not
-a bad message) and goes up to the channel, which logs it as a failure.
-
-A table is made once per receiving class and filled with a decorator::
+table, one per receiving class: each message name has one handler and the
+fields it takes, each with the JSON type it must have::
 
     class Receiver:
         controls = ControlTable()
@@ -18,9 +10,10 @@ A table is made once per receiving class and filled with a decorator::
         @controls.handler("close", id=INTEGER)
         def _onClose(self, id: int) -> None: ...
 
-and a message goes to it with C{Receiver.controls.dispatch(message, who,
-channel, receiver)}.  L{checkFields} checks fields the same way for a
-message read outside a table (a worker's start-up message).
+A message whose fields do not fit is rejected before any handler runs
+(logged, and counted in the channel's C{rejected}), so whatever a handler
+raises is a bug, not a bad message.  L{checkFields} checks a message read
+outside a table (a worker's start-up message) the same way.
 """
 
 from __future__ import annotations
@@ -29,21 +22,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar, Union
 
 from twisted.logger import Logger
 
-__all__ = [
-    "ANY",
-    "BOOLEAN",
-    "INTEGER",
-    "NUMBER",
-    "STRING",
-    "STRINGS",
-    "OBJECT",
-    "ControlTable",
-    "FieldType",
-    "MessageError",
-    "checkFields",
-    "optional",
-    "reject",
-]
+__all__ = ["ANY", "BOOLEAN", "INTEGER", "NUMBER", "STRING", "STRINGS", "OBJECT", "ControlTable", "FieldType"]
+__all__ += ["MessageError", "checkFields", "optional", "reject"]
 
 _log = Logger()
 
@@ -51,16 +31,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class MessageError(ValueError):
-    """
-    A control message's fields do not fit its name; the text says how.
-    """
+    """A control message's fields do not fit its name; the text says how."""
 
 
 class FieldType(NamedTuple):
-    """
-    What a field's value must be: C{check(value)} says whether it is, and
-    C{name} says what it should have been, for the error.
-    """
+    """What a field's value must be: C{check(value)} says whether it is, and C{name} says what it should have been, for the error."""
 
     name: str
     check: Callable[[Any], bool]
@@ -85,9 +60,7 @@ class _Optional(NamedTuple):
 
 
 def optional(type: FieldType, default: Any) -> _Optional:
-    """
-    A field that may be left out, with the value the handler gets then.
-    """
+    """A field that may be left out, with the value the handler gets then."""
     return _Optional(type, default)
 
 
@@ -132,24 +105,18 @@ class _Counted(Protocol):
 
 def reject(type: str, who: str, channel: _Counted, error: str) -> None:
     """
-    Log a bad message C{type} from C{who} (what was wrong: C{error}) and
-    count it in C{channel}'s C{rejected}; for a handler that finds its
-    fields wrong in a way only it can tell (an id already in use).
+    Log and count a bad message C{type} from C{who}: for a handler that finds
+    its fields wrong in a way only it can tell (an id already in use).
     """
     _log.warn("Bad {type!r} message from {who}: {error}", type=type, who=who, error=error)
     channel.rejected += 1
 
 
 class ControlTable:
-    """
-    Message name -> handler and the fields it takes.
-    """
+    """Message name -> handler and the fields it takes."""
 
     def __init__(self, base: ControlTable | None = None) -> None:
-        """
-        @param base: a table whose entries this one starts with (a subclass
-            that handles more messages than its base class).
-        """
+        """@param base: a table whose entries this one starts with (a subclass's)."""
         self._entries: dict[str, tuple[Callable[..., Any], Spec, bool]] = dict(base._entries) if base else {}
 
     def __contains__(self, name: object) -> bool:
@@ -172,14 +139,11 @@ class ControlTable:
     def dispatch(self, message: _Message, who: str, channel: _Counted, *context: Any) -> bool:
         """
         Call the handler of C{message} with C{context} and the message's
-        fields as keyword arguments, once they fit.
+        fields as keyword arguments, once they fit (else log it as
+        C{who}'s and count it in C{channel.rejected}).
 
-        @param who: whose message it was, for the log.
-        @param channel: counts a message whose fields do not fit in its
-            C{rejected}.
         @return: False if no handler has the message's name (the caller
-            decides what that means); True otherwise, also when its fields
-            did not fit (that is logged and counted).
+            decides what that means).
         """
         entry = self._entries.get(message.type)
         if entry is None:

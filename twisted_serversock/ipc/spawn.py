@@ -1,22 +1,17 @@
 # -*- test-case-name: tests.test_worker_model_units -*-
 """
-How a worker process is started, for C{twistd serversock} and cluster mode
-alike: L{spawnWorkerProcess} runs L{WORKER_MODULE} (with the interpreter
-options of a L{Command}) with the worker's end of its channel as
-descriptor L{CHANNEL_FD}, and sends it its start-up message as the
-channel's first message; the worker reads it (L{readStartup})
-synchronously, before its reactor runs and before the factory or program
-it serves is imported.
+How any worker process is started: L{spawnWorkerProcess} runs
+L{WORKER_MODULE} with its channel as descriptor L{CHANNEL_FD} and sends the
+start-up message, the channel's first, which the worker reads
+(L{readStartup}) synchronously, before its reactor runs and before what it
+serves is imported.  Its fields are checked like a control message's; its
+C{worker} field says which kind of worker (L{STARTUP_FIELDS}).
 
-The start-up facts travel over the channel, not in the command line or
-the environment, because the facts to come include secrets: the TLS
-private keys a privileged parent loaded for unprivileged workers.  The
-command line is public (C{ps}), a file outlives the process, and the
-environment is inherited by every process the application starts.
-
-The message is a control message C{start} whose fields are named and
-checked like every control message's (L{twisted_serversock.ipc.control}):
-C{worker} says which kind of worker this is (L{STARTUP_FIELDS}).
+Start-up facts travel over the channel, never in the command line (public:
+C{ps}), a file (it outlives the process) or the environment (inherited by
+every process the application starts), because they are to include
+secrets: the TLS private keys a privileged parent loads for unprivileged
+workers.
 """
 
 from __future__ import annotations
@@ -62,11 +57,7 @@ STARTUP_FIELDS: dict[str, Spec] = {
 
 
 class Command(NamedTuple):
-    """
-    How to run one worker process: the interpreter's options, its
-    environment, its working directory (C{None}: the parent's) and its
-    start-up message's fields.
-    """
+    """One worker process: its argument vector, environment, directory (C{None}: ours), start-up fields."""
 
     argv: list[str]
     env: dict[str, str]
@@ -79,14 +70,12 @@ class Command(NamedTuple):
 WorkerCommand = Callable[[int, float], Command]
 
 
-def spawnWorkerProcess(
-    reactor: Any, processProtocol: ProcessProtocol, channel: socket.socket, command: Command, send: Callable[..., None]
-) -> Any:
+def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: socket.socket, command: Command, send: Callable[..., None]) -> Any:
     """
-    Start one worker process running C{command}, its stdout and stderr read
-    by C{processProtocol}, with C{channel} as its descriptor L{CHANNEL_FD}
-    (the caller closes C{channel} afterwards), and send its start-up message
-    with C{send} (the parent's C{sendControl} on the other end).
+    Start one worker process running C{command}, its output read by
+    C{processProtocol}, C{channel} (the caller closes it) as its
+    L{CHANNEL_FD}, and send its start-up message with C{send} (the
+    C{sendControl} of the channel's other end).
 
     @return: the C{IProcessTransport}.
     """
@@ -103,10 +92,7 @@ def spawnWorkerProcess(
 
 
 def serversockCommand(factoryName: str, index: int, heartbeat: float) -> Command:
-    """
-    The command of a C{twistd serversock} worker: it serves the protocol
-    factory C{factoryName}, found on the parent's C{sys.path}.
-    """
+    """The command of a C{twistd serversock} worker: it serves the protocol factory C{factoryName}, found on the parent's C{sys.path}."""
     path = [p or os.getcwd() for p in sys.path]
     startup = {"worker": "serversock", "index": index, "heartbeat": heartbeat, "factory": factoryName, "path": path}
     return Command([sys.executable, "-m", WORKER_MODULE], dict(os.environ), None, startup)
@@ -114,13 +100,11 @@ def serversockCommand(factoryName: str, index: int, heartbeat: float) -> Command
 
 def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
     """
-    Read the start-up message, blocking: the worker has nothing to do
-    before it.
+    Read the start-up message, blocking (a worker has nothing to do before).
 
     @return: its fields, checked (L{STARTUP_FIELDS}).
-    @raise ValueError: one line saying what was wrong: no message within
-        C{timeout} seconds, the channel closed, or a message that is not a
-        start-up message or has a bad field (named).
+    @raise ValueError: one line: none within C{timeout} seconds, the
+        channel closed, another message, or a bad field (named).
     """
     channel.settimeout(timeout)
     try:

@@ -1,16 +1,10 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Every worker process: C{python -m twisted_serversock.ipc.worker}, with its
-channel to the parent as descriptor 3.  It reads its start-up message
-(L{twisted_serversock.ipc.spawn.readStartup}) and becomes the worker it
-says: a C{twistd serversock} worker (L{ServersockWorker}, one factory) or
-a cluster worker, which runs the primary's program again
+Every worker process: C{python -m twisted_serversock.ipc.worker}, its
+channel to the parent as descriptor 3.  Its start-up message says which
+worker it is: a C{twistd serversock} worker (L{ServersockWorker}) or a
+cluster worker, which runs the primary's program again
 (L{twisted_serversock.cluster.boot}).
-
-A worker adopts each connection the parent hands over, and on the parent's
-C{stop} message (or if the parent goes away) lets its open connections
-finish for the grace period, then exits 0.  Its log goes to stderr, one
-line an event, which the parent relays into its own log.
 """
 
 from __future__ import annotations
@@ -39,12 +33,10 @@ _log = Logger()
 def resolveFactory(name: str) -> Any:
     """
     The protocol factory C{name} names: an C{IProtocolFactory} provider, or
-    a zero-argument callable returning one (resolved with C{namedAny}; a
-    module in the working directory is found too, see
+    a zero-argument callable returning one (see
     L{twisted_serversock._findfactory}).
 
-    @raise ValueError: with a one-line reason if it cannot be imported or
-        is not a protocol factory.
+    @raise ValueError: one line: why it is not.
     """
     from twisted.internet.interfaces import IProtocolFactory
 
@@ -110,13 +102,11 @@ def finishGracefully(protocol: Any) -> None:
 @provider(ILogObserver)
 def logObserver(event: dict[str, Any]) -> None:
     """
-    A worker's log, the same for C{twistd serversock} and cluster workers:
-    one line an event on the process's real standard error, which the
-    parent relays into its own log under the worker's number and pid.  The
-    line is the event's text, after its level unless info and its system
-    when it has one of its own (a connection's C{HTTPChannel,0,1.2.3.4}; not
-    the C{namespace#level} Twisted shows for events without one), and
-    before any traceback.
+    Every worker's log: one line an event on the real standard error, which
+    the parent relays under the worker's number and pid: the level unless
+    info, the event's own system (a connection's, not the
+    C{namespace#level} Twisted shows for events without one), the text,
+    then any traceback.
     """
     text = formatEvent(event)
     system = event.get("log_system")
@@ -153,8 +143,6 @@ class Worker:
     drains on stop.
 
     @ivar adopted: how many connections this worker adopted.
-    @cvar controls: the control messages from the parent handled here (a
-        subclass may extend a copy), and their fields.
     """
 
     controls = ControlTable()
@@ -177,20 +165,14 @@ class Worker:
 
     def installSignals(self) -> None:
         """
-        The worker's signal handlers (see L{ignoreGroupSignals}); SIGTERM
-        sent to this worker itself is a graceful stop with the default grace
-        period.  (Call it before the reactor runs, or after C{reactor.run}
-        installed the reactor's own handlers.)
+        The worker's signals: L{ignoreGroupSignals}, and SIGTERM a graceful
+        stop (after C{reactor.run} installed its own, or instead of them).
         """
         ignoreGroupSignals()
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
 
     def start(self) -> None:
-        """
-        Once the reactor runs: start the factory, tell the parent this
-        worker is ready (its one readiness message) and begin the
-        heartbeats.
-        """
+        """Once the reactor runs: start the factory, say C{ready} (once), begin the heartbeats."""
         if self._factory is not None:
             self._factory.doStart()
         self.link.sendControl("ready", pid=os.getpid())
@@ -205,11 +187,7 @@ class Worker:
             self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
     def factoryFor(self, route: int) -> Any:
-        """
-        The protocol factory for connections of C{route}, or C{None} for a
-        route this worker does not serve (the connection is then closed and
-        the error logged).
-        """
+        """The protocol factory for C{route}'s connections (C{None}: not served, closed)."""
         return self._factory
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
@@ -255,9 +233,7 @@ class Worker:
             self.stop(GRACE)
 
     def stop(self, grace: float) -> None:
-        """
-        Let open connections finish for C{grace} seconds, then exit.
-        """
+        """Let open connections finish for C{grace} seconds, then exit."""
         if self._stopping:
             return
         self._stopping = True
@@ -298,8 +274,8 @@ class Worker:
 class ServersockWorker(Worker):
     """
     The worker of C{twistd serversock}: its one factory serves every route,
-    wrapped to parse the PROXY header on routes whose parent listens on a
-    C{haproxy:} endpoint (cluster workers' programs wrap their own).
+    wrapped to parse the PROXY header on a C{haproxy:} listener's routes
+    (cluster workers' programs wrap their own).
     """
 
     controls = ControlTable(base=Worker.controls)
@@ -318,9 +294,7 @@ class ServersockWorker(Worker):
 
 
 def main() -> int:
-    """
-    Run one worker (the parent starts it; not for direct use).
-    """
+    """Run one worker (the parent starts it; not for direct use)."""
     os.set_inheritable(CHANNEL_FD, False)  # never into a process this one starts
     channel = socket.socket(fileno=CHANNEL_FD)
     try:
