@@ -194,7 +194,7 @@ def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, StandInRea
 
     clusterPrimary, reactor, port = primary
     [(argv, env)] = reactor.commands
-    assert argv[-2:] == ["-m", "twisted_serversock.ipc.worker"]
+    assert argv[-2:] == ["-m", "twisted_serversock.ipc"]
     started = readStartup(reactor.children[0], timeout=1)
     assert started["worker"] == "cluster" and started["heartbeat"] == heartbeatFor(TIMEOUT) == 5.0
     assert started["listeners"] == {port.description: [port.route.id, encodeAddress(port.getHost())]}

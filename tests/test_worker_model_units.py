@@ -323,7 +323,7 @@ def test_workerWithoutStartupMessageExitsWithOneLine() -> None:
 
     workerEnd, parentEnd = _startupPair()
     parentEnd.close()
-    runAsWorker = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.executable, [sys.executable, '-m', 'twisted_serversock.ipc.worker'])"
+    runAsWorker = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.executable, [sys.executable, '-m', 'twisted_serversock.ipc'])"
     try:
         done = subprocess.run(
             [sys.executable, "-c", runAsWorker, str(workerEnd.fileno())], pass_fds=[workerEnd.fileno()], capture_output=True, text=True, timeout=60

@@ -1,17 +1,12 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 C{twistd serversock}: run a protocol factory behind one or more listening
-sockets, in worker processes that get each accepted connection as a file
-descriptor (or in this process with C{--workers 0}), e.g.::
+sockets (any endpoint string), in worker processes that get each accepted
+connection as a file descriptor (or in this process with C{--workers 0})::
 
     twistd -n serversock --listen gecko:8080 --factory myapp.factory --workers 2
 
-The parent listens on every C{--listen} endpoint (any endpoint string),
-accepts, and hands connections to the workers (see
-L{twisted_serversock.ipc}).  SIGTERM or SIGINT stops listening at once, lets
-the workers finish their open connections for C{--grace} seconds, and exits
-with status 0; SIGHUP reloads (fresh workers), SIGTTIN/SIGTTOU add or
-remove a worker (see L{twisted_serversock.ipc.signals}).
+Its signals are L{twisted_serversock.ipc.signals}'.
 """
 
 from __future__ import annotations
@@ -82,10 +77,8 @@ class Options(usage.Options):
 
     def parseOptions(self, options: Any = None) -> None:
         """
-        Parse, and turn a bad option into one line and exit status 1.
-
-        (C{twistd} before Twisted 26.10 exits with status 0 after a
-        C{UsageError}, and prints the whole help text first.)
+        Parse; a bad option is one line and exit status 1 (C{twistd} before
+        Twisted 26.10 prints the whole help and exits 0 after a C{UsageError}).
         """
         try:
             super().parseOptions(options)
@@ -136,14 +129,9 @@ class ServerSockService(service.Service):
         self, descriptions: list[str], factory: Any, factoryName: str, workers: int, grace: float,
         reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0,
     ) -> None:  # fmt: skip
-        self._descriptions = descriptions
-        self._factory = factory
-        self._factoryName = factoryName
-        self._workers = workers
-        self._grace = grace
-        self._timeout = timeout
+        self._descriptions, self._factory, self._factoryName = descriptions, factory, factoryName
+        self._workers, self._grace, self._timeout, self._reactor = workers, grace, timeout, reactor
         self._maxRequests = (maxRequests, maxRequestsJitter)
-        self._reactor = reactor
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
         self._stopper: ParentStop | None = None
@@ -165,9 +153,8 @@ class ServerSockService(service.Service):
     def _listenAll(self) -> None:
         """
         Listen on every endpoint, once (C{twistd} calls
-        L{privilegedStartService} first; C{twist} only L{startService}).
-
-        @raise StartupError: one line naming the endpoint that failed.
+        L{privilegedStartService} first; C{twist} only L{startService}), or
+        raise C{StartupError}: one line naming the endpoint that failed.
         """
         if self._listened:
             return

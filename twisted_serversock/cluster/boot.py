@@ -1,11 +1,9 @@
 # -*- test-case-name: tests.test_cluster -*-
 """
-How a cluster worker runs the primary's program, once
-L{twisted_serversock.ipc.worker} has read its start-up message: it makes
-this process a worker, fits C{twistd} and C{twist} to one, and runs the
-program - its script, C{-m} module or C{-c} command, with its arguments -
-as the interpreter would have, with the same C{sys.argv} and
-C{sys.path[0]}.
+How a cluster worker runs the primary's program (its C{sys.orig_argv}),
+once its start-up message is read (L{twisted_serversock.ipc.__main__}): as
+the interpreter would have, with the same C{sys.argv} and C{sys.path[0]},
+with C{twistd} and C{twist} fitted to a worker.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from typing import Any
 from .._twistedcompat import fitRunnersToWorker
 from ..ipc.worker import logObserver
 from . import registry
-from ._cmdline import splitCommandLine
+from .primary import splitCommandLine
 
 __all__ = ["run"]
 

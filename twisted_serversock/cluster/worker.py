@@ -235,7 +235,7 @@ class ClusterWorker(Worker):
         # the primary, the program's port is closed - its listen()
         # succeeds, no connection comes.
         d, port = self._asked.pop(id, (None, None))
-        if d is not None:
+        if d is not None and port is not None:
             d.callback(port)
         elif port is not None and port.listening:
             self._forget(port)

@@ -117,7 +117,11 @@ class ControlTable:
 
     def __init__(self, base: ControlTable | None = None) -> None:
         """@param base: a table whose entries this one starts with (a subclass's)."""
-        self._entries: dict[str, tuple[Callable[..., Any], Spec, bool]] = dict(base._entries) if base else {}
+        self._entries: dict[str, tuple[Callable[..., Any], Spec, bool]] = base.entries() if base else {}
+
+    def entries(self) -> dict[str, tuple[Callable[..., Any], Spec, bool]]:
+        """A copy of the table: name -> (handler, fields, extra)."""
+        return dict(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

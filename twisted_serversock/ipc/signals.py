@@ -49,11 +49,11 @@ def installSignals(reactor: Any, pool: Any, terminate: Callable[[str], None]) ->
     # And the handlers the reactor installs when it starts running: a
     # SIGTERM during start-up is then a graceful stop too.
     stopSignalsHandledBy(reactor, stop)
-    for sig, name in ((signal.SIGHUP, "reload"), (signal.SIGTTIN, "addWorker"), (signal.SIGTTOU, "removeWorker")):
-        if pool is not None:
-            signal.signal(sig, later(getattr(pool, name)))
-        else:
-            signal.signal(sig, later(lambda sig=sig: _log.info("{signal}: no worker processes (--workers 0); ignored", signal=sig.name)))
+    def ignored(name: str) -> Callable[[], None]:
+        return lambda: _log.info("{signal}: no worker processes (--workers 0); ignored", signal=name)
+
+    for sig, action in ((signal.SIGHUP, "reload"), (signal.SIGTTIN, "addWorker"), (signal.SIGTTOU, "removeWorker")):
+        signal.signal(sig, later(getattr(pool, action) if pool is not None else ignored(sig.name)))
     if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
         # twistd rotates its log file on SIGUSR1 when it has one; without a
         # file (--logfile=-, twist) there is nothing to reopen - but the

@@ -41,7 +41,7 @@ __all__ = [
 #: The descriptor a worker's channel has in the worker.
 CHANNEL_FD = 3
 #: The module every worker process runs.
-WORKER_MODULE = "twisted_serversock.ipc.worker"
+WORKER_MODULE = "twisted_serversock.ipc"
 #: Seconds a worker waits for its start-up message before it gives up.
 STARTUP_TIMEOUT = 30.0
 #: The fields of the start-up message, by the kind of worker (its

@@ -1,10 +1,9 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Every worker process: C{python -m twisted_serversock.ipc.worker}, its
-channel to the parent as descriptor 3.  Its start-up message says which
-worker it is: a C{twistd serversock} worker (L{ServersockWorker}) or a
-cluster worker, which runs the primary's program again
-(L{twisted_serversock.cluster.boot}).
+What every worker is (L{Worker}: adopt, ack, heartbeat, drain; its signals;
+its one log format), and the worker of C{twistd serversock}
+(L{ServersockWorker}, one factory).  The worker process itself is
+L{twisted_serversock.ipc.__main__}.
 """
 
 from __future__ import annotations
@@ -22,10 +21,9 @@ from zope.interface import provider
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .defaults import GRACE, TIMEOUT, heartbeatFor
-from .spawn import CHANNEL_FD, readStartup
 from .wire import Control
 
-__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
+__all__ = ["serve", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
 
 _log = Logger()
 
@@ -293,21 +291,11 @@ class ServersockWorker(Worker):
             self._proxyFactories[id] = proxyWrapped(self._factory)
 
 
-def main() -> int:
-    """Run one worker (the parent starts it; not for direct use)."""
-    os.set_inheritable(CHANNEL_FD, False)  # never into a process this one starts
-    channel = socket.socket(fileno=CHANNEL_FD)
-    try:
-        startup = readStartup(channel)
-    except ValueError as e:
-        logObserver({"log_format": "{e}", "e": e, "log_level": LogLevel.critical})
-        return 2
-    startup["heartbeat"] = max(startup["heartbeat"], 0.01)
-    if startup["worker"] == "cluster":
-        from ..cluster.boot import run
-
-        run(channel, startup)
-        return 0
+def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
+    """
+    Be the C{twistd serversock} worker C{startup} describes, with C{channel}
+    to the parent, until it stops; return the exit status.
+    """
     sys.path[:] = startup["path"] + [p for p in sys.path if p not in startup["path"]]
     globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
@@ -323,7 +311,3 @@ def main() -> int:
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
