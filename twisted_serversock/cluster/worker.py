@@ -1,15 +1,11 @@
 # -*- test-case-name: tests.test_cluster_units -*-
 """
 A cluster worker: the application's own program, run again by the primary
-(through L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints do
-not bind: each attaches to the primary's listener with the same description
-and adopts the connections the primary hands over, with the application's
-factory for that listener.
-
-The worker is L{twisted_serversock.ipc.worker.Worker} - the worker of
-C{twistd serversock} - with one factory per listener, so that everything a
-worker does for its parent (acknowledging hand-overs, draining on C{stop},
-going away when the parent does) it does here too.
+(L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints attach to
+the primary's listener with the same description instead of binding.  It
+is L{twisted_serversock.ipc.worker.Worker} - the worker of C{twistd
+serversock}, so it acknowledges, drains and goes away as that one does -
+with one factory per listener.
 """
 
 from __future__ import annotations
@@ -53,10 +49,8 @@ def encodeAddress(address: Any) -> list[Any]:
 def decodeAddress(data: list[Any]) -> Any:
     """The address L{encodeAddress} encoded."""
     kind, *rest = data
-    if kind == "TCP6":
-        return IPv6Address("TCP", *rest)
-    if kind == "TCP4":
-        return IPv4Address("TCP", *rest)
+    if kind in ("TCP4", "TCP6"):
+        return (IPv4Address if kind == "TCP4" else IPv6Address)("TCP", *rest)
     if kind == "UNIX":
         return UNIXAddress(None if rest[0] is None else os.fsencode(rest[0]))
     return rest[0]

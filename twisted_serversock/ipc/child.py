@@ -175,14 +175,7 @@ class ParentLink:
         self._servers[route] = server
         server.listening(route, port)
 
-    @controls.handler(
-        "error",
-        id=INTEGER,
-        message=STRING,
-        filename=optional(STRING, ""),
-        lineNumber=optional(INTEGER, 0),
-        columnNumber=optional(INTEGER, 0),
-    )
+    @controls.handler("error", id=INTEGER, message=STRING, filename=optional(STRING, ""), lineNumber=optional(INTEGER, 0), columnNumber=optional(INTEGER, 0))
     def _onError(self, id: int, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
         server = self._requests.get(id)
         if server is None:

@@ -104,14 +104,7 @@ class ChildListeners:
         """Tell the child that its listener C{id} failed (its C{onerror} gets C{message}, with this file and the caller's line)."""
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
-        self._link.sendControl(
-            "error",
-            id=id,
-            message=message,
-            filename=__file__,
-            lineNumber=caller.f_lineno if caller is not None else 0,
-            columnNumber=0,
-        )
+        self._link.sendControl("error", id=id, message=message, filename=__file__, lineNumber=caller.f_lineno if caller is not None else 0, columnNumber=0)
 
 
 @implementer(IRawAcceptor)
