@@ -120,7 +120,7 @@ def splitCommandLine(argv: list[str]) -> Program:
                 flags.append(kept)
         i += 1
     if i >= len(argv) or argv[i] == "-":
-        raise ValueError(f"cluster workers run the program again, but {argv!r} reads it from standard input; " "run a script file, -m module or -c command")
+        raise ValueError(f"cluster workers run the program again, but {argv!r} reads it from standard input; run a script file, -m module or -c command")
     return Program(flags, "script", argv[i], argv[i + 1 :])
 
 
