@@ -23,9 +23,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
-from twisted_serversock.cluster._env import WorkerEnvironment, encodeAddress
 from twisted_serversock.cluster.primary import ClusterPrimary, PrimaryPort
-from twisted_serversock.cluster.worker import ClusterWorker
+from twisted_serversock.cluster.worker import ClusterWorker, encodeAddress
 from twisted_serversock.ipc.channel import channelPair
 
 from ._memoryworkers import StandInReactor, controls, primary, pump, send  # noqa: F401 (primary: a fixture)
@@ -56,8 +55,9 @@ def worker() -> Iterator[tuple[ClusterWorker, socket.socket, MemoryReactorClock]
     """
     reactor = MemoryReactorClock()
     ours, primaryEnd = channelPair()
-    env = WorkerEnvironment(ours.detach(), 1, ["program"], {"D": (1, IPv4Address("TCP", "127.0.0.1", 8080))}, 1, 5.0)
-    clusterWorker = ClusterWorker(reactor, env)
+    listeners = {"D": [1, encodeAddress(IPv4Address("TCP", "127.0.0.1", 8080))]}
+    startup = {"worker": "cluster", "index": 1, "heartbeat": 5.0, "argv": ["program"], "listeners": listeners}
+    clusterWorker = ClusterWorker(reactor, ours, startup)
     yield clusterWorker, primaryEnd, reactor
     clusterWorker.link.channel.loseConnection()
     primaryEnd.close()
@@ -183,22 +183,66 @@ def test_closedListenerDoesNotEndTheCluster(primary: tuple[ClusterPrimary, Stand
 
 def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
-    A cluster worker is started like a C{twistd serversock} worker: its
-    channel as descriptor 3, its heartbeat derived from the pool's timeout
-    (the default: every 5 s), and its one C{ready} message is what tells
-    the primary that a worker's program could start.
+    A cluster worker is started like a C{twistd serversock} worker: the
+    same worker module, told by its start-up message (the first on its
+    channel) its heartbeat, derived from the pool's timeout (the default:
+    every 5 s), and the primary's listeners; its one C{ready} message is
+    what tells the primary that a worker's program could start.
     """
-    from twisted_serversock.cluster._env import MARKER
     from twisted_serversock.ipc.defaults import TIMEOUT, heartbeatFor
+    from twisted_serversock.ipc.spawn import readStartup
 
     clusterPrimary, reactor, port = primary
     [(argv, env)] = reactor.commands
-    assert argv[-2:] == ["-m", "twisted_serversock.cluster.boot"]
-    started = WorkerEnvironment.decode(env[MARKER])
-    assert started.channelFd == 3 and started.heartbeat == heartbeatFor(TIMEOUT) == 5.0
-    assert started.listeners == {port.description: (port.route.id, port.getHost())}
+    assert argv[-2:] == ["-m", "twisted_serversock.ipc"]
+    started = readStartup(reactor.children[0], timeout=1)
+    assert started["worker"] == "cluster" and started["heartbeat"] == heartbeatFor(TIMEOUT) == 5.0
+    assert started["listeners"] == {port.description: [port.route.id, encodeAddress(port.getHost())]}
     assert clusterPrimary.pool is not None and not clusterPrimary.pool.everReady
     [child] = reactor.children
     send(child, "ready", pid=1001)
     pump(reactor)
     assert clusterPrimary.pool.everReady
+
+
+# ----------------------------------------------------------------------
+# The registry the endpoints ask.
+
+
+def test_registryGivesEachReactorOneEnd() -> None:
+    """
+    The endpoints of one reactor reach one primary (made on first use, its
+    exit status registered once); a process told it is a cluster worker
+    reaches its worker instead, whose number the program can ask.
+    """
+    from twisted_serversock.cluster import Registry
+
+    registered: list[object] = []
+    registry = Registry(atExit=registered.append)
+    first, second = MemoryReactorClock(), MemoryReactorClock()
+    primaryEnd = registry.endFor(first)
+    assert isinstance(primaryEnd, ClusterPrimary) and registry.endFor(first) is primaryEnd
+    assert registry.endFor(second) is not primaryEnd and len(registered) == 2
+    assert registry.workerIndex() == 0
+    ours, theirs = channelPair()
+    startup = {"worker": "cluster", "index": 3, "heartbeat": 5.0, "argv": ["program"], "listeners": {}}
+    registry.becomeWorker(ours, startup)
+    third = MemoryReactorClock()
+    workerEnd = registry.endFor(third)
+    try:
+        assert isinstance(workerEnd, ClusterWorker) and workerEnd.index == registry.workerIndex() == 3
+        assert registry.endFor(third) is workerEnd and registry.endFor(first) is primaryEnd
+    finally:
+        workerEnd.link.channel.loseConnection()
+        theirs.close()
+
+
+def test_failedClusterAsksForExitStatusOne(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    A cluster that stops on a program error asks for exit status 1; one
+    that did not leaves the program's own.
+    """
+    clusterPrimary, reactor, port = primary
+    assert clusterPrimary.exitStatus() is None
+    clusterPrimary.fail("the test's reason")
+    assert clusterPrimary.exitStatus() == 1

@@ -7,6 +7,7 @@ program that never starts.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -223,3 +224,111 @@ def test_reloadIsDoneWhenItsWorkersServeOrEnd(monkeypatch: pytest.MonkeyPatch) -
     finally:
         globalLogPublisher.removeObserver(observe)
         pool.close()
+
+
+# ----------------------------------------------------------------------
+# The start-up message: one way for both kinds of worker.
+
+
+def _startupPair(**fields: Any) -> Any:
+    """
+    A channel pair whose worker end holds one start-up message with
+    C{fields} (none sent without them).
+    """
+    from twisted_serversock.ipc.channel import channelPair
+
+    workerEnd, parentEnd = channelPair()
+    if fields:
+        send(parentEnd, "start", **fields)
+    return workerEnd, parentEnd
+
+
+def test_startupMessageIsTheChannelsFirstMessage() -> None:
+    """
+    The pool starts a worker with its command's start-up fields as the
+    channel's first message, which the worker reads checked, before any
+    reactor runs: a C{twistd serversock} worker gets its factory and the
+    parent's C{sys.path} there, not in its command line or environment.
+    """
+    import sys
+
+    from twisted_serversock.ipc.spawn import WORKER_MODULE, readStartup, serversockCommand
+
+    command = serversockCommand("myapp.factory", 2, 1.5)
+    assert command.argv == [sys.executable, "-m", WORKER_MODULE]
+    assert not any("myapp" in value for value in [*command.argv, *command.env.values()])
+    reactor = StandInReactor()
+    pool = WorkerPool(reactor, Dispatcher(reactor.seconds), lambda index, heartbeat: serversockCommand("myapp.factory", index, heartbeat), 1)
+    pool.start()
+    try:
+        [child] = reactor.children
+        startup = readStartup(child, timeout=5)
+        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "factory": "myapp.factory", "path": command.startup["path"]}
+    finally:
+        pool.stop(0)
+        for child in reactor.children:
+            child.close()
+
+
+@pytest.mark.parametrize(
+    "fields, error",
+    [
+        ({"worker": "serversock", "index": "1", "heartbeat": 1, "factory": "f", "path": []}, "field 'index' is '1', not an integer"),
+        ({"worker": "serversock", "index": 1, "heartbeat": 1, "path": []}, "missing field 'factory'"),
+        ({"worker": "cluster", "index": 1, "heartbeat": 1, "argv": ["p"], "listeners": {}, "key": "x"}, "unexpected field 'key'"),
+        ({"worker": "thread", "index": 1, "heartbeat": 1}, "field 'worker' is 'thread'"),
+    ],
+)
+def test_badStartupMessageNamesTheField(fields: dict[str, Any], error: str) -> None:
+    """
+    A start-up message whose fields do not fit is refused with one line
+    naming the field, as a control message's are.
+    """
+    from twisted_serversock.ipc.spawn import readStartup
+
+    workerEnd, parentEnd = _startupPair(**fields)
+    try:
+        with pytest.raises(ValueError, match="bad start-up message: " + re.escape(error)):
+            readStartup(workerEnd, timeout=5)
+    finally:
+        workerEnd.close()
+        parentEnd.close()
+
+
+def test_startupMessageThatNeverComes() -> None:
+    """
+    A worker waits for its start-up message a bounded time, and a parent
+    that closes the channel first is no start-up message either.
+    """
+    from twisted_serversock.ipc.spawn import readStartup
+
+    workerEnd, parentEnd = _startupPair()
+    try:
+        with pytest.raises(ValueError, match="no start-up message from the parent within 0.05 s"):
+            readStartup(workerEnd, timeout=0.05)
+        parentEnd.close()
+        with pytest.raises(ValueError, match="the parent closed the channel"):
+            readStartup(workerEnd, timeout=5)
+    finally:
+        workerEnd.close()
+
+
+def test_workerWithoutStartupMessageExitsWithOneLine() -> None:
+    """
+    A worker process whose parent never sends its start-up message exits
+    non-zero with one line saying so, having imported nothing it serves.
+    """
+    import subprocess
+    import sys
+
+    workerEnd, parentEnd = _startupPair()
+    parentEnd.close()
+    runAsWorker = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.executable, [sys.executable, '-m', 'twisted_serversock.ipc'])"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", runAsWorker, str(workerEnd.fileno())], pass_fds=[workerEnd.fileno()], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        workerEnd.close()
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines() == ["critical: bad start-up message: the parent closed the channel"], done

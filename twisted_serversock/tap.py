@@ -1,17 +1,12 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 C{twistd serversock}: run a protocol factory behind one or more listening
-sockets, in worker processes that get each accepted connection as a file
-descriptor (or in this process with C{--workers 0}), e.g.::
+sockets (any endpoint string), in worker processes that get each accepted
+connection as a file descriptor (or in this process with C{--workers 0})::
 
     twistd -n serversock --listen gecko:8080 --factory myapp.factory --workers 2
 
-The parent listens on every C{--listen} endpoint (any endpoint string),
-accepts, and hands connections to the workers (see
-L{twisted_serversock.ipc}).  SIGTERM or SIGINT stops listening at once, lets
-the workers finish their open connections for C{--grace} seconds, and exits
-with status 0; SIGHUP reloads (fresh workers), SIGTTIN/SIGTTOU add or
-remove a worker (see L{twisted_serversock.ipc.signals}).
+Its signals are L{twisted_serversock.ipc.signals}'.
 """
 
 from __future__ import annotations
@@ -47,15 +42,11 @@ DEFAULT_LISTEN = "gecko:8080"
 
 
 class _NoReactor:
-    """
-    Stands in for the reactor while endpoint strings are only checked.
-    """
+    """Stands in for the reactor while endpoint strings are only checked."""
 
 
 class Options(usage.Options):
-    """
-    The options of C{twistd serversock}.
-    """
+    """The options of C{twistd serversock}."""
 
     synopsis = (
         "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS] [--timeout SECONDS] "
@@ -79,19 +70,15 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """
-        An endpoint to listen on (repeatable; default gecko:8080).
-        """
+        """An endpoint to listen on (repeatable; default gecko:8080)."""
         self["listen"].append(description)
 
     opt_l = opt_listen
 
     def parseOptions(self, options: Any = None) -> None:
         """
-        Parse, and turn a bad option into one line and exit status 1.
-
-        (C{twistd} before Twisted 26.10 exits with status 0 after a
-        C{UsageError}, and prints the whole help text first.)
+        Parse; a bad option is one line and exit status 1 (C{twistd} before
+        Twisted 26.10 prints the whole help and exits 0 after a C{UsageError}).
         """
         try:
             super().parseOptions(options)
@@ -139,25 +126,12 @@ class ServerSockService(service.Service):
     """
 
     def __init__(
-        self,
-        descriptions: list[str],
-        factory: Any,
-        factoryName: str,
-        workers: int,
-        grace: float,
-        reactor: Any = None,
-        timeout: float = TIMEOUT,
-        maxRequests: int = 0,
-        maxRequestsJitter: int = 0,
-    ) -> None:
-        self._descriptions = descriptions
-        self._factory = factory
-        self._factoryName = factoryName
-        self._workers = workers
-        self._grace = grace
-        self._timeout = timeout
+        self, descriptions: list[str], factory: Any, factoryName: str, workers: int, grace: float,
+        reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0,
+    ) -> None:  # fmt: skip
+        self._descriptions, self._factory, self._factoryName = descriptions, factory, factoryName
+        self._workers, self._grace, self._timeout, self._reactor = workers, grace, timeout, reactor
         self._maxRequests = (maxRequests, maxRequestsJitter)
-        self._reactor = reactor
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
         self._stopper: ParentStop | None = None
@@ -179,9 +153,8 @@ class ServerSockService(service.Service):
     def _listenAll(self) -> None:
         """
         Listen on every endpoint, once (C{twistd} calls
-        L{privilegedStartService} first; C{twist} only L{startService}).
-
-        @raise StartupError: one line naming the endpoint that failed.
+        L{privilegedStartService} first; C{twist} only L{startService}), or
+        raise C{StartupError}: one line naming the endpoint that failed.
         """
         if self._listened:
             return
@@ -190,15 +163,10 @@ class ServerSockService(service.Service):
         self._stopper = ParentStop(reactor, self._grace, self._takePorts)
         self._dispatcher = Dispatcher(clock=reactor.seconds)
         if self._workers:
+            command = partial(serversockCommand, self._factoryName)
+            maxRequests, jitter = self._maxRequests
             self.pool = WorkerPool(
-                reactor,
-                self._dispatcher,
-                partial(serversockCommand, self._factoryName),
-                self._workers,
-                timeout=self._timeout,
-                grace=self._grace,
-                maxRequests=self._maxRequests[0],
-                maxRequestsJitter=self._maxRequests[1],
+                reactor, self._dispatcher, command, self._workers, timeout=self._timeout, grace=self._grace, maxRequests=maxRequests, maxRequestsJitter=jitter
             )
             self._stopper.pool = self.pool
         try:
@@ -263,16 +231,8 @@ def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
 
 
 def makeService(options: Options) -> ServerSockService:
-    """
-    The C{twistd serversock} service for parsed C{options}.
-    """
+    """The C{twistd serversock} service for parsed C{options}."""
     return ServerSockService(
-        list(options["listen"]),
-        options["protocolFactory"],
-        options["factory"],
-        int(options["workers"]),
-        float(options["grace"]),
-        timeout=float(options["timeout"]),
-        maxRequests=int(options["max-requests"]),
-        maxRequestsJitter=int(options["max-requests-jitter"]),
-    )
+        list(options["listen"]), options["protocolFactory"], options["factory"], int(options["workers"]), float(options["grace"]),
+        timeout=float(options["timeout"]), maxRequests=int(options["max-requests"]), maxRequestsJitter=int(options["max-requests-jitter"]),
+    )  # fmt: skip

@@ -6,58 +6,85 @@ the program from N worker processes, with no change to the program::
     twistd -n web --listen gecko:port=8080:workers=4 --path /srv/www
 
 The first process to listen is the I{primary} (L{primary}): it binds, and
-once its reactor runs it starts N workers that run its own command line
-again (C{sys.orig_argv}, through L{boot}), each with a channel to the
-primary on an inherited descriptor and a marker in its environment.  In a
-worker (L{worker}) the same endpoint's C{listen()} does not bind: it
-attaches to the primary's listener with the same description, and the
-primary hands it accepted connections as file descriptors, holding each one
-until the worker acknowledges it (L{twisted_serversock.ipc}).  The primary
-serves nothing itself.  C{docs/cluster.md} describes the process model.
+starts N workers that run its own command line again (L{boot}).  In a
+worker (L{worker}) the same endpoint's C{listen()} attaches to the
+primary's listener with the same description, and the primary hands it
+the accepted connections.  C{docs/cluster.md} describes the process model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from typing import TYPE_CHECKING, Any, Callable
+from weakref import WeakKeyDictionary
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 
+if TYPE_CHECKING:
+    from .primary import ClusterPrimary
+    from .worker import ClusterWorker
+
 __all__ = ["isWorker", "workerIndex", "listen"]
 
 
-def isWorker() -> bool:
+class Registry:
     """
-    Whether this process is a cluster worker (Node's C{cluster.isWorker}).
+    Which end of a cluster each reactor's endpoints reach, made on first
+    use: in a worker process (L{boot} says so before the program runs) a
+    L{ClusterWorker<worker.ClusterWorker>}, else a
+    L{ClusterPrimary<primary.ClusterPrimary>}.
     """
-    from .worker import environment
 
-    return environment() is not None
+    def __init__(self, atExit: Callable[[Callable[[], None]], object] | None = None) -> None:
+        """@param atExit: what the primaries register their exit status with."""
+        self._atExit = atExit
+        self._ends: WeakKeyDictionary[Any, ClusterPrimary | ClusterWorker] = WeakKeyDictionary()
+        self._worker: tuple[socket.socket, dict[str, Any]] | None = None
+
+    def becomeWorker(self, channel: socket.socket, startup: dict[str, Any]) -> None:
+        """This process is a cluster worker: C{channel} to its primary, and its start-up message's C{startup} fields."""
+        self._worker = (channel, startup)
+
+    def workerIndex(self) -> int:
+        """This process's worker number (1, 2, ...), or 0 outside a worker."""
+        return self._worker[1]["index"] if self._worker is not None else 0
+
+    def endFor(self, reactor: Any) -> ClusterPrimary | ClusterWorker:
+        """The cluster end of C{reactor}'s endpoints (made on first use)."""
+        end = self._ends.get(reactor)
+        if end is None:
+            if self._worker is not None:
+                from .worker import ClusterWorker
+
+                end = ClusterWorker(reactor, *self._worker)
+            else:
+                from .primary import ClusterPrimary
+
+                end = ClusterPrimary(reactor, self._atExit)
+            self._ends[reactor] = end
+        return end
+
+
+#: This process's registry (its start-up facts are the process's).
+registry = Registry()
+
+
+def isWorker() -> bool:
+    """Whether this process is a cluster worker (Node's C{cluster.isWorker})."""
+    return registry.workerIndex() != 0
 
 
 def workerIndex() -> int:
+    """This worker's number (1, 2, ...), or 0 outside a cluster worker."""
+    return registry.workerIndex()
+
+
+def listen(reactor: Any, endpoint: Any, factory: Any, workers: int, registry: Registry = registry) -> defer.Deferred[IListeningPort]:
     """
-    This worker's number (1, 2, ...), or 0 outside a cluster worker.
-    """
-    from .worker import environment
+    C{endpoint.listen(factory)} in cluster mode (what a gecko endpoint with
+    C{workers} calls): bind in the primary, attach in a worker.
 
-    env = environment()
-    return env.index if env is not None else 0
-
-
-def listen(reactor: Any, endpoint: Any, factory: Any, workers: int) -> defer.Deferred[IListeningPort]:
-    """
-    C{endpoint.listen(factory)} in cluster mode: bind in the primary, attach
-    in a worker.  (What the gecko endpoints call when C{workers} is not 0.)
-
-    @param endpoint: a gecko endpoint (it has C{clusterDescription()} and
-        binds through L{twisted_serversock.endpoints.GeckoListeningPort}).
     @param workers: how many worker processes the primary starts.
     """
-    from .worker import environment, workerFor
-
-    if environment() is not None:
-        return workerFor(reactor).listen(endpoint, factory)
-    from .primary import primaryFor
-
-    return primaryFor(reactor).listen(endpoint, factory, workers)
+    return registry.endFor(reactor).listen(endpoint, factory, workers)

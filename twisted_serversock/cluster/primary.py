@@ -1,17 +1,14 @@
 # -*- test-case-name: tests.test_cluster -*-
 """
 The primary of a cluster: the first process whose C{workers=N} endpoint
-listens.  It binds (synchronously, inside C{listen()}), and once its reactor
-runs it starts N workers that run its own command line again; it accepts on
-every cluster listener and hands each connection to a worker that attached
-to that listener (L{twisted_serversock.ipc}'s dispatcher, worker pool and
-channel).  It serves nothing itself.
+listens.  It binds inside C{listen()}, and once its reactor runs starts N
+workers that run its own command line again; it accepts and hands each
+connection to a worker that attached to that listener.  It serves nothing
+itself, and stops as C{twistd serversock} does (L{ParentStop}).
 
-It stops as C{twistd serversock} does (L{ParentStop}): when the reactor
-shuts down or on SIGTERM/SIGINT, the listeners close and the workers are
-told to finish their connections and exit.  A worker whose program listens on
-a description the primary does not have is a program error: the primary
-logs it, stops, and exits with status 1.
+A worker whose program listens on a description the primary does not have,
+or workers that never start, is a program error: the primary logs it,
+stops, and the process exits with status 1 (L{ClusterPrimary.exitStatus}).
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -32,24 +29,99 @@ from .._listeningport import GeckoListeningPort
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.defaults import GRACE
 from ..ipc.pool import WorkerPool
-from ..ipc.spawn import CHANNEL_FD, Command
+from ..ipc.spawn import WORKER_MODULE, Command
 from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.wire import Control
-from ._cmdline import Program, splitCommandLine
-from ._env import MARKER, WorkerEnvironment, encodeAddress
+from .worker import encodeAddress
 
-__all__ = ["ClusterPrimary", "PrimaryPort", "primaryFor"]
+__all__ = ["ClusterPrimary", "PrimaryPort", "Program", "splitCommandLine"]
 
 _log = Logger()
 
-#: The module a worker's interpreter runs first (it then runs the program).
-BOOT_MODULE = "twisted_serversock.cluster.boot"
 #: Until some worker's program has started (its reactor runs), a worker
 #: started this many times (so dead this many times less one, before it
 #: started) is a program that cannot run as a worker: the cluster stops
 #: instead of restarting it forever while clients wait.
 STARTS_BEFORE_GIVING_UP = 4
+
+
+# CPython options that take a value (the rest of the token, or the next one).
+_WITH_VALUE = set("WX")
+
+
+class Program(NamedTuple):
+    """
+    A Python command line taken apart.
+
+    @ivar flags: the interpreter's options (C{-u}, C{-X dev}, ...), for the
+        worker's interpreter.
+    @ivar kind: C{"script"}, C{"module"} or C{"command"}.
+    @ivar target: the script's path, the module's name or the command.
+    @ivar args: the program's arguments.
+    """
+
+    flags: list[str]
+    kind: str
+    target: str
+    args: list[str]
+
+
+def splitCommandLine(argv: list[str]) -> Program:
+    """
+    Take apart C{argv} as CPython reads its own command line.
+
+    @raise ValueError: for a program that cannot be run again (read from
+        standard input, or no program at all).
+    """
+    flags: list[str] = []
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            i += 1
+            break
+        if token == "-" or not token.startswith("-"):
+            break
+        if token.startswith("--"):
+            flags.append(token)  # --check-hash-based-pycs VALUE is the only one with a value
+            if token == "--check-hash-based-pycs" and i + 1 < len(argv):
+                flags.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
+        j = 1
+        kept = "-"
+        while j < len(token):
+            c = token[j]
+            if c in "mc":
+                value = token[j + 1 :] or (argv[i + 1] if i + 1 < len(argv) else None)
+                if value is None:
+                    raise ValueError(f"the command line {argv!r} ends after -{c}")
+                if kept != "-":
+                    flags.append(kept)
+                rest = argv[i + 1 :] if token[j + 1 :] else argv[i + 2 :]
+                return Program(flags, "module" if c == "m" else "command", value, rest)
+            if c in _WITH_VALUE:
+                value = token[j + 1 :]
+                if kept != "-":
+                    flags.append(kept)
+                    kept = "-"
+                if value:
+                    flags += ["-" + c, value]
+                else:
+                    flags += ["-" + c] + argv[i + 1 : i + 2]
+                    i += 1
+                break
+            kept += c
+            j += 1
+        else:
+            if kept != "-":
+                flags.append(kept)
+        i += 1
+    if i >= len(argv) or argv[i] == "-":
+        raise ValueError(f"cluster workers run the program again, but {argv!r} reads it from standard input; run a script file, -m module or -c command")
+    return Program(flags, "script", argv[i], argv[i + 1 :])
 
 
 @implementer(IListeningPort)
@@ -61,16 +133,9 @@ class PrimaryPort:
     @ivar factory: the application's protocol factory (used by the
         workers; never started here).
     @ivar description: the endpoint's description, which workers match.
-    @ivar route: the dispatcher's route for this listener.
     """
 
-    def __init__(
-        self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any
-    ) -> None:
-        """
-        @param onStop: called with this port when it stops listening (the
-            primary forgets it and closes its route).
-        """
+    def __init__(self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any) -> None:
         self._onStop = onStop
         self.description = description
         self.route = route
@@ -83,38 +148,24 @@ class PrimaryPort:
 
     @property
     def serverSocket(self) -> Any:
-        """
-        The L{ServerSocket<twisted_serversock.serversocket.ServerSocket>}
-        that accepts for the workers.
-        """
+        """The L{ServerSocket<twisted_serversock.serversocket.ServerSocket>} that accepts for the workers."""
         return self._port.serverSocket
 
     def getHost(self) -> Any:
         return self._port.getHost()
 
     def startListening(self) -> None:
-        """
-        Nothing to do: the port listens from the start, and a cluster
-        listener that stopped cannot start again (its workers detached).
-
-        @raise CannotListenError: after L{stopListening}.
-        """
+        """Nothing to do; after L{stopListening}, C{CannotListenError} (its workers detached)."""
         if self._stopped is not None:
             raise CannotListenError(None, self.description, ValueError("a stopped cluster listener cannot listen again; listen on the endpoint anew"))
 
     def stopListening(self) -> defer.Deferred[None]:
-        """
-        Stop accepting; connections already accepted still go to workers.
-        """
+        """Stop accepting; connections already accepted still go to workers."""
         if self._stopped is None:
             self._stopped = self._port.stopListening()
             self._onStop(self)
         d: defer.Deferred[None] = defer.Deferred()
-
-        def stopped(result: object) -> None:
-            d.callback(None)
-
-        self._stopped.addBoth(stopped)
+        self._stopped.addBoth(lambda result: d.callback(None))
         return d
 
     loseConnection = stopListening
@@ -122,16 +173,16 @@ class PrimaryPort:
 
 class ClusterPrimary:
     """
-    The cluster primary of this process (one per process, see
-    L{primaryFor}).
+    The cluster primary of a reactor (see
+    L{Registry<twisted_serversock.cluster.Registry>}).
 
     @ivar dispatcher: holds accepted connections until a worker adopts them.
     @ivar pool: the workers, once started.
-    @ivar failed: whether a program error stopped the cluster (the process
-        then exits with status 1).
+    @ivar failed: whether a program error stopped the cluster.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, atExit: Callable[[Callable[[], None]], object] | None = None) -> None:
+        """@param atExit: registers L{exitStatus}'s enforcement (C{atexit.register})."""
         self._reactor = reactor
         self.dispatcher = Dispatcher(clock=reactor.seconds)
         self.pool: WorkerPool | None = None
@@ -147,36 +198,27 @@ class ClusterPrimary:
         self._stopper = ParentStop(reactor, GRACE, lambda: list(self._ports.values()))
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
         reactor.addSystemEventTrigger("before", "shutdown", self._stopper.stop)
-        atexit.register(self._exitStatus)
-
-    # ------------------------------------------------------------------
-    # Listening.
+        # Registered now, so that it runs after the program's own exit
+        # handlers (registered later).
+        (atExit or atexit.register)(self._exit)
 
     def listen(self, endpoint: Any, factory: Any, workers: int) -> defer.Deferred[IListeningPort]:
         """
         Bind C{endpoint} now; its connections go to the workers.
 
         @return: an already fired Deferred: the L{PrimaryPort}, or
-            C{CannotListenError} (a bind error, the same description
-            listened on twice, or a program the workers cannot run again).
+            C{CannotListenError} (a bind error, a description listened on
+            twice, or a program the workers cannot run again).
         """
         description = endpoint.clusterDescription()
-        if description in self._ports:
-            return defer.fail(
-                CannotListenError(
-                    None,
-                    description,
-                    ValueError(
-                        "this description is already listening in cluster mode; workers find their "
-                        "listener by its description, so each must be different"
-                    ),
+        try:
+            if description in self._ports:
+                raise ValueError(
+                    "this description is already listening in cluster mode; workers find their listener by its description, so each must be different"
                 )
-            )
-        if self._program is None:
-            try:
-                self._program = splitCommandLine(self._argv)
-            except ValueError as e:
-                return defer.fail(CannotListenError(None, description, e))
+            self._program = self._program or splitCommandLine(self._argv)
+        except ValueError as e:
+            return defer.fail(CannotListenError(None, description, e))
         route = self.dispatcher.addRoute(description)
         inner = GeckoListeningPort(endpoint, HandOffFactory(self.dispatcher, route, factory))
         try:
@@ -193,19 +235,11 @@ class ClusterPrimary:
         if self.pool is None:
             self._count = max(self._count, workers)
         elif workers != self._count:
-            _log.warn(
-                "{description} asks for {n} workers, but the cluster already runs {count}; they serve it",
-                description=description,
-                n=workers,
-                count=self._count,
-            )
+            _log.warn("{description} asks for {n} workers, but the cluster already runs {count}; they serve it", description=description, n=workers, count=self._count)
         _log.info(
             "Cluster primary (pid {pid}): {description} on {address} is served by {n} worker process(es)",
-            pid=os.getpid(),
-            description=endpoint.description,
-            address=describeAddress(port.getHost()),
-            n=self._count,
-        )
+            pid=os.getpid(), description=endpoint.description, address=describeAddress(port.getHost()), n=self._count,
+        )  # fmt: skip
         return defer.succeed(port)
 
     def _closed(self, port: PrimaryPort) -> None:
@@ -214,45 +248,27 @@ class ClusterPrimary:
             self._closedDescriptions.add(port.description)
         self.dispatcher.closeRoute(port.route)
 
-    # ------------------------------------------------------------------
-    # The workers.
-
     def _start(self) -> None:
         if self.pool is not None or self._stopper.stopping or not self._ports:
             return
         self.pool = WorkerPool(
-            self._reactor,
-            self.dispatcher,
-            self.workerCommand,
-            self._count,
-            onControl=self._control,
-            startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP,
-            onGiveUp=self._gaveUp,
-        )
+            self._reactor, self.dispatcher, self.workerCommand, self._count,
+            onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp,
+        )  # fmt: skip
         # The lifecycle's own handlers, over the reactor's, which would
         # make twistd re-raise the signal after an orderly shutdown.
         self._stopper.pool = self.pool
         self._stopper.installSignals()
-        _log.info(
-            "Cluster primary (pid {pid}) starting {n} worker(s): {argv}",
-            pid=os.getpid(),
-            n=self._count,
-            argv=" ".join(self._argv),
-        )
+        _log.info("Cluster primary (pid {pid}) starting {n} worker(s): {argv}", pid=os.getpid(), n=self._count, argv=" ".join(self._argv))
         self.pool.start()
 
     def workerCommand(self, index: int, heartbeat: float) -> Command:
-        """
-        The command of worker C{index}: this interpreter with the program's
-        interpreter options, running L{BOOT_MODULE}, which runs the program,
-        told its start-up facts in its environment.
-        """
+        """Worker C{index}'s command: the program's interpreter options; the program and our listeners."""
         assert self._program is not None
-        listeners = {d: (p.route.id, p.getHost()) for d, p in self._ports.items()}
-        env = dict(os.environ)
-        env[MARKER] = WorkerEnvironment(CHANNEL_FD, index, self._argv, listeners, os.getpid(), heartbeat).encode()
-        argv = [sys.executable, *self._program.flags, "-m", BOOT_MODULE]
-        return Command(argv, env, self._cwd if os.path.isdir(self._cwd) else None)
+        listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
+        startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
+        argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
+        return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(
@@ -297,36 +313,29 @@ class ClusterPrimary:
             self.pool.stopServing(link, found)
 
     def fail(self, reason: str) -> None:
-        """
-        A program error: log it, stop everything, and exit with status 1.
-        """
+        """A program error: log it, stop everything, and exit with status 1."""
         if not self.failed:
             _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
             self.failed = True
             if self._reactor.running:
                 self._reactor.stop()
 
-    def _exitStatus(self) -> None:
-        # Registered when the primary is made, so it runs after the program's
-        # own exit handlers: the program's main returned normally, but the
-        # cluster stopped on an error.
-        if self.failed:
+    def exitStatus(self) -> int | None:
+        """
+        The process's exit status the cluster asks for: 1 once a program
+        error stopped it, else C{None} (the program's own).  No runner has a
+        way to set an exit status once its reactor stopped (C{twistd} and
+        C{twist} only re-raise a signal, and a plain program's C{main}
+        returns normally), so it is enforced when the process exits.
+        """
+        return 1 if self.failed else None
+
+    def _exit(self) -> None:
+        status = self.exitStatus()
+        if status is not None:
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
                 except Exception:
                     pass
-            os._exit(1)
-
-
-_primary: ClusterPrimary | None = None
-
-
-def primaryFor(reactor: Any) -> ClusterPrimary:
-    """
-    This process's cluster primary (made on first use).
-    """
-    global _primary
-    if _primary is None:
-        _primary = ClusterPrimary(reactor)
-    return _primary
+            os._exit(status)

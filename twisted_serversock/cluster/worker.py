@@ -1,15 +1,11 @@
-# -*- test-case-name: tests.test_cluster -*-
+# -*- test-case-name: tests.test_cluster_units -*-
 """
 A cluster worker: the application's own program, run again by the primary
-(through L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints do
-not bind: each attaches to the primary's listener with the same description
-and adopts the connections the primary hands over, with the application's
-factory for that listener.
-
-The worker is L{twisted_serversock.ipc.worker.Worker} - the worker of
-C{twistd serversock} - with one factory per listener, so that everything a
-worker does for its parent (acknowledging hand-overs, draining on C{stop},
-going away when the parent does) it does here too.
+(L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints attach to
+the primary's listener with the same description instead of binding.  It
+is L{twisted_serversock.ipc.worker.Worker} - the worker of C{twistd
+serversock}, so it acknowledges, drains and goes away as that one does -
+with one factory per listener.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import socket
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -27,10 +24,9 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from ..ipc.control import ANY, INTEGER, STRING, ControlTable, optional
-from ..ipc.worker import Worker, logObserver
-from ._env import WorkerEnvironment, decodeAddress
+from ..ipc.worker import Worker
 
-__all__ = ["ClusterWorker", "WorkerPort", "environment", "setEnvironment", "workerFor", "logObserver"]
+__all__ = ["ClusterWorker", "WorkerPort", "encodeAddress", "decodeAddress"]
 
 _log = Logger()
 
@@ -38,24 +34,26 @@ _log = Logger()
 #: did not know of when the worker started.
 ATTACH_TIMEOUT = 30.0
 
-_environment: WorkerEnvironment | None = None
-_worker: ClusterWorker | None = None
+
+def encodeAddress(address: Any) -> list[Any]:
+    """A listener's address as JSON-able data (for L{decodeAddress})."""
+    if isinstance(address, IPv6Address):
+        return ["TCP6", address.host, address.port, address.flowInfo, address.scopeID]
+    if isinstance(address, IPv4Address):
+        return ["TCP4", address.host, address.port]
+    if isinstance(address, UNIXAddress):
+        return ["UNIX", None if address.name is None else os.fsdecode(address.name)]
+    return ["OTHER", repr(address)]
 
 
-def setEnvironment(env: WorkerEnvironment) -> None:
-    """
-    Make this process a cluster worker (L{twisted_serversock.cluster.boot}
-    does, before the program runs).
-    """
-    global _environment
-    _environment = env
-
-
-def environment() -> WorkerEnvironment | None:
-    """
-    This worker's start-up facts, or C{None} outside a cluster worker.
-    """
-    return _environment
+def decodeAddress(data: list[Any]) -> Any:
+    """The address L{encodeAddress} encoded."""
+    kind, *rest = data
+    if kind in ("TCP4", "TCP6"):
+        return (IPv4Address if kind == "TCP4" else IPv6Address)("TCP", *rest)
+    if kind == "UNIX":
+        return UNIXAddress(None if rest[0] is None else os.fsencode(rest[0]))
+    return rest[0]
 
 
 @implementer(IListeningPort)
@@ -64,7 +62,6 @@ class WorkerPort:
     A cluster listener in a worker: the primary accepts, this process
     serves with C{factory}.
 
-    @ivar description: the endpoint's description.
     @ivar route: the primary's route for the listener, once attached.
     @ivar serverSocket: C{None}; the listening socket is in the primary.
     """
@@ -83,13 +80,8 @@ class WorkerPort:
         return f"<WorkerPort {self.description} on {describeAddress(self._address)}>"
 
     def attached(self, route: int, address: Any) -> None:
-        """
-        The primary serves this listener's connections to this worker from
-        now on.
-        """
-        self.route = route
-        self._address = address
-        self.listening = True
+        """The primary serves this listener's connections to this worker from now on."""
+        self.route, self._address, self.listening = route, address, True
         self.factory.doStart()
         _log.info(
             "Cluster worker {index} (pid {pid}) serves {address} ({description})",
@@ -100,21 +92,14 @@ class WorkerPort:
         )
 
     def getHost(self) -> Any:
-        """
-        The primary's listening address.
-        """
+        """The primary's listening address."""
         return self._address
 
     def startListening(self) -> None:
-        """
-        Nothing to do: the port is attached from the start.
-        """
+        """Nothing to do: the port is attached from the start."""
 
     def stopListening(self) -> defer.Deferred[None]:
-        """
-        Take no new connections of this listener; those already handed
-        over are still served.
-        """
+        """Take no new connections of this listener; those already handed over are still served."""
         if self.listening:
             self.listening = False
             self._worker.detach(self)
@@ -127,24 +112,28 @@ class WorkerPort:
 class ClusterWorker(Worker):
     """
     This process's end of the cluster (one per worker process, see
-    L{workerFor}).
+    L{Registry<twisted_serversock.cluster.Registry>}).
 
     @ivar index: the worker's number.
     """
 
-    def __init__(self, reactor: Any, env: WorkerEnvironment) -> None:
-        channel = socket.socket(fileno=env.channelFd)
+    def __init__(self, reactor: Any, channel: socket.socket, startup: dict[str, Any]) -> None:
+        """
+        @param startup: the fields of the start-up message (L{STARTUP_FIELDS
+            <twisted_serversock.ipc.spawn.STARTUP_FIELDS>}'s C{cluster}).
+        """
         # No factory of its own: each listener's is started and stopped by
         # its port.
-        super().__init__(reactor, None, channel, env.index, env.heartbeat)
-        self.index = env.index
-        self._env = env
+        super().__init__(reactor, None, channel, startup["index"], startup["heartbeat"])
+        self.index: int = startup["index"]
+        # What the primary had when this worker started, for each
+        # description: (route, address).
+        self._known = {str(d): (int(route), decodeAddress(address)) for d, (route, address) in startup["listeners"].items()}
         self._ports: dict[int, WorkerPort] = {}  # by route
         self._descriptions: dict[str, WorkerPort] = {}
-        self._waiting: dict[int, tuple[defer.Deferred[IListeningPort], WorkerPort]] = {}
-        # Requests answered from the start-up facts, until the primary's
-        # own answer arrives.
-        self._early: dict[int, WorkerPort] = {}
+        # Requests to the primary by id: the program's Deferred, or None for
+        # one answered from the start-up facts until the primary answers.
+        self._asked: dict[int, tuple[defer.Deferred[IListeningPort] | None, WorkerPort]] = {}
         self._ids = itertools.count(1)
         reactor.callWhenRunning(self._running)
 
@@ -159,7 +148,7 @@ class ClusterWorker(Worker):
         port = self._ports.get(route)
         return port.factory if port is not None else None
 
-    def listen(self, endpoint: Any, factory: Any) -> defer.Deferred[IListeningPort]:
+    def listen(self, endpoint: Any, factory: Any, workers: int = 0) -> defer.Deferred[IListeningPort]:
         """
         Attach to the primary's listener with C{endpoint}'s description.
 
@@ -173,24 +162,23 @@ class ClusterWorker(Worker):
             return defer.fail(CannotListenError(None, description, ValueError("this description is already listening in this worker")))
         if not self.link.connected:
             return defer.fail(CannotListenError(None, description, ValueError("the channel to the cluster primary is closed")))
-        port = WorkerPort(self, description, factory)
-        self._descriptions[description] = port
+        port = self._descriptions[description] = WorkerPort(self, description, factory)
         requestId = next(self._ids)
         self.link.sendControl("cluster-attach", id=requestId, description=description)
         # What the primary had when this worker started holds for the
         # program's first listen on each description only: a listener the
         # program stopped and listens on again has a new route in the
         # primary, so later listens wait for the primary's answer.
-        known = self._env.listeners.pop(description, None)
+        known = self._known.pop(description, None)
         if known is not None:
-            self._early[requestId] = port
+            self._asked[requestId] = (None, port)
             self._attached(port, *known)
             return defer.succeed(port)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
-        self._waiting[requestId] = (d, port)
+        self._asked[requestId] = (d, port)
 
         def timedOut(failure: Any) -> Any:
-            self._waiting.pop(requestId, None)
+            self._asked.pop(requestId, None)
             if failure.check(defer.TimeoutError):
                 raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
             return failure
@@ -203,82 +191,55 @@ class ClusterWorker(Worker):
         self._ports[route] = port
         port.attached(route, address)
 
+    def _forget(self, port: WorkerPort) -> None:
+        if port.route is not None and self._ports.get(port.route) is port:
+            del self._ports[port.route]
+
     def detach(self, port: WorkerPort) -> None:
-        """
-        Ask the primary to send no more connections of C{port}'s listener.
-        """
+        """Ask the primary to send no more connections of C{port}'s listener."""
         if port.route is not None and self.link.connected:
             self.link.sendControl("cluster-detach", route=port.route)
 
     def stop(self, grace: float) -> None:
-        """
-        Take no new connections, let open ones finish within C{grace}
-        seconds, then stop the reactor (and so the program).
-        """
+        """Take no new connections, let open ones finish within C{grace} seconds, then stop the reactor (and so the program)."""
         for port in list(self._ports.values()):
-            if port.listening and port.route is not None and self.link.connected:
-                self.link.sendControl("cluster-detach", route=port.route)
+            if port.listening:
+                self.detach(port)
         super().stop(grace)
 
     controls = ControlTable(base=Worker.controls)
 
     @controls.handler("cluster-attached", id=INTEGER, route=INTEGER, address=ANY)
     def _onAttached(self, id: int, route: int, address: Any) -> None:
-        # The address is checked by decodeAddress.
-        entry = self._waiting.pop(id, None)
-        if entry is not None:
-            d, port = entry
+        d, port = self._asked.pop(id, (None, None))
+        if d is not None and port is not None:
             self._attached(port, route, decodeAddress(address))
             d.callback(port)
-            return
-        early = self._early.pop(id, None)
-        if early is not None and early.listening and early.route != route:
+        elif port is not None and port.listening and port.route != route:
             # The primary listened anew between this worker's start and
             # its request: its answer names the listener's route now.
-            if early.route is not None and self._ports.get(early.route) is early:
-                del self._ports[early.route]
-            self._ports[route] = early
-            early.route = route
+            self._forget(port)
+            self._ports[route] = port
+            port.route = route
 
     @controls.handler("cluster-closed", id=INTEGER)
     def _onClosed(self, id: int) -> None:
-        """
-        The primary listened on the description and has closed that
-        listener since (this worker started later, or asked late): as in
-        the primary, the program's port is closed - its C{listen()}
-        succeeds, no connection comes.
-        """
-        entry = self._waiting.pop(id, None)
-        if entry is not None:
-            d, port = entry
+        # The primary listened on the description and has closed that
+        # listener since (this worker started later, or asked late): as in
+        # the primary, the program's port is closed - its listen()
+        # succeeds, no connection comes.
+        d, port = self._asked.pop(id, (None, None))
+        if d is not None and port is not None:
             d.callback(port)
-            return
-        early = self._early.pop(id, None)
-        if early is not None and early.listening:
-            if early.route is not None and self._ports.get(early.route) is early:
-                del self._ports[early.route]
-            early.listening = False
-            early.factory.doStop()
+        elif port is not None and port.listening:
+            self._forget(port)
+            port.listening = False
+            port.factory.doStop()
 
     @controls.handler("cluster-refused", id=optional(ANY, None), reason=optional(STRING, "refused"))
     def _onRefused(self, id: Any, reason: str) -> None:
-        entry = self._waiting.pop(id, None) if isinstance(id, int) else None
-        if entry is not None:
-            d, port = entry
+        d, port = self._asked.pop(id, (None, None)) if isinstance(id, int) else (None, None)
+        if d is not None and port is not None:
             d.errback(CannotListenError(None, port.description, ValueError(reason)))
         else:
             _log.error("The cluster primary refused a listener: {reason}", reason=reason)
-
-
-def workerFor(reactor: Any) -> ClusterWorker:
-    """
-    This worker process's L{ClusterWorker} (made on first use).
-
-    @raise RuntimeError: outside a cluster worker.
-    """
-    global _worker
-    if _environment is None:
-        raise RuntimeError("not a cluster worker")
-    if _worker is None:
-        _worker = ClusterWorker(reactor, _environment)
-    return _worker

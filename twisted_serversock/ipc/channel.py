@@ -38,26 +38,20 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
-_TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC
 #: Received descriptors are close-on-exec from the start: a connection must
 #: never reach a process the receiver starts (C{os.system}, C{subprocess}
 #: with C{close_fds=False}), even one started while it is being adopted.
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 # What Channel._sendNow says.
 _SENT, _LATER, _FAILED = 0, 1, 2
-_RECV_SIZE = MAX_MESSAGE + 1
 
 _log = Logger()
 
 
 class Receiver(Protocol):
     """
-    What a L{Channel} delivers to.
-
-    A receiver may also have a C{readDone()} method: the channel calls it
-    after each run of messages read on one readable event, if the channel
-    is still up then.  (The child acknowledges all the connections of one
-    run with a single message from there.)
+    What a L{Channel} delivers to; it may also have C{readDone()}, called
+    after each readable event's run of messages while the channel is up.
     """
 
     def messageReceived(self, message: Message) -> None: ...
@@ -66,9 +60,7 @@ class Receiver(Protocol):
 
 
 def closeAll(fds: list[int]) -> None:
-    """
-    Close descriptors that arrived with a message nobody takes.
-    """
+    """Close descriptors that arrived with a message nobody takes."""
     for fd in fds:
         try:
             os.close(fd)
@@ -86,9 +78,7 @@ class Channel:
     @ivar rejected: how many malformed messages were dropped.
     """
 
-    def __init__(
-        self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False
-    ) -> None:
+    def __init__(self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False) -> None:
         """
         @param drainOnLoss: before the channel closes, read every message
             the other end sent before it went (the parent's end: a dead or
@@ -117,13 +107,7 @@ class Channel:
         return self._name
 
     def startReading(self) -> None:
-        """
-        Start delivering messages.
-        """
         self._reactor.addReader(self)
-
-    # ------------------------------------------------------------------
-    # Sending.
 
     def send(self, data: bytes, fds: list[int] | tuple[int, ...] = (), then: Callable[[], None] | None = None) -> None:
         """
@@ -145,20 +129,20 @@ class Channel:
         """
         if not self.connected:
             return
-        if self._queue:
-            outcome = _LATER
-        else:
-            outcome = self._sendNow(data, fds)
+        outcome = _LATER if self._queue else self._sendNow(data, fds)
         if outcome == _SENT:
             if then is not None:
                 then()
         elif outcome == _LATER:
+            copies: list[int] = []
             try:
-                copies = _duplicate(fds)
+                for fd in fds:
+                    copies.append(os.dup(fd))
             except OSError as e:
                 # Out of descriptors: as for a failed send, the channel is
                 # lost (the message was never sent, so the parent may give
                 # its connection to another child).
+                closeAll(copies)
                 self._reactor.callLater(0, self._lose, Failure(e))
                 return
             self._queue.append((data, copies, then))
@@ -202,18 +186,14 @@ class Channel:
         self._writing = False
         self._reactor.removeWriter(self)
 
-    # ------------------------------------------------------------------
-    # Receiving.
-
     def doRead(self) -> None:
         self._readMessages()
-        if self.connected:
-            readDone = getattr(self.receiver, "readDone", None)
-            if readDone is not None:
-                try:
-                    readDone()
-                except Exception:
-                    _log.failure("{channel}: error in readDone", channel=self._name)
+        readDone = getattr(self.receiver, "readDone", None)
+        if self.connected and readDone is not None:
+            try:
+                readDone()
+            except Exception:
+                _log.failure("{channel}: error in readDone", channel=self._name)
 
     def _readMessages(self) -> bool:
         """
@@ -226,7 +206,7 @@ class Channel:
             if not self.connected:
                 return False
             try:
-                data, ancdata, flags, _addr = recvmsg(_RECV_SIZE, _ANCILLARY, _MSG_CMSG_CLOEXEC)
+                data, ancdata, flags, _addr = recvmsg(MAX_MESSAGE + 1, _ANCILLARY, _MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as e:
@@ -245,9 +225,9 @@ class Channel:
                 self._lose(Failure(ConnectionDone("the other end closed the channel")))
                 return False
             try:
-                if flags & _TRUNCATED:
-                    if flags & _MSG_CTRUNC:
-                        raise ProtocolError(f"more than {MAX_FDS} descriptors on one message")
+                if flags & _MSG_CTRUNC:
+                    raise ProtocolError(f"more than {MAX_FDS} descriptors on one message")
+                if flags & _MSG_TRUNC:
                     raise ProtocolError(f"message over the {MAX_MESSAGE}-byte limit")
                 message = decode(data, fds)
             except ProtocolError as e:
@@ -261,13 +241,8 @@ class Channel:
                 _log.failure("{channel}: error handling {message!r}", channel=self._name, message=message)
         return True
 
-    # ------------------------------------------------------------------
-    # Ending.
-
     def loseConnection(self) -> None:
-        """
-        Close the channel now; messages not yet sent are dropped.
-        """
+        """Close the channel now; messages not yet sent are dropped."""
         self._lose(Failure(ConnectionDone("channel closed")))
 
     def _lose(self, reason: Failure) -> None:
@@ -283,8 +258,7 @@ class Channel:
         self._reactor.removeReader(self)
         if self._writing:
             self._reactor.removeWriter(self)
-        self.connected = False
-        self._writing = False
+        self.connected = self._writing = False
         self._dropQueue()
         self._socket.close()
         try:
@@ -293,29 +267,10 @@ class Channel:
             _log.failure("{channel}: error in channelLost", channel=self._name)
 
     def _dropQueue(self) -> None:
-        """
-        Forget the messages not yet sent, closing their duplicates.
-        """
-        queue = self._queue
-        while queue:
-            closeAll(queue.popleft()[1])
+        # Forget the messages not yet sent, closing their duplicates.
+        while self._queue:
+            closeAll(self._queue.popleft()[1])
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor calls this if it drops the descriptor itself.
         self._lose(reason)
-
-
-def _duplicate(fds: list[int] | tuple[int, ...]) -> list[int]:
-    """
-    Close-on-exec duplicates of C{fds}, for a message that must wait.
-
-    @raise OSError: if one cannot be made (those already made are closed).
-    """
-    copies: list[int] = []
-    try:
-        for fd in fds:
-            copies.append(os.dup(fd))
-    except OSError:
-        closeAll(copies)
-        raise
-    return copies

@@ -2,19 +2,14 @@
 """
 The child side of cross-process server sockets: L{ParentLink} (the child's
 end of its channel) and L{TCPServerSocketChild}, Gecko's
-C{nsITCPServerSocketInternal} - a L{TCPServerSocket} whose listening socket
-lives in the parent process.
+C{nsITCPServerSocketInternal} (its listening socket is in the parent).
 
-A connection message is acknowledged before the connection is adopted: once
-the parent has the ack it closes its copy, and until then it can give the
-connection to another child.  Adoption waits until the kernel has taken the
-ack, so a child never serves a connection the parent may also re-send.
-
-The connections that arrive on one readable event are acknowledged with one
-message (when the channel says the run is over, or before any control
-message that follows them), then adopted in the order they came: under load
-that saves the parent a message - a wakeup and a C{recvmsg} - per
-connection.
+A connection is adopted only once the kernel has taken its ack: until the
+parent has the ack it may give the connection to another child, so a child
+never serves one the parent may re-send.  The connections of one readable
+event are acknowledged with one message (at the run's end, or before a
+control message that follows them), saving the parent a wakeup and a
+C{recvmsg} per connection under load.
 """
 
 from __future__ import annotations
@@ -48,12 +43,9 @@ class ParentLink:
     The child's end of its channel to the parent.
 
     @ivar onConnection: called with C{(route, socket)} for a connection of a
-        route no L{TCPServerSocketChild} asked for (a worker pool's
-        listeners); the callee owns the socket.
-    @ivar onControl: called with each control message not handled here
-        (C{stop}, for a worker).
+        route no L{TCPServerSocketChild} asked for; the callee owns it.
+    @ivar onControl: called with each control message not handled here.
     @ivar onLost: called once when the parent's end is gone.
-    @cvar controls: the control messages handled here, and their fields.
     """
 
     controls = ControlTable()
@@ -78,27 +70,17 @@ class ParentLink:
         return self.channel.connected
 
     def sendControl(self, type: str, **fields: Any) -> None:
-        """
-        Send a control message to the parent.
-        """
         self.channel.send(encodeControl(type, **fields))
 
     def requestListener(self, server: TCPServerSocketChild, port: int, backlog: int) -> int:
-        """
-        Ask the parent to listen on C{port} for C{server}.
-
-        @return: the request's id, for L{closeListener}.
-        """
+        """Ask the parent to listen on C{port} for C{server}; returns the request's id, for L{closeListener}."""
         listenId = next(self._listenIds)
         self._requests[listenId] = server
         self.sendControl("listen", id=listenId, port=port, backlog=backlog)
         return listenId
 
     def closeListener(self, listenId: int, route: int | None) -> None:
-        """
-        Ask the parent to close the listener of request C{listenId} (and
-        forget its C{route}, once known).
-        """
+        """Ask the parent to close the listener of request C{listenId} (and forget its C{route}, once known)."""
         self._requests.pop(listenId, None)
         if route is not None:
             self._servers.pop(route, None)
@@ -127,11 +109,9 @@ class ParentLink:
 
     def reportClosed(self) -> None:
         """
-        An adopted connection ended: the parent learns it with the next
-        acks, or after L{REPORT_DELAY} if none comes (one message for every
-        close until then), for its least-loaded dispatch.  Under load acks
-        come all the time, so closes cost the parent no message of their
-        own.
+        An adopted connection ended: the parent (its least-loaded dispatch)
+        learns it with the next ack, or after L{REPORT_DELAY} if none comes,
+        so that under load closes cost no message of their own.
         """
         self._closed += 1
         if self._reportLater is None and self.channel.connected:
@@ -144,20 +124,12 @@ class ParentLink:
             self.channel.send(encodeReport((), closed))
 
     def readDone(self) -> None:
-        """
-        Acknowledge, in one message, every connection received and not yet
-        acknowledged (with the closes not yet reported); adopt them once
-        the kernel has taken the ack - never if it could not be sent.
-        """
+        """Acknowledge (and report closes) in one message; adopt once the kernel took it."""
         unacked = self._unacked
         if not unacked:
             return
         self._unacked = []
         closed, self._closed = self._closed, 0
-        if len(unacked) == 1:
-            connId, route = unacked[0]
-            self.channel.send(encodeReport((connId,), closed), then=lambda: self._deliver(connId, route))
-            return
 
         def deliverAll() -> None:
             for connId, route in unacked:
@@ -191,7 +163,6 @@ class ParentLink:
         self._unacked = []
         if self._reportLater is not None and self._reportLater.active():
             self._reportLater.cancel()
-        self._reportLater = None
         if self.onLost is not None:
             self.onLost(reason)
 
@@ -204,14 +175,7 @@ class ParentLink:
         self._servers[route] = server
         server.listening(route, port)
 
-    @controls.handler(
-        "error",
-        id=INTEGER,
-        message=STRING,
-        filename=optional(STRING, ""),
-        lineNumber=optional(INTEGER, 0),
-        columnNumber=optional(INTEGER, 0),
-    )
+    @controls.handler("error", id=INTEGER, message=STRING, filename=optional(STRING, ""), lineNumber=optional(INTEGER, 0), columnNumber=optional(INTEGER, 0))
     def _onError(self, id: int, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
         server = self._requests.get(id)
         if server is None:
@@ -224,8 +188,7 @@ class ParentLink:
 class TCPServerSocketChild:
     """
     A L{TCPServerSocket<twisted_serversock.tcpsocket.TCPServerSocket>}
-    whose listening socket is in the parent process (Gecko's
-    C{nsITCPServerSocketInternal}).  Use::
+    whose listening socket is in the parent process::
 
         server = TCPServerSocketChild(parentLink)
         server.init(None)
@@ -252,14 +215,6 @@ class TCPServerSocketChild:
     def __repr__(self) -> str:
         return f"<TCPServerSocketChild port {self.localPort}>"
 
-    def _getReactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
-
-    # ITCPServerSocketInternal
     def init(self, windowVal: object) -> None:
         self.windowVal = windowVal
 
@@ -283,28 +238,26 @@ class TCPServerSocketChild:
         self._listenId = self._parent.requestListener(self, localPort, backlog)
 
     def listening(self, route: int, port: int) -> None:
-        """
-        Package-internal: the parent listens for this server on C{port}
-        and sends its connections on C{route} (its C{listening} message).
-        """
+        """Package-internal: the parent listens on C{port}, connections come on C{route}."""
         self._route = route
         self.localPort = port
         if self._closed:
             self._parent.closeListener(self._listenId or 0, route)
 
     def callListenerAccept(self, socketChild: object) -> None:
-        """
-        A connection accepted in the parent arrived: C{socketChild} is its
-        connected C{socket.socket} in this process (this call takes it).
-        """
+        """A connection accepted in the parent: its C{socket.socket} here (this call takes it)."""
         if not isinstance(socketChild, socket.socket):
             raise NSError(NS_ERROR_INVALID_ARG, f"expected a connected socket.socket, not {socketChild!r}")
         if self._closed:
             socketChild.close()
             return
         sock = TCPSocket(self.binaryType)
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
         try:
-            self._getReactor().adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
+            self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
         finally:
             socketChild.close()  # the reactor adopted a duplicate
         _connected(self, sock)
@@ -332,10 +285,7 @@ class TCPServerSocketChild:
             _log.failure("Unhandled error in {server!r}'s onerror handler", server=self)
 
     def close(self) -> None:
-        """
-        Ask the parent to stop listening; accepted sockets stay open.
-        Idempotent.
-        """
+        """Ask the parent to stop listening; accepted sockets stay open. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -344,9 +294,7 @@ class TCPServerSocketChild:
 
 
 class _One:
-    """
-    A protocol factory for exactly one, already built, protocol.
-    """
+    """A protocol factory for exactly one, already built, protocol."""
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
@@ -357,5 +305,4 @@ class _One:
     def doStart(self) -> None:
         pass
 
-    def doStop(self) -> None:
-        pass
+    doStop = doStart

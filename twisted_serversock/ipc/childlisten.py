@@ -88,45 +88,28 @@ class ChildListeners:
             return False
 
     def close(self, id: int) -> None:
-        """
-        The child closed its listener C{id}.
-        """
+        """The child closed its listener C{id}."""
         entry = self.open.pop(id, None)
         if entry is not None:
             entry[0].close()
 
     def closeAll(self) -> None:
-        """
-        The child is gone: close every listener it had.
-        """
+        """The child is gone: close every listener it had."""
         self._gone = True
         for serv, _route in list(self.open.values()):
             serv.close()
         self.open.clear()
 
     def sendError(self, id: int, message: str) -> None:
-        """
-        Tell the child that its listener C{id} failed (its C{onerror}
-        gets C{message}, with this file and the caller's line).
-        """
+        """Tell the child that its listener C{id} failed (its C{onerror} gets C{message}, with this file and the caller's line)."""
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
-        self._link.sendControl(
-            "error",
-            id=id,
-            message=message,
-            filename=__file__,
-            lineNumber=caller.f_lineno if caller is not None else 0,
-            columnNumber=0,
-        )
+        self._link.sendControl("error", id=id, message=message, filename=__file__, lineNumber=caller.f_lineno if caller is not None else 0, columnNumber=0)
 
 
 @implementer(IRawAcceptor)
 class _ForwardingListener:
-    """
-    The parent-side listener of a child-requested server socket: an
-    unexpected stop is forwarded to the child as an error.
-    """
+    """The parent-side listener of a child-requested server socket: an unexpected stop is forwarded to the child as an error."""
 
     def __init__(self, dispatcher: Dispatcher, route: Route, unexpectedStop: Callable[[str], None]) -> None:
         """

@@ -27,7 +27,4 @@ class IRawAcceptor(Interface):
     """
 
     def socketAccepted(skt: socket.socket, addr: Any) -> None:
-        """
-        Take ownership of C{skt}, accepted from C{addr} (the raw
-        C{accept()} address; an IPv6 host keeps its scope).
-        """
+        """Take ownership of C{skt}, accepted from C{addr} (the raw C{accept()} address; an IPv6 host keeps its scope)."""

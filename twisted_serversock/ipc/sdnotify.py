@@ -51,10 +51,7 @@ class SystemdNotifier:
             self._watchdogInterval = int(usec) / 2e6
 
     def send(self, **fields: object) -> None:
-        """
-        Send one datagram of C{KEY=VALUE} lines (in the order given).
-        Never blocks and never raises: a failure is logged once.
-        """
+        """Send one datagram of C{KEY=VALUE} lines (in the order given). Never blocks and never raises: a failure is logged once."""
         if self._address is None:
             return
         text = "".join(f"{key}={value}\n" for key, value in fields.items())
@@ -69,28 +66,20 @@ class SystemdNotifier:
                 _log.warn("Could not notify systemd at NOTIFY_SOCKET: {error}", error=e)
 
     def ready(self, status: str) -> None:
-        """
-        Start-up or a reload is over.
-        """
+        """Start-up or a reload is over."""
         self.send(READY=1, STATUS=status, MAINPID=os.getpid())
 
     def reloading(self, status: str) -> None:
-        """
-        A reload began (with the clock C{Type=notify-reload} wants).
-        """
+        """A reload began (with the clock C{Type=notify-reload} wants)."""
         self.send(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1e6), STATUS=status)
 
     def stopping(self, status: str) -> None:
-        """
-        A stop began.
-        """
+        """A stop began."""
         self.send(STOPPING=1, STATUS=status)
         self.stopWatchdog()
 
     def status(self, status: str) -> None:
-        """
-        A new one-line status for C{systemctl status}.
-        """
+        """A new one-line status for C{systemctl status}."""
         self.send(STATUS=status)
 
     def startWatchdog(self) -> None:
@@ -106,9 +95,7 @@ class SystemdNotifier:
         self._watchdog = self._reactor.callLater(self._watchdogInterval, self._kick)
 
     def stopWatchdog(self) -> None:
-        """
-        Stop sending C{WATCHDOG=1}.
-        """
+        """Stop sending C{WATCHDOG=1}."""
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = None

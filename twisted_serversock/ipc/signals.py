@@ -39,10 +39,7 @@ def installSignals(reactor: Any, pool: Any, terminate: Callable[[str], None]) ->
     """
 
     def later(action: Callable[[], None]) -> Callable[[int, Any], None]:
-        def handler(signum: int, frame: Any) -> None:
-            reactor.callFromThread(action)
-
-        return handler
+        return lambda signum, frame: reactor.callFromThread(action)
 
     def stop(signum: int, frame: Any) -> None:
         reactor.callFromThread(terminate, signal.Signals(signum).name)
@@ -52,28 +49,16 @@ def installSignals(reactor: Any, pool: Any, terminate: Callable[[str], None]) ->
     # And the handlers the reactor installs when it starts running: a
     # SIGTERM during start-up is then a graceful stop too.
     stopSignalsHandledBy(reactor, stop)
-    if pool is not None:
-        actions: dict[signal.Signals, Callable[[], None]] = {
-            signal.SIGHUP: pool.reload,
-            signal.SIGTTIN: pool.addWorker,
-            signal.SIGTTOU: pool.removeWorker,
-        }
-    else:
+    def ignored(name: str) -> Callable[[], None]:
+        return lambda: _log.info("{signal}: no worker processes (--workers 0); ignored", signal=name)
 
-        def ignored(name: str) -> Callable[[], None]:
-            return lambda: _log.info("{signal}: no worker processes (--workers 0); ignored", signal=name)
-
-        actions = {sig: ignored(sig.name) for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)}
-    for sig, action in actions.items():
-        signal.signal(sig, later(action))
+    for sig, action in ((signal.SIGHUP, "reload"), (signal.SIGTTIN, "addWorker"), (signal.SIGTTOU, "removeWorker")):
+        signal.signal(sig, later(getattr(pool, action) if pool is not None else ignored(sig.name)))
     if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
         # twistd rotates its log file on SIGUSR1 when it has one; without a
         # file (--logfile=-, twist) there is nothing to reopen - but the
         # default action would kill the process.
-        signal.signal(
-            signal.SIGUSR1,
-            later(lambda: _log.info("SIGUSR1: logging to a stream, not a file; nothing to reopen")),
-        )
+        signal.signal(signal.SIGUSR1, later(lambda: _log.info("SIGUSR1: logging to a stream, not a file; nothing to reopen")))
 
 
 class ParentStop:
@@ -99,14 +84,12 @@ class ParentStop:
         self._ports = ports
         self.notifier: Any = None
         self.pool: Any = None
-        self._waiters: list[defer.Deferred[None]] | None = None
+        self._stopped: defer.Deferred[Any] | None = None
 
     @property
     def stopping(self) -> bool:
         """Whether the stop has begun."""
-        return self._waiters is not None or self._done
-
-    _done = False
+        return self._stopped is not None
 
     def installSignals(self) -> None:
         """The parent's signal handlers (see L{installSignals})."""
@@ -120,29 +103,15 @@ class ParentStop:
         self.stop().addBoth(lambda _: self._reactor.stop() if self._reactor.running else None)
 
     def stop(self) -> defer.Deferred[None]:
-        """
-        Stop listening, then stop the workers; every caller gets its own
-        Deferred that fires when all of it is done.
-        """
+        """Stop listening, then stop the workers; every caller gets its own Deferred that fires when all of it is done."""
+        if self._stopped is None:
+            stops = [defer.maybeDeferred(port.stopListening) for port in self._ports()]
+            self._stopped = stopped = defer.gatherResults(stops, consumeErrors=True)
+            stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
+            pool = self.pool
+            if pool is not None:
+                stopped.addCallback(lambda _: pool.stop(self._grace))
+                stopped.addErrback(lambda f: _log.failure("Error while stopping the workers", f))
         d: defer.Deferred[None] = defer.Deferred()
-        if self._done:
-            d.callback(None)
-            return d
-        if self._waiters is not None:
-            self._waiters.append(d)
-            return d
-        self._waiters = [d]
-        stops = [defer.maybeDeferred(port.stopListening) for port in self._ports()]
-        stopped: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
-        stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
-        pool = self.pool
-        if pool is not None:
-            stopped.addCallback(lambda _: pool.stop(self._grace))
-            stopped.addErrback(lambda f: _log.failure("Error while stopping the workers", f))
-        stopped.addBoth(self._fire)
+        self._stopped.addBoth(lambda _: d.callback(None))
         return d
-
-    def _fire(self, result: object) -> None:
-        waiters, self._waiters, self._done = self._waiters or [], None, True
-        for d in waiters:
-            d.callback(None)

@@ -1,11 +1,17 @@
-# -*- test-case-name: tests.test_lifecycle -*-
+# -*- test-case-name: tests.test_worker_model_units -*-
 """
-How a worker process is started, for C{twistd serversock} and cluster mode
-alike: L{spawnWorkerProcess} runs a command with the worker's end of its
-channel as descriptor L{CHANNEL_FD}; what differs is only the command (a
-L{WorkerCommand}): L{serversockCommand} runs
-L{twisted_serversock.ipc.worker} with a factory name, cluster mode runs the
-program again (L{twisted_serversock.cluster.primary}).
+How any worker process is started: L{spawnWorkerProcess} runs
+L{WORKER_MODULE} with its channel as descriptor L{CHANNEL_FD} and sends the
+start-up message, the channel's first, which the worker reads
+(L{readStartup}) synchronously, before its reactor runs and before what it
+serves is imported.  Its fields are checked like a control message's; its
+C{worker} field says which kind of worker (L{STARTUP_FIELDS}).
+
+Start-up facts travel over the channel, never in the command line (public:
+C{ps}), a file (it outlives the process) or the environment (inherited by
+every process the application starts), because they are to include
+secrets: the TLS private keys a privileged parent loads for unprivileged
+workers.
 """
 
 from __future__ import annotations
@@ -17,22 +23,46 @@ from typing import Any, Callable, NamedTuple
 
 from twisted.internet.protocol import ProcessProtocol
 
-__all__ = ["CHANNEL_FD", "Command", "WorkerCommand", "spawnWorkerProcess", "serversockCommand"]
+from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields
+from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode
+
+__all__ = [
+    "CHANNEL_FD",
+    "STARTUP_FIELDS",
+    "STARTUP_TIMEOUT",
+    "WORKER_MODULE",
+    "Command",
+    "WorkerCommand",
+    "readStartup",
+    "serversockCommand",
+    "spawnWorkerProcess",
+]
 
 #: The descriptor a worker's channel has in the worker.
 CHANNEL_FD = 3
+#: The module every worker process runs.
+WORKER_MODULE = "twisted_serversock.ipc"
+#: Seconds a worker waits for its start-up message before it gives up.
+STARTUP_TIMEOUT = 30.0
+#: The fields of the start-up message, by the kind of worker (its
+#: C{worker} field); every kind also has C{index} (its number, 1, 2, ...)
+#: and C{heartbeat} (how often it says it is alive while idle, seconds).
+STARTUP_FIELDS: dict[str, Spec] = {
+    # The protocol factory's name, and the parent's sys.path to find it.
+    "serversock": {"factory": STRING, "path": STRINGS},
+    # The primary's command line, and its listeners when the worker
+    # started: description -> [route id, encoded address].
+    "cluster": {"argv": STRINGS, "listeners": OBJECT},
+}
 
 
 class Command(NamedTuple):
-    """
-    How to run one worker process: its argument vector (run with this
-    interpreter), its environment and its working directory (C{None}: the
-    parent's).
-    """
+    """One worker process: its argument vector, environment, directory (C{None}: ours), start-up fields."""
 
     argv: list[str]
     env: dict[str, str]
     path: str | None = None
+    startup: dict[str, Any] | None = None
 
 
 #: The command of worker C{index} that says it is alive every C{heartbeat}
@@ -40,15 +70,16 @@ class Command(NamedTuple):
 WorkerCommand = Callable[[int, float], Command]
 
 
-def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: socket.socket, command: Command) -> Any:
+def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: socket.socket, command: Command, send: Callable[..., None]) -> Any:
     """
-    Start one worker process running C{command}, its stdout and stderr read
-    by C{processProtocol}, with C{channel} as its descriptor L{CHANNEL_FD}
-    (the caller closes C{channel} afterwards).
+    Start one worker process running C{command}, its output read by
+    C{processProtocol}, C{channel} (the caller closes it) as its
+    L{CHANNEL_FD}, and send its start-up message with C{send} (the
+    C{sendControl} of the channel's other end).
 
     @return: the C{IProcessTransport}.
     """
-    return reactor.spawnProcess(
+    process = reactor.spawnProcess(
         processProtocol,
         sys.executable,
         command.argv,
@@ -56,16 +87,44 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
         path=command.path,
         childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
     )
+    send("start", **(command.startup or {}))
+    return process
 
 
 def serversockCommand(factoryName: str, index: int, heartbeat: float) -> Command:
+    """The command of a C{twistd serversock} worker: it serves the protocol factory C{factoryName}, found on the parent's C{sys.path}."""
+    path = [p or os.getcwd() for p in sys.path]
+    startup = {"worker": "serversock", "index": index, "heartbeat": heartbeat, "factory": factoryName, "path": path}
+    return Command([sys.executable, "-m", WORKER_MODULE], dict(os.environ), None, startup)
+
+
+def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
     """
-    The command of a C{twistd serversock} worker: this interpreter running
-    L{twisted_serversock.ipc.worker} with the protocol factory
-    C{factoryName}, and the parent's C{sys.path} (so that the factory's
-    module is found where the parent found it).
+    Read the start-up message, blocking (a worker has nothing to do before).
+
+    @return: its fields, checked (L{STARTUP_FIELDS}).
+    @raise ValueError: one line: none within C{timeout} seconds, the
+        channel closed, another message, or a bad field (named).
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-    argv = [sys.executable, "-m", "twisted_serversock.ipc.worker", "--channel-fd", str(CHANNEL_FD), "--factory", factoryName]
-    return Command(argv + ["--index", str(index), "--heartbeat", repr(heartbeat)], env)
+    channel.settimeout(timeout)
+    try:
+        data, ancillary, _flags, _addr = channel.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4))
+    except socket.timeout:
+        raise ValueError(f"no start-up message from the parent within {timeout:g} s") from None
+    except OSError as e:
+        raise ValueError(f"cannot read the start-up message: {e}") from None
+    finally:
+        channel.setblocking(False)
+    try:
+        if ancillary:
+            raise ProtocolError("descriptors came with it")
+        message = decode(data, []) if data else None
+        if not isinstance(message, Control) or message.type != "start":
+            raise ProtocolError(f"it is {message!r}" if data else "the parent closed the channel")
+        kinds = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER}
+        kind = checkFields(message.fields, kinds, extra=True)["worker"]
+        if kind not in STARTUP_FIELDS:
+            raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")
+        return checkFields(message.fields, {**kinds, **STARTUP_FIELDS[kind]})
+    except (ProtocolError, MessageError) as e:
+        raise ValueError(f"bad start-up message: {e}") from None

@@ -26,21 +26,8 @@ import socket
 import struct
 from typing import Any
 
-__all__ = [
-    "MAX_MESSAGE",
-    "MAX_FDS",
-    "ProtocolError",
-    "Conn",
-    "Ack",
-    "Control",
-    "encodeReport",
-    "decode",
-    "encodeConn",
-    "encodeAck",
-    "encodeControl",
-    "Message",
-    "channelPair",
-]
+__all__ = ["MAX_MESSAGE", "MAX_FDS", "ProtocolError", "Conn", "Ack", "Control", "Message"]
+__all__ += ["encodeReport", "decode", "encodeConn", "encodeAck", "encodeControl", "channelPair"]
 
 #: The largest message either side accepts, in bytes.
 MAX_MESSAGE = 65536
@@ -57,15 +44,11 @@ _C, _A, _J, _R = ord("C"), ord("A"), ord("J"), ord("R")
 
 
 class ProtocolError(ValueError):
-    """
-    A message that breaks the wire format; the text says how.
-    """
+    """A message that breaks the wire format; the text says how."""
 
 
 class Conn:
-    """
-    A connection handed to a child: C{fd} is the child's descriptor.
-    """
+    """A connection handed to a child: C{fd} is the child's descriptor."""
 
     __slots__ = ("connId", "route", "fd")
 
@@ -93,15 +76,11 @@ class Ack:
         self.closed = closed
 
     def __repr__(self) -> str:
-        if self.closed:
-            return f"Ack({self.connIds}, closed={self.closed})"
-        return f"Ack({self.connIds})"
+        return f"Ack({self.connIds}, closed={self.closed})" if self.closed else f"Ack({self.connIds})"
 
 
 class Control:
-    """
-    A control message: C{type} and the other JSON fields in C{fields}.
-    """
+    """A control message: C{type} and the other JSON fields in C{fields}."""
 
     __slots__ = ("type", "fields")
 
@@ -117,37 +96,26 @@ Message = Conn | Ack | Control
 
 
 def encodeConn(connId: int, route: int) -> bytes:
-    """
-    The bytes of a C{conn} message (its descriptor travels beside them).
-    """
+    """The bytes of a C{conn} message (its descriptor travels beside them)."""
     return _CONN_MESSAGE.pack(b"C", connId, route)
 
 
 def encodeAck(connIds: tuple[int, ...] | list[int]) -> bytes:
-    """
-    The bytes of an C{ack} message for C{connIds} (at least one).
-    """
+    """The bytes of an C{ack} message for C{connIds} (at least one)."""
     if len(connIds) == 1:
         return _ACK_ONE.pack(b"A", connIds[0])
     return struct.pack(f">c{len(connIds)}Q", b"A", *connIds)
 
 
 def encodeReport(connIds: tuple[int, ...] | list[int], closed: int) -> bytes:
-    """
-    The bytes of a report: C{closed} connections ended, C{connIds} adopted
-    (either may be empty; without closes this is an ack).
-    """
+    """The bytes of a report: C{closed} connections ended, C{connIds} adopted (either may be empty; without closes this is an ack)."""
     if not closed:
         return encodeAck(connIds)
     return b"R" + _CLOSED.pack(min(closed, 0xFFFFFFFF)) + struct.pack(f">{len(connIds)}Q", *connIds)
 
 
 def encodeControl(type: str, **fields: Any) -> bytes:
-    """
-    The bytes of a control message.
-
-    @raise ProtocolError: if it would be larger than L{MAX_MESSAGE}.
-    """
+    """The bytes of a control message; L{ProtocolError} if it would be larger than L{MAX_MESSAGE}."""
     fields["type"] = type
     data = b"J" + json.dumps(fields, separators=(",", ":")).encode("utf-8")
     if len(data) > MAX_MESSAGE:
@@ -186,9 +154,7 @@ def decode(data: bytes, fds: list[int]) -> Message:
         return Ack(struct.unpack_from(f">{bodySize // _ID.size}Q", data, 1))
     if kind == _R:
         if bodySize < _CLOSED.size or (bodySize - _CLOSED.size) % _ID.size:
-            raise ProtocolError(
-                f"report message has {bodySize} bytes of body, not {_CLOSED.size} plus a multiple of {_ID.size}"
-            )
+            raise ProtocolError(f"report message has {bodySize} bytes of body, not {_CLOSED.size} plus a multiple of {_ID.size}")
         (closed,) = _CLOSED.unpack_from(data, 1)
         count = (bodySize - _CLOSED.size) // _ID.size
         return Ack(struct.unpack_from(f">{count}Q", data, 1 + _CLOSED.size), closed)
@@ -205,8 +171,5 @@ def decode(data: bytes, fds: list[int]) -> Message:
 
 
 def channelPair() -> tuple[socket.socket, socket.socket]:
-    """
-    A new connected C{SOCK_SEQPACKET} pair for a channel (close-on-exec;
-    hand one end to a child explicitly).
-    """
+    """A new C{SOCK_SEQPACKET} pair (close-on-exec: hand one end on explicitly)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -1,17 +1,13 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-The worker process of C{twistd serversock}: C{python -m
-twisted_serversock.ipc.worker --channel-fd 3 --factory MODULE.NAME}.
-
-It adopts each connection the parent hands over with the protocol factory,
-and on the parent's C{stop} message (or if the parent goes away) lets its
-open connections finish for the grace period, then exits 0.  Its log goes
-to stderr, one line an event, which the parent relays into its own log.
+What every worker is (L{Worker}: adopt, ack, heartbeat, drain; its signals;
+its one log format), and the worker of C{twistd serversock}
+(L{ServersockWorker}, one factory).  The worker process itself is
+L{twisted_serversock.ipc.__main__}.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -19,15 +15,15 @@ import sys
 from typing import Any
 
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
-from zope.interface import provider
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from .._twistedcompat import innerProtocol, proxyWrapped
-from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
+from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .wire import Control
 
-__all__ = ["main", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
+__all__ = ["serve", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
 
 _log = Logger()
 
@@ -35,12 +31,10 @@ _log = Logger()
 def resolveFactory(name: str) -> Any:
     """
     The protocol factory C{name} names: an C{IProtocolFactory} provider, or
-    a zero-argument callable returning one (resolved with C{namedAny}; a
-    module in the working directory is found too, see
+    a zero-argument callable returning one (see
     L{twisted_serversock._findfactory}).
 
-    @raise ValueError: with a one-line reason if it cannot be imported or
-        is not a protocol factory.
+    @raise ValueError: one line: why it is not.
     """
     from twisted.internet.interfaces import IProtocolFactory
 
@@ -51,27 +45,15 @@ def resolveFactory(name: str) -> Any:
     obj = importFactory(name)
     if IProtocolFactory.providedBy(obj):
         return obj
-    if callable(obj) and not isinstance(obj, type):
-        try:
-            made = obj()
-        except Exception as e:
-            raise ValueError(f"--factory {name}() failed: {type(e).__name__}: {e}") from None
-        if IProtocolFactory.providedBy(made):
-            return made
+    if not callable(obj) or isinstance(obj, type):
+        raise ValueError(f"--factory {name} is {obj!r}, which is neither an IProtocolFactory nor a callable returning one")
+    try:
+        made = obj()
+    except Exception as e:
+        raise ValueError(f"--factory {name}() failed: {type(e).__name__}: {e}") from None
+    if not IProtocolFactory.providedBy(made):
         raise ValueError(f"--factory {name}() returned {made!r}, which is not an IProtocolFactory")
-    raise ValueError(f"--factory {name} is {obj!r}, which is neither an IProtocolFactory nor a callable returning one")
-
-
-def _innermost(protocol: Any) -> Any:
-    """
-    The protocol inside wrappers (PROXY, twisted.web's HTTP/1-or-2 choice).
-    """
-    for _ in range(8):
-        inner = innerProtocol(protocol)
-        if inner is None:
-            break
-        protocol = inner
-    return protocol
+    return made
 
 
 def finishGracefully(protocol: Any) -> None:
@@ -79,7 +61,8 @@ def finishGracefully(protocol: Any) -> None:
     Ask a connection's protocol to end at its next natural boundary, so that
     a worker being stopped or replaced drains without cutting a client off:
 
-     - a protocol with a C{stopGracefully()} method: that is called;
+     - a protocol (or the one inside its wrappers: PROXY, twisted.web's
+       HTTP/1-or-2 choice) with a C{stopGracefully()} method: that is called;
      - Twisted's HTTP/1.1 channel (C{twisted.web}): the response being
        written and every later one says C{Connection: close} and the
        connection closes after it, so a keep-alive client moves to a new
@@ -87,17 +70,15 @@ def finishGracefully(protocol: Any) -> None:
        after any server's C{Connection: close};
      - anything else: left alone until it closes or the grace period ends.
     """
-    if protocol is None:
-        return
-    hook = getattr(protocol, "stopGracefully", None)
-    if callable(hook):
-        hook()
-        return
-    protocol = _innermost(protocol)
-    hook = getattr(protocol, "stopGracefully", None)
-    if callable(hook):
-        hook()
-        return
+    for _ in range(9):
+        hook = getattr(protocol, "stopGracefully", None)
+        if callable(hook):
+            hook()
+            return
+        inner = innerProtocol(protocol) if protocol is not None else None
+        if inner is None:
+            break
+        protocol = inner
     http = sys.modules.get("twisted.web.http")
     if http is None or not isinstance(protocol, http.HTTPChannel):
         return
@@ -119,13 +100,11 @@ def finishGracefully(protocol: Any) -> None:
 @provider(ILogObserver)
 def logObserver(event: dict[str, Any]) -> None:
     """
-    A worker's log, the same for C{twistd serversock} and cluster workers:
-    one line an event on the process's real standard error, which the
-    parent relays into its own log under the worker's number and pid.  The
-    line is the event's text, after its level unless info and its system
-    when it has one of its own (a connection's C{HTTPChannel,0,1.2.3.4}; not
-    the C{namespace#level} Twisted shows for events without one), and
-    before any traceback.
+    Every worker's log: one line an event on the real standard error, which
+    the parent relays under the worker's number and pid: the level unless
+    info, the event's own system (a connection's, not the
+    C{namespace#level} Twisted shows for events without one), the text,
+    then any traceback.
     """
     text = formatEvent(event)
     system = event.get("log_system")
@@ -143,21 +122,16 @@ def logObserver(event: dict[str, Any]) -> None:
     stream.flush()
 
 
-#: Signals meant for the parent that a worker ignores: a terminal's Ctrl-C
-#: or hangup, or C{kill} of the whole process group, reaches the workers
-#: too, and the parent decides when they stop or reload; SIGTTIN/SIGTTOU
-#: would otherwise stop a worker that touches the terminal from the
-#: background.
-_GROUP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
-
-
 def ignoreGroupSignals() -> None:
     """
-    Ignore, in a worker, the signals its parent acts on (the whole process
-    group gets them from a terminal or C{kill -- -PGID}); SIGTERM sent to
-    the worker itself stays a graceful stop (its caller installs that).
+    Ignore, in a worker, the signals its parent acts on: a terminal's
+    Ctrl-C or hangup, or C{kill} of the whole process group, reaches the
+    workers too, and the parent decides when they stop or reload;
+    SIGTTIN/SIGTTOU would otherwise stop a worker that touches the terminal
+    from the background.  SIGTERM sent to the worker itself stays a
+    graceful stop (its caller installs that).
     """
-    for signum in _GROUP_SIGNALS:
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -167,8 +141,6 @@ class Worker:
     drains on stop.
 
     @ivar adopted: how many connections this worker adopted.
-    @cvar controls: the control messages from the parent handled here (a
-        subclass may extend a copy), and their fields.
     """
 
     controls = ControlTable()
@@ -191,21 +163,14 @@ class Worker:
 
     def installSignals(self) -> None:
         """
-        The worker's signal handlers: the signals its parent acts on are
-        ignored (see L{ignoreGroupSignals}); SIGTERM sent to this worker
-        itself is a graceful stop with the default grace period.  (Call it
-        before the reactor runs, or after C{reactor.run} installed the
-        reactor's own handlers.)
+        The worker's signals: L{ignoreGroupSignals}, and SIGTERM a graceful
+        stop (after C{reactor.run} installed its own, or instead of them).
         """
         ignoreGroupSignals()
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
 
     def start(self) -> None:
-        """
-        Once the reactor runs: start the factory, tell the parent this
-        worker is ready (its one readiness message) and begin the
-        heartbeats.
-        """
+        """Once the reactor runs: start the factory, say C{ready} (once), begin the heartbeats."""
         if self._factory is not None:
             self._factory.doStart()
         self.link.sendControl("ready", pid=os.getpid())
@@ -220,13 +185,7 @@ class Worker:
             self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
     def factoryFor(self, route: int) -> Any:
-        """
-        The protocol factory for connections of C{route}: the one factory
-        here; cluster mode's workers have one per listener.
-
-        @return: the factory, or C{None} for a route this worker does not
-            serve (the connection is then closed and the error logged).
-        """
+        """The protocol factory for C{route}'s connections (C{None}: not served, closed)."""
         return self._factory
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
@@ -272,9 +231,7 @@ class Worker:
             self.stop(GRACE)
 
     def stop(self, grace: float) -> None:
-        """
-        Let open connections finish for C{grace} seconds, then exit.
-        """
+        """Let open connections finish for C{grace} seconds, then exit."""
         if self._stopping:
             return
         self._stopping = True
@@ -315,8 +272,8 @@ class Worker:
 class ServersockWorker(Worker):
     """
     The worker of C{twistd serversock}: its one factory serves every route,
-    wrapped to parse the PROXY header on routes whose parent listens on a
-    C{haproxy:} endpoint (cluster workers' programs wrap their own).
+    wrapped to parse the PROXY header on a C{haproxy:} listener's routes
+    (cluster workers' programs wrap their own).
     """
 
     controls = ControlTable(base=Worker.controls)
@@ -330,39 +287,27 @@ class ServersockWorker(Worker):
 
     @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
     def _onRoute(self, id: int, proxy: bool) -> None:
-        # Connections of route id carry a PROXY header: parse it here, so
-        # that protocols see the client's address.
         if proxy and id not in self._proxyFactories:
             self._proxyFactories[id] = proxyWrapped(self._factory)
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     """
-    Run one worker (the parent starts it; not for direct use).
+    Be the C{twistd serversock} worker C{startup} describes, with C{channel}
+    to the parent, until it stops; return the exit status.
     """
-    parser = argparse.ArgumentParser(prog="twisted_serversock.ipc.worker")
-    parser.add_argument("--channel-fd", type=int, required=True)
-    parser.add_argument("--factory", required=True)
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--heartbeat", type=float, default=heartbeatFor(TIMEOUT))
-    args = parser.parse_args(argv)
+    sys.path[:] = startup["path"] + [p for p in sys.path if p not in startup["path"]]
     globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
     try:
-        factory = resolveFactory(args.factory)
+        factory = resolveFactory(startup["factory"])
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    os.set_inheritable(args.channel_fd, False)  # never into a process this one starts
-    channel = socket.socket(fileno=args.channel_fd)
-    worker = ServersockWorker(reactor, factory, channel, args.index, max(args.heartbeat, 0.01))
+    worker = ServersockWorker(reactor, factory, channel, startup["index"], startup["heartbeat"])
     worker.installSignals()
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
