@@ -9,6 +9,7 @@ s_client}).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -106,6 +107,27 @@ def test_parsesSSLOptions(certs: Certs) -> None:
     assert isinstance(parse(f"geckounixtls:/tmp/x.sock:privateKey={certs['server.pem']}"), GeckoTLSServerEndpoint)
 
 
+@pytest.mark.parametrize(
+    "description",
+    [
+        "geckotls:0:loopback=1:privateKey={server.pem}:workers=2",
+        "geckotls:port=0:WORKERS=auto:privateKey={server.pem}:handshakeTimeout=5",
+        "geckounixtls:/tmp/x.sock:privateKey={server.pem}:workers=3",
+    ],
+)
+def test_workersGoByTheWholeDescription(certs: Certs, description: str) -> None:
+    """
+    With C{workers=}, the address endpoint under TLS goes by the string the
+    user wrote (the cluster primary logs its listener by it), and workers
+    attach by that string without C{workers=}.
+    """
+    description = description.replace("{server.pem}", esc(certs["server.pem"]))
+    endpoint = parse(description)
+    address = endpoint.addressEndpoint
+    assert address.description == description
+    assert address.clusterDescription() == re.sub(r":workers=\w+", "", description, flags=re.I)
+
+
 def test_pluginsFound() -> None:
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
     from twisted.plugin import getPlugins
@@ -126,8 +148,7 @@ def test_pluginsFound() -> None:
         ("privateKey={server.pem}:clientCert=require", "clientCA=FILE go together"),
         ("privateKey={server.pem}:clientCert=maybe:clientCA={ca.pem}", "clientCert must be request or require"),
         ("privateKey={server.pem}:handshakeTimeout=soon", "handshakeTimeout must be a number"),
-        ("privateKey={server.pem}:workers=2", "does not serve from worker processes yet"),
-        ("privateKey={server.pem}:WORKERS=1", "does not serve from worker processes yet"),
+        ("privateKey={server.pem}:workers=lots", "workers must be a whole number or 'auto', not 'lots'"),
         ("privateKey={server.pem}:nope=1", "unknown option 'nope' for geckotls: endpoints; valid options are"),
         ("privateKey={server.pem}:loopback=maybe", "loopback must be one of"),
         ("privateKey={server.pem}:sniDir=/nonexistent", "sniDir: cannot read '/nonexistent'"),

@@ -293,8 +293,8 @@ _TLS_OPTIONS = (
     "privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters", "handshakeTimeout",
     "sniDir", "clientCert", "clientCA",
 )  # fmt: skip
-_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
-_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group")
+_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
+_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers")
 
 
 def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tuple[dict[Any, Any], dict[str, str]]:
@@ -307,10 +307,6 @@ def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tup
             value = value.decode("utf-8")
         canonical = names.get(text.lower())
         if canonical is None:
-            if text.lower() == "workers":
-                if str(value).strip() == "0":
-                    continue  # the default: serve in this process
-                raise ValueError(f"{prefix}: does not serve from worker processes yet; workers= is for gecko: and geckounix:")
             raise ValueError(
                 f"unknown option {text!r} for {prefix}: endpoints; valid options are " + ", ".join(sorted(names.values()))
             )
@@ -335,8 +331,26 @@ def _handshakeTimeout(value: str | None) -> float | None:
     return seconds or None
 
 
-def _build(reactor: Any, address: Any, tls: dict[str, str]) -> GeckoTLSServerEndpoint:
+def _escape(value: object) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _description(prefix: str, args: tuple[Any, ...], kwargs: dict[Any, Any]) -> str:
+    """
+    The description as the user wrote it (Twisted's grammar split it into
+    C{args} and C{kwargs}; this joins them back, in order, escaped).
+    """
+    parts = [_escape(a) for a in args] + [f"{_escape(k)}={_escape(v)}" for k, v in kwargs.items()]
+    return f"{prefix}:" + ":".join(parts)
+
+
+def _build(reactor: Any, address: Any, tls: dict[str, str], description: str) -> GeckoTLSServerEndpoint:
     timeout = _handshakeTimeout(tls.pop("handshakeTimeout", None))
+    # The address endpoint goes by the whole TLS description: the cluster
+    # primary logs its listener by it, and a worker (which runs the same
+    # program, so parses the same string) attaches to it by it.
+    address.description = description
     return GeckoTLSServerEndpoint(reactor, address, contextFactoryFromOptions(**tls), timeout)
 
 
@@ -344,13 +358,15 @@ def parseGeckoTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndp
     """
     Build a L{GeckoTLSServerEndpoint} over a L{GeckoServerEndpoint
     <twisted_serversock.endpoints.GeckoServerEndpoint>} from the arguments
-    of a C{geckotls:} description: every C{gecko:} option but C{workers},
-    and C{ssl:}'s.
+    of a C{geckotls:} description: every C{gecko:} option (C{workers}
+    included: the handshakes then run in the worker processes) and
+    C{ssl:}'s.
 
     @raise ValueError: naming the offending option or value.
     """
     addressKw, tls = _split("geckotls", kwargs, _GECKO_ADDRESS)
-    return _build(reactor, endpoints.parseGecko(reactor, *args, **addressKw), tls)
+    address = endpoints.parseGecko(reactor, *args, **addressKw)
+    return _build(reactor, address, tls, _description("geckotls", args, kwargs))
 
 
 def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:
@@ -358,9 +374,10 @@ def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServer
     Build a L{GeckoTLSServerEndpoint} over a L{GeckoUNIXServerEndpoint
     <twisted_serversock.endpoints.GeckoUNIXServerEndpoint>} from the
     arguments of a C{geckounixtls:} description: every C{geckounix:}
-    option but C{workers}, and C{ssl:}'s.
+    option (C{workers} included) and C{ssl:}'s.
 
     @raise ValueError: naming the offending option or value.
     """
     addressKw, tls = _split("geckounixtls", kwargs, _UNIX_ADDRESS)
-    return _build(reactor, endpoints.parseGeckoUNIX(reactor, *args, **addressKw), tls)
+    address = endpoints.parseGeckoUNIX(reactor, *args, **addressKw)
+    return _build(reactor, address, tls, _description("geckounixtls", args, kwargs))
