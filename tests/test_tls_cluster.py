@@ -230,7 +230,7 @@ async def curlHTTP2(port: int) -> tuple[int, str, str]:
     C{curl --http2 https://127.0.0.1:PORT/pid.rpy}: exit code, body, HTTP
     version.
     """
-    out, err, code = await timeout(
+    out, _err, code = await timeout(
         getProcessOutputAndValue(
             CURL or "curl", ["-sk", "--http2", "--max-time", "10", "-w", "\n%{http_version}", f"https://127.0.0.1:{port}/pid.rpy"],
             env=dict(os.environ),

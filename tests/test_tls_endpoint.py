@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 from typing import Any, Iterator
 
@@ -125,7 +126,7 @@ def test_workersGoByTheWholeDescription(certs: Certs, description: str) -> None:
     endpoint = parse(description)
     address = endpoint.addressEndpoint
     assert address.description == description
-    assert address.clusterDescription() == re.sub(r":workers=\w+", "", description, flags=re.I)
+    assert address.clusterDescription() == re.sub(r":workers=\w+", "", description, flags=re.IGNORECASE)
 
 
 def test_pluginsFound() -> None:
@@ -511,3 +512,89 @@ async def test_stopLineSaysTLS(certs: Certs, logged: list[dict[str, Any]]) -> No
     lines = [formatEvent(e) for e in logged]
     assert f"(TLS Port {number} Closed)" in lines
     assert f"(TCP Port {number} Closed)" not in lines
+
+
+# ----------------------------------------------------------------------
+# Renewed certificates in one process.
+
+
+@pytest.fixture
+def renewable(certs: Certs) -> Iterator[str]:
+    """
+    A directory with its own copy of C{server.pem}, to renew.
+    """
+    d = tempfile.mkdtemp(prefix="/tmp/tlsr")
+    shutil.copy(certs["server.pem"], os.path.join(d, "server.pem"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _replace(path: str, *parts: str) -> None:
+    with open(path + ".new", "w") as f:
+        for part in parts:
+            with open(part) as p:
+                f.write(p.read())
+    os.replace(path + ".new", path)
+
+
+async def _tlsClient(port: int) -> Any:
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+    from twisted.internet.ssl import CertificateOptions
+
+    from .conftest import Client
+
+    endpoint = SSL4ClientEndpoint(theReactor(), "127.0.0.1", port, CertificateOptions())
+    return await timeout(endpoint.connect(protocol.Factory.forProtocol(Client)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloadCertificates(certs: Certs, renewable: str, served: Any, logged: list[dict[str, Any]]) -> None:
+    """
+    What C{geckotls:}'s C{listen()} returns reloads the description's files
+    on C{reloadCertificates()}: connections made afterwards get the renewed
+    certificate, a connection open since before keeps its own and goes on;
+    a renewal that cannot be used (a key that does not match) is logged in
+    one line, and the certificate served before stays.
+    """
+    pem = os.path.join(renewable, "server.pem")
+    port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(pem)}")
+    number = port.getHost().port
+    held = await _tlsClient(number)
+    held.transport.write(b"A")
+    await held.waitFor(1)
+    before = held.transport.getPeerCertificate().digest("sha256")
+    _replace(pem, certs["other.pem"], certs["otherkey.pem"])
+    assert port.reloadCertificates() is True
+    after = await pythonClient(number)
+    with open(certs["other.pem"]) as f:
+        other = ssl.PEM_cert_to_DER_cert(f.read())
+    assert after.error is None and after.peerCert == other
+    held.transport.write(b"B\n")
+    assert await held.whenClosed() == b"AB\n"
+    assert held.transport.getPeerCertificate().digest("sha256") == before
+    _replace(pem, certs["cert.pem"], certs["otherkey.pem"])
+    assert port.reloadCertificates() is False
+    errors = [e for e in logged if "certificates not reloaded" in e.get("log_format", "")]
+    assert len(errors) == 1 and "does not match" in str(errors[0]["error"])
+    still = await pythonClient(number)
+    assert still.error is None and still.peerCert == other
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloadWithOptionsGiven(certs: Certs, served: Any) -> None:
+    """
+    An endpoint made in Python from a C{CertificateOptions} has no files to
+    read again: C{reloadCertificates} takes the new configuration, and
+    without one says so.
+    """
+    endpoint = GeckoTLSServerEndpoint(theReactor(), GeckoServerEndpoint(theReactor(), loopback=True), contextFactoryFromOptions(certs["server.pem"]))
+    port = await timeout(endpoint.listen(EchoFactory()))
+    try:
+        with pytest.raises(ValueError, match="pass the new one"):
+            port.reloadCertificates()
+        assert port.reloadCertificates(contextFactoryFromOptions(certs["otherkey.pem"], certs["other.pem"])) is True
+        result = await pythonClient(port.getHost().port)
+        with open(certs["other.pem"]) as f:
+            assert result.error is None and result.peerCert == ssl.PEM_cert_to_DER_cert(f.read())
+    finally:
+        await timeout(port.stopListening())
