@@ -30,7 +30,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from ._procs import TWISTD, Proc, spawn
 from ._tlshelp import Certs, certs, makeCerts, sClient
-from .conftest import WAIT, connect, eventually, timeout
+from .conftest import WAIT, _othersCanRead, connect, eventually, nobodyEnv, timeout
 
 __all__ = ["certs"]
 
@@ -407,3 +407,68 @@ async def test_sighupServesRenewedCertificates(site: str) -> None:
         await stoppedCleanly(proc)
     finally:
         shutil.rmtree(own.dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------
+# A key only root may read, workers that run as another user.
+
+
+def _twistdAsNobody(site: str, listen: str) -> Proc:
+    """
+    C{twistd -u 65534 -g 65534 web --listen LISTEN} (as root: the primary
+    binds, then every process drops to nobody), with an interpreter, a
+    C{twistd} script and dropins nobody may read.
+    """
+    import sys
+
+    import twisted.plugins.twisted_serversock_endpoints as dropin
+
+    python = next(
+        (p for p in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}") if _othersCanRead(p)),
+        None,
+    )
+    if python is None:
+        pytest.skip("no interpreter of this version that nobody may run")
+    env = nobodyEnv()
+    script = TWISTD[0]
+    if not _othersCanRead(script):
+        script = os.path.join(site, "twistd")
+        shutil.copy(TWISTD[0], script)
+        os.chmod(script, 0o644)
+    if not _othersCanRead(dropin.__file__ or ""):
+        plugins = os.path.join(site, "dropins", "twisted", "plugins")
+        os.makedirs(plugins)
+        for d in (plugins, os.path.dirname(plugins), os.path.dirname(os.path.dirname(plugins))):
+            os.chmod(d, 0o755)
+        shutil.copy(dropin.__file__ or "", plugins)
+        os.chmod(os.path.join(plugins, os.path.basename(dropin.__file__ or "")), 0o644)
+        env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
+    argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", listen, "--path", site]
+    proc = spawn(argv, site, env)
+    _started.append(proc)
+    return proc
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_keyOnlyRootMayReadStopsTheCluster(certs: Certs, site: str) -> None:
+    """
+    C{twistd -u/-g} with a key only root may read: the primary reads it
+    (as root, before dropping), but its workers run the program again as
+    the dropped user and cannot.  Each worker says why in one line and
+    exits; the cluster does not restart them forever: the primary says it
+    cannot go on and exits 1.  (Handing the key to the workers is not
+    done yet.)
+    """
+    key = os.path.join(site, "key.pem")
+    shutil.copy(certs["key.pem"], key)
+    os.chmod(key, 0o600)
+    shutil.copy(certs["cert.pem"], os.path.join(site, "cert.pem"))
+    os.chmod(os.path.join(site, "cert.pem"), 0o644)
+    proc = _twistdAsNobody(site, f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(os.path.join(site, 'cert.pem'))}:workers=2")
+    code = await timeout(proc.ended, 90)
+    assert code == 1, proc.output
+    assert re.search(r"Cluster mode cannot go on: worker \d exited \d+ times before its program started", proc.output), proc.output
+    assert re.search(rf"\[worker \d pid \d+\] .*privateKey: cannot read '{re.escape(key)}': Permission denied", proc.output), proc.output
+    pids = {int(p) for p in re.findall(r"Started worker \d \(pid (\d+)\)", proc.output)}
+    await eventually(lambda: not any(alive(p) for p in pids), 10)
