@@ -20,9 +20,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel
+from zope.interface import implementer
 
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint
 from twisted_serversock.tlsendpoints import GeckoTLSServerEndpoint, contextFactoryFromOptions
@@ -598,3 +600,49 @@ async def test_reloadWithOptionsGiven(certs: Certs, served: Any) -> None:
             assert result.error is None and result.peerCert == ssl.PEM_cert_to_DER_cert(f.read())
     finally:
         await timeout(port.stopListening())
+
+
+# ----------------------------------------------------------------------
+# ALPN without a match.
+
+
+@implementer(IProtocolNegotiationFactory)
+class ALPNEchoFactory(EchoFactory):
+    """
+    An echo factory that speaks C{x-echo} and C{http/1.1} over ALPN.
+    """
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"x-echo", b"http/1.1"]
+
+
+@pytest.mark.parametrize("sni", [False, True])
+@pytest.mark.parametrize(
+    "factoryClass, offered, chosen",
+    [
+        (EchoFactory, ["h2", "http/1.1"], None),
+        (EchoFactory, ["foo"], None),
+        (ALPNEchoFactory, ["foo", "bar"], None),
+        (ALPNEchoFactory, ["h2", "http/1.1"], "http/1.1"),
+        (ALPNEchoFactory, ["x-echo"], "x-echo"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_alpnWithoutAMatchGoesOn(certs: Certs, served: Any, factoryClass: Any, offered: list[str], chosen: str | None, sni: bool) -> None:
+    """
+    A client that offers only ALPN protocols the application does not have
+    (or an application that has none, as most non-HTTP ones) completes its
+    handshake with no protocol negotiated, and the application speaks its
+    default; a protocol both have is negotiated.  On the listening
+    certificate as on an SNI host's.
+    """
+    hosts = tempfile.mkdtemp(prefix="/tmp/tlsa")
+    try:
+        shutil.copy(certs["server.pem"], os.path.join(hosts, "localhost.pem"))
+        extra = f":sniDir={esc(hosts)}" if sni else ""
+        port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}{extra}", factoryClass())
+        result = await pythonClient(port.getHost().port, alpn=offered, serverName="localhost" if sni else None)
+        assert result.error is None and result.data == b"HELLO", result
+        assert result.alpn == chosen
+    finally:
+        shutil.rmtree(hosts, ignore_errors=True)

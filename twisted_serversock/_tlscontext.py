@@ -91,8 +91,13 @@ class ReloadableCreator:
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         current = self.current
-        context = current if isinstance(current, SSL.Context) else current.getContext()
-        return SSL.Connection(context, None)
+        if isinstance(current, SSL.Context):
+            return SSL.Connection(current, None)
+        if IOpenSSLServerConnectionCreator.providedBy(current):
+            # (Twisted's CertificateOptions: as behind ssl:.)
+            connection: SSL.Connection = current.serverConnectionForTLS(tlsProtocol)
+            return connection
+        return SSL.Connection(current.getContext(), None)
 
 
 class GeckoTLSFactory(TLSFactory):

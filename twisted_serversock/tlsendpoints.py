@@ -272,12 +272,18 @@ def _chainAfterFirst(option: str, path: str) -> list[Any]:
 
 def _negotiateForFactory(context: Any) -> None:
     """
-    Let C{context} (an SNI host's) choose the application protocol (ALPN)
-    as the listening context does: the first of the wrapped factory's
-    C{acceptableProtocols()} that the client offers.  Twisted before 25
-    sets this up per connection on the context the connection starts with
-    only, so a host picked by SNI answered no ALPN (no HTTP/2); later
-    releases set it on every context, as this does.
+    Let C{context} (the listening one, and each SNI host's) choose the
+    application protocol (ALPN): the first of the wrapped factory's
+    C{acceptableProtocols()} that the client offers - and when there is
+    none (a factory that speaks no ALPN protocol, a client that offers only
+    others), no ALPN at all: the handshake goes on and the application
+    speaks its default protocol.  (Twisted's own callback answers C{b""}
+    then, which pyOpenSSL 26 refuses: the handshake fails with an internal
+    error alert, so over C{ssl:} every client that offers ALPN - every
+    browser, curl - fails against a factory without ALPN protocols.)
+    Twisted before 25 sets its callback up per connection on the context
+    the connection starts with only, so a host picked by SNI answered no
+    ALPN (no HTTP/2); later releases set it on every context, as this does.
     """
     from OpenSSL import SSL
     from twisted.internet.interfaces import IProtocolNegotiationFactory
@@ -359,6 +365,7 @@ def contextFactoryFromOptions(
     options = _options("privateKey", privateKey, certKey, **more)
     context = options.getContext()
     _verifyClients(context, clientCert, clientCA)
+    _negotiateForFactory(context)
     if hosts:
 
         def pick(connection: Any) -> None:
