@@ -132,19 +132,22 @@ backend app
 
 @needsALPN
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (.ci/run installs it)")
-@pytest.mark.parametrize("prefix", ["ssl", "geckotls"])
+@pytest.mark.parametrize("prefix", ["ssl", "geckotls", "geckotls-workers"])
 @pytest_twisted.ensureDeferred
 async def test_behindHAProxy(certs: Certs, site: str, prefix: str) -> None:
     """
     HAProxy in TCP mode passes TLS through and sends a PROXY v2 header
     first: C{haproxy:geckotls:} reads the header, then does the handshake,
-    and curl gets the file over HTTP/2.  (Twisted's C{haproxy:ssl:} puts
-    TLS outside the PROXY parser: its handshake reads the header and
-    fails, so curl gets nothing; this test pins that difference.)
+    and curl gets the file over HTTP/2 - also with C{workers=2}, where
+    both happen in the worker.  (Twisted's C{haproxy:ssl:} puts TLS
+    outside the PROXY parser: its handshake reads the header and fails, so
+    curl gets nothing; this test pins that difference.)
     """
     key = certs["server.pem"].replace(":", "\\:")
     where = "interface=127.0.0.1" if prefix == "ssl" else "loopback=1"
-    proc, back = await twistdWeb(site, f"haproxy:{prefix}:0:{where}:privateKey={key}")
+    workers = ":workers=2" if prefix.endswith("-workers") else ""
+    prefix = prefix.removesuffix("-workers")
+    proc, back = await twistdWeb(site, f"haproxy:{prefix}:0:{where}:privateKey={key}{workers}")
     front = freePort()
     with open(os.path.join(site, "haproxy.cfg"), "w") as f:
         f.write(HAPROXY_TCP.format(front=front, back=back))
