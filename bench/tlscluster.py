@@ -13,7 +13,10 @@ waiting.  Nothing is pinned (two workers need both CPUs, and the client
 shares them): the client's share of the machine's CPU is printed beside
 each figure, as is the load average (three CI runs load this machine in
 the background).  What counts is the ratio of A and B measured in the
-same run, in rotated order.
+same run, in rotated order.  Beside them, OpenSSL's own RSA-2048
+signatures per second with two processes against one (C{openssl speed
+-multi}), every third repetition: how much a second process can gain on
+this machine at that moment, the ceiling of the workers' ratio.
 
 Keep-alive: C{wrk -t1 -c32} over HTTPS for a 2-byte file, server pinned
 to one CPU and wrk to the other, as the other keep-alive rows.
@@ -114,6 +117,23 @@ def handshakes(ctx: Context, server: Server, seconds: int) -> dict[str, float]:
     return {"rate": done / wall, "client": client, "server_us": serverUs, "own_us": ownUs, "load": load}
 
 
+_SIGNS = re.compile(r"^rsa 2048 bits\s+\S+\s+\S+\s+([\d.]+)", re.M)
+
+
+def rsaSigns(ctx: Context, processes: int) -> float:
+    """
+    RSA-2048 signatures per second OpenSSL itself makes with C{processes}
+    processes (C{openssl speed -multi}): the ceiling a TLS server's full
+    handshakes have on this machine now, with one process or two.
+    """
+    argv = ["openssl", "speed", "-seconds", "2", "-multi", str(processes), "rsa2048"]
+    out = ctx.run(argv, timeout=120, cpu=None)
+    found = _SIGNS.findall(out)
+    if not found:
+        raise BenchError(f"openssl speed said nothing usable:\n{out[-2000:]}")
+    return float(found[-1])
+
+
 def _keepalive(ctx: Context, server: Server, seconds: int) -> tuple[float, float]:
     wrk = requireTool("wrk", "wrk")
     load = os.getloadavg()[0]
@@ -138,10 +158,14 @@ def run(ctx: Context) -> Result:
         "N": _nginx(ctx, cert, key),
     }
     got: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
+    signs: list[tuple[float, float]] = []
     try:
         for s in servers.values():  # warm-up, not measured
             handshakes(ctx, s, 1)
         for rep, order in rotations(list(servers), ctx.reps):
+            if rep % 3 == 0:
+                signs.append((rsaSigns(ctx, 2), rsaSigns(ctx, 1)))
+                ctx.log(f"openssl speed rsa2048: {signs[-1][0]:,.0f} signs/s with 2 processes, {signs[-1][1]:,.0f} with 1")
             for k in order:
                 got[k].append(handshakes(ctx, servers[k], seconds))
             ctx.log(
@@ -164,6 +188,11 @@ def run(ctx: Context) -> Result:
     )
     result.rows.append(
         pairedRow("A/A control: one process / another, full handshakes/s", "/s", zip(rate["B'"], rate["B"]), control=True)
+    )
+    result.rows.append(
+        pairedRow(
+            "the machine now: openssl speed rsa2048, 2 processes / 1 (the ceiling of the ratio above)", "signs/s", signs, control=True
+        )
     )
     result.rows.append(
         pairedRow("reference: nginx 2 workers / geckotls: workers=2, full handshakes/s", "/s", zip(rate["N"], rate["A"]), control=True)
@@ -202,6 +231,6 @@ def run(ctx: Context) -> Result:
             control=True,
         )
     )
-    result.details = {"handshakes": got, "keepalive": kept}
+    result.details = {"handshakes": got, "keepalive": kept, "rsa_signs_2_vs_1": signs}
     result.commands = ctx.takeCommands()
     return result
