@@ -21,6 +21,8 @@ BENCHMARKS: tuple[str, ...] = (
     "skewed",
     "cluster",
     "tls",
+    "tlscluster",
+    "tlsresume",
 )
 
 

@@ -124,11 +124,13 @@ class ClientResult:
     cipher: tuple[str, str, int] | None = None
     error: str | None = None
     peerCert: bytes | None = None
+    alpn: str | None = None
 
 
 def _pythonClient(
     port: int, send: bytes, version: str | None, cert: tuple[str, str] | None, ciphers: str | None,
     host: str = "127.0.0.1", serverName: str | None = None, family: int = socket.AF_INET, preamble: bytes = b"",
+    alpn: list[str] | None = None,
 ) -> ClientResult:  # fmt: skip
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -141,6 +143,8 @@ def _pythonClient(
         ctx.set_ciphers(ciphers)
     if cert:
         ctx.load_cert_chain(*cert)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     result = ClientResult()
     try:
         with socket.socket(family) as raw:
@@ -150,6 +154,7 @@ def _pythonClient(
             with ctx.wrap_socket(raw, server_hostname=serverName) as t:
                 result.version, result.cipher = t.version(), t.cipher()
                 result.peerCert = t.getpeercert(binary_form=True)
+                result.alpn = t.selected_alpn_protocol()
                 t.sendall(send)
                 while len(result.data) < len(send):
                     chunk = t.recv(4096)

@@ -60,7 +60,7 @@ PUBLIC: dict[str, list[str]] = {
         "TLS_VERSION_1", "TLS_VERSION_1_1", "TLS_VERSION_1_2", "TLS_VERSION_1_3", "TLS_VERSION_UNKNOWN",
     ],
     "twisted_serversock.tlsendpoints": [
-        "GeckoTLSServerEndpoint", "parseGeckoTLS", "parseGeckoUNIXTLS", "contextFactoryFromOptions",
+        "GeckoTLSServerEndpoint", "TLSListeningPort", "parseGeckoTLS", "parseGeckoUNIXTLS", "contextFactoryFromOptions",
         "DEFAULT_HANDSHAKE_TIMEOUT",
     ],
     "twisted_serversock.tcpsocket": [

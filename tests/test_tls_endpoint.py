@@ -9,8 +9,10 @@ s_client}).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import ssl
 import tempfile
 from typing import Any, Iterator
 
@@ -18,9 +20,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel
+from zope.interface import implementer
 
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint
 from twisted_serversock.tlsendpoints import GeckoTLSServerEndpoint, contextFactoryFromOptions
@@ -106,6 +110,27 @@ def test_parsesSSLOptions(certs: Certs) -> None:
     assert isinstance(parse(f"geckounixtls:/tmp/x.sock:privateKey={certs['server.pem']}"), GeckoTLSServerEndpoint)
 
 
+@pytest.mark.parametrize(
+    "description",
+    [
+        "geckotls:0:loopback=1:privateKey={server.pem}:workers=2",
+        "geckotls:port=0:WORKERS=auto:privateKey={server.pem}:handshakeTimeout=5",
+        "geckounixtls:/tmp/x.sock:privateKey={server.pem}:workers=3",
+    ],
+)
+def test_workersGoByTheWholeDescription(certs: Certs, description: str) -> None:
+    """
+    With C{workers=}, the address endpoint under TLS goes by the string the
+    user wrote (the cluster primary logs its listener by it), and workers
+    attach by that string without C{workers=}.
+    """
+    description = description.replace("{server.pem}", esc(certs["server.pem"]))
+    endpoint = parse(description)
+    address = endpoint.addressEndpoint
+    assert address.description == description
+    assert address.clusterDescription() == re.sub(r":workers=\w+", "", description, flags=re.IGNORECASE)
+
+
 def test_pluginsFound() -> None:
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
     from twisted.plugin import getPlugins
@@ -126,8 +151,7 @@ def test_pluginsFound() -> None:
         ("privateKey={server.pem}:clientCert=require", "clientCA=FILE go together"),
         ("privateKey={server.pem}:clientCert=maybe:clientCA={ca.pem}", "clientCert must be request or require"),
         ("privateKey={server.pem}:handshakeTimeout=soon", "handshakeTimeout must be a number"),
-        ("privateKey={server.pem}:workers=2", "does not serve from worker processes yet"),
-        ("privateKey={server.pem}:WORKERS=1", "does not serve from worker processes yet"),
+        ("privateKey={server.pem}:workers=lots", "workers must be a whole number or 'auto', not 'lots'"),
         ("privateKey={server.pem}:nope=1", "unknown option 'nope' for geckotls: endpoints; valid options are"),
         ("privateKey={server.pem}:loopback=maybe", "loopback must be one of"),
         ("privateKey={server.pem}:sniDir=/nonexistent", "sniDir: cannot read '/nonexistent'"),
@@ -490,3 +514,135 @@ async def test_stopLineSaysTLS(certs: Certs, logged: list[dict[str, Any]]) -> No
     lines = [formatEvent(e) for e in logged]
     assert f"(TLS Port {number} Closed)" in lines
     assert f"(TCP Port {number} Closed)" not in lines
+
+
+# ----------------------------------------------------------------------
+# Renewed certificates in one process.
+
+
+@pytest.fixture
+def renewable(certs: Certs) -> Iterator[str]:
+    """
+    A directory with its own copy of C{server.pem}, to renew.
+    """
+    d = tempfile.mkdtemp(prefix="/tmp/tlsr")
+    shutil.copy(certs["server.pem"], os.path.join(d, "server.pem"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _replace(path: str, *parts: str) -> None:
+    with open(path + ".new", "w") as f:
+        for part in parts:
+            with open(part) as p:
+                f.write(p.read())
+    os.replace(path + ".new", path)
+
+
+async def _tlsClient(port: int) -> Any:
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+    from twisted.internet.ssl import CertificateOptions
+
+    from .conftest import Client
+
+    endpoint = SSL4ClientEndpoint(theReactor(), "127.0.0.1", port, CertificateOptions())
+    return await timeout(endpoint.connect(protocol.Factory.forProtocol(Client)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloadCertificates(certs: Certs, renewable: str, served: Any, logged: list[dict[str, Any]]) -> None:
+    """
+    What C{geckotls:}'s C{listen()} returns reloads the description's files
+    on C{reloadCertificates()}: connections made afterwards get the renewed
+    certificate, a connection open since before keeps its own and goes on;
+    a renewal that cannot be used (a key that does not match) is logged in
+    one line, and the certificate served before stays.
+    """
+    pem = os.path.join(renewable, "server.pem")
+    port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(pem)}")
+    number = port.getHost().port
+    held = await _tlsClient(number)
+    held.transport.write(b"A")
+    await held.waitFor(1)
+    before = held.transport.getPeerCertificate().digest("sha256")
+    _replace(pem, certs["other.pem"], certs["otherkey.pem"])
+    assert port.reloadCertificates() is True
+    after = await pythonClient(number)
+    with open(certs["other.pem"]) as f:
+        other = ssl.PEM_cert_to_DER_cert(f.read())
+    assert after.error is None and after.peerCert == other
+    held.transport.write(b"B\n")
+    assert await held.whenClosed() == b"AB\n"
+    assert held.transport.getPeerCertificate().digest("sha256") == before
+    _replace(pem, certs["cert.pem"], certs["otherkey.pem"])
+    assert port.reloadCertificates() is False
+    errors = [e for e in logged if "certificates not reloaded" in e.get("log_format", "")]
+    assert len(errors) == 1 and "does not match" in str(errors[0]["error"])
+    still = await pythonClient(number)
+    assert still.error is None and still.peerCert == other
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloadWithOptionsGiven(certs: Certs, served: Any) -> None:
+    """
+    An endpoint made in Python from a C{CertificateOptions} has no files to
+    read again: C{reloadCertificates} takes the new configuration, and
+    without one says so.
+    """
+    endpoint = GeckoTLSServerEndpoint(theReactor(), GeckoServerEndpoint(theReactor(), loopback=True), contextFactoryFromOptions(certs["server.pem"]))
+    port = await timeout(endpoint.listen(EchoFactory()))
+    try:
+        with pytest.raises(ValueError, match="pass the new one"):
+            port.reloadCertificates()
+        assert port.reloadCertificates(contextFactoryFromOptions(certs["otherkey.pem"], certs["other.pem"])) is True
+        result = await pythonClient(port.getHost().port)
+        with open(certs["other.pem"]) as f:
+            assert result.error is None and result.peerCert == ssl.PEM_cert_to_DER_cert(f.read())
+    finally:
+        await timeout(port.stopListening())
+
+
+# ----------------------------------------------------------------------
+# ALPN without a match.
+
+
+@implementer(IProtocolNegotiationFactory)
+class ALPNEchoFactory(EchoFactory):
+    """
+    An echo factory that speaks C{x-echo} and C{http/1.1} over ALPN.
+    """
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"x-echo", b"http/1.1"]
+
+
+@pytest.mark.parametrize("sni", [False, True])
+@pytest.mark.parametrize(
+    "factoryClass, offered, chosen",
+    [
+        (EchoFactory, ["h2", "http/1.1"], None),
+        (EchoFactory, ["foo"], None),
+        (ALPNEchoFactory, ["foo", "bar"], None),
+        (ALPNEchoFactory, ["h2", "http/1.1"], "http/1.1"),
+        (ALPNEchoFactory, ["x-echo"], "x-echo"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_alpnWithoutAMatchGoesOn(certs: Certs, served: Any, factoryClass: Any, offered: list[str], chosen: str | None, sni: bool) -> None:
+    """
+    A client that offers only ALPN protocols the application does not have
+    (or an application that has none, as most non-HTTP ones) completes its
+    handshake with no protocol negotiated, and the application speaks its
+    default; a protocol both have is negotiated.  On the listening
+    certificate as on an SNI host's.
+    """
+    hosts = tempfile.mkdtemp(prefix="/tmp/tlsa")
+    try:
+        shutil.copy(certs["server.pem"], os.path.join(hosts, "localhost.pem"))
+        extra = f":sniDir={esc(hosts)}" if sni else ""
+        port, _ = await served(f"geckotls:0:loopback=1:privateKey={esc(certs['server.pem'])}{extra}", factoryClass())
+        result = await pythonClient(port.getHost().port, alpn=offered, serverName="localhost" if sni else None)
+        assert result.error is None and result.data == b"HELLO", result
+        assert result.alpn == chosen
+    finally:
+        shutil.rmtree(hosts, ignore_errors=True)

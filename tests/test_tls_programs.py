@@ -132,19 +132,22 @@ backend app
 
 @needsALPN
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (.ci/run installs it)")
-@pytest.mark.parametrize("prefix", ["ssl", "geckotls"])
+@pytest.mark.parametrize("prefix", ["ssl", "geckotls", "geckotls-workers"])
 @pytest_twisted.ensureDeferred
 async def test_behindHAProxy(certs: Certs, site: str, prefix: str) -> None:
     """
     HAProxy in TCP mode passes TLS through and sends a PROXY v2 header
     first: C{haproxy:geckotls:} reads the header, then does the handshake,
-    and curl gets the file over HTTP/2.  (Twisted's C{haproxy:ssl:} puts
-    TLS outside the PROXY parser: its handshake reads the header and
-    fails, so curl gets nothing; this test pins that difference.)
+    and curl gets the file over HTTP/2 - also with C{workers=2}, where
+    both happen in the worker.  (Twisted's C{haproxy:ssl:} puts TLS
+    outside the PROXY parser: its handshake reads the header and fails, so
+    curl gets nothing; this test pins that difference.)
     """
     key = certs["server.pem"].replace(":", "\\:")
     where = "interface=127.0.0.1" if prefix == "ssl" else "loopback=1"
-    proc, back = await twistdWeb(site, f"haproxy:{prefix}:0:{where}:privateKey={key}")
+    workers = ":workers=2" if prefix.endswith("-workers") else ""
+    prefix = prefix.removesuffix("-workers")
+    proc, back = await twistdWeb(site, f"haproxy:{prefix}:0:{where}:privateKey={key}{workers}")
     front = freePort()
     with open(os.path.join(site, "haproxy.cfg"), "w") as f:
         f.write(HAPROXY_TCP.format(front=front, back=back))
@@ -167,3 +170,27 @@ async def test_behindHAProxy(certs: Certs, site: str, prefix: str) -> None:
     assert clean, proc.output
     if prefix == "geckotls":
         assert "Traceback" not in proc.output
+
+
+@needsALPN
+@pytest_twisted.ensureDeferred
+async def test_twistdWebClientOfferingOnlyUnknownALPN(certs: Certs, site: str) -> None:
+    """
+    C{twistd web} on C{geckotls:}, a client (C{openssl s_client -alpn})
+    that offers only protocols the site does not speak: the handshake
+    completes without ALPN and the site answers in HTTP/1.x, its default;
+    a client offering C{h2} (curl) still gets it.
+    """
+    from ._tlshelp import sClient
+
+    key = certs["server.pem"].replace(":", "\\:")
+    proc, port = await twistdWeb(site, f"geckotls:0:loopback=1:privateKey={key}")
+    try:
+        code, out, err = await sClient(port, "-alpn", "foo,bar", send=b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        assert code == 0 and "No ALPN negotiated" in out and "HTTP/1.0 200" in out and "hello over tls" in out, out + err
+        code, body, version = await curl(f"https://127.0.0.1:{port}/hello.txt", "--http2")
+        assert (code, body, version) == (0, "hello over tls", "2")
+    finally:
+        clean = await proc.stop()
+    assert clean, proc.output
+    assert "failed" not in proc.output

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from ._tlsconn import TLSFactory, TLSProtocol
 
-__all__ = ["contextFor", "GeckoTLSFactory"]
+__all__ = ["contextFor", "GeckoTLSFactory", "ReloadableCreator"]
 
 #: The OpenSSL verify flags of each client-certificate mode.
 _VERIFY = {
@@ -70,16 +70,34 @@ def contextFor(cert: Any, sessionTickets: bool, clientCertificate: int, versionR
 
 
 @implementer(IOpenSSLServerConnectionCreator)
-class _ConnectionCreator:
+class ReloadableCreator:
     """
-    Server connections on one context.
+    Server connections on the context of the TLS configuration given last:
+    replacing it (L{replace}) changes what new connections get, while open
+    connections keep the context they started with.
+
+    @ivar current: an C{SSL.Context}, or what makes one (Twisted's
+        C{CertificateOptions}, an C{IOpenSSLContextFactory}).
     """
 
-    def __init__(self, context: SSL.Context) -> None:
-        self._context = context
+    def __init__(self, current: Any) -> None:
+        self.current = current
+
+    def replace(self, current: Any) -> None:
+        """
+        New connections use C{current} from now on.
+        """
+        self.current = current
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        current = self.current
+        if isinstance(current, SSL.Context):
+            return SSL.Connection(current, None)
+        if IOpenSSLServerConnectionCreator.providedBy(current):
+            # (Twisted's CertificateOptions: as behind ssl:.)
+            connection: SSL.Connection = current.serverConnectionForTLS(tlsProtocol)
+            return connection
+        return SSL.Connection(current.getContext(), None)
 
 
 class GeckoTLSFactory(TLSFactory):
@@ -91,7 +109,8 @@ class GeckoTLSFactory(TLSFactory):
     """
 
     def __init__(self, context: SSL.Context, reactor: Any) -> None:
-        super().__init__(_ConnectionCreator(context), None, reactor)
+        self.creator = ReloadableCreator(context)
+        super().__init__(self.creator, None, reactor)
 
     def handshakeDone(self, protocol: TLSProtocol, connection: SSL.Connection) -> None:
         info = protocol.connectionInfo

@@ -283,6 +283,41 @@ class TLSServerSocket(ServerSocket):
             raise NSError(NS_ERROR_INVALID_ARG, f"minVersion {minVersion:#x} is above maxVersion {maxVersion:#x}")
         self._versionRange = (minVersion, maxVersion)
 
+    def reloadCertificates(self, cert: Any) -> bool:
+        """
+        Serve C{cert} (a C{PrivateCertificate}, like C{serverCert}) from now
+        on, while listening: connections accepted after this call get it,
+        connections already open keep theirs.  (Gecko's C{serverCert} cannot
+        change once listening; a long-running server still has to renew
+        its certificate without closing its socket, and this is how.)  The
+        other settings stay as they were.  Before C{asyncListen} this is
+        setting C{serverCert}.
+
+        @return: whether C{cert} is served now.  A certificate TLS cannot be
+            set up with (a key that does not match) is logged in one line
+            and the certificate served so far stays.
+
+        @raise NSError: C{NS_ERROR_INVALID_ARG} if C{cert} is not a
+            C{PrivateCertificate}.
+        """
+        from twisted.internet.ssl import PrivateCertificate
+
+        if not isinstance(cert, PrivateCertificate):
+            raise NSError(NS_ERROR_INVALID_ARG, f"cert must be a twisted.internet.ssl.PrivateCertificate, not {cert!r}")
+        if self._factory is None or self._listener is None:
+            self.serverCert = cert
+            return True
+        from ._tlscontext import contextFor
+
+        try:
+            context = contextFor(cert, self._sessionTickets, self._clientCertificate, self._versionRange)
+        except Exception as e:
+            _log.error("{server!r}: certificates not reloaded, the old ones stay ({error})", server=self, error=e)
+            return False
+        self._factory.creator.replace(context)
+        self._serverCert = cert
+        return True
+
     def asyncListen(self, listener: Any) -> None:
         """
         See L{IServerSocket.asyncListen}.

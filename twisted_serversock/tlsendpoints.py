@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -39,10 +40,12 @@ from zope.interface import implementer
 from . import endpoints
 from ._listeningport import GeckoListeningPort
 from ._tlsconn import DEFAULT_HANDSHAKE_TIMEOUT, TLSFactory
+from ._tlscontext import ReloadableCreator
 from ._twistedcompat import sslServerOptions, unwrapHAProxy
 
 __all__ = [
     "GeckoTLSServerEndpoint",
+    "TLSListeningPort",
     "parseGeckoTLS",
     "parseGeckoUNIXTLS",
     "contextFactoryFromOptions",
@@ -68,6 +71,10 @@ class GeckoTLSServerEndpoint:
         C{SSL4ServerEndpoint} (a C{CertificateOptions}).
     @param handshakeTimeout: seconds a client gets to finish its handshake;
         C{None} or 0 for no limit.
+    @param reader: what reads the TLS configuration again (a new
+        C{CertificateOptions} from the same files), for
+        L{TLSListeningPort.reloadCertificates}; the string parsers pass
+        one.  C{None}: a reload needs its new configuration given.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class GeckoTLSServerEndpoint:
         endpoint: Any,
         contextFactory: Any,
         handshakeTimeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        reader: Callable[[], Any] | None = None,
     ) -> None:
         if isinstance(handshakeTimeout, bool) or not (
             handshakeTimeout is None or (isinstance(handshakeTimeout, (int, float)) and handshakeTimeout >= 0)
@@ -85,6 +93,15 @@ class GeckoTLSServerEndpoint:
         self._endpoint = endpoint
         self._contextFactory = contextFactory
         self._handshakeTimeout = handshakeTimeout or None
+        self._reader = reader
+
+    @property
+    def addressEndpoint(self) -> Any:
+        """
+        The endpoint under TLS (a C{GeckoServerEndpoint}, ...): where the
+        connections come from.
+        """
+        return self._endpoint
 
     def __repr__(self) -> str:
         return f"<GeckoTLSServerEndpoint over {self._endpoint!r}>"
@@ -95,26 +112,94 @@ class GeckoTLSServerEndpoint:
         Behind C{haproxy:}, the PROXY header is read first (HAProxy sends it
         before the client's TLS handshake).
 
-        @return: what the wrapped endpoint's C{listen} returns.
+        @return: a L{TLSListeningPort} around what the wrapped endpoint's
+            C{listen} returns.
         """
+        creator = ReloadableCreator(self._contextFactory)
         haproxy = unwrapHAProxy(protocolFactory)
         if haproxy is not None:
             wrap, application = haproxy
-            factory = wrap(self._tls(application))
+            factory = wrap(self._tls(application, creator))
         else:
-            factory = self._tls(protocolFactory)
-        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening)
+            factory = self._tls(protocolFactory, creator)
+        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening, creator)
         return listening
 
-    @staticmethod
-    def _listening(port: Any) -> Any:
+    def _listening(self, port: Any, creator: ReloadableCreator) -> TLSListeningPort:
         if isinstance(port, GeckoListeningPort):
             # "(TLS Port N Closed)", as Twisted's ssl: ports log it.
             port.tcpKind = "TLS"
-        return port
+        return TLSListeningPort(port, creator, self._reader, getattr(self._endpoint, "description", "") or repr(self))
 
-    def _tls(self, factory: Any) -> TLSFactory:
-        return TLSFactory(self._contextFactory, factory, self._reactor, self._handshakeTimeout)
+    def _tls(self, factory: Any, creator: ReloadableCreator) -> TLSFactory:
+        return TLSFactory(creator, factory, self._reactor, self._handshakeTimeout)
+
+
+@implementer(IListeningPort)
+class TLSListeningPort:
+    """
+    What L{GeckoTLSServerEndpoint.listen} returns: the listening port of
+    the endpoint under TLS (everything it has, it has: C{getHost},
+    C{stopListening}, C{factory}, ...) that can also serve renewed
+    certificates without closing its socket (L{reloadCertificates}).
+    """
+
+    def __init__(self, port: Any, creator: ReloadableCreator, reader: Callable[[], Any] | None, description: str) -> None:
+        self.port = port
+        self._creator = creator
+        self._reader = reader
+        self._description = description
+
+    def __repr__(self) -> str:
+        return f"<TLSListeningPort {self.port!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.port, name)
+
+    def startListening(self) -> None:
+        self.port.startListening()
+
+    def stopListening(self) -> Any:
+        return self.port.stopListening()
+
+    def getHost(self) -> Any:
+        return self.port.getHost()
+
+    def reloadCertificates(self, contextFactory: Any = None) -> bool:
+        """
+        Serve renewed certificates: connections accepted from now on get
+        the TLS configuration read again from the description's files
+        (C{privateKey}, C{certKey}, C{sniDir}, C{clientCA}, ...) or
+        C{contextFactory} if given; connections already open keep theirs.
+        The files are read now, in this call (a few small local files).
+
+        With C{workers=}, call it in each worker, or send the cluster
+        primary SIGHUP: its new workers read the files anew.
+
+        @param contextFactory: the new configuration (a C{CertificateOptions}),
+            for an endpoint made in Python from one.
+        @return: whether the new configuration is served.  A renewal that
+            cannot be used (a missing file, a key that does not match its
+            certificate) is logged in one line, and the configuration
+            served so far stays.
+        @raise ValueError: without C{contextFactory}, for an endpoint that
+            has no files to read again (made from a C{CertificateOptions}).
+        """
+        if contextFactory is None:
+            if self._reader is None:
+                raise ValueError("this endpoint was given its TLS configuration, not files: pass the new one")
+            try:
+                contextFactory = self._reader()
+            except ValueError as e:
+                _log.error(
+                    "{description}: certificates not reloaded, the old ones stay ({error})",
+                    description=self._description,
+                    error=e,
+                )
+                return False
+        self._creator.replace(contextFactory)
+        _log.info("{description}: certificates reloaded; new connections get them", description=self._description)
+        return True
 
 
 # ----------------------------------------------------------------------
@@ -187,12 +272,18 @@ def _chainAfterFirst(option: str, path: str) -> list[Any]:
 
 def _negotiateForFactory(context: Any) -> None:
     """
-    Let C{context} (an SNI host's) choose the application protocol (ALPN)
-    as the listening context does: the first of the wrapped factory's
-    C{acceptableProtocols()} that the client offers.  Twisted before 25
-    sets this up per connection on the context the connection starts with
-    only, so a host picked by SNI answered no ALPN (no HTTP/2); later
-    releases set it on every context, as this does.
+    Let C{context} (the listening one, and each SNI host's) choose the
+    application protocol (ALPN): the first of the wrapped factory's
+    C{acceptableProtocols()} that the client offers - and when there is
+    none (a factory that speaks no ALPN protocol, a client that offers only
+    others), no ALPN at all: the handshake goes on and the application
+    speaks its default protocol.  (Twisted's own callback answers C{b""}
+    then, which pyOpenSSL 26 refuses: the handshake fails with an internal
+    error alert, so over C{ssl:} every client that offers ALPN - every
+    browser, curl - fails against a factory without ALPN protocols.)
+    Twisted before 25 sets its callback up per connection on the context
+    the connection starts with only, so a host picked by SNI answered no
+    ALPN (no HTTP/2); later releases set it on every context, as this does.
     """
     from OpenSSL import SSL
     from twisted.internet.interfaces import IProtocolNegotiationFactory
@@ -274,6 +365,7 @@ def contextFactoryFromOptions(
     options = _options("privateKey", privateKey, certKey, **more)
     context = options.getContext()
     _verifyClients(context, clientCert, clientCA)
+    _negotiateForFactory(context)
     if hosts:
 
         def pick(connection: Any) -> None:
@@ -293,8 +385,8 @@ _TLS_OPTIONS = (
     "privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters", "handshakeTimeout",
     "sniDir", "clientCert", "clientCA",
 )  # fmt: skip
-_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack")
-_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group")
+_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
+_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers")
 
 
 def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tuple[dict[Any, Any], dict[str, str]]:
@@ -307,10 +399,6 @@ def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tup
             value = value.decode("utf-8")
         canonical = names.get(text.lower())
         if canonical is None:
-            if text.lower() == "workers":
-                if str(value).strip() == "0":
-                    continue  # the default: serve in this process
-                raise ValueError(f"{prefix}: does not serve from worker processes yet; workers= is for gecko: and geckounix:")
             raise ValueError(
                 f"unknown option {text!r} for {prefix}: endpoints; valid options are " + ", ".join(sorted(names.values()))
             )
@@ -335,22 +423,42 @@ def _handshakeTimeout(value: str | None) -> float | None:
     return seconds or None
 
 
-def _build(reactor: Any, address: Any, tls: dict[str, str]) -> GeckoTLSServerEndpoint:
+def _escape(value: object) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _description(prefix: str, args: tuple[Any, ...], kwargs: dict[Any, Any]) -> str:
+    """
+    The description as the user wrote it (Twisted's grammar split it into
+    C{args} and C{kwargs}; this joins them back, in order, escaped).
+    """
+    parts = [_escape(a) for a in args] + [f"{_escape(k)}={_escape(v)}" for k, v in kwargs.items()]
+    return f"{prefix}:" + ":".join(parts)
+
+
+def _build(reactor: Any, address: Any, tls: dict[str, str], description: str) -> GeckoTLSServerEndpoint:
     timeout = _handshakeTimeout(tls.pop("handshakeTimeout", None))
-    return GeckoTLSServerEndpoint(reactor, address, contextFactoryFromOptions(**tls), timeout)
+    # The address endpoint goes by the whole TLS description: the cluster
+    # primary logs its listener by it, and a worker (which runs the same
+    # program, so parses the same string) attaches to it by it.
+    address.description = description
+    return GeckoTLSServerEndpoint(reactor, address, contextFactoryFromOptions(**tls), timeout, lambda: contextFactoryFromOptions(**tls))
 
 
 def parseGeckoTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:
     """
     Build a L{GeckoTLSServerEndpoint} over a L{GeckoServerEndpoint
     <twisted_serversock.endpoints.GeckoServerEndpoint>} from the arguments
-    of a C{geckotls:} description: every C{gecko:} option but C{workers},
-    and C{ssl:}'s.
+    of a C{geckotls:} description: every C{gecko:} option (C{workers}
+    included: the handshakes then run in the worker processes) and
+    C{ssl:}'s.
 
     @raise ValueError: naming the offending option or value.
     """
     addressKw, tls = _split("geckotls", kwargs, _GECKO_ADDRESS)
-    return _build(reactor, endpoints.parseGecko(reactor, *args, **addressKw), tls)
+    address = endpoints.parseGecko(reactor, *args, **addressKw)
+    return _build(reactor, address, tls, _description("geckotls", args, kwargs))
 
 
 def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:
@@ -358,9 +466,10 @@ def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServer
     Build a L{GeckoTLSServerEndpoint} over a L{GeckoUNIXServerEndpoint
     <twisted_serversock.endpoints.GeckoUNIXServerEndpoint>} from the
     arguments of a C{geckounixtls:} description: every C{geckounix:}
-    option but C{workers}, and C{ssl:}'s.
+    option (C{workers} included) and C{ssl:}'s.
 
     @raise ValueError: naming the offending option or value.
     """
     addressKw, tls = _split("geckounixtls", kwargs, _UNIX_ADDRESS)
-    return _build(reactor, endpoints.parseGeckoUNIX(reactor, *args, **addressKw), tls)
+    address = endpoints.parseGeckoUNIX(reactor, *args, **addressKw)
+    return _build(reactor, address, tls, _description("geckounixtls", args, kwargs))
