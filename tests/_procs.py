@@ -211,3 +211,38 @@ async def untilRead(pid: int) -> None:
         return await channelBacklog(pid) == 0
 
     await eventually(read)
+
+
+def childrenOf(pid: int) -> set[int]:
+    """
+    The live processes whose parent is C{pid} (a C{twistd}'s workers).
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} runs (a zombie does not).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def esc(path: str) -> str:
+    """
+    C{path} escaped for an endpoint description (C{:} is its separator).
+    """
+    return path.replace(":", "\\:")

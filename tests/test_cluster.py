@@ -28,7 +28,7 @@ from twisted_serversock.cluster.primary import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import BIN, TWIST, TWISTD, Proc, ask, listenQueue, spawn, untilHolding
+from ._procs import BIN, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, untilHolding
 from .conftest import _othersCanRead, connect, eventually, nobodyEnv, theReactor, timeout
 
 DAPHNE = os.path.join(BIN, "daphne")
@@ -223,29 +223,6 @@ async def pidsAnswering(url: str, *extra: str, wanted: int = 2, seconds: float =
     return pids
 
 
-def childrenOf(pid: int) -> set[int]:
-    """
-    The processes whose parent is C{pid}.
-    """
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def stoppedCleanly(proc: Proc, pids: set[int]) -> None:

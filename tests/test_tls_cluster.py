@@ -28,7 +28,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ._procs import TWISTD, Proc, spawn
+from ._procs import TWISTD, Proc, alive, childrenOf, esc, spawn
 from ._tlshelp import Certs, certs, makeCerts, sClient
 from .conftest import WAIT, _othersCanRead, connect, eventually, nobodyEnv, timeout
 
@@ -95,33 +95,7 @@ def _noProcessLeft() -> Iterator[None]:
                     pass
 
 
-def childrenOf(pid: int) -> set[int]:
-    """
-    The live processes whose parent is C{pid}.
-    """
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry))
-    return found
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def esc(path: str) -> str:
-    return path.replace(":", "\\:")
 
 
 async def twistdWeb(site: str, listen: str, *options: str) -> tuple[Proc, int]:

@@ -26,9 +26,10 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
-from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint
+from twisted_serversock.endpoints import GeckoServerEndpoint
 from twisted_serversock.tlsendpoints import GeckoTLSServerEndpoint, contextFactoryFromOptions
 
+from ._procs import esc
 from ._tlshelp import Certs, certs, pythonClient, sClient
 from .conftest import connect, eventually, failures, theReactor, timeout
 
@@ -80,10 +81,6 @@ def served() -> Iterator[Any]:
     yield listen
     for port in ports:
         port.stopListening()
-
-
-def esc(path: str) -> str:
-    return path.replace(":", "\\:")
 
 
 # ----------------------------------------------------------------------
