@@ -205,6 +205,74 @@ def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, StandInRea
     assert clusterPrimary.pool.everReady
 
 
+class _HandOver:
+    """A TLS listener's files as the primary holds them (see C{twisted_serversock._tlsfiles.HandOver})."""
+
+    def __init__(self) -> None:
+        self.held = {"/k.pem": b"key 1"}
+        self.refreshes = 0
+
+    def files(self) -> dict[str, bytes]:
+        return dict(self.held)
+
+    def refresh(self) -> bool:
+        self.refreshes += 1
+        self.held = {"/k.pem": b"key %d" % (self.refreshes + 1)}
+        return True
+
+
+def test_primaryHandsTLSFilesToItsWorkers(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    Each worker's start-up message carries the files its primary read for
+    each TLS listener (in base64, by description): the bytes it holds, for
+    every worker it starts; a reload (SIGHUP) reads them again, once, for
+    the workers it starts.
+    """
+    import base64
+
+    from twisted_serversock.ipc.spawn import readStartup
+
+    clusterPrimary, reactor, port = primary
+    assert readStartup(reactor.children[0], timeout=1)["files"] == {}
+    handOver = _HandOver()
+    port.handOver = handOver
+    assert clusterPrimary.pool is not None
+    clusterPrimary.pool.addWorker()
+
+    def encoded(data: bytes) -> dict[str, dict[str, str]]:
+        return {port.description: {"/k.pem": base64.b64encode(data).decode()}}
+
+    assert readStartup(reactor.children[-1], timeout=1)["files"] == encoded(b"key 1")
+    assert handOver.refreshes == 0
+    clusterPrimary.pool.reload()
+    assert handOver.refreshes == 1
+    for child in reactor.children[-2:]:
+        assert readStartup(child, timeout=1)["files"] == encoded(b"key 2")
+
+
+def test_workerFindsTheFilesHandedOver() -> None:
+    """
+    In a worker, the registry gives the TLS endpoints the bytes its
+    primary handed over for their description; elsewhere, none (they read
+    the disk).
+    """
+    import base64
+
+    from twisted_serversock.cluster import Registry
+
+    registry = Registry()
+    assert registry.handedOver("D") is None
+    ours, theirs = channelPair()
+    files = {"D": {"/k.pem": base64.b64encode(b"\x00key").decode()}}
+    registry.becomeWorker(ours, {"worker": "cluster", "index": 1, "heartbeat": 5.0, "argv": ["p"], "listeners": {}, "files": files})
+    try:
+        assert registry.handedOver("D") == {"/k.pem": b"\x00key"}
+        assert registry.handedOver("E") is None
+    finally:
+        ours.close()
+        theirs.close()
+
+
 # ----------------------------------------------------------------------
 # The registry the endpoints ask.
 

@@ -14,6 +14,7 @@ stops, and the process exits with status 1 (L{ClusterPrimary.exitStatus}).
 from __future__ import annotations
 
 import atexit
+import base64
 import os
 import sys
 from typing import Any, Callable, NamedTuple
@@ -141,6 +142,7 @@ class PrimaryPort:
         self.route = route
         self._port = port
         self.factory = factory
+        self.handOver: Any = None
         self._stopped: defer.Deferred[None] | None = None
 
     def __repr__(self) -> str:
@@ -192,6 +194,7 @@ class ClusterPrimary:
         # one (it started after the close, or asked late) gets a closed port.
         self._closedDescriptions: set[str] = set()
         self._count = 0
+        self._filesRead = 0  # the reload the TLS files were read for
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
@@ -230,6 +233,9 @@ class ClusterPrimary:
         # in the kernel's backlog, not in this process.
         route.watchPort(inner)
         port = PrimaryPort(self._closed, description, route, inner, factory)
+        # A TLS listener's files, read while parsing (maybe as root), for
+        # the workers (maybe not root): see twisted_serversock._tlsfiles.
+        port.handOver = getattr(endpoint, "handOver", None)
         self._ports[description] = port
         self._closedDescriptions.discard(description)
         if self.pool is None:
@@ -267,8 +273,19 @@ class ClusterPrimary:
         assert self._program is not None
         listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
         startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
+        startup["files"] = self._files()
         argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
         return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)
+
+    def _files(self) -> dict[str, dict[str, str]]:
+        """The start-up message's C{files}; after a reload (SIGHUP), read again first."""
+        reloads = self.pool.reloads if self.pool is not None else 0
+        handOvers = {d: p.handOver for d, p in self._ports.items() if p.handOver is not None}
+        if reloads != self._filesRead:
+            self._filesRead = reloads
+            for handOver in handOvers.values():
+                handOver.refresh()
+        return {d: {path: base64.b64encode(data).decode("ascii") for path, data in h.files().items()} for d, h in handOvers.items()}
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(
