@@ -252,25 +252,20 @@ def test_primaryHandsTLSFilesToItsWorkers(primary: tuple[ClusterPrimary, StandIn
 
 def test_workerFindsTheFilesHandedOver() -> None:
     """
-    In a worker, the registry gives the TLS endpoints the bytes its
-    primary handed over for their description; elsewhere, none (they read
-    the disk).
+    In a worker, the TLS endpoints find the bytes its parent handed over
+    for their description; elsewhere, none (they read the disk).
     """
     import base64
 
-    from twisted_serversock.cluster import Registry
+    from twisted_serversock import _tlsfiles
 
-    registry = Registry()
-    assert registry.handedOver("D") is None
-    ours, theirs = channelPair()
-    files = {"D": {"/k.pem": base64.b64encode(b"\x00key").decode()}}
-    registry.becomeWorker(ours, {"worker": "cluster", "index": 1, "heartbeat": 5.0, "argv": ["p"], "listeners": {}, "files": files})
+    assert _tlsfiles.handedOver("D") is None
     try:
-        assert registry.handedOver("D") == {"/k.pem": b"\x00key"}
-        assert registry.handedOver("E") is None
+        _tlsfiles.receive({"D": {"/k.pem": base64.b64encode(b"\x00key").decode()}})
+        assert _tlsfiles.handedOver("D") == {"/k.pem": b"\x00key"}
+        assert _tlsfiles.handedOver("E") is None
     finally:
-        ours.close()
-        theirs.close()
+        _tlsfiles.receive({})
 
 
 # ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ._procs import TWISTD, Proc, spawn
+from ._procs import TWISTD, Proc, serving, spawn
 from ._tlshelp import Certs, certs, makeCerts, sClient
 from .conftest import (
     WAIT,
@@ -454,12 +454,13 @@ async def test_sighupWithABrokenRenewalKeepsServing(site: str) -> None:
 # A key only root may read, workers that run as another user.
 
 
-def _twistdAsNobody(site: str, listen: str, privileged: bool = True) -> Proc:
+def _twistdAsNobody(site: str, listen: str, privileged: bool = True, command: list[str] | None = None) -> Proc:
     """
     C{twistd -u 65534 -g 65534 web --listen LISTEN} (as root: the primary
     parses and binds, then every process drops to nobody), with an
     interpreter, a C{twistd} script and dropins nobody may read.  Not
     C{privileged}: the whole C{twistd} runs as nobody from the start.
+    C{command}: another subcommand and its options than C{web}'s.
     """
     import sys
 
@@ -486,7 +487,8 @@ def _twistdAsNobody(site: str, listen: str, privileged: bool = True) -> Proc:
         os.chmod(os.path.join(plugins, os.path.basename(dropin.__file__ or "")), 0o644)
         env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
     user = ["-u", "65534", "-g", "65534"] if privileged else []
-    argv = [python, script, "-n", "--pidfile=", "--logfile=-", *user, "web", "--listen", listen, "--path", site]
+    command = command or ["web", "--listen", listen, "--path", site]
+    argv = [python, script, "-n", "--pidfile=", "--logfile=-", *user, *command]
     proc = spawn(argv if privileged else asNobody(argv), site, env)
     _started.append(proc)
     return proc
@@ -590,3 +592,57 @@ async def test_keyThePrimaryCannotRead(certs: Certs, site: str) -> None:
     last = proc.output.strip().splitlines()[-1]
     assert re.fullmatch(rf"[\w.]+: privateKey: cannot read '{re.escape(key)}': Permission denied", last), proc.output
     assert "Started worker" not in proc.output, proc.output
+
+
+# ----------------------------------------------------------------------
+# twistd serversock --listen geckotls:
+
+
+PID_FACTORY = PID_RPY + """
+
+from twisted.web.server import Site
+
+factory = Site(resource)
+"""
+
+
+def _serversock(site: str, listen: str) -> list[str]:
+    with open(os.path.join(site, "pidweb.py"), "w") as f:
+        f.write(PID_FACTORY)
+    return ["serversock", "--listen", listen, "--workers", "2", "--factory", "pidweb.factory"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_serversockRunsTLSInTheWorkers(certs: Certs, site: str) -> None:
+    """
+    C{twistd serversock --listen geckotls:...}: the parent listens
+    without TLS and hands each connection over raw; each worker serves the
+    factory behind that listener's TLS.  Both workers answer HTTPS.
+    """
+    listen = f"geckotls:0:loopback=1:privateKey={esc(certs['key.pem'])}:certKey={esc(certs['cert.pem'])}"
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", *_serversock(site, listen)], site)
+    _started.append(proc)
+    port = await serving(proc, 2)
+    pids = await pidsAnswering(port)
+    assert len(pids) == 2 and pids <= childrenOf(proc.transport.pid), proc.output
+    assert "serving them in the parent" not in proc.output, proc.output
+    await stoppedCleanly(proc)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_serversockHandsARootOnlyKeyToItsWorkers(certs: Certs, site: str) -> None:
+    """
+    The same under C{twistd -u/-g} with a key only root may read: the
+    parent reads it while privileged and hands its bytes to the workers,
+    which run as nobody and make the handshakes.
+    """
+    key, cert = _rootOnlyKey(certs, site)
+    listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}"
+    proc = _twistdAsNobody(site, listen, command=_serversock(site, listen))
+    port = await serving(proc, 2)
+    pids = await pidsAnswering(port)
+    assert len(pids) == 2 and {_uid(p) for p in pids} == {65534}, proc.output
+    for pid in pids | {proc.transport.pid}:
+        _neverOutside(pid, _keyBody(key)[:40])
+    await stoppedCleanly(proc)

@@ -263,7 +263,7 @@ def test_startupMessageIsTheChannelsFirstMessage() -> None:
     try:
         [child] = reactor.children
         startup = readStartup(child, timeout=5)
-        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "factory": "myapp.factory", "path": command.startup["path"]}
+        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "factory": "myapp.factory", "path": command.startup["path"], "tls": {}, "files": {}}
     finally:
         pool.stop(0)
         for child in reactor.children:
@@ -319,6 +319,26 @@ def test_startupFilesWellFormed() -> None:
         workerEnd, parentEnd = _startupPair(**fields)
         try:
             assert readStartup(workerEnd, timeout=5)["files"] == expected
+        finally:
+            workerEnd.close()
+            parentEnd.close()
+
+
+def test_serversockStartupNamesItsTLSRoutes() -> None:
+    """
+    A C{twistd serversock} worker's start-up message names the routes
+    whose TLS it runs (route id -> the C{geckotls:} description) and
+    carries their files; without TLS listeners, neither.
+    """
+    from twisted_serversock.ipc.spawn import readStartup, serversockCommand
+
+    tls = {"tls": {"1": "geckotls:0:privateKey=/k.pem"}, "files": {"geckotls:0:privateKey=/k.pem": {"/k.pem": "a2V5"}}}
+    for command, expected in ((serversockCommand("f", 1, 1.0, lambda: tls), tls), (serversockCommand("f", 1, 1.0), {"tls": {}, "files": {}})):
+        assert command.startup is not None
+        workerEnd, parentEnd = _startupPair(**command.startup)
+        try:
+            startup = readStartup(workerEnd, timeout=5)
+            assert {"tls": startup["tls"], "files": startup["files"]} == expected
         finally:
             workerEnd.close()
             parentEnd.close()

@@ -20,6 +20,7 @@ each worker.
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import re
@@ -29,7 +30,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-__all__ = ["TLSFiles", "UnreadableFile", "HandOver", "certificateOptions"]
+__all__ = ["TLSFiles", "UnreadableFile", "HandOver", "certificateOptions", "startupFiles", "receive", "handedOver"]
 
 _log = Logger()
 
@@ -196,3 +197,39 @@ class HandOver:
             return False
         self._files = fresh
         return True
+
+
+def startupFiles(handOvers: Mapping[str, HandOver], refresh: bool) -> dict[str, dict[str, str]]:
+    """
+    A worker's start-up message's C{files}: each listener's files
+    (description -> path -> base64), read again first if C{refresh} (the
+    first worker of a reload).
+    """
+    if refresh:
+        for handOver in handOvers.values():
+            handOver.refresh()
+    return {d: {path: base64.b64encode(data).decode("ascii") for path, data in h.files().items()} for d, h in handOvers.items()}
+
+
+#: The files this process's parent handed over (a worker's start-up
+#: message's C{files}: description -> path -> base64).
+_received: dict[str, dict[str, str]] = {}
+
+
+def receive(files: Mapping[str, dict[str, str]]) -> None:
+    """
+    This process is a worker whose parent read these TLS files for it
+    (its start-up message's C{files}, checked): the TLS endpoints it
+    parses take their files from them (L{handedOver}).
+    """
+    _received.clear()
+    _received.update(files)
+
+
+def handedOver(description: str) -> dict[str, bytes] | None:
+    """
+    The files handed over for the listener C{description} (path as
+    written -> bytes), or C{None}: read the disk.
+    """
+    files = _received.get(description)
+    return None if files is None else {path: base64.b64decode(data) for path, data in files.items()}

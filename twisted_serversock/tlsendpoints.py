@@ -37,11 +37,11 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import cluster, endpoints
+from . import endpoints
 from ._listeningport import GeckoListeningPort
 from ._tlsconn import DEFAULT_HANDSHAKE_TIMEOUT, TLSFactory
 from ._tlscontext import ReloadableCreator
-from ._tlsfiles import HandOver, TLSFiles, certificateOptions
+from ._tlsfiles import HandOver, TLSFiles, certificateOptions, handedOver
 from ._twistedcompat import unwrapHAProxy
 
 __all__ = [
@@ -117,14 +117,24 @@ class GeckoTLSServerEndpoint:
             C{listen} returns.
         """
         creator = ReloadableCreator(self._contextFactory)
+        factory = self._wrap(protocolFactory, creator)
+        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening, creator)
+        return listening
+
+    def serverFactory(self, protocolFactory: Any) -> Any:
+        """
+        What L{listen} listens with, for connections accepted elsewhere
+        without TLS and handed to this process (a C{twistd serversock}
+        worker): C{protocolFactory} behind this endpoint's TLS.
+        """
+        return self._wrap(protocolFactory, ReloadableCreator(self._contextFactory))
+
+    def _wrap(self, protocolFactory: Any, creator: ReloadableCreator) -> Any:
         haproxy = unwrapHAProxy(protocolFactory)
         if haproxy is not None:
             wrap, application = haproxy
-            factory = wrap(self._tls(application, creator))
-        else:
-            factory = self._tls(protocolFactory, creator)
-        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening, creator)
-        return listening
+            return wrap(self._tls(application, creator))
+        return self._tls(protocolFactory, creator)
 
     def _listening(self, port: Any, creator: ReloadableCreator) -> TLSListeningPort:
         if isinstance(port, GeckoListeningPort):
@@ -471,7 +481,7 @@ def _build(reactor: Any, address: Any, tls: dict[str, str], description: str) ->
     address.description = description
     # In a cluster worker, the files as its primary read them (maybe while
     # privileged); a primary keeps what it read for its workers.
-    files = TLSFiles(cluster.registry.handedOver(address.clusterDescription()))
+    files = TLSFiles(handedOver(address.clusterDescription()))
     contextFactory = _contextFactory(files, **tls)
     address.handOver = HandOver(description, lambda fresh: _contextFactory(fresh, **tls), files)
     # A reload reads the disk (renewed files), in a worker too.

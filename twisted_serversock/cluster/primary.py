@@ -14,7 +14,6 @@ stops, and the process exits with status 1 (L{ClusterPrimary.exitStatus}).
 from __future__ import annotations
 
 import atexit
-import base64
 import os
 import sys
 from typing import Any, Callable, NamedTuple
@@ -27,6 +26,7 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
+from .._tlsfiles import startupFiles
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.defaults import GRACE
 from ..ipc.pool import WorkerPool
@@ -280,12 +280,8 @@ class ClusterPrimary:
     def _files(self) -> dict[str, dict[str, str]]:
         """The start-up message's C{files}; after a reload (SIGHUP), read again first."""
         reloads = self.pool.reloads if self.pool is not None else 0
-        handOvers = {d: p.handOver for d, p in self._ports.items() if p.handOver is not None}
-        if reloads != self._filesRead:
-            self._filesRead = reloads
-            for handOver in handOvers.values():
-                handOver.refresh()
-        return {d: {path: base64.b64encode(data).decode("ascii") for path, data in h.files().items()} for d, h in handOvers.items()}
+        refresh, self._filesRead = reloads != self._filesRead, reloads
+        return startupFiles({d: p.handOver for d, p in self._ports.items() if p.handOver is not None}, refresh)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(

@@ -67,8 +67,10 @@ def _filesProblem(value: object) -> str | None:
 #: C{worker} field); every kind also has C{index} (its number, 1, 2, ...)
 #: and C{heartbeat} (how often it says it is alive while idle, seconds).
 STARTUP_FIELDS: dict[str, Spec] = {
-    # The protocol factory's name, and the parent's sys.path to find it.
-    "serversock": {"factory": STRING, "path": STRINGS},
+    # The protocol factory's name, and the parent's sys.path to find it;
+    # the geckotls: listeners the worker runs TLS for (route id ->
+    # description) and their files, as for "cluster".
+    "serversock": {"factory": STRING, "path": STRINGS, "tls": optional(OBJECT, {}), "files": optional(OBJECT, {})},
     # The primary's command line, and its listeners when the worker
     # started: description -> [route id, encoded address].
     # The TLS files the primary read for each listener (description ->
@@ -112,10 +114,17 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     return process
 
 
-def serversockCommand(factoryName: str, index: int, heartbeat: float) -> Command:
-    """The command of a C{twistd serversock} worker: it serves the protocol factory C{factoryName}, found on the parent's C{sys.path}."""
+def serversockCommand(factoryName: str, index: int, heartbeat: float, tls: Callable[[], dict[str, Any]] | None = None) -> Command:
+    """
+    The command of a C{twistd serversock} worker: it serves the protocol
+    factory C{factoryName}, found on the parent's C{sys.path}.
+
+    @param tls: returns the start-up fields C{tls} and C{files}, if some
+        listeners' TLS runs in the workers.
+    """
     path = [p or os.getcwd() for p in sys.path]
     startup = {"worker": "serversock", "index": index, "heartbeat": heartbeat, "factory": factoryName, "path": path}
+    startup.update(tls() if tls is not None else {})
     return Command([sys.executable, "-m", WORKER_MODULE], dict(os.environ), None, startup)
 
 
