@@ -127,11 +127,12 @@ def certificateOptions(
     @raise Exception: what OpenSSL raised for keys and certificates it
         cannot use.
     """
+    from OpenSSL import SSL
     from twisted.internet import ssl
 
     kw: dict[str, Any] = {}
     if sslmethod is not None:
-        kw["method"] = getattr(ssl.SSL, sslmethod)
+        kw["method"] = getattr(SSL, sslmethod)
     privateCertificate = ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
     chain = None
     if chainPEM is not None:
