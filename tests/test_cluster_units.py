@@ -250,6 +250,27 @@ def test_primaryHandsTLSFilesToItsWorkers(primary: tuple[ClusterPrimary, StandIn
         assert readStartup(child, timeout=1)["files"] == encoded(b"key 2")
 
 
+def test_tlsFilesTooLargeForTheStartupMessage(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    A listener whose TLS files would not fit in a worker's start-up
+    message is refused when it listens, in one line saying so and what to
+    do; nothing is bound for it.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.error import CannotListenError
+
+    from twisted_serversock.ipc.spawn import FILES_ROOM
+
+    clusterPrimary, reactor, port = primary
+    endpoint = serverFromString(reactor, "gecko:port=0:interface=127.0.0.1:workers=1")
+    endpoint.handOver = _HandOver()
+    endpoint.handOver.held = {"/sni/a.pem": b"x" * FILES_ROOM}
+    failure = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    assert isinstance(failure.value, CannotListenError), failure
+    assert "the TLS files of the listeners take" in str(failure.value) and "fewer sniDir hosts" in str(failure.value)
+    assert list(clusterPrimary.dispatcher.routes.values()) == [port.route]
+
+
 def test_workerFindsTheFilesHandedOver() -> None:
     """
     In a worker, the TLS endpoints find the bytes its parent handed over

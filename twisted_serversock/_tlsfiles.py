@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-__all__ = ["TLSFiles", "UnreadableFile", "HandOver", "certificateOptions", "startupFiles", "receive", "handedOver"]
+__all__ = ["TLSFiles", "UnreadableFile", "HandOver", "certificateOptions", "startupFiles", "checkFits", "receive", "handedOver"]
 
 _log = Logger()
 
@@ -210,6 +211,22 @@ def startupFiles(handOvers: Mapping[str, HandOver], refresh: bool) -> dict[str, 
         for handOver in handOvers.values():
             handOver.refresh()
     return {d: {path: base64.b64encode(data).decode("ascii") for path, data in h.files().items()} for d, h in handOvers.items()}
+
+
+def checkFits(handOvers: Mapping[str, HandOver], limit: int) -> None:
+    """
+    Whether the start-up message's C{files} for these listeners stay
+    within C{limit} bytes (what the message holds beside its other
+    fields).
+
+    @raise ValueError: one line saying how large they are and what to do.
+    """
+    size = len(json.dumps(startupFiles(handOvers, False)))
+    if size > limit:
+        raise ValueError(
+            f"the TLS files of the listeners take {size} bytes in each worker's start-up message, which has room "
+            f"for {limit}: fewer sniDir hosts (or EC keys, which are smaller)"
+        )
 
 
 #: The files this process's parent handed over (a worker's start-up

@@ -24,13 +24,13 @@ from twisted.python import usage
 
 from ._startup import cannotListenReason, failStartup
 from ._labels import describeAddress
-from ._tlsfiles import startupFiles
+from ._tlsfiles import checkFits, startupFiles
 from .endpoints import workerCount
 from .ipc.defaults import GRACE, TIMEOUT
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.sdnotify import SystemdNotifier
-from .ipc.spawn import serversockCommand
+from .ipc.spawn import FILES_ROOM, serversockCommand
 from .ipc.signals import ParentStop
 from .ipc.worker import resolveFactory
 
@@ -208,6 +208,7 @@ class ServerSockService(service.Service):
             return endpoint
         self._tls[str(route)] = description
         self._handOvers[address.clusterDescription()] = address.handOver
+        checkFits(self._handOvers, FILES_ROOM)
         return address
 
     def _tlsFields(self) -> dict[str, Any]:

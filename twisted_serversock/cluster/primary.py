@@ -26,11 +26,11 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
-from .._tlsfiles import startupFiles
+from .._tlsfiles import checkFits, startupFiles
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.defaults import GRACE
 from ..ipc.pool import WorkerPool
-from ..ipc.spawn import WORKER_MODULE, Command
+from ..ipc.spawn import FILES_ROOM, WORKER_MODULE, Command
 from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.wire import Control
@@ -220,6 +220,9 @@ class ClusterPrimary:
                     "this description is already listening in cluster mode; workers find their listener by its description, so each must be different"
                 )
             self._program = self._program or splitCommandLine(self._argv)
+            handOvers = {d: p.handOver for d, p in self._ports.items() if p.handOver is not None}
+            if getattr(endpoint, "handOver", None) is not None:
+                checkFits({**handOvers, description: endpoint.handOver}, FILES_ROOM)
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
         route = self.dispatcher.addRoute(description)

@@ -29,6 +29,7 @@ from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode
 
 __all__ = [
     "CHANNEL_FD",
+    "FILES_ROOM",
     "STARTUP_FIELDS",
     "STARTUP_TIMEOUT",
     "WORKER_MODULE",
@@ -62,6 +63,10 @@ def _filesProblem(value: object) -> str | None:
                 return f"[{description!r}][{path!r}] is not a base64 string"
     return None
 
+
+#: Bytes of a start-up message its TLS files may take (the rest: its
+#: command line, path, listeners).
+FILES_ROOM = MAX_MESSAGE - 16384
 
 #: The fields of the start-up message, by the kind of worker (its
 #: C{worker} field); every kind also has C{index} (its number, 1, 2, ...)
