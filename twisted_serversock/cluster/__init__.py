@@ -14,7 +14,6 @@ the accepted connections.  C{docs/cluster.md} describes the process model.
 
 from __future__ import annotations
 
-import base64
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 from weakref import WeakKeyDictionary
@@ -46,16 +45,6 @@ class Registry:
     def becomeWorker(self, channel: socket.socket, startup: dict[str, Any]) -> None:
         """This process is a cluster worker: C{channel} to its primary, and its start-up message's C{startup} fields."""
         self._worker = (channel, startup)
-
-    def handedOver(self, description: str) -> dict[str, bytes] | None:
-        """
-        In a worker, the files its primary read for the listener
-        C{description} (path as written -> bytes; its start-up message's
-        C{files}), or C{None}: the worker reads the disk.
-        """
-        if self._worker is None or description not in self._worker[1].get("files", {}):
-            return None
-        return {path: base64.b64decode(data) for path, data in self._worker[1]["files"][description].items()}
 
     def workerIndex(self) -> int:
         """This process's worker number (1, 2, ...), or 0 outside a worker."""
