@@ -205,6 +205,90 @@ def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, StandInRea
     assert clusterPrimary.pool.everReady
 
 
+class _HandOver:
+    """A TLS listener's files as the primary holds them (see C{twisted_serversock._tlsfiles.HandOver})."""
+
+    def __init__(self) -> None:
+        self.held = {"/k.pem": b"key 1"}
+        self.refreshes = 0
+
+    def files(self) -> dict[str, bytes]:
+        return dict(self.held)
+
+    def refresh(self) -> bool:
+        self.refreshes += 1
+        self.held = {"/k.pem": b"key %d" % (self.refreshes + 1)}
+        return True
+
+
+def test_primaryHandsTLSFilesToItsWorkers(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    Each worker's start-up message carries the files its primary read for
+    each TLS listener (in base64, by description): the bytes it holds, for
+    every worker it starts; a reload (SIGHUP) reads them again, once, for
+    the workers it starts.
+    """
+    import base64
+
+    from twisted_serversock.ipc.spawn import readStartup
+
+    clusterPrimary, reactor, port = primary
+    assert readStartup(reactor.children[0], timeout=1)["files"] == {}
+    handOver = _HandOver()
+    port.handOver = handOver
+    assert clusterPrimary.pool is not None
+    clusterPrimary.pool.addWorker()
+
+    def encoded(data: bytes) -> dict[str, dict[str, str]]:
+        return {port.description: {"/k.pem": base64.b64encode(data).decode()}}
+
+    assert readStartup(reactor.children[-1], timeout=1)["files"] == encoded(b"key 1")
+    assert handOver.refreshes == 0
+    clusterPrimary.pool.reload()
+    assert handOver.refreshes == 1
+    for child in reactor.children[-2:]:
+        assert readStartup(child, timeout=1)["files"] == encoded(b"key 2")
+
+
+def test_tlsFilesTooLargeForTheStartupMessage(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    A listener whose TLS files would not fit in a worker's start-up
+    message is refused when it listens, in one line saying so and what to
+    do; nothing is bound for it.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.error import CannotListenError
+
+    from twisted_serversock.ipc.spawn import FILES_ROOM
+
+    clusterPrimary, reactor, port = primary
+    endpoint = serverFromString(reactor, "gecko:port=0:interface=127.0.0.1:workers=1")
+    endpoint.handOver = _HandOver()
+    endpoint.handOver.held = {"/sni/a.pem": b"x" * FILES_ROOM}
+    failure = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    assert isinstance(failure.value, CannotListenError), failure
+    assert "the TLS files of the listeners take" in str(failure.value) and "fewer sniDir hosts" in str(failure.value)
+    assert list(clusterPrimary.dispatcher.routes.values()) == [port.route]
+
+
+def test_workerFindsTheFilesHandedOver() -> None:
+    """
+    In a worker, the TLS endpoints find the bytes its parent handed over
+    for their description; elsewhere, none (they read the disk).
+    """
+    import base64
+
+    from twisted_serversock import _tlsfiles
+
+    assert _tlsfiles.handedOver("D") is None
+    try:
+        _tlsfiles.receive({"D": {"/k.pem": base64.b64encode(b"\x00key").decode()}})
+        assert _tlsfiles.handedOver("D") == {"/k.pem": b"\x00key"}
+        assert _tlsfiles.handedOver("E") is None
+    finally:
+        _tlsfiles.receive({})
+
+
 # ----------------------------------------------------------------------
 # The registry the endpoints ask.
 

@@ -3,11 +3,13 @@ C{geckotls:...:workers=N}: cluster mode on the TLS endpoints, in real
 C{twistd web} processes.  The primary accepts and hands each connection
 over before a byte of TLS is read; the worker that adopts it runs the
 handshake (the TLS factory wraps the application's, and the workers run
-the program again, so they read the key files themselves).  Every TLS
+the program again, with the key files' bytes the primary read - under
+C{twistd -u/-g}, while it still could: keys only root may read).  Every TLS
 option works there: ALPN (C{curl --http2}), SNI, client certificates, the
 handshake timeout, C{haproxy:geckotls:} (the PROXY header before the
-ClientHello), C{workers=auto}; SIGHUP starts workers that read renewed
-certificate files, with no failed handshake meanwhile.
+ClientHello), C{workers=auto}; SIGHUP starts workers with the renewed
+certificate files the primary read again, with no failed handshake
+meanwhile.
 """
 
 from __future__ import annotations
@@ -28,9 +30,17 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ._procs import TWISTD, Proc, alive, childrenOf, esc, spawn
+from ._procs import TWISTD, Proc, alive, childrenOf, esc, serving, spawn
 from ._tlshelp import Certs, certs, makeCerts, sClient
-from .conftest import WAIT, _othersCanRead, connect, eventually, nobodyEnv, timeout
+from .conftest import (
+    WAIT,
+    _othersCanRead,
+    asNobody,
+    connect,
+    eventually,
+    nobodyEnv,
+    timeout,
+)
 
 __all__ = ["certs"]
 
@@ -388,8 +398,9 @@ async def test_sighupServesRenewedCertificates(site: str) -> None:
 async def test_sighupWithABrokenRenewalKeepsServing(site: str) -> None:
     """
     A renewal that cannot be used (the file is not a key and certificate),
-    then SIGHUP: the new workers fail to start and say why, the old ones
-    keep serving the old certificate, and the cluster goes on.
+    then SIGHUP: the primary, which reads the files again for its new
+    workers, says why in one line, and the new workers serve the files as
+    read before - the old certificate, no failed handshake, no traceback.
     """
     own = makeCerts()
     try:
@@ -400,12 +411,15 @@ async def test_sighupWithABrokenRenewalKeepsServing(site: str) -> None:
         with open(own["server.pem"], "w") as f:
             f.write("not a certificate\n")
         proc.transport.signalProcess(signal.SIGHUP)
-        await proc.waitFor(r"privateKey: the private key in .* is not a usable PEM certificate and key")
+        await proc.waitFor(
+            r"new workers get the TLS files read before \(privateKey: the private key in .* is not a usable PEM certificate and key"
+        )
         await proc.waitFor(r"Reload done")
+        for pid in old:
+            await proc.waitFor(rf"[Ww]orker \d \(pid {pid}\) exited \(status 0\)")
         after = [await get(port) for _ in range(6)]
-        assert all(r.error is None and r.fingerprint == before and r.pid in old for r in after), after
-        # (A worker whose program raises while it starts logs the traceback.)
-        await stoppedCleanly(proc, tracebacks=True)
+        assert all(r.error is None and r.fingerprint == before and r.pid not in old for r in after), after
+        await stoppedCleanly(proc)
     finally:
         shutil.rmtree(own.dir, ignore_errors=True)
 
@@ -414,11 +428,13 @@ async def test_sighupWithABrokenRenewalKeepsServing(site: str) -> None:
 # A key only root may read, workers that run as another user.
 
 
-def _twistdAsNobody(site: str, listen: str) -> Proc:
+def _twistdAsNobody(site: str, listen: str, privileged: bool = True, command: list[str] | None = None) -> Proc:
     """
     C{twistd -u 65534 -g 65534 web --listen LISTEN} (as root: the primary
-    binds, then every process drops to nobody), with an interpreter, a
-    C{twistd} script and dropins nobody may read.
+    parses and binds, then every process drops to nobody), with an
+    interpreter, a C{twistd} script and dropins nobody may read.  Not
+    C{privileged}: the whole C{twistd} runs as nobody from the start.
+    C{command}: another subcommand and its options than C{web}'s.
     """
     import sys
 
@@ -444,32 +460,163 @@ def _twistdAsNobody(site: str, listen: str) -> Proc:
         shutil.copy(dropin.__file__ or "", plugins)
         os.chmod(os.path.join(plugins, os.path.basename(dropin.__file__ or "")), 0o644)
         env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
-    argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", listen, "--path", site]
-    proc = spawn(argv, site, env)
+    user = ["-u", "65534", "-g", "65534"] if privileged else []
+    command = command or ["web", "--listen", listen, "--path", site]
+    argv = [python, script, "-n", "--pidfile=", "--logfile=-", *user, *command]
+    proc = spawn(argv if privileged else asNobody(argv), site, env)
     _started.append(proc)
     return proc
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
-@pytest_twisted.ensureDeferred
-async def test_keyOnlyRootMayReadStopsTheCluster(certs: Certs, site: str) -> None:
-    """
-    C{twistd -u/-g} with a key only root may read: the primary reads it
-    (as root, before dropping), but its workers run the program again as
-    the dropped user and cannot.  Each worker says why in one line and
-    exits; the cluster does not restart them forever: the primary says it
-    cannot go on and exits 1.  (Handing the key to the workers is not
-    done yet.)
-    """
+def _rootOnlyKey(certs: Certs, site: str) -> tuple[str, str]:
+    """A key only root may read (0600, owned by root) and its certificate (0644), in C{site}."""
     key = os.path.join(site, "key.pem")
     shutil.copy(certs["key.pem"], key)
     os.chmod(key, 0o600)
-    shutil.copy(certs["cert.pem"], os.path.join(site, "cert.pem"))
-    os.chmod(os.path.join(site, "cert.pem"), 0o644)
-    proc = _twistdAsNobody(site, f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(os.path.join(site, 'cert.pem'))}:workers=2")
+    cert = os.path.join(site, "cert.pem")
+    shutil.copy(certs["cert.pem"], cert)
+    os.chmod(cert, 0o644)
+    return key, cert
+
+
+def _uid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def _keyBody(path: str) -> bytes:
+    """The base64 body of the PEM key in C{path}."""
+    with open(path, "rb") as f:
+        return f.read().split(b"-----")[2].strip()
+
+
+def _neverOutside(pid: int, secret: bytes) -> None:
+    """The bytes C{secret} are neither in process C{pid}'s command line nor in its environment."""
+    for name in ("cmdline", "environ"):
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            assert secret not in f.read(), name
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_keyOnlyRootMayReadIsHandedToTheWorkers(certs: Certs, site: str) -> None:
+    """
+    C{twistd -u/-g} with a key only root may read: the primary reads it
+    while parsing (as root, before dropping), and hands its bytes to each
+    worker in its start-up message, so the workers - running as nobody,
+    unable to read the file - make the handshakes.  The key is in no
+    worker's command line or environment.
+    """
+    key, cert = _rootOnlyKey(certs, site)
+    listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
+    proc = _twistdAsNobody(site, listen)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(2))
+    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    pids = await pidsAnswering(port)
+    assert len(pids) == 2 and {_uid(p) for p in pids} == {65534}, proc.output
+    body = _keyBody(key)
+    for pid in pids | {proc.transport.pid}:
+        _neverOutside(pid, body[:40])
+    assert "Permission denied" not in proc.output, proc.output
+    await stoppedCleanly(proc)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_sighupCannotReadARootOnlyKeyAgain(certs: Certs, site: str) -> None:
+    """
+    SIGHUP to a primary that dropped its privileges: it cannot read the
+    root-only key again, says so in one line (and what to do: restart),
+    and the new workers serve the bytes it read at start-up - no failed
+    handshake.
+    """
+    key, cert = _rootOnlyKey(certs, site)
+    listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
+    proc = _twistdAsNobody(site, listen)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(2))
+    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    old = await pidsAnswering(port)
+    before = (await get(port)).fingerprint
+    proc.transport.signalProcess(signal.SIGHUP)
+    line = await proc.waitFor(r".*new workers get the TLS files read before \(privateKey: cannot read .*Permission denied\).*restart.*")
+    assert "Traceback" not in line.group(0)
+    await proc.waitFor(r"Reload done")
+    for pid in old:
+        await proc.waitFor(rf"[Ww]orker \d \(pid {pid}\) exited \(status 0\)")
+    after = [await get(port) for _ in range(6)]
+    assert all(r.error is None and r.fingerprint == before and r.pid not in old for r in after), after
+    assert len(re.findall(r"Permission denied", proc.output)) == 1, proc.output
+    await stoppedCleanly(proc)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="running as another user needs root")
+@pytest_twisted.ensureDeferred
+async def test_keyThePrimaryCannotRead(certs: Certs, site: str) -> None:
+    """
+    The whole C{twistd} runs as a user that may not read the key: the
+    error names the option, the file and why in one line, and it exits
+    non-zero without starting a worker.  (C{twistd web} prints the
+    traceback of any C{--listen} its C{makeService} cannot parse, C{ssl:}'s
+    as well; the error is its last line.)
+    """
+    key, cert = _rootOnlyKey(certs, site)
+    proc = _twistdAsNobody(site, f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2", privileged=False)
     code = await timeout(proc.ended, 90)
-    assert code == 1, proc.output
-    assert re.search(r"Cluster mode cannot go on: worker \d exited \d+ times before its program started", proc.output), proc.output
-    assert re.search(rf"\[worker \d pid \d+\] .*privateKey: cannot read '{re.escape(key)}': Permission denied", proc.output), proc.output
-    pids = {int(p) for p in re.findall(r"Started worker \d \(pid (\d+)\)", proc.output)}
-    await eventually(lambda: not any(alive(p) for p in pids), 10)
+    assert code != 0, proc.output
+    last = proc.output.strip().splitlines()[-1]
+    assert re.fullmatch(rf"[\w.]+: privateKey: cannot read '{re.escape(key)}': Permission denied", last), proc.output
+    assert "Started worker" not in proc.output, proc.output
+
+
+# ----------------------------------------------------------------------
+# twistd serversock --listen geckotls:
+
+
+PID_FACTORY = PID_RPY + """
+
+from twisted.web.server import Site
+
+factory = Site(resource)
+"""
+
+
+def _serversock(site: str, listen: str) -> list[str]:
+    with open(os.path.join(site, "pidweb.py"), "w") as f:
+        f.write(PID_FACTORY)
+    return ["serversock", "--listen", listen, "--workers", "2", "--factory", "pidweb.factory"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_serversockRunsTLSInTheWorkers(certs: Certs, site: str) -> None:
+    """
+    C{twistd serversock --listen geckotls:...}: the parent listens
+    without TLS and hands each connection over raw; each worker serves the
+    factory behind that listener's TLS.  Both workers answer HTTPS.
+    """
+    listen = f"geckotls:0:loopback=1:privateKey={esc(certs['key.pem'])}:certKey={esc(certs['cert.pem'])}"
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", *_serversock(site, listen)], site)
+    _started.append(proc)
+    port = await serving(proc, 2)
+    pids = await pidsAnswering(port)
+    assert len(pids) == 2 and pids <= childrenOf(proc.transport.pid), proc.output
+    assert "serving them in the parent" not in proc.output, proc.output
+    await stoppedCleanly(proc)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest_twisted.ensureDeferred
+async def test_serversockHandsARootOnlyKeyToItsWorkers(certs: Certs, site: str) -> None:
+    """
+    The same under C{twistd -u/-g} with a key only root may read: the
+    parent reads it while privileged and hands its bytes to the workers,
+    which run as nobody and make the handshakes.
+    """
+    key, cert = _rootOnlyKey(certs, site)
+    listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}"
+    proc = _twistdAsNobody(site, listen, command=_serversock(site, listen))
+    port = await serving(proc, 2)
+    pids = await pidsAnswering(port)
+    assert len(pids) == 2 and {_uid(p) for p in pids} == {65534}, proc.output
+    for pid in pids | {proc.transport.pid}:
+        _neverOutside(pid, _keyBody(key)[:40])
+    await stoppedCleanly(proc)

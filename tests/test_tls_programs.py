@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import pytest_twisted

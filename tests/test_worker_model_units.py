@@ -263,7 +263,7 @@ def test_startupMessageIsTheChannelsFirstMessage() -> None:
     try:
         [child] = reactor.children
         startup = readStartup(child, timeout=5)
-        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "factory": "myapp.factory", "path": command.startup["path"]}
+        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "factory": "myapp.factory", "path": command.startup["path"], "tls": {}, "files": {}}
     finally:
         pool.stop(0)
         for child in reactor.children:
@@ -277,6 +277,13 @@ def test_startupMessageIsTheChannelsFirstMessage() -> None:
         ({"worker": "serversock", "index": 1, "heartbeat": 1, "path": []}, "missing field 'factory'"),
         ({"worker": "cluster", "index": 1, "heartbeat": 1, "argv": ["p"], "listeners": {}, "key": "x"}, "unexpected field 'key'"),
         ({"worker": "thread", "index": 1, "heartbeat": 1}, "field 'worker' is 'thread'"),
+        # A bad "files" is named without showing its value (keys).
+        ({"worker": "cluster", "index": 1, "heartbeat": 1, "argv": ["p"], "listeners": {}, "files": ["k"]}, "field 'files' is not an object"),
+        ({"worker": "cluster", "index": 1, "heartbeat": 1, "argv": ["p"], "listeners": {}, "files": {"D": "k"}}, "field 'files'['D'] is not an object"),
+        (
+            {"worker": "cluster", "index": 1, "heartbeat": 1, "argv": ["p"], "listeners": {}, "files": {"D": {"/k.pem": "SECRET*"}}},
+            "field 'files'['D']['/k.pem'] is not a base64 string",
+        ),
     ],
 )
 def test_badStartupMessageNamesTheField(fields: dict[str, Any], error: str) -> None:
@@ -288,11 +295,53 @@ def test_badStartupMessageNamesTheField(fields: dict[str, Any], error: str) -> N
 
     workerEnd, parentEnd = _startupPair(**fields)
     try:
-        with pytest.raises(ValueError, match="bad start-up message: " + re.escape(error)):
+        with pytest.raises(ValueError, match="bad start-up message: " + re.escape(error)) as raised:
             readStartup(workerEnd, timeout=5)
+        assert "SECRET" not in str(raised.value)
     finally:
         workerEnd.close()
         parentEnd.close()
+
+
+def test_startupFilesWellFormed() -> None:
+    """
+    A cluster worker's start-up message may carry the TLS files its
+    primary read, by listener description, each path's bytes in base64;
+    left out, there are none.
+    """
+    import base64
+
+    from twisted_serversock.ipc.spawn import readStartup
+
+    base = {"worker": "cluster", "index": 1, "heartbeat": 1, "argv": ["p"], "listeners": {}}
+    files = {"geckotls:0:privateKey=/k.pem": {"/k.pem": base64.b64encode(b"\x00key\xff").decode()}}
+    for fields, expected in ((dict(base, files=files), files), (base, {})):
+        workerEnd, parentEnd = _startupPair(**fields)
+        try:
+            assert readStartup(workerEnd, timeout=5)["files"] == expected
+        finally:
+            workerEnd.close()
+            parentEnd.close()
+
+
+def test_serversockStartupNamesItsTLSRoutes() -> None:
+    """
+    A C{twistd serversock} worker's start-up message names the routes
+    whose TLS it runs (route id -> the C{geckotls:} description) and
+    carries their files; without TLS listeners, neither.
+    """
+    from twisted_serversock.ipc.spawn import readStartup, serversockCommand
+
+    tls = {"tls": {"1": "geckotls:0:privateKey=/k.pem"}, "files": {"geckotls:0:privateKey=/k.pem": {"/k.pem": "a2V5"}}}
+    for command, expected in ((serversockCommand("f", 1, 1.0, lambda: tls), tls), (serversockCommand("f", 1, 1.0), {"tls": {}, "files": {}})):
+        assert command.startup is not None
+        workerEnd, parentEnd = _startupPair(**command.startup)
+        try:
+            startup = readStartup(workerEnd, timeout=5)
+            assert {"tls": startup["tls"], "files": startup["files"]} == expected
+        finally:
+            workerEnd.close()
+            parentEnd.close()
 
 
 def test_startupMessageThatNeverComes() -> None:

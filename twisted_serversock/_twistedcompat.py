@@ -35,7 +35,8 @@ What we rely on, and why:
     C{_buffer}, counted with C{_appSendBuffer} and the socket's buffer as a
     TLS connection's buffered output (L{tlsBufferedOutput});
     C{twisted.internet.endpoints._parseSSL}, how C{ssl:} reads its options
-    (L{sslServerOptions}).
+    (L{sslServerOptions}): the reading C{_tlsfiles.certificateOptions}
+    does again from bytes (it cannot take them) and is tested against.
   - C{twisted.protocols.haproxy._wrapper}: the PROXY protocol wrapper and
     its factory (the package's public API is only C{proxyEndpoint}).  The
     worker parent hands a C{haproxy:} connection over before the header is

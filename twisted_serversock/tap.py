@@ -24,12 +24,13 @@ from twisted.python import usage
 
 from ._startup import cannotListenReason, failStartup
 from ._labels import describeAddress
+from ._tlsfiles import checkFits, startupFiles
 from .endpoints import workerCount
 from .ipc.defaults import GRACE, TIMEOUT
 from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
 from .ipc.sdnotify import SystemdNotifier
-from .ipc.spawn import serversockCommand
+from .ipc.spawn import FILES_ROOM, serversockCommand
 from .ipc.signals import ParentStop
 from .ipc.worker import resolveFactory
 
@@ -136,6 +137,11 @@ class ServerSockService(service.Service):
         self.pool: WorkerPool | None = None
         self._stopper: ParentStop | None = None
         self._listened = False
+        # geckotls: listeners whose TLS the workers run: route id ->
+        # description, and what this process read of their files.
+        self._tls: dict[str, str] = {}
+        self._handOvers: dict[str, Any] = {}
+        self._filesRead = 0
 
     def _getReactor(self) -> Any:
         if self._reactor is None:
@@ -163,7 +169,7 @@ class ServerSockService(service.Service):
         self._stopper = ParentStop(reactor, self._grace, self._takePorts)
         self._dispatcher = Dispatcher(clock=reactor.seconds)
         if self._workers:
-            command = partial(serversockCommand, self._factoryName)
+            command = partial(serversockCommand, self._factoryName, tls=self._tlsFields)
             maxRequests, jitter = self._maxRequests
             self.pool = WorkerPool(
                 reactor, self._dispatcher, command, self._workers, timeout=self._timeout, grace=self._grace, maxRequests=maxRequests, maxRequestsJitter=jitter
@@ -174,6 +180,7 @@ class ServerSockService(service.Service):
                 endpoint = serverFromString(reactor, description)
                 if self.pool is not None:
                     route = self._dispatcher.addRoute(description)
+                    endpoint = self._tlsInWorkers(endpoint, route.id, description)
                     self.pool.addRoute(route)
                     factory: Any = HandOffFactory(self._dispatcher, route, self._factory)
                 else:
@@ -188,6 +195,26 @@ class ServerSockService(service.Service):
             if isinstance(e, Exception):
                 failStartup(f"serversock: cannot listen on --listen {description}: {cannotListenReason(e)}")
             raise
+
+    def _tlsInWorkers(self, endpoint: Any, route: int, description: str) -> Any:
+        """
+        A C{geckotls:} endpoint's address endpoint: the parent hands its
+        connections over raw and the workers run TLS (with the files this
+        process read, handed over in their start-up message); any other
+        endpoint itself.
+        """
+        address: Any = getattr(endpoint, "addressEndpoint", None)
+        if getattr(address, "handOver", None) is None:
+            return endpoint
+        self._tls[str(route)] = description
+        self._handOvers[address.clusterDescription()] = address.handOver
+        checkFits(self._handOvers, FILES_ROOM)
+        return address
+
+    def _tlsFields(self) -> dict[str, Any]:
+        reloads = self.pool.reloads if self.pool is not None else 0
+        refresh, self._filesRead = reloads != self._filesRead, reloads
+        return {"tls": dict(self._tls), "files": startupFiles(self._handOvers, refresh)}
 
     def startService(self) -> None:
         self._listenAll()

@@ -41,7 +41,8 @@ from . import endpoints
 from ._listeningport import GeckoListeningPort
 from ._tlsconn import DEFAULT_HANDSHAKE_TIMEOUT, TLSFactory
 from ._tlscontext import ReloadableCreator
-from ._twistedcompat import sslServerOptions, unwrapHAProxy
+from ._tlsfiles import HandOver, TLSFiles, certificateOptions, handedOver
+from ._twistedcompat import unwrapHAProxy
 
 __all__ = [
     "GeckoTLSServerEndpoint",
@@ -116,14 +117,24 @@ class GeckoTLSServerEndpoint:
             C{listen} returns.
         """
         creator = ReloadableCreator(self._contextFactory)
+        factory = self._wrap(protocolFactory, creator)
+        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening, creator)
+        return listening
+
+    def serverFactory(self, protocolFactory: Any) -> Any:
+        """
+        What L{listen} listens with, for connections accepted elsewhere
+        without TLS and handed to this process (a C{twistd serversock}
+        worker): C{protocolFactory} behind this endpoint's TLS.
+        """
+        return self._wrap(protocolFactory, ReloadableCreator(self._contextFactory))
+
+    def _wrap(self, protocolFactory: Any, creator: ReloadableCreator) -> Any:
         haproxy = unwrapHAProxy(protocolFactory)
         if haproxy is not None:
             wrap, application = haproxy
-            factory = wrap(self._tls(application, creator))
-        else:
-            factory = self._tls(protocolFactory, creator)
-        listening: defer.Deferred[IListeningPort] = self._endpoint.listen(factory).addCallback(self._listening, creator)
-        return listening
+            return wrap(self._tls(application, creator))
+        return self._tls(protocolFactory, creator)
 
     def _listening(self, port: Any, creator: ReloadableCreator) -> TLSListeningPort:
         if isinstance(port, GeckoListeningPort):
@@ -173,8 +184,9 @@ class TLSListeningPort:
         C{contextFactory} if given; connections already open keep theirs.
         The files are read now, in this call (a few small local files).
 
-        With C{workers=}, call it in each worker, or send the cluster
-        primary SIGHUP: its new workers read the files anew.
+        With C{workers=}, call it in each worker (it reads the disk, as
+        the worker's user), or send the cluster primary SIGHUP: it reads
+        the files anew and hands them to its new workers.
 
         @param contextFactory: the new configuration (a C{CertificateOptions}),
             for an endpoint made in Python from one.
@@ -227,27 +239,29 @@ def _warnIfExpired(option: str, path: str, certificate: Any) -> None:
         )
 
 
-def _options(option: str, privateKey: str, certKey: str | None = None, **more: Any) -> Any:
+def _options(files: TLSFiles, option: str, privateKey: str, certKey: str | None = None, **more: Any) -> Any:
     """
-    Twisted's C{CertificateOptions} for these C{ssl:} options, every
-    failure a one-line C{ValueError} naming the option and file.
+    Twisted's C{CertificateOptions} for these C{ssl:} options, read from
+    C{files}, every failure a one-line C{ValueError} naming the option and
+    file.
     """
-    _readable(option, privateKey)
-    if certKey is not None:
-        _readable("certKey", certKey)
-    for name in ("extraCertChain", "dhParameters"):
-        if more.get(name) is not None:
-            _readable(name, more[name])
+    keyPEM = files.read(option, privateKey)
+    certPEM = files.read("certKey", certKey) if certKey is not None else keyPEM
+    chain = more.get("extraCertChain")
+    chainPEM = files.read("extraCertChain", chain) if chain is not None else None
+    if more.get("dhParameters") is not None:
+        # Public data, which OpenSSL loads from its path: read by each process.
+        _readable("dhParameters", more["dhParameters"])
     try:
-        options = sslServerOptions(privateKey=privateKey, certKey=certKey, **more)
+        options = certificateOptions(keyPEM, certPEM, more.get("sslmethod"), chainPEM, chain or "", more.get("dhParameters"))
     except AttributeError:
         raise ValueError(f"sslmethod: unknown method {more.get('sslmethod')!r} (for example TLS_METHOD)") from None
     except ValueError as e:
         raise ValueError(f"{option}: {e}") from None
     except Exception as e:
         what = "does not match the certificate" if "match" in str(e).lower() else f"is not a usable PEM certificate and key ({e or type(e).__name__})"
-        files = privateKey if certKey is None else f"{privateKey} (key) and {certKey} (certificate)"
-        raise ValueError(f"{option}: the private key in {files} {what}") from None
+        named = privateKey if certKey is None else f"{privateKey} (key) and {certKey} (certificate)"
+        raise ValueError(f"{option}: the private key in {named} {what}") from None
     _warnIfExpired(option, certKey or privateKey, options.certificate)
     return options
 
@@ -255,15 +269,15 @@ def _options(option: str, privateKey: str, certKey: str | None = None, **more: A
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def _chainAfterFirst(option: str, path: str) -> list[Any]:
+def _chainAfterFirst(option: str, path: str, pem: bytes) -> list[Any]:
     """
-    The certificates in the PEM file C{path} after the first (the leaf):
-    the intermediates that complete its chain, as pyOpenSSL C{X509}s.
+    The certificates in C{pem} (the PEM file C{path}'s bytes) after the
+    first (the leaf): the intermediates that complete its chain, as
+    pyOpenSSL C{X509}s.
     """
     from OpenSSL import crypto
 
-    with open(path, "rb") as f:
-        found = _PEM_CERTIFICATE.findall(f.read())
+    found = _PEM_CERTIFICATE.findall(pem)
     try:
         return [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in found[1:]]
     except crypto.Error as e:
@@ -303,16 +317,23 @@ def _negotiateForFactory(context: Any) -> None:
     context.set_alpn_select_callback(select)
 
 
-def _verifyClients(context: Any, mode: str | None, clientCA: str | None) -> None:
-    from OpenSSL import SSL
+def _verifyClients(context: Any, mode: str | None, clientCA: str | None, caPEM: bytes | None) -> None:
+    from OpenSSL import SSL, crypto
 
-    if mode is None:
+    if mode is None or caPEM is None:
         return
     flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if mode == "require" else 0)
     context.set_verify(flags)
+    # The CA certificates into the context's store, as OpenSSL's
+    # load_verify_locations would put them, from the bytes.
+    store = context.get_cert_store()
     try:
-        context.load_verify_locations(clientCA)
-    except SSL.Error as e:
+        found = [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in _PEM_CERTIFICATE.findall(caPEM)]
+        if not found:
+            raise crypto.Error("no PEM certificate in it")
+        for certificate in found:
+            store.add_cert(certificate)
+    except crypto.Error as e:
         raise ValueError(f"clientCA: {clientCA!r} holds no usable CA certificate ({e})") from None
 
 
@@ -334,37 +355,52 @@ def contextFactoryFromOptions(
         it (a missing or unreadable file, a key that does not match its
         certificate, an unknown method, C{clientCert} without C{clientCA}).
     """
+    return _contextFactory(
+        TLSFiles(), privateKey, certKey, sslmethod, extraCertChain, dhParameters, sniDir, clientCert, clientCA
+    )
+
+
+def _contextFactory(
+    files: TLSFiles,
+    privateKey: str = "server.pem",
+    certKey: str | None = None,
+    sslmethod: str | None = None,
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
+    sniDir: str | None = None,
+    clientCert: str | None = None,
+    clientCA: str | None = None,
+) -> Any:
+    """
+    L{contextFactoryFromOptions}, its files read through C{files} (the
+    disk, or the bytes a cluster primary handed over).
+    """
     if clientCert is not None and clientCert not in ("request", "require"):
         raise ValueError(f"clientCert must be request or require, not {clientCert!r}")
     if (clientCert is None) != (clientCA is None):
         raise ValueError(
             "clientCert=request|require and clientCA=FILE go together: client certificates are verified against clientCA"
         )
-    if clientCA is not None:
-        _readable("clientCA", clientCA)
+    caPEM = files.read("clientCA", clientCA) if clientCA is not None else None
     more = {"sslmethod": sslmethod, "extraCertChain": extraCertChain, "dhParameters": dhParameters}
     hosts: dict[bytes, Any] = {}
     if sniDir is not None:
-        try:
-            names = sorted(n for n in os.listdir(sniDir) if n.endswith(".pem"))
-        except OSError as e:
-            raise ValueError(f"sniDir: cannot read {sniDir!r}: {e.strerror or e}") from None
-        for name in names:
+        for name in files.names("sniDir", sniDir):
             host = name[: -len(".pem")].lower()
             path = os.path.join(sniDir, name)
-            options = _options(f"sniDir ({name})", path, None, sslmethod=sslmethod, dhParameters=dhParameters)
+            options = _options(files, f"sniDir ({name})", path, None, sslmethod=sslmethod, dhParameters=dhParameters)
             # ssl:'s reading keeps the key and the first certificate; the
             # others in the file complete its chain (as txsni serves them).
-            options.extraCertChain = _chainAfterFirst(f"sniDir ({name})", path)
+            options.extraCertChain = _chainAfterFirst(f"sniDir ({name})", path, files.held[path])
             context = options.getContext()
-            _verifyClients(context, clientCert, clientCA)
+            _verifyClients(context, clientCert, clientCA, caPEM)
             _negotiateForFactory(context)
             hosts[host.encode("idna")] = context
         if not hosts:
             raise ValueError(f"sniDir: {sniDir!r} has no <host>.pem files")
-    options = _options("privateKey", privateKey, certKey, **more)
+    options = _options(files, "privateKey", privateKey, certKey, **more)
     context = options.getContext()
-    _verifyClients(context, clientCert, clientCA)
+    _verifyClients(context, clientCert, clientCA, caPEM)
     _negotiateForFactory(context)
     if hosts:
 
@@ -443,7 +479,13 @@ def _build(reactor: Any, address: Any, tls: dict[str, str], description: str) ->
     # primary logs its listener by it, and a worker (which runs the same
     # program, so parses the same string) attaches to it by it.
     address.description = description
-    return GeckoTLSServerEndpoint(reactor, address, contextFactoryFromOptions(**tls), timeout, lambda: contextFactoryFromOptions(**tls))
+    # In a cluster worker, the files as its primary read them (maybe while
+    # privileged); a primary keeps what it read for its workers.
+    files = TLSFiles(handedOver(address.clusterDescription()))
+    contextFactory = _contextFactory(files, **tls)
+    address.handOver = HandOver(description, lambda fresh: _contextFactory(fresh, **tls), files)
+    # A reload reads the disk (renewed files), in a worker too.
+    return GeckoTLSServerEndpoint(reactor, address, contextFactory, timeout, lambda: contextFactoryFromOptions(**tls))
 
 
 def parseGeckoTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:

@@ -16,6 +16,7 @@ import sys
 import types
 from typing import Any
 
+from .._tlsfiles import receive
 from .._twistedcompat import fitRunnersToWorker
 from ..ipc.worker import logObserver
 from . import registry
@@ -27,6 +28,7 @@ __all__ = ["run"]
 def run(channel: socket.socket, startup: dict[str, Any]) -> None:
     """Become the cluster worker C{startup} describes, with C{channel} to the primary, and run the program."""
     registry.becomeWorker(channel, startup)
+    receive(startup["files"])  # the TLS files the primary read
     argv = startup["argv"]
     program = splitCommandLine(argv)
     # twistd and twist: in the foreground, no pidfile, no second switch of

@@ -26,10 +26,11 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
+from .._tlsfiles import checkFits, startupFiles
 from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
 from ..ipc.defaults import GRACE
 from ..ipc.pool import WorkerPool
-from ..ipc.spawn import WORKER_MODULE, Command
+from ..ipc.spawn import FILES_ROOM, WORKER_MODULE, Command
 from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.wire import Control
@@ -141,6 +142,7 @@ class PrimaryPort:
         self.route = route
         self._port = port
         self.factory = factory
+        self.handOver: Any = None
         self._stopped: defer.Deferred[None] | None = None
 
     def __repr__(self) -> str:
@@ -192,6 +194,7 @@ class ClusterPrimary:
         # one (it started after the close, or asked late) gets a closed port.
         self._closedDescriptions: set[str] = set()
         self._count = 0
+        self._filesRead = 0  # the reload the TLS files were read for
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
@@ -217,6 +220,9 @@ class ClusterPrimary:
                     "this description is already listening in cluster mode; workers find their listener by its description, so each must be different"
                 )
             self._program = self._program or splitCommandLine(self._argv)
+            handOvers = {d: p.handOver for d, p in self._ports.items() if p.handOver is not None}
+            if getattr(endpoint, "handOver", None) is not None:
+                checkFits({**handOvers, description: endpoint.handOver}, FILES_ROOM)
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
         route = self.dispatcher.addRoute(description)
@@ -230,6 +236,9 @@ class ClusterPrimary:
         # in the kernel's backlog, not in this process.
         route.watchPort(inner)
         port = PrimaryPort(self._closed, description, route, inner, factory)
+        # A TLS listener's files, read while parsing (maybe as root), for
+        # the workers (maybe not root): see twisted_serversock._tlsfiles.
+        port.handOver = getattr(endpoint, "handOver", None)
         self._ports[description] = port
         self._closedDescriptions.discard(description)
         if self.pool is None:
@@ -267,8 +276,15 @@ class ClusterPrimary:
         assert self._program is not None
         listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
         startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
+        startup["files"] = self._files()
         argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
         return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)
+
+    def _files(self) -> dict[str, dict[str, str]]:
+        """The start-up message's C{files}; after a reload (SIGHUP), read again first."""
+        reloads = self.pool.reloads if self.pool is not None else 0
+        refresh, self._filesRead = reloads != self._filesRead, reloads
+        return startupFiles({d: p.handOver for d, p in self._ports.items() if p.handOver is not None}, refresh)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(

@@ -16,6 +16,7 @@ workers.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import sys
@@ -23,11 +24,12 @@ from typing import Any, Callable, NamedTuple
 
 from twisted.internet.protocol import ProcessProtocol
 
-from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields
+from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields, optional
 from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode
 
 __all__ = [
     "CHANNEL_FD",
+    "FILES_ROOM",
     "STARTUP_FIELDS",
     "STARTUP_TIMEOUT",
     "WORKER_MODULE",
@@ -44,15 +46,41 @@ CHANNEL_FD = 3
 WORKER_MODULE = "twisted_serversock.ipc"
 #: Seconds a worker waits for its start-up message before it gives up.
 STARTUP_TIMEOUT = 30.0
+def _filesProblem(value: object) -> str | None:
+    """
+    What is wrong with a start-up message's C{files} ({description: {path:
+    base64}}), naming where but never showing a value (they are keys).
+    """
+    if not isinstance(value, dict):
+        return "is not an object"
+    for description, files in value.items():
+        if not isinstance(files, dict):
+            return f"[{description!r}] is not an object"
+        for path, data in files.items():
+            try:
+                base64.b64decode(data, validate=True)
+            except (TypeError, ValueError):
+                return f"[{description!r}][{path!r}] is not a base64 string"
+    return None
+
+
+#: Bytes of a start-up message its TLS files may take (the rest: its
+#: command line, path, listeners).
+FILES_ROOM = MAX_MESSAGE - 16384
+
 #: The fields of the start-up message, by the kind of worker (its
 #: C{worker} field); every kind also has C{index} (its number, 1, 2, ...)
 #: and C{heartbeat} (how often it says it is alive while idle, seconds).
 STARTUP_FIELDS: dict[str, Spec] = {
-    # The protocol factory's name, and the parent's sys.path to find it.
-    "serversock": {"factory": STRING, "path": STRINGS},
+    # The protocol factory's name, and the parent's sys.path to find it;
+    # the geckotls: listeners the worker runs TLS for (route id ->
+    # description) and their files, as for "cluster".
+    "serversock": {"factory": STRING, "path": STRINGS, "tls": optional(OBJECT, {}), "files": optional(OBJECT, {})},
     # The primary's command line, and its listeners when the worker
     # started: description -> [route id, encoded address].
-    "cluster": {"argv": STRINGS, "listeners": OBJECT},
+    # The TLS files the primary read for each listener (description ->
+    # {path as written: base64}): keys the workers' user may not read.
+    "cluster": {"argv": STRINGS, "listeners": OBJECT, "files": optional(OBJECT, {})},
 }
 
 
@@ -91,10 +119,17 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     return process
 
 
-def serversockCommand(factoryName: str, index: int, heartbeat: float) -> Command:
-    """The command of a C{twistd serversock} worker: it serves the protocol factory C{factoryName}, found on the parent's C{sys.path}."""
+def serversockCommand(factoryName: str, index: int, heartbeat: float, tls: Callable[[], dict[str, Any]] | None = None) -> Command:
+    """
+    The command of a C{twistd serversock} worker: it serves the protocol
+    factory C{factoryName}, found on the parent's C{sys.path}.
+
+    @param tls: returns the start-up fields C{tls} and C{files}, if some
+        listeners' TLS runs in the workers.
+    """
     path = [p or os.getcwd() for p in sys.path]
     startup = {"worker": "serversock", "index": index, "heartbeat": heartbeat, "factory": factoryName, "path": path}
+    startup.update(tls() if tls is not None else {})
     return Command([sys.executable, "-m", WORKER_MODULE], dict(os.environ), None, startup)
 
 
@@ -125,6 +160,9 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         kind = checkFields(message.fields, kinds, extra=True)["worker"]
         if kind not in STARTUP_FIELDS:
             raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")
+        problem = _filesProblem(message.fields.get("files", {}))
+        if problem is not None:
+            raise MessageError(f"field 'files'{problem if problem.startswith('[') else ' ' + problem}")
         return checkFields(message.fields, {**kinds, **STARTUP_FIELDS[kind]})
     except (ProtocolError, MessageError) as e:
         raise ValueError(f"bad start-up message: {e}") from None

@@ -14,10 +14,12 @@ import socket
 import sys
 from typing import Any
 
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from .._tlsfiles import receive
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .defaults import GRACE, TIMEOUT, heartbeatFor
@@ -272,23 +274,26 @@ class Worker:
 class ServersockWorker(Worker):
     """
     The worker of C{twistd serversock}: its one factory serves every route,
-    wrapped to parse the PROXY header on a C{haproxy:} listener's routes
-    (cluster workers' programs wrap their own).
+    behind TLS on a C{geckotls:} listener's routes (the parent hands those
+    over raw), wrapped to parse the PROXY header on a C{haproxy:}
+    listener's routes (cluster workers' programs wrap their own).
     """
 
     controls = ControlTable(base=Worker.controls)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tls: dict[int, Any] | None = None, **kwargs: Any) -> None:
+        """@param tls: route id -> the factory behind TLS for a C{geckotls:} listener's routes."""
         super().__init__(*args, **kwargs)
+        self._tlsFactories = tls or {}
         self._proxyFactories: dict[int, Any] = {}
 
     def factoryFor(self, route: int) -> Any:
-        return self._proxyFactories.get(route, self._factory)
+        return self._proxyFactories.get(route, self._tlsFactories.get(route, self._factory))
 
     @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
     def _onRoute(self, id: int, proxy: bool) -> None:
         if proxy and id not in self._proxyFactories:
-            self._proxyFactories[id] = proxyWrapped(self._factory)
+            self._proxyFactories[id] = proxyWrapped(self._tlsFactories.get(id, self._factory))
 
 
 def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
@@ -303,11 +308,25 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     reactor: Any = _reactor
     try:
         factory = resolveFactory(startup["factory"])
+        tls = _tlsFactories(reactor, factory, startup)
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    worker = ServersockWorker(reactor, factory, channel, startup["index"], startup["heartbeat"])
+    worker = ServersockWorker(reactor, factory, channel, startup["index"], startup["heartbeat"], tls=tls)
     worker.installSignals()
     reactor.callWhenRunning(worker.start)
     reactor.run(installSignalHandlers=False)
     return 0
+
+
+def _tlsFactories(reactor: Any, factory: Any, startup: dict[str, Any]) -> dict[int, Any]:
+    """
+    C{factory} behind the TLS of each C{geckotls:} route, parsed from its
+    description with the files the parent handed over.
+
+    @raise ValueError: one line: a description or file that cannot be used.
+    """
+    if not startup["tls"]:
+        return {}
+    receive(startup["files"])
+    return {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
