@@ -16,7 +16,7 @@ and every transition is the test's to make.
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -269,6 +269,38 @@ def test_tlsFilesTooLargeForTheStartupMessage(primary: tuple[ClusterPrimary, Sta
     assert isinstance(failure.value, CannotListenError), failure
     assert "the TLS files of the listeners take" in str(failure.value) and "fewer sniDir hosts" in str(failure.value)
     assert list(clusterPrimary.dispatcher.routes.values()) == [port.route]
+
+
+def test_reloadCertificatesInThePrimarySaysTheWorkersServeTLS(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    C{reloadCertificates()} on what a C{geckotls:...:workers=N} listen
+    returns in the primary reloads nothing there (the primary serves no
+    TLS: its workers do): it says so in one line, naming SIGHUP, and
+    returns C{False} instead of reporting a reload no worker sees.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from twisted_serversock.tlsendpoints import TLSListeningPort
+
+    _, _, port = primary
+    replaced: list[object] = []
+
+    class Creator:
+        def replace(self, contextFactory: object) -> None:
+            replaced.append(contextFactory)
+
+    def reader() -> object:
+        raise AssertionError("the primary read the files for nothing")
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert TLSListeningPort(port, Creator(), reader, "geckotls:0:workers=1").reloadCertificates() is False
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert replaced == []
+    [event] = [e for e in events if e.get("log_namespace") == "twisted_serversock.tlsendpoints"]
+    assert event["description"] == "geckotls:0:workers=1" and "SIGHUP" in event["log_format"]
 
 
 def test_workerFindsTheFilesHandedOver() -> None:

@@ -21,6 +21,7 @@ from twisted_serversock._tlsfiles import (
     TLSFiles,
     UnreadableFile,
     certificateOptions,
+    startupFiles,
 )
 from twisted_serversock._twistedcompat import sslServerOptions
 from twisted_serversock.tlsendpoints import _contextFactory
@@ -124,5 +125,35 @@ def test_refreshThatFailsKeepsWhatWasRead(certs: Certs) -> None:
             f.write(_read(certs["otherkey.pem"]))
         assert handOver.refresh() is True
         assert handOver.files() == {key: _read(key)}
+    finally:
+        shutil.rmtree(d)
+
+
+def test_renewalTooLargeForTheStartupMessageKeepsWhatWasRead(certs: Certs) -> None:
+    """
+    A reload whose renewed files would not fit in a worker's start-up
+    message (the certificate file grew) is one error line, and new workers
+    get the files read before, not a start-up message that cannot be sent.
+    """
+    d = tempfile.mkdtemp()
+    events: list[dict[str, Any]] = []
+    try:
+        key = os.path.join(d, "server.pem")
+        shutil.copy(certs["server.pem"], key)
+        first = TLSFiles()
+        _contextFactory(first, key)
+        handOvers = {"geckotls:0:privateKey=K": HandOver("geckotls:0:privateKey=K", lambda fresh: _contextFactory(fresh, key), first)}
+        limit = len(str(startupFiles(handOvers, False, 10**6))) + 100
+        with open(key, "ab") as f:
+            f.write(b"# padding that makes the renewal too large\n" * 200)
+        globalLogPublisher.addObserver(events.append)
+        try:
+            files = startupFiles(handOvers, True, limit)
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert files == startupFiles(handOvers, False, limit)
+        assert handOvers["geckotls:0:privateKey=K"].files() == {key: _read(certs["server.pem"])}
+        [event] = [e for e in events if e.get("log_namespace") == "twisted_serversock._tlsfiles"]
+        assert event["limit"] == limit and event["size"] > limit
     finally:
         shutil.rmtree(d)

@@ -270,6 +270,40 @@ def test_startupMessageIsTheChannelsFirstMessage() -> None:
             child.close()
 
 
+def test_startupMessageTooLargeStartsNoProcess() -> None:
+    """
+    A start-up message too large for the channel is found before the
+    worker process is started: no process starts only to die waiting for
+    it, the failure is logged, and the slot tries again after its backoff
+    (it starts once the message fits).
+    """
+    from twisted_serversock.ipc.spawn import readStartup, serversockCommand
+    from twisted_serversock.ipc.wire import MAX_MESSAGE
+
+    padding = ["x" * 1024] * (MAX_MESSAGE // 1024 + 1)
+    sizes = {"path": padding}
+
+    def command(index: int, heartbeat: float) -> Command:
+        made = serversockCommand("myapp.factory", index, heartbeat)
+        assert made.startup is not None
+        made.startup["path"] = sizes["path"]
+        return made
+
+    reactor = StandInReactor()
+    pool = WorkerPool(reactor, Dispatcher(reactor.seconds), command, 1)
+    pool.start()
+    try:
+        assert reactor.children == [] and reactor.processes == []
+        sizes["path"] = ["/srv/app"]
+        reactor.advance(10)
+        [child] = reactor.children
+        assert readStartup(child, timeout=5)["path"] == ["/srv/app"]
+    finally:
+        pool.stop(0)
+        for child in reactor.children:
+            child.close()
+
+
 @pytest.mark.parametrize(
     "fields, error",
     [

@@ -171,6 +171,12 @@ class HandOver:
         """Path as written -> bytes: what each new worker gets."""
         return dict(self._files.held)
 
+    def restore(self, files: Mapping[str, bytes]) -> None:
+        """Hand over C{files} again (what L{files} returned before a renewal that cannot be used)."""
+        kept = TLSFiles()
+        kept.held.update(files)
+        self._files = kept
+
     def refresh(self) -> bool:
         """
         Read the files again (a reload: the workers it starts get renewed
@@ -201,15 +207,34 @@ class HandOver:
         return True
 
 
-def startupFiles(handOvers: Mapping[str, HandOver], refresh: bool) -> dict[str, dict[str, str]]:
+def startupFiles(handOvers: Mapping[str, HandOver], refresh: bool, limit: int) -> dict[str, dict[str, str]]:
     """
     A worker's start-up message's C{files}: each listener's files
     (description -> path -> base64), read again first if C{refresh} (the
-    first worker of a reload).
+    first worker of a reload).  A renewal that would not fit in C{limit}
+    bytes (more C{sniDir} hosts since the listener listened) is one log
+    line, and the workers get the files read before.
     """
+    before = {d: h.files() for d, h in handOvers.items()}
     if refresh:
         for handOver in handOvers.values():
             handOver.refresh()
+    files = _encoded(handOvers)
+    size = len(json.dumps(files))
+    if refresh and size > limit:
+        for d, h in handOvers.items():
+            h.restore(before[d])
+        _log.error(
+            "New workers get the TLS files read before: the renewed ones take {size} bytes in a worker's "
+            "start-up message, which has room for {limit} (fewer sniDir hosts, or EC keys)",
+            size=size,
+            limit=limit,
+        )
+        files = _encoded(handOvers)
+    return files
+
+
+def _encoded(handOvers: Mapping[str, HandOver]) -> dict[str, dict[str, str]]:
     return {d: {path: base64.b64encode(data).decode("ascii") for path, data in h.files().items()} for d, h in handOvers.items()}
 
 
@@ -221,7 +246,7 @@ def checkFits(handOvers: Mapping[str, HandOver], limit: int) -> None:
 
     @raise ValueError: one line saying how large they are and what to do.
     """
-    size = len(json.dumps(startupFiles(handOvers, False)))
+    size = len(json.dumps(_encoded(handOvers)))
     if size > limit:
         raise ValueError(
             f"the TLS files of the listeners take {size} bytes in each worker's start-up message, which has room "

@@ -214,7 +214,7 @@ class ServerSockService(service.Service):
     def _tlsFields(self) -> dict[str, Any]:
         reloads = self.pool.reloads if self.pool is not None else 0
         refresh, self._filesRead = reloads != self._filesRead, reloads
-        return {"tls": dict(self._tls), "files": startupFiles(self._handOvers, refresh)}
+        return {"tls": dict(self._tls), "files": startupFiles(self._handOvers, refresh, FILES_ROOM)}
 
     def startService(self) -> None:
         self._listenAll()

@@ -186,7 +186,9 @@ class TLSListeningPort:
 
         With C{workers=}, call it in each worker (it reads the disk, as
         the worker's user), or send the cluster primary SIGHUP: it reads
-        the files anew and hands them to its new workers.
+        the files anew and hands them to its new workers.  Called in the
+        primary, which serves no TLS itself, it logs that and returns
+        C{False}.
 
         @param contextFactory: the new configuration (a C{CertificateOptions}),
             for an endpoint made in Python from one.
@@ -197,6 +199,13 @@ class TLSListeningPort:
         @raise ValueError: without C{contextFactory}, for an endpoint that
             has no files to read again (made from a C{CertificateOptions}).
         """
+        if getattr(self.port, "handsOver", False):
+            _log.error(
+                "{description}: certificates not reloaded here: the workers serve this listener's TLS; send the "
+                "cluster primary SIGHUP to start workers with the renewed files",
+                description=self._description,
+            )
+            return False
         if contextFactory is None:
             if self._reader is None:
                 raise ValueError("this endpoint was given its TLS configuration, not files: pass the new one")

@@ -28,7 +28,7 @@ __all__ = ["run"]
 def run(channel: socket.socket, startup: dict[str, Any]) -> None:
     """Become the cluster worker C{startup} describes, with C{channel} to the primary, and run the program."""
     registry.becomeWorker(channel, startup)
-    receive(startup["files"])  # the TLS files the primary read
+    receive(startup.pop("files"))  # the TLS files the primary read (kept there only)
     argv = startup["argv"]
     program = splitCommandLine(argv)
     # twistd and twist: in the foreground, no pidfile, no second switch of

@@ -134,7 +134,11 @@ class PrimaryPort:
     @ivar factory: the application's protocol factory (used by the
         workers; never started here).
     @ivar description: the endpoint's description, which workers match.
+    @cvar handsOver: C{True}: this process serves none of the listener's
+        connections (a TLS endpoint's C{reloadCertificates} says so).
     """
+
+    handsOver = True
 
     def __init__(self, onStop: Callable[[PrimaryPort], None], description: str, route: Route, port: GeckoListeningPort, factory: Any) -> None:
         self._onStop = onStop
@@ -284,7 +288,7 @@ class ClusterPrimary:
         """The start-up message's C{files}; after a reload (SIGHUP), read again first."""
         reloads = self.pool.reloads if self.pool is not None else 0
         refresh, self._filesRead = reloads != self._filesRead, reloads
-        return startupFiles({d: p.handOver for d, p in self._ports.items() if p.handOver is not None}, refresh)
+        return startupFiles({d: p.handOver for d, p in self._ports.items() if p.handOver is not None}, refresh, FILES_ROOM)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(

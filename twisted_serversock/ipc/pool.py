@@ -196,7 +196,7 @@ class WorkerPool:
 
     def _startProcess(self, slot: Slot, worker: Worker, childEnd: Any) -> None:
         command = self._command(slot.index, self.heartbeat)
-        worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, worker.link.sendControl)
+        worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, worker.link.channel.send)
 
     def _ready(self, worker: Worker) -> None:
         # A worker of the slot that is ready replaces every older one.

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 from twisted.internet.protocol import ProcessProtocol
 
 from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields, optional
-from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode
+from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode, encodeControl
 
 __all__ = [
     "CHANNEL_FD",
@@ -98,15 +98,19 @@ class Command(NamedTuple):
 WorkerCommand = Callable[[int, float], Command]
 
 
-def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: socket.socket, command: Command, send: Callable[..., None]) -> Any:
+def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: socket.socket, command: Command, send: Callable[[bytes], object]) -> Any:
     """
     Start one worker process running C{command}, its output read by
     C{processProtocol}, C{channel} (the caller closes it) as its
     L{CHANNEL_FD}, and send its start-up message with C{send} (the
-    C{sendControl} of the channel's other end).
+    C{send} of the channel's other end).  The message is encoded first: one
+    that cannot be (too large, a field JSON cannot carry) starts no
+    process, which would only die waiting for it.
 
     @return: the C{IProcessTransport}.
+    @raise ProtocolError: the start-up message cannot be encoded.
     """
+    message = encodeControl("start", **(command.startup or {}))
     process = reactor.spawnProcess(
         processProtocol,
         sys.executable,
@@ -115,7 +119,7 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
         path=command.path,
         childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
     )
-    send("start", **(command.startup or {}))
+    send(message)
     return process
 
 

@@ -328,5 +328,5 @@ def _tlsFactories(reactor: Any, factory: Any, startup: dict[str, Any]) -> dict[i
     """
     if not startup["tls"]:
         return {}
-    receive(startup["files"])
+    receive(startup.pop("files"))
     return {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
