@@ -55,7 +55,7 @@ def _escape(value: object) -> str:
     return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-def _endpointString(prefix: str, args: Iterable[object], options: Iterable[tuple[object, object]]) -> str:
+def endpointString(prefix: str, args: Iterable[object], options: Iterable[tuple[object, object]]) -> str:
     """
     The endpoint string of C{prefix} with positional C{args} and C{options}
     (name, value), in that order.
@@ -229,7 +229,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         given += [("keepWhenOffline", int(keepWhenOffline))]
         given += [("interface", interface), ("ipv6", int(ipv6)), ("dualstack", int(dualStack)), ("workers", self._workers)]
         defaults = {"port": -1, "backlog": -1, "interface": None}
-        self.description = _endpointString("gecko", (), [(k, v) for k, v in given if v != defaults.get(k, 0)])
+        self.description = endpointString("gecko", (), [(k, v) for k, v in given if v != defaults.get(k, 0)])
 
     def __repr__(self) -> str:
         return f"<GeckoServerEndpoint {self._where()}>"
@@ -325,7 +325,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         given: list[tuple[str, object]] = [("path", path), ("mode", oct(mode)[2:]), ("backlog", backlog), ("abstract", abstract)]
         given += [("reclaim", int(reclaimStale)), ("uids", uidList), ("group", gid), ("workers", self._workers)]
         defaults = {"mode": "600", "backlog": -1, "path": None, "abstract": None, "uids": None, "group": None}
-        self.description = _endpointString("geckounix", (), [(k, v) for k, v in given if v != defaults.get(k, 0)])
+        self.description = endpointString("geckounix", (), [(k, v) for k, v in given if v != defaults.get(k, 0)])
 
     def __repr__(self) -> str:
         return f"<GeckoUNIXServerEndpoint {self._where()[0]}>"
@@ -524,7 +524,7 @@ def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> Gecko
         dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
         workers=o.get("workers", 0),
     )
-    endpoint.description = _endpointString("gecko", args, kwargs.items())
+    endpoint.description = endpointString("gecko", args, kwargs.items())
     return endpoint
 
 
@@ -569,7 +569,7 @@ def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> G
         group=o["group"].strip() if "group" in o else None,
         workers=o.get("workers", 0),
     )
-    endpoint.description = _endpointString("geckounix", args, kwargs.items())
+    endpoint.description = endpointString("geckounix", args, kwargs.items())
     return endpoint
 
 

@@ -468,20 +468,6 @@ def _handshakeTimeout(value: str | None) -> float | None:
     return seconds or None
 
 
-def _escape(value: object) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def _description(prefix: str, args: tuple[Any, ...], kwargs: dict[Any, Any]) -> str:
-    """
-    The description as the user wrote it (Twisted's grammar split it into
-    C{args} and C{kwargs}; this joins them back, in order, escaped).
-    """
-    parts = [_escape(a) for a in args] + [f"{_escape(k)}={_escape(v)}" for k, v in kwargs.items()]
-    return f"{prefix}:" + ":".join(parts)
-
-
 def _build(reactor: Any, address: Any, tls: dict[str, str], description: str) -> GeckoTLSServerEndpoint:
     timeout = _handshakeTimeout(tls.pop("handshakeTimeout", None))
     # The address endpoint goes by the whole TLS description: the cluster
@@ -509,7 +495,7 @@ def parseGeckoTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndp
     """
     addressKw, tls = _split("geckotls", kwargs, _GECKO_ADDRESS)
     address = endpoints.parseGecko(reactor, *args, **addressKw)
-    return _build(reactor, address, tls, _description("geckotls", args, kwargs))
+    return _build(reactor, address, tls, endpoints.endpointString("geckotls", args, kwargs.items()))
 
 
 def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServerEndpoint:
@@ -523,4 +509,4 @@ def parseGeckoUNIXTLS(reactor: Any, *args: Any, **kwargs: Any) -> GeckoTLSServer
     """
     addressKw, tls = _split("geckounixtls", kwargs, _UNIX_ADDRESS)
     address = endpoints.parseGeckoUNIX(reactor, *args, **addressKw)
-    return _build(reactor, address, tls, _description("geckounixtls", args, kwargs))
+    return _build(reactor, address, tls, endpoints.endpointString("geckounixtls", args, kwargs.items()))
