@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from typing import Any
 
 import pytest
@@ -417,11 +418,24 @@ class ForeignHost:
         self.name = name
         self.serverIP = serverIP
         self.clientIP = clientIP
+        self.clients: list[ForeignClient] = []
+
+    async def endClients(self) -> None:
+        """
+        End the clients L{connect} started (their input closed, each ends
+        its connection and exits), and wait until they have.
+        """
+        clients, self.clients = self.clients, []
+        for client in clients:
+            if not client.ended.called:
+                client.transport.closeStdin()
+        await timeout(defer.DeferredList([client.ended for client in clients]))
 
     async def connect(self, port: int) -> ForeignClient:
         import sys
 
         client = ForeignClient()
+        self.clients.append(client)
         theReactor().spawnProcess(
             client,
             "ip",
@@ -453,12 +467,12 @@ def _freeSubnet(pid: int) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def foreignHost() -> Any:
+def foreignNamespace() -> Any:
     """
     Create (and after the test run remove) a network namespace joined to
     this one by a veth pair, once per run: the modules that use it share
     it, so none depends on another having removed its own first.  Needs
-    root and iproute2, which CI has.
+    root and iproute2, which CI has.  Tests use it as L{foreignHost}.
     """
     if os.getuid() != 0 or shutil.which("ip") is None:
         pytest.skip("creating a network namespace needs root and iproute2")
@@ -514,6 +528,18 @@ _NEEDED = (
     "            break\n"
     "print(json.dumps(sorted(found)))\n"
 )
+
+
+@pytest_twisted.async_yield_fixture
+async def foreignHost(foreignNamespace: ForeignHost) -> Any:
+    """
+    The L{ForeignHost} of the run (L{foreignNamespace}); the clients a test
+    started from it are ended when the test ends.
+    """
+    try:
+        yield foreignNamespace
+    finally:
+        await foreignNamespace.endClients()
 
 
 def _othersCanRead(path: str) -> bool:
@@ -723,6 +749,10 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+class LeftRunning(UserWarning):
+    """A test left processes running (they were killed when it ended)."""
+
+
 @pytest.fixture(autouse=True)
 def noProcessOutlivesItsTest(request: Any) -> Any:
     """
@@ -740,4 +770,5 @@ def noProcessOutlivesItsTest(request: Any) -> Any:
         except OSError:
             pass
     if left:
-        sys.stderr.write(f"\n{request.node.nodeid}: killed {len(left)} process(es) it left running: {sorted(left)}\n")
+        # A warning, so that the run's summary lists every test that does it.
+        warnings.warn(f"killed {len(left)} process(es) the test left running: {sorted(left)}", LeftRunning, stacklevel=1)
