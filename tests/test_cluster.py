@@ -171,35 +171,6 @@ def site() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-_started: list[Proc] = []
-
-
-@pytest.fixture(autouse=True)
-def _noProcessLeft() -> Iterator[None]:
-    """
-    Whatever a test leaves running (it failed half-way) is killed: its
-    workers, then the primary.
-    """
-    yield
-    while _started:
-        proc = _started.pop()
-        if not proc.ended.called:
-            primary = proc.transport.pid
-            if primary is None:  # it ended meanwhile
-                continue
-            for pid in childrenOf(primary) | {primary}:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-
-
-def start(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
-    proc = spawn(argv, cwd, env)
-    _started.append(proc)
-    return proc
-
-
 async def curl(*args: str) -> tuple[bytes, int]:
     out, err, code = await timeout(
         getProcessOutputAndValue(CURL, ["-sS", "--max-time", "30", *args], env=dict(os.environ)), 40
@@ -262,7 +233,7 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     primary's log with their pids.
     """
     options = ["--reactor=asyncio"] if reactor == "asyncio" else []
-    proc = start([*TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    proc = spawn([*TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     with open(os.path.join(site, "twistd.pid")) as f:
@@ -318,7 +289,7 @@ def twistdAsNobody(site: str, listen: str) -> Proc:
         os.chmod(copy, 0o644)
         env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
     argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", listen, "--path", site]
-    return start(argv, site, env)
+    return spawn(argv, site, env)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
@@ -366,7 +337,7 @@ async def test_uidsSelfIsTheUserThatServes(site: str) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_twistWeb(site: str) -> None:
-    proc = start([*TWIST, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    proc = spawn([*TWIST, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     await stoppedCleanly(proc, pids)
@@ -388,7 +359,7 @@ async def test_tacFile(site: str) -> None:
                 """
             )
         )
-    proc = start([*TWISTD, "-n", "--pidfile=", "-y", "app.tac"], site)
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "-y", "app.tac"], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     await stoppedCleanly(proc, pids)
@@ -397,7 +368,7 @@ async def test_tacFile(site: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_geckounix(site: str) -> None:
     path = os.path.join(site, "web.sock")
-    proc = start([*TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "web", "--listen", f"geckounix:path={path}:workers=2", "--path", site], site)
     # The primary names the listener as the user wrote it.
     await proc.waitFor(rf"Cluster primary \(pid \d+\): geckounix:path={re.escape(path)}:workers=2 on {re.escape(path)} is served by")
     pids = await servedByWorkers(proc, "http://localhost/pid.rpy", "--unix-socket", path)
@@ -448,7 +419,7 @@ reactor.run()
 async def test_plainScript(site: str) -> None:
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
-    proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2"], site)
+    proc = spawn([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2"], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/")
     # twisted_serversock.cluster says which role the program runs in.
@@ -498,7 +469,7 @@ async def test_connectionsDoNotLeakIntoTheWorkersChildProcesses(site: str) -> No
     """
     with open(os.path.join(site, "leak.py"), "w") as f:
         f.write(LEAK_SCRIPT)
-    proc = start([sys.executable, "leak.py", "gecko:port=0:loopback=1:workers=1"], site)
+    proc = spawn([sys.executable, "leak.py", "gecko:port=0:loopback=1:workers=1"], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     worker = int((await proc.waitFor(SERVES)).group(2))
     out, code = await curl(f"http://127.0.0.1:{port}/")
@@ -522,7 +493,7 @@ async def test_daphne(site: str) -> None:
                 """
             )
         )
-    proc = start([DAPHNE, "-e", "gecko:port=0:loopback=1:workers=2", "app:application"], site)
+    proc = spawn([DAPHNE, "-e", "gecko:port=0:loopback=1:workers=2", "app:application"], site)
     port = int((await proc.waitFor(r"Listening on TCP address 127\.0\.0\.1:(\d+)")).group(1))
     primary = proc.transport.pid
     await eventually(lambda: len(childrenOf(primary)) == 2, 30, 0.1)
@@ -539,7 +510,7 @@ async def test_daemonizedPrimary(site: str) -> None:
     """
     pidfile = os.path.join(site, "p.pid")
     logfile = os.path.join(site, "p.log")
-    launcher = start(
+    launcher = spawn(
         [*TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site],
         site,
     )
@@ -571,7 +542,7 @@ async def test_sigkilledWorkerLosesNothingAndComesBack(site: str) -> None:
     acknowledges; SIGKILL it, and those go to the other worker - every
     request is answered - and a new worker takes its place.
     """
-    proc = start([*TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     url = f"http://127.0.0.1:{port}/pid.rpy"
     pids = await servedByWorkers(proc, url)
@@ -603,7 +574,7 @@ async def test_haproxyWrapping(site: str) -> None:
     C{haproxy:gecko:...:workers=2}: the PROXY-protocol wrapper is part of
     the factory, so it runs in the workers, which see the proxied address.
     """
-    proc = start(
+    proc = spawn(
         [*TWISTD, "-n", "--pidfile=", "web", "--listen", "haproxy:gecko:port=0:loopback=1:workers=2", "--path", site], site
     )
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
@@ -637,7 +608,7 @@ async def test_badInputFailsAtOnce(site: str, listen: list[str], message: str) -
     argv = [*TWISTD, "-n", "--pidfile=", "web", "--path", site]
     for description in listen:
         argv += ["--listen", description]
-    proc = start(argv, site)
+    proc = spawn(argv, site)
     code = await timeout(proc.ended, 40)
     assert code != 0 and message in proc.output, proc.output
     assert "Started worker" not in proc.output
@@ -656,7 +627,7 @@ async def test_workersThatCannotStartStopTheCluster(site: str) -> None:
         s.bind(("127.0.0.1", 0))
         busy = s.getsockname()[1]
     argv = [*TWISTD, "-n", "--pidfile=", "web", "--path", site, "--listen", "gecko:port=0:loopback=1:workers=2"]
-    proc = start(argv + ["--listen", f"tcp:{busy}:interface=127.0.0.1"], site)
+    proc = spawn(argv + ["--listen", f"tcp:{busy}:interface=127.0.0.1"], site)
     code = await timeout(proc.ended, 60)
     assert code == 1, proc.output
     assert re.search(r"Cluster mode cannot go on: worker \d exited 3 times before its program started", proc.output), proc.output
@@ -673,7 +644,7 @@ async def test_workerListeningElsewhereStopsTheCluster(site: str) -> None:
     """
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
-    proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2", "mark"], site)
+    proc = spawn([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2", "mark"], site)
     code = await timeout(proc.ended, 60)
     assert code == 1, proc.output
     assert "Cluster mode cannot go on" in proc.output and "backlog=7" in proc.output, proc.output
@@ -691,7 +662,7 @@ async def test_saturatedWorkerLeavesTheExcessInTheKernelBacklog(site: str) -> No
     """
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
-    proc = start([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=1"], site)
+    proc = spawn([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=1"], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     worker = int((await proc.waitFor(SERVES)).group(2))
     os.kill(worker, signal.SIGSTOP)
@@ -720,7 +691,7 @@ async def test_sighupToTheWholeProcessGroup(site: str) -> None:
     meanwhile are all answered.
     """
     setsid = shutil.which("setsid") or "/usr/bin/setsid"
-    proc = start([setsid, *TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
+    proc = spawn([setsid, *TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
     url = f"http://127.0.0.1:{port}/pid.rpy"
     primary = proc.transport.pid

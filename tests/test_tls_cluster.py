@@ -84,37 +84,12 @@ def site() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-_started: list[Proc] = []
-
-
-@pytest.fixture(autouse=True)
-def _noProcessLeft() -> Iterator[None]:
-    """
-    Whatever a failed test leaves running is killed: workers, then the
-    primary.
-    """
-    yield
-    while _started:
-        proc = _started.pop()
-        primary = proc.transport.pid
-        if not proc.ended.called and primary is not None:
-            for pid in childrenOf(primary) | {primary}:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-
-
-
-
-
 async def twistdWeb(site: str, listen: str, *options: str) -> tuple[Proc, int]:
     """
     C{twistd -n web --listen LISTEN} serving C{site}, once both its
     workers serve; the process and the primary's port.
     """
     proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", *options, "web", "--listen", listen, "--path", site], site)
-    _started.append(proc)
     match = await proc.waitFor(PRIMARY_LISTENING)
     # The primary names the listener by the string the user wrote.
     assert match.group(1) == listen.removeprefix("haproxy:"), proc.output
@@ -322,7 +297,6 @@ async def test_geckounixtlsInTheWorkers(certs: Certs, site: str) -> None:
     path = os.path.join(site, "tls.sock")
     listen = f"geckounixtls:{esc(path)}:privateKey={esc(certs['server.pem'])}:workers=2"
     proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", "web", "--listen", listen, "--path", site], site)
-    _started.append(proc)
     await proc.waitFor(rf"Cluster primary \(pid \d+\): {re.escape(listen)} on ")
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     assert len(await pidsAnswering(path)) == 2
@@ -464,7 +438,6 @@ def _twistdAsNobody(site: str, listen: str, privileged: bool = True, command: li
     command = command or ["web", "--listen", listen, "--path", site]
     argv = [python, script, "-n", "--pidfile=", "--logfile=-", *user, *command]
     proc = spawn(argv if privileged else asNobody(argv), site, env)
-    _started.append(proc)
     return proc
 
 
@@ -595,7 +568,6 @@ async def test_serversockRunsTLSInTheWorkers(certs: Certs, site: str) -> None:
     """
     listen = f"geckotls:0:loopback=1:privateKey={esc(certs['key.pem'])}:certKey={esc(certs['cert.pem'])}"
     proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", *_serversock(site, listen)], site)
-    _started.append(proc)
     port = await serving(proc, 2)
     pids = await pidsAnswering(port)
     assert len(pids) == 2 and pids <= childrenOf(proc.transport.pid), proc.output
