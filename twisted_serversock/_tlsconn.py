@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from ._twistedcompat import flushTLSWrites, tlsFailure, tlsPendingPlaintext, tlsProtocolWithoutConnecting
+from ._twistedcompat import KeepContextALPN, flushTLSWrites, tlsFailure, tlsPendingPlaintext, tlsProtocolWithoutConnecting
 from .interfaces import ITLSClientStatus
 
 __all__ = ["TLSFactory", "TLSProtocol", "TLSClientStatus", "DEFAULT_HANDSHAKE_TIMEOUT", "ianaCipherName"]
@@ -215,7 +215,7 @@ def _errorText(error: Any) -> str:
     return ", ".join(reasons) or str(error) or type(error).__name__
 
 
-class TLSFactory(TLSMemoryBIOFactory):
+class TLSFactory(KeepContextALPN, TLSMemoryBIOFactory):
     """
     Twisted's C{TLSMemoryBIOFactory} (server side), building
     L{TLSProtocol}s.

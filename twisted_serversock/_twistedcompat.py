@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import weakref
 from typing import Any
 
 from twisted.internet import abstract, tcp
@@ -201,6 +202,28 @@ def unwrapHAProxy(factory: Any) -> Any:
     if isinstance(factory, HAProxyWrappingFactory):
         return HAProxyWrappingFactory, factory.wrappedFactory
     return None
+
+
+#: OpenSSL contexts that choose their ALPN protocol themselves (see
+#: L{KeepContextALPN}).
+OWN_ALPN: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+class KeepContextALPN:
+    """
+    Mixed into a C{TLSMemoryBIOFactory}: Twisted before 25 sets its own
+    ALPN callback, per connection, on the context the connection starts
+    with (C{TLSMemoryBIOFactory._applyProtocolNegotiation}), replacing the
+    one the context has; its callback answers C{b""} when the client offers
+    nothing the factory has, and the handshake fails.  A context in
+    L{OWN_ALPN} keeps its own callback.  (Later Twisted releases set ALPN
+    on the context factory, and never call this.)
+    """
+
+    def _applyProtocolNegotiation(self, connection: Any) -> None:
+        if connection.get_context() in OWN_ALPN:
+            return
+        super()._applyProtocolNegotiation(connection)  # type: ignore[misc]
 
 
 def _tlsProblems() -> list[str]:

@@ -42,7 +42,7 @@ from ._listeningport import GeckoListeningPort
 from ._tlsconn import DEFAULT_HANDSHAKE_TIMEOUT, TLSFactory
 from ._tlscontext import ReloadableCreator
 from ._tlsfiles import HandOver, TLSFiles, certificateOptions, handedOver
-from ._twistedcompat import unwrapHAProxy
+from ._twistedcompat import OWN_ALPN, unwrapHAProxy
 
 __all__ = [
     "GeckoTLSServerEndpoint",
@@ -324,6 +324,7 @@ def _negotiateForFactory(context: Any) -> None:
         return noOverlap
 
     context.set_alpn_select_callback(select)
+    OWN_ALPN.add(context)
 
 
 def _verifyClients(context: Any, mode: str | None, clientCA: str | None, caPEM: bytes | None) -> None:
