@@ -34,6 +34,14 @@ SERVERSOCK = TWISTD + ["-n", "--pidfile=", "--logfile=-", "serversock"]
 #: The line C{twistd serversock} logs once it listens; group 1 is the port.
 LISTENING = r"serversock listening on \S+ \((?:[\d.]+):(\d+)\)"
 
+#: A cluster primary's log line once it listens: the listener as the user
+#: wrote it (group C{description}) and the port it bound (group C{port}).
+PRIMARY_LISTENING = r"Cluster primary \(pid \d+\): (?P<description>.*) on 127\.0\.0\.1:(?P<port>\d+) is served by"
+
+#: A cluster worker's relayed log line once it serves a listener: its
+#: number (group 1) and pid (group 2).
+SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
+
 #: Twisted's own start line, as C{tcp.Port} logs it ("Site starting on
 #: N"); group 1 is the port.
 STARTING = r" starting on (\d+)"

@@ -28,16 +28,12 @@ from twisted_serversock.cluster.primary import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import BIN, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, untilHolding
+from ._procs import BIN, PRIMARY_LISTENING, SERVES, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, untilHolding
 from .conftest import _othersCanRead, connect, eventually, nobodyEnv, theReactor, timeout
 
 DAPHNE = os.path.join(BIN, "daphne")
 CURL = shutil.which("curl") or "/usr/bin/curl"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
-#: The primary's log line with the port it bound.
-PRIMARY_LISTENING = r"Cluster primary \(pid \d+\): .* on 127\.0\.0\.1:(\d+) is served by"
-#: A worker's relayed log line once it serves a listener.
-SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
 
 PID_RPY = """\
 import os
@@ -234,7 +230,7 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     """
     options = ["--reactor=asyncio"] if reactor == "asyncio" else []
     proc = spawn([*TWISTD, "-n", *options, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     with open(os.path.join(site, "twistd.pid")) as f:
         assert int(f.read()) == proc.transport.pid
@@ -300,7 +296,7 @@ async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
     only then starts the workers, which run as that user and group.
     """
     proc = twistdAsNobody(site, "gecko:port=0:loopback=1:workers=2")
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     for pid in pids | {proc.transport.pid}:
         with open(f"/proc/{pid}/status") as f:
@@ -338,7 +334,7 @@ async def test_uidsSelfIsTheUserThatServes(site: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_twistWeb(site: str) -> None:
     proc = spawn([*TWIST, "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     await stoppedCleanly(proc, pids)
 
@@ -360,7 +356,7 @@ async def test_tacFile(site: str) -> None:
             )
         )
     proc = spawn([*TWISTD, "-n", "--pidfile=", "-y", "app.tac"], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     await stoppedCleanly(proc, pids)
 
@@ -420,7 +416,7 @@ async def test_plainScript(site: str) -> None:
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
     proc = spawn([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=2"], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/")
     # twisted_serversock.cluster says which role the program runs in.
     assert re.search(r"^\S+ \S+ \[-\] role: primary$", proc.output, re.M), proc.output
@@ -470,7 +466,7 @@ async def test_connectionsDoNotLeakIntoTheWorkersChildProcesses(site: str) -> No
     with open(os.path.join(site, "leak.py"), "w") as f:
         f.write(LEAK_SCRIPT)
     proc = spawn([sys.executable, "leak.py", "gecko:port=0:loopback=1:workers=1"], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     worker = int((await proc.waitFor(SERVES)).group(2))
     out, code = await curl(f"http://127.0.0.1:{port}/")
     assert code == 0 and out == b"sockets: 0", (out, proc.output)
@@ -526,7 +522,7 @@ async def test_daemonizedPrimary(site: str) -> None:
         await eventually(lambda: logged(SERVES + r"[\s\S]*" + SERVES) is not None, 30, 0.1)
         match = logged(PRIMARY_LISTENING)
         assert match is not None
-        pids = await pidsAnswering(f"http://127.0.0.1:{match.group(1)}/pid.rpy")
+        pids = await pidsAnswering(f"http://127.0.0.1:{match.group('port')}/pid.rpy")
         assert len(pids) == 2 and daemon not in pids and pids == childrenOf(daemon)
     finally:
         os.kill(daemon, signal.SIGTERM)
@@ -543,7 +539,7 @@ async def test_sigkilledWorkerLosesNothingAndComesBack(site: str) -> None:
     request is answered - and a new worker takes its place.
     """
     proc = spawn([*TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     url = f"http://127.0.0.1:{port}/pid.rpy"
     pids = await servedByWorkers(proc, url)
     victim, survivor = sorted(pids)
@@ -577,7 +573,7 @@ async def test_haproxyWrapping(site: str) -> None:
     proc = spawn(
         [*TWISTD, "-n", "--pidfile=", "web", "--listen", "haproxy:gecko:port=0:loopback=1:workers=2", "--path", site], site
     )
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     client = await connect(port)
     client.transport.write(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nGET /pid.rpy HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -663,7 +659,7 @@ async def test_saturatedWorkerLeavesTheExcessInTheKernelBacklog(site: str) -> No
     with open(os.path.join(site, "serve.py"), "w") as f:
         f.write(SCRIPT)
     proc = spawn([sys.executable, "serve.py", "gecko:port=0:loopback=1:workers=1"], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     worker = int((await proc.waitFor(SERVES)).group(2))
     os.kill(worker, signal.SIGSTOP)
     try:
@@ -692,7 +688,7 @@ async def test_sighupToTheWholeProcessGroup(site: str) -> None:
     """
     setsid = shutil.which("setsid") or "/usr/bin/setsid"
     proc = spawn([setsid, *TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(1))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     url = f"http://127.0.0.1:{port}/pid.rpy"
     primary = proc.transport.pid
     assert os.getpgid(primary) == primary  # its own group: only the cluster gets the signal

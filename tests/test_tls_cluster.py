@@ -30,7 +30,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ._procs import TWISTD, Proc, alive, childrenOf, esc, serving, spawn
+from ._procs import PRIMARY_LISTENING, SERVES, TWISTD, Proc, alive, childrenOf, esc, serving, spawn
 from ._tlshelp import Certs, certs, makeCerts, sClient
 from .conftest import (
     WAIT,
@@ -46,10 +46,6 @@ __all__ = ["certs"]
 
 CURL = shutil.which("curl")
 
-#: The primary's log line with the port it bound.
-PRIMARY_LISTENING = r"Cluster primary \(pid \d+\): (.*) on 127\.0\.0\.1:(\d+) is served by"
-#: A worker's relayed log line once it serves a listener.
-SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
 
 PID_RPY = """\
 import os
@@ -92,9 +88,9 @@ async def twistdWeb(site: str, listen: str, *options: str) -> tuple[Proc, int]:
     proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", *options, "web", "--listen", listen, "--path", site], site)
     match = await proc.waitFor(PRIMARY_LISTENING)
     # The primary names the listener by the string the user wrote.
-    assert match.group(1) == listen.removeprefix("haproxy:"), proc.output
+    assert match.group("description") == listen.removeprefix("haproxy:"), proc.output
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
-    return proc, int(match.group(2))
+    return proc, int(match.group("port"))
 
 
 async def stoppedCleanly(proc: Proc, tracebacks: bool = False) -> None:
@@ -483,7 +479,7 @@ async def test_keyOnlyRootMayReadIsHandedToTheWorkers(certs: Certs, site: str) -
     key, cert = _rootOnlyKey(certs, site)
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
     proc = _twistdAsNobody(site, listen)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(2))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     pids = await pidsAnswering(port)
     assert len(pids) == 2 and {_uid(p) for p in pids} == {65534}, proc.output
@@ -506,7 +502,7 @@ async def test_sighupCannotReadARootOnlyKeyAgain(certs: Certs, site: str) -> Non
     key, cert = _rootOnlyKey(certs, site)
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
     proc = _twistdAsNobody(site, listen)
-    port = int((await proc.waitFor(PRIMARY_LISTENING)).group(2))
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     old = await pidsAnswering(port)
     before = (await get(port)).fingerprint

@@ -96,6 +96,18 @@ def test_handedOverBytesWinOverTheDisk(certs: Certs) -> None:
         shutil.rmtree(d)
 
 
+def _keyHandedOver(certs: Certs, directory: str) -> tuple[str, HandOver]:
+    """
+    A copy of the server's key and certificate in C{directory}, and the
+    L{HandOver} of the listener C{geckotls:0:privateKey=K} that read it.
+    """
+    key = os.path.join(directory, "server.pem")
+    shutil.copy(certs["server.pem"], key)
+    first = TLSFiles()
+    _contextFactory(first, key)
+    return key, HandOver("geckotls:0:privateKey=K", lambda fresh: _contextFactory(fresh, key), first)
+
+
 def test_refreshThatFailsKeepsWhatWasRead(certs: Certs) -> None:
     """
     A reload's reading that fails is one error line naming the listener
@@ -104,11 +116,7 @@ def test_refreshThatFailsKeepsWhatWasRead(certs: Certs) -> None:
     d = tempfile.mkdtemp()
     events: list[dict[str, Any]] = []
     try:
-        key = os.path.join(d, "server.pem")
-        shutil.copy(certs["server.pem"], key)
-        first = TLSFiles()
-        _contextFactory(first, key)
-        handOver = HandOver("geckotls:0:privateKey=K", lambda fresh: _contextFactory(fresh, key), first)
+        key, handOver = _keyHandedOver(certs, d)
         assert handOver.files() == {key: _read(certs["server.pem"])}
         with open(key, "wb") as f:
             f.write(b"not a key\n")
@@ -138,11 +146,8 @@ def test_renewalTooLargeForTheStartupMessageKeepsWhatWasRead(certs: Certs) -> No
     d = tempfile.mkdtemp()
     events: list[dict[str, Any]] = []
     try:
-        key = os.path.join(d, "server.pem")
-        shutil.copy(certs["server.pem"], key)
-        first = TLSFiles()
-        _contextFactory(first, key)
-        handOvers = {"geckotls:0:privateKey=K": HandOver("geckotls:0:privateKey=K", lambda fresh: _contextFactory(fresh, key), first)}
+        key, handOver = _keyHandedOver(certs, d)
+        handOvers = {"geckotls:0:privateKey=K": handOver}
         limit = len(str(startupFiles(handOvers, False, 10**6))) + 100
         with open(key, "ab") as f:
             f.write(b"# padding that makes the renewal too large\n" * 200)
