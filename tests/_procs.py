@@ -19,7 +19,7 @@ from twisted.internet import defer, protocol, utils
 
 from twisted_serversock.ipc.spawn import CHANNEL_FD
 
-from .conftest import connect, eventually, theReactor, timeout
+from .conftest import _othersCanRead, _revealInterpreter, asNobody, connect, eventually, nobodyEnv, theReactor, timeout
 
 #: The installed scripts, as users start them: not C{python -c} or
 #: C{python -m twisted}, which put the working directory on C{sys.path} and
@@ -111,6 +111,43 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> Proc:
     proc = Proc()
     theReactor().spawnProcess(proc, argv[0], argv, env=env if env is not None else dict(os.environ), path=cwd)
     return proc
+
+
+def twistdAsNobody(site: str, command: list[str], privileged: bool = True) -> Proc:
+    """
+    Start C{twistd -n -u 65534 -g 65534 COMMAND} in C{site} as root (the
+    primary parses and binds as root, then every process runs as nobody),
+    or, not C{privileged}, the whole C{twistd} as nobody from the start.
+
+    Nobody must be able to run this interpreter (wherever tox or pyenv put
+    it: see L{_revealInterpreter<tests.conftest._revealInterpreter>}, whose
+    private mount namespace the workers inherit), import this project
+    (L{nobodyEnv<tests.conftest.nobodyEnv>}), read the C{twistd} script and
+    find the project's dropins: copies in C{site} where the originals are
+    private (CI's virtualenv and checkout are).
+    """
+    import twisted.plugins.twisted_serversock_endpoints as dropin
+
+    env = nobodyEnv()
+    script = TWISTD[0]
+    if not _othersCanRead(script):
+        script = os.path.join(site, "twistd")
+        shutil.copy(TWISTD[0], script)
+        os.chmod(script, 0o644)
+    if not _othersCanRead(dropin.__file__ or ""):
+        # Twisted finds dropins in every twisted/plugins directory on the
+        # path (without a twisted/__init__.py beside it).
+        plugins = os.path.join(site, "dropins", "twisted", "plugins")
+        os.makedirs(plugins)
+        for d in (plugins, os.path.dirname(plugins), os.path.dirname(os.path.dirname(plugins))):
+            os.chmod(d, 0o755)
+        copy = os.path.join(plugins, os.path.basename(dropin.__file__ or ""))
+        shutil.copy(dropin.__file__ or "", copy)
+        os.chmod(copy, 0o644)
+        env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
+    user = ["-u", "65534", "-g", "65534"] if privileged else []
+    argv = [sys.executable, script, "-n", "--pidfile=", "--logfile=-", *user, *command]
+    return spawn(_revealInterpreter() + argv if privileged else asNobody(argv), site, env)
 
 
 async def serving(proc: Proc, workers: int) -> int:

@@ -631,12 +631,11 @@ def _hiddenAncestor(path: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def _revealInterpreter() -> list[str]:
+def revealInterpreterLines() -> list[str]:
     """
-    A prefix that runs a command in a private mount namespace where the
-    interpreter's installation (and the virtualenv) can be read by the
-    unprivileged user, or C{[]} if it already can.
+    Shell lines that, run as root inside a private mount namespace, make
+    this interpreter's installation (and the virtualenv) readable by the
+    unprivileged user; C{[]} if it already is.
 
     pyenv installs Pythons under C{/root} (mode 0700): the unprivileged
     user cannot load C{libpython3.X.so} nor the standard library from there.
@@ -649,18 +648,31 @@ def _revealInterpreter() -> list[str]:
         hider = _hiddenAncestor(path)
         if hider is not None:
             reveal.append((path, hider))
-    if not reveal or shutil.which("unshare") is None:
+    if not reveal:
         return []
     q = shlex.quote
-    lines = ["set -e", "umask 022"]
+    lines = []
     for i, (path, _) in enumerate(reveal):
         lines += [f"k{i}=$(mktemp -d /tmp/tssmnt.XXXXXX)", f'mount --bind {q(path)} "$k{i}"']
     for hider in sorted({hider for _, hider in reveal}):
         lines.append(f"mount -t tmpfs -o mode=0755,size=64k tmpfs {q(hider)}")
     for i, (path, _) in enumerate(reveal):
         lines += [f"mkdir -p {q(path)}", f'mount --bind "$k{i}" {q(path)}', f'umount "$k{i}"', f'rmdir "$k{i}"']
-    lines.append('exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(lines), "sh"]
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def _revealInterpreter() -> list[str]:
+    """
+    A prefix that runs a command in a private mount namespace where the
+    interpreter's installation can be read by the unprivileged user (see
+    L{revealInterpreterLines}), or C{[]} if it already can.
+    """
+    lines = revealInterpreterLines()
+    if not lines or shutil.which("unshare") is None:
+        return []
+    script = "\n".join(["set -e", "umask 022", *lines, 'exec "$@"'])
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]
 
 
 def asNobody(argv: list[str]) -> list[str]:

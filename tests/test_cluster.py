@@ -28,8 +28,8 @@ from twisted_serversock.cluster.primary import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import BIN, PRIMARY_LISTENING, SERVES, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, untilHolding
-from .conftest import _othersCanRead, connect, eventually, nobodyEnv, theReactor, timeout
+from ._procs import BIN, PRIMARY_LISTENING, SERVES, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, twistdAsNobody, untilHolding
+from .conftest import connect, eventually, theReactor, timeout
 
 DAPHNE = os.path.join(BIN, "daphne")
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -251,43 +251,6 @@ async def test_twistdWeb(site: str, reactor: str) -> None:
     assert "Traceback" not in proc.output
 
 
-def twistdAsNobody(site: str, listen: str) -> Proc:
-    """
-    Start C{twistd -u 65534 -g 65534 web --listen LISTEN} serving C{site}
-    (as root: it binds, then drops to nobody), with an interpreter, a
-    C{twistd} script and dropins nobody may read.
-    """
-    # The workers run the primary's command line as nobody: its interpreter
-    # must be one nobody may run (a venv under a private directory is not).
-    python = next(
-        (p for p in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}") if _othersCanRead(p)),
-        None,
-    )
-    if python is None:
-        pytest.skip("no interpreter of this version that nobody may run")
-    env = nobodyEnv()
-    script = TWISTD[0]
-    if not _othersCanRead(script):  # CI's venv is in a private directory
-        script = os.path.join(site, "twistd")
-        shutil.copy(TWISTD[0], script)
-        os.chmod(script, 0o644)
-    import twisted.plugins.twisted_serversock_endpoints as dropin
-
-    if not _othersCanRead(dropin.__file__ or ""):
-        # Twisted finds dropins in every twisted/plugins directory on the
-        # path (without a twisted/__init__.py beside it).
-        plugins = os.path.join(site, "dropins", "twisted", "plugins")
-        os.makedirs(plugins)
-        for d in (plugins, os.path.dirname(plugins), os.path.dirname(os.path.dirname(plugins))):
-            os.chmod(d, 0o755)
-        copy = os.path.join(plugins, os.path.basename(dropin.__file__ or ""))
-        shutil.copy(dropin.__file__ or "", copy)
-        os.chmod(copy, 0o644)
-        env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
-    argv = [python, script, "-n", "--pidfile=", "-u", "65534", "-g", "65534", "web", "--listen", listen, "--path", site]
-    return spawn(argv, site, env)
-
-
 @pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
 @pytest_twisted.ensureDeferred
 async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
@@ -295,7 +258,7 @@ async def test_workersRunAsThePrimarysUserAndGroup(site: str) -> None:
     C{twistd -u/-g}: the primary binds as root, drops its privileges, and
     only then starts the workers, which run as that user and group.
     """
-    proc = twistdAsNobody(site, "gecko:port=0:loopback=1:workers=2")
+    proc = twistdAsNobody(site, ["web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site])
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = await servedByWorkers(proc, f"http://127.0.0.1:{port}/pid.rpy")
     for pid in pids | {proc.transport.pid}:
@@ -316,7 +279,7 @@ async def test_uidsSelfIsTheUserThatServes(site: str) -> None:
     runs as, and refuses root, the user that bound the socket.
     """
     name = f"tss-self-{os.getpid()}"
-    proc = twistdAsNobody(site, f"geckounix:@{name}:uids=self:workers=2")
+    proc = twistdAsNobody(site, ["web", "--listen", f"geckounix:@{name}:uids=self:workers=2", "--path", site])
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     url = ["--abstract-unix-socket", name, "http://localhost/pid.rpy"]
     asNobody = ["--reuid=65534", "--regid=65534", "--clear-groups", CURL, "-sS", "--max-time", "30", *url]

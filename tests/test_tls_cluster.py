@@ -30,15 +30,12 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ._procs import PRIMARY_LISTENING, SERVES, TWISTD, Proc, alive, childrenOf, esc, serving, spawn
+from ._procs import PRIMARY_LISTENING, SERVES, TWISTD, Proc, alive, childrenOf, esc, serving, spawn, twistdAsNobody
 from ._tlshelp import Certs, certs, makeCerts, sClient
 from .conftest import (
     WAIT,
-    _othersCanRead,
-    asNobody,
     connect,
     eventually,
-    nobodyEnv,
     timeout,
 )
 
@@ -398,45 +395,6 @@ async def test_sighupWithABrokenRenewalKeepsServing(site: str) -> None:
 # A key only root may read, workers that run as another user.
 
 
-def _twistdAsNobody(site: str, listen: str, privileged: bool = True, command: list[str] | None = None) -> Proc:
-    """
-    C{twistd -u 65534 -g 65534 web --listen LISTEN} (as root: the primary
-    parses and binds, then every process drops to nobody), with an
-    interpreter, a C{twistd} script and dropins nobody may read.  Not
-    C{privileged}: the whole C{twistd} runs as nobody from the start.
-    C{command}: another subcommand and its options than C{web}'s.
-    """
-    import sys
-
-    import twisted.plugins.twisted_serversock_endpoints as dropin
-
-    python = next(
-        (p for p in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}") if _othersCanRead(p)),
-        None,
-    )
-    if python is None:
-        pytest.skip("no interpreter of this version that nobody may run")
-    env = nobodyEnv()
-    script = TWISTD[0]
-    if not _othersCanRead(script):
-        script = os.path.join(site, "twistd")
-        shutil.copy(TWISTD[0], script)
-        os.chmod(script, 0o644)
-    if not _othersCanRead(dropin.__file__ or ""):
-        plugins = os.path.join(site, "dropins", "twisted", "plugins")
-        os.makedirs(plugins)
-        for d in (plugins, os.path.dirname(plugins), os.path.dirname(os.path.dirname(plugins))):
-            os.chmod(d, 0o755)
-        shutil.copy(dropin.__file__ or "", plugins)
-        os.chmod(os.path.join(plugins, os.path.basename(dropin.__file__ or "")), 0o644)
-        env["PYTHONPATH"] = os.path.join(site, "dropins") + os.pathsep + env["PYTHONPATH"]
-    user = ["-u", "65534", "-g", "65534"] if privileged else []
-    command = command or ["web", "--listen", listen, "--path", site]
-    argv = [python, script, "-n", "--pidfile=", "--logfile=-", *user, *command]
-    proc = spawn(argv if privileged else asNobody(argv), site, env)
-    return proc
-
-
 def _rootOnlyKey(certs: Certs, site: str) -> tuple[str, str]:
     """A key only root may read (0600, owned by root) and its certificate (0644), in C{site}."""
     key = os.path.join(site, "key.pem")
@@ -478,7 +436,7 @@ async def test_keyOnlyRootMayReadIsHandedToTheWorkers(certs: Certs, site: str) -
     """
     key, cert = _rootOnlyKey(certs, site)
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
-    proc = _twistdAsNobody(site, listen)
+    proc = twistdAsNobody(site, ["web", "--listen", listen, "--path", site])
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     pids = await pidsAnswering(port)
@@ -501,7 +459,7 @@ async def test_sighupCannotReadARootOnlyKeyAgain(certs: Certs, site: str) -> Non
     """
     key, cert = _rootOnlyKey(certs, site)
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
-    proc = _twistdAsNobody(site, listen)
+    proc = twistdAsNobody(site, ["web", "--listen", listen, "--path", site])
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
     old = await pidsAnswering(port)
@@ -529,7 +487,9 @@ async def test_keyThePrimaryCannotRead(certs: Certs, site: str) -> None:
     as well; the error is its last line.)
     """
     key, cert = _rootOnlyKey(certs, site)
-    proc = _twistdAsNobody(site, f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2", privileged=False)
+    proc = twistdAsNobody(
+        site, ["web", "--listen", f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2", "--path", site], privileged=False
+    )
     code = await timeout(proc.ended, 90)
     assert code != 0, proc.output
     last = proc.output.strip().splitlines()[-1]
@@ -581,7 +541,7 @@ async def test_serversockHandsARootOnlyKeyToItsWorkers(certs: Certs, site: str) 
     """
     key, cert = _rootOnlyKey(certs, site)
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}"
-    proc = _twistdAsNobody(site, listen, command=_serversock(site, listen))
+    proc = twistdAsNobody(site, _serversock(site, listen))
     port = await serving(proc, 2)
     pids = await pidsAnswering(port)
     assert len(pids) == 2 and {_uid(p) for p in pids} == {65534}, proc.output
