@@ -18,6 +18,15 @@ signatures per second with two processes against one (C{openssl speed
 -multi}), every third repetition: how much a second process can gain on
 this machine at that moment, the ceiling of the workers' ratio.
 
+Where a handshake's CPU goes in a cluster, two more measurements in the
+same rotation: C{workers=1} (A1: one worker behind the primary, so the
+hand-over's cost without a second server process), and the two
+one-process servers driven at once, half the clients each (D: two
+processes sharing the two cores with the client and no cluster at all).
+Their server CPU per handshake against the single process's, beside
+C{workers=2}'s, says how much of the cluster's extra CPU is the
+hand-over and how much is two busy processes sharing two cores.
+
 Keep-alive: C{wrk -t1 -c32} over HTTPS for a 2-byte file, server pinned
 to one CPU and wrk to the other, as the other keep-alive rows.
 """
@@ -27,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import time
 
 from ._harness import (
@@ -91,9 +101,9 @@ def _nginx(ctx: Context, cert: str, key: str) -> Server:
     return server
 
 
-def handshakes(ctx: Context, server: Server, seconds: int) -> dict[str, float]:
+def handshakes(ctx: Context, server: Server, seconds: int, clients: int = CLIENTS) -> dict[str, float]:
     """
-    L{CLIENTS} C{openssl s_time -new} side by side for C{seconds}: full
+    C{clients} C{openssl s_time -new} side by side for C{seconds}: full
     handshakes per second, the client's share of the machine's CPUs, the
     server's CPU per handshake (µs), and the load average before.
     """
@@ -101,7 +111,7 @@ def handshakes(ctx: Context, server: Server, seconds: int) -> dict[str, float]:
     ctx.record(argv)
     load = os.getloadavg()[0]
     cpu0, own0, client0, t0 = treeCpuNs(server.pid), cpuNanoseconds(server.pid), childrenCpuNs(), time.monotonic()
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(CLIENTS)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(clients)]
     outs = [p.communicate(timeout=seconds + 60)[0] for p in procs]
     wall = time.monotonic() - t0
     client = (childrenCpuNs() - client0) / 1e9 / wall / (os.cpu_count() or 1)
@@ -115,6 +125,29 @@ def handshakes(ctx: Context, server: Server, seconds: int) -> dict[str, float]:
     # (In a cluster, the primary's share: accepting and handing over.)
     ownUs = (cpuNanoseconds(server.pid) - own0) / 1e3 / max(1, done)
     return {"rate": done / wall, "client": client, "server_us": serverUs, "own_us": ownUs, "load": load}
+
+
+def together(ctx: Context, servers: list[Server], seconds: int) -> dict[str, float]:
+    """
+    Drive C{servers} at once, L{CLIENTS} clients shared among them: their
+    handshakes per second together, and their mean server CPU per
+    handshake (µs).  (The client's share is not separable here.)
+    """
+    got: list[dict[str, float]] = []
+    threads = [threading.Thread(target=lambda s=s: got.append(handshakes(ctx, s, seconds, CLIENTS // len(servers)))) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(got) != len(servers):
+        raise BenchError("a server driven together with another gave no figures")
+    return {
+        "rate": sum(m["rate"] for m in got),
+        "server_us": sum(m["server_us"] for m in got) / len(got),
+        "client": sum(m["client"] for m in got) / len(got),
+        "own_us": sum(m["own_us"] for m in got) / len(got),
+        "load": got[0]["load"],
+    }
 
 
 _SIGNS = re.compile(r"^rsa 2048 bits\s+\S+\s+\S+\s+([\d.]+)", re.M)
@@ -150,27 +183,31 @@ def run(ctx: Context) -> Result:
     cert, key = str(ctx.workdir / "tls-cert.pem"), str(ctx.workdir / "tls-key.pem")
     result = Result()
     seconds = 3 if ctx.quick else 5
-    ports = {k: freePort() for k in ("A", "B", "B2", "KA", "KB", "KB2")}
+    ports = {k: freePort() for k in ("A", "A1", "B", "B2", "KA", "KB", "KB2")}
     servers = {
         "A": _twistdWeb(ctx, "A", f"geckotls:{ports['A']}:loopback=1:privateKey={pem}:workers=2", ports["A"], 2, None),
+        "A1": _twistdWeb(ctx, "A1", f"geckotls:{ports['A1']}:loopback=1:privateKey={pem}:workers=1", ports["A1"], 1, None),
         "B": _twistdWeb(ctx, "B", f"geckotls:{ports['B']}:loopback=1:privateKey={pem}", ports["B"], 0, None),
         "B'": _twistdWeb(ctx, "B2", f"geckotls:{ports['B2']}:loopback=1:privateKey={pem}", ports["B2"], 0, None),
         "N": _nginx(ctx, cert, key),
     }
-    got: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
+    got: dict[str, list[dict[str, float]]] = {k: [] for k in [*servers, "D"]}
     signs: list[tuple[float, float]] = []
     try:
         for s in servers.values():  # warm-up, not measured
             handshakes(ctx, s, 1)
-        for rep, order in rotations(list(servers), ctx.reps):
+        for rep, order in rotations([*servers, "D"], ctx.reps):
             if rep % 3 == 0:
                 signs.append((rsaSigns(ctx, 2), rsaSigns(ctx, 1)))
                 ctx.log(f"openssl speed rsa2048: {signs[-1][0]:,.0f} signs/s with 2 processes, {signs[-1][1]:,.0f} with 1")
             for k in order:
-                got[k].append(handshakes(ctx, servers[k], seconds))
+                if k == "D":
+                    got[k].append(together(ctx, [servers["B"], servers["B'"]], seconds))
+                else:
+                    got[k].append(handshakes(ctx, servers[k], seconds))
             ctx.log(
                 f"handshakes rep {rep + 1}: "
-                + "  ".join(f"{k} {got[k][-1]['rate']:,.0f}/s (client {got[k][-1]['client']:.0%}, load {got[k][-1]['load']:.1f})" for k in servers)
+                + "  ".join(f"{k} {got[k][-1]['rate']:,.0f}/s ({got[k][-1]['server_us']:.0f} µs, client {got[k][-1]['client']:.0%}, load {got[k][-1]['load']:.1f})" for k in got)
             )
     finally:
         for s in servers.values():
@@ -188,6 +225,20 @@ def run(ctx: Context) -> Result:
     )
     result.rows.append(
         pairedRow("A/A control: one process / another, full handshakes/s", "/s", zip(rate["B'"], rate["B"]), control=True)
+    )
+    cpu = {k: [m["server_us"] for m in got[k]] for k in got}
+    worker1 = median([m["server_us"] - m["own_us"] for m in got["A1"]])
+    result.rows.append(
+        pairedRow(
+            "server CPU per handshake, workers=1 / one process (the hand-over's cost)", "µs", zip(cpu["A1"], cpu["B"]), control=True,
+            note=f"the primary's {median([m['own_us'] for m in got['A1']]):.0f} µs, the worker's {worker1:.0f} µs",
+        )  # fmt: skip
+    )
+    result.rows.append(
+        pairedRow(
+            "server CPU per handshake, two one-process servers at once / one alone (sharing the cores)", "µs", zip(cpu["D"], cpu["B"]), control=True,
+            note=f"together {median(rate['D']):,.0f} handshakes/s; workers=2 spent {median(cpu['A']):.0f} µs",
+        )  # fmt: skip
     )
     result.rows.append(
         pairedRow(
