@@ -631,11 +631,12 @@ def _hiddenAncestor(path: str) -> str | None:
     return None
 
 
-def revealInterpreterLines() -> list[str]:
+def revealInterpreterLines(visible: tuple[str, ...] = ()) -> list[str]:
     """
     Shell lines that, run as root inside a private mount namespace, make
     this interpreter's installation (and the virtualenv) readable by the
-    unprivileged user; C{[]} if it already is.
+    unprivileged user; C{[]} if it already is.  Installations under one of
+    the C{visible} prefixes are left alone (the caller reveals those).
 
     pyenv installs Pythons under C{/root} (mode 0700): the unprivileged
     user cannot load C{libpython3.X.so} nor the standard library from there.
@@ -646,7 +647,7 @@ def revealInterpreterLines() -> list[str]:
     reveal = []
     for path in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
         hider = _hiddenAncestor(path)
-        if hider is not None:
+        if hider is not None and not path.startswith(visible):
             reveal.append((path, hider))
     if not reveal:
         return []

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import revealInterpreterLines
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 RUNNER = Path(__file__).resolve().parent / "_docrun.py"
@@ -141,10 +143,17 @@ def test_readmeTestCommandIsWhatCIRuns() -> None:
     assert later and steps.index(command) < min(later), "the README's test command must be CI's first test step"
 
 
-def _sandbox(workdir: str) -> list[str]:
+#: A block that runs C{twistd -u/-g}: its processes drop to another user,
+#: who must be able to run this interpreter.
+DROPS_PRIVILEGES = re.compile(r"\btwistd\b.*\s-u\s")
+
+
+def _sandbox(workdir: str, revealInterpreter: bool = False) -> list[str]:
     """
     The command prefix that runs a block inside private network and mount
-    namespaces, in C{workdir}.
+    namespaces, in C{workdir}; with C{revealInterpreter}, one where the
+    unprivileged user can run this interpreter wherever it is installed
+    (pyenv's, under C{/root}).
     """
     # The checkout too: the runner lives there, and an editable install
     # imports the package from it (CI may clone under /tmp).
@@ -159,6 +168,9 @@ def _sandbox(workdir: str) -> list[str]:
     script += ["mount -t tmpfs -o mode=1777 tmpfs /tmp", "mkdir -p /srv", "mount -t tmpfs -o mode=0755 tmpfs /srv"]
     for i, path in enumerate(sorted(keep)):
         script += [f"mkdir -p {q(path)}", f"mount --bind /run/keep/{i} {q(path)}", f"umount /run/keep/{i}"]
+    if revealInterpreter:
+        # What was kept above is visible already (its parents re-made 0755).
+        script += revealInterpreterLines(visible=("/tmp/", "/run/", "/srv/"))
     script += [
         "mkdir -p /srv/www",
         "echo '<h1>hello from the docs</h1>' > /srv/www/index.html",
@@ -200,7 +212,7 @@ def test_block(block: Block, checkout: Path) -> None:
     env["PIP_NO_BUILD_ISOLATION"] = "0"
     env["PIP_NO_INDEX"] = "1"
     out = subprocess.run(
-        _sandbox(str(checkout)) + [sys.executable, str(RUNNER), str(spec)],
+        _sandbox(str(checkout), bool(DROPS_PRIVILEGES.search(block.text))) + [sys.executable, str(RUNNER), str(spec)],
         capture_output=True,
         text=True,
         env=env,
