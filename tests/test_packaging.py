@@ -190,8 +190,8 @@ def test_installedVersionsAreInRange() -> None:
 
 
 #: The package's top-level modules that mypy does not hold to --strict
-#: yet (twistd's, and the one that wraps Twisted's private attributes).
-NOT_STRICT = {"tap", "_startup", "_findfactory", "_twistedcompat"}
+#: (none: a module added here needs its reason beside it).
+NOT_STRICT: set[str] = set()
 
 
 def test_everyCoreModuleIsTypeCheckedStrictly() -> None:
