@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 from zope.interface import implementer
 
 from . import _args
+from ._cpus import availableCPUs
 from .netaddr import ipFamily
 from .results import NSError
 from ._listeningport import GeckoListeningPort
@@ -362,17 +363,16 @@ def workerCount(value: object) -> int:
     """
     The number of worker processes C{value} asks for: a whole number from 0
     to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
-    this process may run on.
+    this process may use (L{availableCPUs
+    <twisted_serversock._cpus.availableCPUs>}: its affinity, capped by a
+    container's CPU quota).
 
     @raise ValueError: naming C{workers} and the bad value.
     """
     if isinstance(value, (str, bytes)):
         text = _text(value, "workers").strip()
         if text.lower() == "auto":
-            try:
-                return len(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                return os.cpu_count() or 1
+            return availableCPUs().count
         try:
             value = int(text, 10)
         except ValueError:
