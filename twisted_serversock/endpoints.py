@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 from zope.interface import implementer
 
 from . import _args
-from ._cpus import availableCPUs
+from ._resources import availableCPUs
 from .netaddr import ipFamily
 from .results import NSError
 from ._listeningport import GeckoListeningPort
@@ -364,7 +364,7 @@ def workerCount(value: object) -> int:
     The number of worker processes C{value} asks for: a whole number from 0
     to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
     this process may use (L{availableCPUs
-    <twisted_serversock._cpus.availableCPUs>}: its affinity, capped by a
+    <twisted_serversock._resources.availableCPUs>}: its affinity, capped by a
     container's CPU quota).
 
     @raise ValueError: naming C{workers} and the bad value.

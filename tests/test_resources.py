@@ -1,22 +1,28 @@
 """
+What a server process may use of the machine.
+
 C{workers=auto} counts the CPUs this process may use: its affinity, capped
 by its cgroup's CPU quota (cgroup v2 C{cpu.max}, v1 C{cpu.cfs_quota_us}),
 the smallest over the cgroup and its ancestors, rounded up.  The parsing
 on made-up C{/proc} and cgroup trees; the cap for real, with the installed
 C{twistd} in a cgroup v1 limited to one CPU where this machine has one.
+
+The soft descriptor limit is raised towards the hard one (never lowered).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from twisted_serversock._cpus import availableCPUs
+from twisted_serversock._resources import availableCPUs, raiseOpenFilesLimit
 
 from ._procs import PRIMARY_LISTENING, TWISTD, spawn, stopCleanly
 from .conftest import eventually
@@ -155,3 +161,30 @@ async def test_twistdInACgroupLimitedToOneCPU(tmp_path: Path) -> None:
             os.kill(int(pid), signal.SIGKILL)
         await eventually(lambda: not members.read_text().strip())
         os.rmdir(group)
+
+
+@pytest.fixture
+def openFilesLimit() -> Iterator[tuple[int, int]]:
+    """This process's C{RLIMIT_NOFILE}, restored after the test (lowering a soft limit is always allowed)."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    yield before
+    resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_openFilesLimitRaisedToTheHardLimit(openFilesLimit: tuple[int, int]) -> None:
+    """A soft limit of 256 under a hard one of 4096 (systemd's 1024 under 524288, in small) is raised to 4096."""
+    soft, hard = openFilesLimit
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip("this process's hard descriptor limit is below 4096")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096) if os.getuid() != 0 else (256, hard))
+    was, now = raiseOpenFilesLimit(ceiling=4096)
+    assert (was, now) == (256, 4096)
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 4096
+
+
+def test_openFilesLimitNeverLowered(openFilesLimit: tuple[int, int]) -> None:
+    """A soft limit already above the ceiling stays; the answer says nothing changed."""
+    soft, _hard = openFilesLimit
+    was, now = raiseOpenFilesLimit(ceiling=max(1, soft // 2))
+    assert was == now == soft
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft

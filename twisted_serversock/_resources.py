@@ -1,6 +1,8 @@
-# -*- test-case-name: tests.test_cpus -*-
+# -*- test-case-name: tests.test_resources -*-
 """
-How many CPUs this process may use, for C{workers=auto}: the CPUs it may
+What a server process may use of the machine.
+
+How many CPUs, for C{workers=auto} (L{availableCPUs}): the CPUs it may
 run on (its scheduler affinity), and no more than its cgroup's CPU quota
 allows - in a container limited to 2 CPUs on a 64-core host that is 2, not
 64 (each worker costs tens of MiB; 64 of them would share 2 CPUs' time).
@@ -9,15 +11,23 @@ The quota is read as container-aware runtimes read it (Go's GOMAXPROCS,
 the JDK): cgroup v2's C{cpu.max} or v1's C{cpu.cfs_quota_us} /
 C{cpu.cfs_period_us}, of this process's cgroup and every ancestor up to
 the hierarchy's root, the smallest wins, rounded up to whole CPUs.
+
+How many descriptors (L{raiseOpenFilesLimit}): each connection is one,
+and systemd (like most login shells) leaves the soft limit at 1024 while
+the hard limit is far higher; a server that keeps the soft limit refuses
+connections at about a thousand open ones though the system allows more.
+Servers raise it themselves (nginx's C{worker_rlimit_nofile}, HAProxy at
+start-up, Go since 1.19): so do the processes of a cluster.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import resource
 from dataclasses import dataclass
 
-__all__ = ["CPUs", "availableCPUs"]
+__all__ = ["CPUs", "availableCPUs", "raiseOpenFilesLimit"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +126,23 @@ def _limit(directory: str, v2: bool) -> float | None:
         return int(quota) / int(period)
     except (OSError, ValueError):
         return None
+
+
+def raiseOpenFilesLimit(ceiling: int = 1 << 20) -> tuple[int, int]:
+    """
+    Raise this process's soft C{RLIMIT_NOFILE} to its hard limit (at most
+    C{ceiling}: an unlimited or huge hard limit would make C{select()}-era
+    code and per-descriptor tables needlessly large), never lowering it.
+
+    @return: the soft limit before and the soft limit now (equal when it
+        was already as high as allowed, or could not be raised).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(ceiling if hard == resource.RLIM_INFINITY else hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, wanted
+    return soft, soft
