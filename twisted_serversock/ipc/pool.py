@@ -22,6 +22,7 @@ import socket
 from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,7 +33,7 @@ from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
 from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, WorkerProcess, Workers
 from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
-from .supervise import KILL_MARGIN, Announcer, HungWorkers, Restarts, Shutdown, logTotals
+from .supervise import KILL_MARGIN, Restarts, Shutdown, killHung, logTotals
 from .wire import Control
 
 __all__ = ["WorkerPool", "CHANNEL_FD"]
@@ -62,6 +63,8 @@ class WorkerPool:
     differs), serving the pool's routes.
 
     @ivar dispatcher: where accepted connections go.
+    @ivar heartbeat: how often an idle worker says it is alive.
+    @ivar killedForTimeout: workers killed for being silent C{timeout} seconds.
     @ivar recycled: workers replaced after C{maxRequests} connections.
     @ivar reloads: reloads begun: the generation of the workers started
         since the latest.
@@ -99,31 +102,20 @@ class WorkerPool:
             started this many times is a program that cannot run as a
             worker: C{onGiveUp(index, exits)} is called (0: never).
         """
-        self._reactor = reactor
-        self.dispatcher = dispatcher
-        self._command = command
-        self._onControl = onControl
+        self._reactor, self.dispatcher, self._command, self._onControl = reactor, dispatcher, command, onControl
         self._workers = Workers(count)
         self._routes: list[Route] = []
-        self._timeout, self._grace = timeout, grace
+        self._timeout, self._grace, self.heartbeat = timeout, grace, heartbeatFor(timeout)
         self._maxRequests, self._jitter = maxRequests, maxRequestsJitter
+        self._notifier = notifier if notifier is not None else SystemdNotifier(reactor)
         self._restarts = Restarts(reactor, self._workers.slots, self._spawn, startsBeforeGivingUp, onGiveUp)
-        self._hung = HungWorkers(reactor, timeout, dispatcher, lambda: self._workers.live)
-        self.announcer = Announcer(notifier if notifier is not None else SystemdNotifier(reactor), self.status)
-        self._shutdown = Shutdown(reactor, dispatcher, lambda: self._workers.live, self._restarts.cancelAll)
+        self._shutdown = Shutdown(reactor, dispatcher, self._workers.live, self._restarts.cancelAll)
+        self._hung = LoopingCall(self._killHung)
+        self._hung.clock = reactor
         self._started = False
-        self.recycled = self.reloads = 0
+        self._toldReady = -1  # the generation systemd was last told READY for
+        self.killedForTimeout = self.recycled = self.reloads = 0
         self.everReady = False
-
-    @property
-    def heartbeat(self) -> float:
-        """How often an idle worker says it is alive."""
-        return heartbeatFor(self._timeout)
-
-    @property
-    def killedForTimeout(self) -> int:
-        """Workers killed for being silent C{timeout} seconds."""
-        return self._hung.killedForTimeout
 
     def addRoute(self, route: Route) -> None:
         """Let every worker (now and after restarts) serve C{route}."""
@@ -161,8 +153,9 @@ class WorkerPool:
         self._started = True
         for slot in self._workers.slots:
             self._spawn(slot)
-        self._hung.start()
-        self.announcer.notifier.startWatchdog()
+        # A tick: a tenth of the timeout, within 50 ms..1 s.
+        self._hung.start(min(max(self._timeout / 10, 0.05), 1.0), now=False)
+        self._notifier.startWatchdog()
 
     def _spawn(self, slot: Slot) -> Worker | None:
         if self._shutdown.stopping or slot not in self._workers.slots:
@@ -179,7 +172,8 @@ class WorkerPool:
         if self._maxRequests:
             link.limit = self._maxRequests + random.randint(0, self._jitter)
         try:
-            self._startProcess(slot, worker, childEnd)
+            command = self._command(slot.index, self.heartbeat)
+            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, link.channel.send)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -193,10 +187,6 @@ class WorkerPool:
         link.name = f"worker {slot.index} (pid {worker.pid})"
         _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=worker.pid)
         return worker
-
-    def _startProcess(self, slot: Slot, worker: Worker, childEnd: Any) -> None:
-        command = self._command(slot.index, self.heartbeat)
-        worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, worker.link.channel.send)
 
     def _ready(self, worker: Worker) -> None:
         # A worker of the slot that is ready replaces every older one.
@@ -214,12 +204,28 @@ class WorkerPool:
         self._announce()
 
     def _announce(self) -> None:
-        if not self._shutdown.stopping:
-            self.announcer.changed(self.everReady, self.reloads, lambda: self._workers.starting(self.reloads))
+        # systemd hears READY once the first worker is ready and, after a
+        # reload, again once the reload is done (none of its workers still
+        # starting, no slot waiting for a restart); else the status line.
+        if self._shutdown.stopping:
+            return
+        status = self.status()
+        if self._toldReady < 0 and self.everReady:
+            self._toldReady = 0
+            self._notifier.ready(status)
+        elif 0 <= self._toldReady < self.reloads and not self._workers.starting(self.reloads):
+            self._toldReady = self.reloads
+            _log.info("Reload done: {status}", status=status)
+            self._notifier.ready(status)
+        else:
+            self._notifier.status(status)
+
+    def _killHung(self) -> None:
+        self.killedForTimeout += killHung(self._reactor.seconds(), self._timeout, self._workers.live, self.dispatcher)
 
     def slot(self, index: int) -> Slot:
         """Worker number C{index}'s slot (its counts); C{KeyError} if none."""
-        return self._workers.slot(index)
+        return {slot.index: slot for slot in self._workers.slots}[index]
 
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
@@ -237,10 +243,9 @@ class WorkerPool:
         self._workers.enter(worker, RETIRING)
         worker.killAt = self._reactor.seconds() + self._grace + KILL_MARGIN
         _log.info("Retiring {worker}: {why}", worker=worker, why=why)
-        link = worker.link
-        if not link.lost:
-            self.dispatcher.leave(link)
-            link.sendControl("stop", grace=self._grace)
+        if not worker.link.lost:
+            self.dispatcher.leave(worker.link)
+            worker.link.sendControl("stop", grace=self._grace)
 
     def _recycle(self, worker: Worker) -> None:
         # It was given its maxRequests: it gets nothing more while its
@@ -250,9 +255,7 @@ class WorkerPool:
             return
         worker.link.stopAccepting()
         self.recycled += 1
-        _log.info(
-            "{worker} was given {n} connection(s) (--max-requests): replacing it", worker=worker, n=worker.link.sent
-        )
+        _log.info("{worker} was given {n} connection(s) (--max-requests): replacing it", worker=worker, n=worker.link.sent)
         if self._spawn(worker.slot) is None:
             worker.link.resumeAccepting()
 
@@ -265,7 +268,7 @@ class WorkerPool:
             return
         self.reloads += 1
         _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._workers.slots))
-        self.announcer.notifier.reloading(self.status())
+        self._notifier.reloading(self.status())
         for slot in self._workers.slots:
             for successor in self._workers.inSlot(slot)[1:]:
                 # Started before this reload, maybe with the old code.
@@ -295,7 +298,7 @@ class WorkerPool:
         _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._workers.slots))
         for worker in reversed(self._workers.inSlot(slot)):
             self._retire(worker, "one worker fewer")
-        self.announcer.notifier.status(self.status())
+        self._notifier.status(self.status())
 
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
         """
@@ -306,14 +309,13 @@ class WorkerPool:
         link, worker.process = worker.link, None
         if not link.lost:
             link.close()  # reads its last acks first; re-sends the rest
-        adopted = link.adopted
-        worker.slot.adopted += adopted
+        worker.slot.adopted += link.adopted
         how = _how(reason.value)
         previous = self._workers.enter(worker, ENDED)
         if previous is RETIRING or self._shutdown.stopping:
-            _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
+            _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=link.adopted)
         else:
-            self._lost(worker, previous, how, adopted)
+            self._lost(worker, previous, how, link.adopted)
         self._announce()
         self._shutdown.check()
 
@@ -346,9 +348,10 @@ class WorkerPool:
 
         @return: a Deferred that fires when every worker has exited.
         """
-        self.announcer.notifier.stopping(self.status())
+        self._notifier.stopping(self.status())
         return self._shutdown.begin(grace).addCallback(self._ended)
 
     def _ended(self, _: None) -> None:
-        self._hung.stop()
+        if self._hung.running:
+            self._hung.stop()
         logTotals(self._workers.slots, self.dispatcher, killed=self.killedForTimeout, recycled=self.recycled, reloads=self.reloads)

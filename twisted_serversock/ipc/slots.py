@@ -4,7 +4,7 @@ The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}:
 L{Slot} (a worker number across restarts and replacements), L{Worker} (one
 process of a slot, from spawn to exit, in one of four states), L{Workers}
 (all of them, and what their states say) and L{WorkerProcess} (its process
-protocol: relays its stderr into the parent's log, reports its end).
+protocol).
 """
 
 from __future__ import annotations
@@ -92,9 +92,8 @@ class Worker:
 
     def enter(self, state: str) -> str:
         """
-        Move to C{state}.
+        Move to C{state}; return the state it leaves.
 
-        @return: the state it leaves.
         @raise AssertionError: for a move the lifecycle does not have (a
             bug in the pool).
         """
@@ -150,15 +149,7 @@ class Workers:
         """The worker of C{link}, if it is live."""
         return next((worker for worker in self.live if worker.link is link), None)
 
-    def slot(self, index: int) -> Slot:
-        """Worker number C{index}'s slot; C{KeyError} if none."""
-        for slot in self.slots:
-            if slot.index == index:
-                return slot
-        raise KeyError(index)
-
     def count(self, state: str) -> int:
-        """How many workers are in C{state}."""
         return sum(1 for worker in self.live if worker.state is state)
 
     def starting(self, generation: int) -> bool:

@@ -1,24 +1,23 @@
 # -*- test-case-name: tests.test_pool_units -*-
 """
 What a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>} does on the
-reactor's clock, each a small collaborator it owns: L{Restarts} (when a
-dead worker's slot starts again), L{HungWorkers} (killing the workers
-that went silent, or overstayed their grace period), L{Announcer} (what
-systemd is told) and L{Shutdown} (stopping within a grace period).
+reactor's clock: L{Restarts} (when a dead worker's slot starts again),
+L{killHung} (killing the workers that went silent, or overstayed their
+grace period) and L{Shutdown} (stopping within a grace period).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from contextlib import suppress
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from .dispatch import Dispatcher
-from .sdnotify import SystemdNotifier
 from .slots import RETIRING, Slot, Worker
 
-__all__ = ["Restarts", "HungWorkers", "Announcer", "Shutdown", "KILL_MARGIN", "kill", "logTotals"]
+__all__ = ["Restarts", "Shutdown", "KILL_MARGIN", "kill", "killHung", "logTotals"]
 
 _log = Logger()
 
@@ -34,10 +33,32 @@ def kill(worker: Worker, dispatcher: Dispatcher) -> None:
     """
     worker.killed = True
     dispatcher.leave(worker.link)
-    try:
+    with suppress(Exception):  # it has just exited: its end is on its way
         worker.process.signalProcess("KILL")
-    except Exception:
-        pass  # it has just exited: its end is on its way
+
+
+def killHung(now: float, timeout: float, workers: list[Worker], dispatcher: Dispatcher) -> int:
+    """
+    Kill the workers silent for C{timeout} seconds - heartbeats keep idle
+    ones alive - and the retiring ones past their C{killAt}.  Their
+    unacknowledged connections go to other workers once they are gone.
+
+    @return: how many were killed for being silent.
+    """
+    killed = 0
+    for worker in list(workers):
+        silent = now - worker.link.lastHeard
+        if worker.process is None or worker.killed:
+            continue
+        if silent > timeout:
+            killed += 1
+            why = "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} unacknowledged connection(s)"
+            _log.error(why + "; killing it", worker=worker, silent=silent, timeout=timeout, n=len(worker.link.inflight))
+            kill(worker, dispatcher)
+        elif worker.state is RETIRING and now >= worker.killAt:
+            _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
+            kill(worker, dispatcher)
+    return killed
 
 
 def logTotals(slots: list[Slot], dispatcher: Dispatcher, **workers: int) -> None:
@@ -122,78 +143,6 @@ class Restarts:
             self.cancel(slot)
 
 
-class HungWorkers:
-    """
-    Every tick (a tenth of the timeout, within 50 ms..1 s), kill the
-    workers silent for C{timeout} seconds - heartbeats keep idle ones
-    alive - and retiring ones past their grace period plus
-    L{KILL_MARGIN}.  Their unacknowledged connections go to other workers
-    once they are gone.
-
-    @ivar killedForTimeout: workers killed for being silent.
-    """
-
-    def __init__(self, reactor: Any, timeout: float, dispatcher: Dispatcher, workers: Callable[[], Iterable[Worker]]) -> None:
-        self._reactor, self._timeout, self._dispatcher, self._workers = reactor, timeout, dispatcher, workers
-        self._tick: Any = None
-        self.killedForTimeout = 0
-
-    def start(self) -> None:
-        """Check every tick until L{stop}."""
-        self._tick = self._reactor.callLater(min(max(self._timeout / 10, 0.05), 1.0), self._check)
-
-    def stop(self) -> None:
-        """No more checks."""
-        if self._tick is not None and self._tick.active():
-            self._tick.cancel()
-        self._tick = None
-
-    def _check(self) -> None:
-        now = self._reactor.seconds()
-        for worker in list(self._workers()):
-            silent = now - worker.link.lastHeard
-            if worker.process is None or worker.killed:
-                continue
-            if silent > self._timeout:
-                self.killedForTimeout += 1
-                why = "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} unacknowledged connection(s)"
-                _log.error(why + "; killing it", worker=worker, silent=silent, timeout=self._timeout, n=len(worker.link.inflight))
-                kill(worker, self._dispatcher)
-            elif worker.state is RETIRING and now >= worker.killAt:
-                _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
-                kill(worker, self._dispatcher)
-        self.start()
-
-
-class Announcer:
-    """
-    What systemd is told of a pool: READY once its first worker is ready;
-    after a reload, READY again once the reload is done (none of its
-    workers still starting, no slot waiting for a restart); else the
-    pool's status line.
-    """
-
-    def __init__(self, notifier: SystemdNotifier, status: Callable[[], str]) -> None:
-        self.notifier, self._status = notifier, status
-        self._told = -1  # the generation systemd was last told READY for
-
-    def changed(self, everReady: bool, generation: int, pending: Callable[[], bool]) -> None:
-        """
-        The pool's workers changed; C{generation} is its latest reload's,
-        C{pending()} whether that reload is still under way.
-        """
-        status = self._status()
-        if self._told < 0 and everReady:
-            self._told = 0
-            self.notifier.ready(status)
-        elif 0 <= self._told < generation and not pending():
-            self._told = generation
-            _log.info("Reload done: {status}", status=status)
-            self.notifier.ready(status)
-        else:
-            self.notifier.status(status)
-
-
 class Shutdown:
     """
     A pool's stop: the connections the parent still holds go to workers
@@ -205,10 +154,9 @@ class Shutdown:
         nothing restarts).
     """
 
-    def __init__(
-        self, reactor: Any, dispatcher: Dispatcher, workers: Callable[[], list[Worker]], onStopping: Callable[[], None]
-    ) -> None:
+    def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker], onStopping: Callable[[], None]) -> None:
         """
+        @param workers: the pool's live workers (a list it keeps up to date).
         @param onStopping: called when the workers are told to stop.
         """
         self._reactor, self._dispatcher, self._workers, self._onStopping = reactor, dispatcher, workers, onStopping
@@ -240,17 +188,15 @@ class Shutdown:
         self._dispatcher.whenIdle(idle)
         return d
 
-    def _remaining(self) -> float:
-        return max(self._deadline - float(self._reactor.seconds()), 0.0)
-
     def _tellWorkers(self) -> None:
         self.stopping = True
         self._onStopping()
-        told = [w for w in self._workers() if not w.link.lost]
+        grace = max(self._deadline - float(self._reactor.seconds()), 0.0)
+        told = [w for w in self._workers if not w.link.lost]
         for worker in told:
-            worker.link.sendControl("stop", grace=self._remaining())
-        _log.info("Told {n} worker(s) to finish their connections within {grace:.1f} s", n=len(told), grace=self._remaining())
-        self._killer = self._reactor.callLater(self._remaining() + KILL_MARGIN, self._killAll)
+            worker.link.sendControl("stop", grace=grace)
+        _log.info("Told {n} worker(s) to finish their connections within {grace:.1f} s", n=len(told), grace=grace)
+        self._killer = self._reactor.callLater(grace + KILL_MARGIN, self._killAll)
         self.check()
 
     def _giveUp(self) -> None:
@@ -259,13 +205,13 @@ class Shutdown:
         self._tellWorkers()
 
     def _killAll(self) -> None:
-        for worker in self._workers():
+        for worker in list(self._workers):
             _log.warn("{worker} did not exit in time; killing it", worker=worker)
             kill(worker, self._dispatcher)
 
     def check(self) -> None:
         """A worker ended: fire L{begin}'s Deferred if it was the last."""
-        if self._ended is None or not self.stopping or self._workers():
+        if self._ended is None or not self.stopping or self._workers:
             return
         if self._killer is not None and self._killer.active():
             self._killer.cancel()
