@@ -72,32 +72,20 @@ class WorkerPool:
     """
 
     def __init__(
-        self,
-        reactor: Any,
-        dispatcher: Dispatcher,
-        command: WorkerCommand,
-        count: int,
-        timeout: float = TIMEOUT,
-        grace: float = GRACE,
-        maxRequests: int = 0,
-        maxRequestsJitter: int = 0,
-        notifier: SystemdNotifier | None = None,
-        onControl: Callable[[WorkerLink, Control], None] | None = None,
-        startsBeforeGivingUp: int = 0,
+        self, reactor: Any, dispatcher: Dispatcher, command: WorkerCommand, count: int, timeout: float = TIMEOUT, grace: float = GRACE,
+        maxRequests: int = 0, maxRequestsJitter: int = 0, notifier: SystemdNotifier | None = None,
+        onControl: Callable[[WorkerLink, Control], None] | None = None, startsBeforeGivingUp: int = 0,
         onGiveUp: Callable[[int, int], None] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """
         @param timeout: seconds of silence (no heartbeat, no ack) after
             which a worker is killed and replaced.
-        @param grace: seconds a retired worker gets to finish its
-            connections.
+        @param grace: seconds a retired worker gets to finish its connections.
         @param maxRequests: replace a worker after it was given this many
             connections (plus a random 0..C{maxRequestsJitter}); 0: never.
-        @param notifier: systemd notification (default: from the
-            environment's C{NOTIFY_SOCKET}).
+        @param notifier: systemd's (default: from C{NOTIFY_SOCKET}).
         @param onControl: called with C{(link, message)} for each control
-            message of a worker that its link does not handle itself
-            (cluster mode's messages).
+            message its link does not handle itself (cluster mode's).
         @param startsBeforeGivingUp: until some worker is ready, a slot
             started this many times is a program that cannot run as a
             worker: C{onGiveUp(index, exits)} is called (0: never).
@@ -112,7 +100,6 @@ class WorkerPool:
         self._shutdown = Shutdown(reactor, dispatcher, self._workers.live, self._restarts.cancelAll)
         self._hung = LoopingCall(self._killHung)
         self._hung.clock = reactor
-        self._started = False
         self._toldReady = -1  # the generation systemd was last told READY for
         self.killedForTimeout = self.recycled = self.reloads = 0
         self.everReady = False
@@ -126,9 +113,8 @@ class WorkerPool:
 
     def serveWhenReady(self, link: WorkerLink, route: Route) -> None:
         """
-        Let the worker of C{link} serve C{route} (one it asked for: a
-        cluster worker's listener) from when it is ready: at once if it is,
-        never if it is retiring.
+        Let the worker of C{link} serve C{route} (a cluster worker's listener)
+        from when it is ready: at once if it is, never if it is retiring.
         """
         worker = self._workers.of(link)
         if worker is None or worker.state is RETIRING:
@@ -139,10 +125,7 @@ class WorkerPool:
             self.dispatcher.join(route, link)
 
     def stopServing(self, link: WorkerLink, route: Route) -> None:
-        """
-        The worker of C{link} serves C{route} no more (its program stopped
-        listening on it); connections already sent to it stay its own.
-        """
+        """The worker of C{link} serves C{route} no more; connections already sent to it stay its own."""
         worker = self._workers.of(link)
         if worker is not None and route in worker.routes:
             worker.routes.remove(route)
@@ -150,7 +133,6 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start every worker, the timeout checks and the systemd watchdog."""
-        self._started = True
         for slot in self._workers.slots:
             self._spawn(slot)
         # A tick: a tenth of the timeout, within 50 ms..1 s.
@@ -173,7 +155,7 @@ class WorkerPool:
             link.limit = self._maxRequests + random.randint(0, self._jitter)
         try:
             command = self._command(slot.index, self.heartbeat)
-            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, link.channel.send)
+            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self.workerEnded, worker), childEnd, command, link.channel.send)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -230,10 +212,8 @@ class WorkerPool:
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
         count = self._workers.count
-        return (
-            f"{count(SERVING)} of {len(self._workers.slots)} worker(s) serving, {count(STARTING)} starting, "
-            f"{count(RETIRING)} retiring; {self.dispatcher.accepted} connection(s) accepted"
-        )
+        workers = f"{count(SERVING)} of {len(self._workers.slots)} worker(s) serving, {count(STARTING)} starting, {count(RETIRING)} retiring"
+        return f"{workers}; {self.dispatcher.accepted} connection(s) accepted"
 
     def _retire(self, worker: Worker, why: str) -> None:
         # No new connections for it; it drains within the grace period and
@@ -260,11 +240,8 @@ class WorkerPool:
             worker.link.resumeAccepting()
 
     def reload(self) -> None:
-        """
-        Start a fresh worker for every slot (importing the factory anew);
-        each old worker retires once its successor is ready.
-        """
-        if self._shutdown.stopping or not self._started:
+        """A fresh worker for every slot (importing the factory anew); each old one retires once its successor is ready."""
+        if self._shutdown.stopping or not self._hung.running:  # (not started)
             return
         self.reloads += 1
         _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._workers.slots))
@@ -301,11 +278,7 @@ class WorkerPool:
         self._notifier.status(self.status())
 
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
-        """
-        C{worker}'s process ended (its L{WorkerProcess} says so): count and
-        log it by the state it was in, and start its slot again if that
-        leaves the slot empty.
-        """
+        """C{worker}'s process ended: log it by the state it left; a slot it leaves empty starts again."""
         link, worker.process = worker.link, None
         if not link.lost:
             link.close()  # reads its last acks first; re-sends the rest
@@ -342,9 +315,8 @@ class WorkerPool:
 
     def stop(self, grace: float) -> defer.Deferred[None]:
         """
-        Stop: tell every worker to finish its connections within C{grace}
-        seconds and exit; kill those that do not.  Connections the parent
-        still holds go to the workers first.
+        Tell every worker, once the connections the parent holds went to
+        workers, to finish within C{grace} seconds; kill those that do not.
 
         @return: a Deferred that fires when every worker has exited.
         """

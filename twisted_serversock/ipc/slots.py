@@ -1,15 +1,12 @@
 # -*- test-case-name: tests.test_pool_units -*-
 """
 The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}:
-L{Slot} (a worker number across restarts and replacements), L{Worker} (one
-process of a slot, from spawn to exit, in one of four states), L{Workers}
-(all of them, and what their states say) and L{WorkerProcess} (its process
-protocol).
+their numbers (L{Slot}), each one's states (L{Worker}) and what those say (L{Workers}).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable
 
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -30,18 +27,14 @@ _MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETI
 _log = Logger()
 
 
-class _Ends(Protocol):
-    def workerEnded(self, worker: Worker, reason: Failure) -> None: ...
-
-
 class WorkerProcess(ProcessProtocol):
     """
     One worker process: relays its stderr into the parent's log, one line
-    an event, and reports its end to the pool.
+    an event, and reports its end to C{ended}.
     """
 
-    def __init__(self, pool: _Ends, worker: Worker) -> None:
-        self._pool, self._worker = pool, worker
+    def __init__(self, ended: Callable[[Worker, Failure], None], worker: Worker) -> None:
+        self._ended, self._worker = ended, worker
         self._partial = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -61,7 +54,7 @@ class WorkerProcess(ProcessProtocol):
         if self._partial:
             self._relay(self._partial)
             self._partial = b""
-        self._pool.workerEnded(self._worker, reason)
+        self._ended(self._worker, reason)
 
 
 class Worker:
@@ -91,12 +84,7 @@ class Worker:
         return f"worker {self.index} (pid {self.pid})"
 
     def enter(self, state: str) -> str:
-        """
-        Move to C{state}; return the state it leaves.
-
-        @raise AssertionError: for a move the lifecycle does not have (a
-            bug in the pool).
-        """
+        """Move to C{state}; return the state it leaves.  A move the lifecycle does not have is a bug: an AssertionError."""
         previous = self.state
         assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
         self.state = state
@@ -153,10 +141,6 @@ class Workers:
         return sum(1 for worker in self.live if worker.state is state)
 
     def starting(self, generation: int) -> bool:
-        """
-        Whether a worker of C{generation} is starting, or a slot waits
-        for a restart (which will be one).
-        """
-        return any(w.state is STARTING and w.generation == generation for w in self.live) or any(
-            slot.pending is not None for slot in self.slots
-        )
+        """Whether a worker of C{generation} is starting, or a slot waits for a restart (which will be one)."""
+        restarting = any(slot.pending is not None for slot in self.slots)
+        return restarting or any(w.state is STARTING and w.generation == generation for w in self.live)

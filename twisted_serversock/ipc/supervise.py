@@ -73,8 +73,7 @@ def logTotals(slots: list[Slot], dispatcher: Dispatcher, **workers: int) -> None
         "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
         "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
         "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
-        **counts,
-        **workers,
+        **(counts | workers),
     )
 
 
@@ -91,13 +90,9 @@ class Restarts:
     MAX_DELAY = 10.0
 
     def __init__(
-        self,
-        reactor: Any,
-        slots: list[Slot],
-        start: Callable[[Slot], object],
-        maxStarts: int = 0,
+        self, reactor: Any, slots: list[Slot], start: Callable[[Slot], object], maxStarts: int = 0,
         onGiveUp: Callable[[int, int], None] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """
         @param slots: the pool's slots (see L{cancelAll}).
         @param start: starts a worker in a slot, when its delay is over.
@@ -108,10 +103,9 @@ class Restarts:
 
     def untried(self, slot: Slot) -> None:
         """
-        C{slot} starts a worker while no worker was ever ready: the
-        C{maxStarts}th time, the program cannot run as a worker:
-        C{onGiveUp(index, exits)} is called (later: not in the middle of a
-        start).
+        C{slot} starts a worker while none was ever ready: the C{maxStarts}th
+        time, the program cannot run as a worker: C{onGiveUp(index, exits)}
+        is called (later: not in the middle of a start).
         """
         if self._onGiveUp is not None and 0 < self._maxStarts <= slot.restarts + 1:
             self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
@@ -166,18 +160,11 @@ class Shutdown:
         self.stopping = False
 
     def begin(self, grace: float) -> defer.Deferred[None]:
-        """
-        Stop within C{grace} seconds.
-
-        @return: fires once no worker is left (see L{check}).
-        """
+        """Stop within C{grace} seconds; the Deferred fires once no worker is left."""
         d = self._ended = defer.Deferred()
         self._deadline = self._reactor.seconds() + grace
-        held = self._dispatcher.held
-        if not held:
-            self._tellWorkers()
-            return d
-        _log.info("Handing {n} held connection(s) to workers before stopping", n=len(held))
+        if self._dispatcher.held:
+            _log.info("Handing {n} held connection(s) to workers before stopping", n=len(self._dispatcher.held))
         giveUp = self._reactor.callLater(grace, self._giveUp)
 
         def idle() -> None:
@@ -185,7 +172,7 @@ class Shutdown:
                 giveUp.cancel()
                 self._tellWorkers()
 
-        self._dispatcher.whenIdle(idle)
+        self._dispatcher.whenIdle(idle)  # at once if it holds none
         return d
 
     def _tellWorkers(self) -> None:
