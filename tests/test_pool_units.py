@@ -48,7 +48,7 @@ def test_workerStatesMoveOneWay() -> None:
     ended - and a move the lifecycle does not have is a bug, caught where
     it happens.
     """
-    worker = Worker(Slot(1), None, 0.0)  # type: ignore[arg-type]
+    worker = Worker(Slot(1), None, 0.0, 0, lambda worker, reason: None)  # type: ignore[arg-type]
     assert worker.state == STARTING
     assert worker.enter(SERVING) == STARTING
     assert worker.enter(RETIRING) == SERVING

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections import Counter
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -31,7 +32,7 @@ from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
-from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, WorkerProcess, Workers
+from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, Workers
 from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
 from .supervise import KILL_MARGIN, Restarts, Shutdown, killHung, logTotals
 from .wire import Control
@@ -97,7 +98,7 @@ class WorkerPool:
         self._maxRequests, self._jitter = maxRequests, maxRequestsJitter
         self._notifier = notifier if notifier is not None else SystemdNotifier(reactor)
         self._restarts = Restarts(reactor, self._workers.slots, self._spawn, startsBeforeGivingUp, onGiveUp)
-        self._shutdown = Shutdown(reactor, dispatcher, self._workers.live, self._restarts.cancelAll)
+        self._shutdown = Shutdown(reactor, dispatcher, self._workers.live)
         self._hung = LoopingCall(self._killHung)
         self._hung.clock = reactor
         self._toldReady = -1  # the generation systemd was last told READY for
@@ -147,7 +148,7 @@ class WorkerPool:
             self._restarts.untried(slot)
         parentEnd, childEnd = _channel()
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
-        worker = Worker(slot, link, self._reactor.seconds(), self.reloads)
+        worker = Worker(slot, link, self._reactor.seconds(), self.reloads, self.workerEnded)
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
         link.onControl = self._onControl
@@ -155,7 +156,7 @@ class WorkerPool:
             link.limit = self._maxRequests + random.randint(0, self._jitter)
         try:
             command = self._command(slot.index, self.heartbeat)
-            worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self.workerEnded, worker), childEnd, command, link.channel.send)
+            worker.process = spawnWorkerProcess(self._reactor, worker, childEnd, command, link.channel.send)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -211,8 +212,8 @@ class WorkerPool:
 
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
-        count = self._workers.count
-        workers = f"{count(SERVING)} of {len(self._workers.slots)} worker(s) serving, {count(STARTING)} starting, {count(RETIRING)} retiring"
+        count = Counter(worker.state for worker in self._workers.live)
+        workers = f"{count[SERVING]} of {len(self._workers.slots)} worker(s) serving, {count[STARTING]} starting, {count[RETIRING]} retiring"
         return f"{workers}; {self.dispatcher.accepted} connection(s) accepted"
 
     def _retire(self, worker: Worker, why: str) -> None:
@@ -324,6 +325,7 @@ class WorkerPool:
         return self._shutdown.begin(grace).addCallback(self._ended)
 
     def _ended(self, _: None) -> None:
+        self._restarts.cancelAll()
         if self._hung.running:
             self._hung.stop()
         logTotals(self._workers.slots, self.dispatcher, killed=self.killedForTimeout, recycled=self.recycled, reloads=self.reloads)

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from .dispatch import Route
 from .parent import WorkerLink
 
-__all__ = ["Slot", "Worker", "Workers", "WorkerProcess", "STARTING", "SERVING", "RETIRING", "ENDED"]
+__all__ = ["Slot", "Worker", "Workers", "STARTING", "SERVING", "RETIRING", "ENDED"]
 
 #: A worker's states (L{Worker.state}).  STARTING: spawned, not yet ready;
 #: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
@@ -27,15 +27,41 @@ _MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETI
 _log = Logger()
 
 
-class WorkerProcess(ProcessProtocol):
+class Worker(ProcessProtocol):
     """
-    One worker process: relays its stderr into the parent's log, one line
-    an event, and reports its end to C{ended}.
+    One worker process of a slot, from spawn to exit, and its process
+    protocol: its stderr goes into the parent's log, one line an event, and
+    its end to C{ended}.
+
+    @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
+        changed only by L{enter}.
+    @ivar generation: the pool's reload count when it was started: the
+        workers of the latest reload are the ones a reload waits for.
+    @ivar routes: the routes this worker asked to serve (a cluster worker's
+        listeners), beside the pool's own; it gets their connections once
+        it is ready.
     """
 
-    def __init__(self, ended: Callable[[Worker, Failure], None], worker: Worker) -> None:
-        self._ended, self._worker = ended, worker
+    def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int, ended: Callable[[Worker, Failure], None]) -> None:
+        self.slot, self.index, self.link, self._ended = slot, slot.index, link, ended
+        self.generation, self.startedAt = generation, startedAt
+        self.pid = 0
+        self.routes: list[Route] = []
+        self.process: Any = None
+        self.killAt = 0.0
+        self.killed = False
+        self.state = STARTING
         self._partial = b""
+
+    def __repr__(self) -> str:
+        return f"worker {self.index} (pid {self.pid})"
+
+    def enter(self, state: str) -> str:
+        """Move to C{state}; return the state it leaves.  A move the lifecycle does not have is a bug: an AssertionError."""
+        previous = self.state
+        assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
+        self.state = state
+        return previous
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -48,47 +74,13 @@ class WorkerProcess(ProcessProtocol):
         if text:
             # One prefix: the worker's number and pid as the event's system
             # (the line carries the worker's own system, if any).
-            _log.info("{line}", line=text, log_system=f"worker {self._worker.index} pid {self._worker.pid}")
+            _log.info("{line}", line=text, log_system=f"worker {self.index} pid {self.pid}")
 
     def processEnded(self, reason: Failure) -> None:
         if self._partial:
             self._relay(self._partial)
             self._partial = b""
-        self._ended(self._worker, reason)
-
-
-class Worker:
-    """
-    One worker process of a slot, from spawn to exit.
-
-    @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
-        changed only by L{enter}.
-    @ivar generation: the pool's reload count when it was started: the
-        workers of the latest reload are the ones a reload waits for.
-    @ivar routes: the routes this worker asked to serve (a cluster worker's
-        listeners), beside the pool's own; it gets their connections once
-        it is ready.
-    """
-
-    def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int = 0) -> None:
-        self.slot, self.index, self.link = slot, slot.index, link
-        self.generation, self.startedAt = generation, startedAt
-        self.pid = 0
-        self.routes: list[Route] = []
-        self.process: Any = None
-        self.killAt = 0.0
-        self.killed = False
-        self.state = STARTING
-
-    def __repr__(self) -> str:
-        return f"worker {self.index} (pid {self.pid})"
-
-    def enter(self, state: str) -> str:
-        """Move to C{state}; return the state it leaves.  A move the lifecycle does not have is a bug: an AssertionError."""
-        previous = self.state
-        assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
-        self.state = state
-        return previous
+        self._ended(self, reason)
 
 
 class Slot:
@@ -136,9 +128,6 @@ class Workers:
     def of(self, link: WorkerLink) -> Worker | None:
         """The worker of C{link}, if it is live."""
         return next((worker for worker in self.live if worker.link is link), None)
-
-    def count(self, state: str) -> int:
-        return sum(1 for worker in self.live if worker.state is state)
 
     def starting(self, generation: int) -> bool:
         """Whether a worker of C{generation} is starting, or a slot waits for a restart (which will be one)."""

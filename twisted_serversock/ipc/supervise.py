@@ -132,7 +132,7 @@ class Restarts:
         slot.pending = None
 
     def cancelAll(self) -> None:
-        """No slot starts again on its own (the pool is stopping)."""
+        """No slot starts again on its own (the pool has stopped)."""
         for slot in self._slots:
             self.cancel(slot)
 
@@ -148,12 +148,11 @@ class Shutdown:
         nothing restarts).
     """
 
-    def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker], onStopping: Callable[[], None]) -> None:
+    def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker]) -> None:
         """
         @param workers: the pool's live workers (a list it keeps up to date).
-        @param onStopping: called when the workers are told to stop.
         """
-        self._reactor, self._dispatcher, self._workers, self._onStopping = reactor, dispatcher, workers, onStopping
+        self._reactor, self._dispatcher, self._workers = reactor, dispatcher, workers
         self._ended: defer.Deferred[None] | None = None
         self._deadline = 0.0
         self._killer: Any = None
@@ -177,7 +176,6 @@ class Shutdown:
 
     def _tellWorkers(self) -> None:
         self.stopping = True
-        self._onStopping()
         grace = max(self._deadline - float(self._reactor.seconds()), 0.0)
         told = [w for w in self._workers if not w.link.lost]
         for worker in told:
