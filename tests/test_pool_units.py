@@ -17,8 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from twisted_serversock.ipc import wire
-from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
-from twisted_serversock.ipc.supervise import KILL_MARGIN, Restarts
+from twisted_serversock.ipc.slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Slot, Worker
 
 from ._memoryworkers import GRACE, TIMEOUT, Pool, pump, receive, send
 

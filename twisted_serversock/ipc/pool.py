@@ -32,9 +32,8 @@ from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
-from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, Workers
+from .slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Shutdown, Slot, Worker, Workers, killHung, logTotals
 from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
-from .supervise import KILL_MARGIN, Restarts, Shutdown, killHung, logTotals
 from .wire import Control
 
 __all__ = ["WorkerPool", "CHANNEL_FD"]
