@@ -32,7 +32,7 @@ from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
-from .slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Shutdown, Slot, Worker, Workers, killHung, logTotals
+from .slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Shutdown, Slot, Worker, Workers, killHung
 from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
 from .wire import Control
 
@@ -327,4 +327,12 @@ class WorkerPool:
         self._restarts.cancelAll()
         if self._hung.running:
             self._hung.stop()
-        logTotals(self._workers.slots, self.dispatcher, killed=self.killedForTimeout, recycled=self.recycled, reloads=self.reloads)
+        for slot in self._workers.slots:
+            _log.info("Worker {index}: {n} connection(s) adopted, {r} restart(s)", index=slot.index, n=slot.adopted, r=slot.restarts)
+        counts = {name: getattr(self.dispatcher, name) for name in ("accepted", "adopted", "redispatched", "dropped", "pauses")}
+        _log.info(
+            "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
+            "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
+            "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
+            killed=self.killedForTimeout, recycled=self.recycled, reloads=self.reloads, **counts,
+        )

@@ -1,10 +1,9 @@
 # -*- test-case-name: tests.test_lifecycle -*-
 """
-L{ParentStop}, the one way a parent (C{twistd serversock} or a cluster
-primary) stops, and its signals, in gunicorn's vocabulary: SIGTERM/SIGINT
-graceful stop, SIGHUP graceful reload, SIGTTIN/SIGTTOU one worker
-more/fewer, SIGUSR1 log rotation (twistd's own handler when it logs to a
-file).
+A parent's stop (L{ParentStop}) and signals, in gunicorn's vocabulary:
+SIGTERM/SIGINT graceful stop, SIGHUP graceful reload, SIGTTIN/SIGTTOU one
+worker more/fewer, SIGUSR1 log rotation (twistd's own handler when it logs
+to a file).
 
 Handlers only schedule work on the reactor (C{callFromThread} is safe from
 a signal handler and before the reactor runs): a signal that arrives during

@@ -22,7 +22,7 @@ from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 
 __all__ = ["Slot", "Worker", "Workers", "STARTING", "SERVING", "RETIRING", "ENDED",
-           "Restarts", "Shutdown", "KILL_MARGIN", "kill", "killHung", "logTotals"]
+           "Restarts", "Shutdown", "KILL_MARGIN", "kill", "killHung"]
 
 #: A worker's states (L{Worker.state}).  STARTING: spawned, not yet ready;
 #: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
@@ -46,9 +46,8 @@ class Worker(ProcessProtocol):
         changed only by L{enter}.
     @ivar generation: the pool's reload count when it was started: the
         workers of the latest reload are the ones a reload waits for.
-    @ivar routes: the routes this worker asked to serve (a cluster worker's
-        listeners), beside the pool's own; it gets their connections once
-        it is ready.
+    @ivar routes: the routes it asked to serve (a cluster worker's listeners)
+        beside the pool's own, whose connections it gets once it is ready.
     """
 
     def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int, ended: Callable[[Worker, Failure], None]) -> None:
@@ -180,22 +179,6 @@ def killHung(now: float, timeout: float, workers: list[Worker], dispatcher: Disp
     return killed
 
 
-def logTotals(slots: list[Slot], dispatcher: Dispatcher, **workers: int) -> None:
-    """
-    Log what a stopped pool did: each slot's counts, and the totals of its
-    connections and C{workers} (C{killed}, C{recycled}, C{reloads}).
-    """
-    for slot in slots:
-        _log.info("Worker {index}: {n} connection(s) adopted, {r} restart(s)", index=slot.index, n=slot.adopted, r=slot.restarts)
-    counts = {name: getattr(dispatcher, name) for name in ("accepted", "adopted", "redispatched", "dropped", "pauses")}
-    _log.info(
-        "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
-        "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
-        "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
-        **(counts | workers),
-    )
-
-
 class Restarts:
     """
     Restarts with exponential backoff: a slot whose workers keep dying
@@ -260,17 +243,15 @@ class Shutdown:
     """
     A pool's stop: the connections the parent still holds go to workers
     first (those none has adopted when the grace period ends are closed);
-    then every worker is told to finish within what is left of the grace
-    period, and killed L{KILL_MARGIN} after it.
+    then every worker of C{workers} (the pool's live ones, a list it keeps
+    up to date) is told to finish within what is left of the grace period,
+    and killed L{KILL_MARGIN} after it.
 
     @ivar stopping: whether the workers were told to stop (from then on
         nothing restarts).
     """
 
     def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker]) -> None:
-        """
-        @param workers: the pool's live workers (a list it keeps up to date).
-        """
         self._reactor, self._dispatcher, self._workers = reactor, dispatcher, workers
         self._ended: defer.Deferred[None] | None = None
         self._deadline = 0.0
