@@ -1,8 +1,5 @@
 # -*- test-case-name: tests.test_lifecycle -*-
-"""
-The worker lifecycle's defaults, named once for C{twistd serversock} and
-cluster mode alike.
-"""
+"""The worker lifecycle's defaults, named once for C{twistd serversock} and cluster mode alike."""
 
 from __future__ import annotations
 

@@ -51,11 +51,6 @@ def _channel() -> tuple[socket.socket, socket.socket]:
     return parentEnd, childEnd
 
 
-def _how(ended: Any) -> str:
-    signal = getattr(ended, "signal", None)
-    return f"signal {signal}" if signal else f"status {getattr(ended, 'exitCode', getattr(ended, 'status', None))}"
-
-
 class WorkerPool:
     """
     C{count} worker processes, each started with C{command} (the same
@@ -283,7 +278,8 @@ class WorkerPool:
         if not link.lost:
             link.close()  # reads its last acks first; re-sends the rest
         worker.slot.adopted += link.adopted
-        how = _how(reason.value)
+        ended: Any = reason.value  # ProcessDone or ProcessTerminated
+        how = f"signal {ended.signal}" if ended.signal else f"status {ended.exitCode}"
         previous = self._workers.enter(worker, ENDED)
         if previous is RETIRING or self._shutdown.stopping:
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=link.adopted)

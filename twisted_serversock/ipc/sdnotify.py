@@ -25,10 +25,7 @@ _log = Logger()
 
 
 class SystemdNotifier:
-    """
-    Notifies systemd when C{NOTIFY_SOCKET} is set; does nothing otherwise.
-    Each method sends one notification with the status line given.
-    """
+    """Notifies systemd when C{NOTIFY_SOCKET} is set; does nothing otherwise."""
 
     def __init__(self, reactor: Any, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -80,9 +77,6 @@ class SystemdNotifier:
         self.send(STATUS=status)
 
     def startWatchdog(self) -> None:
-        """
-        Send C{WATCHDOG=1} every half C{WATCHDOG_USEC}, from the reactor
-        (so a parent whose reactor is stuck stops sending and is restarted).
-        """
+        """Send C{WATCHDOG=1} every half C{WATCHDOG_USEC} from the reactor: a parent whose reactor is stuck is restarted."""
         if self._watchdogInterval and not self._watchdog.running:
             self._watchdog.start(self._watchdogInterval)

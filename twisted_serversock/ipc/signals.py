@@ -42,9 +42,7 @@ class ParentStop:
     """
 
     def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
-        """
-        @param ports: returns the listening ports to stop (called once).
-        """
+        """@param ports: returns the listening ports to stop (called once)."""
         self._reactor, self._grace, self._ports = reactor, grace, ports
         self.notifier: Any = None
         self.pool: Any = None

@@ -1,11 +1,8 @@
 # -*- test-case-name: tests.test_pool_units -*-
 """
-The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}:
-their numbers (L{Slot}), each one's states (L{Worker}) and what those say
-(L{Workers}); and what the pool does with them on the reactor's clock:
-L{Restarts} (when a dead worker's slot starts again), L{killHung} (killing
-the workers that went silent, or overstayed their grace period) and
-L{Shutdown} (stopping within a grace period).
+The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}
+(L{Slot}, L{Worker}, L{Workers}), and what the pool does with them on the
+reactor's clock (L{Restarts}, L{killHung}, L{Shutdown}).
 """
 
 from __future__ import annotations
