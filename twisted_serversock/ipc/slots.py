@@ -131,7 +131,6 @@ class Workers:
         return [w for w in self.live if w.slot is slot and w.state in (STARTING, SERVING)]
 
     def of(self, link: WorkerLink) -> Worker | None:
-        """The worker of C{link}, if it is live."""
         return next((worker for worker in self.live if worker.link is link), None)
 
     def starting(self, generation: int) -> bool:
@@ -210,7 +209,6 @@ class Restarts:
             self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
 
     def died(self, slot: Slot, lived: float) -> None:
-        """A worker of C{slot} died after C{lived} seconds."""
         slot.failures = 1 if lived >= self.STABLE_SECONDS else slot.failures + 1
 
     def schedule(self, slot: Slot) -> float:
