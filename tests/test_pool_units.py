@@ -17,8 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from twisted_serversock.ipc import wire
-from twisted_serversock.ipc.slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker
-from twisted_serversock.ipc.supervise import KILL_MARGIN, Restarts
+from twisted_serversock.ipc.slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Slot, Worker
 
 from ._memoryworkers import GRACE, TIMEOUT, Pool, pump, receive, send
 
@@ -48,7 +47,7 @@ def test_workerStatesMoveOneWay() -> None:
     ended - and a move the lifecycle does not have is a bug, caught where
     it happens.
     """
-    worker = Worker(Slot(1), None, 0.0)  # type: ignore[arg-type]
+    worker = Worker(Slot(1), None, 0.0, 0, lambda worker, reason: None)  # type: ignore[arg-type]
     assert worker.state == STARTING
     assert worker.enter(SERVING) == STARTING
     assert worker.enter(RETIRING) == SERVING

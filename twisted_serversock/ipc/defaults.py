@@ -1,8 +1,5 @@
 # -*- test-case-name: tests.test_lifecycle -*-
-"""
-The worker lifecycle's defaults, named once for C{twistd serversock} and
-cluster mode alike.
-"""
+"""The worker lifecycle's defaults, named once for C{twistd serversock} and cluster mode alike."""
 
 from __future__ import annotations
 
@@ -19,8 +16,7 @@ TIMEOUT = 30.0
 
 def heartbeatFor(timeout: float) -> float:
     """
-    How often an idle worker says it is alive, for a parent that kills one
-    silent for C{timeout} seconds: four times per timeout, at most every 5 s
-    and at least every 50 ms.
+    How often an idle worker says it is alive to a parent that kills one
+    silent for C{timeout} seconds: four times a timeout, within 50 ms..5 s.
     """
     return min(max(timeout / 4, 0.05), 5.0)

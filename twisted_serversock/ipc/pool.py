@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import random
 import socket
+from collections import Counter
 from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -30,9 +32,8 @@ from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
-from .slots import ENDED, RETIRING, SERVING, STARTING, Slot, Worker, WorkerProcess, Workers
+from .slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Shutdown, Slot, Worker, Workers, killHung
 from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
-from .supervise import KILL_MARGIN, Announcer, HungWorkers, Restarts, Shutdown, logTotals
 from .wire import Control
 
 __all__ = ["WorkerPool", "CHANNEL_FD"]
@@ -50,11 +51,6 @@ def _channel() -> tuple[socket.socket, socket.socket]:
     return parentEnd, childEnd
 
 
-def _how(ended: Any) -> str:
-    signal = getattr(ended, "signal", None)
-    return f"signal {signal}" if signal else f"status {getattr(ended, 'exitCode', getattr(ended, 'status', None))}"
-
-
 class WorkerPool:
     """
     C{count} worker processes, each started with C{command} (the same
@@ -62,6 +58,8 @@ class WorkerPool:
     differs), serving the pool's routes.
 
     @ivar dispatcher: where accepted connections go.
+    @ivar heartbeat: how often an idle worker says it is alive.
+    @ivar killedForTimeout: workers killed for being silent C{timeout} seconds.
     @ivar recycled: workers replaced after C{maxRequests} connections.
     @ivar reloads: reloads begun: the generation of the workers started
         since the latest.
@@ -69,61 +67,37 @@ class WorkerPool:
     """
 
     def __init__(
-        self,
-        reactor: Any,
-        dispatcher: Dispatcher,
-        command: WorkerCommand,
-        count: int,
-        timeout: float = TIMEOUT,
-        grace: float = GRACE,
-        maxRequests: int = 0,
-        maxRequestsJitter: int = 0,
-        notifier: SystemdNotifier | None = None,
-        onControl: Callable[[WorkerLink, Control], None] | None = None,
-        startsBeforeGivingUp: int = 0,
+        self, reactor: Any, dispatcher: Dispatcher, command: WorkerCommand, count: int, timeout: float = TIMEOUT, grace: float = GRACE,
+        maxRequests: int = 0, maxRequestsJitter: int = 0, notifier: SystemdNotifier | None = None,
+        onControl: Callable[[WorkerLink, Control], None] | None = None, startsBeforeGivingUp: int = 0,
         onGiveUp: Callable[[int, int], None] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """
         @param timeout: seconds of silence (no heartbeat, no ack) after
             which a worker is killed and replaced.
-        @param grace: seconds a retired worker gets to finish its
-            connections.
+        @param grace: seconds a retired worker gets to finish its connections.
         @param maxRequests: replace a worker after it was given this many
             connections (plus a random 0..C{maxRequestsJitter}); 0: never.
-        @param notifier: systemd notification (default: from the
-            environment's C{NOTIFY_SOCKET}).
+        @param notifier: systemd's (default: from C{NOTIFY_SOCKET}).
         @param onControl: called with C{(link, message)} for each control
-            message of a worker that its link does not handle itself
-            (cluster mode's messages).
+            message its link does not handle itself (cluster mode's).
         @param startsBeforeGivingUp: until some worker is ready, a slot
             started this many times is a program that cannot run as a
             worker: C{onGiveUp(index, exits)} is called (0: never).
         """
-        self._reactor = reactor
-        self.dispatcher = dispatcher
-        self._command = command
-        self._onControl = onControl
+        self._reactor, self.dispatcher, self._command, self._onControl = reactor, dispatcher, command, onControl
         self._workers = Workers(count)
         self._routes: list[Route] = []
-        self._timeout, self._grace = timeout, grace
+        self._timeout, self._grace, self.heartbeat = timeout, grace, heartbeatFor(timeout)
         self._maxRequests, self._jitter = maxRequests, maxRequestsJitter
+        self._notifier = notifier if notifier is not None else SystemdNotifier(reactor)
         self._restarts = Restarts(reactor, self._workers.slots, self._spawn, startsBeforeGivingUp, onGiveUp)
-        self._hung = HungWorkers(reactor, timeout, dispatcher, lambda: self._workers.live)
-        self.announcer = Announcer(notifier if notifier is not None else SystemdNotifier(reactor), self.status)
-        self._shutdown = Shutdown(reactor, dispatcher, lambda: self._workers.live, self._restarts.cancelAll)
-        self._started = False
-        self.recycled = self.reloads = 0
+        self._shutdown = Shutdown(reactor, dispatcher, self._workers.live)
+        self._hung = LoopingCall(self._killHung)
+        self._hung.clock = reactor
+        self._toldReady = -1  # the generation systemd was last told READY for
+        self.killedForTimeout = self.recycled = self.reloads = 0
         self.everReady = False
-
-    @property
-    def heartbeat(self) -> float:
-        """How often an idle worker says it is alive."""
-        return heartbeatFor(self._timeout)
-
-    @property
-    def killedForTimeout(self) -> int:
-        """Workers killed for being silent C{timeout} seconds."""
-        return self._hung.killedForTimeout
 
     def addRoute(self, route: Route) -> None:
         """Let every worker (now and after restarts) serve C{route}."""
@@ -134,9 +108,8 @@ class WorkerPool:
 
     def serveWhenReady(self, link: WorkerLink, route: Route) -> None:
         """
-        Let the worker of C{link} serve C{route} (one it asked for: a
-        cluster worker's listener) from when it is ready: at once if it is,
-        never if it is retiring.
+        Let the worker of C{link} serve C{route} (a cluster worker's listener)
+        from when it is ready: at once if it is, never if it is retiring.
         """
         worker = self._workers.of(link)
         if worker is None or worker.state is RETIRING:
@@ -147,10 +120,7 @@ class WorkerPool:
             self.dispatcher.join(route, link)
 
     def stopServing(self, link: WorkerLink, route: Route) -> None:
-        """
-        The worker of C{link} serves C{route} no more (its program stopped
-        listening on it); connections already sent to it stay its own.
-        """
+        """The worker of C{link} serves C{route} no more; connections already sent to it stay its own."""
         worker = self._workers.of(link)
         if worker is not None and route in worker.routes:
             worker.routes.remove(route)
@@ -158,11 +128,11 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start every worker, the timeout checks and the systemd watchdog."""
-        self._started = True
         for slot in self._workers.slots:
             self._spawn(slot)
-        self._hung.start()
-        self.announcer.notifier.startWatchdog()
+        # A tick: a tenth of the timeout, within 50 ms..1 s.
+        self._hung.start(min(max(self._timeout / 10, 0.05), 1.0), now=False)
+        self._notifier.startWatchdog()
 
     def _spawn(self, slot: Slot) -> Worker | None:
         if self._shutdown.stopping or slot not in self._workers.slots:
@@ -172,14 +142,15 @@ class WorkerPool:
             self._restarts.untried(slot)
         parentEnd, childEnd = _channel()
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
-        worker = Worker(slot, link, self._reactor.seconds(), self.reloads)
+        worker = Worker(slot, link, self._reactor.seconds(), self.reloads, self.workerEnded)
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
         link.onControl = self._onControl
         if self._maxRequests:
             link.limit = self._maxRequests + random.randint(0, self._jitter)
         try:
-            self._startProcess(slot, worker, childEnd)
+            command = self._command(slot.index, self.heartbeat)
+            worker.process = spawnWorkerProcess(self._reactor, worker, childEnd, command, link.channel.send)
         except Exception:
             _log.failure("Could not start worker {index}", index=slot.index)
             link.close()
@@ -193,10 +164,6 @@ class WorkerPool:
         link.name = f"worker {slot.index} (pid {worker.pid})"
         _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=worker.pid)
         return worker
-
-    def _startProcess(self, slot: Slot, worker: Worker, childEnd: Any) -> None:
-        command = self._command(slot.index, self.heartbeat)
-        worker.process = spawnWorkerProcess(self._reactor, WorkerProcess(self, worker), childEnd, command, worker.link.channel.send)
 
     def _ready(self, worker: Worker) -> None:
         # A worker of the slot that is ready replaces every older one.
@@ -214,20 +181,34 @@ class WorkerPool:
         self._announce()
 
     def _announce(self) -> None:
-        if not self._shutdown.stopping:
-            self.announcer.changed(self.everReady, self.reloads, lambda: self._workers.starting(self.reloads))
+        # systemd hears READY once the first worker is ready and, after a
+        # reload, again once the reload is done (none of its workers still
+        # starting, no slot waiting for a restart); else the status line.
+        if self._shutdown.stopping:
+            return
+        status = self.status()
+        if self._toldReady < 0 and self.everReady:
+            self._toldReady = 0
+            self._notifier.ready(status)
+        elif 0 <= self._toldReady < self.reloads and not self._workers.starting(self.reloads):
+            self._toldReady = self.reloads
+            _log.info("Reload done: {status}", status=status)
+            self._notifier.ready(status)
+        else:
+            self._notifier.status(status)
+
+    def _killHung(self) -> None:
+        self.killedForTimeout += killHung(self._reactor.seconds(), self._timeout, self._workers.live, self.dispatcher)
 
     def slot(self, index: int) -> Slot:
         """Worker number C{index}'s slot (its counts); C{KeyError} if none."""
-        return self._workers.slot(index)
+        return {slot.index: slot for slot in self._workers.slots}[index]
 
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
-        count = self._workers.count
-        return (
-            f"{count(SERVING)} of {len(self._workers.slots)} worker(s) serving, {count(STARTING)} starting, "
-            f"{count(RETIRING)} retiring; {self.dispatcher.accepted} connection(s) accepted"
-        )
+        count = Counter(worker.state for worker in self._workers.live)
+        workers = f"{count[SERVING]} of {len(self._workers.slots)} worker(s) serving, {count[STARTING]} starting, {count[RETIRING]} retiring"
+        return f"{workers}; {self.dispatcher.accepted} connection(s) accepted"
 
     def _retire(self, worker: Worker, why: str) -> None:
         # No new connections for it; it drains within the grace period and
@@ -237,10 +218,9 @@ class WorkerPool:
         self._workers.enter(worker, RETIRING)
         worker.killAt = self._reactor.seconds() + self._grace + KILL_MARGIN
         _log.info("Retiring {worker}: {why}", worker=worker, why=why)
-        link = worker.link
-        if not link.lost:
-            self.dispatcher.leave(link)
-            link.sendControl("stop", grace=self._grace)
+        if not worker.link.lost:
+            self.dispatcher.leave(worker.link)
+            worker.link.sendControl("stop", grace=self._grace)
 
     def _recycle(self, worker: Worker) -> None:
         # It was given its maxRequests: it gets nothing more while its
@@ -250,22 +230,17 @@ class WorkerPool:
             return
         worker.link.stopAccepting()
         self.recycled += 1
-        _log.info(
-            "{worker} was given {n} connection(s) (--max-requests): replacing it", worker=worker, n=worker.link.sent
-        )
+        _log.info("{worker} was given {n} connection(s) (--max-requests): replacing it", worker=worker, n=worker.link.sent)
         if self._spawn(worker.slot) is None:
             worker.link.resumeAccepting()
 
     def reload(self) -> None:
-        """
-        Start a fresh worker for every slot (importing the factory anew);
-        each old worker retires once its successor is ready.
-        """
-        if self._shutdown.stopping or not self._started:
+        """A fresh worker for every slot (importing the factory anew); each old one retires once its successor is ready."""
+        if self._shutdown.stopping or not self._hung.running:  # (not started)
             return
         self.reloads += 1
         _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._workers.slots))
-        self.announcer.notifier.reloading(self.status())
+        self._notifier.reloading(self.status())
         for slot in self._workers.slots:
             for successor in self._workers.inSlot(slot)[1:]:
                 # Started before this reload, maybe with the old code.
@@ -295,25 +270,21 @@ class WorkerPool:
         _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._workers.slots))
         for worker in reversed(self._workers.inSlot(slot)):
             self._retire(worker, "one worker fewer")
-        self.announcer.notifier.status(self.status())
+        self._notifier.status(self.status())
 
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
-        """
-        C{worker}'s process ended (its L{WorkerProcess} says so): count and
-        log it by the state it was in, and start its slot again if that
-        leaves the slot empty.
-        """
+        """C{worker}'s process ended: log it by the state it left; a slot it leaves empty starts again."""
         link, worker.process = worker.link, None
         if not link.lost:
             link.close()  # reads its last acks first; re-sends the rest
-        adopted = link.adopted
-        worker.slot.adopted += adopted
-        how = _how(reason.value)
+        worker.slot.adopted += link.adopted
+        ended: Any = reason.value  # ProcessDone or ProcessTerminated
+        how = f"signal {ended.signal}" if ended.signal else f"status {ended.exitCode}"
         previous = self._workers.enter(worker, ENDED)
         if previous is RETIRING or self._shutdown.stopping:
-            _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=adopted)
+            _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=link.adopted)
         else:
-            self._lost(worker, previous, how, adopted)
+            self._lost(worker, previous, how, link.adopted)
         self._announce()
         self._shutdown.check()
 
@@ -340,15 +311,24 @@ class WorkerPool:
 
     def stop(self, grace: float) -> defer.Deferred[None]:
         """
-        Stop: tell every worker to finish its connections within C{grace}
-        seconds and exit; kill those that do not.  Connections the parent
-        still holds go to the workers first.
+        Tell every worker, once the connections the parent holds went to
+        workers, to finish within C{grace} seconds; kill those that do not.
 
         @return: a Deferred that fires when every worker has exited.
         """
-        self.announcer.notifier.stopping(self.status())
+        self._notifier.stopping(self.status())
         return self._shutdown.begin(grace).addCallback(self._ended)
 
     def _ended(self, _: None) -> None:
-        self._hung.stop()
-        logTotals(self._workers.slots, self.dispatcher, killed=self.killedForTimeout, recycled=self.recycled, reloads=self.reloads)
+        self._restarts.cancelAll()
+        if self._hung.running:
+            self._hung.stop()
+        for slot in self._workers.slots:
+            _log.info("Worker {index}: {n} connection(s) adopted, {r} restart(s)", index=slot.index, n=slot.adopted, r=slot.restarts)
+        counts = {name: getattr(self.dispatcher, name) for name in ("accepted", "adopted", "redispatched", "dropped", "pauses")}
+        _log.info(
+            "Connections: {accepted} accepted, {adopted} adopted by workers, {redispatched} re-sent "
+            "after a worker died, {dropped} closed unserved; workers: {killed} killed for timeout, "
+            "{recycled} recycled (--max-requests), {reloads} reload(s); accepting paused {pauses} time(s)",
+            killed=self.killedForTimeout, recycled=self.recycled, reloads=self.reloads, **counts,
+        )

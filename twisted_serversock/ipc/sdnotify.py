@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any, Mapping
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 __all__ = ["SystemdNotifier"]
@@ -24,31 +25,23 @@ _log = Logger()
 
 
 class SystemdNotifier:
-    """
-    Sends notifications to systemd when C{NOTIFY_SOCKET} is set; does
-    nothing otherwise.
-
-    @ivar enabled: whether there is a socket to notify.
-    """
+    """Notifies systemd when C{NOTIFY_SOCKET} is set; does nothing otherwise."""
 
     def __init__(self, reactor: Any, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self._reactor = reactor
         path = env.get("NOTIFY_SOCKET", "")
         self._address: str | bytes | None = None
         if path.startswith("@"):
             self._address = b"\0" + path[1:].encode("utf-8", "surrogateescape")
         elif path.startswith("/"):
             self._address = path
-        self.enabled = self._address is not None
         self._socket: socket.socket | None = None
         self._failed = False
-        self._watchdog: Any = None
-        self._watchdogInterval = 0.0
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
-        if self.enabled and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            self._watchdogInterval = int(usec) / 2e6
+        self._watchdog = LoopingCall(self.send, WATCHDOG=1)
+        self._watchdog.clock = reactor
+        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+        ours = self._address is not None and usec.isdigit() and int(usec) > 0 and pid in ("", str(os.getpid()))
+        self._watchdogInterval = int(usec) / 2e6 if ours else 0.0
 
     def send(self, **fields: object) -> None:
         """Send one datagram of C{KEY=VALUE} lines (in the order given). Never blocks and never raises: a failure is logged once."""
@@ -74,28 +67,16 @@ class SystemdNotifier:
         self.send(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1e6), STATUS=status)
 
     def stopping(self, status: str) -> None:
-        """A stop began."""
+        """A stop began: the watchdog stops too."""
         self.send(STOPPING=1, STATUS=status)
-        self.stopWatchdog()
+        if self._watchdog.running:
+            self._watchdog.stop()
 
     def status(self, status: str) -> None:
         """A new one-line status for C{systemctl status}."""
         self.send(STATUS=status)
 
     def startWatchdog(self) -> None:
-        """
-        Send C{WATCHDOG=1} every half C{WATCHDOG_USEC}, from the reactor
-        (so a parent whose reactor is stuck stops sending and is restarted).
-        """
-        if self._watchdogInterval and self._watchdog is None:
-            self._watchdog = self._reactor.callLater(0, self._kick)
-
-    def _kick(self) -> None:
-        self.send(WATCHDOG=1)
-        self._watchdog = self._reactor.callLater(self._watchdogInterval, self._kick)
-
-    def stopWatchdog(self) -> None:
-        """Stop sending C{WATCHDOG=1}."""
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        self._watchdog = None
+        """Send C{WATCHDOG=1} every half C{WATCHDOG_USEC} from the reactor: a parent whose reactor is stuck is restarted."""
+        if self._watchdogInterval and not self._watchdog.running:
+            self._watchdog.start(self._watchdogInterval)

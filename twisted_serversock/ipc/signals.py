@@ -1,10 +1,9 @@
 # -*- test-case-name: tests.test_lifecycle -*-
 """
-The parent's signals, in gunicorn's vocabulary: SIGTERM/SIGINT graceful
-stop, SIGHUP graceful reload, SIGTTIN/SIGTTOU one worker more/fewer, SIGUSR1
-log rotation (twistd's own handler when it logs to a file); and
-L{ParentStop}, the one way a parent (C{twistd serversock} or a cluster
-primary) stops.
+A parent's stop (L{ParentStop}) and signals, in gunicorn's vocabulary:
+SIGTERM/SIGINT graceful stop, SIGHUP graceful reload, SIGTTIN/SIGTTOU one
+worker more/fewer, SIGUSR1 log rotation (twistd's own handler when it logs
+to a file).
 
 Handlers only schedule work on the reactor (C{callFromThread} is safe from
 a signal handler and before the reactor runs): a signal that arrives during
@@ -15,6 +14,7 @@ process with the signal's default action.
 from __future__ import annotations
 
 import signal
+from functools import partial
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -22,43 +22,9 @@ from twisted.logger import Logger
 
 from .._twistedcompat import stopSignalsHandledBy
 
-__all__ = ["installSignals", "ParentStop"]
+__all__ = ["ParentStop"]
 
 _log = Logger()
-
-
-def installSignals(reactor: Any, pool: Any, terminate: Callable[[str], None]) -> None:
-    """
-    Install the parent's signal handlers.
-
-    @param pool: the L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>},
-        or None when serving in this process (then SIGHUP, SIGTTIN and
-        SIGTTOU are logged and ignored).
-    @param terminate: called (on the reactor) with the signal's name for
-        SIGTERM and SIGINT.
-    """
-
-    def later(action: Callable[[], None]) -> Callable[[int, Any], None]:
-        return lambda signum, frame: reactor.callFromThread(action)
-
-    def stop(signum: int, frame: Any) -> None:
-        reactor.callFromThread(terminate, signal.Signals(signum).name)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
-    # And the handlers the reactor installs when it starts running: a
-    # SIGTERM during start-up is then a graceful stop too.
-    stopSignalsHandledBy(reactor, stop)
-    def ignored(name: str) -> Callable[[], None]:
-        return lambda: _log.info("{signal}: no worker processes (--workers 0); ignored", signal=name)
-
-    for sig, action in ((signal.SIGHUP, "reload"), (signal.SIGTTIN, "addWorker"), (signal.SIGTTOU, "removeWorker")):
-        signal.signal(sig, later(getattr(pool, action) if pool is not None else ignored(sig.name)))
-    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-        # twistd rotates its log file on SIGUSR1 when it has one; without a
-        # file (--logfile=-, twist) there is nothing to reopen - but the
-        # default action would kill the process.
-        signal.signal(signal.SIGUSR1, later(lambda: _log.info("SIGUSR1: logging to a stream, not a file; nothing to reopen")))
 
 
 class ParentStop:
@@ -76,12 +42,8 @@ class ParentStop:
     """
 
     def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
-        """
-        @param ports: returns the listening ports to stop (called once).
-        """
-        self._reactor = reactor
-        self._grace = grace
-        self._ports = ports
+        """@param ports: returns the listening ports to stop (called once)."""
+        self._reactor, self._grace, self._ports = reactor, grace, ports
         self.notifier: Any = None
         self.pool: Any = None
         self._stopped: defer.Deferred[Any] | None = None
@@ -92,8 +54,31 @@ class ParentStop:
         return self._stopped is not None
 
     def installSignals(self) -> None:
-        """The parent's signal handlers (see L{installSignals})."""
-        installSignals(self._reactor, self.pool, self.terminate)
+        """
+        Install the parent's signal handlers: SIGTERM and SIGINT L{terminate};
+        without a pool, SIGHUP, SIGTTIN and SIGTTOU are logged and ignored.
+        """
+        reactor = self._reactor
+
+        def later(action: Callable[[], None]) -> Callable[[int, Any], None]:
+            return lambda signum, frame: reactor.callFromThread(action)
+
+        def stop(signum: int, frame: Any) -> None:
+            reactor.callFromThread(self.terminate, signal.Signals(signum).name)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
+        # And the handlers the reactor installs when it starts running: a
+        # SIGTERM during start-up is then a graceful stop too.
+        stopSignalsHandledBy(reactor, stop)
+        ignored = "{signal}: no worker processes (--workers 0); ignored"
+        for sig, action in ((signal.SIGHUP, "reload"), (signal.SIGTTIN, "addWorker"), (signal.SIGTTOU, "removeWorker")):
+            signal.signal(sig, later(getattr(self.pool, action) if self.pool is not None else partial(_log.info, ignored, signal=sig.name)))
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            # twistd rotates its log file on SIGUSR1 when it has one; without a
+            # file (--logfile=-, twist) there is nothing to reopen - but the
+            # default action would kill the process.
+            signal.signal(signal.SIGUSR1, later(partial(_log.info, "SIGUSR1: logging to a stream, not a file; nothing to reopen")))
 
     def terminate(self, why: str) -> None:
         """SIGTERM/SIGINT: stop, then stop the reactor."""

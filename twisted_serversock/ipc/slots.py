@@ -1,24 +1,25 @@
 # -*- test-case-name: tests.test_pool_units -*-
 """
-The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}:
-L{Slot} (a worker number across restarts and replacements), L{Worker} (one
-process of a slot, from spawn to exit, in one of four states), L{Workers}
-(all of them, and what their states say) and L{WorkerProcess} (its process
-protocol: relays its stderr into the parent's log, reports its end).
+The worker processes of a L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}
+(L{Slot}, L{Worker}, L{Workers}), and what the pool does with them on the
+reactor's clock (L{Restarts}, L{killHung}, L{Shutdown}).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from contextlib import suppress
+from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .dispatch import Route
+from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 
-__all__ = ["Slot", "Worker", "Workers", "WorkerProcess", "STARTING", "SERVING", "RETIRING", "ENDED"]
+__all__ = ["Slot", "Worker", "Workers", "STARTING", "SERVING", "RETIRING", "ENDED",
+           "Restarts", "Shutdown", "KILL_MARGIN", "kill", "killHung"]
 
 #: A worker's states (L{Worker.state}).  STARTING: spawned, not yet ready;
 #: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
@@ -26,23 +27,46 @@ __all__ = ["Slot", "Worker", "Workers", "WorkerProcess", "STARTING", "SERVING", 
 STARTING, SERVING, RETIRING, ENDED = "starting", "serving", "retiring", "ended"
 #: The moves between them (see L{Worker.enter}).
 _MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETIRING: (ENDED,), ENDED: ()}
+#: A retired worker still there this long after its grace period is killed.
+KILL_MARGIN = 2.0
 
 _log = Logger()
 
 
-class _Ends(Protocol):
-    def workerEnded(self, worker: Worker, reason: Failure) -> None: ...
-
-
-class WorkerProcess(ProcessProtocol):
+class Worker(ProcessProtocol):
     """
-    One worker process: relays its stderr into the parent's log, one line
-    an event, and reports its end to the pool.
+    One worker process of a slot, from spawn to exit, and its process
+    protocol: its stderr goes into the parent's log, one line an event, and
+    its end to C{ended}.
+
+    @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
+        changed only by L{enter}.
+    @ivar generation: the pool's reload count when it was started: the
+        workers of the latest reload are the ones a reload waits for.
+    @ivar routes: the routes it asked to serve (a cluster worker's listeners)
+        beside the pool's own, whose connections it gets once it is ready.
     """
 
-    def __init__(self, pool: _Ends, worker: Worker) -> None:
-        self._pool, self._worker = pool, worker
+    def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int, ended: Callable[[Worker, Failure], None]) -> None:
+        self.slot, self.index, self.link, self._ended = slot, slot.index, link, ended
+        self.generation, self.startedAt = generation, startedAt
+        self.pid = 0
+        self.routes: list[Route] = []
+        self.process: Any = None
+        self.killAt = 0.0
+        self.killed = False
+        self.state = STARTING
         self._partial = b""
+
+    def __repr__(self) -> str:
+        return f"worker {self.index} (pid {self.pid})"
+
+    def enter(self, state: str) -> str:
+        """Move to C{state}; return the state it leaves.  A move the lifecycle does not have is a bug: an AssertionError."""
+        previous = self.state
+        assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
+        self.state = state
+        return previous
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -55,53 +79,13 @@ class WorkerProcess(ProcessProtocol):
         if text:
             # One prefix: the worker's number and pid as the event's system
             # (the line carries the worker's own system, if any).
-            _log.info("{line}", line=text, log_system=f"worker {self._worker.index} pid {self._worker.pid}")
+            _log.info("{line}", line=text, log_system=f"worker {self.index} pid {self.pid}")
 
     def processEnded(self, reason: Failure) -> None:
         if self._partial:
             self._relay(self._partial)
             self._partial = b""
-        self._pool.workerEnded(self._worker, reason)
-
-
-class Worker:
-    """
-    One worker process of a slot, from spawn to exit.
-
-    @ivar state: one of L{STARTING}, L{SERVING}, L{RETIRING}, L{ENDED},
-        changed only by L{enter}.
-    @ivar generation: the pool's reload count when it was started: the
-        workers of the latest reload are the ones a reload waits for.
-    @ivar routes: the routes this worker asked to serve (a cluster worker's
-        listeners), beside the pool's own; it gets their connections once
-        it is ready.
-    """
-
-    def __init__(self, slot: Slot, link: WorkerLink, startedAt: float, generation: int = 0) -> None:
-        self.slot, self.index, self.link = slot, slot.index, link
-        self.generation, self.startedAt = generation, startedAt
-        self.pid = 0
-        self.routes: list[Route] = []
-        self.process: Any = None
-        self.killAt = 0.0
-        self.killed = False
-        self.state = STARTING
-
-    def __repr__(self) -> str:
-        return f"worker {self.index} (pid {self.pid})"
-
-    def enter(self, state: str) -> str:
-        """
-        Move to C{state}.
-
-        @return: the state it leaves.
-        @raise AssertionError: for a move the lifecycle does not have (a
-            bug in the pool).
-        """
-        previous = self.state
-        assert state in _MOVES[previous], f"{self!r}: {previous} -> {state}"
-        self.state = state
-        return previous
+        self._ended(self, reason)
 
 
 class Slot:
@@ -147,25 +131,169 @@ class Workers:
         return [w for w in self.live if w.slot is slot and w.state in (STARTING, SERVING)]
 
     def of(self, link: WorkerLink) -> Worker | None:
-        """The worker of C{link}, if it is live."""
         return next((worker for worker in self.live if worker.link is link), None)
 
-    def slot(self, index: int) -> Slot:
-        """Worker number C{index}'s slot; C{KeyError} if none."""
-        for slot in self.slots:
-            if slot.index == index:
-                return slot
-        raise KeyError(index)
-
-    def count(self, state: str) -> int:
-        """How many workers are in C{state}."""
-        return sum(1 for worker in self.live if worker.state is state)
-
     def starting(self, generation: int) -> bool:
+        """Whether a worker of C{generation} is starting, or a slot waits for a restart (which will be one)."""
+        restarting = any(slot.pending is not None for slot in self.slots)
+        return restarting or any(w.state is STARTING and w.generation == generation for w in self.live)
+
+
+def kill(worker: Worker, dispatcher: Dispatcher) -> None:
+    """
+    SIGKILL C{worker}: even a stopped (SIGSTOP) process dies at once.  It
+    gets no new connections; those it had not acknowledged are re-sent
+    once its channel ends (after its last ack).
+    """
+    worker.killed = True
+    dispatcher.leave(worker.link)
+    with suppress(Exception):  # it has just exited: its end is on its way
+        worker.process.signalProcess("KILL")
+
+
+def killHung(now: float, timeout: float, workers: list[Worker], dispatcher: Dispatcher) -> int:
+    """
+    Kill the workers silent for C{timeout} seconds - heartbeats keep idle
+    ones alive - and the retiring ones past their C{killAt}.  Their
+    unacknowledged connections go to other workers once they are gone.
+
+    @return: how many were killed for being silent.
+    """
+    killed = 0
+    for worker in list(workers):
+        silent = now - worker.link.lastHeard
+        if worker.process is None or worker.killed:
+            continue
+        if silent > timeout:
+            killed += 1
+            why = "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} unacknowledged connection(s)"
+            _log.error(why + "; killing it", worker=worker, silent=silent, timeout=timeout, n=len(worker.link.inflight))
+            kill(worker, dispatcher)
+        elif worker.state is RETIRING and now >= worker.killAt:
+            _log.warn("{worker} did not finish within its grace period; killing it", worker=worker)
+            kill(worker, dispatcher)
+    return killed
+
+
+class Restarts:
+    """
+    Restarts with exponential backoff: a slot whose workers keep dying
+    waits longer each time (from L{FIRST_DELAY}, doubling, at most
+    L{MAX_DELAY}), so that a broken program does not spin; a worker that
+    ran L{STABLE_SECONDS} starts the count again.
+    """
+
+    STABLE_SECONDS = 5.0
+    FIRST_DELAY = 0.1
+    MAX_DELAY = 10.0
+
+    def __init__(
+        self, reactor: Any, slots: list[Slot], start: Callable[[Slot], object], maxStarts: int = 0,
+        onGiveUp: Callable[[int, int], None] | None = None,
+    ) -> None:  # fmt: skip
         """
-        Whether a worker of C{generation} is starting, or a slot waits
-        for a restart (which will be one).
+        @param slots: the pool's slots (see L{cancelAll}).
+        @param start: starts a worker in a slot, when its delay is over.
+        @param maxStarts: see L{untried}.
         """
-        return any(w.state is STARTING and w.generation == generation for w in self.live) or any(
-            slot.pending is not None for slot in self.slots
-        )
+        self._reactor, self._slots, self._start = reactor, slots, start
+        self._maxStarts, self._onGiveUp = maxStarts, onGiveUp
+
+    def untried(self, slot: Slot) -> None:
+        """
+        C{slot} starts a worker while none was ever ready: the C{maxStarts}th
+        time, the program cannot run as a worker: C{onGiveUp(index, exits)}
+        is called (later: not in the middle of a start).
+        """
+        if self._onGiveUp is not None and 0 < self._maxStarts <= slot.restarts + 1:
+            self._reactor.callLater(0, self._onGiveUp, slot.index, slot.restarts)
+
+    def died(self, slot: Slot, lived: float) -> None:
+        slot.failures = 1 if lived >= self.STABLE_SECONDS else slot.failures + 1
+
+    def schedule(self, slot: Slot) -> float:
+        """Start C{slot} again after its backoff delay; return the delay."""
+        delay = min(self.FIRST_DELAY * 2.0 ** max(slot.failures - 1, 0), self.MAX_DELAY)
+        slot.restarts += 1
+        slot.pending = self._reactor.callLater(delay, self._fire, slot)
+        return delay
+
+    def _fire(self, slot: Slot) -> None:
+        slot.pending = None
+        self._start(slot)
+
+    def cancel(self, slot: Slot) -> None:
+        """C{slot} starts no more on its own (removed, or started now)."""
+        if slot.pending is not None and slot.pending.active():
+            slot.pending.cancel()
+        slot.pending = None
+
+    def cancelAll(self) -> None:
+        """No slot starts again on its own (the pool has stopped)."""
+        for slot in self._slots:
+            self.cancel(slot)
+
+
+class Shutdown:
+    """
+    A pool's stop: the connections the parent still holds go to workers
+    first (those none has adopted when the grace period ends are closed);
+    then every worker of C{workers} (the pool's live ones, a list it keeps
+    up to date) is told to finish within what is left of the grace period,
+    and killed L{KILL_MARGIN} after it.
+
+    @ivar stopping: whether the workers were told to stop (from then on
+        nothing restarts).
+    """
+
+    def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker]) -> None:
+        self._reactor, self._dispatcher, self._workers = reactor, dispatcher, workers
+        self._ended: defer.Deferred[None] | None = None
+        self._deadline = 0.0
+        self._killer: Any = None
+        self.stopping = False
+
+    def begin(self, grace: float) -> defer.Deferred[None]:
+        """Stop within C{grace} seconds; the Deferred fires once no worker is left."""
+        d = self._ended = defer.Deferred()
+        self._deadline = self._reactor.seconds() + grace
+        if self._dispatcher.held:
+            _log.info("Handing {n} held connection(s) to workers before stopping", n=len(self._dispatcher.held))
+        giveUp = self._reactor.callLater(grace, self._giveUp)
+
+        def idle() -> None:
+            if giveUp.active():
+                giveUp.cancel()
+                self._tellWorkers()
+
+        self._dispatcher.whenIdle(idle)  # at once if it holds none
+        return d
+
+    def _tellWorkers(self) -> None:
+        self.stopping = True
+        grace = max(self._deadline - float(self._reactor.seconds()), 0.0)
+        told = [w for w in self._workers if not w.link.lost]
+        for worker in told:
+            worker.link.sendControl("stop", grace=grace)
+        _log.info("Told {n} worker(s) to finish their connections within {grace:.1f} s", n=len(told), grace=grace)
+        self._killer = self._reactor.callLater(grace + KILL_MARGIN, self._killAll)
+        self.check()
+
+    def _giveUp(self) -> None:
+        lost = self._dispatcher.dropAll("the grace period ended before a worker adopted it")
+        _log.error("{n} held connection(s) closed unserved at the end of the grace period", n=lost)
+        self._tellWorkers()
+
+    def _killAll(self) -> None:
+        for worker in list(self._workers):
+            _log.warn("{worker} did not exit in time; killing it", worker=worker)
+            kill(worker, self._dispatcher)
+
+    def check(self) -> None:
+        """A worker ended: fire L{begin}'s Deferred if it was the last."""
+        if self._ended is None or not self.stopping or self._workers:
+            return
+        if self._killer is not None and self._killer.active():
+            self._killer.cancel()
+        d, self._ended = self._ended, None
+        d.callback(None)
