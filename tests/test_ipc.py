@@ -306,7 +306,7 @@ async def test_parentErrorsReachOnerror(inProcess: InProcess) -> None:
         busy.close()
     assert "NS_ERROR_SOCKET_ADDRESS_IN_USE" in error.message
     assert error.name == "NS_ERROR_SOCKET_ADDRESS_IN_USE"
-    assert error.filename.endswith("childlisten.py")
+    assert error.filename.endswith("parent.py")
     assert error.lineNumber > 0 and error.columnNumber == 0
 
 

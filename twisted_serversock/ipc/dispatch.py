@@ -22,23 +22,9 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from .links import ILink
-
-__all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
+__all__ = ["Dispatcher", "Route", "Link", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
 
 _log = Logger()
-
-
-class _Held:
-    """An accepted connection the parent still holds."""
-
-    __slots__ = ("connId", "route", "socket", "link", "sentAt")
-
-    def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
-        self.connId, self.route, self.socket = connId, route, skt
-        self.link: ILink | None = None
-        self.sentAt = 0.0
-
 
 #: Unacknowledged hand-overs one child may have at once, at most.  Each
 #: child has a window between 1 and this: it grows by one with each ack
@@ -61,6 +47,109 @@ MAX_WAITING = 64
 _PAUSE_LOG_EVERY = 10.0
 
 
+class _Held:
+    """An accepted connection the parent still holds."""
+
+    __slots__ = ("connId", "route", "socket", "link", "sentAt")
+
+    def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
+        self.connId, self.route, self.socket = connId, route, skt
+        self.link: Link | None = None
+        self.sentAt = 0.0
+
+
+class Link:
+    """
+    One child as the dispatcher sees it: what it has in hand, read for
+    least-loaded dispatch and changed only through these methods, which
+    the dispatcher calls.  L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}
+    adds the channel (L{sendControl}, L{sendConn}); it lives in another
+    module so that this one imports no channel.
+
+    @ivar inflight: connections sent to the child and not yet acknowledged.
+    @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
+        still name acknowledged ones after its start, never at its start:
+        L{adopt} keeps it so, because a dict's first entry is slow to find
+        once many were deleted).
+    @ivar window: how many unacknowledged it may have (see L{MAX_INFLIGHT}).
+    @ivar adopted: connections the child acknowledged; C{open}: those it
+        has not yet reported closed; C{sent}: those sent to it.
+    @ivar accepting: False once the child gets no new connections.
+    @ivar routes: the routes it serves.
+    """
+
+    def __init__(self) -> None:
+        self.inflight: dict[int, _Held] = {}
+        self.sentOrder: deque[tuple[int, float]] = deque()
+        self.window = INITIAL_WINDOW
+        self.adopted = self.open = self.sent = 0
+        self.routes: list[Route] = []
+        self.accepting = True
+
+    def sendControl(self, type: str, **fields: Any) -> None:
+        """Send a control message to the child."""
+        raise NotImplementedError()
+
+    def sendConn(self, held: _Held) -> None:
+        """Send C{held}'s descriptor to the child."""
+        raise NotImplementedError()
+
+    def stopAccepting(self) -> None:
+        """The child gets no new connections (it is retiring or gone)."""
+        self.accepting = False
+
+    def resumeAccepting(self) -> None:
+        """The child gets new connections again (its successor failed)."""
+        self.accepting = True
+
+    def hand(self, held: _Held, now: float) -> None:
+        """Send C{held} to the child at C{now}: it is the child's until acknowledged."""
+        held.link, held.sentAt = self, now
+        self.inflight[held.connId] = held
+        self.sentOrder.append((held.connId, now))
+        self.sent += 1
+        self.sendConn(held)
+
+    def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
+        """
+        The child adopted C{connIds} and C{closed} of its connections ended;
+        the window grows after a fast ack and halves after a slow one.
+
+        @return: the adopted connections, and the ids it was not given.
+        """
+        if closed:
+            self.open = max(self.open - closed, 0)
+        first = self.inflight.get(connIds[0]) if connIds else None
+        if first is not None:
+            took = now - first.sentAt
+            if took <= FAST_ACK:
+                self.window = min(self.window + 1, MAX_INFLIGHT)
+            elif took > ACK_DEADLINE:
+                self.window = max(1, self.window // 2)
+        popped = [(connId, self.inflight.pop(connId, None)) for connId in connIds]
+        adopted = [held for _, held in popped if held is not None]
+        unknown = [connId for connId, held in popped if held is None]
+        self.adopted += len(adopted)
+        self.open += len(adopted)
+        order, inflight = self.sentOrder, self.inflight
+        while order and order[0][0] not in inflight:
+            order.popleft()
+        return adopted, unknown
+
+    def detach(self) -> tuple[list[Route], list[_Held]]:
+        """
+        The child is gone: it serves nothing and holds nothing from now on.
+
+        @return: the routes it served and the connections it had not
+            acknowledged.
+        """
+        self.accepting = False
+        routes, self.routes = self.routes, []
+        unacked, self.inflight = list(self.inflight.values()), {}
+        self.sentOrder.clear()
+        return routes, unacked
+
+
 class Route:
     """
     One listener's way to its children.
@@ -80,7 +169,7 @@ class Route:
 
     def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
         self.id, self.closeWhenOrphaned, self.name = id, closeWhenOrphaned, name
-        self.links: list[ILink] = []
+        self.links: list[Link] = []
         self.onOrphaned: Callable[[], None] | None = None
         self.closed = self.proxy = self.paused = False
         self.ports: list[Any] = []
@@ -101,7 +190,7 @@ class Route:
         if self.paused:
             _setAccepting(port, False)
 
-    def pick(self, now: float) -> ILink | None:
+    def pick(self, now: float) -> Link | None:
         """
         The child with the fewest connections in hand among those that can
         take one (accepting, under its window, none of its hand-overs older
@@ -118,9 +207,6 @@ class Route:
             if not link.accepting:
                 continue
             n = len(link.inflight)
-            # sentOrder starts with the oldest unacknowledged hand-over (its
-            # link keeps it so: a dict's first entry is slow to find once
-            # many were deleted).
             if n and (n >= link.window or now - link.sentOrder[0][1] > ACK_DEADLINE):
                 continue
             key = (n + link.open) * 1024 + n
@@ -189,17 +275,17 @@ class Dispatcher:
         self.routes[route.id] = route
         return route
 
-    def join(self, route: Route, link: ILink) -> None:
+    def join(self, route: Route, link: Link) -> None:
         """Let C{link} serve C{route}, and give it what was waiting."""
         if route.closed or link in route.links:
             return
         if route.proxy:
             link.sendControl("route", id=route.id, proxy=True)
         route.links.append(link)
-        link.serve(route)
+        link.routes.append(route)
         self.wake()
 
-    def leave(self, link: ILink) -> None:
+    def leave(self, link: Link) -> None:
         """
         C{link} gets no new connections from now on (it is being retired);
         what it holds unacknowledged stays its own.
@@ -208,25 +294,25 @@ class Dispatcher:
         for route in list(link.routes):
             self.leaveRoute(route, link)
 
-    def leaveRoute(self, route: Route, link: ILink) -> None:
+    def leaveRoute(self, route: Route, link: Link) -> None:
         """
         C{link} serves C{route} no more (a cluster worker's program stopped
         listening on it); what was already sent to it stays in flight.
         """
         if link in route.links:
             route.links.remove(link)
-        link.unserve(route)
+        if route in link.routes:
+            link.routes.remove(route)
 
     def markProxy(self, route: Route) -> None:
         """
         Connections of C{route} carry a PROXY protocol header: tell its
         children (before any such connection reaches them).
         """
-        if route.proxy:
-            return
-        route.proxy = True
-        for link in route.links:
-            link.sendControl("route", id=route.id, proxy=True)
+        if not route.proxy:
+            route.proxy = True
+            for link in route.links:
+                link.sendControl("route", id=route.id, proxy=True)
 
     def submit(self, route: Route, skt: socket.socket) -> None:
         """
@@ -239,12 +325,10 @@ class Dispatcher:
         if route.waiting or not self._send(held):
             route.waiting.append(held)
             self.waiting += 1
-            if self.waiting >= MAX_WAITING:
-                self._pause(route)
+            if self.waiting >= MAX_WAITING and route.setPaused(True):
+                self._paused(route)
 
-    def _pause(self, route: Route) -> None:
-        if not route.setPaused(True):
-            return
+    def _paused(self, route: Route) -> None:
         self.paused += 1
         self.pauses += 1
         now = self._now()
@@ -260,11 +344,9 @@ class Dispatcher:
     def _send(self, held: _Held) -> bool:
         now = self._now()
         link = held.route.pick(now)
-        if link is None:
-            return False
-        held.link, held.sentAt = link, now
-        link.hand(held, now)
-        return True
+        if link is not None:
+            link.hand(held, now)
+        return link is not None
 
     def wake(self) -> None:
         """
@@ -291,7 +373,7 @@ class Dispatcher:
                 if route.setPaused(False):
                     self.paused -= 1
 
-    def acked(self, link: ILink, connIds: tuple[int, ...], closed: int = 0) -> None:
+    def acked(self, link: Link, connIds: tuple[int, ...], closed: int = 0) -> None:
         """
         C{link}'s child adopted C{connIds} and C{closed} of its connections
         ended: close the parent's copies of the adopted ones.
@@ -307,7 +389,7 @@ class Dispatcher:
             self.wake()
         self._checkIdle()
 
-    def linkLost(self, link: ILink) -> None:
+    def linkLost(self, link: Link) -> None:
         """
         C{link}'s child is gone (its channel ended after everything it sent
         was read): re-route what it had not acknowledged (close it, once a

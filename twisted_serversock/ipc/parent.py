@@ -17,12 +17,17 @@ discards the copy in flight and the parent sends S to another child of the
 same route.  The parent never builds a Twisted transport for S (an orderly
 Twisted close would C{shutdown()} the child's copy too) and never reads
 from it.
+
+Also the parent side of Gecko's C{TCPServerSocketChild}
+(L{ChildListeners}): listeners a child asks for, bound here only on the
+ports the parent allows, their connections handed to that child, their
+errors sent back to the child's C{onerror}.
 """
 
 from __future__ import annotations
 
+import inspect
 import socket
-from collections import deque
 from typing import Any, Callable, Container
 
 from twisted.internet import tcp
@@ -32,34 +37,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._twistedcompat import closeWithoutShutdown, unwrapProxied
 from .._labels import factoryLogPrefix
-from .interfaces import IRawAcceptor
+from .._twistedcompat import closeWithoutShutdown, unwrapProxied
+from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, nameOf
+from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
-from .childlisten import ChildListeners
 from .control import ANY, INTEGER, ControlTable, optional, reject
-from .dispatch import ACK_DEADLINE, FAST_ACK, INITIAL_WINDOW, MAX_INFLIGHT, Dispatcher, Route, _Held
+from .dispatch import Dispatcher, Link, Route, _Held
+from .interfaces import IRawAcceptor
 from .wire import Ack, Conn, Control, Message, encodeConn, encodeControl
 
-__all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
+__all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory", "ChildListeners"]
 
 _log = Logger()
 
 
-class WorkerLink:
+class WorkerLink(Link):
     """
-    The parent's end of one child's channel.  Its counts change only
-    through its methods, which the dispatcher calls.
+    The parent's end of one child's channel (the counts the dispatcher
+    keeps are L{Link}'s).
 
-    @ivar inflight: connections sent to the child and not yet acknowledged.
-    @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
-        still name acknowledged ones after its start, never at its start:
-        L{adopt} keeps it so).
-    @ivar window: how many unacknowledged it may have (see
-        L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
-    @ivar adopted: connections the child acknowledged; C{open}: those it
-        has not yet reported closed; C{sent}: those sent to it.
-    @ivar accepting: False once the child gets no new connections.
     @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
         anything; children send heartbeats while idle.
     @ivar limit: the C{sent} count at which C{onLimit} is called once (0:
@@ -86,14 +83,10 @@ class WorkerLink:
             listen at all, and its C{onerror} says so.  C{range(65536)}
             lets it listen anywhere, port 0 (any free port) included.
         """
+        super().__init__()
         self._dispatcher, self._reactor, self.name = dispatcher, reactor, name
-        self.inflight: dict[int, _Held] = {}
-        self.sentOrder: deque[tuple[int, float]] = deque()
-        self.window = INITIAL_WINDOW
-        self.adopted = self.open = self.sent = self.limit = 0
-        self.routes: list[Route] = []
+        self.limit = 0
         self.ready = self.lost = False
-        self.accepting = True
         self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
@@ -106,77 +99,13 @@ class WorkerLink:
         return f"<{self.name}>"
 
     def sendControl(self, type: str, **fields: Any) -> None:
-        """Send a control message to the child."""
         self.channel.send(encodeControl(type, **fields))
 
-    def serve(self, route: Route) -> None:
-        """The child serves C{route} from now on."""
-        self.routes.append(route)
-
-    def unserve(self, route: Route) -> None:
-        """The child serves C{route} no more."""
-        if route in self.routes:
-            self.routes.remove(route)
-
-    def stopAccepting(self) -> None:
-        """The child gets no new connections (it is retiring or gone)."""
-        self.accepting = False
-
-    def resumeAccepting(self) -> None:
-        """The child gets new connections again (its successor failed)."""
-        self.accepting = True
-
-    def hand(self, held: _Held, now: float) -> None:
-        """
-        Send C{held} to the child at C{now}: it is the child's until
-        acknowledged; call L{onLimit} when this makes C{limit}.
-        """
-        self.inflight[held.connId] = held
-        self.sentOrder.append((held.connId, now))
-        self.sent += 1
+    def sendConn(self, held: _Held) -> None:
+        """Send C{held}; call L{onLimit} when this makes C{limit}."""
         self.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
         if self.limit and self.sent == self.limit and self.onLimit is not None:
             self.onLimit(self)
-
-    def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
-        """
-        The child adopted C{connIds} and C{closed} of its connections ended;
-        the window grows after a fast ack and halves after a slow one.
-
-        @return: the adopted connections, and the ids it was not given.
-        """
-        if closed:
-            self.open = max(self.open - closed, 0)
-        first = self.inflight.get(connIds[0]) if connIds else None
-        if first is not None:
-            took = now - first.sentAt
-            if took <= FAST_ACK:
-                if self.window < MAX_INFLIGHT:
-                    self.window += 1
-            elif took > ACK_DEADLINE:
-                self.window = max(1, self.window // 2)
-        popped = [(connId, self.inflight.pop(connId, None)) for connId in connIds]
-        adopted = [held for _, held in popped if held is not None]
-        unknown = [connId for connId, held in popped if held is None]
-        self.adopted += len(adopted)
-        self.open += len(adopted)
-        order, inflight = self.sentOrder, self.inflight
-        while order and order[0][0] not in inflight:
-            order.popleft()
-        return adopted, unknown
-
-    def detach(self) -> tuple[list[Route], list[_Held]]:
-        """
-        The child is gone: it serves nothing and holds nothing from now on.
-
-        @return: the routes it served and the connections it had not
-            acknowledged.
-        """
-        self.accepting = False
-        routes, self.routes = self.routes, []
-        unacked, self.inflight = list(self.inflight.values()), {}
-        self.sentOrder.clear()
-        return routes, unacked
 
     def close(self) -> None:
         """
@@ -213,16 +142,13 @@ class WorkerLink:
         self.listeners.closeAll()
         self._dispatcher.linkLost(self)
 
-    # Control messages from the child.
+    # Control messages from the child; a heartbeat needs nothing but lastHeard.
     @controls.handler("heartbeat")
     def _onHeartbeat(self) -> None:
-        pass  # lastHeard is enough
+        pass
 
     @controls.handler("ready", pid=optional(INTEGER, 0))
-    def _onReady(self, pid: int) -> None:
-        self.markReady()
-
-    def markReady(self) -> None:
+    def markReady(self, pid: int = 0) -> None:
         """The child is ready for connections (its C{ready} message says so)."""
         self.ready = True
         if self.onReady is not None:
@@ -232,16 +158,27 @@ class WorkerLink:
     def _onListen(self, id: int, port: Any, backlog: Any) -> None:
         if id in self.listeners.open:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
-            return
-        self.listeners.listen(id, port, backlog)
+        else:
+            self.listeners.listen(id, port, backlog)
 
     @controls.handler("close", id=INTEGER)
     def _onClose(self, id: int) -> None:
         self.listeners.close(id)
 
 
-@implementer(IProtocolFactory, ILoggingContext, IRawAcceptor)
-class HandOffFactory:
+@implementer(IRawAcceptor)
+class _Submitter:
+    """Takes accepted sockets raw (L{IRawAcceptor}) and submits them to a dispatcher's C{route}."""
+
+    def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
+        self.dispatcher, self.route = dispatcher, route
+
+    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
+        self.dispatcher.submit(self.route, skt)
+
+
+@implementer(IProtocolFactory, ILoggingContext)
+class HandOffFactory(_Submitter):
     """
     The protocol factory the parent listens with: connections go to the
     dispatcher for C{route}.
@@ -258,7 +195,8 @@ class HandOffFactory:
     """
 
     def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
-        self.dispatcher, self.route, self.fallback = dispatcher, route, fallback
+        super().__init__(dispatcher, route)
+        self.fallback = fallback
         self._warned = False
 
     def doStart(self) -> None:
@@ -266,9 +204,6 @@ class HandOffFactory:
 
     def doStop(self) -> None:
         pass
-
-    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
-        self.dispatcher.submit(self.route, skt)
 
     def logPrefix(self) -> str:
         """
@@ -301,29 +236,26 @@ class _HandOff(Protocol):
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
         factory = self._factory
-        raw, proxy = transport, False
+        # haproxy:...: the wrapper connects us before it has read anything,
+        # so the PROXY header is still in the socket - the worker parses it
+        # (its factory is wrapped for this route).
         unwrapped = unwrapProxied(transport)
-        if unwrapped is not None:
-            # haproxy:...: the wrapper connects us before it has read
-            # anything, so the PROXY header is still in the socket - the
-            # worker parses it (its factory is wrapped for this route).
-            raw, proxy = unwrapped, True
+        raw = transport if unwrapped is None else unwrapped
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
             reader: Any = raw  # (Twisted's FileDescriptor is not annotated)
             reader.stopReading()
             skt = raw.socket.dup()
             # Close without shutdown(2), which would end the child's copy too.
             closeWithoutShutdown(raw)
-            if proxy:
+            if unwrapped is not None:
                 factory.dispatcher.markProxy(factory.route)
-            factory.dispatcher.submit(factory.route, skt)
+            factory.socketAccepted(skt, self._addr)
             return
-        inner = factory.serveHere(self._addr, transport)
-        if inner is None:
+        self._inner = factory.serveHere(self._addr, transport)
+        if self._inner is None:
             transport.loseConnection()
-            return
-        self._inner = inner
-        self._inner.makeConnection(transport)
+        else:
+            self._inner.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -332,3 +264,90 @@ class _HandOff(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._inner is not None:
             self._inner.connectionLost(reason)
+
+
+class ChildListeners:
+    """
+    The listeners one child asked for.
+
+    @ivar open: each open listener's server socket and route, by the
+        child's listen id.
+    """
+
+    def __init__(self, link: WorkerLink, dispatcher: Dispatcher, reactor: Any, allowed: Container[int]) -> None:
+        """
+        @param allowed: the ports the child may ask for (see L{WorkerLink}).
+        """
+        self._link, self._dispatcher, self._reactor, self._allowed = link, dispatcher, reactor, allowed
+        self._gone = False
+        self.open: dict[int, tuple[ServerSocket, Route]] = {}
+
+    def listen(self, id: int, port: Any, backlog: Any) -> None:
+        """
+        Gecko's C{PTCPServerSocket} constructor: listen here on C{port} for
+        the child, if it may.  The port and backlog are checked by the
+        server socket, whose C{NSError} goes back to the child as an error
+        message.
+        """
+        if not self._mayListen(port):
+            _log.warn("{link!r} asked to listen on port {port!r}, which it may not; refused", link=self._link, port=port)
+            self.sendError(id, f"{nameOf(NS_ERROR_CONNECTION_REFUSED)}: this process does not let its children listen on port {port!r}")
+            return
+        serv = ServerSocket(self._reactor)
+        try:
+            serv.init(port, False, backlog)
+        except NSError as e:
+            self.sendError(id, f"{e.name}: {e}")
+            return
+        route = self._dispatcher.addRoute(f"listen {id} of {self._link!r}", closeWhenOrphaned=True)
+        route.onOrphaned = serv.close
+        serv.asyncListen(_ChildListener(self._dispatcher, route, self, id))
+        # After asyncListen: ServerSocket.pauseAccepting needs its port.
+        route.watchPort(serv)
+        self.open[id] = (serv, route)
+        self._dispatcher.join(route, self._link)
+        self._link.sendControl("listening", id=id, route=route.id, port=serv.port)
+
+    def _mayListen(self, port: Any) -> bool:
+        if type(port) is not int:
+            return False
+        try:
+            return port in self._allowed
+        except TypeError:
+            return False
+
+    def close(self, id: int) -> None:
+        """The child closed its listener C{id}."""
+        entry = self.open.pop(id, None)
+        if entry is not None:
+            entry[0].close()
+
+    def closeAll(self) -> None:
+        """The child is gone: close every listener it had."""
+        self._gone = True
+        for serv, _route in list(self.open.values()):
+            serv.close()
+        self.open.clear()
+
+    def stopped(self, id: int, route: Route, status: int) -> None:
+        """Listener C{id} stopped: an unexpected stop goes to the child as an error."""
+        self._dispatcher.closeRoute(route)
+        if status != NS_BINDING_ABORTED and not self._gone:
+            self.sendError(id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
+
+    def sendError(self, id: int, message: str) -> None:
+        """Tell the child that its listener C{id} failed (its C{onerror} gets C{message}, with this file and the caller's line)."""
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        self._link.sendControl("error", id=id, message=message, filename=__file__, lineNumber=caller.f_lineno if caller is not None else 0, columnNumber=0)
+
+
+class _ChildListener(_Submitter):
+    """The listener of a child-requested server socket."""
+
+    def __init__(self, dispatcher: Dispatcher, route: Route, listeners: ChildListeners, id: int) -> None:
+        super().__init__(dispatcher, route)
+        self._listeners, self._id = listeners, id
+
+    def onStopListening(self, serv: ServerSocket, status: int) -> None:
+        self._listeners.stopped(self._id, self.route, status)
