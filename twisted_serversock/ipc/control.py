@@ -81,7 +81,7 @@ def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> d
         type = kind.type if isinstance(kind, _Optional) else kind
         if name in fields:
             if not type.check(fields[name]):
-                raise MessageError(f"field {name!r} is {fields[name]!r}, not {type.name}")
+                raise MessageError(f"field {name!r} is {_shown(fields[name])}, not {type.name}")
             kwargs[name] = fields[name]
         elif isinstance(kind, _Optional):
             kwargs[name] = kind.default
@@ -92,6 +92,20 @@ def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> d
             if name not in spec:
                 raise MessageError(f"unexpected field {name!r}")
     return kwargs
+
+
+#: The longest value an error shows; a longer one is named by its kind and
+#: size: a value may be a secret (the start-up message's TLS keys) or huge.
+_SHOWN = 24
+_KINDS = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= _SHOWN:
+        return text
+    kind = _KINDS.get(type(value), "a value")
+    return f"{kind} of length {len(value)}" if isinstance(value, (str, list, dict)) else kind
 
 
 class _Message(Protocol):
