@@ -49,10 +49,7 @@ _log = Logger()
 
 
 class Receiver(Protocol):
-    """
-    What a L{Channel} delivers to; it may also have C{readDone()}, called
-    after each readable event's run of messages while the channel is up.
-    """
+    """What a L{Channel} delivers to; an optional C{readDone()} is called after each readable event's messages."""
 
     def messageReceived(self, message: Message) -> None: ...
 
@@ -86,14 +83,10 @@ class Channel:
             child adopted would be re-sent to another child).
         """
         skt.setblocking(False)
+        self._socket, self.receiver, self._reactor, self._name = skt, receiver, reactor, name
         self._drainOnLoss = drainOnLoss
-        self._losing = False
-        self._socket = skt
-        self.receiver = receiver
-        self._reactor = reactor
-        self._name = name
         self._queue: deque[tuple[bytes, list[int], Callable[[], None] | None]] = deque()
-        self._writing = False
+        self._losing = self._writing = False
         self.connected = True
         self.rejected = 0
 
@@ -130,9 +123,8 @@ class Channel:
         if not self.connected:
             return
         outcome = _LATER if self._queue else self._sendNow(data, fds)
-        if outcome == _SENT:
-            if then is not None:
-                then()
+        if outcome == _SENT and then is not None:
+            then()
         elif outcome == _LATER:
             copies: list[int] = []
             try:
@@ -196,11 +188,7 @@ class Channel:
                 _log.failure("{channel}: error in readDone", channel=self._name)
 
     def _readMessages(self) -> bool:
-        """
-        Read and deliver up to 64 messages.
-
-        @return: True if more may be waiting.
-        """
+        """Read and deliver up to 64 messages; True if more may be waiting."""
         recvmsg = self._socket.recvmsg
         for _ in range(64):
             if not self.connected:
@@ -267,8 +255,7 @@ class Channel:
             _log.failure("{channel}: error in channelLost", channel=self._name)
 
     def _dropQueue(self) -> None:
-        # Forget the messages not yet sent, closing their duplicates.
-        while self._queue:
+        while self._queue:  # closing the duplicates of what was not sent
             closeAll(self._queue.popleft()[1])
 
     def connectionLost(self, reason: Failure) -> None:

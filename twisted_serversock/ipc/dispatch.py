@@ -87,11 +87,9 @@ class Link:
         self.accepting = True
 
     def sendControl(self, type: str, **fields: Any) -> None:
-        """Send a control message to the child."""
         raise NotImplementedError()
 
     def sendConn(self, held: _Held) -> None:
-        """Send C{held}'s descriptor to the child."""
         raise NotImplementedError()
 
     def stopAccepting(self) -> None:
@@ -137,12 +135,7 @@ class Link:
         return adopted, unknown
 
     def detach(self) -> tuple[list[Route], list[_Held]]:
-        """
-        The child is gone: it serves nothing and holds nothing from now on.
-
-        @return: the routes it served and the connections it had not
-            acknowledged.
-        """
+        """The child is gone: return the routes it served and what it had not acknowledged, which are no longer its own."""
         self.accepting = False
         routes, self.routes = self.routes, []
         unacked, self.inflight = list(self.inflight.values()), {}
@@ -254,9 +247,7 @@ class Dispatcher:
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
-        """
-        @param clock: the time now, in seconds (the reactor's C{seconds}).
-        """
+        """@param clock: the time now, in seconds (the reactor's C{seconds})."""
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
         self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = 0
@@ -266,7 +257,9 @@ class Dispatcher:
         self._connIds = itertools.count(1)
         self._routeIds = itertools.count(1)
         self._idleWaiters: list[Callable[[], None]] = []
-        self._closedWaiting: list[Route] = []
+        # The routes with connections waiting (a closed one is no longer in
+        # routes), in the order their first began to wait.
+        self._queued: dict[Route, None] = {}
         self._gaveUp = False
 
     def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
@@ -286,44 +279,33 @@ class Dispatcher:
         self.wake()
 
     def leave(self, link: Link) -> None:
-        """
-        C{link} gets no new connections from now on (it is being retired);
-        what it holds unacknowledged stays its own.
-        """
+        """C{link} gets no new connections (it is being retired); what it holds unacknowledged stays its own."""
         link.stopAccepting()
         for route in list(link.routes):
             self.leaveRoute(route, link)
 
     def leaveRoute(self, route: Route, link: Link) -> None:
-        """
-        C{link} serves C{route} no more (a cluster worker's program stopped
-        listening on it); what was already sent to it stays in flight.
-        """
+        """C{link} serves C{route} no more (its program stopped listening on it); what was sent to it stays in flight."""
         if link in route.links:
             route.links.remove(link)
         if route in link.routes:
             link.routes.remove(route)
 
     def markProxy(self, route: Route) -> None:
-        """
-        Connections of C{route} carry a PROXY protocol header: tell its
-        children (before any such connection reaches them).
-        """
+        """Connections of C{route} carry a PROXY protocol header: tell its children, before the first reaches them."""
         if not route.proxy:
             route.proxy = True
             for link in route.links:
                 link.sendControl("route", id=route.id, proxy=True)
 
     def submit(self, route: Route, skt: socket.socket) -> None:
-        """
-        Take an accepted socket for C{route}; hand it on now or as soon as
-        a child of the route can take it.
-        """
+        """Take an accepted socket for C{route}; hand it on now or as soon as a child of the route can take it."""
         held = _Held(next(self._connIds), route, skt)
         self.accepted += 1
         self.held[held.connId] = held
         if route.waiting or not self._send(held):
             route.waiting.append(held)
+            self._queued[route] = None
             self.waiting += 1
             if self.waiting >= MAX_WAITING and route.setPaused(True):
                 self._paused(route)
@@ -349,16 +331,8 @@ class Dispatcher:
         return link is not None
 
     def wake(self) -> None:
-        """
-        Hand waiting connections to children that can take them now, and
-        resume accepting on routes that have a child for new ones.
-        """
-        routes: Any = self.routes.values()
-        if self._closedWaiting:
-            # Closed routes (no longer in routes) with connections waiting.
-            self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
-            routes = list(routes) + self._closedWaiting
-        for route in routes:
+        """Hand waiting connections to children that can take them now; resume accepting once half have gone."""
+        for route in list(self._queued):
             waiting = route.waiting
             while waiting:
                 held = waiting[0]
@@ -368,16 +342,15 @@ class Dispatcher:
                     break
                 waiting.popleft()
                 self.waiting -= 1
+            if not waiting:
+                del self._queued[route]
         if self.paused and self.waiting <= MAX_WAITING // 2:
             for route in self.routes.values():
                 if route.setPaused(False):
                     self.paused -= 1
 
     def acked(self, link: Link, connIds: tuple[int, ...], closed: int = 0) -> None:
-        """
-        C{link}'s child adopted C{connIds} and C{closed} of its connections
-        ended: close the parent's copies of the adopted ones.
-        """
+        """C{link}'s child adopted C{connIds} and C{closed} of its connections ended: close our copies of the adopted."""
         adopted, unknown = link.adopt(connIds, closed, self._now())
         for connId in unknown:
             _log.warn("{link!r} acknowledged connection {id}, which it was not given", link=link, id=connId)
@@ -418,25 +391,19 @@ class Dispatcher:
             held.link = None
             self.redispatched += 1
             held.route.waiting.appendleft(held)
+            self._queued[held.route] = None
             self.waiting += 1
-            if held.route.closed and held.route not in self._closedWaiting:
-                self._closedWaiting.append(held.route)
         self.wake()
         self._checkIdle()
 
     def closeRoute(self, route: Route) -> None:
-        """
-        The listener of C{route} is closed: connections already accepted
-        still go to its children.
-        """
+        """The listener of C{route} is closed: connections already accepted still go to its children."""
         route.closed = True
         route.ports = []
         if route.paused:
             route.paused = False
             self.paused -= 1
         self.routes.pop(route.id, None)
-        if route.waiting:
-            self._closedWaiting.append(route)
         if not route.links:
             self.wake()
 
@@ -457,11 +424,11 @@ class Dispatcher:
         """
         self._gaveUp = True
         held = [h for h in self.held.values() if h.link is None]
-        for h in held:
-            self._drop(h, why)
-        for route in list(self.routes.values()) + self._closedWaiting:
+        for each in held:
+            self._drop(each, why)
+        for route in self._queued:
             route.waiting.clear()
-        self._closedWaiting = []
+        self._queued.clear()
         self.waiting = 0
         self._checkIdle()
         return len(held)
@@ -472,8 +439,7 @@ class Dispatcher:
         self._checkIdle()
 
     def _checkIdle(self) -> None:
-        if self.held or not self._idleWaiters:
-            return
-        waiters, self._idleWaiters = self._idleWaiters, []
-        for callback in waiters:
-            callback()
+        if not self.held:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for callback in waiters:
+                callback()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["MAX_MESSAGE", "MAX_FDS", "ProtocolError", "Conn", "Ack", "Control", "Message"]
@@ -47,20 +48,16 @@ class ProtocolError(ValueError):
     """A message that breaks the wire format; the text says how."""
 
 
+@dataclass(slots=True)
 class Conn:
     """A connection handed to a child: C{fd} is the child's descriptor."""
 
-    __slots__ = ("connId", "route", "fd")
-
-    def __init__(self, connId: int, route: int, fd: int) -> None:
-        self.connId = connId
-        self.route = route
-        self.fd = fd
-
-    def __repr__(self) -> str:
-        return f"Conn(connId={self.connId}, route={self.route}, fd={self.fd})"
+    connId: int
+    route: int
+    fd: int
 
 
+@dataclass(slots=True)
 class Ack:
     """
     The child has adopted the connections C{connIds}, and C{closed}
@@ -69,27 +66,16 @@ class Ack:
     dispatch).
     """
 
-    __slots__ = ("connIds", "closed")
-
-    def __init__(self, connIds: tuple[int, ...], closed: int = 0) -> None:
-        self.connIds = connIds
-        self.closed = closed
-
-    def __repr__(self) -> str:
-        return f"Ack({self.connIds}, closed={self.closed})" if self.closed else f"Ack({self.connIds})"
+    connIds: tuple[int, ...]
+    closed: int = 0
 
 
+@dataclass(slots=True)
 class Control:
     """A control message: C{type} and the other JSON fields in C{fields}."""
 
-    __slots__ = ("type", "fields")
-
-    def __init__(self, type: str, fields: dict[str, Any]) -> None:
-        self.type = type
-        self.fields = fields
-
-    def __repr__(self) -> str:
-        return f"Control({self.type!r}, {self.fields!r})"
+    type: str
+    fields: dict[str, Any]
 
 
 Message = Conn | Ack | Control
@@ -135,8 +121,7 @@ def decode(data: bytes, fds: list[int]) -> Message:
         raise ProtocolError("empty message")
     if size > MAX_MESSAGE:
         raise ProtocolError(f"message of {size} bytes is over the {MAX_MESSAGE}-byte limit")
-    kind = data[0]
-    bodySize = size - 1
+    kind, bodySize = data[0], size - 1
     if kind == _C:
         if bodySize != _CONN.size:
             raise ProtocolError(f"conn message has {bodySize} bytes of body, not {_CONN.size}")
@@ -153,15 +138,14 @@ def decode(data: bytes, fds: list[int]) -> Message:
             raise ProtocolError(f"ack message has {bodySize} bytes of body, not a positive multiple of {_ID.size}")
         return Ack(struct.unpack_from(f">{bodySize // _ID.size}Q", data, 1))
     if kind == _R:
-        if bodySize < _CLOSED.size or (bodySize - _CLOSED.size) % _ID.size:
+        idsSize = bodySize - _CLOSED.size
+        if idsSize < 0 or idsSize % _ID.size:
             raise ProtocolError(f"report message has {bodySize} bytes of body, not {_CLOSED.size} plus a multiple of {_ID.size}")
         (closed,) = _CLOSED.unpack_from(data, 1)
-        count = (bodySize - _CLOSED.size) // _ID.size
-        return Ack(struct.unpack_from(f">{count}Q", data, 1 + _CLOSED.size), closed)
+        return Ack(struct.unpack_from(f">{idsSize // _ID.size}Q", data, 1 + _CLOSED.size), closed)
     if kind == _J:
-        body = data[1:]
         try:
-            fields = json.loads(body.decode("utf-8"))
+            fields = json.loads(data[1:].decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise ProtocolError(f"control message is not UTF-8 JSON: {e}") from None
         if not isinstance(fields, dict) or not isinstance(fields.get("type"), str):
