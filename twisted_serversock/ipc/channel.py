@@ -7,10 +7,7 @@ L{twisted_serversock.ipc.wire}.
 Why C{SOCK_SEQPACKET}: each message arrives whole, in one C{recvmsg}, with
 exactly the file descriptors that were sent with it.  A byte stream would
 need framing and would let descriptors drift away from the message that
-names them.
-
-A malformed message (see L{twisted_serversock.ipc.wire}) is dropped, every
-descriptor that came with it is closed, and the channel stays up.
+names them.  A malformed message is dropped, with its descriptors.
 """
 
 from __future__ import annotations
@@ -78,9 +75,8 @@ class Channel:
     def __init__(self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False) -> None:
         """
         @param drainOnLoss: before the channel closes, read every message
-            the other end sent before it went (the parent's end: a dead or
-            departing child's last acks must be seen, or a connection the
-            child adopted would be re-sent to another child).
+            the other end sent (the parent's end: a departing child's last
+            acks must be seen, or a connection it adopted would be re-sent).
         """
         skt.setblocking(False)
         self._socket, self.receiver, self._reactor, self._name = skt, receiver, reactor, name
@@ -104,21 +100,18 @@ class Channel:
 
     def send(self, data: bytes, fds: list[int] | tuple[int, ...] = (), then: Callable[[], None] | None = None) -> None:
         """
-        Send one message with descriptors C{fds} (which stay the caller's:
-        the caller may close them once this returns).  A message the kernel
-        cannot take yet waits with its own duplicates of C{fds}, closed
-        once the kernel has taken it or the channel is lost: the caller's
-        copy may be closed meanwhile (a shutdown's grace period ends), and
-        a plain number would then send whatever reused it.  (Duplicating
-        only then keeps the common case - the kernel takes it at once -
-        free of two system calls per connection.)
+        Send one message with descriptors C{fds}, which stay the caller's.
+        A message the kernel cannot take yet waits with its own duplicates
+        of C{fds}: the caller's may be closed meanwhile (a grace period
+        ends), and a plain number would then send whatever reused it.
+        Duplicating only then keeps the common case free of two system
+        calls per connection.
 
-        @param then: called once the kernel has taken the message (at once
-            if it could, else from a later writable event); never called if
+        @param then: called once the kernel has taken the message; never if
             the send fails or the channel is lost first: the child adopts a
-            connection only after its ack is certain to reach the parent,
-            so a C{then} after a failed ack would let two processes serve
-            one connection.
+            connection only once its ack is certain to reach the parent, so
+            a C{then} after a failed ack would let two processes serve one
+            connection.
         """
         if not self.connected:
             return

@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar, Union
 
 from twisted.logger import Logger
 
+from .wire import Control
+
 __all__ = ["ANY", "BOOLEAN", "INTEGER", "NUMBER", "STRING", "STRINGS", "OBJECT", "ControlTable", "FieldType"]
 __all__ += ["MessageError", "checkFields", "optional", "reject"]
 
@@ -108,11 +110,6 @@ def _shown(value: Any) -> str:
     return f"{kind} of length {len(value)}" if isinstance(value, (str, list, dict)) else kind
 
 
-class _Message(Protocol):
-    type: str
-    fields: dict[str, Any]
-
-
 class _Counted(Protocol):
     rejected: int
 
@@ -154,7 +151,7 @@ class ControlTable:
 
         return register
 
-    def dispatch(self, message: _Message, who: str, channel: _Counted, *context: Any) -> bool:
+    def dispatch(self, message: Control, who: str, channel: _Counted, *context: Any) -> bool:
         """
         Call the handler of C{message} with C{context} and the message's
         fields as keyword arguments, once they fit (else log it as

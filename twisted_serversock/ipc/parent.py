@@ -45,7 +45,7 @@ from .channel import Channel, closeAll
 from .control import ANY, INTEGER, ControlTable, optional, reject
 from .dispatch import Dispatcher, Link, Route, _Held
 from .interfaces import IRawAcceptor
-from .wire import Ack, Conn, Control, Message, encodeConn, encodeControl
+from .wire import Ack, Control, Message, encodeConn, encodeControl
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory", "ChildListeners"]
 
@@ -70,18 +70,14 @@ class WorkerLink(Link):
 
     controls = ControlTable()
 
-    def __init__(
-        self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()
-    ) -> None:
+    def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()) -> None:
         """
         @param listenPorts: the ports the child may ask this process to
-            listen on (Gecko's C{TCPServerSocket} in a child,
-            L{TCPServerSocketChild<twisted_serversock.ipc.child.TCPServerSocketChild>});
-            the listener binds every interface, with this process's
-            privileges.  Empty (the default, and what the workers of
-            C{twistd serversock} and cluster mode get): the child may not
-            listen at all, and its C{onerror} says so.  C{range(65536)}
-            lets it listen anywhere, port 0 (any free port) included.
+            listen on (L{TCPServerSocketChild<twisted_serversock.ipc.child.TCPServerSocketChild>}),
+            on every interface, with this process's privileges.  Empty (the
+            default, and what the workers of C{twistd serversock} and
+            cluster mode get): the child may not listen at all, and its
+            C{onerror} says so.  C{range(65536)}: anywhere, port 0 included.
         """
         super().__init__()
         self._dispatcher, self._reactor, self.name = dispatcher, reactor, name
@@ -121,24 +117,23 @@ class WorkerLink(Link):
         self.lastHeard = self._reactor.seconds()
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds, message.closed)
-        elif isinstance(message, Control):
-            if self.controls.dispatch(message, repr(self), self.channel, self):
-                pass
-            elif self.onControl is not None:
-                self.onControl(self, message)
-            else:
-                self.channel.rejected += 1
-                _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
-        else:
-            assert isinstance(message, Conn)
+        elif not isinstance(message, Control):
             self.channel.rejected += 1
             closeAll([message.fd])
             _log.warn("{link!r}: a child may not send connections; closed the descriptor", link=self)
+        elif self.controls.dispatch(message, repr(self), self.channel, self):
+            pass
+        elif self.onControl is not None:
+            self.onControl(self, message)
+        else:
+            self.channel.rejected += 1
+            _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
 
     def channelLost(self, reason: Failure) -> None:
         self.lost = True
-        self.ready = False
-        self.accepting = False
+        # Not accepting before the listeners close: their routes' closing
+        # wakes the dispatcher, which must not pick this link.
+        self.ready = self.accepting = False
         self.listeners.closeAll()
         self._dispatcher.linkLost(self)
 
