@@ -18,10 +18,10 @@ same route.  The parent never builds a Twisted transport for S (an orderly
 Twisted close would C{shutdown()} the child's copy too) and never reads
 from it.
 
-Also the parent side of Gecko's C{TCPServerSocketChild}
-(L{ChildListeners}): listeners a child asks for, bound here only on the
-ports the parent allows, their connections handed to that child, their
-errors sent back to the child's C{onerror}.
+The link is also the parent side of Gecko's C{TCPServerSocketChild}: the
+listeners a child asks for are bound here, only on the ports the parent
+allows; their connections go to that child, their errors to its
+C{onerror}.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from .dispatch import Dispatcher, Link, Route, _Held
 from .interfaces import IRawAcceptor
 from .wire import Ack, Control, Message, encodeConn, encodeControl
 
-__all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory", "ChildListeners"]
+__all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
 _log = Logger()
 
@@ -62,7 +62,7 @@ class WorkerLink(Link):
     @ivar limit: the C{sent} count at which C{onLimit} is called once (0:
         none).
     @ivar listeners: the listeners the child asked for (Gecko's
-        C{TCPServerSocketChild}), a L{ChildListeners}.
+        C{TCPServerSocketChild}): server socket and route by listen id.
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's); without it such a
         message is logged and counted as rejected.
@@ -87,7 +87,8 @@ class WorkerLink(Link):
         self.onReady: Callable[[WorkerLink], None] | None = None
         self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
-        self.listeners = ChildListeners(self, dispatcher, reactor, listenPorts)
+        self._listenPorts = listenPorts
+        self.listeners: dict[int, tuple[ServerSocket, Route]] = {}
         self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
         self.channel.startReading()
 
@@ -131,10 +132,10 @@ class WorkerLink(Link):
 
     def channelLost(self, reason: Failure) -> None:
         self.lost = True
-        # Not accepting before the listeners close: their routes' closing
-        # wakes the dispatcher, which must not pick this link.
         self.ready = self.accepting = False
-        self.listeners.closeAll()
+        for serv, _route in list(self.listeners.values()):
+            serv.close()
+        self.listeners.clear()
         self._dispatcher.linkLost(self)
 
     # Control messages from the child; a heartbeat needs nothing but lastHeard.
@@ -151,14 +152,59 @@ class WorkerLink(Link):
 
     @controls.handler("listen", id=INTEGER, port=ANY, backlog=optional(ANY, -1))
     def _onListen(self, id: int, port: Any, backlog: Any) -> None:
-        if id in self.listeners.open:
+        """
+        Gecko's C{PTCPServerSocket} constructor in the child: listen here on
+        C{port} for it, if it may.  The server socket checks the port and
+        backlog; its C{NSError} goes back to the child as an error message.
+        """
+        if id in self.listeners:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
-        else:
-            self.listeners.listen(id, port, backlog)
+            return
+        if not self._mayListen(port):
+            _log.warn("{link!r} asked to listen on port {port!r}, which it may not; refused", link=self, port=port)
+            self._sendError(id, f"{nameOf(NS_ERROR_CONNECTION_REFUSED)}: this process does not let its children listen on port {port!r}")
+            return
+        serv = ServerSocket(self._reactor)
+        try:
+            serv.init(port, False, backlog)
+        except NSError as e:
+            self._sendError(id, f"{e.name}: {e}")
+            return
+        route = self._dispatcher.addRoute(f"listen {id} of {self!r}", closeWhenOrphaned=True)
+        route.onOrphaned = serv.close
+        serv.asyncListen(_ChildListener(self._dispatcher, route, self, id))
+        # After asyncListen: ServerSocket.pauseAccepting needs its port.
+        route.watchPort(serv)
+        self.listeners[id] = (serv, route)
+        self._dispatcher.join(route, self)
+        self.sendControl("listening", id=id, route=route.id, port=serv.port)
+
+    def _mayListen(self, port: Any) -> bool:
+        if type(port) is not int:
+            return False
+        try:
+            return port in self._listenPorts
+        except TypeError:
+            return False
 
     @controls.handler("close", id=INTEGER)
     def _onClose(self, id: int) -> None:
-        self.listeners.close(id)
+        entry = self.listeners.pop(id, None)
+        if entry is not None:
+            entry[0].close()
+
+    def listenerStopped(self, id: int, route: Route, status: int) -> None:
+        """The child's listener C{id} stopped: an unexpected stop goes to the child's C{onerror}."""
+        self._dispatcher.closeRoute(route)
+        if status != NS_BINDING_ABORTED and not self.lost:
+            self._sendError(id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
+
+    def _sendError(self, id: int, message: str) -> None:
+        # The child's onerror gets this file and the caller's line, as
+        # Gecko's error events name the source that raised them.
+        frame = inspect.currentframe()
+        line = frame.f_back.f_lineno if frame is not None and frame.f_back is not None else 0
+        self.sendControl("error", id=id, message=message, filename=__file__, lineNumber=line, columnNumber=0)
 
 
 @implementer(IRawAcceptor)
@@ -261,88 +307,12 @@ class _HandOff(Protocol):
             self._inner.connectionLost(reason)
 
 
-class ChildListeners:
-    """
-    The listeners one child asked for.
-
-    @ivar open: each open listener's server socket and route, by the
-        child's listen id.
-    """
-
-    def __init__(self, link: WorkerLink, dispatcher: Dispatcher, reactor: Any, allowed: Container[int]) -> None:
-        """
-        @param allowed: the ports the child may ask for (see L{WorkerLink}).
-        """
-        self._link, self._dispatcher, self._reactor, self._allowed = link, dispatcher, reactor, allowed
-        self._gone = False
-        self.open: dict[int, tuple[ServerSocket, Route]] = {}
-
-    def listen(self, id: int, port: Any, backlog: Any) -> None:
-        """
-        Gecko's C{PTCPServerSocket} constructor: listen here on C{port} for
-        the child, if it may.  The port and backlog are checked by the
-        server socket, whose C{NSError} goes back to the child as an error
-        message.
-        """
-        if not self._mayListen(port):
-            _log.warn("{link!r} asked to listen on port {port!r}, which it may not; refused", link=self._link, port=port)
-            self.sendError(id, f"{nameOf(NS_ERROR_CONNECTION_REFUSED)}: this process does not let its children listen on port {port!r}")
-            return
-        serv = ServerSocket(self._reactor)
-        try:
-            serv.init(port, False, backlog)
-        except NSError as e:
-            self.sendError(id, f"{e.name}: {e}")
-            return
-        route = self._dispatcher.addRoute(f"listen {id} of {self._link!r}", closeWhenOrphaned=True)
-        route.onOrphaned = serv.close
-        serv.asyncListen(_ChildListener(self._dispatcher, route, self, id))
-        # After asyncListen: ServerSocket.pauseAccepting needs its port.
-        route.watchPort(serv)
-        self.open[id] = (serv, route)
-        self._dispatcher.join(route, self._link)
-        self._link.sendControl("listening", id=id, route=route.id, port=serv.port)
-
-    def _mayListen(self, port: Any) -> bool:
-        if type(port) is not int:
-            return False
-        try:
-            return port in self._allowed
-        except TypeError:
-            return False
-
-    def close(self, id: int) -> None:
-        """The child closed its listener C{id}."""
-        entry = self.open.pop(id, None)
-        if entry is not None:
-            entry[0].close()
-
-    def closeAll(self) -> None:
-        """The child is gone: close every listener it had."""
-        self._gone = True
-        for serv, _route in list(self.open.values()):
-            serv.close()
-        self.open.clear()
-
-    def stopped(self, id: int, route: Route, status: int) -> None:
-        """Listener C{id} stopped: an unexpected stop goes to the child as an error."""
-        self._dispatcher.closeRoute(route)
-        if status != NS_BINDING_ABORTED and not self._gone:
-            self.sendError(id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
-
-    def sendError(self, id: int, message: str) -> None:
-        """Tell the child that its listener C{id} failed (its C{onerror} gets C{message}, with this file and the caller's line)."""
-        frame = inspect.currentframe()
-        caller = frame.f_back if frame is not None else None
-        self._link.sendControl("error", id=id, message=message, filename=__file__, lineNumber=caller.f_lineno if caller is not None else 0, columnNumber=0)
-
-
 class _ChildListener(_Submitter):
-    """The listener of a child-requested server socket."""
+    """The listener of a server socket a child asked for."""
 
-    def __init__(self, dispatcher: Dispatcher, route: Route, listeners: ChildListeners, id: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, route: Route, link: WorkerLink, id: int) -> None:
         super().__init__(dispatcher, route)
-        self._listeners, self._id = listeners, id
+        self._link, self._id = link, id
 
     def onStopListening(self, serv: ServerSocket, status: int) -> None:
-        self._listeners.stopped(self._id, self.route, status)
+        self._link.listenerStopped(self._id, self.route, status)
