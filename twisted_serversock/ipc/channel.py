@@ -64,11 +64,9 @@ def closeAll(fds: list[int]) -> None:
 
 class Channel:
     """
-    One end of a worker channel, driven by the reactor: it reads whole
-    messages as they arrive and writes without ever blocking (messages the
-    kernel cannot take yet wait, in order, for the socket to be writable).
+    One end of a worker channel, driven by the reactor; it never blocks
+    (messages the kernel cannot take yet wait, in order, for writability).
 
-    @ivar receiver: gets each decoded message and, once, the channel's end.
     @ivar rejected: how many malformed messages were dropped.
     """
 

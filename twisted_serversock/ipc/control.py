@@ -74,8 +74,8 @@ def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> d
     The fields C{spec} names, checked: a L{FieldType} is required, an
     L{optional} one gets its default when left out.
 
-    @param extra: fields C{spec} does not name are allowed (and left out of
-        the result) - for a message a later version may extend.
+    @param extra: allow fields C{spec} does not name (left out of the
+        result): for a message a later version may extend.
     @raise MessageError: naming the first field that does not fit.
     """
     kwargs: dict[str, Any] = {}
@@ -115,10 +115,7 @@ class _Counted(Protocol):
 
 
 def reject(type: str, who: str, channel: _Counted, error: str) -> None:
-    """
-    Log and count a bad message C{type} from C{who}: for a handler that finds
-    its fields wrong in a way only it can tell (an id already in use).
-    """
+    """Log and count a bad message C{type} from C{who}, for a handler that finds it wrong (an id already in use)."""
     _log.warn("Bad {type!r} message from {who}: {error}", type=type, who=who, error=error)
     channel.rejected += 1
 
@@ -140,9 +137,8 @@ class ControlTable:
     def handler(self, name: str, *, extra: bool = False, **fields: FieldType | _Optional) -> Callable[[_F], _F]:
         """
         A decorator: the function handles the messages called C{name}, whose
-        fields are checked by L{checkFields} with C{fields} and C{extra}.  A
-        name registered again, in a table made from a C{base}, gets the new
-        handler.
+        fields L{checkFields} checks with C{fields} and C{extra} (a name
+        registered again, in a table made from a C{base}, gets the new one).
         """
 
         def register(function: _F) -> _F:
@@ -154,8 +150,7 @@ class ControlTable:
     def dispatch(self, message: Control, who: str, channel: _Counted, *context: Any) -> bool:
         """
         Call the handler of C{message} with C{context} and the message's
-        fields as keyword arguments, once they fit (else log it as
-        C{who}'s and count it in C{channel.rejected}).
+        fields as keyword arguments, once they fit (else L{reject} it).
 
         @return: False if no handler has the message's name (the caller
             decides what that means).

@@ -60,22 +60,17 @@ class _Held:
 
 class Link:
     """
-    One child as the dispatcher sees it: what it has in hand, read for
-    least-loaded dispatch and changed only through these methods, which
-    the dispatcher calls.  L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}
-    adds the channel (L{sendControl}, L{sendConn}); it lives in another
-    module so that this one imports no channel.
+    One child as the dispatcher sees it: its counts, read for least-loaded
+    dispatch and changed only through these methods.  The channel is
+    L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}'s.
 
-    @ivar inflight: connections sent to the child and not yet acknowledged.
-    @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
-        still name acknowledged ones after its start, never at its start:
-        L{adopt} keeps it so, because a dict's first entry is slow to find
-        once many were deleted).
+    @ivar inflight: connections sent and not yet acknowledged, by id.
+    @ivar sentOrder: C{(connection id, when sent)} in the order sent; its
+        first is always unacknowledged (L{adopt} keeps it so: a dict's
+        first entry is slow to find once many were deleted).
     @ivar window: how many unacknowledged it may have (see L{MAX_INFLIGHT}).
-    @ivar adopted: connections the child acknowledged; C{open}: those it
-        has not yet reported closed; C{sent}: those sent to it.
-    @ivar accepting: False once the child gets no new connections.
-    @ivar routes: the routes it serves.
+    @ivar adopted: connections acknowledged; C{open}: those not yet
+        reported closed; C{sent}: those sent.
     """
 
     def __init__(self) -> None:
@@ -148,16 +143,12 @@ class Route:
     One listener's way to its children.
 
     @ivar id: the route's number on the wire.
-    @ivar links: the children serving this route now.
     @ivar closeWhenOrphaned: close the listener (call L{onOrphaned}) when
         the last link goes away; False for a worker pool, whose workers
         come back.
     @ivar proxy: connections arrive with a PROXY protocol header, which the
         child parses (the parent never reads from a connection).
-    @ivar ports: the listening ports paused while no child can take a
-        connection (see L{watchPort}).
-    @ivar waiting: its accepted connections no child could take yet,
-        oldest first.
+    @ivar waiting: its accepted connections no child could take yet.
     """
 
     def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
@@ -175,9 +166,8 @@ class Route:
     def watchPort(self, port: Any) -> None:
         """
         Pause accepting on C{port} while every child of this route is
-        saturated.  C{port} needs C{pauseAccepting}/C{resumeAccepting}
-        (gecko endpoints) or C{stopReading}/C{startReading} (Twisted's own
-        ports); other ports are never paused.
+        saturated: with C{pauseAccepting} (gecko endpoints) or
+        C{stopReading} (Twisted's own ports); other ports are never paused.
         """
         self.ports.append(port)
         if self.paused:
@@ -234,10 +224,8 @@ class Dispatcher:
     Holds accepted connections and hands them to children.
 
     @ivar held: every connection not yet acknowledged, by id.
-    @ivar waiting: how many connections wait for a child (in their routes'
-        C{waiting} queues); at L{MAX_WAITING} the route's accepting pauses.
-    @ivar accepted: connections submitted.
-    @ivar adopted: connections a child acknowledged.
+    @ivar waiting: how many wait for a child; at L{MAX_WAITING} the route's
+        accepting pauses.
     @ivar redispatched: connections sent to a second child because the
         first was lost before acknowledging.
     @ivar dropped: connections closed unserved (their listener's last child
@@ -316,12 +304,8 @@ class Dispatcher:
         now = self._now()
         if now - self._lastPauseLog >= _PAUSE_LOG_EVERY:
             self._lastPauseLog = now
-            _log.info(
-                "No worker of {route!r} can take a connection now (all busy, stalled or starting): "
-                "pausing accepts; new connections wait in the kernel's backlog ({n} pause(s) so far)",
-                route=route,
-                n=self.pauses,
-            )
+            why = "No worker of {route!r} can take a connection now (all busy, stalled or starting): pausing accepts"
+            _log.info(why + "; new connections wait in the kernel's backlog ({n} pause(s) so far)", route=route, n=self.pauses)
 
     def _send(self, held: _Held) -> bool:
         now = self._now()
@@ -364,9 +348,8 @@ class Dispatcher:
 
     def linkLost(self, link: Link) -> None:
         """
-        C{link}'s child is gone (its channel ended after everything it sent
-        was read): re-route what it had not acknowledged (close it, once a
-        shutdown's grace period has ended: see L{dropAll}).
+        C{link}'s child is gone, and everything it sent was read: re-route
+        what it had not acknowledged (or close it, after L{dropAll}).
         """
         routes, unacked = link.detach()
         for route in routes:
@@ -382,11 +365,8 @@ class Dispatcher:
                 self._drop(held, "its worker went away after the grace period ended")
             unacked = []
         if unacked:
-            _log.info(
-                "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child",
-                link=link,
-                n=len(unacked),
-            )
+            why = "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child"
+            _log.info(why, link=link, n=len(unacked))
         for held in reversed(unacked):
             held.link = None
             self.redispatched += 1

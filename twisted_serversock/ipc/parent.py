@@ -1,10 +1,7 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
 The parent side of cross-process server sockets: it owns the listening
-sockets, accepts, and hands each connection's descriptor to a child over the
-child's L{Channel}.
-
-The hand-off, for one connection::
+sockets, accepts, and hands each connection's descriptor to a child::
 
     parent                                   child
     accept() -> socket S (held)
@@ -17,11 +14,6 @@ discards the copy in flight and the parent sends S to another child of the
 same route.  The parent never builds a Twisted transport for S (an orderly
 Twisted close would C{shutdown()} the child's copy too) and never reads
 from it.
-
-The link is also the parent side of Gecko's C{TCPServerSocketChild}: the
-listeners a child asks for are bound here, only on the ports the parent
-allows; their connections go to that child, their errors to its
-C{onerror}.
 """
 
 from __future__ import annotations
@@ -54,15 +46,13 @@ _log = Logger()
 
 class WorkerLink(Link):
     """
-    The parent's end of one child's channel (the counts the dispatcher
-    keeps are L{Link}'s).
+    The parent's end of one child's channel, and the parent side of Gecko's
+    C{TCPServerSocketChild}: the listeners the child asks for.
 
     @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
         anything; children send heartbeats while idle.
-    @ivar limit: the C{sent} count at which C{onLimit} is called once (0:
-        none).
-    @ivar listeners: the listeners the child asked for (Gecko's
-        C{TCPServerSocketChild}): server socket and route by listen id.
+    @ivar limit: the C{sent} count at which C{onLimit} is called once (0: none).
+    @ivar listeners: the child's listeners: server socket and route by its listen id.
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's); without it such a
         message is logged and counted as rejected.
@@ -106,10 +96,9 @@ class WorkerLink(Link):
 
     def close(self) -> None:
         """
-        Close the channel (the child sees its end), after reading what the
-        child sent.  Only once the child process is gone: a live child may
-        have an acknowledgement on its way, and the connections it had not
-        acknowledged go to another child.
+        Close the channel after reading what the child sent; only once the
+        child process is gone: a live child may have an ack on its way, and
+        what it had not acknowledged goes to another child.
         """
         self.channel.loseConnection()
 
@@ -222,17 +211,13 @@ class _Submitter:
 class HandOffFactory(_Submitter):
     """
     The protocol factory the parent listens with: connections go to the
-    dispatcher for C{route}.
-
-    A C{gecko:}/C{geckounix:} endpoint gives it accepted sockets raw
-    (L{socketAccepted}).  Other endpoints build a transport first
-    (L{buildProtocol}); if that transport is a plain TCP or UNIX connection
-    its descriptor is handed over all the same.  Behind C{haproxy:} the
-    descriptor is handed over before the PROXY header is read, and the
-    route is marked so that the worker parses the header itself (its
-    protocols see the client's address).  Any other wrapper (TLS), whose
-    bytes the parent would have to process, is served in the parent with
-    C{fallback} - never dropped.
+    dispatcher for C{route}, raw from a C{gecko:}/C{geckounix:} endpoint.
+    Other endpoints build a transport first (L{buildProtocol}): a plain TCP
+    or UNIX one is handed over all the same; behind C{haproxy:}, before the
+    PROXY header is read, the worker parsing it (its protocols see the
+    client's address).  Any other wrapper (TLS), whose bytes the parent
+    would have to process, is served in the parent with C{fallback} - never
+    dropped.
     """
 
     def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
@@ -247,11 +232,7 @@ class HandOffFactory(_Submitter):
         pass
 
     def logPrefix(self) -> str:
-        """
-        The served factory's prefix, so that the parent's port logs
-        Twisted's C{"Site starting on 8080"}, as the same program on C{tcp:}
-        would, not the name of this internal factory.
-        """
+        """The served factory's: the port logs C{"Site starting on 8080"}, as the same program on C{tcp:} would."""
         return factoryLogPrefix(self.fallback)
 
     def buildProtocol(self, addr: Any) -> Protocol:

@@ -113,8 +113,7 @@ def decode(data: bytes, fds: list[int]) -> Message:
     """
     Decode one message and the descriptors that came with it.
 
-    @raise ProtocolError: naming what is wrong.  The caller still owns
-        C{fds} and must close them.
+    @raise ProtocolError: naming what is wrong; the caller closes C{fds}.
     """
     size = len(data)
     if not size:
