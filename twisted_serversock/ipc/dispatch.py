@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import socket
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.logger import Logger
@@ -47,15 +48,15 @@ MAX_WAITING = 64
 _PAUSE_LOG_EVERY = 10.0
 
 
+@dataclass(slots=True, eq=False)
 class _Held:
     """An accepted connection the parent still holds."""
 
-    __slots__ = ("connId", "route", "socket", "link", "sentAt")
-
-    def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
-        self.connId, self.route, self.socket = connId, route, skt
-        self.link: Link | None = None
-        self.sentAt = 0.0
+    connId: int
+    route: Route
+    socket: socket.socket
+    link: Link | None = None
+    sentAt: float = 0.0
 
 
 class Link:
@@ -353,8 +354,7 @@ class Dispatcher:
         """
         routes, unacked = link.detach()
         for route in routes:
-            if link in route.links:
-                route.links.remove(link)
+            self.leaveRoute(route, link)
             if not route.links and route.closeWhenOrphaned and not route.closed:
                 route.closed = True
                 if route.onOrphaned is not None:

@@ -23,8 +23,7 @@ import socket
 from typing import Any, Callable, Container
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -207,8 +206,7 @@ class _Submitter:
         self.dispatcher.submit(self.route, skt)
 
 
-@implementer(IProtocolFactory, ILoggingContext)
-class HandOffFactory(_Submitter):
+class HandOffFactory(Factory, _Submitter):
     """
     The protocol factory the parent listens with: connections go to the
     dispatcher for C{route}, raw from a C{gecko:}/C{geckounix:} endpoint.
@@ -220,16 +218,12 @@ class HandOffFactory(_Submitter):
     dropped.
     """
 
+    noisy = False  # no "Starting factory": the port logs what it serves (logPrefix)
+
     def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
-        super().__init__(dispatcher, route)
+        _Submitter.__init__(self, dispatcher, route)
         self.fallback = fallback
         self._warned = False
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
 
     def logPrefix(self) -> str:
         """The served factory's: the port logs C{"Site starting on 8080"}, as the same program on C{tcp:} would."""
