@@ -1,13 +1,10 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
 The worker channel: one C{SOCK_SEQPACKET} UNIX socket pair between the
-parent process and each child, carrying the messages of
-L{twisted_serversock.ipc.wire}.
-
-Why C{SOCK_SEQPACKET}: each message arrives whole, in one C{recvmsg}, with
-exactly the file descriptors that were sent with it.  A byte stream would
-need framing and would let descriptors drift away from the message that
-names them.  A malformed message is dropped, with its descriptors.
+parent and each child, carrying the messages of L{twisted_serversock.ipc.wire}.
+C{SOCK_SEQPACKET} because each message arrives whole, in one C{recvmsg},
+with exactly the descriptors sent with it: a byte stream would need framing
+and would let descriptors drift away from the message that names them.
 """
 
 from __future__ import annotations

@@ -120,19 +120,12 @@ def reject(type: str, who: str, channel: _Counted, error: str) -> None:
     channel.rejected += 1
 
 
-class ControlTable:
-    """Message name -> handler and the fields it takes."""
+class ControlTable(dict[str, tuple[Callable[..., Any], Spec, bool]]):
+    """Message name -> (handler, the fields it takes, extra)."""
 
     def __init__(self, base: ControlTable | None = None) -> None:
         """@param base: a table whose entries this one starts with (a subclass's)."""
-        self._entries: dict[str, tuple[Callable[..., Any], Spec, bool]] = base.entries() if base else {}
-
-    def entries(self) -> dict[str, tuple[Callable[..., Any], Spec, bool]]:
-        """A copy of the table: name -> (handler, fields, extra)."""
-        return dict(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        super().__init__(base or {})
 
     def handler(self, name: str, *, extra: bool = False, **fields: FieldType | _Optional) -> Callable[[_F], _F]:
         """
@@ -142,7 +135,7 @@ class ControlTable:
         """
 
         def register(function: _F) -> _F:
-            self._entries[name] = (function, fields, extra)
+            self[name] = (function, fields, extra)
             return function
 
         return register
@@ -155,7 +148,7 @@ class ControlTable:
         @return: False if no handler has the message's name (the caller
             decides what that means).
         """
-        entry = self._entries.get(message.type)
+        entry = self.get(message.type)
         if entry is None:
             return False
         handler, spec, extra = entry

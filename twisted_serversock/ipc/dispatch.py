@@ -5,12 +5,11 @@ one with the fewest in hand, within its window: see L{MAX_INFLIGHT}), and
 when the parent stops accepting (see L{MAX_WAITING}).
 
 A connection is re-sent to another child only after the first child's
-channel has ended and everything it sent on it has been read (see
-L{twisted_serversock.ipc.parent.WorkerLink.close}): a child adopts a
-connection only after the kernel has taken its ack, so a connection whose
-ack never arrived was never adopted - and never will be, the child being
-gone.  No connection is served by two processes, even one that was stopped
-(SIGSTOP) and wakes up: the parent re-sends nothing while it lives.
+channel has ended and all it sent was read: a child adopts a connection
+only after the kernel has taken its ack, so one whose ack never arrived was
+never adopted, and never will be.  No connection is served by two
+processes, even by one stopped (SIGSTOP) that wakes up: the parent re-sends
+nothing while it lives.
 """
 
 from __future__ import annotations
@@ -29,12 +28,10 @@ _log = Logger()
 
 #: Unacknowledged hand-overs one child may have at once, at most.  Each
 #: child has a window between 1 and this: it grows by one with each ack
-#: that comes back within L{FAST_ACK}, and halves with each that takes
-#: longer than L{ACK_DEADLINE}.  A child that acknowledges at once (short
-#: handlers) gets many connections per message; a busy one (its reactor in
-#: a long handler, so it does not acknowledge) is committed to few: the
-#: others wait in the parent's one queue and go to whichever child
-#: acknowledges first.
+#: within L{FAST_ACK}, and halves with each later than L{ACK_DEADLINE}.  A
+#: child that acknowledges at once gets many connections per message; a
+#: busy one (its reactor in a long handler) is committed to few: the others
+#: wait in the parent and go to whichever child acknowledges first.
 MAX_INFLIGHT = 32
 INITIAL_WINDOW = 4
 FAST_ACK = 0.001
@@ -396,11 +393,9 @@ class Dispatcher:
     def dropAll(self, why: str) -> int:
         """
         Close every held connection no child has (at the end of a shutdown's
-        grace period); return how many there were.
-
-        Connections already sent to a child that is still there stay its
-        own: it may still adopt them (their message may even be queued in
-        its channel still); if it goes away first, L{linkLost} closes them.
+        grace period); return how many.  Those sent to a child still there
+        stay its own: it may still adopt them (their message may be queued
+        in its channel still); if it goes away first, L{linkLost} closes them.
         """
         self._gaveUp = True
         held = [h for h in self.held.values() if h.link is None]

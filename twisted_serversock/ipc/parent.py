@@ -62,11 +62,9 @@ class WorkerLink(Link):
     def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()) -> None:
         """
         @param listenPorts: the ports the child may ask this process to
-            listen on (L{TCPServerSocketChild<twisted_serversock.ipc.child.TCPServerSocketChild>}),
-            on every interface, with this process's privileges.  Empty (the
-            default, and what the workers of C{twistd serversock} and
-            cluster mode get): the child may not listen at all, and its
-            C{onerror} says so.  C{range(65536)}: anywhere, port 0 included.
+            listen on, on every interface, with its privileges.  Empty (the
+            default; the workers of C{twistd serversock} and cluster mode):
+            none, and the child's C{onerror} says so.  C{range(65536)}: any, 0 included.
         """
         super().__init__()
         self._dispatcher, self._reactor, self.name = dispatcher, reactor, name

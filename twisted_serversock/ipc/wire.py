@@ -1,9 +1,7 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
-The messages of the worker channel (L{twisted_serversock.ipc.channel}):
-their encoding and decoding.
-
-Messages (the first byte says which kind)::
+The messages of the worker channel (L{twisted_serversock.ipc.channel}); the
+first byte says which kind::
 
     C  conn     parent -> child   ">QI": connection id, route id; exactly one fd
     A  ack      child  -> parent  ">Q" repeated: connection ids adopted
@@ -12,9 +10,8 @@ Messages (the first byte says which kind)::
                                   connection ids adopted
     J  control  both directions   a UTF-8 JSON object with a "type" string
 
-Anything else - an unknown kind, a wrong length, descriptors on a message
-that carries none, more than one descriptor, an oversized or truncated
-message, JSON that is not an object with a string "type" - is a
+Anything else (a wrong length, stray or extra descriptors, an oversized or
+truncated message, JSON that is not an object with a string "type") is a
 L{ProtocolError}: the message is dropped, every descriptor that came with it
 is closed, and the channel stays up.
 """
@@ -60,10 +57,8 @@ class Conn:
 @dataclass(slots=True)
 class Ack:
     """
-    The child has adopted the connections C{connIds}, and C{closed}
-    connections it adopted earlier have ended since its last report (the
-    parent's count of what each child has in hand, for least-loaded
-    dispatch).
+    The child has adopted C{connIds}, and C{closed} connections it adopted
+    earlier have ended since its last report (for least-loaded dispatch).
     """
 
     connIds: tuple[int, ...]
@@ -145,7 +140,7 @@ def decode(data: bytes, fds: list[int]) -> Message:
     if kind == _J:
         try:
             fields = json.loads(data[1:].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except ValueError as e:  # UnicodeDecodeError included
             raise ProtocolError(f"control message is not UTF-8 JSON: {e}") from None
         if not isinstance(fields, dict) or not isinstance(fields.get("type"), str):
             raise ProtocolError("control message is not a JSON object with a string 'type'")
