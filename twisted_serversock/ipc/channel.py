@@ -63,8 +63,7 @@ class Channel:
     """
     One end of a worker channel, driven by the reactor; it never blocks
     (messages the kernel cannot take yet wait, in order, for writability).
-
-    @ivar rejected: how many malformed messages were dropped.
+    C{rejected} counts the malformed messages dropped.
     """
 
     def __init__(self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False) -> None:

@@ -10,10 +10,9 @@ fields it takes, each with the JSON type it must have::
         @controls.handler("close", id=INTEGER)
         def _onClose(self, id: int) -> None: ...
 
-A message whose fields do not fit is rejected before any handler runs
-(logged, and counted in the channel's C{rejected}), so whatever a handler
-raises is a bug, not a bad message.  L{checkFields} checks a message read
-outside a table (a worker's start-up message) the same way.
+A message whose fields do not fit is rejected (logged, counted in the
+channel's C{rejected}) before any handler runs, so whatever a handler raises
+is a bug, not a bad message.  L{checkFields} also checks a worker's start-up message.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class MessageError(ValueError):
 
 
 class FieldType(NamedTuple):
-    """What a field's value must be: C{check(value)} says whether it is, and C{name} says what it should have been, for the error."""
+    """What a field's value must be: C{check(value)} says whether it is; C{name} is for the error."""
 
     name: str
     check: Callable[[Any], bool]
@@ -48,7 +47,6 @@ class FieldType(NamedTuple):
 ANY = FieldType("any value", lambda value: True)
 #: A JSON integer (C{true}/C{false} are not integers here).
 INTEGER = FieldType("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool))
-#: A JSON number, integer or not.
 NUMBER = FieldType("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
 STRING = FieldType("a string", lambda value: isinstance(value, str))
 BOOLEAN = FieldType("true or false", lambda value: isinstance(value, bool))
@@ -144,9 +142,7 @@ class ControlTable(dict[str, tuple[Callable[..., Any], Spec, bool]]):
         """
         Call the handler of C{message} with C{context} and the message's
         fields as keyword arguments, once they fit (else L{reject} it).
-
-        @return: False if no handler has the message's name (the caller
-            decides what that means).
+        Return False if no handler has its name: the caller decides.
         """
         entry = self.get(message.type)
         if entry is None:

@@ -59,8 +59,8 @@ class _Held:
 class Link:
     """
     One child as the dispatcher sees it: its counts, read for least-loaded
-    dispatch and changed only through these methods.  The channel is
-    L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}'s.
+    dispatch and changed only through these methods (the channel is
+    L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}'s).
 
     @ivar inflight: connections sent and not yet acknowledged, by id.
     @ivar sentOrder: C{(connection id, when sent)} in the order sent; its
@@ -140,7 +140,6 @@ class Route:
     """
     One listener's way to its children.
 
-    @ivar id: the route's number on the wire.
     @ivar closeWhenOrphaned: close the listener (call L{onOrphaned}) when
         the last link goes away; False for a worker pool, whose workers
         come back.
@@ -240,8 +239,7 @@ class Dispatcher:
         self.pauses = self.paused = 0
         self._now = clock
         self._lastPauseLog = -_PAUSE_LOG_EVERY
-        self._connIds = itertools.count(1)
-        self._routeIds = itertools.count(1)
+        self._connIds, self._routeIds = itertools.count(1), itertools.count(1)
         self._idleWaiters: list[Callable[[], None]] = []
         # The routes with connections waiting (a closed one is no longer in
         # routes), in the order their first began to wait.
@@ -345,10 +343,7 @@ class Dispatcher:
         self._checkIdle()
 
     def linkLost(self, link: Link) -> None:
-        """
-        C{link}'s child is gone, and everything it sent was read: re-route
-        what it had not acknowledged (or close it, after L{dropAll}).
-        """
+        """C{link}'s child is gone, all it sent read: re-route what it had not acknowledged (or close it, after L{dropAll})."""
         routes, unacked = link.detach()
         for route in routes:
             self.leaveRoute(route, link)
@@ -356,20 +351,18 @@ class Dispatcher:
                 route.closed = True
                 if route.onOrphaned is not None:
                     route.onOrphaned()
-        if self._gaveUp:
-            # The grace period is over: nobody is left to take them.
+        if self._gaveUp:  # the grace period is over: nobody is left to take them
             for held in unacked:
                 self._drop(held, "its worker went away after the grace period ended")
-            unacked = []
-        if unacked:
+        elif unacked:
             why = "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child"
             _log.info(why, link=link, n=len(unacked))
-        for held in reversed(unacked):
-            held.link = None
-            self.redispatched += 1
-            held.route.waiting.appendleft(held)
-            self._queued[held.route] = None
-            self.waiting += 1
+            for held in reversed(unacked):
+                held.link = None
+                self.redispatched += 1
+                held.route.waiting.appendleft(held)
+                self._queued[held.route] = None
+                self.waiting += 1
         self.wake()
         self._checkIdle()
 

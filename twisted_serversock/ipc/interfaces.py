@@ -3,8 +3,6 @@ L{IRawAcceptor}, in a leaf module: the core imports it without importing
 the rest of L{twisted_serversock.ipc}.
 """
 
-from __future__ import annotations
-
 import socket
 from typing import Any
 

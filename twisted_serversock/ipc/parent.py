@@ -48,8 +48,7 @@ class WorkerLink(Link):
     The parent's end of one child's channel, and the parent side of Gecko's
     C{TCPServerSocketChild}: the listeners the child asks for.
 
-    @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
-        anything; children send heartbeats while idle.
+    @ivar lastHeard: when the child last sent anything (it sends heartbeats while idle).
     @ivar limit: the C{sent} count at which C{onLimit} is called once (0: none).
     @ivar listeners: the child's listeners: server socket and route by its listen id.
     @ivar onControl: called with C{(link, message)} for a control message
@@ -210,10 +209,9 @@ class HandOffFactory(Factory, _Submitter):
     dispatcher for C{route}, raw from a C{gecko:}/C{geckounix:} endpoint.
     Other endpoints build a transport first (L{buildProtocol}): a plain TCP
     or UNIX one is handed over all the same; behind C{haproxy:}, before the
-    PROXY header is read, the worker parsing it (its protocols see the
-    client's address).  Any other wrapper (TLS), whose bytes the parent
-    would have to process, is served in the parent with C{fallback} - never
-    dropped.
+    PROXY header is read, for the worker to parse.  Any other wrapper (TLS),
+    whose bytes the parent would have to process, is served here with
+    C{fallback} - never dropped.
     """
 
     noisy = False  # no "Starting factory": the port logs what it serves (logPrefix)

@@ -56,10 +56,7 @@ class Conn:
 
 @dataclass(slots=True)
 class Ack:
-    """
-    The child has adopted C{connIds}, and C{closed} connections it adopted
-    earlier have ended since its last report (for least-loaded dispatch).
-    """
+    """The child adopted C{connIds}, and C{closed} of those it adopted before have ended since its last report."""
 
     connIds: tuple[int, ...]
     closed: int = 0
@@ -105,11 +102,7 @@ def encodeControl(type: str, **fields: Any) -> bytes:
 
 
 def decode(data: bytes, fds: list[int]) -> Message:
-    """
-    Decode one message and the descriptors that came with it.
-
-    @raise ProtocolError: naming what is wrong; the caller closes C{fds}.
-    """
+    """Decode one message and its descriptors; a L{ProtocolError} names what is wrong (the caller closes C{fds})."""
     size = len(data)
     if not size:
         raise ProtocolError("empty message")
