@@ -192,10 +192,8 @@ class Channel:
                 if level == _SOL_SOCKET and type_ == _SCM_RIGHTS:
                     if len(cdata) == _FD.size:
                         fds.append(_FD.unpack(cdata)[0])
-                    else:
-                        arr = array.array("i")
-                        arr.frombytes(cdata[: len(cdata) - len(cdata) % arr.itemsize])
-                        fds.extend(arr)
+                    else:  # whole ints only (a cut one is no descriptor)
+                        fds.extend(array.array("i", cdata[: len(cdata) - len(cdata) % _FD.size]))
             if not data and not fds:
                 self._lose(Failure(ConnectionDone("the other end closed the channel")))
                 return False

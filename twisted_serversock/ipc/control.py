@@ -17,7 +17,7 @@ is a bug, not a bad message.  L{checkFields} also checks a worker's start-up mes
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar, Union
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar
 
 from twisted.logger import Logger
 
@@ -35,11 +35,16 @@ class MessageError(ValueError):
     """A control message's fields do not fit its name; the text says how."""
 
 
+#: The default of a field that may not be left out.
+_REQUIRED: Any = object()
+
+
 class FieldType(NamedTuple):
     """What a field's value must be: C{check(value)} says whether it is; C{name} is for the error."""
 
     name: str
     check: Callable[[Any], bool]
+    default: Any = _REQUIRED
 
 
 #: Any JSON value (the handler checks it itself, e.g. a port number that
@@ -54,17 +59,12 @@ STRINGS = FieldType("a list of strings", lambda value: isinstance(value, list) a
 OBJECT = FieldType("an object", lambda value: isinstance(value, dict))
 
 
-class _Optional(NamedTuple):
-    type: FieldType
-    default: Any
-
-
-def optional(type: FieldType, default: Any) -> _Optional:
+def optional(type: FieldType, default: Any) -> FieldType:
     """A field that may be left out, with the value the handler gets then."""
-    return _Optional(type, default)
+    return FieldType(type.name, type.check, default)
 
 
-Spec = Mapping[str, Union[FieldType, _Optional]]
+Spec = Mapping[str, FieldType]
 
 
 def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> dict[str, Any]:
@@ -77,14 +77,13 @@ def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> d
     @raise MessageError: naming the first field that does not fit.
     """
     kwargs: dict[str, Any] = {}
-    for name, kind in spec.items():
-        type = kind.type if isinstance(kind, _Optional) else kind
+    for name, type in spec.items():
         if name in fields:
             if not type.check(fields[name]):
                 raise MessageError(f"field {name!r} is {_shown(fields[name])}, not {type.name}")
             kwargs[name] = fields[name]
-        elif isinstance(kind, _Optional):
-            kwargs[name] = kind.default
+        elif type.default is not _REQUIRED:
+            kwargs[name] = type.default
         else:
             raise MessageError(f"missing field {name!r}")
     if not extra:
@@ -125,7 +124,7 @@ class ControlTable(dict[str, tuple[Callable[..., Any], Spec, bool]]):
         """@param base: a table whose entries this one starts with (a subclass's)."""
         super().__init__(base or {})
 
-    def handler(self, name: str, *, extra: bool = False, **fields: FieldType | _Optional) -> Callable[[_F], _F]:
+    def handler(self, name: str, *, extra: bool = False, **fields: FieldType) -> Callable[[_F], _F]:
         """
         A decorator: the function handles the messages called C{name}, whose
         fields L{checkFields} checks with C{fields} and C{extra} (a name

@@ -98,7 +98,6 @@ class WorkerLink(Link):
         """
         self.channel.loseConnection()
 
-    # Receiver
     def messageReceived(self, message: Message) -> None:
         self.lastHeard = self._reactor.seconds()
         if isinstance(message, Ack):
@@ -165,10 +164,8 @@ class WorkerLink(Link):
         self.sendControl("listening", id=id, route=route.id, port=serv.port)
 
     def _mayListen(self, port: Any) -> bool:
-        if type(port) is not int:
-            return False
         try:
-            return port in self._listenPorts
+            return type(port) is int and port in self._listenPorts
         except TypeError:
             return False
 
