@@ -22,6 +22,9 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from .channel import Channel
+from .wire import encodeConn, encodeControl
+
 __all__ = ["Dispatcher", "Route", "Link", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
 
 _log = Logger()
@@ -58,9 +61,10 @@ class _Held:
 
 class Link:
     """
-    One child as the dispatcher sees it: its counts, read for least-loaded
-    dispatch and changed only through these methods (the channel is
-    L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}'s).
+    One child as the dispatcher sees it: the messages it sends the child,
+    and its counts, read for least-loaded dispatch and changed only through
+    these methods (L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}
+    reads the child's messages).
 
     @ivar inflight: connections sent and not yet acknowledged, by id.
     @ivar sentOrder: C{(connection id, when sent)} in the order sent; its
@@ -69,21 +73,22 @@ class Link:
     @ivar window: how many unacknowledged it may have (see L{MAX_INFLIGHT}).
     @ivar adopted: connections acknowledged; C{open}: those not yet
         reported closed; C{sent}: those sent.
+    @ivar limit: the C{sent} count at which C{onLimit} is called once (0: none).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
         self.inflight: dict[int, _Held] = {}
         self.sentOrder: deque[tuple[int, float]] = deque()
         self.window = INITIAL_WINDOW
-        self.adopted = self.open = self.sent = 0
+        self.adopted = self.open = self.sent = self.limit = 0
+        self.onLimit: Callable[[Link], None] | None = None
         self.routes: list[Route] = []
         self.accepting = True
 
     def sendControl(self, type: str, **fields: Any) -> None:
-        raise NotImplementedError()
-
-    def sendConn(self, held: _Held) -> None:
-        raise NotImplementedError()
+        """Send a control message to the child."""
+        self.channel.send(encodeControl(type, **fields))
 
     def stopAccepting(self) -> None:
         """The child gets no new connections (it is retiring or gone)."""
@@ -94,12 +99,14 @@ class Link:
         self.accepting = True
 
     def hand(self, held: _Held, now: float) -> None:
-        """Send C{held} to the child at C{now}: it is the child's until acknowledged."""
+        """Send C{held} to the child at C{now}, its own until acknowledged; call C{onLimit} when this makes C{limit}."""
         held.link, held.sentAt = self, now
         self.inflight[held.connId] = held
         self.sentOrder.append((held.connId, now))
         self.sent += 1
-        self.sendConn(held)
+        self.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
+        if self.limit and self.sent == self.limit and self.onLimit is not None:
+            self.onLimit(self)
 
     def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
         """

@@ -34,9 +34,9 @@ from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, 
 from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
 from .control import ANY, INTEGER, ControlTable, optional, reject
-from .dispatch import Dispatcher, Link, Route, _Held
+from .dispatch import Dispatcher, Link, Route
 from .interfaces import IRawAcceptor
-from .wire import Ack, Control, Message, encodeConn, encodeControl
+from .wire import Ack, Control, Message
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
@@ -49,7 +49,6 @@ class WorkerLink(Link):
     C{TCPServerSocketChild}: the listeners the child asks for.
 
     @ivar lastHeard: when the child last sent anything (it sends heartbeats while idle).
-    @ivar limit: the C{sent} count at which C{onLimit} is called once (0: none).
     @ivar listeners: the child's listeners: server socket and route by its listen id.
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's); without it such a
@@ -65,30 +64,18 @@ class WorkerLink(Link):
             default; the workers of C{twistd serversock} and cluster mode):
             none, and the child's C{onerror} says so.  C{range(65536)}: any, 0 included.
         """
-        super().__init__()
+        super().__init__(Channel(skt, self, reactor, name, drainOnLoss=True))
         self._dispatcher, self._reactor, self.name = dispatcher, reactor, name
-        self.limit = 0
         self.ready = self.lost = False
         self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
-        self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
         self._listenPorts = listenPorts
         self.listeners: dict[int, tuple[ServerSocket, Route]] = {}
-        self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
         self.channel.startReading()
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
-
-    def sendControl(self, type: str, **fields: Any) -> None:
-        self.channel.send(encodeControl(type, **fields))
-
-    def sendConn(self, held: _Held) -> None:
-        """Send C{held}; call L{onLimit} when this makes C{limit}."""
-        self.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
-        if self.limit and self.sent == self.limit and self.onLimit is not None:
-            self.onLimit(self)
 
     def close(self) -> None:
         """
