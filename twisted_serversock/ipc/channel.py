@@ -10,6 +10,7 @@ and would let descriptors drift away from the message that names them.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
@@ -53,10 +54,8 @@ class Receiver(Protocol):
 def closeAll(fds: list[int]) -> None:
     """Close descriptors that arrived with a message nobody takes."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 class Channel:

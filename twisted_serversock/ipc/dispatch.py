@@ -147,18 +147,17 @@ class Route:
     """
     One listener's way to its children.
 
-    @ivar closeWhenOrphaned: close the listener (call L{onOrphaned}) when
-        the last link goes away; False for a worker pool, whose workers
-        come back.
+    @ivar onOrphaned: when the last link goes away, the route closes and
+        this closes its listener (a child's own); None for a worker pool's,
+        whose workers come back.
     @ivar proxy: connections arrive with a PROXY protocol header, which the
         child parses (the parent never reads from a connection).
     @ivar waiting: its accepted connections no child could take yet.
     """
 
-    def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
-        self.id, self.closeWhenOrphaned, self.name = id, closeWhenOrphaned, name
+    def __init__(self, id: int, name: str, onOrphaned: Callable[[], None] | None) -> None:
+        self.id, self.name, self.onOrphaned = id, name, onOrphaned
         self.links: list[Link] = []
-        self.onOrphaned: Callable[[], None] | None = None
         self.closed = self.proxy = self.paused = False
         self.ports: list[Any] = []
         self.waiting: deque[_Held] = deque()
@@ -253,9 +252,9 @@ class Dispatcher:
         self._queued: dict[Route, None] = {}
         self._gaveUp = False
 
-    def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
+    def addRoute(self, name: str, onOrphaned: Callable[[], None] | None = None) -> Route:
         """A new route (for one listener)."""
-        route = Route(next(self._routeIds), closeWhenOrphaned, name)
+        route = Route(next(self._routeIds), name, onOrphaned)
         self.routes[route.id] = route
         return route
 
@@ -354,10 +353,9 @@ class Dispatcher:
         routes, unacked = link.detach()
         for route in routes:
             self.leaveRoute(route, link)
-            if not route.links and route.closeWhenOrphaned and not route.closed:
+            if not route.links and route.onOrphaned is not None and not route.closed:
                 route.closed = True
-                if route.onOrphaned is not None:
-                    route.onOrphaned()
+                route.onOrphaned()
         if self._gaveUp:  # the grace period is over: nobody is left to take them
             for held in unacked:
                 self._drop(held, "its worker went away after the grace period ended")
@@ -377,8 +375,7 @@ class Dispatcher:
         """The listener of C{route} is closed: connections already accepted still go to its children."""
         route.closed = True
         route.ports = []
-        if route.paused:
-            route.paused = False
+        if route.setPaused(False):
             self.paused -= 1
         self.routes.pop(route.id, None)
         if not route.links:

@@ -141,8 +141,7 @@ class WorkerLink(Link):
         except NSError as e:
             self._sendError(id, f"{e.name}: {e}")
             return
-        route = self._dispatcher.addRoute(f"listen {id} of {self!r}", closeWhenOrphaned=True)
-        route.onOrphaned = serv.close
+        route = self._dispatcher.addRoute(f"listen {id} of {self!r}", onOrphaned=serv.close)
         serv.asyncListen(_ChildListener(self._dispatcher, route, self, id))
         # After asyncListen: ServerSocket.pauseAccepting needs its port.
         route.watchPort(serv)
