@@ -69,8 +69,7 @@ Spec = Mapping[str, FieldType]
 
 def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> dict[str, Any]:
     """
-    The fields C{spec} names, checked: a L{FieldType} is required, an
-    L{optional} one gets its default when left out.
+    The fields C{spec} names, checked; an L{optional} one left out gets its default.
 
     @param extra: allow fields C{spec} does not name (left out of the
         result): for a message a later version may extend.

@@ -110,10 +110,9 @@ class Link:
 
     def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
         """
-        The child adopted C{connIds} and C{closed} of its connections ended;
-        the window grows after a fast ack and halves after a slow one.
-
-        @return: the adopted connections, and the ids it was not given.
+        The child adopted C{connIds} and C{closed} of its connections ended:
+        return the adopted connections, and the ids it was not given.  The
+        window grows after a fast ack and halves after a slow one.
         """
         if closed:
             self.open = max(self.open - closed, 0)

@@ -124,9 +124,8 @@ class WorkerLink(Link):
     @controls.handler("listen", id=INTEGER, port=ANY, backlog=optional(ANY, -1))
     def _onListen(self, id: int, port: Any, backlog: Any) -> None:
         """
-        Gecko's C{PTCPServerSocket} constructor in the child: listen here on
-        C{port} for it, if it may.  The server socket checks the port and
-        backlog; its C{NSError} goes back to the child as an error message.
+        Gecko's C{PTCPServerSocket} constructor in the child: listen here for
+        it, if it may; the C{NSError} of the server socket's checks goes back.
         """
         if id in self.listeners:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
