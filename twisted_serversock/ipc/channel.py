@@ -117,9 +117,8 @@ class Channel:
                 for fd in fds:
                     copies.append(os.dup(fd))
             except OSError as e:
-                # Out of descriptors: as for a failed send, the channel is
-                # lost (the message was never sent, so the parent may give
-                # its connection to another child).
+                # Out of descriptors: the channel is lost, as after a failed
+                # send (never sent, the connection may go to another child).
                 closeAll(copies)
                 self._reactor.callLater(0, self._lose, Failure(e))
                 return

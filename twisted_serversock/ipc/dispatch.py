@@ -41,9 +41,8 @@ FAST_ACK = 0.001
 #: A child that has left a hand-over unacknowledged this long gets no new
 #: connections until it acknowledges (it is busy, stopped or stuck).
 ACK_DEADLINE = 0.01
-#: Accepted connections the parent keeps waiting for a child; at this many
-#: it stops accepting (the rest wait in the kernel's backlog) until half of
-#: them have gone to children.
+#: Accepted connections the parent keeps waiting for a child; at this many it
+#: stops accepting (the rest wait in the kernel's backlog) until half are gone.
 MAX_WAITING = 64
 _PAUSE_LOG_EVERY = 10.0
 
