@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_ipc_control -*-
 """
-Control messages (the channel's C{J} messages) dispatched by an explicit
-table, one per receiving class: each message name has one handler and the
-fields it takes, each with the JSON type it must have::
+Control messages (the channel's C{J} messages) dispatched by a table, one
+per receiving class: each name has one handler and its fields' JSON types::
 
     class Receiver:
         controls = ControlTable()

@@ -239,8 +239,7 @@ class Dispatcher:
         """@param clock: the time now, in seconds (the reactor's C{seconds})."""
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
-        self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = 0
-        self.pauses = self.paused = 0
+        self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = self.pauses = self.paused = 0
         self._now = clock
         self._lastPauseLog = -_PAUSE_LOG_EVERY
         self._connIds, self._routeIds = itertools.count(1), itertools.count(1)
