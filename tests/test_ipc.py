@@ -282,7 +282,7 @@ async def test_childMayListenOnlyWhereTheParentLetsIt(allowed: tuple[int, ...] |
         error = await events.next("error")
         assert error.name == "NS_ERROR_CONNECTION_REFUSED"
         assert "does not let its children listen on port 0" in error.message
-        assert not dispatcher.routes and not link.listeners.open
+        assert not dispatcher.routes and not link.listeners
     finally:
         parentLink.channel.loseConnection()
     await eventually(lambda: link.lost)
@@ -306,7 +306,7 @@ async def test_parentErrorsReachOnerror(inProcess: InProcess) -> None:
         busy.close()
     assert "NS_ERROR_SOCKET_ADDRESS_IN_USE" in error.message
     assert error.name == "NS_ERROR_SOCKET_ADDRESS_IN_USE"
-    assert error.filename.endswith("childlisten.py")
+    assert error.filename.endswith("parent.py")
     assert error.lineNumber > 0 and error.columnNumber == 0
 
 
@@ -320,7 +320,7 @@ async def test_unexpectedStopReachesOnerror(inProcess: InProcess) -> None:
     events = Events(server)
     server.listen(0, None, -1)
     await eventually(lambda: server.localPort > 0)
-    serv, _route = next(iter(inProcess.workerLink.listeners.open.values()))
+    serv, _route = next(iter(inProcess.workerLink.listeners.values()))
     serv._acceptFailed(OSError("injected"))
     error = await events.next("error")
     assert "Server socket was closed by unexpected reason." in error.message
@@ -397,8 +397,8 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
     )
     childEnd.close()
     try:
-        await eventually(lambda: link.listeners.open, seconds=20)
-        serv, _route = next(iter(link.listeners.open.values()))
+        await eventually(lambda: link.listeners, seconds=20)
+        serv, _route = next(iter(link.listeners.values()))
         port = serv.port
         for i in range(5):
             client = await connect(port)
@@ -412,7 +412,7 @@ async def test_childProcessServesAndItsDeathClosesTheListener() -> None:
         process.signalProcess(signal.SIGKILL)
     await timeout(child.ended)
     await eventually(lambda: link.lost, seconds=2)
-    assert not link.listeners.open
+    assert not link.listeners
     with pytest.raises(Exception):
         await connect(port)
 
@@ -449,8 +449,8 @@ async def test_stoppedChildLeavesTheExcessInTheKernelBacklog(tmp_path: Any) -> N
     )
     childEnd.close()
     try:
-        await eventually(lambda: link.listeners.open, seconds=20)
-        serv, _route = next(iter(link.listeners.open.values()))
+        await eventually(lambda: link.listeners, seconds=20)
+        serv, _route = next(iter(link.listeners.values()))
         port = serv.port
         assert await echoOnce(port) == b"x"
         process.signalProcess(signal.SIGSTOP)

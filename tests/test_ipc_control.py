@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted_serversock.ipc import wire
 from twisted_serversock.ipc.channel import channelPair
 from twisted_serversock.ipc.child import ParentLink
-from twisted_serversock.ipc.control import INTEGER, STRING, ControlTable, optional
+from twisted_serversock.ipc.control import INTEGER, OBJECT, STRING, ControlTable, MessageError, checkFields, optional
 from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
 
 from .conftest import eventually, theReactor
@@ -223,3 +223,24 @@ async def test_childRejectsMalformedControlMessages(logged: list[dict[str, Any]]
         link.channel.loseConnection()
         parentEnd.close()
 
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("-----BEGIN PRIVATE KEY-----\n" + "SECRET" * 300, "a string of length 1828"),
+        (["SECRET" * 10], "a list of length 1"),
+        ("x" * 60000, "a string of length 60000"),
+        (10**40, "an integer"),
+    ],
+)
+def test_longValueIsNamedByKindAndSizeNotShown(value: Any, shown: str) -> None:
+    """
+    A field of the wrong kind whose value is long (a private key where an
+    object belongs, or something huge) is named by field, kind and size;
+    its value is not echoed into the error, the log or the worker's output.
+    """
+    with pytest.raises(MessageError) as raised:
+        checkFields({"files": value}, {"files": OBJECT})
+    assert str(raised.value) == f"field 'files' is {shown}, not an object"
+    assert "SECRET" not in str(raised.value) and len(str(raised.value)) < 100

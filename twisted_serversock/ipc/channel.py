@@ -1,21 +1,16 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
 The worker channel: one C{SOCK_SEQPACKET} UNIX socket pair between the
-parent process and each child, carrying the messages of
-L{twisted_serversock.ipc.wire}.
-
-Why C{SOCK_SEQPACKET}: each message arrives whole, in one C{recvmsg}, with
-exactly the file descriptors that were sent with it.  A byte stream would
-need framing and would let descriptors drift away from the message that
-names them.
-
-A malformed message (see L{twisted_serversock.ipc.wire}) is dropped, every
-descriptor that came with it is closed, and the channel stays up.
+parent and each child, carrying the messages of L{twisted_serversock.ipc.wire}.
+C{SOCK_SEQPACKET} because each message arrives whole, in one C{recvmsg},
+with exactly the descriptors sent with it: a byte stream would need framing
+and would let descriptors drift away from the message that names them.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
@@ -49,10 +44,7 @@ _log = Logger()
 
 
 class Receiver(Protocol):
-    """
-    What a L{Channel} delivers to; it may also have C{readDone()}, called
-    after each readable event's run of messages while the channel is up.
-    """
+    """What a L{Channel} delivers to; an optional C{readDone()} is called after each readable event's messages."""
 
     def messageReceived(self, message: Message) -> None: ...
 
@@ -62,38 +54,28 @@ class Receiver(Protocol):
 def closeAll(fds: list[int]) -> None:
     """Close descriptors that arrived with a message nobody takes."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 class Channel:
     """
-    One end of a worker channel, driven by the reactor: it reads whole
-    messages as they arrive and writes without ever blocking (messages the
-    kernel cannot take yet wait, in order, for the socket to be writable).
-
-    @ivar receiver: gets each decoded message and, once, the channel's end.
-    @ivar rejected: how many malformed messages were dropped.
+    One end of a worker channel, driven by the reactor; it never blocks
+    (messages the kernel cannot take yet wait, in order, for writability).
+    C{rejected} counts the malformed messages dropped.
     """
 
     def __init__(self, skt: socket.socket, receiver: Receiver, reactor: Any, name: str = "channel", drainOnLoss: bool = False) -> None:
         """
         @param drainOnLoss: before the channel closes, read every message
-            the other end sent before it went (the parent's end: a dead or
-            departing child's last acks must be seen, or a connection the
-            child adopted would be re-sent to another child).
+            the other end sent (the parent's end: a departing child's last
+            acks must be seen, or a connection it adopted would be re-sent).
         """
         skt.setblocking(False)
+        self._socket, self.receiver, self._reactor, self._name = skt, receiver, reactor, name
         self._drainOnLoss = drainOnLoss
-        self._losing = False
-        self._socket = skt
-        self.receiver = receiver
-        self._reactor = reactor
-        self._name = name
         self._queue: deque[tuple[bytes, list[int], Callable[[], None] | None]] = deque()
-        self._writing = False
+        self._losing = self._writing = False
         self.connected = True
         self.rejected = 0
 
@@ -111,37 +93,32 @@ class Channel:
 
     def send(self, data: bytes, fds: list[int] | tuple[int, ...] = (), then: Callable[[], None] | None = None) -> None:
         """
-        Send one message with descriptors C{fds} (which stay the caller's:
-        the caller may close them once this returns).  A message the kernel
-        cannot take yet waits with its own duplicates of C{fds}, closed
-        once the kernel has taken it or the channel is lost: the caller's
-        copy may be closed meanwhile (a shutdown's grace period ends), and
-        a plain number would then send whatever reused it.  (Duplicating
-        only then keeps the common case - the kernel takes it at once -
-        free of two system calls per connection.)
+        Send one message with descriptors C{fds}, which stay the caller's.
+        A message the kernel cannot take yet waits with its own duplicates
+        of C{fds}: the caller's may be closed meanwhile (a grace period
+        ends), and a plain number would then send whatever reused it.
+        Duplicating only then keeps the common case free of two system
+        calls per connection.
 
-        @param then: called once the kernel has taken the message (at once
-            if it could, else from a later writable event); never called if
+        @param then: called once the kernel has taken the message; never if
             the send fails or the channel is lost first: the child adopts a
-            connection only after its ack is certain to reach the parent,
-            so a C{then} after a failed ack would let two processes serve
-            one connection.
+            connection only once its ack is certain to reach the parent, so
+            a C{then} after a failed ack would let two processes serve one
+            connection.
         """
         if not self.connected:
             return
         outcome = _LATER if self._queue else self._sendNow(data, fds)
-        if outcome == _SENT:
-            if then is not None:
-                then()
+        if outcome == _SENT and then is not None:
+            then()
         elif outcome == _LATER:
             copies: list[int] = []
             try:
                 for fd in fds:
                     copies.append(os.dup(fd))
             except OSError as e:
-                # Out of descriptors: as for a failed send, the channel is
-                # lost (the message was never sent, so the parent may give
-                # its connection to another child).
+                # Out of descriptors: the channel is lost, as after a failed
+                # send (never sent, the connection may go to another child).
                 closeAll(copies)
                 self._reactor.callLater(0, self._lose, Failure(e))
                 return
@@ -196,11 +173,7 @@ class Channel:
                 _log.failure("{channel}: error in readDone", channel=self._name)
 
     def _readMessages(self) -> bool:
-        """
-        Read and deliver up to 64 messages.
-
-        @return: True if more may be waiting.
-        """
+        """Read and deliver up to 64 messages; True if more may be waiting."""
         recvmsg = self._socket.recvmsg
         for _ in range(64):
             if not self.connected:
@@ -217,10 +190,8 @@ class Channel:
                 if level == _SOL_SOCKET and type_ == _SCM_RIGHTS:
                     if len(cdata) == _FD.size:
                         fds.append(_FD.unpack(cdata)[0])
-                    else:
-                        arr = array.array("i")
-                        arr.frombytes(cdata[: len(cdata) - len(cdata) % arr.itemsize])
-                        fds.extend(arr)
+                    else:  # whole ints only (a cut one is no descriptor)
+                        fds.extend(array.array("i", cdata[: len(cdata) - len(cdata) % _FD.size]))
             if not data and not fds:
                 self._lose(Failure(ConnectionDone("the other end closed the channel")))
                 return False
@@ -267,8 +238,7 @@ class Channel:
             _log.failure("{channel}: error in channelLost", channel=self._name)
 
     def _dropQueue(self) -> None:
-        # Forget the messages not yet sent, closing their duplicates.
-        while self._queue:
+        while self._queue:  # closing the duplicates of what was not sent
             closeAll(self._queue.popleft()[1])
 
     def connectionLost(self, reason: Failure) -> None:

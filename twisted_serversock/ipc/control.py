@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_ipc_control -*-
 """
-Control messages (the channel's C{J} messages) dispatched by an explicit
-table, one per receiving class: each message name has one handler and the
-fields it takes, each with the JSON type it must have::
+Control messages (the channel's C{J} messages) dispatched by a table, one
+per receiving class: each name has one handler and its fields' JSON types::
 
     class Receiver:
         controls = ControlTable()
@@ -10,17 +9,18 @@ fields it takes, each with the JSON type it must have::
         @controls.handler("close", id=INTEGER)
         def _onClose(self, id: int) -> None: ...
 
-A message whose fields do not fit is rejected before any handler runs
-(logged, and counted in the channel's C{rejected}), so whatever a handler
-raises is a bug, not a bad message.  L{checkFields} checks a message read
-outside a table (a worker's start-up message) the same way.
+A message whose fields do not fit is rejected (logged, counted in the
+channel's C{rejected}) before any handler runs, so whatever a handler raises
+is a bug, not a bad message.  L{checkFields} also checks a worker's start-up message.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar, Union
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar
 
 from twisted.logger import Logger
+
+from .wire import Control
 
 __all__ = ["ANY", "BOOLEAN", "INTEGER", "NUMBER", "STRING", "STRINGS", "OBJECT", "ControlTable", "FieldType"]
 __all__ += ["MessageError", "checkFields", "optional", "reject"]
@@ -34,11 +34,16 @@ class MessageError(ValueError):
     """A control message's fields do not fit its name; the text says how."""
 
 
+#: The default of a field that may not be left out.
+_REQUIRED: Any = object()
+
+
 class FieldType(NamedTuple):
-    """What a field's value must be: C{check(value)} says whether it is, and C{name} says what it should have been, for the error."""
+    """What a field's value must be: C{check(value)} says whether it is; C{name} is for the error."""
 
     name: str
     check: Callable[[Any], bool]
+    default: Any = _REQUIRED
 
 
 #: Any JSON value (the handler checks it itself, e.g. a port number that
@@ -46,7 +51,6 @@ class FieldType(NamedTuple):
 ANY = FieldType("any value", lambda value: True)
 #: A JSON integer (C{true}/C{false} are not integers here).
 INTEGER = FieldType("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool))
-#: A JSON number, integer or not.
 NUMBER = FieldType("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
 STRING = FieldType("a string", lambda value: isinstance(value, str))
 BOOLEAN = FieldType("true or false", lambda value: isinstance(value, bool))
@@ -54,37 +58,30 @@ STRINGS = FieldType("a list of strings", lambda value: isinstance(value, list) a
 OBJECT = FieldType("an object", lambda value: isinstance(value, dict))
 
 
-class _Optional(NamedTuple):
-    type: FieldType
-    default: Any
-
-
-def optional(type: FieldType, default: Any) -> _Optional:
+def optional(type: FieldType, default: Any) -> FieldType:
     """A field that may be left out, with the value the handler gets then."""
-    return _Optional(type, default)
+    return FieldType(type.name, type.check, default)
 
 
-Spec = Mapping[str, Union[FieldType, _Optional]]
+Spec = Mapping[str, FieldType]
 
 
 def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> dict[str, Any]:
     """
-    The fields C{spec} names, checked: a L{FieldType} is required, an
-    L{optional} one gets its default when left out.
+    The fields C{spec} names, checked; an L{optional} one left out gets its default.
 
-    @param extra: fields C{spec} does not name are allowed (and left out of
-        the result) - for a message a later version may extend.
+    @param extra: allow fields C{spec} does not name (left out of the
+        result): for a message a later version may extend.
     @raise MessageError: naming the first field that does not fit.
     """
     kwargs: dict[str, Any] = {}
-    for name, kind in spec.items():
-        type = kind.type if isinstance(kind, _Optional) else kind
+    for name, type in spec.items():
         if name in fields:
             if not type.check(fields[name]):
-                raise MessageError(f"field {name!r} is {fields[name]!r}, not {type.name}")
+                raise MessageError(f"field {name!r} is {_shown(fields[name])}, not {type.name}")
             kwargs[name] = fields[name]
-        elif isinstance(kind, _Optional):
-            kwargs[name] = kind.default
+        elif type.default is not _REQUIRED:
+            kwargs[name] = type.default
         else:
             raise MessageError(f"missing field {name!r}")
     if not extra:
@@ -94,9 +91,18 @@ def checkFields(fields: Mapping[str, Any], spec: Spec, extra: bool = False) -> d
     return kwargs
 
 
-class _Message(Protocol):
-    type: str
-    fields: dict[str, Any]
+#: The longest value an error shows; a longer one is named by its kind and
+#: size: a value may be a secret (the start-up message's TLS keys) or huge.
+_SHOWN = 24
+_KINDS = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= _SHOWN:
+        return text
+    kind = _KINDS.get(type(value), "a value")
+    return f"{kind} of length {len(value)}" if isinstance(value, (str, list, dict)) else kind
 
 
 class _Counted(Protocol):
@@ -104,52 +110,38 @@ class _Counted(Protocol):
 
 
 def reject(type: str, who: str, channel: _Counted, error: str) -> None:
-    """
-    Log and count a bad message C{type} from C{who}: for a handler that finds
-    its fields wrong in a way only it can tell (an id already in use).
-    """
+    """Log and count a bad message C{type} from C{who}, for a handler that finds it wrong (an id already in use)."""
     _log.warn("Bad {type!r} message from {who}: {error}", type=type, who=who, error=error)
     channel.rejected += 1
 
 
-class ControlTable:
-    """Message name -> handler and the fields it takes."""
+class ControlTable(dict[str, tuple[Callable[..., Any], Spec, bool]]):
+    """Message name -> (handler, the fields it takes, extra)."""
 
     def __init__(self, base: ControlTable | None = None) -> None:
         """@param base: a table whose entries this one starts with (a subclass's)."""
-        self._entries: dict[str, tuple[Callable[..., Any], Spec, bool]] = base.entries() if base else {}
+        super().__init__(base or {})
 
-    def entries(self) -> dict[str, tuple[Callable[..., Any], Spec, bool]]:
-        """A copy of the table: name -> (handler, fields, extra)."""
-        return dict(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def handler(self, name: str, *, extra: bool = False, **fields: FieldType | _Optional) -> Callable[[_F], _F]:
+    def handler(self, name: str, *, extra: bool = False, **fields: FieldType) -> Callable[[_F], _F]:
         """
         A decorator: the function handles the messages called C{name}, whose
-        fields are checked by L{checkFields} with C{fields} and C{extra}.  A
-        name registered again, in a table made from a C{base}, gets the new
-        handler.
+        fields L{checkFields} checks with C{fields} and C{extra} (a name
+        registered again, in a table made from a C{base}, gets the new one).
         """
 
         def register(function: _F) -> _F:
-            self._entries[name] = (function, fields, extra)
+            self[name] = (function, fields, extra)
             return function
 
         return register
 
-    def dispatch(self, message: _Message, who: str, channel: _Counted, *context: Any) -> bool:
+    def dispatch(self, message: Control, who: str, channel: _Counted, *context: Any) -> bool:
         """
         Call the handler of C{message} with C{context} and the message's
-        fields as keyword arguments, once they fit (else log it as
-        C{who}'s and count it in C{channel.rejected}).
-
-        @return: False if no handler has the message's name (the caller
-            decides what that means).
+        fields as keyword arguments, once they fit (else L{reject} it).
+        Return False if no handler has its name: the caller decides.
         """
-        entry = self._entries.get(message.type)
+        entry = self.get(message.type)
         if entry is None:
             return False
         handler, spec, extra = entry

@@ -5,12 +5,11 @@ one with the fewest in hand, within its window: see L{MAX_INFLIGHT}), and
 when the parent stops accepting (see L{MAX_WAITING}).
 
 A connection is re-sent to another child only after the first child's
-channel has ended and everything it sent on it has been read (see
-L{twisted_serversock.ipc.parent.WorkerLink.close}): a child adopts a
-connection only after the kernel has taken its ack, so a connection whose
-ack never arrived was never adopted - and never will be, the child being
-gone.  No connection is served by two processes, even one that was stopped
-(SIGSTOP) and wakes up: the parent re-sends nothing while it lives.
+channel has ended and all it sent was read: a child adopts a connection
+only after the kernel has taken its ack, so one whose ack never arrived was
+never adopted, and never will be.  No connection is served by two
+processes, even by one stopped (SIGSTOP) that wakes up: the parent re-sends
+nothing while it lives.
 """
 
 from __future__ import annotations
@@ -18,70 +17,145 @@ from __future__ import annotations
 import itertools
 import socket
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from .links import ILink
+from .channel import Channel
+from .wire import encodeConn, encodeControl
 
-__all__ = ["Dispatcher", "Route", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
+__all__ = ["Dispatcher", "Route", "Link", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
 
 _log = Logger()
 
-
-class _Held:
-    """An accepted connection the parent still holds."""
-
-    __slots__ = ("connId", "route", "socket", "link", "sentAt")
-
-    def __init__(self, connId: int, route: Route, skt: socket.socket) -> None:
-        self.connId, self.route, self.socket = connId, route, skt
-        self.link: ILink | None = None
-        self.sentAt = 0.0
-
-
 #: Unacknowledged hand-overs one child may have at once, at most.  Each
 #: child has a window between 1 and this: it grows by one with each ack
-#: that comes back within L{FAST_ACK}, and halves with each that takes
-#: longer than L{ACK_DEADLINE}.  A child that acknowledges at once (short
-#: handlers) gets many connections per message; a busy one (its reactor in
-#: a long handler, so it does not acknowledge) is committed to few: the
-#: others wait in the parent's one queue and go to whichever child
-#: acknowledges first.
+#: within L{FAST_ACK}, and halves with each later than L{ACK_DEADLINE}.  A
+#: child that acknowledges at once gets many connections per message; a
+#: busy one (its reactor in a long handler) is committed to few: the others
+#: wait in the parent and go to whichever child acknowledges first.
 MAX_INFLIGHT = 32
 INITIAL_WINDOW = 4
 FAST_ACK = 0.001
 #: A child that has left a hand-over unacknowledged this long gets no new
 #: connections until it acknowledges (it is busy, stopped or stuck).
 ACK_DEADLINE = 0.01
-#: Accepted connections the parent keeps waiting for a child; at this many
-#: it stops accepting (the rest wait in the kernel's backlog) until half of
-#: them have gone to children.
+#: Accepted connections the parent keeps waiting for a child; at this many it
+#: stops accepting (the rest wait in the kernel's backlog) until half are gone.
 MAX_WAITING = 64
 _PAUSE_LOG_EVERY = 10.0
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """An accepted connection the parent still holds."""
+
+    connId: int
+    route: Route
+    socket: socket.socket
+    link: Link | None = None
+    sentAt: float = 0.0
+
+
+class Link:
+    """
+    One child as the dispatcher sees it: the messages it sends the child,
+    and its counts, read for least-loaded dispatch and changed only through
+    these methods (L{WorkerLink<twisted_serversock.ipc.parent.WorkerLink>}
+    reads the child's messages).
+
+    @ivar inflight: connections sent and not yet acknowledged, by id.
+    @ivar sentOrder: C{(connection id, when sent)} in the order sent; its
+        first is always unacknowledged (L{adopt} keeps it so: a dict's
+        first entry is slow to find once many were deleted).
+    @ivar window: how many unacknowledged it may have (see L{MAX_INFLIGHT}).
+    @ivar adopted: connections acknowledged; C{open}: those not yet
+        reported closed; C{sent}: those sent.
+    @ivar limit: the C{sent} count at which C{onLimit} is called once (0: none).
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.inflight: dict[int, _Held] = {}
+        self.sentOrder: deque[tuple[int, float]] = deque()
+        self.window = INITIAL_WINDOW
+        self.adopted = self.open = self.sent = self.limit = 0
+        self.onLimit: Callable[[Link], None] | None = None
+        self.routes: list[Route] = []
+        self.accepting = True
+
+    def sendControl(self, type: str, **fields: Any) -> None:
+        """Send a control message to the child."""
+        self.channel.send(encodeControl(type, **fields))
+
+    def stopAccepting(self) -> None:
+        """The child gets no new connections (it is retiring or gone)."""
+        self.accepting = False
+
+    def resumeAccepting(self) -> None:
+        """The child gets new connections again (its successor failed)."""
+        self.accepting = True
+
+    def hand(self, held: _Held, now: float) -> None:
+        """Send C{held} to the child at C{now}, its own until acknowledged; call C{onLimit} when this makes C{limit}."""
+        held.link, held.sentAt = self, now
+        self.inflight[held.connId] = held
+        self.sentOrder.append((held.connId, now))
+        self.sent += 1
+        self.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
+        if self.limit and self.sent == self.limit and self.onLimit is not None:
+            self.onLimit(self)
+
+    def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
+        """
+        The child adopted C{connIds} and C{closed} of its connections ended:
+        return the adopted connections, and the ids it was not given.  The
+        window grows after a fast ack and halves after a slow one.
+        """
+        if closed:
+            self.open = max(self.open - closed, 0)
+        first = self.inflight.get(connIds[0]) if connIds else None
+        if first is not None:
+            took = now - first.sentAt
+            if took <= FAST_ACK:
+                self.window = min(self.window + 1, MAX_INFLIGHT)
+            elif took > ACK_DEADLINE:
+                self.window = max(1, self.window // 2)
+        popped = [(connId, self.inflight.pop(connId, None)) for connId in connIds]
+        adopted = [held for _, held in popped if held is not None]
+        unknown = [connId for connId, held in popped if held is None]
+        self.adopted += len(adopted)
+        self.open += len(adopted)
+        order, inflight = self.sentOrder, self.inflight
+        while order and order[0][0] not in inflight:
+            order.popleft()
+        return adopted, unknown
+
+    def detach(self) -> tuple[list[Route], list[_Held]]:
+        """The child is gone: return the routes it served and what it had not acknowledged, which are no longer its own."""
+        self.accepting = False
+        routes, self.routes = self.routes, []
+        unacked, self.inflight = list(self.inflight.values()), {}
+        self.sentOrder.clear()
+        return routes, unacked
 
 
 class Route:
     """
     One listener's way to its children.
 
-    @ivar id: the route's number on the wire.
-    @ivar links: the children serving this route now.
-    @ivar closeWhenOrphaned: close the listener (call L{onOrphaned}) when
-        the last link goes away; False for a worker pool, whose workers
-        come back.
+    @ivar onOrphaned: when the last link goes away, the route closes and
+        this closes its listener (a child's own); None for a worker pool's,
+        whose workers come back.
     @ivar proxy: connections arrive with a PROXY protocol header, which the
         child parses (the parent never reads from a connection).
-    @ivar ports: the listening ports paused while no child can take a
-        connection (see L{watchPort}).
-    @ivar waiting: its accepted connections no child could take yet,
-        oldest first.
+    @ivar waiting: its accepted connections no child could take yet.
     """
 
-    def __init__(self, id: int, closeWhenOrphaned: bool, name: str) -> None:
-        self.id, self.closeWhenOrphaned, self.name = id, closeWhenOrphaned, name
-        self.links: list[ILink] = []
-        self.onOrphaned: Callable[[], None] | None = None
+    def __init__(self, id: int, name: str, onOrphaned: Callable[[], None] | None) -> None:
+        self.id, self.name, self.onOrphaned = id, name, onOrphaned
+        self.links: list[Link] = []
         self.closed = self.proxy = self.paused = False
         self.ports: list[Any] = []
         self.waiting: deque[_Held] = deque()
@@ -93,15 +167,14 @@ class Route:
     def watchPort(self, port: Any) -> None:
         """
         Pause accepting on C{port} while every child of this route is
-        saturated.  C{port} needs C{pauseAccepting}/C{resumeAccepting}
-        (gecko endpoints) or C{stopReading}/C{startReading} (Twisted's own
-        ports); other ports are never paused.
+        saturated: with C{pauseAccepting} (gecko endpoints) or
+        C{stopReading} (Twisted's own ports); other ports are never paused.
         """
         self.ports.append(port)
         if self.paused:
             _setAccepting(port, False)
 
-    def pick(self, now: float) -> ILink | None:
+    def pick(self, now: float) -> Link | None:
         """
         The child with the fewest connections in hand among those that can
         take one (accepting, under its window, none of its hand-overs older
@@ -118,9 +191,6 @@ class Route:
             if not link.accepting:
                 continue
             n = len(link.inflight)
-            # sentOrder starts with the oldest unacknowledged hand-over (its
-            # link keeps it so: a dict's first entry is slow to find once
-            # many were deleted).
             if n and (n >= link.window or now - link.sentOrder[0][1] > ACK_DEADLINE):
                 continue
             key = (n + link.open) * 1024 + n
@@ -155,10 +225,8 @@ class Dispatcher:
     Holds accepted connections and hands them to children.
 
     @ivar held: every connection not yet acknowledged, by id.
-    @ivar waiting: how many connections wait for a child (in their routes'
-        C{waiting} queues); at L{MAX_WAITING} the route's accepting pauses.
-    @ivar accepted: connections submitted.
-    @ivar adopted: connections a child acknowledged.
+    @ivar waiting: how many wait for a child; at L{MAX_WAITING} the route's
+        accepting pauses.
     @ivar redispatched: connections sent to a second child because the
         first was lost before acknowledging.
     @ivar dropped: connections closed unserved (their listener's last child
@@ -168,115 +236,86 @@ class Dispatcher:
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
-        """
-        @param clock: the time now, in seconds (the reactor's C{seconds}).
-        """
+        """@param clock: the time now, in seconds (the reactor's C{seconds})."""
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
-        self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = 0
-        self.pauses = self.paused = 0
+        self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = self.pauses = self.paused = 0
         self._now = clock
         self._lastPauseLog = -_PAUSE_LOG_EVERY
-        self._connIds = itertools.count(1)
-        self._routeIds = itertools.count(1)
+        self._connIds, self._routeIds = itertools.count(1), itertools.count(1)
         self._idleWaiters: list[Callable[[], None]] = []
-        self._closedWaiting: list[Route] = []
+        # The routes with connections waiting (a closed one is no longer in
+        # routes), in the order their first began to wait.
+        self._queued: dict[Route, None] = {}
         self._gaveUp = False
 
-    def addRoute(self, name: str, closeWhenOrphaned: bool = False) -> Route:
+    def addRoute(self, name: str, onOrphaned: Callable[[], None] | None = None) -> Route:
         """A new route (for one listener)."""
-        route = Route(next(self._routeIds), closeWhenOrphaned, name)
+        route = Route(next(self._routeIds), name, onOrphaned)
         self.routes[route.id] = route
         return route
 
-    def join(self, route: Route, link: ILink) -> None:
+    def join(self, route: Route, link: Link) -> None:
         """Let C{link} serve C{route}, and give it what was waiting."""
         if route.closed or link in route.links:
             return
         if route.proxy:
             link.sendControl("route", id=route.id, proxy=True)
         route.links.append(link)
-        link.serve(route)
+        link.routes.append(route)
         self.wake()
 
-    def leave(self, link: ILink) -> None:
-        """
-        C{link} gets no new connections from now on (it is being retired);
-        what it holds unacknowledged stays its own.
-        """
+    def leave(self, link: Link) -> None:
+        """C{link} gets no new connections (it is being retired); what it holds unacknowledged stays its own."""
         link.stopAccepting()
         for route in list(link.routes):
             self.leaveRoute(route, link)
 
-    def leaveRoute(self, route: Route, link: ILink) -> None:
-        """
-        C{link} serves C{route} no more (a cluster worker's program stopped
-        listening on it); what was already sent to it stays in flight.
-        """
+    def leaveRoute(self, route: Route, link: Link) -> None:
+        """C{link} serves C{route} no more (its program stopped listening on it); what was sent to it stays in flight."""
         if link in route.links:
             route.links.remove(link)
-        link.unserve(route)
+        if route in link.routes:
+            link.routes.remove(route)
 
     def markProxy(self, route: Route) -> None:
-        """
-        Connections of C{route} carry a PROXY protocol header: tell its
-        children (before any such connection reaches them).
-        """
-        if route.proxy:
-            return
-        route.proxy = True
-        for link in route.links:
-            link.sendControl("route", id=route.id, proxy=True)
+        """Connections of C{route} carry a PROXY protocol header: tell its children, before the first reaches them."""
+        if not route.proxy:
+            route.proxy = True
+            for link in route.links:
+                link.sendControl("route", id=route.id, proxy=True)
 
     def submit(self, route: Route, skt: socket.socket) -> None:
-        """
-        Take an accepted socket for C{route}; hand it on now or as soon as
-        a child of the route can take it.
-        """
+        """Take an accepted socket for C{route}; hand it on now or as soon as a child of the route can take it."""
         held = _Held(next(self._connIds), route, skt)
         self.accepted += 1
         self.held[held.connId] = held
         if route.waiting or not self._send(held):
             route.waiting.append(held)
+            self._queued[route] = None
             self.waiting += 1
-            if self.waiting >= MAX_WAITING:
-                self._pause(route)
+            if self.waiting >= MAX_WAITING and route.setPaused(True):
+                self._paused(route)
 
-    def _pause(self, route: Route) -> None:
-        if not route.setPaused(True):
-            return
+    def _paused(self, route: Route) -> None:
         self.paused += 1
         self.pauses += 1
         now = self._now()
         if now - self._lastPauseLog >= _PAUSE_LOG_EVERY:
             self._lastPauseLog = now
-            _log.info(
-                "No worker of {route!r} can take a connection now (all busy, stalled or starting): "
-                "pausing accepts; new connections wait in the kernel's backlog ({n} pause(s) so far)",
-                route=route,
-                n=self.pauses,
-            )
+            why = "No worker of {route!r} can take a connection now (all busy, stalled or starting): pausing accepts"
+            _log.info(why + "; new connections wait in the kernel's backlog ({n} pause(s) so far)", route=route, n=self.pauses)
 
     def _send(self, held: _Held) -> bool:
         now = self._now()
         link = held.route.pick(now)
-        if link is None:
-            return False
-        held.link, held.sentAt = link, now
-        link.hand(held, now)
-        return True
+        if link is not None:
+            link.hand(held, now)
+        return link is not None
 
     def wake(self) -> None:
-        """
-        Hand waiting connections to children that can take them now, and
-        resume accepting on routes that have a child for new ones.
-        """
-        routes: Any = self.routes.values()
-        if self._closedWaiting:
-            # Closed routes (no longer in routes) with connections waiting.
-            self._closedWaiting = [route for route in self._closedWaiting if route.waiting]
-            routes = list(routes) + self._closedWaiting
-        for route in routes:
+        """Hand waiting connections to children that can take them now; resume accepting once half have gone."""
+        for route in list(self._queued):
             waiting = route.waiting
             while waiting:
                 held = waiting[0]
@@ -286,16 +325,15 @@ class Dispatcher:
                     break
                 waiting.popleft()
                 self.waiting -= 1
+            if not waiting:
+                del self._queued[route]
         if self.paused and self.waiting <= MAX_WAITING // 2:
             for route in self.routes.values():
                 if route.setPaused(False):
                     self.paused -= 1
 
-    def acked(self, link: ILink, connIds: tuple[int, ...], closed: int = 0) -> None:
-        """
-        C{link}'s child adopted C{connIds} and C{closed} of its connections
-        ended: close the parent's copies of the adopted ones.
-        """
+    def acked(self, link: Link, connIds: tuple[int, ...], closed: int = 0) -> None:
+        """C{link}'s child adopted C{connIds} and C{closed} of its connections ended: close our copies of the adopted."""
         adopted, unknown = link.adopt(connIds, closed, self._now())
         for connId in unknown:
             _log.warn("{link!r} acknowledged connection {id}, which it was not given", link=link, id=connId)
@@ -307,54 +345,36 @@ class Dispatcher:
             self.wake()
         self._checkIdle()
 
-    def linkLost(self, link: ILink) -> None:
-        """
-        C{link}'s child is gone (its channel ended after everything it sent
-        was read): re-route what it had not acknowledged (close it, once a
-        shutdown's grace period has ended: see L{dropAll}).
-        """
+    def linkLost(self, link: Link) -> None:
+        """C{link}'s child is gone, all it sent read: re-route what it had not acknowledged (or close it, after L{dropAll})."""
         routes, unacked = link.detach()
         for route in routes:
-            if link in route.links:
-                route.links.remove(link)
-            if not route.links and route.closeWhenOrphaned and not route.closed:
+            self.leaveRoute(route, link)
+            if not route.links and route.onOrphaned is not None and not route.closed:
                 route.closed = True
-                if route.onOrphaned is not None:
-                    route.onOrphaned()
-        if self._gaveUp:
-            # The grace period is over: nobody is left to take them.
+                route.onOrphaned()
+        if self._gaveUp:  # the grace period is over: nobody is left to take them
             for held in unacked:
                 self._drop(held, "its worker went away after the grace period ended")
-            unacked = []
-        if unacked:
-            _log.info(
-                "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child",
-                link=link,
-                n=len(unacked),
-            )
-        for held in reversed(unacked):
-            held.link = None
-            self.redispatched += 1
-            held.route.waiting.appendleft(held)
-            self.waiting += 1
-            if held.route.closed and held.route not in self._closedWaiting:
-                self._closedWaiting.append(held.route)
+        elif unacked:
+            why = "{link!r} went away holding {n} unacknowledged connection(s); handing them to another child"
+            _log.info(why, link=link, n=len(unacked))
+            for held in reversed(unacked):
+                held.link = None
+                self.redispatched += 1
+                held.route.waiting.appendleft(held)
+                self._queued[held.route] = None
+                self.waiting += 1
         self.wake()
         self._checkIdle()
 
     def closeRoute(self, route: Route) -> None:
-        """
-        The listener of C{route} is closed: connections already accepted
-        still go to its children.
-        """
+        """The listener of C{route} is closed: connections already accepted still go to its children."""
         route.closed = True
         route.ports = []
-        if route.paused:
-            route.paused = False
+        if route.setPaused(False):
             self.paused -= 1
         self.routes.pop(route.id, None)
-        if route.waiting:
-            self._closedWaiting.append(route)
         if not route.links:
             self.wake()
 
@@ -367,19 +387,17 @@ class Dispatcher:
     def dropAll(self, why: str) -> int:
         """
         Close every held connection no child has (at the end of a shutdown's
-        grace period); return how many there were.
-
-        Connections already sent to a child that is still there stay its
-        own: it may still adopt them (their message may even be queued in
-        its channel still); if it goes away first, L{linkLost} closes them.
+        grace period); return how many.  Those sent to a child still there
+        stay its own: it may still adopt them (their message may be queued
+        in its channel still); if it goes away first, L{linkLost} closes them.
         """
         self._gaveUp = True
         held = [h for h in self.held.values() if h.link is None]
-        for h in held:
-            self._drop(h, why)
-        for route in list(self.routes.values()) + self._closedWaiting:
+        for each in held:
+            self._drop(each, why)
+        for route in self._queued:
             route.waiting.clear()
-        self._closedWaiting = []
+        self._queued.clear()
         self.waiting = 0
         self._checkIdle()
         return len(held)
@@ -390,8 +408,7 @@ class Dispatcher:
         self._checkIdle()
 
     def _checkIdle(self) -> None:
-        if self.held or not self._idleWaiters:
-            return
-        waiters, self._idleWaiters = self._idleWaiters, []
-        for callback in waiters:
-            callback()
+        if not self.held:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for callback in waiters:
+                callback()

@@ -1,10 +1,7 @@
 """
-The one interface only the process that hands connections to workers
-needs.  A leaf module: the core imports it without importing the rest of
-L{twisted_serversock.ipc}.
+L{IRawAcceptor}, in a leaf module: the core imports it without importing
+the rest of L{twisted_serversock.ipc}.
 """
-
-from __future__ import annotations
 
 import socket
 from typing import Any
@@ -18,12 +15,9 @@ class IRawAcceptor(Interface):
     """
     Takes accepted sockets raw, without a Twisted transport: the process
     that hands connections to workers must not build one (its orderly close
-    would C{shutdown()} the worker's copy too).
-
-    Provided by a protocol factory given to a gecko endpoint, or by a
-    listener given to C{ServerSocket.asyncListen}: either way accepted
-    sockets go to L{socketAccepted} instead of becoming a protocol or a
-    socket transport.
+    would C{shutdown()} the worker's copy too).  Provided by a protocol
+    factory given to a gecko endpoint, or by a listener given to
+    C{ServerSocket.asyncListen}.
     """
 
     def socketAccepted(skt: socket.socket, addr: Any) -> None:

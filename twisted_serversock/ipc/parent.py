@@ -1,10 +1,7 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
 The parent side of cross-process server sockets: it owns the listening
-sockets, accepts, and hands each connection's descriptor to a child over the
-child's L{Channel}.
-
-The hand-off, for one connection::
+sockets, accepts, and hands each connection's descriptor to a child::
 
     parent                                   child
     accept() -> socket S (held)
@@ -21,51 +18,38 @@ from it.
 
 from __future__ import annotations
 
+import inspect
 import socket
-from collections import deque
 from typing import Any, Callable, Container
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._twistedcompat import closeWithoutShutdown, unwrapProxied
 from .._labels import factoryLogPrefix
-from .interfaces import IRawAcceptor
+from .._twistedcompat import closeWithoutShutdown, unwrapProxied
+from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, nameOf
+from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
-from .childlisten import ChildListeners
 from .control import ANY, INTEGER, ControlTable, optional, reject
-from .dispatch import ACK_DEADLINE, FAST_ACK, INITIAL_WINDOW, MAX_INFLIGHT, Dispatcher, Route, _Held
-from .wire import Ack, Conn, Control, Message, encodeConn, encodeControl
+from .dispatch import Dispatcher, Link, Route
+from .interfaces import IRawAcceptor
+from .wire import Ack, Control, Message
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]
 
 _log = Logger()
 
 
-class WorkerLink:
+class WorkerLink(Link):
     """
-    The parent's end of one child's channel.  Its counts change only
-    through its methods, which the dispatcher calls.
+    The parent's end of one child's channel, and the parent side of Gecko's
+    C{TCPServerSocketChild}: the listeners the child asks for.
 
-    @ivar inflight: connections sent to the child and not yet acknowledged.
-    @ivar sentOrder: C{(connection id, when sent)} in the order sent (may
-        still name acknowledged ones after its start, never at its start:
-        L{adopt} keeps it so).
-    @ivar window: how many unacknowledged it may have (see
-        L{MAX_INFLIGHT<twisted_serversock.ipc.dispatch.MAX_INFLIGHT>}).
-    @ivar adopted: connections the child acknowledged; C{open}: those it
-        has not yet reported closed; C{sent}: those sent to it.
-    @ivar accepting: False once the child gets no new connections.
-    @ivar lastHeard: when (the reactor's C{seconds()}) the child last sent
-        anything; children send heartbeats while idle.
-    @ivar limit: the C{sent} count at which C{onLimit} is called once (0:
-        none).
-    @ivar listeners: the listeners the child asked for (Gecko's
-        C{TCPServerSocketChild}), a L{ChildListeners}.
+    @ivar lastHeard: when the child last sent anything (it sends heartbeats while idle).
+    @ivar listeners: the child's listeners: server socket and route by its listen id.
     @ivar onControl: called with C{(link, message)} for a control message
         this class has no handler for (cluster mode's); without it such a
         message is logged and counted as rejected.
@@ -73,156 +57,65 @@ class WorkerLink:
 
     controls = ControlTable()
 
-    def __init__(
-        self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()
-    ) -> None:
+    def __init__(self, dispatcher: Dispatcher, skt: socket.socket, reactor: Any, name: str, listenPorts: Container[int] = ()) -> None:
         """
         @param listenPorts: the ports the child may ask this process to
-            listen on (Gecko's C{TCPServerSocket} in a child,
-            L{TCPServerSocketChild<twisted_serversock.ipc.child.TCPServerSocketChild>});
-            the listener binds every interface, with this process's
-            privileges.  Empty (the default, and what the workers of
-            C{twistd serversock} and cluster mode get): the child may not
-            listen at all, and its C{onerror} says so.  C{range(65536)}
-            lets it listen anywhere, port 0 (any free port) included.
+            listen on, on every interface, with its privileges.  Empty (the
+            default; the workers of C{twistd serversock} and cluster mode):
+            none, and the child's C{onerror} says so.  C{range(65536)}: any, 0 included.
         """
+        super().__init__(Channel(skt, self, reactor, name, drainOnLoss=True))
         self._dispatcher, self._reactor, self.name = dispatcher, reactor, name
-        self.inflight: dict[int, _Held] = {}
-        self.sentOrder: deque[tuple[int, float]] = deque()
-        self.window = INITIAL_WINDOW
-        self.adopted = self.open = self.sent = self.limit = 0
-        self.routes: list[Route] = []
         self.ready = self.lost = False
-        self.accepting = True
         self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
-        self.onLimit: Callable[[WorkerLink], None] | None = None
         self.onControl: Callable[[WorkerLink, Control], None] | None = None
-        self.listeners = ChildListeners(self, dispatcher, reactor, listenPorts)
-        self.channel = Channel(skt, self, reactor, name, drainOnLoss=True)
+        self._listenPorts = listenPorts
+        self.listeners: dict[int, tuple[ServerSocket, Route]] = {}
         self.channel.startReading()
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
 
-    def sendControl(self, type: str, **fields: Any) -> None:
-        """Send a control message to the child."""
-        self.channel.send(encodeControl(type, **fields))
-
-    def serve(self, route: Route) -> None:
-        """The child serves C{route} from now on."""
-        self.routes.append(route)
-
-    def unserve(self, route: Route) -> None:
-        """The child serves C{route} no more."""
-        if route in self.routes:
-            self.routes.remove(route)
-
-    def stopAccepting(self) -> None:
-        """The child gets no new connections (it is retiring or gone)."""
-        self.accepting = False
-
-    def resumeAccepting(self) -> None:
-        """The child gets new connections again (its successor failed)."""
-        self.accepting = True
-
-    def hand(self, held: _Held, now: float) -> None:
-        """
-        Send C{held} to the child at C{now}: it is the child's until
-        acknowledged; call L{onLimit} when this makes C{limit}.
-        """
-        self.inflight[held.connId] = held
-        self.sentOrder.append((held.connId, now))
-        self.sent += 1
-        self.channel.send(encodeConn(held.connId, held.route.id), (held.socket.fileno(),))
-        if self.limit and self.sent == self.limit and self.onLimit is not None:
-            self.onLimit(self)
-
-    def adopt(self, connIds: tuple[int, ...], closed: int, now: float) -> tuple[list[_Held], list[int]]:
-        """
-        The child adopted C{connIds} and C{closed} of its connections ended;
-        the window grows after a fast ack and halves after a slow one.
-
-        @return: the adopted connections, and the ids it was not given.
-        """
-        if closed:
-            self.open = max(self.open - closed, 0)
-        first = self.inflight.get(connIds[0]) if connIds else None
-        if first is not None:
-            took = now - first.sentAt
-            if took <= FAST_ACK:
-                if self.window < MAX_INFLIGHT:
-                    self.window += 1
-            elif took > ACK_DEADLINE:
-                self.window = max(1, self.window // 2)
-        popped = [(connId, self.inflight.pop(connId, None)) for connId in connIds]
-        adopted = [held for _, held in popped if held is not None]
-        unknown = [connId for connId, held in popped if held is None]
-        self.adopted += len(adopted)
-        self.open += len(adopted)
-        order, inflight = self.sentOrder, self.inflight
-        while order and order[0][0] not in inflight:
-            order.popleft()
-        return adopted, unknown
-
-    def detach(self) -> tuple[list[Route], list[_Held]]:
-        """
-        The child is gone: it serves nothing and holds nothing from now on.
-
-        @return: the routes it served and the connections it had not
-            acknowledged.
-        """
-        self.accepting = False
-        routes, self.routes = self.routes, []
-        unacked, self.inflight = list(self.inflight.values()), {}
-        self.sentOrder.clear()
-        return routes, unacked
-
     def close(self) -> None:
         """
-        Close the channel (the child sees its end), after reading what the
-        child sent.  Only once the child process is gone: a live child may
-        have an acknowledgement on its way, and the connections it had not
-        acknowledged go to another child.
+        Close the channel after reading what the child sent; only once the
+        child process is gone: a live child may have an ack on its way, and
+        what it had not acknowledged goes to another child.
         """
         self.channel.loseConnection()
 
-    # Receiver
     def messageReceived(self, message: Message) -> None:
         self.lastHeard = self._reactor.seconds()
         if isinstance(message, Ack):
             self._dispatcher.acked(self, message.connIds, message.closed)
-        elif isinstance(message, Control):
-            if self.controls.dispatch(message, repr(self), self.channel, self):
-                pass
-            elif self.onControl is not None:
-                self.onControl(self, message)
-            else:
-                self.channel.rejected += 1
-                _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
-        else:
-            assert isinstance(message, Conn)
+        elif not isinstance(message, Control):
             self.channel.rejected += 1
             closeAll([message.fd])
             _log.warn("{link!r}: a child may not send connections; closed the descriptor", link=self)
+        elif self.controls.dispatch(message, repr(self), self.channel, self):
+            pass
+        elif self.onControl is not None:
+            self.onControl(self, message)
+        else:
+            self.channel.rejected += 1
+            _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)
 
     def channelLost(self, reason: Failure) -> None:
         self.lost = True
-        self.ready = False
-        self.accepting = False
-        self.listeners.closeAll()
+        self.ready = self.accepting = False
+        for serv, _route in list(self.listeners.values()):
+            serv.close()
+        self.listeners.clear()
         self._dispatcher.linkLost(self)
 
-    # Control messages from the child.
+    # Control messages from the child; a heartbeat needs nothing but lastHeard.
     @controls.handler("heartbeat")
     def _onHeartbeat(self) -> None:
-        pass  # lastHeard is enough
+        pass
 
     @controls.handler("ready", pid=optional(INTEGER, 0))
-    def _onReady(self, pid: int) -> None:
-        self.markReady()
-
-    def markReady(self) -> None:
+    def markReady(self, pid: int = 0) -> None:
         """The child is ready for connections (its C{ready} message says so)."""
         self.ready = True
         if self.onReady is not None:
@@ -230,52 +123,88 @@ class WorkerLink:
 
     @controls.handler("listen", id=INTEGER, port=ANY, backlog=optional(ANY, -1))
     def _onListen(self, id: int, port: Any, backlog: Any) -> None:
-        if id in self.listeners.open:
+        """
+        Gecko's C{PTCPServerSocket} constructor in the child: listen here for
+        it, if it may; the C{NSError} of the server socket's checks goes back.
+        """
+        if id in self.listeners:
             reject("listen", repr(self), self.channel, f"listen id {id} is already in use")
             return
-        self.listeners.listen(id, port, backlog)
+        if not self._mayListen(port):
+            _log.warn("{link!r} asked to listen on port {port!r}, which it may not; refused", link=self, port=port)
+            self._sendError(id, f"{nameOf(NS_ERROR_CONNECTION_REFUSED)}: this process does not let its children listen on port {port!r}")
+            return
+        serv = ServerSocket(self._reactor)
+        try:
+            serv.init(port, False, backlog)
+        except NSError as e:
+            self._sendError(id, f"{e.name}: {e}")
+            return
+        route = self._dispatcher.addRoute(f"listen {id} of {self!r}", onOrphaned=serv.close)
+        serv.asyncListen(_ChildListener(self._dispatcher, route, self, id))
+        # After asyncListen: ServerSocket.pauseAccepting needs its port.
+        route.watchPort(serv)
+        self.listeners[id] = (serv, route)
+        self._dispatcher.join(route, self)
+        self.sendControl("listening", id=id, route=route.id, port=serv.port)
+
+    def _mayListen(self, port: Any) -> bool:
+        try:
+            return type(port) is int and port in self._listenPorts
+        except TypeError:
+            return False
 
     @controls.handler("close", id=INTEGER)
     def _onClose(self, id: int) -> None:
-        self.listeners.close(id)
+        entry = self.listeners.pop(id, None)
+        if entry is not None:
+            entry[0].close()
+
+    def listenerStopped(self, id: int, route: Route, status: int) -> None:
+        """The child's listener C{id} stopped: an unexpected stop goes to the child's C{onerror}."""
+        self._dispatcher.closeRoute(route)
+        if status != NS_BINDING_ABORTED and not self.lost:
+            self._sendError(id, f"{nameOf(status)}: Server socket was closed by unexpected reason.")
+
+    def _sendError(self, id: int, message: str) -> None:
+        # The child's onerror gets this file and the caller's line, as
+        # Gecko's error events name the source that raised them.
+        frame = inspect.currentframe()
+        line = frame.f_back.f_lineno if frame is not None and frame.f_back is not None else 0
+        self.sendControl("error", id=id, message=message, filename=__file__, lineNumber=line, columnNumber=0)
 
 
-@implementer(IProtocolFactory, ILoggingContext, IRawAcceptor)
-class HandOffFactory:
-    """
-    The protocol factory the parent listens with: connections go to the
-    dispatcher for C{route}.
+@implementer(IRawAcceptor)
+class _Submitter:
+    """Takes accepted sockets raw (L{IRawAcceptor}) and submits them to a dispatcher's C{route}."""
 
-    A C{gecko:}/C{geckounix:} endpoint gives it accepted sockets raw
-    (L{socketAccepted}).  Other endpoints build a transport first
-    (L{buildProtocol}); if that transport is a plain TCP or UNIX connection
-    its descriptor is handed over all the same.  Behind C{haproxy:} the
-    descriptor is handed over before the PROXY header is read, and the
-    route is marked so that the worker parses the header itself (its
-    protocols see the client's address).  Any other wrapper (TLS), whose
-    bytes the parent would have to process, is served in the parent with
-    C{fallback} - never dropped.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
-        self.dispatcher, self.route, self.fallback = dispatcher, route, fallback
-        self._warned = False
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
+    def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
+        self.dispatcher, self.route = dispatcher, route
 
     def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
         self.dispatcher.submit(self.route, skt)
 
+
+class HandOffFactory(Factory, _Submitter):
+    """
+    The protocol factory the parent listens with: connections go to the
+    dispatcher for C{route}, raw from a C{gecko:}/C{geckounix:} endpoint.
+    Other endpoints build a transport first (L{buildProtocol}): a plain TCP
+    or UNIX one is handed over all the same; behind C{haproxy:}, before the
+    PROXY header is read, for the worker to parse.  Any other wrapper (TLS),
+    whose bytes the parent would have to process, is served here with
+    C{fallback} - never dropped.
+    """
+
+    noisy = False  # no "Starting factory": the port logs what it serves (logPrefix)
+
+    def __init__(self, dispatcher: Dispatcher, route: Route, fallback: Any) -> None:
+        _Submitter.__init__(self, dispatcher, route)
+        self.fallback = fallback
+        self._warned = False
+
     def logPrefix(self) -> str:
-        """
-        The served factory's prefix, so that the parent's port logs
-        Twisted's C{"Site starting on 8080"}, as the same program on C{tcp:}
-        would, not the name of this internal factory.
-        """
+        """The served factory's: the port logs C{"Site starting on 8080"}, as the same program on C{tcp:} would."""
         return factoryLogPrefix(self.fallback)
 
     def buildProtocol(self, addr: Any) -> Protocol:
@@ -301,29 +230,26 @@ class _HandOff(Protocol):
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
         factory = self._factory
-        raw, proxy = transport, False
+        # haproxy:...: the wrapper connects us before it has read anything,
+        # so the PROXY header is still in the socket - the worker parses it
+        # (its factory is wrapped for this route).
         unwrapped = unwrapProxied(transport)
-        if unwrapped is not None:
-            # haproxy:...: the wrapper connects us before it has read
-            # anything, so the PROXY header is still in the socket - the
-            # worker parses it (its factory is wrapped for this route).
-            raw, proxy = unwrapped, True
+        raw = transport if unwrapped is None else unwrapped
         if isinstance(raw, tcp.Connection) and isinstance(getattr(raw, "socket", None), socket.socket):
             reader: Any = raw  # (Twisted's FileDescriptor is not annotated)
             reader.stopReading()
             skt = raw.socket.dup()
             # Close without shutdown(2), which would end the child's copy too.
             closeWithoutShutdown(raw)
-            if proxy:
+            if unwrapped is not None:
                 factory.dispatcher.markProxy(factory.route)
-            factory.dispatcher.submit(factory.route, skt)
+            factory.socketAccepted(skt, self._addr)
             return
-        inner = factory.serveHere(self._addr, transport)
-        if inner is None:
+        self._inner = factory.serveHere(self._addr, transport)
+        if self._inner is None:
             transport.loseConnection()
-            return
-        self._inner = inner
-        self._inner.makeConnection(transport)
+        else:
+            self._inner.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -332,3 +258,14 @@ class _HandOff(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._inner is not None:
             self._inner.connectionLost(reason)
+
+
+class _ChildListener(_Submitter):
+    """The listener of a server socket a child asked for."""
+
+    def __init__(self, dispatcher: Dispatcher, route: Route, link: WorkerLink, id: int) -> None:
+        super().__init__(dispatcher, route)
+        self._link, self._id = link, id
+
+    def onStopListening(self, serv: ServerSocket, status: int) -> None:
+        self._link.listenerStopped(self._id, self.route, status)

@@ -1,9 +1,7 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
-The messages of the worker channel (L{twisted_serversock.ipc.channel}):
-their encoding and decoding.
-
-Messages (the first byte says which kind)::
+The messages of the worker channel (L{twisted_serversock.ipc.channel}); the
+first byte says which kind::
 
     C  conn     parent -> child   ">QI": connection id, route id; exactly one fd
     A  ack      child  -> parent  ">Q" repeated: connection ids adopted
@@ -12,9 +10,8 @@ Messages (the first byte says which kind)::
                                   connection ids adopted
     J  control  both directions   a UTF-8 JSON object with a "type" string
 
-Anything else - an unknown kind, a wrong length, descriptors on a message
-that carries none, more than one descriptor, an oversized or truncated
-message, JSON that is not an object with a string "type" - is a
+Anything else (a wrong length, stray or extra descriptors, an oversized or
+truncated message, JSON that is not an object with a string "type") is a
 L{ProtocolError}: the message is dropped, every descriptor that came with it
 is closed, and the channel stays up.
 """
@@ -24,6 +21,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["MAX_MESSAGE", "MAX_FDS", "ProtocolError", "Conn", "Ack", "Control", "Message"]
@@ -47,49 +45,29 @@ class ProtocolError(ValueError):
     """A message that breaks the wire format; the text says how."""
 
 
+@dataclass(slots=True)
 class Conn:
     """A connection handed to a child: C{fd} is the child's descriptor."""
 
-    __slots__ = ("connId", "route", "fd")
-
-    def __init__(self, connId: int, route: int, fd: int) -> None:
-        self.connId = connId
-        self.route = route
-        self.fd = fd
-
-    def __repr__(self) -> str:
-        return f"Conn(connId={self.connId}, route={self.route}, fd={self.fd})"
+    connId: int
+    route: int
+    fd: int
 
 
+@dataclass(slots=True)
 class Ack:
-    """
-    The child has adopted the connections C{connIds}, and C{closed}
-    connections it adopted earlier have ended since its last report (the
-    parent's count of what each child has in hand, for least-loaded
-    dispatch).
-    """
+    """The child adopted C{connIds}, and C{closed} of those it adopted before have ended since its last report."""
 
-    __slots__ = ("connIds", "closed")
-
-    def __init__(self, connIds: tuple[int, ...], closed: int = 0) -> None:
-        self.connIds = connIds
-        self.closed = closed
-
-    def __repr__(self) -> str:
-        return f"Ack({self.connIds}, closed={self.closed})" if self.closed else f"Ack({self.connIds})"
+    connIds: tuple[int, ...]
+    closed: int = 0
 
 
+@dataclass(slots=True)
 class Control:
     """A control message: C{type} and the other JSON fields in C{fields}."""
 
-    __slots__ = ("type", "fields")
-
-    def __init__(self, type: str, fields: dict[str, Any]) -> None:
-        self.type = type
-        self.fields = fields
-
-    def __repr__(self) -> str:
-        return f"Control({self.type!r}, {self.fields!r})"
+    type: str
+    fields: dict[str, Any]
 
 
 Message = Conn | Ack | Control
@@ -124,19 +102,13 @@ def encodeControl(type: str, **fields: Any) -> bytes:
 
 
 def decode(data: bytes, fds: list[int]) -> Message:
-    """
-    Decode one message and the descriptors that came with it.
-
-    @raise ProtocolError: naming what is wrong.  The caller still owns
-        C{fds} and must close them.
-    """
+    """Decode one message and its descriptors; a L{ProtocolError} names what is wrong (the caller closes C{fds})."""
     size = len(data)
     if not size:
         raise ProtocolError("empty message")
     if size > MAX_MESSAGE:
         raise ProtocolError(f"message of {size} bytes is over the {MAX_MESSAGE}-byte limit")
-    kind = data[0]
-    bodySize = size - 1
+    kind, bodySize = data[0], size - 1
     if kind == _C:
         if bodySize != _CONN.size:
             raise ProtocolError(f"conn message has {bodySize} bytes of body, not {_CONN.size}")
@@ -153,16 +125,15 @@ def decode(data: bytes, fds: list[int]) -> Message:
             raise ProtocolError(f"ack message has {bodySize} bytes of body, not a positive multiple of {_ID.size}")
         return Ack(struct.unpack_from(f">{bodySize // _ID.size}Q", data, 1))
     if kind == _R:
-        if bodySize < _CLOSED.size or (bodySize - _CLOSED.size) % _ID.size:
+        idsSize = bodySize - _CLOSED.size
+        if idsSize < 0 or idsSize % _ID.size:
             raise ProtocolError(f"report message has {bodySize} bytes of body, not {_CLOSED.size} plus a multiple of {_ID.size}")
         (closed,) = _CLOSED.unpack_from(data, 1)
-        count = (bodySize - _CLOSED.size) // _ID.size
-        return Ack(struct.unpack_from(f">{count}Q", data, 1 + _CLOSED.size), closed)
+        return Ack(struct.unpack_from(f">{idsSize // _ID.size}Q", data, 1 + _CLOSED.size), closed)
     if kind == _J:
-        body = data[1:]
         try:
-            fields = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+            fields = json.loads(data[1:].decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError included
             raise ProtocolError(f"control message is not UTF-8 JSON: {e}") from None
         if not isinstance(fields, dict) or not isinstance(fields.get("type"), str):
             raise ProtocolError("control message is not a JSON object with a string 'type'")
