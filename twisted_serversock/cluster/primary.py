@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -47,8 +48,9 @@ _log = Logger()
 STARTS_BEFORE_GIVING_UP = 4
 
 
-# CPython options that take a value (the rest of the token, or the next one).
-_WITH_VALUE = set("WX")
+#: A token of CPython's own options: letters that take no value, then maybe
+#: one that takes one (-c and -m end the options) and its value, if joined.
+_OPTIONS = re.compile(r"-([^cmWX]*)([cmWX]?)(.*)", re.DOTALL)
 
 
 class Program(NamedTuple):
@@ -76,53 +78,33 @@ def splitCommandLine(argv: list[str]) -> Program:
         standard input, or no program at all).
     """
     flags: list[str] = []
-    i = 1
-    while i < len(argv):
-        token = argv[i]
+    rest = argv[1:]
+    while rest and rest[0].startswith("-") and rest[0] != "-":
+        token = rest.pop(0)
         if token == "--":
-            i += 1
-            break
-        if token == "-" or not token.startswith("-"):
             break
         if token.startswith("--"):
-            flags.append(token)  # --check-hash-based-pycs VALUE is the only one with a value
-            if token == "--check-hash-based-pycs" and i + 1 < len(argv):
-                flags.append(argv[i + 1])
-                i += 1
-            i += 1
+            flags.append(token)
+            if token == "--check-hash-based-pycs" and rest:  # the one long option with a value
+                flags.append(rest.pop(0))
             continue
-        j = 1
-        kept = "-"
-        while j < len(token):
-            c = token[j]
-            if c in "mc":
-                value = token[j + 1 :] or (argv[i + 1] if i + 1 < len(argv) else None)
-                if value is None:
-                    raise ValueError(f"the command line {argv!r} ends after -{c}")
-                if kept != "-":
-                    flags.append(kept)
-                rest = argv[i + 1 :] if token[j + 1 :] else argv[i + 2 :]
-                return Program(flags, "module" if c == "m" else "command", value, rest)
-            if c in _WITH_VALUE:
-                value = token[j + 1 :]
-                if kept != "-":
-                    flags.append(kept)
-                    kept = "-"
-                if value:
-                    flags += ["-" + c, value]
-                else:
-                    flags += ["-" + c] + argv[i + 1 : i + 2]
-                    i += 1
-                break
-            kept += c
-            j += 1
-        else:
-            if kept != "-":
-                flags.append(kept)
-        i += 1
-    if i >= len(argv) or argv[i] == "-":
+        match = _OPTIONS.fullmatch(token)
+        assert match is not None
+        letters, option, value = match.groups()
+        if letters:
+            flags.append("-" + letters)
+        if not option:
+            continue
+        if not value:
+            if not rest:
+                raise ValueError(f"the command line {argv!r} ends after -{option}")
+            value = rest.pop(0)
+        if option in "cm":
+            return Program(flags, "module" if option == "m" else "command", value, rest)
+        flags += ["-" + option, value]
+    if not rest or rest[0] == "-":
         raise ValueError(f"cluster workers run the program again, but {argv!r} reads it from standard input; run a script file, -m module or -c command")
-    return Program(flags, "script", argv[i], argv[i + 1 :])
+    return Program(flags, "script", rest[0], rest[1:])
 
 
 @implementer(IListeningPort)
