@@ -235,7 +235,7 @@ def test_primaryHandsTLSFilesToItsWorkers(primary: tuple[ClusterPrimary, StandIn
     clusterPrimary, reactor, port = primary
     assert readStartup(reactor.children[0], timeout=1)["files"] == {}
     handOver = _HandOver()
-    port.handOver = handOver
+    clusterPrimary.handOvers[port.description] = handOver
     assert clusterPrimary.pool is not None
     clusterPrimary.pool.addWorker()
 

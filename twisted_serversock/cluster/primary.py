@@ -17,6 +17,7 @@ import atexit
 import os
 import re
 import sys
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 from twisted.internet import defer
@@ -27,13 +28,12 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
-from .._tlsfiles import checkFits, startupFiles
-from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
-from ..ipc.defaults import GRACE
-from ..ipc.pool import WorkerPool
-from ..ipc.spawn import FILES_ROOM, WORKER_MODULE, Command
-from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
+from ..ipc.defaults import GRACE
+from ..ipc.dispatch import Route
+from ..ipc.parent import HandOffFactory, WorkerLink
+from ..ipc.primary import Primary
+from ..ipc.spawn import WORKER_MODULE, Command
 from ..ipc.wire import Control
 from .worker import encodeAddress
 
@@ -128,7 +128,6 @@ class PrimaryPort:
         self.route = route
         self._port = port
         self.factory = factory
-        self.handOver: Any = None
         self._stopped: defer.Deferred[None] | None = None
 
     def __repr__(self) -> str:
@@ -159,34 +158,34 @@ class PrimaryPort:
     loseConnection = stopListening
 
 
-class ClusterPrimary:
+def _bound(endpoint: Any, factory: HandOffFactory) -> GeckoListeningPort:
+    port = GeckoListeningPort(endpoint, factory)
+    port.startListening()
+    return port
+
+
+class ClusterPrimary(Primary):
     """
     The cluster primary of a reactor (see
     L{Registry<twisted_serversock.cluster.Registry>}).
 
-    @ivar dispatcher: holds accepted connections until a worker adopts them.
-    @ivar pool: the workers, once started.
     @ivar failed: whether a program error stopped the cluster.
     """
 
     def __init__(self, reactor: Any, atExit: Callable[[Callable[[], None]], object] | None = None) -> None:
         """@param atExit: registers L{exitStatus}'s enforcement (C{atexit.register})."""
-        self._reactor = reactor
-        self.dispatcher = Dispatcher(clock=reactor.seconds)
-        self.pool: WorkerPool | None = None
+        super().__init__(reactor, GRACE, lambda: list(self._ports.values()))
         self.failed = False
         self._ports: dict[str, PrimaryPort] = {}
         # Descriptions listened on and closed since: a worker that asks for
         # one (it started after the close, or asked late) gets a closed port.
         self._closedDescriptions: set[str] = set()
         self._count = 0
-        self._filesRead = 0  # the reload the TLS files were read for
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
-        self._stopper = ParentStop(reactor, GRACE, lambda: list(self._ports.values()))
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
-        reactor.addSystemEventTrigger("before", "shutdown", self._stopper.stop)
+        reactor.addSystemEventTrigger("before", "shutdown", self.stopper.stop)
         # Registered now, so that it runs after the program's own exit
         # handlers (registered later).
         (atExit or atexit.register)(self._exit)
@@ -200,32 +199,23 @@ class ClusterPrimary:
             twice, or a program the workers cannot run again).
         """
         description = endpoint.clusterDescription()
+        handOver = getattr(endpoint, "handOver", None)
         try:
             if description in self._ports:
                 raise ValueError(
                     "this description is already listening in cluster mode; workers find their listener by its description, so each must be different"
                 )
             self._program = self._program or splitCommandLine(self._argv)
-            handOvers = {d: p.handOver for d, p in self._ports.items() if p.handOver is not None}
-            if getattr(endpoint, "handOver", None) is not None:
-                checkFits({**handOvers, description: endpoint.handOver}, FILES_ROOM)
+            if handOver is not None:
+                self.keepFiles(description, handOver)
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
-        route = self.dispatcher.addRoute(description)
-        inner = GeckoListeningPort(endpoint, HandOffFactory(self.dispatcher, route, factory))
         try:
-            inner.startListening()
+            route, inner = self.handOff(description, factory, partial(_bound, endpoint))
         except CannotListenError:
-            self.dispatcher.closeRoute(route)
+            self.handOvers.pop(description, None)
             return defer.fail()
-        # Back-pressure: while every worker is saturated the excess waits
-        # in the kernel's backlog, not in this process.
-        route.watchPort(inner)
-        port = PrimaryPort(self._closed, description, route, inner, factory)
-        # A TLS listener's files, read while parsing (maybe as root), for
-        # the workers (maybe not root): see twisted_serversock._tlsfiles.
-        port.handOver = getattr(endpoint, "handOver", None)
-        self._ports[description] = port
+        port = self._ports[description] = PrimaryPort(self._closed, description, route, inner, factory)
         self._closedDescriptions.discard(description)
         if self.pool is None:
             self._count = max(self._count, workers)
@@ -240,37 +230,25 @@ class ClusterPrimary:
     def _closed(self, port: PrimaryPort) -> None:
         if self._ports.get(port.description) is port:
             del self._ports[port.description]
+            self.handOvers.pop(port.description, None)
             self._closedDescriptions.add(port.description)
         self.dispatcher.closeRoute(port.route)
 
     def _start(self) -> None:
-        if self.pool is not None or self._stopper.stopping or not self._ports:
+        if self.pool is not None or self.stopper.stopping or not self._ports:
             return
-        self.pool = WorkerPool(
-            self._reactor, self.dispatcher, self.workerCommand, self._count,
-            onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp,
-        )  # fmt: skip
-        # The lifecycle's own handlers, over the reactor's, which would
-        # make twistd re-raise the signal after an orderly shutdown.
-        self._stopper.pool = self.pool
-        self._stopper.installSignals()
+        self.makePool(self.workerCommand, self._count, onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp)
         _log.info("Cluster primary (pid {pid}) starting {n} worker(s): {argv}", pid=os.getpid(), n=self._count, argv=" ".join(self._argv))
-        self.pool.start()
+        self.start()
 
     def workerCommand(self, index: int, heartbeat: float) -> Command:
         """Worker C{index}'s command: the program's interpreter options; the program and our listeners."""
         assert self._program is not None
         listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
         startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
-        startup["files"] = self._files()
+        startup["files"] = self.files()
         argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
         return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)
-
-    def _files(self) -> dict[str, dict[str, str]]:
-        """The start-up message's C{files}; after a reload (SIGHUP), read again first."""
-        reloads = self.pool.reloads if self.pool is not None else 0
-        refresh, self._filesRead = reloads != self._filesRead, reloads
-        return startupFiles({d: p.handOver for d, p in self._ports.items() if p.handOver is not None}, refresh, FILES_ROOM)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(
@@ -319,8 +297,8 @@ class ClusterPrimary:
         if not self.failed:
             _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
             self.failed = True
-            if self._reactor.running:
-                self._reactor.stop()
+            if self.reactor.running:
+                self.reactor.stop()
 
     def exitStatus(self) -> int | None:
         """
