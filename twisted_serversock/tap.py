@@ -41,10 +41,6 @@ DEFAULT_FACTORY = "twisted_serversock.examples.echo"
 DEFAULT_LISTEN = "gecko:8080"
 
 
-class _NoReactor:
-    """Stands in for the reactor while endpoint strings are only checked."""
-
-
 class Options(usage.Options):
     """The options of C{twistd serversock}."""
 
@@ -107,7 +103,7 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
             try:
-                serverFromString(_NoReactor(), description)
+                serverFromString(object(), description)  # only checked: no reactor is needed (or chosen) yet
             except Exception as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
         try:

@@ -14,6 +14,7 @@ stops, and the process exits with status 1 (L{ClusterPrimary.exitStatus}).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import sys
@@ -55,13 +56,10 @@ _OPTIONS = re.compile(r"-([^cmWX]*)([cmWX]?)(.*)", re.DOTALL)
 
 class Program(NamedTuple):
     """
-    A Python command line taken apart.
-
-    @ivar flags: the interpreter's options (C{-u}, C{-X dev}, ...), for the
-        worker's interpreter.
-    @ivar kind: C{"script"}, C{"module"} or C{"command"}.
-    @ivar target: the script's path, the module's name or the command.
-    @ivar args: the program's arguments.
+    A Python command line taken apart: the interpreter's C{flags} (C{-u},
+    C{-X dev}, ...: the worker's interpreter gets them), its C{kind} of
+    program (C{"script"}, C{"module"} or C{"command"}), the C{target} (the
+    script's path, the module's name or the command) and its C{args}.
     """
 
     flags: list[str]
@@ -314,8 +312,6 @@ class ClusterPrimary(Primary):
         status = self.exitStatus()
         if status is not None:
             for stream in (sys.stdout, sys.stderr):
-                try:
+                with contextlib.suppress(Exception):
                     stream.flush()
-                except Exception:
-                    pass
             os._exit(status)
