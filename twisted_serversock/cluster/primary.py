@@ -4,7 +4,7 @@ The primary of a cluster: the first process whose C{workers=N} endpoint
 listens.  It binds inside C{listen()}, and once its reactor runs starts N
 workers that run its own command line again; it accepts and hands each
 connection to a worker that attached to that listener.  It serves nothing
-itself, and stops as C{twistd serversock} does (L{ParentStop}).
+itself, and is the same parent as C{twistd serversock}'s (L{Primary}).
 
 A worker whose program listens on a description the primary does not have,
 or workers that never start, is a program error: the primary logs it,
