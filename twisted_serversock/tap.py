@@ -61,13 +61,9 @@ class Options(usage.Options):
         ["max-requests-jitter", None, "0", "Add a random 0..J to --max-requests per worker, so that they are not all replaced at once."],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["listen"] = []
-
     def opt_listen(self, description: str) -> None:
         """An endpoint to listen on (repeatable; default gecko:8080)."""
-        self["listen"].append(description)
+        self.setdefault("listen", []).append(description)
 
     opt_l = opt_listen
 
@@ -99,8 +95,7 @@ class Options(usage.Options):
             self._number(name, int, lambda n: n >= 0, "0 or more")
         self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
         self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
-        if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
+        self.setdefault("listen", [DEFAULT_LISTEN])
         for description in self["listen"]:
             try:
                 serverFromString(object(), description)  # only checked: no reactor is needed (or chosen) yet
