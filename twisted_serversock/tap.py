@@ -37,9 +37,6 @@ __all__ = ["Options", "makeService", "ServerSockService"]
 
 _log = Logger()
 
-DEFAULT_FACTORY = "twisted_serversock.examples.echo"
-DEFAULT_LISTEN = "gecko:8080"
-
 
 class Options(usage.Options):
     """The options of C{twistd serversock}."""
@@ -53,7 +50,7 @@ class Options(usage.Options):
         "that receive each accepted connection as a file descriptor (0 = in this process)."
     )
     optParameters = [
-        ["factory", "f", DEFAULT_FACTORY, "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
+        ["factory", "f", "twisted_serversock.examples.echo", "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
         ["workers", "w", None, "Worker processes (default: the number of CPUs; 0 = serve in this process)."],
         ["grace", "g", f"{GRACE:g}", "Seconds open connections get to finish after SIGTERM, SIGHUP or a recycle."],
         ["timeout", "t", f"{TIMEOUT:g}", "Kill and replace a worker silent for this many seconds (heartbeats keep idle ones alive)."],
@@ -95,7 +92,7 @@ class Options(usage.Options):
             self._number(name, int, lambda n: n >= 0, "0 or more")
         self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
         self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
-        self.setdefault("listen", [DEFAULT_LISTEN])
+        self.setdefault("listen", ["gecko:8080"])
         for description in self["listen"]:
             try:
                 serverFromString(object(), description)  # only checked: no reactor is needed (or chosen) yet
