@@ -271,6 +271,26 @@ def test_tlsFilesTooLargeForTheStartupMessage(primary: tuple[ClusterPrimary, Sta
     assert list(clusterPrimary.dispatcher.routes.values()) == [port.route]
 
 
+def test_listenersNotServedKeepNoRouteNorFiles(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    A listener whose bind fails (its port is taken) is refused with the
+    bind's own C{CannotListenError}, and keeps neither a route nor TLS files
+    for the workers; a listener that stops listening gives its files up too.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.error import CannotListenError
+
+    clusterPrimary, reactor, port = primary
+    endpoint = serverFromString(reactor, f"gecko:port={port.getHost().port}:loopback=1:workers=1")
+    endpoint.handOver = _HandOver()
+    failure = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    assert isinstance(failure.value, CannotListenError) and "ADDRESS_IN_USE" in str(failure.value), failure
+    assert list(clusterPrimary.dispatcher.routes.values()) == [port.route] and clusterPrimary.handOvers == {}
+    clusterPrimary.handOvers[port.description] = _HandOver()
+    port.stopListening()
+    assert clusterPrimary.handOvers == {} and clusterPrimary.dispatcher.routes == {}
+
+
 def test_reloadCertificatesInThePrimarySaysTheWorkersServeTLS(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
     C{reloadCertificates()} on what a C{geckotls:...:workers=N} listen
