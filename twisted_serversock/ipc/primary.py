@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_cluster_units -*-
 """
-The parent of worker processes, under both front doors: C{twistd
-serversock} (L{twisted_serversock.tap}) and cluster mode's primary
-(L{twisted_serversock.cluster.primary}).
+The parent of worker processes under both front doors, C{twistd serversock}
+(L{twisted_serversock.tap}) and cluster mode (L{twisted_serversock.cluster}).
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ class Primary:
     @ivar dispatcher: holds accepted connections until a worker adopts them.
     @ivar pool: the workers, once made (L{makePool}).
     @ivar handOvers: TLS listeners' files read here for the workers (maybe
-        not root), by the description the workers find them by: see
-        L{twisted_serversock._tlsfiles}.
+        not root), by the description they look them up by (L{twisted_serversock._tlsfiles}).
     """
 
     def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
@@ -43,9 +41,9 @@ class Primary:
 
     def handOff(self, name: str, factory: Any, listen: Callable[[HandOffFactory], Any]) -> tuple[Route, Any]:
         """
-        A new route and the port C{listen} binds, synchronously, with a
-        factory that hands its connections to the route's workers, which
-        serve them with C{factory}.  If C{listen} raises, the route closes.
+        A new route, and the port C{listen} binds (synchronously; if it
+        raises, the route closes) with a factory that hands its connections
+        to the route's workers, which serve them with C{factory}.
         """
         route = self.dispatcher.addRoute(name)
         try:
