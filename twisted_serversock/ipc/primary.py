@@ -25,6 +25,7 @@ class Primary:
 
     @ivar dispatcher: holds accepted connections until a worker adopts them.
     @ivar pool: the workers, once made (L{makePool}).
+    @ivar stopper: how this parent stops, whoever asks (L{ParentStop}).
     @ivar handOvers: TLS listeners' files read here for the workers (maybe
         not root), by the description they look them up by (L{twisted_serversock._tlsfiles}).
     """
