@@ -235,7 +235,7 @@ def test_primaryHandsTLSFilesToItsWorkers(primary: tuple[ClusterPrimary, StandIn
     clusterPrimary, reactor, port = primary
     assert readStartup(reactor.children[0], timeout=1)["files"] == {}
     handOver = _HandOver()
-    port.handOver = handOver
+    clusterPrimary.handOvers[port.description] = handOver
     assert clusterPrimary.pool is not None
     clusterPrimary.pool.addWorker()
 
@@ -269,6 +269,26 @@ def test_tlsFilesTooLargeForTheStartupMessage(primary: tuple[ClusterPrimary, Sta
     assert isinstance(failure.value, CannotListenError), failure
     assert "the TLS files of the listeners take" in str(failure.value) and "fewer sniDir hosts" in str(failure.value)
     assert list(clusterPrimary.dispatcher.routes.values()) == [port.route]
+
+
+def test_listenersNotServedKeepNoRouteNorFiles(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
+    """
+    A listener whose bind fails (its port is taken) is refused with the
+    bind's own C{CannotListenError}, and keeps neither a route nor TLS files
+    for the workers; a listener that stops listening gives its files up too.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.error import CannotListenError
+
+    clusterPrimary, reactor, port = primary
+    endpoint = serverFromString(reactor, f"gecko:port={port.getHost().port}:loopback=1:workers=1")
+    endpoint.handOver = _HandOver()
+    failure = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    assert isinstance(failure.value, CannotListenError) and "ADDRESS_IN_USE" in str(failure.value), failure
+    assert list(clusterPrimary.dispatcher.routes.values()) == [port.route] and clusterPrimary.handOvers == {}
+    clusterPrimary.handOvers[port.description] = _HandOver()
+    port.stopListening()
+    assert clusterPrimary.handOvers == {} and clusterPrimary.dispatcher.routes == {}
 
 
 def test_reloadCertificatesInThePrimarySaysTheWorkersServeTLS(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:

@@ -21,29 +21,21 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
-from ._startup import cannotListenReason, failStartup
 from ._labels import describeAddress
-from ._tlsfiles import checkFits, startupFiles
+from ._startup import cannotListenReason, failStartup
 from .endpoints import workerCount
 from .ipc.defaults import GRACE, TIMEOUT
-from .ipc.parent import Dispatcher, HandOffFactory
 from .ipc.pool import WorkerPool
+from .ipc.primary import Primary
 from .ipc.sdnotify import SystemdNotifier
-from .ipc.spawn import FILES_ROOM, serversockCommand
-from .ipc.signals import ParentStop
+from .ipc.spawn import serversockCommand
 from .ipc.worker import resolveFactory
 
 __all__ = ["Options", "makeService", "ServerSockService"]
 
 _log = Logger()
-
-DEFAULT_FACTORY = "twisted_serversock.examples.echo"
-DEFAULT_LISTEN = "gecko:8080"
-
-
-class _NoReactor:
-    """Stands in for the reactor while endpoint strings are only checked."""
 
 
 class Options(usage.Options):
@@ -58,7 +50,7 @@ class Options(usage.Options):
         "that receive each accepted connection as a file descriptor (0 = in this process)."
     )
     optParameters = [
-        ["factory", "f", DEFAULT_FACTORY, "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
+        ["factory", "f", "twisted_serversock.examples.echo", "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
         ["workers", "w", None, "Worker processes (default: the number of CPUs; 0 = serve in this process)."],
         ["grace", "g", f"{GRACE:g}", "Seconds open connections get to finish after SIGTERM, SIGHUP or a recycle."],
         ["timeout", "t", f"{TIMEOUT:g}", "Kill and replace a worker silent for this many seconds (heartbeats keep idle ones alive)."],
@@ -66,13 +58,9 @@ class Options(usage.Options):
         ["max-requests-jitter", None, "0", "Add a random 0..J to --max-requests per worker, so that they are not all replaced at once."],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["listen"] = []
-
     def opt_listen(self, description: str) -> None:
         """An endpoint to listen on (repeatable; default gecko:8080)."""
-        self["listen"].append(description)
+        self.setdefault("listen", []).append(description)
 
     opt_l = opt_listen
 
@@ -104,11 +92,10 @@ class Options(usage.Options):
             self._number(name, int, lambda n: n >= 0, "0 or more")
         self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
         self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
-        if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
+        self.setdefault("listen", ["gecko:8080"])
         for description in self["listen"]:
             try:
-                serverFromString(_NoReactor(), description)
+                serverFromString(object(), description)  # only checked: no reactor is needed (or chosen) yet
             except Exception as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
         try:
@@ -131,24 +118,13 @@ class ServerSockService(service.Service):
         reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0,
     ) -> None:  # fmt: skip
         self._descriptions, self._factory, self._factoryName = descriptions, factory, factoryName
-        self._workers, self._grace, self._timeout, self._reactor = workers, grace, timeout, reactor
-        self._maxRequests = (maxRequests, maxRequestsJitter)
+        self._workers, self._grace, self._reactor = workers, grace, reactor
+        self._poolOptions = {"timeout": timeout, "maxRequests": maxRequests, "maxRequestsJitter": maxRequestsJitter}
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
-        self._stopper: ParentStop | None = None
-        self._listened = False
-        # geckotls: listeners whose TLS the workers run: route id ->
-        # description, and what this process read of their files.
+        self._primary: Primary | None = None
+        # geckotls: listeners whose TLS the workers run: route id -> description.
         self._tls: dict[str, str] = {}
-        self._handOvers: dict[str, Any] = {}
-        self._filesRead = 0
-
-    def _getReactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges, and synchronously: a port
@@ -162,32 +138,19 @@ class ServerSockService(service.Service):
         L{privilegedStartService} first; C{twist} only L{startService}), or
         raise C{StartupError}: one line naming the endpoint that failed.
         """
-        if self._listened:
+        if self._primary is not None:
             return
-        self._listened = True
-        reactor = self._getReactor()
-        self._stopper = ParentStop(reactor, self._grace, self._takePorts)
-        self._dispatcher = Dispatcher(clock=reactor.seconds)
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        self._primary = Primary(self._reactor, self._grace, self._takePorts)
         if self._workers:
             command = partial(serversockCommand, self._factoryName, tls=self._tlsFields)
-            maxRequests, jitter = self._maxRequests
-            self.pool = WorkerPool(
-                reactor, self._dispatcher, command, self._workers, timeout=self._timeout, grace=self._grace, maxRequests=maxRequests, maxRequestsJitter=jitter
-            )
-            self._stopper.pool = self.pool
+            self.pool = self._primary.makePool(command, self._workers, **self._poolOptions)
         try:
             for description in self._descriptions:
-                endpoint = serverFromString(reactor, description)
-                if self.pool is not None:
-                    route = self._dispatcher.addRoute(description)
-                    endpoint = self._tlsInWorkers(endpoint, route.id, description)
-                    self.pool.addRoute(route)
-                    factory: Any = HandOffFactory(self._dispatcher, route, self._factory)
-                else:
-                    factory = self._factory
-                self.ports.append(_listenNow(endpoint, factory, description))
-                if self.pool is not None:
-                    route.watchPort(self.ports[-1])
+                self.ports.append(self._listen(description, serverFromString(self._reactor, description)))
         except BaseException as e:
             for port in self.ports:
                 port.stopListening()
@@ -196,65 +159,55 @@ class ServerSockService(service.Service):
                 failStartup(f"serversock: cannot listen on --listen {description}: {cannotListenReason(e)}")
             raise
 
-    def _tlsInWorkers(self, endpoint: Any, route: int, description: str) -> Any:
-        """
-        A C{geckotls:} endpoint's address endpoint: the parent hands its
-        connections over raw and the workers run TLS (with the files this
-        process read, handed over in their start-up message); any other
-        endpoint itself.
-        """
+    def _listen(self, description: str, endpoint: Any) -> Any:
+        if self.pool is None:
+            return _listenNow(description, endpoint, self._factory)
+        assert self._primary is not None
+        # A geckotls: endpoint's connections are handed over raw, from its
+        # address endpoint: the workers run TLS, with the files this
+        # process read (handed over in their start-up message).
         address: Any = getattr(endpoint, "addressEndpoint", None)
-        if getattr(address, "handOver", None) is None:
-            return endpoint
-        self._tls[str(route)] = description
-        self._handOvers[address.clusterDescription()] = address.handOver
-        checkFits(self._handOvers, FILES_ROOM)
-        return address
+        tls = getattr(address, "handOver", None) is not None
+        if tls:
+            self._primary.keepFiles(address.clusterDescription(), address.handOver)
+        route, port = self._primary.handOff(description, self._factory, partial(_listenNow, description, address if tls else endpoint))
+        if tls:
+            self._tls[str(route.id)] = description
+        self.pool.addRoute(route)
+        return port
 
     def _tlsFields(self) -> dict[str, Any]:
-        reloads = self.pool.reloads if self.pool is not None else 0
-        refresh, self._filesRead = reloads != self._filesRead, reloads
-        return {"tls": dict(self._tls), "files": startupFiles(self._handOvers, refresh, FILES_ROOM)}
+        assert self._primary is not None
+        return {"tls": dict(self._tls), "files": self._primary.files()}
 
     def startService(self) -> None:
         self._listenAll()
         service.Service.startService(self)
-        stopper = self._stopper
-        assert stopper is not None
-        # Before any worker starts, so that a signal during start-up is
-        # acted on once the reactor runs (the reactor then installs our
-        # SIGTERM/SIGINT handlers, not its own, which would make a graceful
-        # stop end "killed by SIGTERM"); and again once it runs, for any
-        # reactor that installs its own some other way.
-        stopper.installSignals()
-        self._getReactor().callWhenRunning(stopper.installSignals)
-        if self.pool is not None:
-            self.pool.start()
-        else:
-            stopper.notifier = notifier = SystemdNotifier(self._getReactor())
+        assert self._primary is not None
+        self._primary.start()
+        if self.pool is None:
+            self._primary.stopper.notifier = notifier = SystemdNotifier(self._reactor)
             notifier.ready("serving in this process")
             notifier.startWatchdog()
 
     def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
-        return defer.succeed(None) if self._stopper is None else self._stopper.stop()
+        return defer.succeed(None) if self._primary is None else self._primary.stopper.stop()
 
     def _takePorts(self) -> list[Any]:
         ports, self.ports = self.ports, []
         return ports
 
 
-def _listenNow(endpoint: Any, factory: Any, description: str) -> Any:
-    d = endpoint.listen(factory)
+def _listenNow(description: str, endpoint: Any, factory: Any) -> Any:
     results: list[Any] = []
-    d.addBoth(results.append)
+    endpoint.listen(factory).addBoth(results.append)
     if not results:
         raise RuntimeError(f"--listen {description}: the endpoint did not bind synchronously")
-    outcome = results[0]
-    if hasattr(outcome, "raiseException"):
-        outcome.raiseException()
-    _log.info("serversock listening on {description} ({address})", description=description, address=describeAddress(outcome.getHost()))
-    return outcome
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    _log.info("serversock listening on {description} ({address})", description=description, address=describeAddress(results[0].getHost()))
+    return results[0]
 
 
 def makeService(options: Options) -> ServerSockService:

@@ -52,18 +52,16 @@ class Registry:
 
     def endFor(self, reactor: Any) -> ClusterPrimary | ClusterWorker:
         """The cluster end of C{reactor}'s endpoints (made on first use)."""
-        end = self._ends.get(reactor)
-        if end is None:
+        if reactor not in self._ends:
             if self._worker is not None:
                 from .worker import ClusterWorker
 
-                end = ClusterWorker(reactor, *self._worker)
+                self._ends[reactor] = ClusterWorker(reactor, *self._worker)
             else:
                 from .primary import ClusterPrimary
 
-                end = ClusterPrimary(reactor, self._atExit)
-            self._ends[reactor] = end
-        return end
+                self._ends[reactor] = ClusterPrimary(reactor, self._atExit)
+        return self._ends[reactor]
 
 
 #: This process's registry (its start-up facts are the process's).

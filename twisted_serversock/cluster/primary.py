@@ -4,7 +4,7 @@ The primary of a cluster: the first process whose C{workers=N} endpoint
 listens.  It binds inside C{listen()}, and once its reactor runs starts N
 workers that run its own command line again; it accepts and hands each
 connection to a worker that attached to that listener.  It serves nothing
-itself, and stops as C{twistd serversock} does (L{ParentStop}).
+itself, and is the same parent as C{twistd serversock}'s (L{Primary}).
 
 A worker whose program listens on a description the primary does not have,
 or workers that never start, is a program error: the primary logs it,
@@ -14,8 +14,11 @@ stops, and the process exits with status 1 (L{ClusterPrimary.exitStatus}).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import re
 import sys
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 from twisted.internet import defer
@@ -26,13 +29,12 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
-from .._tlsfiles import checkFits, startupFiles
-from ..ipc.parent import Dispatcher, HandOffFactory, Route, WorkerLink
-from ..ipc.defaults import GRACE
-from ..ipc.pool import WorkerPool
-from ..ipc.spawn import FILES_ROOM, WORKER_MODULE, Command
-from ..ipc.signals import ParentStop
 from ..ipc.control import INTEGER, STRING, ControlTable
+from ..ipc.defaults import GRACE
+from ..ipc.dispatch import Route
+from ..ipc.parent import HandOffFactory, WorkerLink
+from ..ipc.primary import Primary
+from ..ipc.spawn import WORKER_MODULE, Command
 from ..ipc.wire import Control
 from .worker import encodeAddress
 
@@ -47,19 +49,17 @@ _log = Logger()
 STARTS_BEFORE_GIVING_UP = 4
 
 
-# CPython options that take a value (the rest of the token, or the next one).
-_WITH_VALUE = set("WX")
+#: A token of CPython's own options: letters that take no value, then maybe
+#: one that takes one (-c and -m end the options) and its value, if joined.
+_OPTIONS = re.compile(r"-([^cmWX]*)([cmWX]?)(.*)", re.DOTALL)
 
 
 class Program(NamedTuple):
     """
-    A Python command line taken apart.
-
-    @ivar flags: the interpreter's options (C{-u}, C{-X dev}, ...), for the
-        worker's interpreter.
-    @ivar kind: C{"script"}, C{"module"} or C{"command"}.
-    @ivar target: the script's path, the module's name or the command.
-    @ivar args: the program's arguments.
+    A Python command line taken apart: the interpreter's C{flags} (C{-u},
+    C{-X dev}, ...: the worker's interpreter gets them), its C{kind} of
+    program (C{"script"}, C{"module"} or C{"command"}), the C{target} (the
+    script's path, the module's name or the command) and its C{args}.
     """
 
     flags: list[str]
@@ -76,53 +76,33 @@ def splitCommandLine(argv: list[str]) -> Program:
         standard input, or no program at all).
     """
     flags: list[str] = []
-    i = 1
-    while i < len(argv):
-        token = argv[i]
+    rest = argv[1:]
+    while rest and rest[0].startswith("-") and rest[0] != "-":
+        token = rest.pop(0)
         if token == "--":
-            i += 1
-            break
-        if token == "-" or not token.startswith("-"):
             break
         if token.startswith("--"):
-            flags.append(token)  # --check-hash-based-pycs VALUE is the only one with a value
-            if token == "--check-hash-based-pycs" and i + 1 < len(argv):
-                flags.append(argv[i + 1])
-                i += 1
-            i += 1
+            flags.append(token)
+            if token == "--check-hash-based-pycs" and rest:  # the one long option with a value
+                flags.append(rest.pop(0))
             continue
-        j = 1
-        kept = "-"
-        while j < len(token):
-            c = token[j]
-            if c in "mc":
-                value = token[j + 1 :] or (argv[i + 1] if i + 1 < len(argv) else None)
-                if value is None:
-                    raise ValueError(f"the command line {argv!r} ends after -{c}")
-                if kept != "-":
-                    flags.append(kept)
-                rest = argv[i + 1 :] if token[j + 1 :] else argv[i + 2 :]
-                return Program(flags, "module" if c == "m" else "command", value, rest)
-            if c in _WITH_VALUE:
-                value = token[j + 1 :]
-                if kept != "-":
-                    flags.append(kept)
-                    kept = "-"
-                if value:
-                    flags += ["-" + c, value]
-                else:
-                    flags += ["-" + c] + argv[i + 1 : i + 2]
-                    i += 1
-                break
-            kept += c
-            j += 1
-        else:
-            if kept != "-":
-                flags.append(kept)
-        i += 1
-    if i >= len(argv) or argv[i] == "-":
+        match = _OPTIONS.fullmatch(token)
+        assert match is not None
+        letters, option, value = match.groups()
+        if letters:
+            flags.append("-" + letters)
+        if not option:
+            continue
+        if not value:
+            if not rest:
+                raise ValueError(f"the command line {argv!r} ends after -{option}")
+            value = rest.pop(0)
+        if option in "cm":
+            return Program(flags, "module" if option == "m" else "command", value, rest)
+        flags += ["-" + option, value]
+    if not rest or rest[0] == "-":
         raise ValueError(f"cluster workers run the program again, but {argv!r} reads it from standard input; run a script file, -m module or -c command")
-    return Program(flags, "script", argv[i], argv[i + 1 :])
+    return Program(flags, "script", rest[0], rest[1:])
 
 
 @implementer(IListeningPort)
@@ -146,7 +126,6 @@ class PrimaryPort:
         self.route = route
         self._port = port
         self.factory = factory
-        self.handOver: Any = None
         self._stopped: defer.Deferred[None] | None = None
 
     def __repr__(self) -> str:
@@ -177,34 +156,34 @@ class PrimaryPort:
     loseConnection = stopListening
 
 
-class ClusterPrimary:
+def _bound(endpoint: Any, factory: HandOffFactory) -> GeckoListeningPort:
+    port = GeckoListeningPort(endpoint, factory)
+    port.startListening()
+    return port
+
+
+class ClusterPrimary(Primary):
     """
     The cluster primary of a reactor (see
     L{Registry<twisted_serversock.cluster.Registry>}).
 
-    @ivar dispatcher: holds accepted connections until a worker adopts them.
-    @ivar pool: the workers, once started.
     @ivar failed: whether a program error stopped the cluster.
     """
 
     def __init__(self, reactor: Any, atExit: Callable[[Callable[[], None]], object] | None = None) -> None:
         """@param atExit: registers L{exitStatus}'s enforcement (C{atexit.register})."""
-        self._reactor = reactor
-        self.dispatcher = Dispatcher(clock=reactor.seconds)
-        self.pool: WorkerPool | None = None
+        super().__init__(reactor, GRACE, lambda: list(self._ports.values()))
         self.failed = False
         self._ports: dict[str, PrimaryPort] = {}
         # Descriptions listened on and closed since: a worker that asks for
         # one (it started after the close, or asked late) gets a closed port.
         self._closedDescriptions: set[str] = set()
         self._count = 0
-        self._filesRead = 0  # the reload the TLS files were read for
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
-        self._stopper = ParentStop(reactor, GRACE, lambda: list(self._ports.values()))
         reactor.callWhenRunning(lambda: reactor.callLater(0, self._start))
-        reactor.addSystemEventTrigger("before", "shutdown", self._stopper.stop)
+        reactor.addSystemEventTrigger("before", "shutdown", self.stopper.stop)
         # Registered now, so that it runs after the program's own exit
         # handlers (registered later).
         (atExit or atexit.register)(self._exit)
@@ -218,32 +197,23 @@ class ClusterPrimary:
             twice, or a program the workers cannot run again).
         """
         description = endpoint.clusterDescription()
+        handOver = getattr(endpoint, "handOver", None)
         try:
             if description in self._ports:
                 raise ValueError(
                     "this description is already listening in cluster mode; workers find their listener by its description, so each must be different"
                 )
             self._program = self._program or splitCommandLine(self._argv)
-            handOvers = {d: p.handOver for d, p in self._ports.items() if p.handOver is not None}
-            if getattr(endpoint, "handOver", None) is not None:
-                checkFits({**handOvers, description: endpoint.handOver}, FILES_ROOM)
+            if handOver is not None:
+                self.keepFiles(description, handOver)
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
-        route = self.dispatcher.addRoute(description)
-        inner = GeckoListeningPort(endpoint, HandOffFactory(self.dispatcher, route, factory))
         try:
-            inner.startListening()
+            route, inner = self.handOff(description, factory, partial(_bound, endpoint))
         except CannotListenError:
-            self.dispatcher.closeRoute(route)
+            self.handOvers.pop(description, None)
             return defer.fail()
-        # Back-pressure: while every worker is saturated the excess waits
-        # in the kernel's backlog, not in this process.
-        route.watchPort(inner)
-        port = PrimaryPort(self._closed, description, route, inner, factory)
-        # A TLS listener's files, read while parsing (maybe as root), for
-        # the workers (maybe not root): see twisted_serversock._tlsfiles.
-        port.handOver = getattr(endpoint, "handOver", None)
-        self._ports[description] = port
+        port = self._ports[description] = PrimaryPort(self._closed, description, route, inner, factory)
         self._closedDescriptions.discard(description)
         if self.pool is None:
             self._count = max(self._count, workers)
@@ -258,37 +228,25 @@ class ClusterPrimary:
     def _closed(self, port: PrimaryPort) -> None:
         if self._ports.get(port.description) is port:
             del self._ports[port.description]
+            self.handOvers.pop(port.description, None)
             self._closedDescriptions.add(port.description)
         self.dispatcher.closeRoute(port.route)
 
     def _start(self) -> None:
-        if self.pool is not None or self._stopper.stopping or not self._ports:
+        if self.pool is not None or self.stopper.stopping or not self._ports:
             return
-        self.pool = WorkerPool(
-            self._reactor, self.dispatcher, self.workerCommand, self._count,
-            onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp,
-        )  # fmt: skip
-        # The lifecycle's own handlers, over the reactor's, which would
-        # make twistd re-raise the signal after an orderly shutdown.
-        self._stopper.pool = self.pool
-        self._stopper.installSignals()
+        self.makePool(self.workerCommand, self._count, onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp)
         _log.info("Cluster primary (pid {pid}) starting {n} worker(s): {argv}", pid=os.getpid(), n=self._count, argv=" ".join(self._argv))
-        self.pool.start()
+        self.start()
 
     def workerCommand(self, index: int, heartbeat: float) -> Command:
         """Worker C{index}'s command: the program's interpreter options; the program and our listeners."""
         assert self._program is not None
         listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
         startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
-        startup["files"] = self._files()
+        startup["files"] = self.files()
         argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
         return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)
-
-    def _files(self) -> dict[str, dict[str, str]]:
-        """The start-up message's C{files}; after a reload (SIGHUP), read again first."""
-        reloads = self.pool.reloads if self.pool is not None else 0
-        refresh, self._filesRead = reloads != self._filesRead, reloads
-        return startupFiles({d: p.handOver for d, p in self._ports.items() if p.handOver is not None}, refresh, FILES_ROOM)
 
     def _gaveUp(self, index: int, exits: int) -> None:
         self.fail(
@@ -337,8 +295,8 @@ class ClusterPrimary:
         if not self.failed:
             _log.critical("Cluster mode cannot go on: {reason}", reason=reason)
             self.failed = True
-            if self._reactor.running:
-                self._reactor.stop()
+            if self.reactor.running:
+                self.reactor.stop()
 
     def exitStatus(self) -> int | None:
         """
@@ -354,8 +312,6 @@ class ClusterPrimary:
         status = self.exitStatus()
         if status is not None:
             for stream in (sys.stdout, sys.stderr):
-                try:
+                with contextlib.suppress(Exception):
                     stream.flush()
-                except Exception:
-                    pass
             os._exit(status)

@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_cluster_units -*-
+"""
+The parent of worker processes under both front doors, C{twistd serversock}
+(L{twisted_serversock.tap}) and cluster mode (L{twisted_serversock.cluster}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .._tlsfiles import HandOver, checkFits, startupFiles
+from .dispatch import Dispatcher, Route
+from .parent import HandOffFactory
+from .pool import WorkerPool
+from .signals import ParentStop
+from .spawn import FILES_ROOM, WorkerCommand
+
+__all__ = ["Primary"]
+
+
+class Primary:
+    """
+    Listeners whose connections go to worker processes, the TLS files those
+    workers are handed, the pool and its signals, and one way to stop.
+
+    @ivar dispatcher: holds accepted connections until a worker adopts them.
+    @ivar pool: the workers, once made (L{makePool}).
+    @ivar stopper: how this parent stops, whoever asks (L{ParentStop}).
+    @ivar handOvers: TLS listeners' files read here for the workers (maybe
+        not root), by the description they look them up by (L{twisted_serversock._tlsfiles}).
+    """
+
+    def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
+        """@param ports: returns the listening ports to stop (called once)."""
+        self.reactor = reactor
+        self.dispatcher = Dispatcher(clock=reactor.seconds)
+        self.stopper = ParentStop(reactor, grace, ports)
+        self.pool: WorkerPool | None = None
+        self.handOvers: dict[str, HandOver] = {}
+        self._grace = grace
+        self._filesRead = 0  # the reload the TLS files were read for
+
+    def handOff(self, name: str, factory: Any, listen: Callable[[HandOffFactory], Any]) -> tuple[Route, Any]:
+        """
+        A new route, and the port C{listen} binds (synchronously; if it
+        raises, the route closes) with a factory that hands its connections
+        to the route's workers, which serve them with C{factory}.
+        """
+        route = self.dispatcher.addRoute(name)
+        try:
+            port = listen(HandOffFactory(self.dispatcher, route, factory))
+        except BaseException:
+            self.dispatcher.closeRoute(route)
+            raise
+        # Back-pressure: while every worker is saturated the excess waits
+        # in the kernel's backlog, not in this process.
+        route.watchPort(port)
+        return route, port
+
+    def keepFiles(self, description: str, handOver: HandOver) -> None:
+        """@raise ValueError: with these files, a worker's start-up message would be too large (they are not kept)."""
+        handOvers = {**self.handOvers, description: handOver}
+        checkFits(handOvers, FILES_ROOM)
+        self.handOvers = handOvers
+
+    def files(self) -> dict[str, dict[str, str]]:
+        """A worker's start-up message's C{files}; after a reload (SIGHUP), read again first."""
+        reloads = self.pool.reloads if self.pool is not None else 0
+        refresh, self._filesRead = reloads != self._filesRead, reloads
+        return startupFiles(self.handOvers, refresh, FILES_ROOM)
+
+    def makePool(self, command: WorkerCommand, count: int, **options: Any) -> WorkerPool:
+        """The workers (not started): a L{WorkerPool} with these C{options}, stopped with this parent's grace."""
+        self.pool = self.stopper.pool = WorkerPool(self.reactor, self.dispatcher, command, count, grace=self._grace, **options)
+        return self.pool
+
+    def start(self) -> None:
+        """Install the parent's signal handlers, then start the workers (if any)."""
+        # Before any worker starts, so that a signal during start-up is
+        # acted on once the reactor runs (the reactor then installs these
+        # SIGTERM/SIGINT handlers, not its own, which would make a graceful
+        # stop end "killed by SIGTERM"); and again once it runs, for any
+        # reactor that installs its own some other way.
+        self.stopper.installSignals()
+        self.reactor.callWhenRunning(self.stopper.installSignals)
+        if self.pool is not None:
+            self.pool.start()
