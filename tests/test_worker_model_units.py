@@ -81,26 +81,26 @@ def test_serversockPoolNeverGivesUp(monkeypatch: pytest.MonkeyPatch) -> None:
             child.close()
 
 
-def test_onlyTheServersockWorkerWrapsForPROXYRoutes() -> None:
+def test_workerWrapsForPROXYRoutes() -> None:
     """
-    A C{twistd serversock} worker told that a route's connections carry a
-    PROXY header serves them with its factory wrapped to parse it; a
-    cluster worker's program wraps its own factory (C{haproxy:} in its
-    endpoint string), so it has no such message.
+    A worker told that a route's connections carry a PROXY header serves
+    them with its factory wrapped to parse it, once however often it is
+    told; its other routes keep the factory as it is.  (Only C{twistd
+    serversock}'s parent says so: a cluster worker's program wraps its own
+    factory, C{haproxy:} in its endpoint string.)
     """
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from twisted_serversock.cluster.worker import ClusterWorker
     from twisted_serversock.ipc.channel import channelPair
-    from twisted_serversock.ipc.worker import ServersockWorker
+    from twisted_serversock.ipc.worker import Worker
 
-    assert "route" in ServersockWorker.controls and "route" not in ClusterWorker.controls
     reactor = MemoryReactorClock()
     ours, parentEnd = channelPair()
     factory = Factory.forProtocol(Protocol)
-    worker = ServersockWorker(reactor, factory, ours, 1)
+    worker = Worker(reactor, ours, 1, 5.0, factory)
     try:
+        send(parentEnd, "route", id=2, proxy=True)
         send(parentEnd, "route", id=2, proxy=True)
         pump(reactor)
         assert worker.factoryFor(1) is factory

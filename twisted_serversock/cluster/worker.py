@@ -112,10 +112,11 @@ class WorkerPort:
 class ClusterWorker(Worker):
     """
     This process's end of the cluster (one per worker process, see
-    L{Registry<twisted_serversock.cluster.Registry>}).
-
-    @ivar index: the worker's number.
+    L{Registry<twisted_serversock.cluster.Registry>}): a L{Worker} whose
+    routes are its ports', filled as they attach.
     """
+
+    controls = ControlTable(base=Worker.controls)
 
     def __init__(self, reactor: Any, channel: socket.socket, startup: dict[str, Any]) -> None:
         """
@@ -124,29 +125,15 @@ class ClusterWorker(Worker):
         """
         # No factory of its own: each listener's is started and stopped by
         # its port.
-        super().__init__(reactor, None, channel, startup["index"], startup["heartbeat"])
-        self.index: int = startup["index"]
+        super().__init__(reactor, channel, startup["index"], startup["heartbeat"])
         # What the primary had when this worker started, for each
         # description: (route, address).
         self._known = {str(d): (int(route), decodeAddress(address)) for d, (route, address) in startup["listeners"].items()}
-        self._ports: dict[int, WorkerPort] = {}  # by route
         self._descriptions: dict[str, WorkerPort] = {}
         # Requests to the primary by id: the program's Deferred, or None for
         # one answered from the start-up facts until the primary answers.
         self._asked: dict[int, tuple[defer.Deferred[IListeningPort] | None, WorkerPort]] = {}
         self._ids = itertools.count(1)
-        reactor.callWhenRunning(self._running)
-
-    def _running(self) -> None:
-        # After reactor.run, which installs its own SIGINT handler.  The
-        # program started: its ready message also tells the primary to stop
-        # counting this worker's failed starts.
-        self.installSignals()
-        self.start()
-
-    def factoryFor(self, route: int) -> Any:
-        port = self._ports.get(route)
-        return port.factory if port is not None else None
 
     def listen(self, endpoint: Any, factory: Any, workers: int = 0) -> defer.Deferred[IListeningPort]:
         """
@@ -188,12 +175,12 @@ class ClusterWorker(Worker):
         return d
 
     def _attached(self, port: WorkerPort, route: int, address: Any) -> None:
-        self._ports[route] = port
+        self.factories[route] = port.factory
         port.attached(route, address)
 
     def _forget(self, port: WorkerPort) -> None:
-        if port.route is not None and self._ports.get(port.route) is port:
-            del self._ports[port.route]
+        if port.route is not None and self.factories.get(port.route) is port.factory:
+            del self.factories[port.route]
 
     def detach(self, port: WorkerPort) -> None:
         """Ask the primary to send no more connections of C{port}'s listener."""
@@ -202,12 +189,10 @@ class ClusterWorker(Worker):
 
     def stop(self, grace: float) -> None:
         """Take no new connections, let open ones finish within C{grace} seconds, then stop the reactor (and so the program)."""
-        for port in list(self._ports.values()):
+        for port in list(self._descriptions.values()):
             if port.listening:
                 self.detach(port)
         super().stop(grace)
-
-    controls = ControlTable(base=Worker.controls)
 
     @controls.handler("cluster-attached", id=INTEGER, route=INTEGER, address=ANY)
     def _onAttached(self, id: int, route: int, address: Any) -> None:
@@ -219,9 +204,8 @@ class ClusterWorker(Worker):
             # The primary listened anew between this worker's start and
             # its request: its answer names the listener's route now.
             self._forget(port)
-            self._ports[route] = port
+            self.factories[route] = port.factory
             port.route = route
-
     @controls.handler("cluster-closed", id=INTEGER)
     def _onClosed(self, id: int) -> None:
         # The primary listened on the description and has closed that

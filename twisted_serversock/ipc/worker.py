@@ -1,9 +1,8 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-What every worker is (L{Worker}: adopt, ack, heartbeat, drain; its signals;
-its one log format), and the worker of C{twistd serversock}
-(L{ServersockWorker}, one factory).  The worker process itself is
-L{twisted_serversock.ipc.__main__}.
+What every worker process is (L{Worker}: adopt, ack, heartbeat, drain; its
+signals; its one log format), and the worker of C{twistd serversock}
+(L{serve}).  The process itself is L{twisted_serversock.ipc.__main__}.
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ from zope.interface import provider
 
 from .._tlsfiles import receive
 from .._twistedcompat import innerProtocol, proxyWrapped
-from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
-from .defaults import GRACE, TIMEOUT, heartbeatFor
+from .child import ParentLink
+from .control import BOOLEAN, NUMBER, INTEGER, ControlTable, optional
+from .defaults import GRACE
 from .wire import Control
 
-__all__ = ["serve", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
+__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "logObserver"]
 
 _log = Logger()
 
@@ -124,35 +124,32 @@ def logObserver(event: dict[str, Any]) -> None:
     stream.flush()
 
 
-def ignoreGroupSignals() -> None:
-    """
-    Ignore, in a worker, the signals its parent acts on: a terminal's
-    Ctrl-C or hangup, or C{kill} of the whole process group, reaches the
-    workers too, and the parent decides when they stop or reload;
-    SIGTTIN/SIGTTOU would otherwise stop a worker that touches the terminal
-    from the background.  SIGTERM sent to the worker itself stays a
-    graceful stop (its caller installs that).
-    """
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 class Worker:
     """
-    One worker: adopts connections, reports their ends, sends heartbeats,
-    drains on stop.
+    One worker process: adopts the connections the parent hands over,
+    reports their ends, sends heartbeats, drains on stop.  What serves a
+    route's connections is L{factoryFor}: a C{twistd serversock} worker's
+    one factory on every route (behind TLS on a C{geckotls:} listener's,
+    which the parent hands over raw), a cluster worker's ports' factories
+    as they attach.
 
+    @ivar index: the worker's number (1, 2, ...).
     @ivar adopted: how many connections this worker adopted.
+    @ivar factories: route id -> the protocol factory of its connections.
     """
 
     controls = ControlTable()
 
-    def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int, heartbeat: float = heartbeatFor(TIMEOUT)) -> None:
-        from .child import ParentLink
-
+    def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None, factories: dict[int, Any] | None = None) -> None:
+        """
+        @param factory: serves the routes not in C{factories}; started and
+            stopped with the worker.
+        """
         self._reactor = reactor
         self._factory = factory
-        self._index = index
+        self.factories = dict(factories or {})
+        self._proxied: set[int] = set()
+        self.index = index
         self._heartbeat = heartbeat
         self._beat: Any = None
         self._transports: set[Any] = set()
@@ -162,19 +159,23 @@ class Worker:
         self.link.onConnection = self._adopt
         self.link.onControl = self._control
         self.link.onLost = self._parentLost
+        reactor.callWhenRunning(self._start)
 
-    def installSignals(self) -> None:
-        """
-        The worker's signals: L{ignoreGroupSignals}, and SIGTERM a graceful
-        stop (after C{reactor.run} installed its own, or instead of them).
-        """
-        ignoreGroupSignals()
+    def _start(self) -> None:
+        # After reactor.run, which installs its own SIGINT handler (a
+        # cluster worker's program runs it).  The signals the parent acts on
+        # are ignored: a terminal's Ctrl-C or hangup, or kill of the whole
+        # process group, reaches the workers too, and the parent decides when
+        # they stop or reload; SIGTTIN/SIGTTOU would stop a worker that
+        # touches the terminal from the background.  SIGTERM to the worker
+        # itself is a graceful stop.
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
-
-    def start(self) -> None:
-        """Once the reactor runs: start the factory, say C{ready} (once), begin the heartbeats."""
         if self._factory is not None:
             self._factory.doStart()
+        # Also tells a cluster's primary to stop counting this worker's
+        # failed starts: the program started.
         self.link.sendControl("ready", pid=os.getpid())
         self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
@@ -188,7 +189,7 @@ class Worker:
 
     def factoryFor(self, route: int) -> Any:
         """The protocol factory for C{route}'s connections (C{None}: not served, closed)."""
-        return self._factory
+        return self.factories.get(route, self._factory)
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
         factory = self.factoryFor(route)
@@ -222,6 +223,16 @@ class Worker:
     def _control(self, message: Control) -> None:
         if not self.controls.dispatch(message, "the parent", self.link.channel, self):
             _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
+
+    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
+    def _onRoute(self, id: int, proxy: bool) -> None:
+        # A haproxy: listener's route in C{twistd serversock}: the parent
+        # hands its connections over with the PROXY header unread.  (A
+        # cluster worker's program wraps its own factory: no such message.)
+        factory = self.factoryFor(id)
+        if proxy and id not in self._proxied and factory is not None:
+            self._proxied.add(id)
+            self.factories[id] = proxyWrapped(factory)
 
     @controls.handler("stop", grace=optional(NUMBER, GRACE))
     def _onStop(self, grace: float) -> None:
@@ -259,7 +270,7 @@ class Worker:
             self._reactor.callLater(0.05, self._poll)
 
     def _finish(self) -> None:
-        _log.info("Worker {index} adopted {n} connection(s); exiting", index=self._index, n=self.adopted)
+        _log.info("Worker {index} adopted {n} connection(s); exiting", index=self.index, n=self.adopted)
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
         self._beat = None
@@ -269,31 +280,6 @@ class Worker:
         finally:
             self.link.channel.loseConnection()
             self._reactor.stop()
-
-
-class ServersockWorker(Worker):
-    """
-    The worker of C{twistd serversock}: its one factory serves every route,
-    behind TLS on a C{geckotls:} listener's routes (the parent hands those
-    over raw), wrapped to parse the PROXY header on a C{haproxy:}
-    listener's routes (cluster workers' programs wrap their own).
-    """
-
-    controls = ControlTable(base=Worker.controls)
-
-    def __init__(self, *args: Any, tls: dict[int, Any] | None = None, **kwargs: Any) -> None:
-        """@param tls: route id -> the factory behind TLS for a C{geckotls:} listener's routes."""
-        super().__init__(*args, **kwargs)
-        self._tlsFactories = tls or {}
-        self._proxyFactories: dict[int, Any] = {}
-
-    def factoryFor(self, route: int) -> Any:
-        return self._proxyFactories.get(route, self._tlsFactories.get(route, self._factory))
-
-    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
-    def _onRoute(self, id: int, proxy: bool) -> None:
-        if proxy and id not in self._proxyFactories:
-            self._proxyFactories[id] = proxyWrapped(self._tlsFactories.get(id, self._factory))
 
 
 def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
@@ -308,25 +294,13 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     reactor: Any = _reactor
     try:
         factory = resolveFactory(startup["factory"])
-        tls = _tlsFactories(reactor, factory, startup)
+        # Each geckotls: route's TLS, parsed from its description with the
+        # files the parent handed over; a bad one is a ValueError too.
+        receive(startup.pop("files"))
+        tls = {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    worker = ServersockWorker(reactor, factory, channel, startup["index"], startup["heartbeat"], tls=tls)
-    worker.installSignals()
-    reactor.callWhenRunning(worker.start)
+    Worker(reactor, channel, startup["index"], startup["heartbeat"], factory, tls)
     reactor.run(installSignalHandlers=False)
     return 0
-
-
-def _tlsFactories(reactor: Any, factory: Any, startup: dict[str, Any]) -> dict[int, Any]:
-    """
-    C{factory} behind the TLS of each C{geckotls:} route, parsed from its
-    description with the files the parent handed over.
-
-    @raise ValueError: one line: a description or file that cannot be used.
-    """
-    if not startup["tls"]:
-        return {}
-    receive(startup.pop("files"))
-    return {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
