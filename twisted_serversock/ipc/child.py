@@ -5,11 +5,10 @@ end of its channel) and L{TCPServerSocketChild}, Gecko's
 C{nsITCPServerSocketInternal} (its listening socket is in the parent).
 
 A connection is adopted only once the kernel has taken its ack: until the
-parent has the ack it may give the connection to another child, so a child
-never serves one the parent may re-send.  The connections of one readable
-event are acknowledged with one message (at the run's end, or before a
-control message that follows them), saving the parent a wakeup and a
-C{recvmsg} per connection under load.
+parent has the ack it may give the connection to another child.  The
+connections of one readable event are acknowledged with one message (at
+the run's end, or before a control message that follows them), saving the
+parent a wakeup and a C{recvmsg} per connection under load.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from zope.interface import implementer
 from .. import _args
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
-from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
+from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _ClientFactory, _connected, _fire
 from .channel import Channel
 from .control import INTEGER, STRING, ControlTable, optional
 from .wire import Ack, Conn, Control, Message, encodeControl, encodeReport
@@ -257,7 +256,8 @@ class TCPServerSocketChild:
 
             self._reactor = reactor
         try:
-            self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
+            # The factory of one built socket (adopting fails no connect).
+            self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _ClientFactory(sock))
         finally:
             socketChild.close()  # the reactor adopted a duplicate
         _connected(self, sock)
@@ -279,10 +279,7 @@ class TCPServerSocketChild:
         if self.onerror is None:
             _log.error("{server!r}: {message} ({filename}:{line})", server=self, message=message, filename=filename, line=lineNumber)
             return
-        try:
-            self.onerror(event)
-        except Exception:
-            _log.failure("Unhandled error in {server!r}'s onerror handler", server=self)
+        _fire(self.onerror, event, self)
 
     def close(self) -> None:
         """Ask the parent to stop listening; accepted sockets stay open. Idempotent."""
@@ -292,17 +289,3 @@ class TCPServerSocketChild:
         if self._listenId is not None and self._route is not None:
             self._parent.closeListener(self._listenId, self._route)
 
-
-class _One:
-    """A protocol factory for exactly one, already built, protocol."""
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self._protocol
-
-    def doStart(self) -> None:
-        pass
-
-    doStop = doStart
