@@ -3,9 +3,7 @@
 A cluster worker: the application's own program, run again by the primary
 (L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints attach to
 the primary's listener with the same description instead of binding.  It
-is L{twisted_serversock.ipc.worker.Worker} - the worker of C{twistd
-serversock}, so it acknowledges, drains and goes away as that one does -
-with one factory per listener.
+is a L{twisted_serversock.ipc.worker.Worker}, as C{twistd serversock}'s.
 """
 
 from __future__ import annotations
@@ -83,13 +81,8 @@ class WorkerPort:
         """The primary serves this listener's connections to this worker from now on."""
         self.route, self._address, self.listening = route, address, True
         self.factory.doStart()
-        _log.info(
-            "Cluster worker {index} (pid {pid}) serves {address} ({description})",
-            index=self._worker.index,
-            pid=os.getpid(),
-            address=describeAddress(address),
-            description=self.description,
-        )
+        text = "Cluster worker {index} (pid {pid}) serves {address} ({description})"
+        _log.info(text, index=self._worker.index, pid=os.getpid(), address=describeAddress(address), description=self.description)
 
     def getHost(self) -> Any:
         """The primary's listening address."""
@@ -111,7 +104,7 @@ class WorkerPort:
 
 class ClusterWorker(Worker):
     """
-    This process's end of the cluster (one per worker process, see
+    This process's end of the cluster (see
     L{Registry<twisted_serversock.cluster.Registry>}): a L{Worker} whose
     routes are its ports', filled as they attach.
     """
@@ -123,8 +116,6 @@ class ClusterWorker(Worker):
         @param startup: the fields of the start-up message (L{STARTUP_FIELDS
             <twisted_serversock.ipc.spawn.STARTUP_FIELDS>}'s C{cluster}).
         """
-        # No factory of its own: each listener's is started and stopped by
-        # its port.
         super().__init__(reactor, channel, startup["index"], startup["heartbeat"])
         # What the primary had when this worker started, for each
         # description: (route, address).
@@ -206,12 +197,12 @@ class ClusterWorker(Worker):
             self._forget(port)
             self.factories[route] = port.factory
             port.route = route
+
     @controls.handler("cluster-closed", id=INTEGER)
     def _onClosed(self, id: int) -> None:
-        # The primary listened on the description and has closed that
-        # listener since (this worker started later, or asked late): as in
-        # the primary, the program's port is closed - its listen()
-        # succeeds, no connection comes.
+        # The primary has closed the listener since this worker started (or
+        # asked): as in the primary, the program's listen() succeeds with a
+        # closed port, and no connection comes.
         d, port = self._asked.pop(id, (None, None))
         if d is not None and port is not None:
             d.callback(port)

@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
-The child side of cross-process server sockets: L{ParentLink} (the child's
-end of its channel) and L{TCPServerSocketChild}, Gecko's
-C{nsITCPServerSocketInternal} (its listening socket is in the parent).
+The child's end of its channel (L{ParentLink}), and
+L{TCPServerSocketChild}, Gecko's C{nsITCPServerSocketInternal}.
 
 A connection is adopted only once the kernel has taken its ack: until the
 parent has the ack it may give the connection to another child.  The
@@ -27,7 +26,7 @@ from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITI
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _ClientFactory, _connected, _fire
 from .channel import Channel
 from .control import INTEGER, STRING, ControlTable, optional
-from .wire import Ack, Conn, Control, Message, encodeControl, encodeReport
+from .wire import Conn, Control, Message, encodeControl, encodeReport
 
 __all__ = ["ParentLink", "TCPServerSocketChild", "REPORT_DELAY"]
 
@@ -86,7 +85,6 @@ class ParentLink:
         if self.channel.connected:
             self.sendControl("close", id=listenId)
 
-    # Receiver
     def messageReceived(self, message: Message) -> None:
         if isinstance(message, Conn):
             connId = message.connId
@@ -103,7 +101,6 @@ class ParentLink:
             else:
                 _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
         else:
-            assert isinstance(message, Ack)
             _log.warn("Ignored an ack from the parent: only children acknowledge")
 
     def reportClosed(self) -> None:
@@ -187,12 +184,8 @@ class ParentLink:
 class TCPServerSocketChild:
     """
     A L{TCPServerSocket<twisted_serversock.tcpsocket.TCPServerSocket>}
-    whose listening socket is in the parent process::
-
-        server = TCPServerSocketChild(parentLink)
-        server.init(None)
-        server.onconnect = ...
-        server.listen(8080, {"binaryType": "arraybuffer"}, -1)
+    whose listening socket is in the parent process (C{init}, then
+    C{listen}; see C{docs/workers.md}).
 
     @ivar localPort: the requested port until the parent reports the bound
         one (Gecko's child never learns it; this one does).
@@ -219,8 +212,7 @@ class TCPServerSocketChild:
 
     def listen(self, localPort: int, options: object, backlog: int) -> None:
         """
-        Ask the parent to listen on C{localPort}; connections then come to
-        L{callListenerAccept}, errors to L{callListenerError}.
+        Ask the parent to listen on C{localPort}.
 
         @raise NSError: C{NS_ERROR_FAILURE} if already listening,
             C{NS_ERROR_NOT_INITIALIZED} if the parent is gone,
@@ -266,9 +258,7 @@ class TCPServerSocketChild:
         """
         An error in the parent: report it to C{onerror}.
 
-        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, unless
-            C{message} and C{filename} are strings and C{lineNumber} and
-            C{columnNumber} non-negative integers.
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the bad argument.
         """
         _args.asNSError(_args.text, message, "message")
         _args.asNSError(_args.text, filename, "filename")

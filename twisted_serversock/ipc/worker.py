@@ -14,10 +14,12 @@ import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from .._findfactory import importFactory
 from .._tlsfiles import receive
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .child import ParentLink
@@ -33,15 +35,10 @@ _log = Logger()
 def resolveFactory(name: str) -> Any:
     """
     The protocol factory C{name} names: an C{IProtocolFactory} provider, or
-    a zero-argument callable returning one (see
-    L{twisted_serversock._findfactory}).
+    a zero-argument callable returning one.
 
     @raise ValueError: one line: why it is not.
     """
-    from twisted.internet.interfaces import IProtocolFactory
-
-    from .._findfactory import importFactory
-
     if not name or not all(part.isidentifier() for part in name.split(".")):
         raise ValueError(f"--factory must be a dotted name such as mypackage.mymodule.factory, not {name!r}")
     obj = importFactory(name)
@@ -65,20 +62,17 @@ def finishGracefully(protocol: Any) -> None:
 
      - a protocol (or the one inside its wrappers: PROXY, twisted.web's
        HTTP/1-or-2 choice) with a C{stopGracefully()} method: that is called;
-     - Twisted's HTTP/1.1 channel (C{twisted.web}): the response being
-       written and every later one says C{Connection: close} and the
-       connection closes after it, so a keep-alive client moves to a new
-       connection (and so to a new worker) between requests, as it would
-       after any server's C{Connection: close};
+     - Twisted's HTTP/1.1 channel: the response being written and every
+       later one says C{Connection: close}, so a keep-alive client moves to
+       a new connection (and so to a new worker) between requests;
      - anything else: left alone until it closes or the grace period ends.
     """
-    for _ in range(9):
+    for _ in range(9):  # a bound: a wrapper that wraps itself must not hang the worker
         hook = getattr(protocol, "stopGracefully", None)
         if callable(hook):
             hook()
             return
-        inner = innerProtocol(protocol) if protocol is not None else None
-        if inner is None:
+        if (inner := innerProtocol(protocol)) is None:
             break
         protocol = inner
     http = sys.modules.get("twisted.web.http")
@@ -104,9 +98,8 @@ def logObserver(event: dict[str, Any]) -> None:
     """
     Every worker's log: one line an event on the real standard error, which
     the parent relays under the worker's number and pid: the level unless
-    info, the event's own system (a connection's, not the
-    C{namespace#level} Twisted shows for events without one), the text,
-    then any traceback.
+    info, the event's own system (not the C{namespace#level} Twisted shows
+    for events without one), the text, then any traceback.
     """
     text = formatEvent(event)
     system = event.get("log_system")
@@ -127,11 +120,12 @@ def logObserver(event: dict[str, Any]) -> None:
 class Worker:
     """
     One worker process: adopts the connections the parent hands over,
-    reports their ends, sends heartbeats, drains on stop.  What serves a
-    route's connections is L{factoryFor}: a C{twistd serversock} worker's
-    one factory on every route (behind TLS on a C{geckotls:} listener's,
-    which the parent hands over raw), a cluster worker's ports' factories
-    as they attach.
+    reports their ends, sends heartbeats, drains on stop.  A route's
+    connections are served by its factory in L{factories}, else by
+    C{factory} (started and stopped with the worker): a C{twistd
+    serversock} worker's one factory, TLS-wrapped on the C{geckotls:}
+    routes (the parent hands those over raw); a cluster worker has none,
+    its ports fill L{factories} as they attach.
 
     @ivar index: the worker's number (1, 2, ...).
     @ivar adopted: how many connections this worker adopted.
@@ -141,10 +135,6 @@ class Worker:
     controls = ControlTable()
 
     def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None, factories: dict[int, Any] | None = None) -> None:
-        """
-        @param factory: serves the routes not in C{factories}; started and
-            stopped with the worker.
-        """
         self._reactor = reactor
         self._factory = factory
         self.factories = dict(factories or {})
@@ -162,20 +152,18 @@ class Worker:
         reactor.callWhenRunning(self._start)
 
     def _start(self) -> None:
-        # After reactor.run, which installs its own SIGINT handler (a
-        # cluster worker's program runs it).  The signals the parent acts on
-        # are ignored: a terminal's Ctrl-C or hangup, or kill of the whole
-        # process group, reaches the workers too, and the parent decides when
-        # they stop or reload; SIGTTIN/SIGTTOU would stop a worker that
-        # touches the terminal from the background.  SIGTERM to the worker
-        # itself is a graceful stop.
+        # After reactor.run, which may install its own SIGINT handler.  A
+        # terminal's Ctrl-C or hangup, or kill of the process group, reaches
+        # the workers too: the parent decides when they stop or reload.
+        # SIGTTIN/SIGTTOU would stop a worker that touches the terminal from
+        # the background.  SIGTERM to the worker itself is a graceful stop.
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
         if self._factory is not None:
             self._factory.doStart()
-        # Also tells a cluster's primary to stop counting this worker's
-        # failed starts: the program started.
+        # Also tells a cluster's primary that the program started (it stops
+        # counting this worker's failed starts).
         self.link.sendControl("ready", pid=os.getpid())
         self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
@@ -226,9 +214,8 @@ class Worker:
 
     @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
     def _onRoute(self, id: int, proxy: bool) -> None:
-        # A haproxy: listener's route in C{twistd serversock}: the parent
-        # hands its connections over with the PROXY header unread.  (A
-        # cluster worker's program wraps its own factory: no such message.)
+        # A haproxy: listener's route in twistd serversock: the parent hands
+        # its connections over with the PROXY header unread.
         factory = self.factoryFor(id)
         if proxy and id not in self._proxied and factory is not None:
             self._proxied.add(id)
