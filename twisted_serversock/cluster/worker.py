@@ -1,9 +1,8 @@
 # -*- test-case-name: tests.test_cluster_units -*-
 """
 A cluster worker: the application's own program, run again by the primary
-(L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints attach to
-the primary's listener with the same description instead of binding.  It
-is a L{twisted_serversock.ipc.worker.Worker}, as C{twistd serversock}'s.
+(L{twisted_serversock.cluster.boot}), whose C{workers=N} endpoints attach
+to the primary's listener with the same description instead of binding.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ __all__ = ["ClusterWorker", "WorkerPort", "encodeAddress", "decodeAddress"]
 
 _log = Logger()
 
-#: Seconds a worker waits for the primary to answer about a listener it
-#: did not know of when the worker started.
+#: Seconds a worker waits for the primary's answer about a listener new since the worker started.
 ATTACH_TIMEOUT = 30.0
 
 
@@ -58,10 +56,9 @@ def decodeAddress(data: list[Any]) -> Any:
 class WorkerPort:
     """
     A cluster listener in a worker: the primary accepts, this process
-    serves with C{factory}.
+    serves with C{factory}.  Its C{serverSocket} is C{None}: that is in the primary.
 
     @ivar route: the primary's route for the listener, once attached.
-    @ivar serverSocket: C{None}; the listening socket is in the primary.
     """
 
     serverSocket = None
@@ -112,13 +109,9 @@ class ClusterWorker(Worker):
     controls = ControlTable(base=Worker.controls)
 
     def __init__(self, reactor: Any, channel: socket.socket, startup: dict[str, Any]) -> None:
-        """
-        @param startup: the fields of the start-up message (L{STARTUP_FIELDS
-            <twisted_serversock.ipc.spawn.STARTUP_FIELDS>}'s C{cluster}).
-        """
+        """@param startup: the start-up message's fields (C{ipc.spawn.STARTUP_FIELDS["cluster"]})."""
         super().__init__(reactor, channel, startup["index"], startup["heartbeat"])
-        # What the primary had when this worker started, for each
-        # description: (route, address).
+        # What the primary had when this worker started: description -> (route, address).
         self._known = {str(d): (int(route), decodeAddress(address)) for d, (route, address) in startup["listeners"].items()}
         self._descriptions: dict[str, WorkerPort] = {}
         # Requests to the primary by id: the program's Deferred, or None for
@@ -130,10 +123,9 @@ class ClusterWorker(Worker):
         """
         Attach to the primary's listener with C{endpoint}'s description.
 
-        @return: a Deferred with the L{WorkerPort}, already fired if the
-            primary had the listener when this worker started; or
-            C{CannotListenError} if the primary does not have it, or the
-            channel to the primary is gone.
+        @return: a Deferred with the L{WorkerPort} (fired at once if the primary
+            had the listener when this worker started), or C{CannotListenError}
+            (the primary does not have it, or the channel to it is gone).
         """
         description = endpoint.clusterDescription()
         if description in self._descriptions and self._descriptions[description].listening:
@@ -143,10 +135,9 @@ class ClusterWorker(Worker):
         port = self._descriptions[description] = WorkerPort(self, description, factory)
         requestId = next(self._ids)
         self.link.sendControl("cluster-attach", id=requestId, description=description)
-        # What the primary had when this worker started holds for the
-        # program's first listen on each description only: a listener the
-        # program stopped and listens on again has a new route in the
-        # primary, so later listens wait for the primary's answer.
+        # What the primary had at this worker's start holds for the first
+        # listen on each description only: a listener the program stopped and
+        # listens on again has a new route, so later listens wait for the answer.
         known = self._known.pop(description, None)
         if known is not None:
             self._asked[requestId] = (None, port)

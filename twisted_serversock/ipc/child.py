@@ -40,9 +40,9 @@ class ParentLink:
     """
     The child's end of its channel to the parent.
 
-    @ivar onConnection: called with C{(route, socket)} for a connection of a
-        route no L{TCPServerSocketChild} asked for; the callee owns it.
-    @ivar onControl: called with each control message not handled here.
+    @ivar onConnection: gets C{(route, socket)}, to own, for a connection of
+        a route no L{TCPServerSocketChild} asked for.
+    @ivar onControl: gets each control message not handled here.
     @ivar onLost: called once when the parent's end is gone.
     """
 
@@ -87,9 +87,8 @@ class ParentLink:
 
     def messageReceived(self, message: Message) -> None:
         if isinstance(message, Conn):
-            connId = message.connId
-            self._adopting[connId] = socket.socket(fileno=message.fd)
-            self._unacked.append((connId, message.route))
+            self._adopting[message.connId] = socket.socket(fileno=message.fd)
+            self._unacked.append((message.connId, message.route))
         elif isinstance(message, Control):
             # Connections that came before it are acknowledged and adopted
             # before it is handled, as if one at a time.
@@ -106,8 +105,8 @@ class ParentLink:
     def reportClosed(self) -> None:
         """
         An adopted connection ended: the parent (its least-loaded dispatch)
-        learns it with the next ack, or after L{REPORT_DELAY} if none comes,
-        so that under load closes cost no message of their own.
+        learns it with the next ack, or after L{REPORT_DELAY}: under load,
+        closes cost no message of their own.
         """
         self._closed += 1
         if self._reportLater is None and self.channel.connected:
@@ -134,12 +133,10 @@ class ParentLink:
         self.channel.send(encodeReport([connId for connId, _route in unacked], closed), then=deliverAll)
 
     def _deliver(self, connId: int, route: int) -> None:
-        skt = self._adopting.pop(connId, None)
-        if skt is None:
+        if (skt := self._adopting.pop(connId, None)) is None:
             return
-        server = self._servers.get(route)
         try:
-            if server is not None:
+            if (server := self._servers.get(route)) is not None:
                 server.callListenerAccept(skt)
             elif self.onConnection is not None:
                 self.onConnection(route, skt)
@@ -162,22 +159,18 @@ class ParentLink:
         if self.onLost is not None:
             self.onLost(reason)
 
-    # Control messages from the parent.
     @controls.handler("listening", id=INTEGER, route=INTEGER, port=INTEGER)
     def _onListening(self, id: int, route: int, port: int) -> None:
-        server = self._requests.get(id)
-        if server is None:
-            return
-        self._servers[route] = server
-        server.listening(route, port)
+        if (server := self._requests.get(id)) is not None:
+            self._servers[route] = server
+            server.listening(route, port)
 
     @controls.handler("error", id=INTEGER, message=STRING, filename=optional(STRING, ""), lineNumber=optional(INTEGER, 0), columnNumber=optional(INTEGER, 0))
     def _onError(self, id: int, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
-        server = self._requests.get(id)
-        if server is None:
+        if (server := self._requests.get(id)) is not None:
+            server.callListenerError(message, filename, lineNumber, columnNumber)
+        else:
             _log.error("Error from the parent: {message} ({filename}:{line})", message=message, filename=filename, line=lineNumber)
-            return
-        server.callListenerError(message, filename, lineNumber, columnNumber)
 
 
 @implementer(ITCPServerSocket, ITCPServerSocketInternal)

@@ -2,14 +2,11 @@
 """
 How any worker process is started: L{spawnWorkerProcess} runs
 L{WORKER_MODULE} with its channel as descriptor L{CHANNEL_FD} and sends the
-start-up message (L{STARTUP_FIELDS}), the channel's first, which the worker
-reads (L{readStartup}) before its reactor runs and before what it serves is
-imported.
-
-Start-up facts travel over the channel, never in the command line (public:
-C{ps}), a file (it outlives the process) or the environment (inherited by
-every process the application starts), because they include secrets: the
-TLS private keys a privileged parent loads for unprivileged workers.
+start-up message, which the worker reads (L{readStartup}) before its
+reactor runs.  Start-up facts travel over the channel, never in the command
+line (public: C{ps}), a file (it outlives the process) or the environment
+(inherited by every process the application starts), because they include
+secrets: the TLS private keys a privileged parent loads for its workers.
 """
 
 from __future__ import annotations
@@ -53,8 +50,7 @@ def _checkFiles(value: object) -> None:
                 raise MessageError(f"field 'files'[{description!r}][{path!r}] is not a base64 string") from None
 
 
-#: Bytes of a start-up message its TLS files may take (the rest: its
-#: command line, path, listeners).
+#: Bytes of a start-up message its TLS files may take (the rest: command line, path, listeners).
 FILES_ROOM = MAX_MESSAGE - 16384
 
 #: The fields of the start-up message, by the kind of worker (its
@@ -81,8 +77,7 @@ class Command(NamedTuple):
     startup: dict[str, Any] | None = None
 
 
-#: The command of worker C{index} that says it is alive every C{heartbeat}
-#: seconds while idle: C{(index, heartbeat) -> Command}.
+#: C{(index, heartbeat) -> Command}: worker C{index}, alive every C{heartbeat} s while idle.
 WorkerCommand = Callable[[int, float], Command]
 
 
@@ -90,10 +85,9 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     """
     Start one worker process running C{command}, its output read by
     C{processProtocol}, C{channel} (the caller closes it) as its
-    L{CHANNEL_FD}, and send its start-up message with C{send} (the
-    channel's other end's).  The message is encoded first: one that cannot
-    be (too large, a field JSON cannot carry) starts no process, which
-    would only die waiting for it.
+    L{CHANNEL_FD}; send its start-up message with C{send}, the channel's
+    other end's.  A message that cannot be encoded (too large, a field JSON
+    cannot carry) starts no process, which would only die waiting for it.
 
     @return: the C{IProcessTransport}.
     @raise ProtocolError: the start-up message cannot be encoded.
@@ -107,8 +101,7 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
 
 def serversockCommand(factoryName: str, index: int, heartbeat: float, tls: Callable[[], dict[str, Any]] | None = None) -> Command:
     """
-    The command of a C{twistd serversock} worker: it serves the protocol
-    factory C{factoryName}, found on the parent's C{sys.path}.
+    The command of a C{twistd serversock} worker serving C{factoryName}.
 
     @param tls: returns the start-up fields C{tls} and C{files}, if some
         listeners' TLS runs in the workers.

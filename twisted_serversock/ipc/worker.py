@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-What every worker process is (L{Worker}: adopt, ack, heartbeat, drain; its
-signals; its one log format), and the worker of C{twistd serversock}
-(L{serve}).  The process itself is L{twisted_serversock.ipc.__main__}.
+Every worker process's L{Worker} (adopt, ack, heartbeat, drain; its
+signals; its one log format), and C{twistd serversock}'s (L{serve}).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ def resolveFactory(name: str) -> Any:
     The protocol factory C{name} names: an C{IProtocolFactory} provider, or
     a zero-argument callable returning one.
 
-    @raise ValueError: one line: why it is not.
+    @raise ValueError: one line: why there is none.
     """
     if not name or not all(part.isidentifier() for part in name.split(".")):
         raise ValueError(f"--factory must be a dotted name such as mypackage.mymodule.factory, not {name!r}")
@@ -59,13 +58,12 @@ def finishGracefully(protocol: Any) -> None:
     """
     Ask a connection's protocol to end at its next natural boundary, so that
     a worker being stopped or replaced drains without cutting a client off:
-
-     - a protocol (or the one inside its wrappers: PROXY, twisted.web's
-       HTTP/1-or-2 choice) with a C{stopGracefully()} method: that is called;
-     - Twisted's HTTP/1.1 channel: the response being written and every
-       later one says C{Connection: close}, so a keep-alive client moves to
-       a new connection (and so to a new worker) between requests;
-     - anything else: left alone until it closes or the grace period ends.
+    its C{stopGracefully()} (or that of the protocol inside its wrappers:
+    PROXY, twisted.web's HTTP/1-or-2 choice) is called; Twisted's HTTP/1.1
+    channel says C{Connection: close} on the response being written and
+    every later one, so a keep-alive client moves to a new connection (and
+    so to a new worker) between requests; anything else is left alone until
+    it closes or the grace period ends.
     """
     for _ in range(9):  # a bound: a wrapper that wraps itself must not hang the worker
         hook = getattr(protocol, "stopGracefully", None)
@@ -102,14 +100,11 @@ def logObserver(event: dict[str, Any]) -> None:
     for events without one), the text, then any traceback.
     """
     text = formatEvent(event)
-    system = event.get("log_system")
-    if system and system != "-":
+    if (system := event.get("log_system")) and system != "-":
         text = f"[{system}] {text}"
-    level = event.get("log_level")
-    if level is not None and level is not LogLevel.info:
+    if (level := event.get("log_level")) is not None and level is not LogLevel.info:
         text = f"{level.name}: {text}"
-    failure = event.get("log_failure")
-    if failure is not None:
+    if (failure := event.get("log_failure")) is not None:
         text = f"{text}\n{failure.getTraceback()}"
     # The real standard error: twistd points sys.stderr at the log itself.
     stream = sys.__stderr__ or sys.stderr
@@ -122,10 +117,8 @@ class Worker:
     One worker process: adopts the connections the parent hands over,
     reports their ends, sends heartbeats, drains on stop.  A route's
     connections are served by its factory in L{factories}, else by
-    C{factory} (started and stopped with the worker): a C{twistd
-    serversock} worker's one factory, TLS-wrapped on the C{geckotls:}
-    routes (the parent hands those over raw); a cluster worker has none,
-    its ports fill L{factories} as they attach.
+    C{factory}, started and stopped with the worker (C{twistd serversock}'s
+    one factory; a cluster worker has none, its ports fill L{factories}).
 
     @ivar index: the worker's number (1, 2, ...).
     @ivar adopted: how many connections this worker adopted.
@@ -260,7 +253,6 @@ class Worker:
         _log.info("Worker {index} adopted {n} connection(s); exiting", index=self.index, n=self.adopted)
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
-        self._beat = None
         try:
             if self._factory is not None:
                 self._factory.doStop()
@@ -270,10 +262,7 @@ class Worker:
 
 
 def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
-    """
-    Be the C{twistd serversock} worker C{startup} describes, with C{channel}
-    to the parent, until it stops; return the exit status.
-    """
+    """Be the C{twistd serversock} worker C{startup} describes until it stops; return the exit status."""
     sys.path[:] = startup["path"] + [p for p in sys.path if p not in startup["path"]]
     globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
@@ -281,8 +270,8 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     reactor: Any = _reactor
     try:
         factory = resolveFactory(startup["factory"])
-        # Each geckotls: route's TLS, parsed from its description with the
-        # files the parent handed over; a bad one is a ValueError too.
+        # The geckotls: routes' TLS (the parent hands their connections over
+        # raw), from their descriptions and the files the parent read.
         receive(startup.pop("files"))
         tls = {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
     except ValueError as e:
