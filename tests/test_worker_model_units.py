@@ -110,6 +110,43 @@ def test_workerWrapsForPROXYRoutes() -> None:
         parentEnd.close()
 
 
+def test_finishGracefullyReachesTheProtocolInsideItsWrappers() -> None:
+    """
+    A draining worker calls the C{stopGracefully} of the protocol inside
+    its wrappers, and makes Twisted's HTTP/1.1 channel close after the
+    response it is writing; a protocol with neither is left alone.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+    from twisted.web.http import HTTPChannel
+
+    from twisted_serversock.ipc.worker import finishGracefully
+
+    class Stoppable(Protocol):
+        stopped = 0
+
+        def stopGracefully(self) -> None:
+            self.stopped += 1
+
+    inner = Stoppable()
+    wrapping = WrappingFactory(Factory.forProtocol(Stoppable))
+    finishGracefully(ProtocolWrapper(wrapping, ProtocolWrapper(wrapping, inner)))
+    assert inner.stopped == 1
+    channel = HTTPChannel()
+    finishGracefully(ProtocolWrapper(wrapping, channel))
+
+    class Request:
+        def __init__(self) -> None:
+            from twisted.web.http_headers import Headers
+
+            self.responseHeaders = Headers()
+
+    request = Request()
+    assert channel.checkPersistence(request, b"HTTP/1.1") is False
+    assert request.responseHeaders.getRawHeaders(b"Connection") == [b"close"]
+    finishGracefully(Protocol())
+
+
 class _Port:
     """
     A listening port whose stop the test ends.

@@ -77,6 +77,7 @@ class WorkerPort:
     def attached(self, route: int, address: Any) -> None:
         """The primary serves this listener's connections to this worker from now on."""
         self.route, self._address, self.listening = route, address, True
+        self._worker.factories[route] = self.factory
         self.factory.doStart()
         text = "Cluster worker {index} (pid {pid}) serves {address} ({description})"
         _log.info(text, index=self._worker.index, pid=os.getpid(), address=describeAddress(address), description=self.description)
@@ -141,7 +142,7 @@ class ClusterWorker(Worker):
         known = self._known.pop(description, None)
         if known is not None:
             self._asked[requestId] = (None, port)
-            self._attached(port, *known)
+            port.attached(*known)
             return defer.succeed(port)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
         self._asked[requestId] = (d, port)
@@ -155,10 +156,6 @@ class ClusterWorker(Worker):
         d.addTimeout(ATTACH_TIMEOUT, self._reactor)
         d.addErrback(timedOut)
         return d
-
-    def _attached(self, port: WorkerPort, route: int, address: Any) -> None:
-        self.factories[route] = port.factory
-        port.attached(route, address)
 
     def _forget(self, port: WorkerPort) -> None:
         if port.route is not None and self.factories.get(port.route) is port.factory:
@@ -180,7 +177,7 @@ class ClusterWorker(Worker):
     def _onAttached(self, id: int, route: int, address: Any) -> None:
         d, port = self._asked.pop(id, (None, None))
         if d is not None and port is not None:
-            self._attached(port, route, decodeAddress(address))
+            port.attached(route, decodeAddress(address))
             d.callback(port)
         elif port is not None and port.listening and port.route != route:
             # The primary listened anew between this worker's start and

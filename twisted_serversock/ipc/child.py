@@ -77,11 +77,10 @@ class ParentLink:
         self.sendControl("listen", id=listenId, port=port, backlog=backlog)
         return listenId
 
-    def closeListener(self, listenId: int, route: int | None) -> None:
-        """Ask the parent to close the listener of request C{listenId} (and forget its C{route}, once known)."""
+    def closeListener(self, listenId: int, route: int) -> None:
+        """Ask the parent to close the listener of request C{listenId}, whose connections come on C{route}."""
         self._requests.pop(listenId, None)
-        if route is not None:
-            self._servers.pop(route, None)
+        self._servers.pop(route, None)
         if self.channel.connected:
             self.sendControl("close", id=listenId)
 
@@ -266,9 +265,7 @@ class TCPServerSocketChild:
 
     def close(self) -> None:
         """Ask the parent to stop listening; accepted sockets stay open. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._listenId is not None and self._route is not None:
+        if not self._closed and self._listenId is not None and self._route is not None:
             self._parent.closeListener(self._listenId, self._route)
+        self._closed = True
 

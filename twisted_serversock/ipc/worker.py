@@ -65,14 +65,13 @@ def finishGracefully(protocol: Any) -> None:
     so to a new worker) between requests; anything else is left alone until
     it closes or the grace period ends.
     """
-    for _ in range(9):  # a bound: a wrapper that wraps itself must not hang the worker
-        hook = getattr(protocol, "stopGracefully", None)
-        if callable(hook):
-            hook()
-            return
-        if (inner := innerProtocol(protocol)) is None:
-            break
-        protocol = inner
+    if callable(hook := getattr(protocol, "stopGracefully", None)):
+        hook()
+        return
+    if (inner := innerProtocol(protocol)) is not None:
+        # (A wrapper that wraps itself ends in RecursionError, which the caller logs.)
+        finishGracefully(inner)
+        return
     http = sys.modules.get("twisted.web.http")
     if http is None or not isinstance(protocol, http.HTTPChannel):
         return
