@@ -147,6 +147,41 @@ def test_finishGracefullyReachesTheProtocolInsideItsWrappers() -> None:
     finishGracefully(Protocol())
 
 
+def test_clusterListenThePrimaryNeverAnswers() -> None:
+    """
+    A cluster worker's listen on a description the primary did not have at
+    the worker's start waits for the primary's answer a bounded time, then
+    fails with C{CannotListenError}; a late answer then attaches nothing.
+    """
+    from twisted.internet.error import CannotListenError
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.cluster.worker import ATTACH_TIMEOUT, ClusterWorker
+    from twisted_serversock.ipc.channel import channelPair
+
+    class Endpoint:
+        def clusterDescription(self) -> str:
+            return "gecko:port=8080:workers=2"
+
+    reactor = MemoryReactorClock()
+    ours, primaryEnd = channelPair()
+    startup = {"worker": "cluster", "index": 1, "heartbeat": 5.0, "argv": ["program"], "listeners": {}}
+    worker = ClusterWorker(reactor, ours, startup)
+    try:
+        failures: list[Failure] = []
+        worker.listen(Endpoint(), Factory.forProtocol(Protocol)).addErrback(failures.append)
+        reactor.advance(ATTACH_TIMEOUT)
+        [failure] = failures
+        assert failure.check(CannotListenError) and "did not answer in 30.0 s" in str(failure.value)
+        send(primaryEnd, "cluster-attached", id=1, route=3, address=["TCP4", "127.0.0.1", 8080])
+        pump(reactor)
+        assert worker.factoryFor(3) is None
+    finally:
+        worker.link.channel.loseConnection()
+        primaryEnd.close()
+
+
 class _Port:
     """
     A listening port whose stop the test ends.

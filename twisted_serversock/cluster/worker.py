@@ -83,7 +83,6 @@ class WorkerPort:
         _log.info(text, index=self._worker.index, pid=os.getpid(), address=describeAddress(address), description=self.description)
 
     def getHost(self) -> Any:
-        """The primary's listening address."""
         return self._address
 
     def startListening(self) -> None:
@@ -102,9 +101,8 @@ class WorkerPort:
 
 class ClusterWorker(Worker):
     """
-    This process's end of the cluster (see
-    L{Registry<twisted_serversock.cluster.Registry>}): a L{Worker} whose
-    routes are its ports', filled as they attach.
+    This process's end of the cluster (see L{Registry<twisted_serversock.cluster.Registry>}):
+    a L{Worker} whose routes are its ports', filled as they attach.
     """
 
     controls = ControlTable(base=Worker.controls)
@@ -149,9 +147,8 @@ class ClusterWorker(Worker):
 
         def timedOut(failure: Any) -> Any:
             self._asked.pop(requestId, None)
-            if failure.check(defer.TimeoutError):
-                raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
-            return failure
+            failure.trap(defer.TimeoutError)
+            raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
 
         d.addTimeout(ATTACH_TIMEOUT, self._reactor)
         d.addErrback(timedOut)

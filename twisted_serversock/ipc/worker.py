@@ -114,22 +114,21 @@ def logObserver(event: dict[str, Any]) -> None:
 class Worker:
     """
     One worker process: adopts the connections the parent hands over,
-    reports their ends, sends heartbeats, drains on stop.  A route's
-    connections are served by its factory in L{factories}, else by
-    C{factory}, started and stopped with the worker (C{twistd serversock}'s
-    one factory; a cluster worker has none, its ports fill L{factories}).
+    reports their ends, sends heartbeats, drains on stop.
 
     @ivar index: the worker's number (1, 2, ...).
     @ivar adopted: how many connections this worker adopted.
-    @ivar factories: route id -> the protocol factory of its connections.
+    @ivar factories: route id -> the protocol factory of its connections;
+        other routes' are served by C{factory}, started and stopped with the
+        worker (C{twistd serversock}'s; a cluster worker's ports fill this).
     """
 
     controls = ControlTable()
 
-    def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None, factories: dict[int, Any] | None = None) -> None:
+    def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None) -> None:
         self._reactor = reactor
         self._factory = factory
-        self.factories = dict(factories or {})
+        self.factories: dict[int, Any] = {}
         self._proxied: set[int] = set()
         self.index = index
         self._heartbeat = heartbeat
@@ -154,8 +153,7 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
         if self._factory is not None:
             self._factory.doStart()
-        # Also tells a cluster's primary that the program started (it stops
-        # counting this worker's failed starts).
+        # (To a cluster's primary, also: the program started, no failed start.)
         self.link.sendControl("ready", pid=os.getpid())
         self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
@@ -276,6 +274,7 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    Worker(reactor, channel, startup["index"], startup["heartbeat"], factory, tls)
+    worker = Worker(reactor, channel, startup["index"], startup["heartbeat"], factory)
+    worker.factories.update(tls)
     reactor.run(installSignalHandlers=False)
     return 0
