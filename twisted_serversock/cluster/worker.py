@@ -137,8 +137,7 @@ class ClusterWorker(Worker):
         # What the primary had at this worker's start holds for the first
         # listen on each description only: a listener the program stopped and
         # listens on again has a new route, so later listens wait for the answer.
-        known = self._known.pop(description, None)
-        if known is not None:
+        if (known := self._known.pop(description, None)) is not None:
             self._asked[requestId] = (None, port)
             port.attached(*known)
             return defer.succeed(port)

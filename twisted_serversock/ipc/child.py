@@ -2,12 +2,6 @@
 """
 The child's end of its channel (L{ParentLink}), and
 L{TCPServerSocketChild}, Gecko's C{nsITCPServerSocketInternal}.
-
-A connection is adopted only once the kernel has taken its ack: until the
-parent has the ack it may give the connection to another child.  The
-connections of one readable event are acknowledged with one message (at
-the run's end, or before a control message that follows them), saving the
-parent a wakeup and a C{recvmsg} per connection under load.
 """
 
 from __future__ import annotations
@@ -49,7 +43,7 @@ class ParentLink:
     controls = ControlTable()
 
     def __init__(self, skt: socket.socket, reactor: Any, name: str = "parent") -> None:
-        self._reactor = reactor
+        self.reactor = reactor
         self.onConnection: Callable[[int, socket.socket], None] | None = None
         self.onControl: Callable[[Control], None] | None = None
         self.onLost: Callable[[Failure], None] | None = None
@@ -109,7 +103,7 @@ class ParentLink:
         """
         self._closed += 1
         if self._reportLater is None and self.channel.connected:
-            self._reportLater = self._reactor.callLater(REPORT_DELAY, self._report)
+            self._reportLater = self.reactor.callLater(REPORT_DELAY, self._report)
 
     def _report(self) -> None:
         self._reportLater = None
@@ -118,7 +112,12 @@ class ParentLink:
             self.channel.send(encodeReport((), closed))
 
     def readDone(self) -> None:
-        """Acknowledge (and report closes) in one message; adopt once the kernel took it."""
+        """
+        Acknowledge one readable event's connections (and report closes) in
+        one message, saving the parent a wakeup and a C{recvmsg} per
+        connection under load; adopt them once the kernel took it: until the
+        parent has the ack, it may give them to another child.
+        """
         unacked = self._unacked
         if not unacked:
             return
@@ -185,8 +184,9 @@ class TCPServerSocketChild:
     """
 
     def __init__(self, parent: ParentLink, reactor: Any = None) -> None:
+        """@param reactor: runs the accepted connections (C{None}: C{parent}'s)."""
         self._parent = parent
-        self._reactor = reactor
+        self._reactor = reactor if reactor is not None else parent.reactor
         self.windowVal: Any = None
         self.binaryType = "string"
         self.localPort = -1
@@ -235,10 +235,6 @@ class TCPServerSocketChild:
             socketChild.close()
             return
         sock = TCPSocket(self.binaryType)
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
         try:
             # The factory of one built socket (adopting fails no connect).
             self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _ClientFactory(sock))

@@ -53,17 +53,15 @@ def _checkFiles(value: object) -> None:
 #: Bytes of a start-up message its TLS files may take (the rest: command line, path, listeners).
 FILES_ROOM = MAX_MESSAGE - 16384
 
-#: The fields of the start-up message, by the kind of worker (its
-#: C{worker} field); every kind also has C{index} (its number, 1, 2, ...)
-#: and C{heartbeat} (how often it says it is alive while idle, seconds).
+#: The start-up message's fields by kind of worker (its C{worker} field),
+#: besides C{index} (1, 2, ...) and C{heartbeat} (seconds between "alive"
+#: messages while idle).  C{files}: the TLS files the parent read
+#: (description -> {path as written: base64}), keys the workers' user may not read.
 STARTUP_FIELDS: dict[str, Spec] = {
     # The protocol factory's name, the parent's sys.path to find it, the
     # geckotls: routes whose TLS the worker runs (route id -> description).
     "serversock": {"factory": STRING, "path": STRINGS, "tls": optional(OBJECT, {}), "files": optional(OBJECT, {})},
-    # The primary's command line, and its listeners when the worker
-    # started: description -> [route id, encoded address].  For both, the
-    # TLS files the parent read (description -> {path as written: base64}):
-    # keys the workers' user may not read.
+    # The primary's command line, its listeners at the worker's start: description -> [route id, encoded address].
     "cluster": {"argv": STRINGS, "listeners": OBJECT, "files": optional(OBJECT, {})},
 }
 

@@ -144,10 +144,9 @@ class Worker:
 
     def _start(self) -> None:
         # After reactor.run, which may install its own SIGINT handler.  A
-        # terminal's Ctrl-C or hangup, or kill of the process group, reaches
-        # the workers too: the parent decides when they stop or reload.
-        # SIGTTIN/SIGTTOU would stop a worker that touches the terminal from
-        # the background.  SIGTERM to the worker itself is a graceful stop.
+        # terminal's Ctrl-C or hangup, or kill of the process group, reaches the
+        # workers too: the parent decides when they stop or reload.  SIGTTIN/SIGTTOU
+        # would stop a worker that touches the terminal from the background.
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
@@ -170,8 +169,7 @@ class Worker:
         return self.factories.get(route, self._factory)
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
-        factory = self.factoryFor(route)
-        if factory is None:
+        if (factory := self.factoryFor(route)) is None:
             _log.error("A connection for route {route}, which this worker does not serve, arrived; closing it", route=route)
             skt.close()
             return
@@ -184,9 +182,8 @@ class Worker:
             self.link.reportClosed()
             return
         self._transports.add(transport)
-        # Learn of its end for the parent's least-loaded dispatch: the
-        # reactor calls the transport's connectionLost (an instance
-        # attribute wins), after which it is forgotten.
+        # Its end is reported, for the parent's least-loaded dispatch: the
+        # reactor calls the transport's connectionLost (an instance attribute wins).
         lost = transport.connectionLost
 
         def connectionLost(reason: Any) -> None:
