@@ -72,8 +72,7 @@ def finishGracefully(protocol: Any) -> None:
         # (A wrapper that wraps itself ends in RecursionError, which the caller logs.)
         finishGracefully(inner)
         return
-    http = sys.modules.get("twisted.web.http")
-    if http is None or not isinstance(protocol, http.HTTPChannel):
+    if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(protocol, http.HTTPChannel):
         return
 
     def checkPersistence(request: Any, version: bytes) -> bool:
