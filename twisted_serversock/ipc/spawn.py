@@ -3,10 +3,11 @@
 How any worker process is started: L{spawnWorkerProcess} runs
 L{WORKER_MODULE} with its channel as descriptor L{CHANNEL_FD} and sends the
 start-up message, which the worker reads (L{readStartup}) before its
-reactor runs.  Start-up facts travel over the channel, never in the command
-line (public: C{ps}), a file (it outlives the process) or the environment
-(inherited by every process the application starts), because they include
-secrets: the TLS private keys a privileged parent loads for its workers.
+reactor runs or what it serves is imported.  Start-up facts travel over
+the channel, never in the command line (public: C{ps}), a file (it
+outlives the process) or the environment (inherited by every process the
+application starts), because they include secrets: the TLS private keys a
+privileged parent loads for its workers.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from .._findfactory import importFactory
 from .._tlsfiles import receive
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .child import ParentLink
-from .control import BOOLEAN, NUMBER, INTEGER, ControlTable, optional
+from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .defaults import GRACE
 from .wire import Control
 
@@ -151,7 +151,7 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
         if self._factory is not None:
             self._factory.doStart()
-        # (To a cluster's primary, also: the program started, no failed start.)
+        # Also ends a cluster primary's count of this worker's failed starts.
         self.link.sendControl("ready", pid=os.getpid())
         self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
