@@ -222,8 +222,7 @@ class TCPServerSocketChild:
 
     def listening(self, route: int, port: int) -> None:
         """Package-internal: the parent listens on C{port}, connections come on C{route}."""
-        self._route = route
-        self.localPort = port
+        self._route, self.localPort = route, port
         if self._closed:
             self._parent.closeListener(self._listenId or 0, route)
 
