@@ -81,26 +81,26 @@ def test_serversockPoolNeverGivesUp(monkeypatch: pytest.MonkeyPatch) -> None:
             child.close()
 
 
-def test_onlyTheServersockWorkerWrapsForPROXYRoutes() -> None:
+def test_workerWrapsForPROXYRoutes() -> None:
     """
-    A C{twistd serversock} worker told that a route's connections carry a
-    PROXY header serves them with its factory wrapped to parse it; a
-    cluster worker's program wraps its own factory (C{haproxy:} in its
-    endpoint string), so it has no such message.
+    A worker told that a route's connections carry a PROXY header serves
+    them with its factory wrapped to parse it, once however often it is
+    told; its other routes keep the factory as it is.  (Only C{twistd
+    serversock}'s parent says so: a cluster worker's program wraps its own
+    factory, C{haproxy:} in its endpoint string.)
     """
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from twisted_serversock.cluster.worker import ClusterWorker
     from twisted_serversock.ipc.channel import channelPair
-    from twisted_serversock.ipc.worker import ServersockWorker
+    from twisted_serversock.ipc.worker import Worker
 
-    assert "route" in ServersockWorker.controls and "route" not in ClusterWorker.controls
     reactor = MemoryReactorClock()
     ours, parentEnd = channelPair()
     factory = Factory.forProtocol(Protocol)
-    worker = ServersockWorker(reactor, factory, ours, 1)
+    worker = Worker(reactor, ours, 1, 5.0, factory)
     try:
+        send(parentEnd, "route", id=2, proxy=True)
         send(parentEnd, "route", id=2, proxy=True)
         pump(reactor)
         assert worker.factoryFor(1) is factory
@@ -108,6 +108,78 @@ def test_onlyTheServersockWorkerWrapsForPROXYRoutes() -> None:
     finally:
         worker.link.channel.loseConnection()
         parentEnd.close()
+
+
+def test_finishGracefullyReachesTheProtocolInsideItsWrappers() -> None:
+    """
+    A draining worker calls the C{stopGracefully} of the protocol inside
+    its wrappers, and makes Twisted's HTTP/1.1 channel close after the
+    response it is writing; a protocol with neither is left alone.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+    from twisted.web.http import HTTPChannel
+
+    from twisted_serversock.ipc.worker import finishGracefully
+
+    class Stoppable(Protocol):
+        stopped = 0
+
+        def stopGracefully(self) -> None:
+            self.stopped += 1
+
+    inner = Stoppable()
+    wrapping = WrappingFactory(Factory.forProtocol(Stoppable))
+    finishGracefully(ProtocolWrapper(wrapping, ProtocolWrapper(wrapping, inner)))
+    assert inner.stopped == 1
+    channel = HTTPChannel()
+    finishGracefully(ProtocolWrapper(wrapping, channel))
+
+    class Request:
+        def __init__(self) -> None:
+            from twisted.web.http_headers import Headers
+
+            self.responseHeaders = Headers()
+
+    request = Request()
+    assert channel.checkPersistence(request, b"HTTP/1.1") is False
+    assert request.responseHeaders.getRawHeaders(b"Connection") == [b"close"]
+    finishGracefully(Protocol())
+
+
+def test_clusterListenThePrimaryNeverAnswers() -> None:
+    """
+    A cluster worker's listen on a description the primary did not have at
+    the worker's start waits for the primary's answer a bounded time, then
+    fails with C{CannotListenError}; a late answer then attaches nothing.
+    """
+    from twisted.internet.error import CannotListenError
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.cluster.worker import ATTACH_TIMEOUT, ClusterWorker
+    from twisted_serversock.ipc.channel import channelPair
+
+    class Endpoint:
+        def clusterDescription(self) -> str:
+            return "gecko:port=8080:workers=2"
+
+    reactor = MemoryReactorClock()
+    ours, primaryEnd = channelPair()
+    startup = {"worker": "cluster", "index": 1, "heartbeat": 5.0, "argv": ["program"], "listeners": {}}
+    worker = ClusterWorker(reactor, ours, startup)
+    try:
+        failures: list[Failure] = []
+        worker.listen(Endpoint(), Factory.forProtocol(Protocol)).addErrback(failures.append)
+        reactor.advance(ATTACH_TIMEOUT)
+        [failure] = failures
+        assert failure.check(CannotListenError) and "did not answer in 30.0 s" in str(failure.value)
+        send(primaryEnd, "cluster-attached", id=1, route=3, address=["TCP4", "127.0.0.1", 8080])
+        pump(reactor)
+        assert worker.factoryFor(3) is None
+    finally:
+        worker.link.channel.loseConnection()
+        primaryEnd.close()
 
 
 class _Port:

@@ -1,11 +1,8 @@
 # -*- test-case-name: tests.test_cluster_units -*-
 """
 A cluster worker: the application's own program, run again by the primary
-(L{twisted_serversock.cluster.boot}).  Its C{workers=N} endpoints attach to
-the primary's listener with the same description instead of binding.  It
-is L{twisted_serversock.ipc.worker.Worker} - the worker of C{twistd
-serversock}, so it acknowledges, drains and goes away as that one does -
-with one factory per listener.
+(L{twisted_serversock.cluster.boot}), whose C{workers=N} endpoints attach
+to the primary's listener with the same description instead of binding.
 """
 
 from __future__ import annotations
@@ -30,8 +27,7 @@ __all__ = ["ClusterWorker", "WorkerPort", "encodeAddress", "decodeAddress"]
 
 _log = Logger()
 
-#: Seconds a worker waits for the primary to answer about a listener it
-#: did not know of when the worker started.
+#: Seconds a worker waits for the primary's answer about a listener new since the worker started.
 ATTACH_TIMEOUT = 30.0
 
 
@@ -60,10 +56,9 @@ def decodeAddress(data: list[Any]) -> Any:
 class WorkerPort:
     """
     A cluster listener in a worker: the primary accepts, this process
-    serves with C{factory}.
+    serves with C{factory}.  Its C{serverSocket} is C{None}: that is in the primary.
 
     @ivar route: the primary's route for the listener, once attached.
-    @ivar serverSocket: C{None}; the listening socket is in the primary.
     """
 
     serverSocket = None
@@ -82,17 +77,12 @@ class WorkerPort:
     def attached(self, route: int, address: Any) -> None:
         """The primary serves this listener's connections to this worker from now on."""
         self.route, self._address, self.listening = route, address, True
+        self._worker.factories[route] = self.factory
         self.factory.doStart()
-        _log.info(
-            "Cluster worker {index} (pid {pid}) serves {address} ({description})",
-            index=self._worker.index,
-            pid=os.getpid(),
-            address=describeAddress(address),
-            description=self.description,
-        )
+        text = "Cluster worker {index} (pid {pid}) serves {address} ({description})"
+        _log.info(text, index=self._worker.index, pid=os.getpid(), address=describeAddress(address), description=self.description)
 
     def getHost(self) -> Any:
-        """The primary's listening address."""
         return self._address
 
     def startListening(self) -> None:
@@ -111,51 +101,30 @@ class WorkerPort:
 
 class ClusterWorker(Worker):
     """
-    This process's end of the cluster (one per worker process, see
-    L{Registry<twisted_serversock.cluster.Registry>}).
-
-    @ivar index: the worker's number.
+    This process's end of the cluster (see L{Registry<twisted_serversock.cluster.Registry>}):
+    a L{Worker} whose routes are its ports', filled as they attach.
     """
 
+    controls = ControlTable(base=Worker.controls)
+
     def __init__(self, reactor: Any, channel: socket.socket, startup: dict[str, Any]) -> None:
-        """
-        @param startup: the fields of the start-up message (L{STARTUP_FIELDS
-            <twisted_serversock.ipc.spawn.STARTUP_FIELDS>}'s C{cluster}).
-        """
-        # No factory of its own: each listener's is started and stopped by
-        # its port.
-        super().__init__(reactor, None, channel, startup["index"], startup["heartbeat"])
-        self.index: int = startup["index"]
-        # What the primary had when this worker started, for each
-        # description: (route, address).
+        """@param startup: the start-up message's fields (C{ipc.spawn.STARTUP_FIELDS["cluster"]})."""
+        super().__init__(reactor, channel, startup["index"], startup["heartbeat"])
+        # What the primary had when this worker started: description -> (route, address).
         self._known = {str(d): (int(route), decodeAddress(address)) for d, (route, address) in startup["listeners"].items()}
-        self._ports: dict[int, WorkerPort] = {}  # by route
         self._descriptions: dict[str, WorkerPort] = {}
         # Requests to the primary by id: the program's Deferred, or None for
         # one answered from the start-up facts until the primary answers.
         self._asked: dict[int, tuple[defer.Deferred[IListeningPort] | None, WorkerPort]] = {}
         self._ids = itertools.count(1)
-        reactor.callWhenRunning(self._running)
-
-    def _running(self) -> None:
-        # After reactor.run, which installs its own SIGINT handler.  The
-        # program started: its ready message also tells the primary to stop
-        # counting this worker's failed starts.
-        self.installSignals()
-        self.start()
-
-    def factoryFor(self, route: int) -> Any:
-        port = self._ports.get(route)
-        return port.factory if port is not None else None
 
     def listen(self, endpoint: Any, factory: Any, workers: int = 0) -> defer.Deferred[IListeningPort]:
         """
         Attach to the primary's listener with C{endpoint}'s description.
 
-        @return: a Deferred with the L{WorkerPort}, already fired if the
-            primary had the listener when this worker started; or
-            C{CannotListenError} if the primary does not have it, or the
-            channel to the primary is gone.
+        @return: a Deferred with the L{WorkerPort} (fired at once if the primary
+            had the listener when this worker started), or C{CannotListenError}
+            (the primary does not have it, or the channel to it is gone).
         """
         description = endpoint.clusterDescription()
         if description in self._descriptions and self._descriptions[description].listening:
@@ -165,35 +134,28 @@ class ClusterWorker(Worker):
         port = self._descriptions[description] = WorkerPort(self, description, factory)
         requestId = next(self._ids)
         self.link.sendControl("cluster-attach", id=requestId, description=description)
-        # What the primary had when this worker started holds for the
-        # program's first listen on each description only: a listener the
-        # program stopped and listens on again has a new route in the
-        # primary, so later listens wait for the primary's answer.
-        known = self._known.pop(description, None)
-        if known is not None:
+        # What the primary had at this worker's start holds for the first
+        # listen on each description only: a listener the program stopped and
+        # listens on again has a new route, so later listens wait for the answer.
+        if (known := self._known.pop(description, None)) is not None:
             self._asked[requestId] = (None, port)
-            self._attached(port, *known)
+            port.attached(*known)
             return defer.succeed(port)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
         self._asked[requestId] = (d, port)
 
         def timedOut(failure: Any) -> Any:
             self._asked.pop(requestId, None)
-            if failure.check(defer.TimeoutError):
-                raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
-            return failure
+            failure.trap(defer.TimeoutError)
+            raise CannotListenError(None, description, ValueError(f"the cluster primary did not answer in {ATTACH_TIMEOUT} s"))
 
         d.addTimeout(ATTACH_TIMEOUT, self._reactor)
         d.addErrback(timedOut)
         return d
 
-    def _attached(self, port: WorkerPort, route: int, address: Any) -> None:
-        self._ports[route] = port
-        port.attached(route, address)
-
     def _forget(self, port: WorkerPort) -> None:
-        if port.route is not None and self._ports.get(port.route) is port:
-            del self._ports[port.route]
+        if port.route is not None and self.factories.get(port.route) is port.factory:
+            del self.factories[port.route]
 
     def detach(self, port: WorkerPort) -> None:
         """Ask the primary to send no more connections of C{port}'s listener."""
@@ -202,32 +164,29 @@ class ClusterWorker(Worker):
 
     def stop(self, grace: float) -> None:
         """Take no new connections, let open ones finish within C{grace} seconds, then stop the reactor (and so the program)."""
-        for port in list(self._ports.values()):
+        for port in list(self._descriptions.values()):
             if port.listening:
                 self.detach(port)
         super().stop(grace)
-
-    controls = ControlTable(base=Worker.controls)
 
     @controls.handler("cluster-attached", id=INTEGER, route=INTEGER, address=ANY)
     def _onAttached(self, id: int, route: int, address: Any) -> None:
         d, port = self._asked.pop(id, (None, None))
         if d is not None and port is not None:
-            self._attached(port, route, decodeAddress(address))
+            port.attached(route, decodeAddress(address))
             d.callback(port)
         elif port is not None and port.listening and port.route != route:
             # The primary listened anew between this worker's start and
             # its request: its answer names the listener's route now.
             self._forget(port)
-            self._ports[route] = port
+            self.factories[route] = port.factory
             port.route = route
 
     @controls.handler("cluster-closed", id=INTEGER)
     def _onClosed(self, id: int) -> None:
-        # The primary listened on the description and has closed that
-        # listener since (this worker started later, or asked late): as in
-        # the primary, the program's port is closed - its listen()
-        # succeeds, no connection comes.
+        # The primary has closed the listener since this worker started (or
+        # asked): as in the primary, the program's listen() succeeds with a
+        # closed port, and no connection comes.
         d, port = self._asked.pop(id, (None, None))
         if d is not None and port is not None:
             d.callback(port)

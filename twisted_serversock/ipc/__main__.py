@@ -1,9 +1,8 @@
 """
-Every worker process: C{python -m twisted_serversock.ipc}, its channel to
-the parent as descriptor 3 (the parent starts it; not for direct use).  Its
-start-up message says which worker it is: a C{twistd serversock} worker
-(L{twisted_serversock.ipc.worker.serve}) or a cluster worker, which runs
-the primary's program again (L{twisted_serversock.cluster.boot.run}).
+Every worker process (C{python -m twisted_serversock.ipc}, started by its
+parent with the channel as descriptor 3): its start-up message says which
+worker it is, C{twistd serversock}'s (L{twisted_serversock.ipc.worker.serve})
+or a cluster's (L{twisted_serversock.cluster.boot.run}).
 """
 
 from __future__ import annotations

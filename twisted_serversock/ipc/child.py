@@ -1,15 +1,7 @@
 # -*- test-case-name: tests.test_ipc -*-
 """
-The child side of cross-process server sockets: L{ParentLink} (the child's
-end of its channel) and L{TCPServerSocketChild}, Gecko's
-C{nsITCPServerSocketInternal} (its listening socket is in the parent).
-
-A connection is adopted only once the kernel has taken its ack: until the
-parent has the ack it may give the connection to another child, so a child
-never serves one the parent may re-send.  The connections of one readable
-event are acknowledged with one message (at the run's end, or before a
-control message that follows them), saving the parent a wakeup and a
-C{recvmsg} per connection under load.
+The child's end of its channel (L{ParentLink}), and
+L{TCPServerSocketChild}, Gecko's C{nsITCPServerSocketInternal}.
 """
 
 from __future__ import annotations
@@ -25,10 +17,10 @@ from zope.interface import implementer
 from .. import _args
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
-from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _connected
+from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _ClientFactory, _connected, _fire
 from .channel import Channel
 from .control import INTEGER, STRING, ControlTable, optional
-from .wire import Ack, Conn, Control, Message, encodeControl, encodeReport
+from .wire import Conn, Control, Message, encodeControl, encodeReport
 
 __all__ = ["ParentLink", "TCPServerSocketChild", "REPORT_DELAY"]
 
@@ -42,16 +34,16 @@ class ParentLink:
     """
     The child's end of its channel to the parent.
 
-    @ivar onConnection: called with C{(route, socket)} for a connection of a
-        route no L{TCPServerSocketChild} asked for; the callee owns it.
-    @ivar onControl: called with each control message not handled here.
+    @ivar onConnection: gets C{(route, socket)}, to own, for a connection of
+        a route no L{TCPServerSocketChild} asked for.
+    @ivar onControl: gets each control message not handled here.
     @ivar onLost: called once when the parent's end is gone.
     """
 
     controls = ControlTable()
 
     def __init__(self, skt: socket.socket, reactor: Any, name: str = "parent") -> None:
-        self._reactor = reactor
+        self.reactor = reactor
         self.onConnection: Callable[[int, socket.socket], None] | None = None
         self.onControl: Callable[[Control], None] | None = None
         self.onLost: Callable[[Failure], None] | None = None
@@ -79,20 +71,17 @@ class ParentLink:
         self.sendControl("listen", id=listenId, port=port, backlog=backlog)
         return listenId
 
-    def closeListener(self, listenId: int, route: int | None) -> None:
-        """Ask the parent to close the listener of request C{listenId} (and forget its C{route}, once known)."""
+    def closeListener(self, listenId: int, route: int) -> None:
+        """Ask the parent to close the listener of request C{listenId}, whose connections come on C{route}."""
         self._requests.pop(listenId, None)
-        if route is not None:
-            self._servers.pop(route, None)
+        self._servers.pop(route, None)
         if self.channel.connected:
             self.sendControl("close", id=listenId)
 
-    # Receiver
     def messageReceived(self, message: Message) -> None:
         if isinstance(message, Conn):
-            connId = message.connId
-            self._adopting[connId] = socket.socket(fileno=message.fd)
-            self._unacked.append((connId, message.route))
+            self._adopting[message.connId] = socket.socket(fileno=message.fd)
+            self._unacked.append((message.connId, message.route))
         elif isinstance(message, Control):
             # Connections that came before it are acknowledged and adopted
             # before it is handled, as if one at a time.
@@ -104,18 +93,17 @@ class ParentLink:
             else:
                 _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
         else:
-            assert isinstance(message, Ack)
             _log.warn("Ignored an ack from the parent: only children acknowledge")
 
     def reportClosed(self) -> None:
         """
         An adopted connection ended: the parent (its least-loaded dispatch)
-        learns it with the next ack, or after L{REPORT_DELAY} if none comes,
-        so that under load closes cost no message of their own.
+        learns it with the next ack, or after L{REPORT_DELAY}: under load,
+        closes cost no message of their own.
         """
         self._closed += 1
         if self._reportLater is None and self.channel.connected:
-            self._reportLater = self._reactor.callLater(REPORT_DELAY, self._report)
+            self._reportLater = self.reactor.callLater(REPORT_DELAY, self._report)
 
     def _report(self) -> None:
         self._reportLater = None
@@ -124,7 +112,12 @@ class ParentLink:
             self.channel.send(encodeReport((), closed))
 
     def readDone(self) -> None:
-        """Acknowledge (and report closes) in one message; adopt once the kernel took it."""
+        """
+        Acknowledge one readable event's connections (and report closes) in
+        one message, saving the parent a wakeup and a C{recvmsg} per
+        connection under load; adopt them once the kernel took it: until the
+        parent has the ack, it may give them to another child.
+        """
         unacked = self._unacked
         if not unacked:
             return
@@ -138,12 +131,10 @@ class ParentLink:
         self.channel.send(encodeReport([connId for connId, _route in unacked], closed), then=deliverAll)
 
     def _deliver(self, connId: int, route: int) -> None:
-        skt = self._adopting.pop(connId, None)
-        if skt is None:
+        if (skt := self._adopting.pop(connId, None)) is None:
             return
-        server = self._servers.get(route)
         try:
-            if server is not None:
+            if (server := self._servers.get(route)) is not None:
                 server.callListenerAccept(skt)
             elif self.onConnection is not None:
                 self.onConnection(route, skt)
@@ -166,34 +157,26 @@ class ParentLink:
         if self.onLost is not None:
             self.onLost(reason)
 
-    # Control messages from the parent.
     @controls.handler("listening", id=INTEGER, route=INTEGER, port=INTEGER)
     def _onListening(self, id: int, route: int, port: int) -> None:
-        server = self._requests.get(id)
-        if server is None:
-            return
-        self._servers[route] = server
-        server.listening(route, port)
+        if (server := self._requests.get(id)) is not None:
+            self._servers[route] = server
+            server.listening(route, port)
 
     @controls.handler("error", id=INTEGER, message=STRING, filename=optional(STRING, ""), lineNumber=optional(INTEGER, 0), columnNumber=optional(INTEGER, 0))
     def _onError(self, id: int, message: str, filename: str, lineNumber: int, columnNumber: int) -> None:
-        server = self._requests.get(id)
-        if server is None:
+        if (server := self._requests.get(id)) is not None:
+            server.callListenerError(message, filename, lineNumber, columnNumber)
+        else:
             _log.error("Error from the parent: {message} ({filename}:{line})", message=message, filename=filename, line=lineNumber)
-            return
-        server.callListenerError(message, filename, lineNumber, columnNumber)
 
 
 @implementer(ITCPServerSocket, ITCPServerSocketInternal)
 class TCPServerSocketChild:
     """
     A L{TCPServerSocket<twisted_serversock.tcpsocket.TCPServerSocket>}
-    whose listening socket is in the parent process::
-
-        server = TCPServerSocketChild(parentLink)
-        server.init(None)
-        server.onconnect = ...
-        server.listen(8080, {"binaryType": "arraybuffer"}, -1)
+    whose listening socket is in the parent process (C{init}, then
+    C{listen}; see C{docs/workers.md}).
 
     @ivar localPort: the requested port until the parent reports the bound
         one (Gecko's child never learns it; this one does).
@@ -201,8 +184,9 @@ class TCPServerSocketChild:
     """
 
     def __init__(self, parent: ParentLink, reactor: Any = None) -> None:
+        """@param reactor: runs the accepted connections (C{None}: C{parent}'s)."""
         self._parent = parent
-        self._reactor = reactor
+        self._reactor = reactor if reactor is not None else parent.reactor
         self.windowVal: Any = None
         self.binaryType = "string"
         self.localPort = -1
@@ -220,8 +204,7 @@ class TCPServerSocketChild:
 
     def listen(self, localPort: int, options: object, backlog: int) -> None:
         """
-        Ask the parent to listen on C{localPort}; connections then come to
-        L{callListenerAccept}, errors to L{callListenerError}.
+        Ask the parent to listen on C{localPort}.
 
         @raise NSError: C{NS_ERROR_FAILURE} if already listening,
             C{NS_ERROR_NOT_INITIALIZED} if the parent is gone,
@@ -239,8 +222,7 @@ class TCPServerSocketChild:
 
     def listening(self, route: int, port: int) -> None:
         """Package-internal: the parent listens on C{port}, connections come on C{route}."""
-        self._route = route
-        self.localPort = port
+        self._route, self.localPort = route, port
         if self._closed:
             self._parent.closeListener(self._listenId or 0, route)
 
@@ -252,12 +234,9 @@ class TCPServerSocketChild:
             socketChild.close()
             return
         sock = TCPSocket(self.binaryType)
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
         try:
-            self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _One(sock))
+            # The factory of one built socket (adopting fails no connect).
+            self._reactor.adoptStreamConnection(socketChild.fileno(), socketChild.family, _ClientFactory(sock))
         finally:
             socketChild.close()  # the reactor adopted a duplicate
         _connected(self, sock)
@@ -266,9 +245,7 @@ class TCPServerSocketChild:
         """
         An error in the parent: report it to C{onerror}.
 
-        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the argument, unless
-            C{message} and C{filename} are strings and C{lineNumber} and
-            C{columnNumber} non-negative integers.
+        @raise NSError: C{NS_ERROR_INVALID_ARG}, naming the bad argument.
         """
         _args.asNSError(_args.text, message, "message")
         _args.asNSError(_args.text, filename, "filename")
@@ -279,30 +256,11 @@ class TCPServerSocketChild:
         if self.onerror is None:
             _log.error("{server!r}: {message} ({filename}:{line})", server=self, message=message, filename=filename, line=lineNumber)
             return
-        try:
-            self.onerror(event)
-        except Exception:
-            _log.failure("Unhandled error in {server!r}'s onerror handler", server=self)
+        _fire(self.onerror, event, self)
 
     def close(self) -> None:
         """Ask the parent to stop listening; accepted sockets stay open. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._listenId is not None and self._route is not None:
+        if not self._closed and self._listenId is not None and self._route is not None:
             self._parent.closeListener(self._listenId, self._route)
+        self._closed = True
 
-
-class _One:
-    """A protocol factory for exactly one, already built, protocol."""
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self._protocol
-
-    def doStart(self) -> None:
-        pass
-
-    doStop = doStart

@@ -2,16 +2,12 @@
 """
 How any worker process is started: L{spawnWorkerProcess} runs
 L{WORKER_MODULE} with its channel as descriptor L{CHANNEL_FD} and sends the
-start-up message, the channel's first, which the worker reads
-(L{readStartup}) synchronously, before its reactor runs and before what it
-serves is imported.  Its fields are checked like a control message's; its
-C{worker} field says which kind of worker (L{STARTUP_FIELDS}).
-
-Start-up facts travel over the channel, never in the command line (public:
-C{ps}), a file (it outlives the process) or the environment (inherited by
-every process the application starts), because they are to include
-secrets: the TLS private keys a privileged parent loads for unprivileged
-workers.
+start-up message, which the worker reads (L{readStartup}) before its
+reactor runs or what it serves is imported.  Start-up facts travel over
+the channel, never in the command line (public: C{ps}), a file (it
+outlives the process) or the environment (inherited by every process the
+application starts), because they include secrets: the TLS private keys a
+privileged parent loads for its workers.
 """
 
 from __future__ import annotations
@@ -27,18 +23,8 @@ from twisted.internet.protocol import ProcessProtocol
 from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields, optional
 from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode, encodeControl
 
-__all__ = [
-    "CHANNEL_FD",
-    "FILES_ROOM",
-    "STARTUP_FIELDS",
-    "STARTUP_TIMEOUT",
-    "WORKER_MODULE",
-    "Command",
-    "WorkerCommand",
-    "readStartup",
-    "serversockCommand",
-    "spawnWorkerProcess",
-]
+__all__ = ["CHANNEL_FD", "FILES_ROOM", "STARTUP_FIELDS", "STARTUP_TIMEOUT", "WORKER_MODULE", "Command", "WorkerCommand"]
+__all__ += ["readStartup", "serversockCommand", "spawnWorkerProcess"]
 
 #: The descriptor a worker's channel has in the worker.
 CHANNEL_FD = 3
@@ -46,40 +32,37 @@ CHANNEL_FD = 3
 WORKER_MODULE = "twisted_serversock.ipc"
 #: Seconds a worker waits for its start-up message before it gives up.
 STARTUP_TIMEOUT = 30.0
-def _filesProblem(value: object) -> str | None:
+
+
+def _checkFiles(value: object) -> None:
     """
-    What is wrong with a start-up message's C{files} ({description: {path:
-    base64}}), naming where but never showing a value (they are keys).
+    @raise MessageError: a start-up message's C{files} is not {description:
+        {path: base64}}, naming where, never showing a value (they are keys).
     """
     if not isinstance(value, dict):
-        return "is not an object"
+        raise MessageError("field 'files' is not an object")
     for description, files in value.items():
         if not isinstance(files, dict):
-            return f"[{description!r}] is not an object"
+            raise MessageError(f"field 'files'[{description!r}] is not an object")
         for path, data in files.items():
             try:
                 base64.b64decode(data, validate=True)
             except (TypeError, ValueError):
-                return f"[{description!r}][{path!r}] is not a base64 string"
-    return None
+                raise MessageError(f"field 'files'[{description!r}][{path!r}] is not a base64 string") from None
 
 
-#: Bytes of a start-up message its TLS files may take (the rest: its
-#: command line, path, listeners).
+#: Bytes of a start-up message its TLS files may take (the rest: command line, path, listeners).
 FILES_ROOM = MAX_MESSAGE - 16384
 
-#: The fields of the start-up message, by the kind of worker (its
-#: C{worker} field); every kind also has C{index} (its number, 1, 2, ...)
-#: and C{heartbeat} (how often it says it is alive while idle, seconds).
+#: The start-up message's fields by kind of worker (its C{worker} field),
+#: besides C{index} (1, 2, ...) and C{heartbeat} (seconds between "alive"
+#: messages while idle).  C{files}: the TLS files the parent read
+#: (description -> {path as written: base64}), keys the workers' user may not read.
 STARTUP_FIELDS: dict[str, Spec] = {
-    # The protocol factory's name, and the parent's sys.path to find it;
-    # the geckotls: listeners the worker runs TLS for (route id ->
-    # description) and their files, as for "cluster".
+    # The protocol factory's name, the parent's sys.path to find it, the
+    # geckotls: routes whose TLS the worker runs (route id -> description).
     "serversock": {"factory": STRING, "path": STRINGS, "tls": optional(OBJECT, {}), "files": optional(OBJECT, {})},
-    # The primary's command line, and its listeners when the worker
-    # started: description -> [route id, encoded address].
-    # The TLS files the primary read for each listener (description ->
-    # {path as written: base64}): keys the workers' user may not read.
+    # The primary's command line, its listeners at the worker's start: description -> [route id, encoded address].
     "cluster": {"argv": STRINGS, "listeners": OBJECT, "files": optional(OBJECT, {})},
 }
 
@@ -93,8 +76,7 @@ class Command(NamedTuple):
     startup: dict[str, Any] | None = None
 
 
-#: The command of worker C{index} that says it is alive every C{heartbeat}
-#: seconds while idle: C{(index, heartbeat) -> Command}.
+#: C{(index, heartbeat) -> Command}: worker C{index}, alive every C{heartbeat} s while idle.
 WorkerCommand = Callable[[int, float], Command]
 
 
@@ -102,31 +84,23 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     """
     Start one worker process running C{command}, its output read by
     C{processProtocol}, C{channel} (the caller closes it) as its
-    L{CHANNEL_FD}, and send its start-up message with C{send} (the
-    C{send} of the channel's other end).  The message is encoded first: one
-    that cannot be (too large, a field JSON cannot carry) starts no
-    process, which would only die waiting for it.
+    L{CHANNEL_FD}; send its start-up message with C{send}, the channel's
+    other end's.  A message that cannot be encoded (too large, a field JSON
+    cannot carry) starts no process, which would only die waiting for it.
 
     @return: the C{IProcessTransport}.
     @raise ProtocolError: the start-up message cannot be encoded.
     """
     message = encodeControl("start", **(command.startup or {}))
-    process = reactor.spawnProcess(
-        processProtocol,
-        sys.executable,
-        command.argv,
-        env=command.env,
-        path=command.path,
-        childFDs={0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()},
-    )
+    fds = {0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()}
+    process = reactor.spawnProcess(processProtocol, sys.executable, command.argv, env=command.env, path=command.path, childFDs=fds)
     send(message)
     return process
 
 
 def serversockCommand(factoryName: str, index: int, heartbeat: float, tls: Callable[[], dict[str, Any]] | None = None) -> Command:
     """
-    The command of a C{twistd serversock} worker: it serves the protocol
-    factory C{factoryName}, found on the parent's C{sys.path}.
+    The command of a C{twistd serversock} worker serving C{factoryName}.
 
     @param tls: returns the start-up fields C{tls} and C{files}, if some
         listeners' TLS runs in the workers.
@@ -164,9 +138,7 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         kind = checkFields(message.fields, kinds, extra=True)["worker"]
         if kind not in STARTUP_FIELDS:
             raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")
-        problem = _filesProblem(message.fields.get("files", {}))
-        if problem is not None:
-            raise MessageError(f"field 'files'{problem if problem.startswith('[') else ' ' + problem}")
+        _checkFiles(message.fields.get("files", {}))
         return checkFields(message.fields, {**kinds, **STARTUP_FIELDS[kind]})
     except (ProtocolError, MessageError) as e:
         raise ValueError(f"bad start-up message: {e}") from None

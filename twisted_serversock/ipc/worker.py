@@ -1,9 +1,7 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-What every worker is (L{Worker}: adopt, ack, heartbeat, drain; its signals;
-its one log format), and the worker of C{twistd serversock}
-(L{ServersockWorker}, one factory).  The worker process itself is
-L{twisted_serversock.ipc.__main__}.
+Every worker process's L{Worker} (adopt, ack, heartbeat, drain; its
+signals; its one log format), and C{twistd serversock}'s (L{serve}).
 """
 
 from __future__ import annotations
@@ -15,17 +13,20 @@ import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from .._findfactory import importFactory
 from .._tlsfiles import receive
 from .._twistedcompat import innerProtocol, proxyWrapped
+from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
-from .defaults import GRACE, TIMEOUT, heartbeatFor
+from .defaults import GRACE
 from .wire import Control
 
-__all__ = ["serve", "resolveFactory", "finishGracefully", "ignoreGroupSignals", "logObserver"]
+__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "logObserver"]
 
 _log = Logger()
 
@@ -33,15 +34,10 @@ _log = Logger()
 def resolveFactory(name: str) -> Any:
     """
     The protocol factory C{name} names: an C{IProtocolFactory} provider, or
-    a zero-argument callable returning one (see
-    L{twisted_serversock._findfactory}).
+    a zero-argument callable returning one.
 
-    @raise ValueError: one line: why it is not.
+    @raise ValueError: one line: why there is none.
     """
-    from twisted.internet.interfaces import IProtocolFactory
-
-    from .._findfactory import importFactory
-
     if not name or not all(part.isidentifier() for part in name.split(".")):
         raise ValueError(f"--factory must be a dotted name such as mypackage.mymodule.factory, not {name!r}")
     obj = importFactory(name)
@@ -62,27 +58,21 @@ def finishGracefully(protocol: Any) -> None:
     """
     Ask a connection's protocol to end at its next natural boundary, so that
     a worker being stopped or replaced drains without cutting a client off:
-
-     - a protocol (or the one inside its wrappers: PROXY, twisted.web's
-       HTTP/1-or-2 choice) with a C{stopGracefully()} method: that is called;
-     - Twisted's HTTP/1.1 channel (C{twisted.web}): the response being
-       written and every later one says C{Connection: close} and the
-       connection closes after it, so a keep-alive client moves to a new
-       connection (and so to a new worker) between requests, as it would
-       after any server's C{Connection: close};
-     - anything else: left alone until it closes or the grace period ends.
+    its C{stopGracefully()} (or that of the protocol inside its wrappers:
+    PROXY, twisted.web's HTTP/1-or-2 choice) is called; Twisted's HTTP/1.1
+    channel says C{Connection: close} on the response being written and
+    every later one, so a keep-alive client moves to a new connection (and
+    so to a new worker) between requests; anything else is left alone until
+    it closes or the grace period ends.
     """
-    for _ in range(9):
-        hook = getattr(protocol, "stopGracefully", None)
-        if callable(hook):
-            hook()
-            return
-        inner = innerProtocol(protocol) if protocol is not None else None
-        if inner is None:
-            break
-        protocol = inner
-    http = sys.modules.get("twisted.web.http")
-    if http is None or not isinstance(protocol, http.HTTPChannel):
+    if callable(hook := getattr(protocol, "stopGracefully", None)):
+        hook()
+        return
+    if (inner := innerProtocol(protocol)) is not None:
+        # (A wrapper that wraps itself ends in RecursionError, which the caller logs.)
+        finishGracefully(inner)
+        return
+    if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(protocol, http.HTTPChannel):
         return
 
     def checkPersistence(request: Any, version: bytes) -> bool:
@@ -104,19 +94,15 @@ def logObserver(event: dict[str, Any]) -> None:
     """
     Every worker's log: one line an event on the real standard error, which
     the parent relays under the worker's number and pid: the level unless
-    info, the event's own system (a connection's, not the
-    C{namespace#level} Twisted shows for events without one), the text,
-    then any traceback.
+    info, the event's own system (not the C{namespace#level} Twisted shows
+    for events without one), the text, then any traceback.
     """
     text = formatEvent(event)
-    system = event.get("log_system")
-    if system and system != "-":
+    if (system := event.get("log_system")) and system != "-":
         text = f"[{system}] {text}"
-    level = event.get("log_level")
-    if level is not None and level is not LogLevel.info:
+    if (level := event.get("log_level")) is not None and level is not LogLevel.info:
         text = f"{level.name}: {text}"
-    failure = event.get("log_failure")
-    if failure is not None:
+    if (failure := event.get("log_failure")) is not None:
         text = f"{text}\n{failure.getTraceback()}"
     # The real standard error: twistd points sys.stderr at the log itself.
     stream = sys.__stderr__ or sys.stderr
@@ -124,35 +110,26 @@ def logObserver(event: dict[str, Any]) -> None:
     stream.flush()
 
 
-def ignoreGroupSignals() -> None:
-    """
-    Ignore, in a worker, the signals its parent acts on: a terminal's
-    Ctrl-C or hangup, or C{kill} of the whole process group, reaches the
-    workers too, and the parent decides when they stop or reload;
-    SIGTTIN/SIGTTOU would otherwise stop a worker that touches the terminal
-    from the background.  SIGTERM sent to the worker itself stays a
-    graceful stop (its caller installs that).
-    """
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 class Worker:
     """
-    One worker: adopts connections, reports their ends, sends heartbeats,
-    drains on stop.
+    One worker process: adopts the connections the parent hands over,
+    reports their ends, sends heartbeats, drains on stop.
 
+    @ivar index: the worker's number (1, 2, ...).
     @ivar adopted: how many connections this worker adopted.
+    @ivar factories: route id -> the protocol factory of its connections;
+        other routes' are served by C{factory}, started and stopped with the
+        worker (C{twistd serversock}'s; a cluster worker's ports fill this).
     """
 
     controls = ControlTable()
 
-    def __init__(self, reactor: Any, factory: Any, channel: socket.socket, index: int, heartbeat: float = heartbeatFor(TIMEOUT)) -> None:
-        from .child import ParentLink
-
+    def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None) -> None:
         self._reactor = reactor
         self._factory = factory
-        self._index = index
+        self.factories: dict[int, Any] = {}
+        self._proxied: set[int] = set()
+        self.index = index
         self._heartbeat = heartbeat
         self._beat: Any = None
         self._transports: set[Any] = set()
@@ -162,19 +139,19 @@ class Worker:
         self.link.onConnection = self._adopt
         self.link.onControl = self._control
         self.link.onLost = self._parentLost
+        reactor.callWhenRunning(self._start)
 
-    def installSignals(self) -> None:
-        """
-        The worker's signals: L{ignoreGroupSignals}, and SIGTERM a graceful
-        stop (after C{reactor.run} installed its own, or instead of them).
-        """
-        ignoreGroupSignals()
+    def _start(self) -> None:
+        # After reactor.run, which may install its own SIGINT handler.  A
+        # terminal's Ctrl-C or hangup, or kill of the process group, reaches the
+        # workers too: the parent decides when they stop or reload.  SIGTTIN/SIGTTOU
+        # would stop a worker that touches the terminal from the background.
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
-
-    def start(self) -> None:
-        """Once the reactor runs: start the factory, say C{ready} (once), begin the heartbeats."""
         if self._factory is not None:
             self._factory.doStart()
+        # Also ends a cluster primary's count of this worker's failed starts.
         self.link.sendControl("ready", pid=os.getpid())
         self._beat = self._reactor.callLater(self._heartbeat, self._sendHeartbeat)
 
@@ -188,11 +165,10 @@ class Worker:
 
     def factoryFor(self, route: int) -> Any:
         """The protocol factory for C{route}'s connections (C{None}: not served, closed)."""
-        return self._factory
+        return self.factories.get(route, self._factory)
 
     def _adopt(self, route: int, skt: socket.socket) -> None:
-        factory = self.factoryFor(route)
-        if factory is None:
+        if (factory := self.factoryFor(route)) is None:
             _log.error("A connection for route {route}, which this worker does not serve, arrived; closing it", route=route)
             skt.close()
             return
@@ -205,9 +181,8 @@ class Worker:
             self.link.reportClosed()
             return
         self._transports.add(transport)
-        # Learn of its end for the parent's least-loaded dispatch: the
-        # reactor calls the transport's connectionLost (an instance
-        # attribute wins), after which it is forgotten.
+        # Its end is reported, for the parent's least-loaded dispatch: the
+        # reactor calls the transport's connectionLost (an instance attribute wins).
         lost = transport.connectionLost
 
         def connectionLost(reason: Any) -> None:
@@ -222,6 +197,15 @@ class Worker:
     def _control(self, message: Control) -> None:
         if not self.controls.dispatch(message, "the parent", self.link.channel, self):
             _log.warn("Ignored an unknown control message {type!r} from the parent", type=message.type)
+
+    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
+    def _onRoute(self, id: int, proxy: bool) -> None:
+        # A haproxy: listener's route in twistd serversock: the parent hands
+        # its connections over with the PROXY header unread.
+        factory = self.factoryFor(id)
+        if proxy and id not in self._proxied and factory is not None:
+            self._proxied.add(id)
+            self.factories[id] = proxyWrapped(factory)
 
     @controls.handler("stop", grace=optional(NUMBER, GRACE))
     def _onStop(self, grace: float) -> None:
@@ -259,10 +243,9 @@ class Worker:
             self._reactor.callLater(0.05, self._poll)
 
     def _finish(self) -> None:
-        _log.info("Worker {index} adopted {n} connection(s); exiting", index=self._index, n=self.adopted)
+        _log.info("Worker {index} adopted {n} connection(s); exiting", index=self.index, n=self.adopted)
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
-        self._beat = None
         try:
             if self._factory is not None:
                 self._factory.doStop()
@@ -271,36 +254,8 @@ class Worker:
             self._reactor.stop()
 
 
-class ServersockWorker(Worker):
-    """
-    The worker of C{twistd serversock}: its one factory serves every route,
-    behind TLS on a C{geckotls:} listener's routes (the parent hands those
-    over raw), wrapped to parse the PROXY header on a C{haproxy:}
-    listener's routes (cluster workers' programs wrap their own).
-    """
-
-    controls = ControlTable(base=Worker.controls)
-
-    def __init__(self, *args: Any, tls: dict[int, Any] | None = None, **kwargs: Any) -> None:
-        """@param tls: route id -> the factory behind TLS for a C{geckotls:} listener's routes."""
-        super().__init__(*args, **kwargs)
-        self._tlsFactories = tls or {}
-        self._proxyFactories: dict[int, Any] = {}
-
-    def factoryFor(self, route: int) -> Any:
-        return self._proxyFactories.get(route, self._tlsFactories.get(route, self._factory))
-
-    @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
-    def _onRoute(self, id: int, proxy: bool) -> None:
-        if proxy and id not in self._proxyFactories:
-            self._proxyFactories[id] = proxyWrapped(self._tlsFactories.get(id, self._factory))
-
-
 def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
-    """
-    Be the C{twistd serversock} worker C{startup} describes, with C{channel}
-    to the parent, until it stops; return the exit status.
-    """
+    """Be the C{twistd serversock} worker C{startup} describes until it stops; return the exit status."""
     sys.path[:] = startup["path"] + [p for p in sys.path if p not in startup["path"]]
     globalLogBeginner.beginLoggingTo([logObserver], redirectStandardIO=False)
     from twisted.internet import reactor as _reactor
@@ -308,25 +263,14 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     reactor: Any = _reactor
     try:
         factory = resolveFactory(startup["factory"])
-        tls = _tlsFactories(reactor, factory, startup)
+        # The geckotls: routes' TLS (the parent hands their connections over
+        # raw), from their descriptions and the files the parent read.
+        receive(startup.pop("files"))
+        tls = {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    worker = ServersockWorker(reactor, factory, channel, startup["index"], startup["heartbeat"], tls=tls)
-    worker.installSignals()
-    reactor.callWhenRunning(worker.start)
+    worker = Worker(reactor, channel, startup["index"], startup["heartbeat"], factory)
+    worker.factories.update(tls)
     reactor.run(installSignalHandlers=False)
     return 0
-
-
-def _tlsFactories(reactor: Any, factory: Any, startup: dict[str, Any]) -> dict[int, Any]:
-    """
-    C{factory} behind the TLS of each C{geckotls:} route, parsed from its
-    description with the files the parent handed over.
-
-    @raise ValueError: one line: a description or file that cannot be used.
-    """
-    if not startup["tls"]:
-        return {}
-    receive(startup.pop("files"))
-    return {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
