@@ -153,9 +153,16 @@ class _GeckoEndpointBase:
             from .cluster import listen as clusterListen
 
             return defer.maybeDeferred(clusterListen, self._reactor, self, protocolFactory, self._workers)
-        return defer.execute(self._listenNow, protocolFactory)
+        return defer.execute(self.listenHere, protocolFactory)
 
-    def _listenNow(self, protocolFactory: IProtocolFactory) -> IListeningPort:
+    def listenHere(self, protocolFactory: IProtocolFactory) -> IListeningPort:
+        """
+        Bind and listen now, in this process, whatever C{workers} says
+        (what a cluster primary does with its own listeners).
+
+        @raise CannotListenError: binding failed (its C{socketError} is the
+            L{NSError}).
+        """
         port = GeckoListeningPort(self, protocolFactory)
         port.startListening()
         return port

@@ -16,7 +16,6 @@ import sys
 import types
 from typing import Any
 
-from .._tlsfiles import receive
 from .._twistedcompat import fitRunnersToWorker
 from ..ipc.worker import logObserver
 from . import registry
@@ -28,7 +27,6 @@ __all__ = ["run"]
 def run(channel: socket.socket, startup: dict[str, Any]) -> None:
     """Become the cluster worker C{startup} describes, with C{channel} to the primary, and run the program."""
     registry.becomeWorker(channel, startup)
-    receive(startup.pop("files"))  # the TLS files the primary read (kept there only)
     argv = startup["argv"]
     program = splitCommandLine(argv)
     # twistd and twist: in the foreground, no pidfile, no second switch of

@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import sys
-from functools import partial
 from typing import Any, Callable, NamedTuple
 
 from twisted.internet import defer
@@ -32,7 +31,7 @@ from .._listeningport import GeckoListeningPort
 from ..ipc.control import INTEGER, STRING, ControlTable
 from ..ipc.defaults import GRACE
 from ..ipc.dispatch import Route
-from ..ipc.parent import HandOffFactory, WorkerLink
+from ..ipc.parent import WorkerLink
 from ..ipc.primary import Primary
 from ..ipc.spawn import WORKER_MODULE, Command
 from ..ipc.wire import Control
@@ -156,12 +155,6 @@ class PrimaryPort:
     loseConnection = stopListening
 
 
-def _bound(endpoint: Any, factory: HandOffFactory) -> GeckoListeningPort:
-    port = GeckoListeningPort(endpoint, factory)
-    port.startListening()
-    return port
-
-
 class ClusterPrimary(Primary):
     """
     The cluster primary of a reactor (see
@@ -209,7 +202,7 @@ class ClusterPrimary(Primary):
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
         try:
-            route, inner = self.handOff(description, factory, partial(_bound, endpoint))
+            route, inner = self.handOff(description, factory, endpoint.listenHere)
         except CannotListenError:
             self.handOvers.pop(description, None)
             return defer.fail()
@@ -258,10 +251,8 @@ class ClusterPrimary(Primary):
     #: The control messages of the workers' programs, and their fields.
     controls = ControlTable()
 
-    def _control(self, link: WorkerLink, message: Control) -> None:
-        if not self.controls.dispatch(message, repr(link), link.channel, self, link):
-            link.channel.rejected += 1
-            _log.warn("{link!r}: ignored an unknown control message {type!r}", link=link, type=message.type)
+    def _control(self, link: WorkerLink, message: Control) -> bool:
+        return self.controls.dispatch(message, repr(link), link.channel, self, link)
 
     @controls.handler("cluster-attach", id=INTEGER, description=STRING)
     def _onAttach(self, link: WorkerLink, id: int, description: str) -> None:

@@ -13,6 +13,7 @@ import sys
 
 from twisted.logger import LogLevel
 
+from .._tlsfiles import receive
 from .spawn import CHANNEL_FD, readStartup
 from .worker import logObserver, serve
 
@@ -27,6 +28,7 @@ def main() -> int:
         logObserver({"log_format": "{e}", "e": e, "log_level": LogLevel.critical})
         return 2
     startup["heartbeat"] = max(startup["heartbeat"], 0.01)
+    receive(startup.pop("files"))  # the TLS files the parent read for this worker (kept here only)
     if startup["worker"] == "cluster":
         from ..cluster.boot import run
 

@@ -51,8 +51,8 @@ class WorkerLink(Link):
     @ivar lastHeard: when the child last sent anything (it sends heartbeats while idle).
     @ivar listeners: the child's listeners: server socket and route by its listen id.
     @ivar onControl: called with C{(link, message)} for a control message
-        this class has no handler for (cluster mode's); without it such a
-        message is logged and counted as rejected.
+        this class has no handler for (cluster mode's); returns whether it
+        handled it.  One nobody handles is logged and counted as rejected.
     """
 
     controls = ControlTable()
@@ -69,7 +69,7 @@ class WorkerLink(Link):
         self.ready = self.lost = False
         self.lastHeard = reactor.seconds()
         self.onReady: Callable[[WorkerLink], None] | None = None
-        self.onControl: Callable[[WorkerLink, Control], None] | None = None
+        self.onControl: Callable[[WorkerLink, Control], bool] | None = None
         self._listenPorts = listenPorts
         self.listeners: dict[int, tuple[ServerSocket, Route]] = {}
         self.channel.startReading()
@@ -93,10 +93,8 @@ class WorkerLink(Link):
             self.channel.rejected += 1
             closeAll([message.fd])
             _log.warn("{link!r}: a child may not send connections; closed the descriptor", link=self)
-        elif self.controls.dispatch(message, repr(self), self.channel, self):
+        elif self.controls.dispatch(message, repr(self), self.channel, self) or (self.onControl and self.onControl(self, message)):
             pass
-        elif self.onControl is not None:
-            self.onControl(self, message)
         else:
             self.channel.rejected += 1
             _log.warn("{link!r}: ignored an unknown control message {type!r}", link=self, type=message.type)

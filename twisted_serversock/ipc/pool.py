@@ -69,7 +69,7 @@ class WorkerPool:
     def __init__(
         self, reactor: Any, dispatcher: Dispatcher, command: WorkerCommand, count: int, timeout: float = TIMEOUT, grace: float = GRACE,
         maxRequests: int = 0, maxRequestsJitter: int = 0, notifier: SystemdNotifier | None = None,
-        onControl: Callable[[WorkerLink, Control], None] | None = None, startsBeforeGivingUp: int = 0,
+        onControl: Callable[[WorkerLink, Control], bool] | None = None, startsBeforeGivingUp: int = 0,
         onGiveUp: Callable[[int, int], None] | None = None,
     ) -> None:  # fmt: skip
         """
@@ -80,7 +80,8 @@ class WorkerPool:
             connections (plus a random 0..C{maxRequestsJitter}); 0: never.
         @param notifier: systemd's (default: from C{NOTIFY_SOCKET}).
         @param onControl: called with C{(link, message)} for each control
-            message its link does not handle itself (cluster mode's).
+            message its link does not handle itself (cluster mode's);
+            returns whether it handled it.
         @param startsBeforeGivingUp: until some worker is ready, a slot
             started this many times is a program that cannot run as a
             worker: C{onGiveUp(index, exits)} is called (0: never).

@@ -19,7 +19,6 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from .._findfactory import importFactory
-from .._tlsfiles import receive
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
@@ -265,7 +264,6 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
         factory = resolveFactory(startup["factory"])
         # The geckotls: routes' TLS (the parent hands their connections over
         # raw), from their descriptions and the files the parent read.
-        receive(startup.pop("files"))
         tls = {int(route): serverFromString(reactor, description).serverFactory(factory) for route, description in startup["tls"].items()}
     except ValueError as e:
         _log.error("{error}", error=e)
