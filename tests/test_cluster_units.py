@@ -189,7 +189,7 @@ def test_workerStartsAsEveryWorkerDoes(primary: tuple[ClusterPrimary, StandInRea
     every 5 s), and the primary's listeners; its one C{ready} message is
     what tells the primary that a worker's program could start.
     """
-    from twisted_serversock.ipc.defaults import TIMEOUT, heartbeatFor
+    from twisted_serversock.ipc.spawn import TIMEOUT, heartbeatFor
     from twisted_serversock.ipc.spawn import readStartup
 
     clusterPrimary, reactor, port = primary

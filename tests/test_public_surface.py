@@ -20,6 +20,7 @@ _INTERFACES = [
     "ITLSServerSocket", "ITLSServerConnectionInfo", "ITLSServerSecurityObserver", "ITLSClientStatus",
     "nsITLSServerSocket", "nsITLSServerConnectionInfo", "nsITLSServerSecurityObserver",
     "nsITLSClientStatus",
+    "IRawAcceptor",
 ]  # fmt: skip
 
 PUBLIC: dict[str, list[str]] = {
@@ -68,7 +69,6 @@ PUBLIC: dict[str, list[str]] = {
         "TCPSocketErrorEvent", "BUFFER_SIZE",
     ],
     "twisted_serversock.ipc.child": ["ParentLink", "TCPServerSocketChild", "REPORT_DELAY"],
-    "twisted_serversock.ipc.interfaces": ["IRawAcceptor"],
     "twisted_serversock.cluster": ["isWorker", "workerIndex", "listen"],
     "twisted_serversock.tap": ["Options", "makeService", "ServerSockService"],
     "twisted_serversock.examples": ["Echo", "echo"],

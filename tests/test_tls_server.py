@@ -742,7 +742,7 @@ def test_rawListenerRefused(certs: Certs) -> None:
     """
     from zope.interface import implementer
 
-    from twisted_serversock.ipc.interfaces import IRawAcceptor
+    from twisted_serversock.interfaces import IRawAcceptor
 
     @implementer(IRawAcceptor)
     class Raw:

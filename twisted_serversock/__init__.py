@@ -19,6 +19,7 @@ from .interfaces import (
     IIOService,
     INetAddr,
     IOutputStreamCallback,
+    IRawAcceptor,
     IServerSocket,
     IServerSocketListener,
     ISocketTransport,
@@ -95,4 +96,5 @@ __all__ = [
     "nsITLSServerConnectionInfo",
     "nsITLSServerSecurityObserver",
     "nsITLSClientStatus",
+    "IRawAcceptor",
 ]

@@ -27,7 +27,7 @@ from . import _args, _unix
 from ._accepted import AcceptedSocket
 from ._refusals import RefusalLog
 from ._streammode import goOffline
-from .ipc.interfaces import IRawAcceptor
+from .interfaces import IRawAcceptor
 from .netaddr import LOOPBACK_PEER_PREFIXES
 from .transport import SocketTransport
 

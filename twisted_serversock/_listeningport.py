@@ -19,7 +19,7 @@ from twisted.python.reflect import qual
 from zope.interface import implementer
 
 from ._labels import describeAddress, factoryLogPrefix
-from .ipc.interfaces import IRawAcceptor
+from .interfaces import IRawAcceptor
 from .results import NS_BINDING_ABORTED, NS_ERROR_INVALID_ARG, NSError, nameOf
 
 if TYPE_CHECKING:

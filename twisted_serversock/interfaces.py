@@ -21,6 +21,9 @@ friends) are the very same objects as the Python-named interfaces.
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 from zope.interface import Attribute, Interface
 
 # The stream interfaces live in their own module (this one would pass the
@@ -44,7 +47,22 @@ __all__ = [
     "ITLSServerSocket", "ITLSServerConnectionInfo", "ITLSServerSecurityObserver", "ITLSClientStatus",
     "nsITLSServerSocket", "nsITLSServerConnectionInfo", "nsITLSServerSecurityObserver",
     "nsITLSClientStatus",
+    # A listener or endpoint factory that takes accepted sockets raw:
+    "IRawAcceptor",
 ]  # fmt: skip
+
+
+class IRawAcceptor(Interface):
+    """
+    Takes accepted sockets raw, without a Twisted transport: the process
+    that hands connections to workers must not build one (its orderly close
+    would C{shutdown()} the worker's copy too).  Provided by a protocol
+    factory given to a gecko endpoint, or by a listener given to
+    C{ServerSocket.asyncListen}.
+    """
+
+    def socketAccepted(skt: socket.socket, addr: Any) -> None:
+        """Take ownership of C{skt}, accepted from C{addr} (the raw C{accept()} address; an IPv6 host keeps its scope)."""
 
 
 class IServerSocketListener(Interface):

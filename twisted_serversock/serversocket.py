@@ -33,7 +33,7 @@ from ._acceptpipe import AcceptPipeline
 from ._callqueue import CallQueue
 from ._port import ListeningPort
 from .interfaces import INetAddr, IServerSocket
-from .ipc.interfaces import IRawAcceptor
+from .interfaces import IRawAcceptor
 from .netaddr import FAMILY_INET, FAMILY_INET6, FAMILY_LOCAL, ipFamily, isLocalListenAddress
 from .results import (
     NS_BINDING_ABORTED,

@@ -26,11 +26,10 @@ from twisted.python.failure import Failure
 from ._labels import describeAddress
 from ._startup import cannotListenReason, failStartup
 from .endpoints import workerCount
-from .ipc.defaults import GRACE, TIMEOUT
 from .ipc.pool import WorkerPool
 from .ipc.primary import Primary
 from .ipc.sdnotify import SystemdNotifier
-from .ipc.spawn import serversockCommand
+from .ipc.spawn import GRACE, TIMEOUT, serversockCommand
 from .ipc.worker import resolveFactory
 
 __all__ = ["Options", "makeService", "ServerSockService"]

@@ -28,7 +28,7 @@ from ._accepted import AcceptedSocket
 from ._acceptpipe import AcceptPipeline
 from ._callqueue import CallQueue
 from ._streammode import StreamMode
-from .ipc.interfaces import IRawAcceptor
+from .interfaces import IRawAcceptor
 from ._twistedcompat import tlsBufferedOutput
 from .interfaces import ITLSServerConnectionInfo, ITLSServerSocket
 from .results import NS_ERROR_FAILURE, NS_ERROR_IN_PROGRESS, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError

@@ -29,11 +29,10 @@ from zope.interface import implementer
 from .._labels import describeAddress
 from .._listeningport import GeckoListeningPort
 from ..ipc.control import INTEGER, STRING, ControlTable
-from ..ipc.defaults import GRACE
 from ..ipc.dispatch import Route
 from ..ipc.parent import WorkerLink
 from ..ipc.primary import Primary
-from ..ipc.spawn import WORKER_MODULE, Command
+from ..ipc.spawn import GRACE, WORKER_MODULE, Command
 from ..ipc.wire import Control
 from .worker import encodeAddress
 

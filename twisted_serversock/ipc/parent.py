@@ -35,7 +35,7 @@ from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
 from .control import ANY, INTEGER, ControlTable, optional, reject
 from .dispatch import Dispatcher, Link, Route
-from .interfaces import IRawAcceptor
+from ..interfaces import IRawAcceptor
 from .wire import Ack, Control, Message
 
 __all__ = ["Dispatcher", "Route", "WorkerLink", "HandOffFactory"]

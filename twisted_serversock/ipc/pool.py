@@ -28,12 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .channel import channelPair
-from .defaults import GRACE, TIMEOUT, heartbeatFor
 from .dispatch import Dispatcher, Route
 from .parent import WorkerLink
 from .sdnotify import SystemdNotifier
 from .slots import ENDED, KILL_MARGIN, RETIRING, SERVING, STARTING, Restarts, Shutdown, Slot, Worker, Workers, killHung
-from .spawn import CHANNEL_FD, WorkerCommand, spawnWorkerProcess
+from .spawn import CHANNEL_FD, GRACE, TIMEOUT, WorkerCommand, heartbeatFor, spawnWorkerProcess
 from .wire import Control
 
 __all__ = ["WorkerPool", "CHANNEL_FD"]

@@ -24,7 +24,7 @@ from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spe
 from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode, encodeControl
 
 __all__ = ["CHANNEL_FD", "FILES_ROOM", "STARTUP_FIELDS", "STARTUP_TIMEOUT", "WORKER_MODULE", "Command", "WorkerCommand"]
-__all__ += ["readStartup", "serversockCommand", "spawnWorkerProcess"]
+__all__ += ["readStartup", "serversockCommand", "spawnWorkerProcess", "GRACE", "TIMEOUT", "heartbeatFor"]
 
 #: The descriptor a worker's channel has in the worker.
 CHANNEL_FD = 3
@@ -32,6 +32,22 @@ CHANNEL_FD = 3
 WORKER_MODULE = "twisted_serversock.ipc"
 #: Seconds a worker waits for its start-up message before it gives up.
 STARTUP_TIMEOUT = 30.0
+#: Seconds a worker gets to finish its open connections when it is stopped
+#: (SIGTERM to the parent or to the worker itself, a reload, a recycle, its
+#: parent gone), unless C{--grace} says otherwise.
+GRACE = 10.0
+#: Seconds of silence (no heartbeat, no ack) after which a worker is killed
+#: and replaced, unless C{--timeout} says otherwise.
+TIMEOUT = 30.0
+
+
+def heartbeatFor(timeout: float) -> float:
+    """
+    How often an idle worker says it is alive (its start-up message's
+    C{heartbeat}) to a parent that kills one silent for C{timeout} seconds:
+    four times a timeout, within 50 ms..5 s.
+    """
+    return min(max(timeout / 4, 0.05), 5.0)
 
 
 def _checkFiles(value: object) -> None:

@@ -22,7 +22,7 @@ from .._findfactory import importFactory
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
-from .defaults import GRACE
+from .spawn import GRACE
 from .wire import Control
 
 __all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "logObserver"]
