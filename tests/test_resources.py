@@ -13,7 +13,9 @@ The soft descriptor limit is raised towards the hard one (never lowered).
 from __future__ import annotations
 
 import os
+import re
 import resource
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -151,6 +153,8 @@ async def test_twistdInACgroupLimitedToOneCPU(tmp_path: Path) -> None:
         proc = spawn(shell, str(tmp_path))
         served = await proc.waitFor(PRIMARY_LISTENING + r" (\d+) worker process")
         assert served.group(3) == "1", proc.output
+        # The primary says how it chose the number.
+        await proc.waitFor(rf"starting 1 worker\(s\) \(workers=auto: the CPU quota of {re.escape(group)}, 1 CPU\(s\) rounded up, not the {AFFINITY} CPU")
         await proc.waitFor(r"Worker 1 \(pid \d+\) is ready")
         assert await stopCleanly(proc) == 0, proc.output
         assert "Worker 2" not in proc.output
@@ -188,3 +192,24 @@ def test_openFilesLimitNeverLowered(openFilesLimit: tuple[int, int]) -> None:
     was, now = raiseOpenFilesLimit(ceiling=max(1, soft // 2))
     assert was == now == soft
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdRaisesItsDescriptorLimitForItsWorkers(tmp_path: Path) -> None:
+    """
+    The installed C{twistd web ... workers=2} started with a soft
+    descriptor limit of 256 under a hard one of 4096 (C{prlimit}, as
+    systemd leaves 1024 under 524288): the primary raises the soft limit to
+    4096, says so, and its workers have it too.
+    """
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux)")
+    argv = [*TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", str(tmp_path)]
+    proc = spawn(["prlimit", "--nofile=256:4096", "--", *argv], str(tmp_path))
+    await proc.waitFor(r"Open files: soft limit 4096, raised from 256; the workers inherit it")
+    pids = [int((await proc.waitFor(rf"Worker {i} \(pid (\d+)\) is ready")).group(1)) for i in (1, 2)]
+    for pid in [proc.transport.pid, *pids]:
+        with open(f"/proc/{pid}/limits") as f:
+            [line] = [line for line in f if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"], line
+    assert await stopCleanly(proc) == 0, proc.output

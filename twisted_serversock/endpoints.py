@@ -99,6 +99,9 @@ class _GeckoEndpointBase:
     #: one, else the string of its arguments.  Logs name the endpoint by
     #: it, and cluster workers find the primary's listener by it.
     description: str = ""
+    #: How C{workers=auto} chose the number of workers (the cluster
+    #: primary logs it); C{None} for any other C{workers}.
+    workersWhy: str | None = None
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -211,6 +214,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         if interface is not None:
             interface = _args.text(interface, "interface")
         self._workers = workerCount(workers)
+        self.workersWhy = autoWorkersWhy(workers)
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -306,6 +310,7 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         workers: int | str = 0,
     ) -> None:
         self._workers = workerCount(workers)
+        self.workersWhy = autoWorkersWhy(workers)
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
         if path is not None:
@@ -389,6 +394,12 @@ def workerCount(value: object) -> int:
     if not 0 <= value <= MAX_WORKERS:
         raise ValueError(f"workers must be from 0 to {MAX_WORKERS} or 'auto', not {value}")
     return value
+
+
+def autoWorkersWhy(value: object) -> str | None:
+    """How C{workers=auto} chose its number (for the log), or C{None} for any other C{value}."""
+    isAuto = isinstance(value, str) and value.strip().lower() == "auto"
+    return availableCPUs().why if isAuto else None
 
 
 def _ipFamily(host: str) -> int:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from ._labels import describeAddress
 from ._startup import cannotListenReason, failStartup
-from .endpoints import workerCount
+from .endpoints import autoWorkersWhy, workerCount
 from .ipc.pool import WorkerPool
 from .ipc.primary import Primary
 from .ipc.sdnotify import SystemdNotifier
@@ -87,6 +87,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["workers"] is None:
             self["workers"] = workerCount("auto")  # one per CPU, counted as workers=auto counts
+            self["workersWhy"] = autoWorkersWhy("auto")
         for name in ("workers", "max-requests", "max-requests-jitter"):
             self._number(name, int, lambda n: n >= 0, "0 or more")
         self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
@@ -211,6 +212,8 @@ def _listenNow(description: str, endpoint: Any, factory: Any) -> Any:
 
 def makeService(options: Options) -> ServerSockService:
     """The C{twistd serversock} service for parsed C{options}."""
+    if options.get("workersWhy"):
+        _log.info("{n} worker(s): --workers was not given, so one per CPU: {why}", n=options["workers"], why=options["workersWhy"])
     return ServerSockService(
         list(options["listen"]), options["protocolFactory"], options["factory"], int(options["workers"]), float(options["grace"]),
         timeout=float(options["timeout"]), maxRequests=int(options["max-requests"]), maxRequestsJitter=int(options["max-requests-jitter"]),

@@ -171,6 +171,7 @@ class ClusterPrimary(Primary):
         # one (it started after the close, or asked late) gets a closed port.
         self._closedDescriptions: set[str] = set()
         self._count = 0
+        self._why: str | None = None
         self._cwd = os.getcwd()
         self._argv = list(getattr(sys, "orig_argv", sys.argv))
         self._program: Program | None = None
@@ -209,6 +210,7 @@ class ClusterPrimary(Primary):
         self._closedDescriptions.discard(description)
         if self.pool is None:
             self._count = max(self._count, workers)
+            self._why = getattr(endpoint, "workersWhy", None) or self._why
         elif workers != self._count:
             _log.warn("{description} asks for {n} workers, but the cluster already runs {count}; they serve it", description=description, n=workers, count=self._count)
         _log.info(
@@ -228,7 +230,8 @@ class ClusterPrimary(Primary):
         if self.pool is not None or self.stopper.stopping or not self._ports:
             return
         self.makePool(self.workerCommand, self._count, onControl=self._control, startsBeforeGivingUp=STARTS_BEFORE_GIVING_UP, onGiveUp=self._gaveUp)
-        _log.info("Cluster primary (pid {pid}) starting {n} worker(s): {argv}", pid=os.getpid(), n=self._count, argv=" ".join(self._argv))
+        why = f" (workers=auto: {self._why})" if self._why else ""
+        _log.info("Cluster primary (pid {pid}) starting {n} worker(s){why}: {argv}", pid=os.getpid(), n=self._count, why=why, argv=" ".join(self._argv))
         self.start()
 
     def workerCommand(self, index: int, heartbeat: float) -> Command:

@@ -6,8 +6,13 @@ The parent of worker processes under both front doors, C{twistd serversock}
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
+from twisted.logger import Logger
+
+from .._reaper import OrphanReaper
+from .._resources import raiseOpenFilesLimit
 from .._tlsfiles import HandOver, checkFits, startupFiles
 from .dispatch import Dispatcher, Route
 from .parent import HandOffFactory
@@ -16,6 +21,8 @@ from .signals import ParentStop
 from .spawn import FILES_ROOM, WorkerCommand
 
 __all__ = ["Primary"]
+
+_log = Logger()
 
 
 class Primary:
@@ -37,6 +44,7 @@ class Primary:
         self.stopper = ParentStop(reactor, grace, ports)
         self.pool: WorkerPool | None = None
         self.handOvers: dict[str, HandOver] = {}
+        self.reaper: OrphanReaper | None = None
         self._grace = grace
         self._filesRead = 0  # the reload the TLS files were read for
 
@@ -75,7 +83,15 @@ class Primary:
         return self.pool
 
     def start(self) -> None:
-        """Install the parent's signal handlers, then start the workers (if any)."""
+        """
+        Raise the descriptor limit (the workers inherit it); install the
+        parent's signal handlers, then start the workers (if any); as PID 1
+        (a container without an init), reap the orphans it inherits.
+        """
+        _openFiles(self.reactor)
+        if os.getpid() == 1:
+            self.reaper = OrphanReaper(self.reactor)
+            self.reaper.start()
         # Before any worker starts, so that a signal during start-up is
         # acted on once the reactor runs (the reactor then installs these
         # SIGTERM/SIGINT handlers, not its own, which would make a graceful
@@ -85,3 +101,12 @@ class Primary:
         self.reactor.callWhenRunning(self.stopper.installSignals)
         if self.pool is not None:
             self.pool.start()
+
+
+def _openFiles(reactor: Any) -> None:
+    """Raise the soft descriptor limit towards the hard one, and say what it is (a C{select()} reactor stops at 1024)."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    was, now = raiseOpenFilesLimit(1024 if isinstance(reactor, SelectReactor) else 1 << 20)
+    raised = f", raised from {was}" if now != was else ""
+    _log.info("Open files: soft limit {limit}{raised}; the workers inherit it", limit=now, raised=raised)
