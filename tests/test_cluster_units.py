@@ -291,6 +291,31 @@ def test_listenersNotServedKeepNoRouteNorFiles(primary: tuple[ClusterPrimary, St
     assert clusterPrimary.handOvers == {} and clusterPrimary.dispatcher.routes == {}
 
 
+def test_listenerWhoseBindRaisesAnythingKeepsNoFiles(
+    primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Whatever binding raises (not only C{CannotListenError}), the listener's
+    TLS files are not kept: no later worker's start-up message carries keys
+    for a listener that does not exist.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from twisted_serversock._listeningport import GeckoListeningPort
+
+    clusterPrimary, reactor, port = primary
+
+    def broken(self: object) -> None:
+        raise OSError("a bind that fails some other way")
+
+    monkeypatch.setattr(GeckoListeningPort, "startListening", broken)
+    endpoint = serverFromString(reactor, "gecko:port=0:interface=127.0.0.1:workers=1")
+    endpoint.handOver = _HandOver()
+    failure = clusterPrimary.listen(endpoint, Factory.forProtocol(Protocol), 1).result
+    assert isinstance(failure.value, OSError) and "fails some other way" in str(failure.value), failure
+    assert clusterPrimary.handOvers == {} and list(clusterPrimary.dispatcher.routes.values()) == [port.route]
+
+
 def test_reloadCertificatesInThePrimarySaysTheWorkersServeTLS(primary: tuple[ClusterPrimary, StandInReactor, PrimaryPort]) -> None:
     """
     C{reloadCertificates()} on what a C{geckotls:...:workers=N} listen

@@ -301,3 +301,41 @@ def _conns(pool: Pool, n: int) -> list[Any]:
     for message in messages:
         socket.socket(fileno=message.fd).close()
     return messages
+
+
+def test_stopCancelsAPendingRestartAtOnce(pool: Pool) -> None:
+    """
+    A worker that died is due for a restart; a stop cancels that restart
+    when the workers are told to stop, not once the last one has exited.
+    """
+    pool.pool.addWorker()
+    pool.ready(0)
+    pool.ready(1)
+    pool.end(1, signal=9)
+    assert pool.pool.slot(2).pending is not None
+    stopped = pool.pool.stop(GRACE)
+    assert pool.pool.slot(2).pending is None and not stopped.called
+    pool.end(0)
+    assert stopped.called and len(pool.reactor.children) == 2
+
+
+def test_anErrorInTheHungCheckEndsNothing(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An exception in one hung-worker check is logged; the checks go on, and
+    a reload (which needs the pool started) still starts fresh workers.
+    """
+    from twisted_serversock.ipc import pool as poolModule
+
+    pool.ready(0)
+    real = poolModule.killHung
+
+    def broken(*args: Any) -> int:
+        raise RuntimeError("a bug in one check")
+
+    monkeypatch.setattr(poolModule, "killHung", broken)
+    pool.reactor.advance(1.0)
+    monkeypatch.setattr(poolModule, "killHung", real)
+    pool.pool.reload()
+    assert len(pool.reactor.children) == 2
+    pool.reactor.advance(TIMEOUT + 1.0)  # silent since: the checks still run and kill both
+    assert pool.pool.killedForTimeout == 2

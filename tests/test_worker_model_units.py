@@ -110,6 +110,41 @@ def test_workerWrapsForPROXYRoutes() -> None:
         parentEnd.close()
 
 
+def test_clusterWorkerIgnoresPROXYRouteMessages() -> None:
+    """
+    A cluster worker's program wraps its own factory (C{haproxy:} in its
+    endpoint string): told that a route carries a PROXY header, it keeps
+    the program's factory (no second parse), and a listener the primary
+    closes leaves no factory behind for that route.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.cluster.worker import ClusterWorker
+    from twisted_serversock.ipc.channel import channelPair
+
+    class Endpoint:
+        def clusterDescription(self) -> str:
+            return "gecko:port=8080:workers=2"
+
+    reactor = MemoryReactorClock()
+    ours, primaryEnd = channelPair()
+    startup = {"index": 1, "heartbeat": 5.0, "argv": ["p"], "listeners": {"gecko:port=8080:workers=2": [7, ["TCP4", "127.0.0.1", 8080]]}}
+    worker = ClusterWorker(reactor, ours, startup)
+    factory = Factory.forProtocol(Protocol)
+    try:
+        port = worker.listen(Endpoint(), factory).result
+        send(primaryEnd, "route", id=7, proxy=True)
+        pump(reactor)
+        assert worker.factoryFor(7) is factory
+        send(primaryEnd, "cluster-closed", id=1)  # the answer to its first listen
+        pump(reactor)
+        assert worker.factoryFor(7) is None and not port.listening
+    finally:
+        worker.link.channel.loseConnection()
+        primaryEnd.close()
+
+
 def test_finishGracefullyReachesTheProtocolInsideItsWrappers() -> None:
     """
     A draining worker calls the C{stopGracefully} of the protocol inside

@@ -10,7 +10,7 @@ daemonised helper, a double-forked subprocess).  L{OrphanReaper} waits for
 those, as tini or dumb-init would, and leaves alone the children someone
 here waits for:
 
- - Twisted's own (its C{reapProcessHandlers}): Twisted reaps them, with
+ - Twisted's own (L{twistedsChildren}): Twisted reaps them, with
    their exit status, for their C{processEnded};
  - a child another waiter may still want (C{subprocess.Popen.wait()}): a
    zombie is reaped only once it has been one for a whole period
@@ -25,6 +25,8 @@ from typing import Callable, Collection
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from ._twistedcompat import twistedsChildren
 
 __all__ = ["OrphanReaper", "PERIOD"]
 
@@ -50,12 +52,6 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _twistedsChildren() -> Collection[int]:
-    from twisted.internet import process
-
-    return process.reapProcessHandlers.keys()
-
-
 class OrphanReaper:
     """
     Reap, every L{PERIOD} seconds, the zombie children nobody here waits for.
@@ -68,7 +64,7 @@ class OrphanReaper:
         clock: IReactorTime,
         peek: Callable[[], int | None] = _peek,
         reap: Callable[[int], None] = _reap,
-        waitedFor: Callable[[], Collection[int]] = _twistedsChildren,
+        waitedFor: Callable[[], Collection[int]] = twistedsChildren,
     ) -> None:
         """
         @param peek: one zombie child's PID, without reaping it (tests give

@@ -63,7 +63,7 @@ from __future__ import annotations
 import inspect
 import sys
 import weakref
-from typing import Any
+from typing import Any, Collection
 
 from twisted.internet import abstract, tcp
 from twisted.logger import ILogObserver
@@ -87,6 +87,7 @@ __all__ = [
     "fitRunnersToWorker",
     "stopSignalsHandledBy",
     "problems",
+    "twistedsChildren",
 ]
 
 #: The attribute of a listening port that C{tcp.Server} shows in its repr.
@@ -358,6 +359,18 @@ def _signalProblems() -> list[str]:
     return []
 
 
+def twistedsChildren() -> Collection[int]:
+    """
+    The PIDs of the processes Twisted spawned and reaps itself (its
+    C{process.reapProcessHandlers}, not documented): what the orphan reaper
+    of a primary that is PID 1 must leave to Twisted.
+    """
+    from twisted.internet import process
+
+    children: Collection[int] = process.reapProcessHandlers.keys()
+    return children
+
+
 def problems() -> list[str]:
     """
     Check the installed Twisted for every private name this module uses.
@@ -387,6 +400,10 @@ def problems() -> list[str]:
     found.extend(_runnerProblems())
     found.extend(_tlsProblems())
     found.extend(_signalProblems())
+    from twisted.internet import process
+
+    if not isinstance(getattr(process, "reapProcessHandlers", None), dict) or "reapProcessHandlers" not in _source(process.reapAllProcesses):
+        found.append("twisted.internet.process.reapProcessHandlers is gone or unused by reapAllProcesses (twistedsChildren)")
     return found
 
 

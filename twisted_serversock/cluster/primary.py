@@ -203,7 +203,7 @@ class ClusterPrimary(Primary):
             return defer.fail(CannotListenError(None, description, e))
         try:
             route, inner = self.handOff(description, factory, endpoint.listenHere)
-        except CannotListenError:
+        except Exception:  # CannotListenError, or whatever else binding raised
             self.handOvers.pop(description, None)
             return defer.fail()
         port = self._ports[description] = PrimaryPort(self._closed, description, route, inner, factory)

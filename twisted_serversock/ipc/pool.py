@@ -92,12 +92,12 @@ class WorkerPool:
         self._maxRequests, self._jitter = maxRequests, maxRequestsJitter
         self._notifier = notifier if notifier is not None else SystemdNotifier(reactor)
         self._restarts = Restarts(reactor, self._workers.slots, self._spawn, startsBeforeGivingUp, onGiveUp)
-        self._shutdown = Shutdown(reactor, dispatcher, self._workers.live)
+        self._shutdown = Shutdown(reactor, dispatcher, self._workers.live, self._restarts.cancelAll)
         self._hung = LoopingCall(self._killHung)
         self._hung.clock = reactor
         self._toldReady = -1  # the generation systemd was last told READY for
         self.killedForTimeout = self.recycled = self.reloads = 0
-        self.everReady = False
+        self.everReady = self._started = False
 
     def addRoute(self, route: Route) -> None:
         """Let every worker (now and after restarts) serve C{route}."""
@@ -128,6 +128,7 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start every worker, the timeout checks and the systemd watchdog."""
+        self._started = True
         for slot in self._workers.slots:
             self._spawn(slot)
         # A tick: a tenth of the timeout, within 50 ms..1 s.
@@ -198,7 +199,11 @@ class WorkerPool:
             self._notifier.status(status)
 
     def _killHung(self) -> None:
-        self.killedForTimeout += killHung(self._reactor.seconds(), self._timeout, self._workers.live, self.dispatcher)
+        # An error must not end the checks (a LoopingCall stops for good).
+        try:
+            self.killedForTimeout += killHung(self._reactor.seconds(), self._timeout, self._workers.live, self.dispatcher)
+        except Exception:
+            _log.failure("Could not check for hung workers")
 
     def slot(self, index: int) -> Slot:
         """Worker number C{index}'s slot (its counts); C{KeyError} if none."""
@@ -236,7 +241,7 @@ class WorkerPool:
 
     def reload(self) -> None:
         """A fresh worker for every slot (importing the factory anew); each old one retires once its successor is ready."""
-        if self._shutdown.stopping or not self._hung.running:  # (not started)
+        if self._shutdown.stopping or not self._started:
             return
         self.reloads += 1
         _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._workers.slots))
@@ -320,7 +325,6 @@ class WorkerPool:
         return self._shutdown.begin(grace).addCallback(self._ended)
 
     def _ended(self, _: None) -> None:
-        self._restarts.cancelAll()
         if self._hung.running:
             self._hung.stop()
         for slot in self._workers.slots:

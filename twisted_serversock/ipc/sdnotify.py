@@ -77,6 +77,6 @@ class SystemdNotifier:
         self.send(STATUS=status)
 
     def startWatchdog(self) -> None:
-        """Send C{WATCHDOG=1} every half C{WATCHDOG_USEC} from the reactor: a parent whose reactor is stuck is restarted."""
+        """Send C{WATCHDOG=1} now and every half C{WATCHDOG_USEC} from the reactor: a parent whose reactor is stuck is restarted."""
         if self._watchdogInterval and not self._watchdog.running:
             self._watchdog.start(self._watchdogInterval)

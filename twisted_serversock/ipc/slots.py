@@ -229,7 +229,7 @@ class Restarts:
         slot.pending = None
 
     def cancelAll(self) -> None:
-        """No slot starts again on its own (the pool has stopped)."""
+        """No slot starts again on its own (the pool is stopping)."""
         for slot in self._slots:
             self.cancel(slot)
 
@@ -246,8 +246,9 @@ class Shutdown:
         nothing restarts).
     """
 
-    def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker]) -> None:
-        self._reactor, self._dispatcher, self._workers = reactor, dispatcher, workers
+    def __init__(self, reactor: Any, dispatcher: Dispatcher, workers: list[Worker], onStopping: Callable[[], None]) -> None:
+        """@param onStopping: called once the workers are told to stop (the pending restarts are cancelled then)."""
+        self._reactor, self._dispatcher, self._workers, self._onStopping = reactor, dispatcher, workers, onStopping
         self._ended: defer.Deferred[None] | None = None
         self._deadline = 0.0
         self._killer: Any = None
@@ -271,6 +272,7 @@ class Shutdown:
 
     def _tellWorkers(self) -> None:
         self.stopping = True
+        self._onStopping()
         grace = max(self._deadline - float(self._reactor.seconds()), 0.0)
         told = [w for w in self._workers if not w.link.lost]
         for worker in told:

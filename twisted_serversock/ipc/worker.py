@@ -200,7 +200,12 @@ class Worker:
     @controls.handler("route", extra=True, id=INTEGER, proxy=optional(BOOLEAN, False))
     def _onRoute(self, id: int, proxy: bool) -> None:
         # A haproxy: listener's route in twistd serversock: the parent hands
-        # its connections over with the PROXY header unread.
+        # its connections over with the PROXY header unread.  A cluster
+        # worker (no factory of its own) ignores it: its program's factory
+        # already parses the header (haproxy: in its endpoint string).
+        if self._factory is None:
+            _log.warn("Ignored a PROXY route message: this worker's program wraps its own factories")
+            return
         factory = self.factoryFor(id)
         if proxy and id not in self._proxied and factory is not None:
             self._proxied.add(id)
