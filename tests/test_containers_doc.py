@@ -165,9 +165,11 @@ class Image:
                 # This machine's Python (first on PATH) stands in for the image's.
                 assert re.fullmatch(r"python:3\.\d+-slim", rest), rest
             elif word == "ENV":
-                key, _, value = rest.partition("=")
-                self.env[key] = value
-                self.build.append(f"export {key}={q(value)}")
+                for pair in shlex.split(rest):
+                    key, equals, value = pair.partition("=")
+                    assert equals, f"ENV {rest}: write KEY=value"
+                    self.env[key] = value
+                    self.build.append(f"export {key}={q(value)}")
             elif word == "RUN":
                 mounts = re.findall(r"--mount=(\S+)\s+", rest)
                 command = re.sub(r"^(--mount=\S+\s+)+", "", rest)
