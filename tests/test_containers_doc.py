@@ -16,6 +16,7 @@ within C{terminationGracePeriodSeconds}.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -125,7 +126,8 @@ def cpuGroup() -> Iterator[Path]:
     yield group
     members = group / "cgroup.procs"
     for pid in members.read_text().split():
-        os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.kill(int(pid), signal.SIGKILL)
     deadline = time.monotonic() + 30
     while members.read_text().strip() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -257,6 +259,26 @@ resource = Slow()
 """
 
 
+#: A page that counts a client's visits in its twisted.web session, and
+#: says which worker answered.
+VISITS_RPY = """\
+import os
+from twisted.web.resource import Resource
+
+
+class Visits(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        session = request.getSession()
+        session.visits = getattr(session, "visits", 0) + 1
+        return f"{os.getpid()} {session.visits}\\n".encode()
+
+
+resource = Visits()
+"""
+
+
 def _inContainer(pid: int, argv: list[str], *namespaces: str) -> list[str]:
     """C{argv} run in the namespaces (C{--net}, C{--mount}, C{--pid}) of the container whose PID 1 is C{pid}."""
     return ["nsenter", f"--target={pid}", *(namespaces or ("--net",)), "--", *argv]
@@ -275,6 +297,12 @@ def _probe(pid: int, probe: dict[str, Any]) -> int:
     return int(out.stdout or 0)
 
 
+def _innerPid(pid: int) -> int:
+    """Process C{pid}'s pid in its innermost PID namespace (the container's)."""
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("NSpid:")]
+    return int(line.split()[-1])
+
+
 async def succeeds(pid: int, probe: dict[str, Any]) -> bool:
     """Whether the probe succeeds: Kubernetes counts an HTTP status of 200 to 399 a success."""
     status = await threads.deferToThread(_probe, pid, probe)
@@ -291,7 +319,8 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     """
     The Dockerfile's image serves as the manifest's pod: PID 1 is the
     C{CMD}, as the C{USER}; C{workers=auto} starts as many workers as the
-    CPU limit allows; both probes succeed.  Stopped as Kubernetes stops it:
+    CPU limit allows; both probes succeed; twisted.web's sessions are per
+    worker, as the page says.  Stopped as Kubernetes stops it:
     the pod still serves during C{preStop}; after the C{STOPSIGNAL} the
     readiness probe fails at once, a request in flight is answered, and
     every process is gone with status 0 within
@@ -302,6 +331,7 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     (context / "www").mkdir(mode=0o755, exist_ok=True)
     (context / "www" / "index.html").write_text("<h1>hello from the container</h1>\n")
     (context / "www" / "slow.rpy").write_text(SLOW_RPY)
+    (context / "www" / "visits.rpy").write_text(VISITS_RPY)
     for path in (tmp_path, context, context / "www"):
         path.chmod(0o755)
     image = Image(block("dockerfile"), context)
@@ -328,8 +358,8 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     for i in range(1, expected + 1):
         await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
     [pid1] = childrenOf(proc.transport.pid)
+    assert _innerPid(pid1) == 1, "the CMD is not PID 1 of its namespace"
     status = Path(f"/proc/{pid1}/status").read_text()
-    assert re.search(rf"^NSpid:\s+{pid1}\s+1$", status, re.MULTILINE), "the CMD is not PID 1 of its namespace"
     uid, _, _gid = image.user.partition(":")
     assert re.search(rf"^Uid:\s+{uid}\s", status, re.MULTILINE), status
     workers = childrenOf(pid1)
@@ -340,6 +370,20 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     page = spawn(_inContainer(pid1, ["curl", "-sS", f"http://127.0.0.1:{image.expose[0]}/"]), str(tmp_path))
     assert await timeout(page.ended, 60) == 0 and "hello from the container" in page.output, page.output
 
+    if expected > 1:
+        # twisted.web's sessions are per worker: a client's connections
+        # reach both, and each change of worker starts a new session.
+        answers = []
+        for _ in range(6):
+            jar = str(tmp_path / "cookies")
+            visit = spawn(_inContainer(pid1, ["curl", "-sS", "-b", jar, "-c", jar, f"http://127.0.0.1:{image.expose[0]}/visits.rpy"]), str(tmp_path))
+            assert await timeout(visit.ended, 60) == 0, visit.output
+            answers.append(tuple(int(n) for n in visit.output.split()))
+        inside = {_innerPid(w) for w in workers}
+        assert {pid for pid, _ in answers} == inside, answers
+        for (before, count), (pid, visits) in zip(answers, answers[1:]):
+            assert visits == (count + 1 if pid == before else 1), answers
+
     # A request in flight, then Kubernetes' stop: the preStop hook in the
     # container, then the stop signal.
     inside = Path(f"/proc/{pid1}/root/tmp")  # the container's /tmp
@@ -349,7 +393,8 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     began = time.monotonic()
     hook = _inContainer(pid1, [*image.asUser(), *container["lifecycle"]["preStop"]["exec"]["command"]], "--net", "--mount", "--pid")
     hookDone = threads.deferToThread(subprocess.run, hook, timeout=60, check=True)
-    assert await succeeds(pid1, readiness) and not hookDone.called, "the pod no longer served during preStop"
+    await eventually(lambda: succeeds(pid1, readiness))
+    assert not hookDone.called, "the pod no longer served during preStop"
     await timeout(hookDone, 60)
     os.kill(pid1, getattr(signal, image.stopSignal))
     await eventually(lambda: fails(pid1, readiness))
