@@ -314,32 +314,58 @@ async def fails(pid: int, probe: dict[str, Any]) -> bool:
     return not await succeeds(pid, probe)
 
 
+def curl(pid: int, url: str, *options: str) -> Proc:
+    """C{curl} run in the network namespace of the container whose PID 1 is C{pid}."""
+    return spawn(_inContainer(pid, ["curl", "-sS", *options, url]), "/")
+
+
+async def sessionsArePerWorker(pid: int, workers: set[int], url: str, jar: Path) -> None:
+    """
+    One client's requests, each on a new connection, reach every worker,
+    and each change of worker starts a new twisted.web session.
+    """
+    answers = []
+    for _ in range(6):
+        visit = curl(pid, url, "-b", str(jar), "-c", str(jar))
+        assert await timeout(visit.ended, 60) == 0, visit.output
+        answers.append(tuple(int(n) for n in visit.output.split()))
+    assert {worker for worker, _ in answers} == {_innerPid(w) for w in workers}, answers
+    for (before, count), (worker, visits) in zip(answers, answers[1:]):
+        assert visits == (count + 1 if worker == before else 1), answers
+
+
+def build(tmp_path: Path) -> Path:
+    """The build context: a copy of this checkout, with the site in C{www/}."""
+    context = tmp_path / "context"
+    shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(".git", ".venv", ".tox", "__pycache__", "*.egg-info", "build", "dist"))
+    site = context / "www"
+    site.mkdir(exist_ok=True)
+    (site / "index.html").write_text("<h1>hello from the container</h1>\n")
+    (site / "slow.rpy").write_text(SLOW_RPY)
+    (site / "visits.rpy").write_text(VISITS_RPY)
+    for path in (tmp_path, context, site):
+        path.chmod(0o755)
+    return context
+
+
 @pytest_twisted.ensureDeferred
 async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     """
     The Dockerfile's image serves as the manifest's pod: PID 1 is the
     C{CMD}, as the C{USER}; C{workers=auto} starts as many workers as the
     CPU limit allows; both probes succeed; twisted.web's sessions are per
-    worker, as the page says.  Stopped as Kubernetes stops it:
-    the pod still serves during C{preStop}; after the C{STOPSIGNAL} the
-    readiness probe fails at once, a request in flight is answered, and
-    every process is gone with status 0 within
-    C{terminationGracePeriodSeconds}.
+    worker, as the page says.  Stopped as Kubernetes stops it: the pod
+    still serves during C{preStop}; after the C{STOPSIGNAL} the readiness
+    probe fails at once, a request in flight is answered, and every process
+    is gone with status 0 within C{terminationGracePeriodSeconds}.
     """
-    context = tmp_path / "context"
-    shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(".git", ".venv", ".tox", "__pycache__", "*.egg-info", "build", "dist"))
-    (context / "www").mkdir(mode=0o755, exist_ok=True)
-    (context / "www" / "index.html").write_text("<h1>hello from the container</h1>\n")
-    (context / "www" / "slow.rpy").write_text(SLOW_RPY)
-    (context / "www" / "visits.rpy").write_text(VISITS_RPY)
-    for path in (tmp_path, context, context / "www"):
-        path.chmod(0o755)
-    image = Image(block("dockerfile"), context)
+    image = Image(block("dockerfile"), build(tmp_path))
     kinds = manifests(block("yaml"))
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert image.expose == [p["containerPort"] for p in container["ports"]]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] in image.expose
+    base = f"http://127.0.0.1:{image.expose[0]}"
     limit = cpus(container["resources"]["limits"]["cpu"])
     _limitCPUs(cpuGroup, limit)
 
@@ -359,39 +385,27 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
         await proc.waitFor(rf"Worker {i} \(pid \d+\) is ready")
     [pid1] = childrenOf(proc.transport.pid)
     assert _innerPid(pid1) == 1, "the CMD is not PID 1 of its namespace"
-    status = Path(f"/proc/{pid1}/status").read_text()
-    uid, _, _gid = image.user.partition(":")
-    assert re.search(rf"^Uid:\s+{uid}\s", status, re.MULTILINE), status
+    uid = image.user.partition(":")[0]
+    assert re.search(rf"^Uid:\s+{uid}\s", Path(f"/proc/{pid1}/status").read_text(), re.MULTILINE)
     workers = childrenOf(pid1)
     assert len(workers) == expected
 
     for name in ("readinessProbe", "livenessProbe"):
         await eventually(lambda probe=container[name]: succeeds(pid1, probe))
-    page = spawn(_inContainer(pid1, ["curl", "-sS", f"http://127.0.0.1:{image.expose[0]}/"]), str(tmp_path))
+    page = curl(pid1, f"{base}/")
     assert await timeout(page.ended, 60) == 0 and "hello from the container" in page.output, page.output
-
     if expected > 1:
-        # twisted.web's sessions are per worker: a client's connections
-        # reach both, and each change of worker starts a new session.
-        answers = []
-        for _ in range(6):
-            jar = str(tmp_path / "cookies")
-            visit = spawn(_inContainer(pid1, ["curl", "-sS", "-b", jar, "-c", jar, f"http://127.0.0.1:{image.expose[0]}/visits.rpy"]), str(tmp_path))
-            assert await timeout(visit.ended, 60) == 0, visit.output
-            answers.append(tuple(int(n) for n in visit.output.split()))
-        inside = {_innerPid(w) for w in workers}
-        assert {pid for pid, _ in answers} == inside, answers
-        for (before, count), (pid, visits) in zip(answers, answers[1:]):
-            assert visits == (count + 1 if pid == before else 1), answers
+        await sessionsArePerWorker(pid1, workers, f"{base}/visits.rpy", tmp_path / "cookies")
 
     # A request in flight, then Kubernetes' stop: the preStop hook in the
     # container, then the stop signal.
-    inside = Path(f"/proc/{pid1}/root/tmp")  # the container's /tmp
-    slow = spawn(_inContainer(pid1, ["curl", "-sS", "--max-time", "60", f"http://127.0.0.1:{image.expose[0]}/slow.rpy"]), str(tmp_path))
-    await eventually(lambda: (inside / "started").exists() or slow.ended.called)
+    containerTmp = Path(f"/proc/{pid1}/root/tmp")
+    slow = curl(pid1, f"{base}/slow.rpy", "--max-time", "60")
+    await eventually(lambda: (containerTmp / "started").exists() or slow.ended.called)
     readiness = container["readinessProbe"]
     began = time.monotonic()
-    hook = _inContainer(pid1, [*image.asUser(), *container["lifecycle"]["preStop"]["exec"]["command"]], "--net", "--mount", "--pid")
+    preStop = container["lifecycle"]["preStop"]["exec"]["command"]
+    hook = _inContainer(pid1, [*image.asUser(), *preStop], "--net", "--mount", "--pid")
     hookDone = threads.deferToThread(subprocess.run, hook, timeout=60, check=True)
     await eventually(lambda: succeeds(pid1, readiness))
     assert not hookDone.called, "the pod no longer served during preStop"
@@ -399,7 +413,7 @@ async def test_dockerfileAndManifest(tmp_path: Path, cpuGroup: Path) -> None:
     os.kill(pid1, getattr(signal, image.stopSignal))
     await eventually(lambda: fails(pid1, readiness))
     assert alive(pid1) and not slow.ended.called, "the request in flight was not waited for"
-    (inside / "release").touch()
+    (containerTmp / "release").touch()
     assert await timeout(slow.ended, 60) == 0 and "finished after the stop signal" in slow.output, slow.output
     left = pod["terminationGracePeriodSeconds"] - (time.monotonic() - began)
     assert left > 0, "preStop took the whole grace period"
