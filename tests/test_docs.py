@@ -107,8 +107,10 @@ ALL = [b for doc in DOCS for b in parse(doc)]
 #: Tagged C{text}: a transcript or a record (the commands C{python3 -m bench}
 #: ran, with its own C{$WORK} and C{$PORT}), not something to type; tagged
 #: C{ini}: a configuration file (the systemd units in docs/workers.md, whose
-#: C{ExecStart} tests/test_lifecycle.py runs under systemd-socket-activate).
-NOT_RUN = {"text", "ini"}
+#: C{ExecStart} tests/test_lifecycle.py runs under systemd-socket-activate);
+#: C{dockerfile} and C{yaml}: docs/containers.md's image and manifest, which
+#: tests/test_containers_doc.py runs.
+NOT_RUN = {"text", "ini", "dockerfile", "yaml"}
 CODE = [b for b in ALL if b.lang and b.lang not in NOT_RUN]
 RUNNABLE = [b for b in CODE if not b.skip and not b.file]
 
