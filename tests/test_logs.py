@@ -8,6 +8,7 @@ C{--logger} is a JSON observer.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 
 from twisted_serversock.ipc import logs
 from twisted_serversock.ipc.logs import LogRelay, logObserver
-from twisted_serversock.ipc.slots import ENDED, LOG_BATCH, Slot, Worker
+from twisted_serversock.ipc.slots import ENDED, LOG_BATCH, LOG_PIPE, Slot, Worker
 
 from ._procs import PRIMARY_LISTENING, TWISTD, spawn, stopCleanly
 from .conftest import connect, eventually, timeout
@@ -151,12 +152,26 @@ def test_theUsualEventIsSmall(monkeypatch: pytest.MonkeyPatch) -> None:
 class PausableTransport:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.pipes: dict[int, Any] = {}
 
     def pauseProducing(self) -> None:
         self.calls.append("pause")
 
     def resumeProducing(self) -> None:
         self.calls.append("resume")
+
+
+def test_aWorkersErrorPipeHoldsABatch() -> None:
+    """The pipe of a worker's standard error is widened for L{LOG_BATCH}'s waits."""
+    reader, writer = os.pipe()
+    try:
+        transport = PausableTransport()
+        transport.pipes[2] = io.FileIO(reader, closefd=False)
+        Worker(Slot(1), None, 0.0, 0, lambda worker, reason: None).makeConnection(transport)  # type: ignore[arg-type]
+        assert fcntl.fcntl(writer, fcntl.F_GETPIPE_SZ) == LOG_PIPE
+    finally:
+        os.close(reader)
+        os.close(writer)
 
 
 def test_thePoolReadsAWorkersOutputInBatches() -> None:
