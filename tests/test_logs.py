@@ -112,11 +112,12 @@ def test_textIsRelayedToo() -> None:
     """
     [out] = relayed(b"hello\n", childFD=1)
     assert (out["log_level"], formatEvent(out), out["log_system"]) == (LogLevel.info, "hello", "worker 1 pid 4242")
-    events = relayed(b'Traceback (most recent call last):\n\x1e{"log_time": \n\x1e[1]\nlast words', reads=5)
+    events = relayed(b'Traceback (most recent call last):\n\x1e{"log_time": \n\x1e[1]\n\x1e{"log_time": 1, "log_failure": 5}\nlast words', reads=5)
     assert [(e["log_level"], formatEvent(e)) for e in events] == [
         (LogLevel.warn, "Traceback (most recent call last):"),
         (LogLevel.warn, '\x1e{"log_time":'),
         (LogLevel.warn, "\x1e[1]"),
+        (LogLevel.warn, '\x1e{"log_time": 1, "log_failure": 5}'),
         (LogLevel.warn, "last words"),
     ]
 

@@ -14,7 +14,7 @@ import time
 from json import dumps, loads
 from typing import Any, Callable
 
-from twisted.logger import ILogObserver, InvalidLogLevelError, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
 from zope.interface import provider
 
 __all__ = ["logObserver", "LogRelay", "RECORD_SEPARATOR"]
@@ -122,10 +122,11 @@ def _decode(text: bytes) -> dict[str, Any] | None:
         if not isinstance(event, dict) or "log_time" not in event:
             return None
         if "log_failure" in event:
-            return eventFromJSON(text.decode("utf-8"))
+            event = eventFromJSON(text.decode("utf-8"))
+            return event if hasattr(event["log_failure"], "getTraceback") else None
         level = event.get("log_level")
         if level is not None:
             event["log_level"] = LogLevel.levelWithName(level["name"])
-    except (ValueError, TypeError, KeyError, InvalidLogLevelError):
+    except Exception:  # not an event (a broken line): relayed as text, and reading goes on
         return None
     return event
