@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import ProcessTerminated
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from twisted_serversock.cluster.primary import STARTS_BEFORE_GIVING_UP, ClusterPrimary, PrimaryPort
 from twisted_serversock.ipc.dispatch import Dispatcher
+from twisted_serversock.ipc.logs import LogRelay
 from twisted_serversock.ipc.pool import WorkerPool
 from twisted_serversock.ipc.spawn import Command
 
@@ -521,4 +523,9 @@ def test_workerWithoutStartupMessageExitsWithOneLine() -> None:
     finally:
         workerEnd.close()
     assert done.returncode == 2, done
-    assert done.stderr.splitlines() == ["critical: bad start-up message: the parent closed the channel"], done
+    # One event, at critical, as the parent's log will have it.
+    events: list[dict[str, Any]] = []
+    relay = LogRelay("worker 1 pid 1", events.append)
+    relay.dataReceived(2, done.stderr.encode())
+    relay.flush()
+    assert [(e["log_level"], formatEvent(e)) for e in events] == [(LogLevel.critical, "bad start-up message: the parent closed the channel")], done

@@ -297,7 +297,10 @@ def fitRunnersToWorker(observer: ILogObserver) -> None:
     Make C{twistd} and C{twist} in this process run as a cluster worker:
     in the foreground, with no pidfile, syslog, chroot, umask or user
     switch (the primary did all that once and the worker inherits it),
-    logging to C{observer}.  Imports neither the reactor nor the program.
+    logging to C{observer} (the worker's events go to the primary).  The
+    user's C{--logfile}, C{--logger} or C{--syslog} thus takes effect in
+    the primary only, whose observer receives every worker's events.
+    Imports neither the reactor nor the program.
     """
     from twisted.application.twist._options import TwistOptions
     from twisted.scripts._twistd_unix import UnixApplicationRunner

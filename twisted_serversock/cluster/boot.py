@@ -30,9 +30,10 @@ def run(channel: socket.socket, startup: dict[str, Any]) -> None:
     argv = startup["argv"]
     program = splitCommandLine(argv)
     # twistd and twist: in the foreground, no pidfile, no second switch of
-    # user, one line an event on standard error for the primary to relay.
+    # user, each log event to the primary (one line of JSON on standard
+    # error): the user's --logger/--logfile/--syslog is the primary's.
     fitRunnersToWorker(logObserver)
-    # The primary relays each line as it comes: no block buffering on pipes.
+    # What the program prints itself reaches the primary line by line.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:

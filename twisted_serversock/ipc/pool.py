@@ -143,7 +143,7 @@ class WorkerPool:
             self._restarts.untried(slot)
         parentEnd, childEnd = _channel()
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
-        worker = Worker(slot, link, self._reactor.seconds(), self.reloads, self.workerEnded)
+        worker = Worker(slot, link, self._reactor.seconds(), self.reloads, self.workerEnded, self._reactor)
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
         link.onControl = self._onControl

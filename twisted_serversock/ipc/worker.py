@@ -14,14 +14,14 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
-from zope.interface import provider
 
 from .._findfactory import importFactory
 from .._twistedcompat import innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
+from .logs import logObserver
 from .spawn import GRACE
 from .wire import Control
 
@@ -86,27 +86,6 @@ def finishGracefully(protocol: Any) -> None:
         protocol.persistent = False
         for request in requests:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-
-
-@provider(ILogObserver)
-def logObserver(event: dict[str, Any]) -> None:
-    """
-    Every worker's log: one line an event on the real standard error, which
-    the parent relays under the worker's number and pid: the level unless
-    info, the event's own system (not the C{namespace#level} Twisted shows
-    for events without one), the text, then any traceback.
-    """
-    text = formatEvent(event)
-    if (system := event.get("log_system")) and system != "-":
-        text = f"[{system}] {text}"
-    if (level := event.get("log_level")) is not None and level is not LogLevel.info:
-        text = f"{level.name}: {text}"
-    if (failure := event.get("log_failure")) is not None:
-        text = f"{text}\n{failure.getTraceback()}"
-    # The real standard error: twistd points sys.stderr at the log itself.
-    stream = sys.__stderr__ or sys.stderr
-    stream.write(text.rstrip("\n") + "\n")
-    stream.flush()
 
 
 class Worker:
