@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from .._findfactory import importFactory
-from .._twistedcompat import innerProtocol, proxyWrapped
+from .._twistedcompat import betweenRequests, innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .spawn import GRACE
@@ -59,10 +59,11 @@ def finishGracefully(protocol: Any) -> None:
     a worker being stopped or replaced drains without cutting a client off:
     its C{stopGracefully()} (or that of the protocol inside its wrappers:
     PROXY, twisted.web's HTTP/1-or-2 choice) is called; Twisted's HTTP/1.1
-    channel says C{Connection: close} on the response being written and
-    every later one, so a keep-alive client moves to a new connection (and
-    so to a new worker) between requests; anything else is left alone until
-    it closes or the grace period ends.
+    channel idle between requests (keep-alive) closes now, as nginx does,
+    and one with a request in progress (or whose first request has yet to
+    arrive) says C{Connection: close} on that response, so a keep-alive
+    client moves to a new connection (and so to a new worker); anything
+    else is left alone until it closes or the grace period ends.
     """
     if callable(hook := getattr(protocol, "stopGracefully", None)):
         hook()
@@ -72,6 +73,9 @@ def finishGracefully(protocol: Any) -> None:
         finishGracefully(inner)
         return
     if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(protocol, http.HTTPChannel):
+        return
+    if betweenRequests(protocol):
+        protocol.loseConnection()
         return
 
     def checkPersistence(request: Any, version: bytes) -> bool:
