@@ -266,6 +266,128 @@ def test_parentStopWithoutWorkers() -> None:
     assert log == ["port"] and notifier.said == ["stopping"] and reactor.hasStopped
 
 
+def test_lameDuckDelaysASignalsStop() -> None:
+    """
+    With a lame-duck delay, a signal tells systemd it is stopping, but the
+    listeners stay open for the delay (on the reactor's clock); then the
+    stop runs as without one.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    reactor = MemoryReactorClock()
+    reactor.running, reactor.hasStopped = True, False
+    log: list[str] = []
+    port, pool = _Port(log), _Pool(log)
+    port.stopped.callback(None)
+    stopper = ParentStop(reactor, 7.0, lambda: [port], lameDuck=5.0)
+    stopper.pool = pool
+    said: list[str] = []
+    stopper.notifier = type("Notifier", (), {"stopping": lambda self, status: said.append(status)})()
+    stopper.terminate("SIGTERM")
+    assert said == ["stopping"] and log == [] and not stopper.stopping
+    reactor.advance(4.9)
+    assert log == [] and not stopper.stopping
+    reactor.advance(0.1)
+    assert log == ["port", "pool 7.0"] and stopper.stopping and said == ["stopping"]
+    pool.ended.callback(None)
+    assert reactor.hasStopped and not reactor.getDelayedCalls()
+
+
+def test_secondSignalOrShutdownEndsTheLameDuck() -> None:
+    """
+    A second signal during the lame-duck delay stops at once, as does the
+    reactor's shutdown (C{stop()}); the delay's end then does nothing more.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    for second in ("signal", "stop"):
+        reactor = MemoryReactorClock()
+        reactor.running, reactor.hasStopped = True, False
+        log: list[str] = []
+        port = _Port(log)
+        port.stopped.callback(None)
+        stopper = ParentStop(reactor, 1.0, lambda: [port], lameDuck=30.0)
+        stopper.terminate("SIGTERM")
+        reactor.advance(1)
+        assert log == []
+        if second == "signal":
+            stopper.terminate("SIGINT")
+            assert reactor.hasStopped
+        else:
+            assert stopper.stop().called
+        assert log == ["port"] and not reactor.getDelayedCalls()
+        reactor.advance(60)
+        assert log == ["port"]
+
+
+def test_primaryTakesTheLargestGraceAndLameDuck() -> None:
+    """
+    A cluster primary's grace and lame-duck delay are the largest its
+    listeners gave (the default until one gives it); its stop and its pool
+    use them.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.primary import Primary
+
+    primary = Primary(MemoryReactorClock(), 10.0, list)
+    primary.allow(None, None)
+    assert (primary.stopper.grace, primary.stopper.lameDuck) == (10.0, 0.0)
+    primary.allow(3.0, None)
+    assert primary.stopper.grace == 3.0
+    primary.allow(5.0, 2.0)
+    primary.allow(4.0, 1.0)
+    assert (primary.stopper.grace, primary.stopper.lameDuck) == (5.0, 2.0)
+    pool = primary.makePool(lambda index, heartbeat: Command(["true"], {}), 1)
+    assert pool._grace == 5.0
+
+
+def test_finishGracefullyClosesAnIdleKeepAliveConnection() -> None:
+    """
+    Twisted's HTTP/1.1 channel between requests (a response sent, the
+    connection kept alive) closes at once; one whose first request has not
+    arrived, or whose next one is half-received, is left to answer it with
+    C{Connection: close}.
+    """
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from twisted_serversock.ipc.worker import finishGracefully
+
+    class Hi(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            return b"hi"
+
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def channel(*data: bytes) -> tuple[Any, StringTransport]:
+        protocol = Site(Hi()).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        for chunk in data:
+            protocol.dataReceived(chunk)
+        return protocol, transport
+
+    idle, transport = channel(request)
+    assert b"200 OK" in transport.value() and not transport.disconnecting
+    finishGracefully(idle)
+    assert transport.disconnecting
+    for data in ((), (request, request[:10])):
+        waiting, transport = channel(*data)
+        finishGracefully(waiting)
+        assert not transport.disconnecting
+        transport.clear()
+        waiting.dataReceived(request[len(data[1]) if data else 0 :])
+        assert b"\r\nConnection: close\r\n" in transport.value() and transport.disconnecting, transport.value()
+
+
 def test_reloadIsDoneWhenItsWorkersServeOrEnd(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A reload is done (systemd is told READY=1 again) once each of its

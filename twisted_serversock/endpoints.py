@@ -28,7 +28,8 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 from zope.interface import implementer
 
 from . import _args
-from ._clusteroptions import MAX_WORKERS, _text, autoWorkersWhy, clusterOptions, workerCount
+from ._clusteroptions import MAX_WORKERS as MAX_WORKERS, _text, clusterOptions
+from ._clusteroptions import autoWorkersWhy as autoWorkersWhy, workerCount as workerCount  # re-exported
 from .netaddr import ipFamily
 from .results import NSError
 from ._listeningport import GeckoListeningPort
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
     from ._types import StrOrBytesPath
 
 __all__ = [
-    "MAX_WORKERS",
-    "autoWorkersWhy",
-    "workerCount",
     "GeckoServerEndpoint",
     "GeckoUNIXServerEndpoint",
     "GeckoListeningPort",

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from ._labels import describeAddress
 from ._startup import cannotListenReason, failStartup
-from .endpoints import autoWorkersWhy, workerCount
+from ._clusteroptions import autoWorkersWhy, workerCount
 from .ipc.pool import WorkerPool
 from .ipc.primary import Primary
 from .ipc.sdnotify import SystemdNotifier
