@@ -346,18 +346,21 @@ def test_primaryTakesTheLargestGraceAndLameDuck() -> None:
     assert pool._grace == 5.0
 
 
-def test_finishGracefullyClosesAnIdleKeepAliveConnection() -> None:
+def test_idleHTTPIsAKeepAliveConnectionBetweenRequests() -> None:
     """
-    Twisted's HTTP/1.1 channel between requests (a response sent, the
-    connection kept alive) closes at once; one whose first request has not
-    arrived, or whose next one is half-received, is left to answer it with
-    C{Connection: close}.
+    What a stopping worker closes (L{idleHTTP}): Twisted's HTTP/1.1
+    channel (inside its HTTP/1-or-2 wrapper) between requests, a response
+    sent, with nothing of a next request in the socket; not a connection
+    whose first request has not arrived, whose next one is half-received
+    or waits unread in the socket.  Those get C{Connection: close}.
     """
+    import socket
+
     from twisted.internet.testing import StringTransport
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
-    from twisted_serversock.ipc.worker import finishGracefully
+    from twisted_serversock.ipc.worker import finishGracefully, idleHTTP
 
     class Hi(Resource):
         isLeaf = True
@@ -366,26 +369,41 @@ def test_finishGracefullyClosesAnIdleKeepAliveConnection() -> None:
             return b"hi"
 
     request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    sockets: list[socket.socket] = []
 
-    def channel(*data: bytes) -> tuple[Any, StringTransport]:
-        protocol = Site(Hi()).buildProtocol(None)
-        transport = StringTransport()
+    class Transport(StringTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ours, self.peer = socket.socketpair()
+            sockets.extend((self.ours, self.peer))
+
+        def getHandle(self) -> socket.socket:
+            return self.ours
+
+    def channel(*data: bytes) -> Transport:
+        transport = Transport()
+        transport.protocol = protocol = Site(Hi()).buildProtocol(None)
         protocol.makeConnection(transport)
         for chunk in data:
             protocol.dataReceived(chunk)
-        return protocol, transport
+        return transport
 
-    idle, transport = channel(request)
-    assert b"200 OK" in transport.value() and not transport.disconnecting
-    finishGracefully(idle)
-    assert transport.disconnecting
-    for data in ((), (request, request[:10])):
-        waiting, transport = channel(*data)
-        finishGracefully(waiting)
-        assert not transport.disconnecting
-        transport.clear()
-        waiting.dataReceived(request[len(data[1]) if data else 0 :])
-        assert b"\r\nConnection: close\r\n" in transport.value() and transport.disconnecting, transport.value()
+    try:
+        idle = channel(request)
+        assert b"200 OK" in idle.value() and not idle.disconnecting
+        assert idleHTTP(idle) is idle.protocol._channel
+        idle.peer.send(b"G")  # the next request, not read yet
+        assert idleHTTP(idle) is None
+        for data in ((), (request, request[:10])):
+            waiting = channel(*data)
+            assert idleHTTP(waiting) is None
+            finishGracefully(waiting.protocol)
+            waiting.clear()
+            waiting.protocol.dataReceived(request[len(data[1]) if data else 0 :])
+            assert b"\r\nConnection: close\r\n" in waiting.value() and waiting.disconnecting, waiting.value()
+    finally:
+        for skt in sockets:
+            skt.close()
 
 
 def test_reloadIsDoneWhenItsWorkersServeOrEnd(monkeypatch: pytest.MonkeyPatch) -> None:
