@@ -233,9 +233,9 @@ async def test_serversockLameDuck(site: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_idleKeepAliveClosesAtOnce(site: str) -> None:
     """
-    Keep-alive connections idle between requests close as soon as the
-    workers are told to stop, long before a 60 s grace period; none is
-    aborted, and the cluster exits 0.
+    Keep-alive connections idle between requests close once they stayed
+    idle for half a second after the workers were told to stop, long
+    before a 60 s grace period; none is aborted, and the cluster exits 0.
     """
     proc, port = await _web(site, "grace=60")
     clients = [await _get(port) for _ in range(4)]
