@@ -303,6 +303,146 @@ def test_parentStopWithoutWorkers() -> None:
     assert log == ["port"] and notifier.said == ["stopping"] and reactor.hasStopped
 
 
+def test_lameDuckDelaysASignalsStop() -> None:
+    """
+    With a lame-duck delay, a signal tells systemd it is stopping, but the
+    listeners stay open for the delay (on the reactor's clock); then the
+    stop runs as without one.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    reactor = MemoryReactorClock()
+    reactor.running, reactor.hasStopped = True, False
+    log: list[str] = []
+    port, pool = _Port(log), _Pool(log)
+    port.stopped.callback(None)
+    stopper = ParentStop(reactor, 7.0, lambda: [port], lameDuck=5.0)
+    stopper.pool = pool
+    said: list[str] = []
+    stopper.notifier = type("Notifier", (), {"stopping": lambda self, status: said.append(status)})()
+    stopper.terminate("SIGTERM")
+    assert said == ["stopping"] and log == [] and not stopper.stopping
+    reactor.advance(4.9)
+    assert log == [] and not stopper.stopping
+    reactor.advance(0.1)
+    assert log == ["port", "pool 7.0"] and stopper.stopping and said == ["stopping"]
+    pool.ended.callback(None)
+    assert reactor.hasStopped and not reactor.getDelayedCalls()
+
+
+def test_secondSignalOrShutdownEndsTheLameDuck() -> None:
+    """
+    A second signal during the lame-duck delay stops at once, as does the
+    reactor's shutdown (C{stop()}); the delay's end then does nothing more.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.signals import ParentStop
+
+    for second in ("signal", "stop"):
+        reactor = MemoryReactorClock()
+        reactor.running, reactor.hasStopped = True, False
+        log: list[str] = []
+        port = _Port(log)
+        port.stopped.callback(None)
+        stopper = ParentStop(reactor, 1.0, lambda: [port], lameDuck=30.0)
+        stopper.terminate("SIGTERM")
+        reactor.advance(1)
+        assert log == []
+        if second == "signal":
+            stopper.terminate("SIGINT")
+            assert reactor.hasStopped
+        else:
+            assert stopper.stop().called
+        assert log == ["port"] and not reactor.getDelayedCalls()
+        reactor.advance(60)
+        assert log == ["port"]
+
+
+def test_primaryTakesTheLargestGraceAndLameDuck() -> None:
+    """
+    A cluster primary's grace and lame-duck delay are the largest its
+    listeners gave (the default until one gives it); its stop and its pool
+    use them.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_serversock.ipc.primary import Primary
+
+    primary = Primary(MemoryReactorClock(), 10.0, list)
+    primary.allow(None, None)
+    assert (primary.stopper.grace, primary.stopper.lameDuck) == (10.0, 0.0)
+    primary.allow(3.0, None)
+    assert primary.stopper.grace == 3.0
+    primary.allow(5.0, 2.0)
+    primary.allow(4.0, 1.0)
+    assert (primary.stopper.grace, primary.stopper.lameDuck) == (5.0, 2.0)
+    pool = primary.makePool(lambda index, heartbeat: Command(["true"], {}), 1)
+    assert pool._grace == 5.0
+
+
+def test_idleHTTPIsAKeepAliveConnectionBetweenRequests() -> None:
+    """
+    What a stopping worker closes (L{idleHTTP}): Twisted's HTTP/1.1
+    channel (inside its HTTP/1-or-2 wrapper) between requests, a response
+    sent, with nothing of a next request in the socket; not a connection
+    whose first request has not arrived, whose next one is half-received
+    or waits unread in the socket.  Those get C{Connection: close}.
+    """
+    import socket
+
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from twisted_serversock.ipc.worker import finishGracefully, idleHTTP
+
+    class Hi(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            return b"hi"
+
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    sockets: list[socket.socket] = []
+
+    class Transport(StringTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ours, self.peer = socket.socketpair()
+            sockets.extend((self.ours, self.peer))
+
+        def getHandle(self) -> socket.socket:
+            return self.ours
+
+    def channel(*data: bytes) -> Transport:
+        transport = Transport()
+        transport.protocol = protocol = Site(Hi()).buildProtocol(None)
+        protocol.makeConnection(transport)
+        for chunk in data:
+            protocol.dataReceived(chunk)
+        return transport
+
+    try:
+        idle = channel(request)
+        assert b"200 OK" in idle.value() and not idle.disconnecting
+        assert idleHTTP(idle) is idle.protocol._channel
+        idle.peer.send(b"G")  # the next request, not read yet
+        assert idleHTTP(idle) is None
+        for data in ((), (request, request[:10])):
+            waiting = channel(*data)
+            assert idleHTTP(waiting) is None
+            finishGracefully(waiting.protocol)
+            waiting.clear()
+            waiting.protocol.dataReceived(request[len(data[1]) if data else 0 :])
+            assert b"\r\nConnection: close\r\n" in waiting.value() and waiting.disconnecting, waiting.value()
+    finally:
+        for skt in sockets:
+            skt.close()
+
+
 def test_reloadIsDoneWhenItsWorkersServeOrEnd(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A reload is done (systemd is told READY=1 again) once each of its

@@ -84,6 +84,7 @@ __all__ = [
     "unwrapProxied",
     "proxyWrapped",
     "innerProtocol",
+    "betweenRequests",
     "fitRunnersToWorker",
     "stopSignalsHandledBy",
     "problems",
@@ -292,6 +293,17 @@ def innerProtocol(protocol: Any) -> Any | None:
     return getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_channel", None)
 
 
+def betweenRequests(channel: Any) -> bool:
+    """
+    Whether a C{twisted.web} HTTP/1.x channel is idle between requests: it
+    has received a request (C{allContentReceived} set its private
+    C{__first_line} on the instance), has none in progress, and no byte of
+    the next one waits in its line buffer.  A new connection whose first
+    request has not arrived yet is not between requests.
+    """
+    return "_HTTPChannel__first_line" in vars(channel) and not channel.requests and not getattr(channel, "_buffer", b"")
+
+
 def fitRunnersToWorker(observer: ILogObserver) -> None:
     """
     Make C{twistd} and C{twist} in this process run as a cluster worker:
@@ -429,10 +441,15 @@ def _webProblems() -> list[str]:
         from twisted.web import http
     except ImportError:
         return []  # twisted.web is optional: nothing to drain then
+    from twisted.protocols import basic
+
+    found = []
     generic = getattr(http, "_GenericHTTPChannelProtocol", None)
     if generic is None or "_channel" not in _mroSource(generic):
-        return ["twisted.web.http._GenericHTTPChannelProtocol no longer wraps its HTTP channel as _channel (innerProtocol)"]
-    return []
+        found.append("twisted.web.http._GenericHTTPChannelProtocol no longer wraps its HTTP channel as _channel (innerProtocol)")
+    if "self.__first_line = 1" not in _source(http.HTTPChannel.allContentReceived) or "_buffer" not in _source(basic.LineReceiver.dataReceived):
+        found.append("HTTPChannel.allContentReceived or LineReceiver's _buffer changed (betweenRequests)")
+    return found
 
 
 def _runnerProblems() -> list[str]:

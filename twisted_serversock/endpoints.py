@@ -28,7 +28,8 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 from zope.interface import implementer
 
 from . import _args
-from ._resources import availableCPUs
+from ._clusteroptions import MAX_WORKERS as MAX_WORKERS, _text, clusterOptions
+from ._clusteroptions import autoWorkersWhy as autoWorkersWhy, workerCount as workerCount  # re-exported
 from .netaddr import ipFamily
 from .results import NSError
 from ._listeningport import GeckoListeningPort
@@ -65,9 +66,13 @@ def endpointString(prefix: str, args: Iterable[object], options: Iterable[tuple[
     return f"{prefix}:" + ":".join(parts)
 
 
+#: Options only a cluster primary reads, which a worker's listener need not match.
+_CLUSTER_ONLY = ("workers", "grace", "lameduck")
+
+
 def _withoutWorkers(description: str) -> str:
     """
-    C{description} without its C{workers=} option (whatever its case).
+    C{description} without its C{workers=}, C{grace=} and C{lameduck=} options (whatever their case).
     """
     segments = [""]
     escaped = False
@@ -80,7 +85,7 @@ def _withoutWorkers(description: str) -> str:
             segments.append("")
             continue
         segments[-1] += char
-    kept = [segments[0]] + [seg for seg in segments[1:] if seg.split("=", 1)[0].lower() != "workers"]
+    kept = [segments[0]] + [seg for seg in segments[1:] if seg.split("=", 1)[0].lower() not in _CLUSTER_ONLY]
     return ":".join(kept)
 
 
@@ -102,6 +107,14 @@ class _GeckoEndpointBase:
     #: How C{workers=auto} chose the number of workers (the cluster
     #: primary logs it); C{None} for any other C{workers}.
     workersWhy: str | None = None
+    #: Cluster mode: the seconds the primary's workers get to finish their
+    #: connections once stopped, and its lame-duck delay after SIGTERM
+    #: (L{ParentStop<twisted_serversock.ipc.signals.ParentStop>}); C{None}: not given.
+    grace: float | None = None
+    lameDuck: float | None = None
+
+    def _cluster(self, workers: int | str, grace: float | str | None, lameDuck: float | str | None) -> None:
+        self._workers, self.workersWhy, self.grace, self.lameDuck = clusterOptions(workers, grace, lameDuck)
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -186,6 +199,10 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
     @param dualStack: listen on C{::} for both IPv4 and IPv6.
     @param workers: serve from this many worker processes (cluster mode),
         C{"auto"} for one per CPU; 0 serves in this process.
+    @param grace: cluster mode: seconds the workers get to finish their
+        connections when the cluster stops or reloads (default 10).
+    @param lameDuck: cluster mode: seconds the cluster goes on accepting
+        and serving after SIGTERM/SIGINT before it stops (default 0).
 
     @raise TypeError: for an argument of the wrong type (a string port, a
         string boolean such as C{"no"}, which would be true), naming it.
@@ -204,6 +221,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         ipv6: bool = False,
         dualStack: bool = False,
         workers: int | str = 0,
+        grace: float | str | None = None,
+        lameDuck: float | str | None = None,
     ) -> None:
         port = _args.integer(port, "port", None, _args.MAX_PORT)
         backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
@@ -213,8 +232,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         dualStack = _args.boolean(dualStack, "dualStack")
         if interface is not None:
             interface = _args.text(interface, "interface")
-        self._workers = workerCount(workers)
-        self.workersWhy = autoWorkersWhy(workers)
+        self._cluster(workers, grace, lameDuck)
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -290,6 +308,10 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         directory's group, else the process's).
     @param workers: serve from this many worker processes (cluster mode),
         C{"auto"} for one per CPU; 0 serves in this process.
+    @param grace: cluster mode: seconds the workers get to finish their
+        connections when the cluster stops or reloads (default 10).
+    @param lameDuck: cluster mode: seconds the cluster goes on accepting
+        and serving after SIGTERM/SIGINT before it stops (default 0).
 
     @raise TypeError: for an argument of the wrong type, naming it.
     @raise ValueError: for neither or both of C{path} and C{abstract},
@@ -308,9 +330,10 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         allowedUids: Iterable[int | str] | None = None,
         group: int | str | None = None,
         workers: int | str = 0,
+        grace: float | str | None = None,
+        lameDuck: float | str | None = None,
     ) -> None:
-        self._workers = workerCount(workers)
-        self.workersWhy = autoWorkersWhy(workers)
+        self._cluster(workers, grace, lameDuck)
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
         if path is not None:
@@ -365,41 +388,6 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
 
 # ----------------------------------------------------------------------
 # The string parsers.
-
-
-#: The most worker processes C{workers=} may ask for.
-MAX_WORKERS = 1024
-
-
-def workerCount(value: object) -> int:
-    """
-    The number of worker processes C{value} asks for: a whole number from 0
-    to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
-    this process may use (L{availableCPUs
-    <twisted_serversock._resources.availableCPUs>}: its affinity, capped by a
-    container's CPU quota).
-
-    @raise ValueError: naming C{workers} and the bad value.
-    """
-    if isinstance(value, (str, bytes)):
-        text = _text(value, "workers").strip()
-        if text.lower() == "auto":
-            return availableCPUs().count
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise ValueError(f"workers must be a whole number or 'auto', not {text!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"workers must be a whole number or 'auto', not {value!r}")
-    if not 0 <= value <= MAX_WORKERS:
-        raise ValueError(f"workers must be from 0 to {MAX_WORKERS} or 'auto', not {value}")
-    return value
-
-
-def autoWorkersWhy(value: object) -> str | None:
-    """How C{workers=auto} chose its number (for the log), or C{None} for any other C{value}."""
-    isAuto = isinstance(value, str) and value.strip().lower() == "auto"
-    return availableCPUs().why if isAuto else None
 
 
 def _ipFamily(host: str) -> int:
@@ -461,17 +449,6 @@ def _uids(value: str) -> frozenset[int | str]:
     return frozenset(uids)
 
 
-def _text(value: object, what: str) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{what} is not valid UTF-8: {value!r}") from None
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, not {value!r}")
-    return value
-
-
 def _options(
     prefix: str,
     args: tuple[object, ...],
@@ -515,8 +492,8 @@ def _options(
     return options, bool(args)
 
 
-_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers")
-_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers")
+_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck")
 
 
 def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> GeckoServerEndpoint:
@@ -541,6 +518,8 @@ def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> Gecko
         ipv6=_boolean("ipv6", o["ipv6"]) if "ipv6" in o else False,
         dualStack=_boolean("dualstack", o["dualstack"]) if "dualstack" in o else False,
         workers=o.get("workers", 0),
+        grace=o.get("grace"),
+        lameDuck=o.get("lameduck"),
     )
     endpoint.description = endpointString("gecko", args, kwargs.items())
     return endpoint
@@ -586,6 +565,8 @@ def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> G
         allowedUids=_uids(o["uids"]) if "uids" in o else None,
         group=o["group"].strip() if "group" in o else None,
         workers=o.get("workers", 0),
+        grace=o.get("grace"),
+        lameDuck=o.get("lameduck"),
     )
     endpoint.description = endpointString("geckounix", args, kwargs.items())
     return endpoint

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from ._labels import describeAddress
 from ._startup import cannotListenReason, failStartup
-from .endpoints import autoWorkersWhy, workerCount
+from ._clusteroptions import autoWorkersWhy, workerCount
 from .ipc.pool import WorkerPool
 from .ipc.primary import Primary
 from .ipc.sdnotify import SystemdNotifier
@@ -41,7 +41,8 @@ class Options(usage.Options):
     """The options of C{twistd serversock}."""
 
     synopsis = (
-        "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS] [--timeout SECONDS] "
+        "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS] [--lame-duck SECONDS] "
+        "[--timeout SECONDS] "
         "[--max-requests N [--max-requests-jitter J]]"
     )
     longdesc = (
@@ -52,6 +53,7 @@ class Options(usage.Options):
         ["factory", "f", "twisted_serversock.examples.echo", "MODULE.NAME of an IProtocolFactory, or of a callable returning one."],
         ["workers", "w", None, "Worker processes (default: the number of CPUs; 0 = serve in this process)."],
         ["grace", "g", f"{GRACE:g}", "Seconds open connections get to finish after SIGTERM, SIGHUP or a recycle."],
+        ["lame-duck", None, "0", "Seconds to go on accepting and serving after SIGTERM/SIGINT before stopping (a second signal: at once)."],
         ["timeout", "t", f"{TIMEOUT:g}", "Kill and replace a worker silent for this many seconds (heartbeats keep idle ones alive)."],
         ["max-requests", None, "0", "Replace a worker gracefully after it was given this many connections (0 = never)."],
         ["max-requests-jitter", None, "0", "Add a random 0..J to --max-requests per worker, so that they are not all replaced at once."],
@@ -90,7 +92,8 @@ class Options(usage.Options):
             self["workersWhy"] = autoWorkersWhy("auto")
         for name in ("workers", "max-requests", "max-requests-jitter"):
             self._number(name, int, lambda n: n >= 0, "0 or more")
-        self._number("grace", float, lambda n: n >= 0, "0 or more seconds")
+        for name in ("grace", "lame-duck"):
+            self._number(name, float, lambda n: 0 <= n < float("inf"), "0 or more seconds (a finite number)")
         self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
         self.setdefault("listen", ["gecko:8080"])
         for description in self["listen"]:
@@ -115,10 +118,10 @@ class ServerSockService(service.Service):
 
     def __init__(
         self, descriptions: list[str], factory: Any, factoryName: str, workers: int, grace: float,
-        reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0,
+        reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0, lameDuck: float = 0.0,
     ) -> None:  # fmt: skip
         self._descriptions, self._factory, self._factoryName = descriptions, factory, factoryName
-        self._workers, self._grace, self._reactor = workers, grace, reactor
+        self._workers, self._grace, self._reactor, self._lameDuck = workers, grace, reactor, lameDuck
         self._poolOptions = {"timeout": timeout, "maxRequests": maxRequests, "maxRequestsJitter": maxRequestsJitter}
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
@@ -144,7 +147,7 @@ class ServerSockService(service.Service):
             from twisted.internet import reactor
 
             self._reactor = reactor
-        self._primary = Primary(self._reactor, self._grace, self._takePorts)
+        self._primary = Primary(self._reactor, self._grace, self._takePorts, self._lameDuck)
         if self._workers:
             command = partial(serversockCommand, self._factoryName, tls=self._tlsFields)
             self.pool = self._primary.makePool(command, self._workers, **self._poolOptions)
@@ -217,4 +220,5 @@ def makeService(options: Options) -> ServerSockService:
     return ServerSockService(
         list(options["listen"]), options["protocolFactory"], options["factory"], int(options["workers"]), float(options["grace"]),
         timeout=float(options["timeout"]), maxRequests=int(options["max-requests"]), maxRequestsJitter=int(options["max-requests-jitter"]),
+        lameDuck=float(options["lame-duck"]),
     )  # fmt: skip

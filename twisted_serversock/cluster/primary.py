@@ -207,6 +207,7 @@ class ClusterPrimary(Primary):
             self.handOvers.pop(description, None)
             return defer.fail()
         port = self._ports[description] = PrimaryPort(self._closed, description, route, inner, factory)
+        self.allow(getattr(endpoint, "grace", None), getattr(endpoint, "lameDuck", None))
         self._closedDescriptions.discard(description)
         if self.pool is None:
             self._count = max(self._count, workers)

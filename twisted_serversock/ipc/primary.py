@@ -37,16 +37,33 @@ class Primary:
         not root), by the description they look them up by (L{twisted_serversock._tlsfiles}).
     """
 
-    def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
-        """@param ports: returns the listening ports to stop (called once)."""
+    def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]], lameDuck: float = 0.0) -> None:
+        """
+        @param ports: returns the listening ports to stop (called once).
+        @param lameDuck: seconds a SIGTERM's stop waits, still serving (L{ParentStop}).
+        """
         self.reactor = reactor
         self.dispatcher = Dispatcher(clock=reactor.seconds)
-        self.stopper = ParentStop(reactor, grace, ports)
+        self.stopper = ParentStop(reactor, grace, ports, lameDuck)
         self.pool: WorkerPool | None = None
         self.handOvers: dict[str, HandOver] = {}
         self.reaper: OrphanReaper | None = None
         self._grace = grace
         self._filesRead = 0  # the reload the TLS files were read for
+        self._given: dict[str, float] = {}  # the largest grace and lame duck listeners gave
+
+    def allow(self, grace: float | None, lameDuck: float | None) -> None:
+        """
+        A listener's grace period and lame-duck delay (C{None}: not given):
+        each becomes the largest any listener gave.  The pool's grace for
+        retiring workers is taken when it is made (L{makePool}); the stop's,
+        when it begins.
+        """
+        for name, value in (("grace", grace), ("lameDuck", lameDuck)):
+            if value is not None:
+                self._given[name] = max(value, self._given.get(name, value))
+        self._grace = self.stopper.grace = self._given.get("grace", self._grace)
+        self.stopper.lameDuck = self._given.get("lameDuck", self.stopper.lameDuck)
 
     def handOff(self, name: str, factory: Any, listen: Callable[[HandOffFactory], Any]) -> tuple[Route, Any]:
         """

@@ -39,14 +39,21 @@ class ParentStop:
         to stop, once there is one.
     @ivar notifier: told C{stopping} on a signal when serving in this
         process (a pool tells systemd itself).
+    @ivar grace: seconds the workers get to finish their connections.
+    @ivar lameDuck: seconds a signal's stop waits first (0: none).
     """
 
-    def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]]) -> None:
-        """@param ports: returns the listening ports to stop (called once)."""
-        self._reactor, self._grace, self._ports = reactor, grace, ports
+    def __init__(self, reactor: Any, grace: float, ports: Callable[[], list[Any]], lameDuck: float = 0.0) -> None:
+        """
+        @param ports: returns the listening ports to stop (called once).
+        @param lameDuck: seconds a signal's stop waits, still accepting and
+            serving, before it begins (see L{terminate}).
+        """
+        self._reactor, self.grace, self._ports, self.lameDuck = reactor, grace, ports, lameDuck
         self.notifier: Any = None
         self.pool: Any = None
         self._stopped: defer.Deferred[Any] | None = None
+        self._delay: Any = None  # the lame-duck delay's call, once begun
 
     @property
     def stopping(self) -> bool:
@@ -81,21 +88,49 @@ class ParentStop:
             signal.signal(signal.SIGUSR1, later(partial(_log.info, "SIGUSR1: logging to a stream, not a file; nothing to reopen")))
 
     def terminate(self, why: str) -> None:
-        """SIGTERM/SIGINT: stop, then stop the reactor."""
-        _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self._grace)
-        if self.notifier is not None:
+        """
+        SIGTERM/SIGINT: stop, then stop the reactor.  With a lame-duck delay,
+        first go on accepting and serving for L{lameDuck} seconds, so that a
+        load balancer (or Kubernetes, which removes a terminating pod's
+        endpoints while it sends SIGTERM) stops sending new connections
+        before the listeners close; a second signal ends the delay at once.
+        """
+        if self._delay is not None and self._delay.active():
+            self._delay.cancel()
+            _log.info("{signal} during the lame-duck delay: stopping gracefully now (grace {grace} s)", signal=why, grace=self.grace)
+        elif self._delay is None and self.lameDuck > 0 and not self.stopping:
+            _log.info(
+                "{signal}: lame duck: still accepting and serving for {delay} s, then stopping gracefully (grace {grace} s); "
+                "another SIGTERM or SIGINT stops now", signal=why, delay=self.lameDuck, grace=self.grace,
+            )  # fmt: skip
+            if self.notifier is not None:
+                self.notifier.stopping("stopping")
+            self._delay = self._reactor.callLater(self.lameDuck, self._endDelay)
+            return
+        else:
+            _log.info("{signal}: stopping gracefully (grace {grace} s)", signal=why, grace=self.grace)
+        if self.notifier is not None and self._delay is None:
             self.notifier.stopping("stopping")
+        self._stopReactor()
+
+    def _endDelay(self) -> None:
+        _log.info("Lame-duck delay over: closing the listeners, stopping gracefully (grace {grace} s)", grace=self.grace)
+        self._stopReactor()
+
+    def _stopReactor(self) -> None:
         self.stop().addBoth(lambda _: self._reactor.stop() if self._reactor.running else None)
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening, then stop the workers; every caller gets its own Deferred that fires when all of it is done."""
+        if self._delay is not None and self._delay.active():
+            self._delay.cancel()  # the reactor's shutdown, stopService: now
         if self._stopped is None:
             stops = [defer.maybeDeferred(port.stopListening) for port in self._ports()]
             self._stopped = stopped = defer.gatherResults(stops, consumeErrors=True)
             stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
             pool = self.pool
             if pool is not None:
-                stopped.addCallback(lambda _: pool.stop(self._grace))
+                stopped.addCallback(lambda _: pool.stop(self.grace))
                 stopped.addErrback(lambda f: _log.failure("Error while stopping the workers", f))
         d: defer.Deferred[None] = defer.Deferred()
         self._stopped.addBoth(lambda _: d.callback(None))

@@ -18,14 +18,14 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
 from .._findfactory import importFactory
-from .._twistedcompat import innerProtocol, proxyWrapped
+from .._twistedcompat import betweenRequests, innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .logs import logObserver
 from .spawn import GRACE
 from .wire import Control
 
-__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "logObserver"]
+__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "idleHTTP", "logObserver", "IDLE_SETTLE"]
 
 _log = Logger()
 
@@ -61,8 +61,9 @@ def finishGracefully(protocol: Any) -> None:
     PROXY, twisted.web's HTTP/1-or-2 choice) is called; Twisted's HTTP/1.1
     channel says C{Connection: close} on the response being written and
     every later one, so a keep-alive client moves to a new connection (and
-    so to a new worker) between requests; anything else is left alone until
-    it closes or the grace period ends.
+    so to a new worker) between requests (and L{Worker.stop} closes one
+    that stays idle, L{idleHTTP}); anything else is left alone until it
+    closes or the grace period ends.
     """
     if callable(hook := getattr(protocol, "stopGracefully", None)):
         hook()
@@ -86,6 +87,40 @@ def finishGracefully(protocol: Any) -> None:
         protocol.persistent = False
         for request in requests:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+
+#: Seconds a stopping worker's keep-alive connection must stay between
+#: requests before it is closed (L{Worker.stop}): one in use sends a
+#: request meanwhile, answered with C{Connection: close}.
+IDLE_SETTLE = 0.5
+
+
+def idleHTTP(transport: Any) -> Any | None:
+    """
+    The C{twisted.web} HTTP/1.x channel of C{transport} (inside its
+    wrappers) if it is idle between requests (L{betweenRequests}) with no
+    byte of a next request waiting in the socket; else C{None}.
+    """
+    protocol = getattr(transport, "protocol", None)
+    for _ in range(8):  # wrappers: PROXY, TLS, HTTP/1-or-2 (never a loop)
+        if protocol is None or betweenRequestsHere(protocol):
+            break
+        protocol = innerProtocol(protocol)
+    if protocol is None or not betweenRequestsHere(protocol):
+        return None
+    try:
+        waiting = transport.getHandle().recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        waiting = b""
+    except (OSError, AttributeError):
+        return None
+    return None if waiting else protocol
+
+
+def betweenRequestsHere(protocol: Any) -> bool:
+    """Whether C{protocol} itself is a C{twisted.web} HTTP/1.x channel between requests."""
+    http = sys.modules.get("twisted.web.http")
+    return http is not None and isinstance(protocol, http.HTTPChannel) and betweenRequests(protocol)
 
 
 class Worker:
@@ -212,6 +247,18 @@ class Worker:
                 finishGracefully(getattr(transport, "protocol", None))
             except Exception:
                 _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
+
+        def closeIdle(seen: set[Any]) -> None:
+            # Idle at two checks IDLE_SETTLE apart: any request meanwhile
+            # would have closed it after its response (as nginx, at once
+            # but for the race with a request crossing the close).
+            idle = {t: channel for t in self._transports if (channel := idleHTTP(t)) is not None}
+            for transport in seen & idle.keys():
+                idle.pop(transport).loseConnection()
+            if self._transports:
+                self._reactor.callLater(IDLE_SETTLE, closeIdle, set(idle))
+
+        closeIdle(set())
         self._poll()
 
     def _poll(self) -> None:

@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_drain -*-
+"""
+The cluster-mode options every gecko endpoint takes: C{workers}, and the
+primary's C{grace} and C{lameduck} (seconds), checked alike for the
+endpoint classes and their strings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ._resources import availableCPUs
+
+__all__ = ["MAX_WORKERS", "ClusterOptions", "autoWorkersWhy", "clusterOptions", "seconds", "workerCount"]
+
+#: The most worker processes C{workers=} may ask for.
+MAX_WORKERS = 1024
+
+
+def workerCount(value: object) -> int:
+    """
+    The number of worker processes C{value} asks for: a whole number from 0
+    to L{MAX_WORKERS} (as an C{int} or text), or C{"auto"}: one per CPU
+    this process may use (L{availableCPUs
+    <twisted_serversock._resources.availableCPUs>}: its affinity, capped by a
+    container's CPU quota).
+
+    @raise ValueError: naming C{workers} and the bad value.
+    """
+    if isinstance(value, (str, bytes)):
+        text = _text(value, "workers").strip()
+        if text.lower() == "auto":
+            return availableCPUs().count
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"workers must be a whole number or 'auto', not {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"workers must be a whole number or 'auto', not {value!r}")
+    if not 0 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 0 to {MAX_WORKERS} or 'auto', not {value}")
+    return value
+
+
+def autoWorkersWhy(value: object) -> str | None:
+    """How C{workers=auto} chose its number (for the log), or C{None} for any other C{value}."""
+    isAuto = isinstance(value, str) and value.strip().lower() == "auto"
+    return availableCPUs().why if isAuto else None
+
+
+def seconds(name: str, value: object) -> float | None:
+    """
+    C{value} (a number, or its text) as a finite number of seconds, 0 or
+    more; C{None} stays C{None} (not given).
+
+    @raise ValueError: naming C{name} and the bad value.
+    """
+    if value is None:
+        return None
+    number: object = value
+    if isinstance(value, (str, bytes)):
+        try:
+            number = float(_text(value, name).strip())
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {value!r}")
+    return float(number)
+
+
+class ClusterOptions(NamedTuple):
+    """An endpoint's cluster-mode options, checked (L{clusterOptions})."""
+
+    workers: int
+    workersWhy: str | None
+    grace: float | None
+    lameDuck: float | None
+
+
+def clusterOptions(workers: object, grace: object = None, lameDuck: object = None) -> ClusterOptions:
+    """
+    Check an endpoint's C{workers}, C{grace} and C{lameDuck} (L{workerCount},
+    L{seconds}): the last two are the cluster primary's, so they need
+    C{workers} above 0.
+
+    @raise ValueError: one line naming the bad option.
+    """
+    count = workerCount(workers)
+    timed = {"grace": seconds("grace", grace), "lameduck": seconds("lameduck", lameDuck)}
+    for name, given in timed.items():
+        if given is not None and not count:
+            raise ValueError(f"{name} is a cluster primary's option: it needs workers=N (N above 0 or auto)")
+    return ClusterOptions(count, autoWorkersWhy(workers), timed["grace"], timed["lameduck"])
+
+
+def _text(value: object, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} is not valid UTF-8: {value!r}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {value!r}")
+    return value
