@@ -162,9 +162,10 @@ class ParentLink:
             if (skt := self._adopting.pop(connId, None)) is not None:
                 skt.close()
         try:
-            os.close(os.dup(self.channel.fileno()))
+            if taken:
+                os.close(os.dup(self.channel.fileno()))
         except OSError:
-            if taken:  # its spare and its own descriptor are the one more
+            if self.channel.connected:  # its spare and its own descriptor are the one more
                 connId = taken.pop()[0]
                 refused.append(connId)
                 os.close(spares.pop(connId))
