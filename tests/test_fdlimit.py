@@ -61,8 +61,12 @@ def fdCount(pid: int) -> int:
 
 
 def lowerLimit(pid: int) -> int:
-    """Lower C{pid}'s soft descriptor limit to L{HEADROOM} above the descriptors it has open; the new limit."""
-    limit = fdCount(pid) + HEADROOM
+    """
+    Lower C{pid}'s soft descriptor limit to L{HEADROOM} numbers above the
+    highest descriptor it has open (the limit bounds numbers, not a count);
+    the new limit.
+    """
+    limit = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) + 1 + HEADROOM
     hard = open(f"/proc/{pid}/limits").read().split("Max open files")[1].split()[1]
     assert os.spawnlp(os.P_WAIT, "prlimit", "prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}") == 0
     return limit
@@ -116,12 +120,10 @@ async def test_aFullWorkersConnectionsGoToTheOther(tmp_path: Path) -> None:
         clients, results = await holdOpen(port)
         assert results.count(True) == CONNECTIONS, (results, proc.output)
         assert all(c.received.startswith(b"HTTP/1.1 200 OK") and c.received.endswith(b"hello") for c in clients)
-        # The full worker served what it could (none, if the numbers below
-        # its limit were taken: the limit bounds numbers, not a count), the
-        # other the rest.
+        # The full worker served what it could, the other the rest.
         after = [fdCount(pid) for pid in pids]
-        assert before[0] <= after[0] <= limit, (before, after, limit)
-        assert after[1] - before[1] >= CONNECTIONS - (limit - before[0]), (before, after)
+        assert before[0] < after[0] <= limit, (before, after, limit)
+        assert after[1] - before[1] >= CONNECTIONS - HEADROOM, (before, after)
         await proc.waitFor(r"<worker 1 \(pid \d+\)> is at its descriptor limit: it refused")
         assert "Closing connection" not in proc.output, proc.output
         await closeAll(clients)
@@ -242,3 +244,16 @@ def test_aChildWithRoomAcknowledgesEverything(child: Child) -> None:
     pump(child.reactor)
     assert receive(child.parentEnd) == [wire.Ack((1, 2, 3))]
     assert len(child.adopted) == 3
+
+
+def test_aBatchLargerThanTheRoomIsTakenInOrderAsFarAsItFits(child: Child) -> None:
+    """
+    Four connections in one readable event, room for their four
+    descriptors but nothing more: refusing the last ones frees numbers for
+    the first, which is taken; the others are refused, in order.
+    """
+    child.hand(1, 2, 3, 4)
+    with descriptorsFree(4):
+        pump(child.reactor)
+        assert receive(child.parentEnd) == [wire.Ack((1,)), wire.Control("refused", {"ids": [2, 3, 4]})]
+    assert len(child.adopted) == 1

@@ -143,34 +143,34 @@ class ParentLink:
         """
         Reserve, for each connection, the descriptor its adoption takes (the
         reactor's duplicate), and one more for what serving them opens;
-        return those reserved for, and the ids of the others (the kernel
-        had no room for one, or no reserve was left), closed here.
+        return those reserved for, and the ids of the others, closed here:
+        those the kernel had no room for, and the last ones while no
+        reserve is left (closing one frees a number for those before it).
         """
-        taken: list[tuple[int, int, int]] = []
-        refused: list[int] = []
-        spares = self._spares
-        for entry in unacked:
-            connId, _route, fd = entry
-            if fd >= 0 and not refused:
-                try:
-                    spares[connId] = os.dup(fd)
-                    taken.append(entry)
-                    continue
-                except OSError:
-                    pass
-            refused.append(connId)
-            if (skt := self._adopting.pop(connId, None)) is not None:
-                skt.close()
+        pending, spares, i = list(unacked), self._spares, 0
+        refused: set[int] = set()
+        while i < len(pending):
+            connId, _route, fd = pending[i]
+            try:
+                if fd < 0:
+                    raise OSError("no descriptor")
+                spares[connId] = os.dup(fd)
+                i += 1
+            except OSError:
+                self._drop(pending.pop(i if fd < 0 else -1), refused)
         try:
-            if taken:
+            if pending:
                 os.close(os.dup(self.channel.fileno()))
         except OSError:
             if self.channel.connected:  # its spare and its own descriptor are the one more
-                connId = taken.pop()[0]
-                refused.append(connId)
-                os.close(spares.pop(connId))
-                self._adopting.pop(connId).close()
-        return taken, refused
+                os.close(spares.pop(pending[-1][0]))
+                self._drop(pending.pop(), refused)
+        return pending, [connId for connId, _r, _fd in unacked if connId in refused]
+
+    def _drop(self, entry: tuple[int, int, int], refused: set[int]) -> None:
+        refused.add(entry[0])
+        if (skt := self._adopting.pop(entry[0], None)) is not None:
+            skt.close()
 
     def _deliver(self, connId: int, route: int) -> None:
         if (spare := self._spares.pop(connId, None)) is not None:
