@@ -222,13 +222,13 @@ def test_aChildWithNoRoomForTheDescriptorRefusesIt(child: Child) -> None:
 
 def test_aChildRefusesWhatItCannotAdoptAndTakesTheRest(child: Child) -> None:
     """
-    With room for two connections' descriptors but not for their adoption
-    (the reactor's duplicate of each, and one more), the child takes the
-    first and refuses the second: the ack first, then the refusal; the
-    first is adopted.
+    With room for two connections' descriptors but not for adopting both
+    (the reactor's duplicate of each), the child takes the first and
+    refuses the second: the ack first, then the refusal; the first is
+    adopted.
     """
     child.hand(1, 2)
-    with descriptorsFree(4):
+    with descriptorsFree(3):
         pump(child.reactor)
         messages = receive(child.parentEnd)
         assert messages == [wire.Ack((1,)), wire.Control("refused", {"ids": [2]})]
@@ -250,10 +250,10 @@ def test_aBatchLargerThanTheRoomIsTakenInOrderAsFarAsItFits(child: Child) -> Non
     """
     Four connections in one readable event, room for their four
     descriptors but nothing more: refusing the last ones frees numbers for
-    the first, which is taken; the others are refused, in order.
+    the first ones, which are taken; the others are refused, in order.
     """
     child.hand(1, 2, 3, 4)
     with descriptorsFree(4):
         pump(child.reactor)
-        assert receive(child.parentEnd) == [wire.Ack((1,)), wire.Control("refused", {"ids": [2, 3, 4]})]
-    assert len(child.adopted) == 1
+        assert receive(child.parentEnd) == [wire.Ack((1, 2)), wire.Control("refused", {"ids": [3, 4]})]
+    assert len(child.adopted) == 2

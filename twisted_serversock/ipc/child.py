@@ -142,29 +142,36 @@ class ParentLink:
     def _reserve(self, unacked: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], list[int]]:
         """
         Reserve, for each connection, the descriptor its adoption takes (the
-        reactor's duplicate), and one more for what serving them opens;
-        return those reserved for, and the ids of the others, closed here:
-        those the kernel had no room for, and the last ones while no
-        reserve is left (closing one frees a number for those before it).
+        reactor's duplicate; once adopted, the one received is closed and
+        left free for what serving it opens, a file); return those reserved
+        for, and the ids of the others, closed here (see L{_reserveSome}).
+        """
+        spares = self._spares
+        try:
+            for connId, _route, fd in unacked:
+                spares[connId] = os.dup(fd)  # -1 (none received) fails too
+        except OSError:
+            for connId, _route, _fd in unacked:
+                if (spare := spares.pop(connId, None)) is not None:
+                    os.close(spare)
+            return self._reserveSome(unacked)
+        return unacked, []
+
+    def _reserveSome(self, unacked: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """
+        L{_reserve} without room for all: refuse those the kernel had no
+        room for, and the last ones while no reserve is left (closing one
+        frees a number for those before it).
         """
         pending, spares, i = list(unacked), self._spares, 0
         refused: set[int] = set()
         while i < len(pending):
             connId, _route, fd = pending[i]
             try:
-                if fd < 0:
-                    raise OSError("no descriptor")
                 spares[connId] = os.dup(fd)
                 i += 1
             except OSError:
                 self._drop(pending.pop(i if fd < 0 else -1), refused)
-        try:
-            if pending:
-                os.close(os.dup(self.channel.fileno()))
-        except OSError:
-            if self.channel.connected:  # its spare and its own descriptor are the one more
-                os.close(spares.pop(pending[-1][0]))
-                self._drop(pending.pop(), refused)
         return pending, [connId for connId, _r, _fd in unacked if connId in refused]
 
     def _drop(self, entry: tuple[int, int, int], refused: set[int]) -> None:
