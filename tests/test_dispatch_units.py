@@ -244,10 +244,11 @@ def test_refusedConnectionGoesToAnotherChild(setup: Setup) -> None:
     the refusing child gets no more while the other can take them, even
     with more in hand.
     """
-    full, other = setup.child(), setup.child()
+    setup.child()
+    setup.child()
     setup.connect()
-    n = 0 if full.inflight else 1
-    full, other = setup.links[n], setup.links[1 - n]
+    n = 0 if setup.links[0].inflight else 1
+    full = setup.links[n]
     [connId] = setup.given(n)
     setup.refuse(n, [connId])
     assert full.full and not full.accepting and full.inflight == {}

@@ -69,7 +69,7 @@ def lowerLimit(pid: int) -> int:
     the new limit.
     """
     limit = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) + 1 + HEADROOM
-    hard = open(f"/proc/{pid}/limits").read().split("Max open files")[1].split()[1]
+    hard = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
     assert os.spawnlp(os.P_WAIT, "prlimit", "prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}") == 0
     return limit
 
