@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from twisted_serversock.ipc import wire
 from twisted_serversock.ipc.channel import channelPair
-from twisted_serversock.ipc.dispatch import ACK_DEADLINE, INITIAL_WINDOW, MAX_WAITING, Dispatcher, Route
+from twisted_serversock.ipc.dispatch import ACK_DEADLINE, FULL_RETRY, INITIAL_WINDOW, MAX_WAITING, Dispatcher, Route
 from twisted_serversock.ipc.parent import WorkerLink
 
 from ._memoryworkers import pump, receive
@@ -52,6 +52,7 @@ class Setup:
         self.links: list[WorkerLink] = []
         self.children: list[socket.socket] = []
         self.clients: list[socket.socket] = []
+        self.kept: list[socket.socket] = []
 
     def child(self) -> WorkerLink:
         parentEnd, childEnd = channelPair()
@@ -67,15 +68,19 @@ class Setup:
             self.clients.append(client)
             self.dispatcher.submit(self.route, accepted)
 
-    def given(self, n: int) -> list[int]:
+    def given(self, n: int, keep: bool = False) -> list[int]:
         """
         The connection ids child C{n} was sent since last asked (their
-        descriptors closed).
+        descriptors closed, or kept open as an adopting child does).
         """
         ids = []
         for message in receive(self.children[n]):
             if isinstance(message, wire.Conn):
-                socket.socket(fileno=message.fd).close()
+                skt = socket.socket(fileno=message.fd)
+                if keep:
+                    self.kept.append(skt)
+                else:
+                    skt.close()
                 ids.append(message.connId)
         return ids
 
@@ -83,10 +88,23 @@ class Setup:
         self.children[n].sendmsg([wire.encodeReport(ids, closed)])
         pump(self.reactor)
 
+    def refuse(self, n: int, ids: list[Any]) -> None:
+        """Child C{n} refuses C{ids} (at its descriptor limit)."""
+        self.children[n].sendmsg([wire.encodeControl("refused", ids=ids)])
+        pump(self.reactor)
+
+    def closedByServer(self, i: int) -> bool:
+        """Whether client C{i} sees its connection closed (no copy of it is left open)."""
+        self.clients[i].setblocking(False)
+        try:
+            return self.clients[i].recv(1) == b""
+        except BlockingIOError:
+            return False
+
     def close(self) -> None:
         for link in self.links:
             link.channel.loseConnection()
-        for skt in self.children + self.clients:
+        for skt in self.children + self.clients + self.kept:
             skt.close()
         for held in list(self.dispatcher.held.values()):
             held.socket.close()
@@ -217,3 +235,131 @@ def test_twistedPortsPauseByNotReading(setup: Setup) -> None:
     while setup.route.paused:
         setup.child()
     assert port.reading and setup.port.accepting
+
+
+def test_refusedConnectionGoesToAnotherChild(setup: Setup) -> None:
+    """
+    A connection its child refuses (at its descriptor limit; never adopted)
+    goes to another child of the route, counted as refused and re-sent;
+    the refusing child gets no more while the other can take them, even
+    with more in hand.
+    """
+    setup.child()
+    setup.child()
+    setup.connect()
+    n = 0 if setup.links[0].inflight else 1
+    full = setup.links[n]
+    [connId] = setup.given(n)
+    setup.refuse(n, [connId])
+    assert full.full and not full.accepting and full.inflight == {}
+    assert setup.given(1 - n) == [connId] and setup.dispatcher.refused == 1 and setup.dispatcher.redispatched == 1
+    setup.ack(1 - n, [connId])
+    setup.connect(3)
+    assert setup.given(n) == [] and len(setup.given(1 - n)) == 3
+    assert setup.dispatcher.dropped == 0
+
+
+def test_fullChildGetsConnectionsOnceItReportsRoom(setup: Setup) -> None:
+    """
+    A full child has room again once it reports a closed connection (or
+    adopts one): it is offered connections again, least-loaded first.
+    """
+    setup.child()
+    setup.child()
+    setup.connect(2)
+    first, second = setup.given(0), setup.given(1)
+    setup.ack(1, second)
+    setup.refuse(0, first)
+    assert setup.given(1) == first
+    setup.ack(1, first)
+    setup.ack(0, [], closed=1)
+    assert not setup.links[0].full and setup.links[0].accepting
+    setup.connect()
+    assert len(setup.given(0)) == 1
+
+
+def test_fullChildIsProbedAfterTheRetryTime(setup: Setup) -> None:
+    """
+    A full child that reports nothing is offered one connection again once
+    L{FULL_RETRY} has passed, the others meanwhile getting the rest;
+    taking it gives it room again.
+    """
+    setup.child()
+    setup.child()
+    setup.connect()
+    refused = setup.given(0) + setup.given(1)
+    full = 0 if setup.links[0].inflight else 1
+    setup.refuse(full, refused)
+    setup.ack(1 - full, setup.given(1 - full))
+    setup.reactor.advance(FULL_RETRY / 2)
+    setup.connect()
+    assert setup.given(full) == []
+    setup.ack(1 - full, setup.given(1 - full))
+    setup.reactor.advance(FULL_RETRY)
+    setup.connect(2)
+    probe = setup.given(full)
+    assert len(probe) == 1 and len(setup.given(1 - full)) == 1
+    setup.ack(full, probe)
+    assert not setup.links[full].full
+
+
+def test_theOnlyChildFullClosesWhatItRefuses(setup: Setup) -> None:
+    """
+    With every child of the route full, a refused connection is closed
+    (its client sees the end), and counted as dropped; the next is still
+    offered to it, which it may take once it has room.
+    """
+    setup.child()
+    setup.connect()
+    refused = setup.given(0)
+    setup.refuse(0, refused)
+    assert setup.dispatcher.dropped == 1 and setup.closedByServer(0)
+    assert setup.dispatcher.held == {}
+    setup.connect()
+    [again] = setup.given(0, keep=True)
+    setup.ack(0, [again])
+    assert setup.dispatcher.adopted == 1 and not setup.links[0].full and not setup.closedByServer(1)
+
+
+def test_refusalOfWhatAChildWasNotGivenChangesNothing(setup: Setup) -> None:
+    """
+    A refusal of an id the child was not given, or has adopted, re-sends
+    nothing (no connection is served twice) and closes nothing.
+    """
+    setup.child()
+    setup.child()
+    setup.connect()
+    n = 0 if setup.links[0].inflight else 1
+    ids = setup.given(n, keep=True)
+    setup.ack(n, ids)
+    setup.refuse(n, ids + [999])
+    assert setup.given(1 - n) == [] and setup.dispatcher.refused == 0 and not setup.links[n].full
+    assert setup.dispatcher.dropped == 0 and not setup.closedByServer(0)
+
+
+def test_aRetiredChildStaysRetiredWhenItHasRoom(setup: Setup) -> None:
+    """
+    A retiring child that refused, then reports room, still gets nothing;
+    one whose successor failed (resumed) while full waits for room.
+    """
+    link = setup.child()
+    setup.child()
+    setup.connect()
+    n = 0 if link.inflight else 1
+    setup.refuse(n, setup.given(n))
+    setup.links[n].stopAccepting()
+    setup.ack(n, [], closed=1)
+    assert not setup.links[n].accepting
+    setup.links[n].markFull(setup.reactor.seconds())
+    setup.links[n].resumeAccepting()
+    assert not setup.links[n].accepting
+    setup.links[n].hasRoom()
+    assert setup.links[n].accepting
+
+
+def test_malformedRefusalIsRejected(setup: Setup) -> None:
+    """A refusal whose ids are not integers is rejected, and counted."""
+    link = setup.child()
+    setup.connect()
+    setup.refuse(0, ["1"])
+    assert link.channel.rejected == 1 and not link.full and len(link.inflight) == 1

@@ -196,8 +196,13 @@ class Channel:
                 self._lose(Failure(ConnectionDone("the other end closed the channel")))
                 return False
             try:
-                if flags & _MSG_CTRUNC:
-                    raise ProtocolError(f"more than {MAX_FDS} descriptors on one message")
+                if flags & _MSG_CTRUNC and data[:1] == b"C" and not fds:
+                    # At its descriptor limit, this process got a
+                    # connection's message without its descriptor: a Conn
+                    # with fd -1, for the receiver to refuse.
+                    fds = [-1]
+                elif flags & _MSG_CTRUNC:
+                    raise ProtocolError(f"more than {MAX_FDS} descriptors on one message, or no room for them")
                 if flags & _MSG_TRUNC:
                     raise ProtocolError(f"message over the {MAX_MESSAGE}-byte limit")
                 message = decode(data, fds)

@@ -7,6 +7,7 @@ L{TCPServerSocketChild}, Gecko's C{nsITCPServerSocketInternal}.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ from .. import _args
 from ..interfaces import ITCPServerSocket, ITCPServerSocketInternal
 from ..results import NS_ERROR_FAILURE, NS_ERROR_INVALID_ARG, NS_ERROR_NOT_INITIALIZED, NSError
 from ..tcpsocket import TCPSocket, TCPSocketErrorEvent, _checkBinaryType, _ClientFactory, _connected, _fire
-from .channel import Channel
+from .channel import Channel, closeAll
 from .control import INTEGER, STRING, ControlTable, optional
 from .wire import Conn, Control, Message, encodeControl, encodeReport
 
@@ -51,7 +52,8 @@ class ParentLink:
         self._requests: dict[int, TCPServerSocketChild] = {}  # by listen id
         self._listenIds = itertools.count(1)
         self._adopting: dict[int, socket.socket] = {}
-        self._unacked: list[tuple[int, int]] = []  # (connId, route), to ack at readDone
+        self._spares: dict[int, int] = {}  # connId: a descriptor kept free for its adoption
+        self._unacked: list[tuple[int, int, int]] = []  # (connId, route, fd), to ack at readDone
         self._closed = 0  # closes not yet reported
         self._reportLater: Any = None
         self.channel = Channel(skt, self, reactor, name)
@@ -80,8 +82,9 @@ class ParentLink:
 
     def messageReceived(self, message: Message) -> None:
         if isinstance(message, Conn):
-            self._adopting[message.connId] = socket.socket(fileno=message.fd)
-            self._unacked.append((message.connId, message.route))
+            if message.fd >= 0:  # -1: the kernel had no room for it
+                self._adopting[message.connId] = socket.socket(fileno=message.fd)
+            self._unacked.append((message.connId, message.route, message.fd))
         elif isinstance(message, Control):
             # Connections that came before it are acknowledged and adopted
             # before it is handled, as if one at a time.
@@ -116,21 +119,69 @@ class ParentLink:
         Acknowledge one readable event's connections (and report closes) in
         one message, saving the parent a wakeup and a C{recvmsg} per
         connection under load; adopt them once the kernel took it: until the
-        parent has the ack, it may give them to another child.
+        parent has the ack, it may give them to another child.  Those this
+        process has no descriptors for (see L{_reserve}) are refused
+        instead, after the ack: the parent gives them to another child.
         """
         unacked = self._unacked
         if not unacked:
             return
         self._unacked = []
+        unacked, refused = self._reserve(unacked)
         closed, self._closed = self._closed, 0
 
         def deliverAll() -> None:
-            for connId, route in unacked:
+            for connId, route, _fd in unacked:
                 self._deliver(connId, route)
 
-        self.channel.send(encodeReport([connId for connId, _route in unacked], closed), then=deliverAll)
+        if unacked or closed:
+            self.channel.send(encodeReport([connId for connId, _r, _fd in unacked], closed), then=deliverAll)
+        if refused:
+            self.sendControl("refused", ids=refused)
+
+    def _reserve(self, unacked: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """
+        Reserve, for each connection, the descriptor its adoption takes (the
+        reactor's duplicate; once adopted, the one received is closed and
+        left free for what serving it opens, a file); return those reserved
+        for, and the ids of the others, closed here (see L{_reserveSome}).
+        """
+        spares = self._spares
+        try:
+            for connId, _route, fd in unacked:
+                spares[connId] = os.dup(fd)  # -1 (none received) fails too
+        except OSError:
+            for connId, _route, _fd in unacked:
+                if (spare := spares.pop(connId, None)) is not None:
+                    os.close(spare)
+            return self._reserveSome(unacked)
+        return unacked, []
+
+    def _reserveSome(self, unacked: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """
+        L{_reserve} without room for all: refuse those the kernel had no
+        room for, and the last ones while no reserve is left (closing one
+        frees a number for those before it).
+        """
+        pending, spares, i = list(unacked), self._spares, 0
+        refused: set[int] = set()
+        while i < len(pending):
+            connId, _route, fd = pending[i]
+            try:
+                spares[connId] = os.dup(fd)
+                i += 1
+            except OSError:
+                self._drop(pending.pop(i if fd < 0 else -1), refused)
+        return pending, [connId for connId, _r, _fd in unacked if connId in refused]
+
+    def _drop(self, entry: tuple[int, int, int], refused: set[int]) -> None:
+        refused.add(entry[0])
+        if (skt := self._adopting.pop(entry[0], None)) is not None:
+            skt.close()
 
     def _deliver(self, connId: int, route: int) -> None:
+        if (spare := self._spares.pop(connId, None)) is not None:
+            os.close(spare)  # for the reactor's duplicate
         if (skt := self._adopting.pop(connId, None)) is None:
             return
         try:
@@ -151,6 +202,8 @@ class ParentLink:
         for skt in self._adopting.values():
             skt.close()
         self._adopting.clear()
+        closeAll(list(self._spares.values()))
+        self._spares.clear()
         self._unacked = []
         if self._reportLater is not None and self._reportLater.active():
             self._reportLater.cancel()

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from .wire import Control
 
-__all__ = ["ANY", "BOOLEAN", "INTEGER", "NUMBER", "STRING", "STRINGS", "OBJECT", "ControlTable", "FieldType"]
+__all__ = ["ANY", "BOOLEAN", "INTEGER", "INTEGERS", "NUMBER", "STRING", "STRINGS", "OBJECT", "ControlTable", "FieldType"]
 __all__ += ["MessageError", "checkFields", "optional", "reject"]
 
 _log = Logger()
@@ -55,6 +55,7 @@ NUMBER = FieldType("a number", lambda value: isinstance(value, (int, float)) and
 STRING = FieldType("a string", lambda value: isinstance(value, str))
 BOOLEAN = FieldType("true or false", lambda value: isinstance(value, bool))
 STRINGS = FieldType("a list of strings", lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value))
+INTEGERS = FieldType("a list of integers", lambda value: isinstance(value, list) and all(INTEGER.check(v) for v in value))
 OBJECT = FieldType("an object", lambda value: isinstance(value, dict))
 
 

@@ -10,6 +10,12 @@ only after the kernel has taken its ack, so one whose ack never arrived was
 never adopted, and never will be.  No connection is served by two
 processes, even by one stopped (SIGSTOP) that wakes up: the parent re-sends
 nothing while it lives.
+
+A child at its descriptor limit refuses what it cannot take (it never
+adopted it): the connection goes to another child of its route, and the
+refusing one gets no more until it has room (its next close or adoption,
+or a probe every L{FULL_RETRY} seconds).  Only when every child of the
+route is full is a refused connection closed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from twisted.logger import Logger
 from .channel import Channel
 from .wire import encodeConn, encodeControl
 
-__all__ = ["Dispatcher", "Route", "Link", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING"]
+__all__ = ["Dispatcher", "Route", "Link", "MAX_INFLIGHT", "INITIAL_WINDOW", "FAST_ACK", "ACK_DEADLINE", "MAX_WAITING", "FULL_RETRY"]
 
 _log = Logger()
 
@@ -44,6 +50,9 @@ ACK_DEADLINE = 0.01
 #: Accepted connections the parent keeps waiting for a child; at this many it
 #: stops accepting (the rest wait in the kernel's backlog) until half are gone.
 MAX_WAITING = 64
+#: Seconds after which a child that refused a connection (at its descriptor
+#: limit) and reported no room since is offered one again.
+FULL_RETRY = 1.0
 _PAUSE_LOG_EVERY = 10.0
 
 
@@ -73,6 +82,10 @@ class Link:
     @ivar adopted: connections acknowledged; C{open}: those not yet
         reported closed; C{sent}: those sent.
     @ivar limit: the C{sent} count at which C{onLimit} is called once (0: none).
+    @ivar retired: it gets no new connections for good (L{stopAccepting}).
+    @ivar full: it refused a connection (at its descriptor limit) and has
+        not reported room since (see L{refuse}); C{fullSince}: when it was
+        last offered one while full.
     """
 
     def __init__(self, channel: Channel) -> None:
@@ -84,6 +97,8 @@ class Link:
         self.onLimit: Callable[[Link], None] | None = None
         self.routes: list[Route] = []
         self.accepting = True
+        self.full = self.retired = False
+        self.fullSince = 0.0
 
     def sendControl(self, type: str, **fields: Any) -> None:
         """Send a control message to the child."""
@@ -91,11 +106,21 @@ class Link:
 
     def stopAccepting(self) -> None:
         """The child gets no new connections (it is retiring or gone)."""
-        self.accepting = False
+        self.accepting, self.retired = False, True
 
     def resumeAccepting(self) -> None:
         """The child gets new connections again (its successor failed)."""
-        self.accepting = True
+        self.retired = False
+        self.accepting = not self.full
+
+    def markFull(self, now: float) -> None:
+        """The child refused a connection: it gets none while others can take them, until L{hasRoom}."""
+        self.full, self.fullSince, self.accepting = True, now, False
+
+    def hasRoom(self) -> None:
+        """The child has descriptors free again (a connection of its ended, or it adopted one)."""
+        self.full = False
+        self.accepting = not self.retired
 
     def hand(self, held: _Held, now: float) -> None:
         """Send C{held} to the child at C{now}, its own until acknowledged; call C{onLimit} when this makes C{limit}."""
@@ -115,6 +140,8 @@ class Link:
         """
         if closed:
             self.open = max(self.open - closed, 0)
+        if self.full and (closed or connIds):
+            self.hasRoom()
         first = self.inflight.get(connIds[0]) if connIds else None
         if first is not None:
             took = now - first.sentAt
@@ -127,14 +154,27 @@ class Link:
         unknown = [connId for connId, held in popped if held is None]
         self.adopted += len(adopted)
         self.open += len(adopted)
+        self._trimOrder()
+        return adopted, unknown
+
+    def refuse(self, connIds: tuple[int, ...], now: float) -> list[_Held]:
+        """The child refused C{connIds} (it never adopted them): return those it had, no longer its own; if any, it is L{markFull}."""
+        refused = [held for held in (self.inflight.pop(connId, None) for connId in connIds) if held is not None]
+        for held in refused:
+            held.link = None
+        if refused:
+            self._trimOrder()
+            self.markFull(now)
+        return refused
+
+    def _trimOrder(self) -> None:
         order, inflight = self.sentOrder, self.inflight
         while order and order[0][0] not in inflight:
             order.popleft()
-        return adopted, unknown
 
     def detach(self) -> tuple[list[Route], list[_Held]]:
         """The child is gone: return the routes it served and what it had not acknowledged, which are no longer its own."""
-        self.accepting = False
+        self.accepting, self.retired = False, True
         routes, self.routes = self.routes, []
         unacked, self.inflight = list(self.inflight.values()), {}
         self.sentOrder.clear()
@@ -179,23 +219,32 @@ class Route:
         The child with the fewest connections in hand among those that can
         take one (accepting, under its window, none of its hand-overs older
         than L{ACK_DEADLINE}); ties go to fewer unacknowledged, then in turn.
+        A L{full<Link.full>} child is offered one only once L{FULL_RETRY}
+        has passed, or when every other is full too (it will refuse it, or
+        take it if it has room again).
         """
         links = self.links
         count = len(links)
         if not count:
             return None
         start = self._next = (self._next + 1) % count
-        best, bestKey = None, 0
+        best, bestKey, full, busy = None, 0, None, False
         for i in range(count):
             link = links[(start + i) % count]
             if not link.accepting:
+                if link.full and not link.retired and (full is None or link.fullSince < full.fullSince):
+                    full = link
                 continue
             n = len(link.inflight)
             if n and (n >= link.window or now - link.sentOrder[0][1] > ACK_DEADLINE):
+                busy = True
                 continue
             key = (n + link.open) * 1024 + n
             if best is None or key < bestKey:
                 best, bestKey = link, key
+        if full is not None and (now - full.fullSince >= FULL_RETRY or (best is None and not busy)):
+            full.fullSince = now
+            return full
         return best
 
     def setPaused(self, paused: bool) -> bool:
@@ -230,7 +279,8 @@ class Dispatcher:
     @ivar redispatched: connections sent to a second child because the
         first was lost before acknowledging.
     @ivar dropped: connections closed unserved (their listener's last child
-        gone, or a shutdown's grace period over).
+        gone, a shutdown's grace period over, or every child full).
+    @ivar refused: connections a child refused (at its descriptor limit).
     @ivar pauses: how many times accepting paused; C{paused}: how many
         routes are paused now.
     """
@@ -240,6 +290,7 @@ class Dispatcher:
         self.routes: dict[int, Route] = {}
         self.held: dict[int, _Held] = {}
         self.waiting = self.accepted = self.adopted = self.redispatched = self.dropped = self.pauses = self.paused = 0
+        self.refused = 0
         self._now = clock
         self._lastPauseLog = -_PAUSE_LOG_EVERY
         self._connIds, self._routeIds = itertools.count(1), itertools.count(1)
@@ -343,6 +394,32 @@ class Dispatcher:
         self.adopted += len(adopted)
         if self.waiting or self.paused:
             self.wake()
+        self._checkIdle()
+
+    def refusedBy(self, link: Link, connIds: tuple[int, ...]) -> None:
+        """
+        C{link}'s child refused C{connIds} (it is at its descriptor limit;
+        it never adopted them): each goes to another child of its route, or
+        is closed if every one is full; C{link} is marked full.
+        """
+        wasFull = link.full
+        refused = link.refuse(connIds, self._now())
+        self.refused += len(refused)
+        if len(refused) < len(connIds):
+            _log.warn("{link!r} refused {n} connection(s) it did not have in hand; ignored", link=link, n=len(connIds) - len(refused))
+        if refused and not wasFull:
+            why = "{link!r} is at its descriptor limit: it refused {n} connection(s), and gets none while another worker has room"
+            _log.warn(why, link=link, n=len(refused))
+        for held in reversed(refused):
+            route = held.route
+            if all(other.full or other.retired for other in route.links):
+                self._drop(held, "every worker of it is at its descriptor limit")
+                continue
+            self.redispatched += 1
+            route.waiting.appendleft(held)
+            self._queued[route] = None
+            self.waiting += 1
+        self.wake()
         self._checkIdle()
 
     def linkLost(self, link: Link) -> None:

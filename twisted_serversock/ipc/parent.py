@@ -33,7 +33,7 @@ from .._twistedcompat import closeWithoutShutdown, unwrapProxied
 from ..results import NS_BINDING_ABORTED, NS_ERROR_CONNECTION_REFUSED, NSError, nameOf
 from ..serversocket import ServerSocket
 from .channel import Channel, closeAll
-from .control import ANY, INTEGER, ControlTable, optional, reject
+from .control import ANY, INTEGER, INTEGERS, ControlTable, optional, reject
 from .dispatch import Dispatcher, Link, Route
 from ..interfaces import IRawAcceptor
 from .wire import Ack, Control, Message
@@ -111,6 +111,11 @@ class WorkerLink(Link):
     @controls.handler("heartbeat")
     def _onHeartbeat(self) -> None:
         pass
+
+    @controls.handler("refused", ids=INTEGERS)
+    def _onRefused(self, ids: list[int]) -> None:
+        """The child is at its descriptor limit and did not adopt C{ids}: they go to another child."""
+        self._dispatcher.refusedBy(self, tuple(ids))
 
     @controls.handler("ready", pid=optional(INTEGER, 0))
     def markReady(self, pid: int = 0) -> None:

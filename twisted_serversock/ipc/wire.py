@@ -9,6 +9,8 @@ first byte says which kind::
                                   report, then ">Q" repeated (maybe none):
                                   connection ids adopted
     J  control  both directions   a UTF-8 JSON object with a "type" string
+                                  (a child's "refused": the ids of connections
+                                  it had no descriptors for, never adopted)
 
 Anything else (a wrong length, stray or extra descriptors, an oversized or
 truncated message, JSON that is not an object with a string "type") is a
