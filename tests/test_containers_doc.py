@@ -221,6 +221,9 @@ class Image:
             script.append(f"mkdir -p /run/ovl/{i}/up /run/ovl/{i}/work")
             script.append(f"mount -t overlay overlay -o lowerdir={q(path)},upperdir=/run/ovl/{i}/up,workdir=/run/ovl/{i}/work {q(path)}")
         script += revealInterpreterLines(visible=("/tmp/", "/run/", "/srv/"))
+        # A build sees none of this machine's pip settings (tox's min env
+        # points PIP_CONSTRAINT at a file the namespace does not show).
+        script.append('for v in $(env | sed -n "s/^\\(PIP_[A-Za-z_]*\\)=.*/\\1/p"); do unset "$v"; done')
         script += ["unset PYTHONPATH", f"export PATH={q(self.env['PATH'])}", "export PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0"]
         script += self.build
         env = [f"{k}={v}" for k, v in self.env.items()]
