@@ -19,7 +19,7 @@ from zope.interface import provider
 
 __all__ = ["logObserver", "LogRelay", "RECORD_SEPARATOR"]
 
-#: What starts an event's line (RFC 7464, as L{twisted.logger.jsonFileLogObserver}
+#: What starts an event's line (RFC 7464, as C{twisted.logger.jsonFileLogObserver}
 #: writes): any other line is text the program wrote itself.
 RECORD_SEPARATOR = b"\x1e"
 
@@ -46,11 +46,11 @@ _LOGGERS = ("log_logger", "log_source")
 
 def _encode(event: dict[str, Any]) -> str:
     """
-    C{event} as JSON, for L{_decode}: like L{eventAsJSON} (the same text
+    C{event} as JSON, for L{_decode}: like C{eventAsJSON} (the same text
     for an event with a failure or fields JSON cannot carry, which it
     flattens), but for the usual event, whose fields are JSON's own types,
     at half its cost and size: its level by name, without the objects that
-    logged it (L{_LOGGERS}: L{eventAsJSON} writes them as C{unpersistable}).
+    logged it (L{_LOGGERS}: C{eventAsJSON} writes them as C{unpersistable}).
     A tuple among the fields arrives as a list.
     """
     if "log_failure" in event or "log_source" in (event.get("log_format") or ""):
@@ -114,7 +114,7 @@ class LogRelay:
 def _decode(text: bytes) -> dict[str, Any] | None:
     """
     The event L{logObserver} wrote as C{text}, or C{None} if it is not one.
-    Like L{eventFromJSON}, at a fraction of its cost for the usual event,
+    Like C{eventFromJSON}, at a fraction of its cost for the usual event,
     whose only object is its level: a failure's line takes the full decoder.
     """
     try:
