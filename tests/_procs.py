@@ -258,9 +258,10 @@ async def untilRead(pid: int) -> None:
     await eventually(read)
 
 
-def childrenOf(pid: int) -> set[int]:
+def childrenOf(pid: int, zombies: bool = False) -> set[int]:
     """
-    The live processes whose parent is C{pid} (a C{twistd}'s workers).
+    The live processes whose parent is C{pid} (a C{twistd}'s workers); with
+    C{zombies}, instead those that exited and wait to be reaped.
     """
     found = set()
     for entry in os.listdir("/proc"):
@@ -270,7 +271,7 @@ def childrenOf(pid: int) -> set[int]:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid and fields[0] != "Z":
+            if int(fields[1]) == pid and (fields[0] == "Z") == zombies:
                 found.add(int(entry))
     return found
 

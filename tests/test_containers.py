@@ -68,20 +68,6 @@ def _primary(proc: Proc) -> int:
     return pid
 
 
-def _zombies(parent: int) -> list[int]:
-    """The zombie children of C{parent} (which L{childrenOf} leaves out)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue
-        if state == "Z" and int(ppid) == parent:
-            found.append(int(entry))
-    return found
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         body: bytes = response.read()
@@ -106,7 +92,7 @@ async def test_pid1StopsCleanlyAndReapsEveryChild(site: str, stop: signal.Signal
         await timeout(threads.deferToThread(_get, f"http://127.0.0.1:{port}/orphan.rpy"), 40)
     # Each orphan ends 0.2 s after its request, re-parented to PID 1: none
     # may stay a zombie (the reaper looks every second).
-    await eventually(lambda: not _zombies(primary) and childrenOf(primary) == workers)
+    await eventually(lambda: not childrenOf(primary, zombies=True) and childrenOf(primary) == workers)
     os.kill(primary, stop)
     assert await timeout(proc.ended, 40) == 0, proc.output
     assert not alive(primary) and not [w for w in workers if alive(w)]
