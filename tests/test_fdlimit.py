@@ -46,13 +46,27 @@ HEADROOM = 4
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 #: The page served, and at least as long as the response is.
 RESPONSE = b"hello"
+#: The page, rendered from memory: a static file would need a descriptor
+#: per request, and a worker held at its limit answers requests that
+#: overlap with a 500 (EMFILE opening the file), which is not what these
+#: tests are about.
+PAGE = f"""
+from twisted.web.resource import Resource
+
+class Page(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return {RESPONSE!r}
+"""
 
 
 async def start(tmp_path: Path, workers: int) -> tuple[Proc, int, list[int]]:
     """The installed twistd web with C{workers}; its port and its workers' pids once all are ready."""
-    (tmp_path / "index.html").write_bytes(RESPONSE)
-    argv = [*TWISTD, "-n", "--pidfile=", "web", "--listen", f"gecko:port=0:loopback=1:workers={workers}", "--path", str(tmp_path)]
-    proc = spawn(argv, str(tmp_path))
+    (tmp_path / "fixedpage.py").write_text(PAGE)
+    argv = [*TWISTD, "-n", "--pidfile=", "web", "--listen", f"gecko:port=0:loopback=1:workers={workers}", "--class", "fixedpage.Page"]
+    pythonPath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    proc = spawn(argv, str(tmp_path), dict(os.environ, PYTHONPATH=pythonPath))
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
     pids = [int((await proc.waitFor(rf"Worker {i} \(pid (\d+)\) is ready")).group(1)) for i in range(1, workers + 1)]
     return proc, port, pids
