@@ -41,8 +41,9 @@ class H2Client(protocol.Protocol):
     An HTTP/2 client on the C{h2} library: it records every event, each
     stream's body, and says when the server's GOAWAY came and when the
     connection closed.  C{h2} ends its own state machine on a GOAWAY
-    (python-hyper/h2 issue 1181); this client keeps it open, as nghttp2
-    (curl) does, to receive the streams the GOAWAY lets finish.
+    (U{https://github.com/python-hyper/h2/issues/1181}); this client keeps
+    it open, as nghttp2 (curl) does, to receive the streams the GOAWAY
+    lets finish.
     """
 
     def __init__(self) -> None:

@@ -324,8 +324,8 @@ def goAwayHTTP2(protocol: Any) -> bool:
 
     h2's C{close_connection()} makes the GOAWAY, but also moves its state
     machine to C{CLOSED}, after which it refuses to send a response or
-    take a frame (python-hyper/h2 issue 1181); its earlier state is put
-    back.  A stream the client opens after the GOAWAY (it sent it before
+    take a frame (U{https://github.com/python-hyper/h2/issues/1181}); its
+    earlier state is put back.  A stream the client opens after the GOAWAY (it sent it before
     the GOAWAY reached it) is above the GOAWAY's last stream id: it is
     never handed to the site, but reset with C{REFUSED_STREAM}, so the
     client knows twice over that it was not processed and may safely
