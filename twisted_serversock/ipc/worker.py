@@ -18,7 +18,7 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
 from .._findfactory import importFactory
-from .._twistedcompat import betweenRequests, innerProtocol, proxyWrapped
+from .._twistedcompat import betweenRequests, goAwayHTTP2, innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .logs import logObserver
@@ -71,6 +71,8 @@ def finishGracefully(protocol: Any) -> None:
     if (inner := innerProtocol(protocol)) is not None:
         # (A wrapper that wraps itself ends in RecursionError, which the caller logs.)
         finishGracefully(inner)
+        return
+    if goAwayHTTP2(protocol):  # HTTP/2: GOAWAY, its streams finish, then it closes
         return
     if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(protocol, http.HTTPChannel):
         return
