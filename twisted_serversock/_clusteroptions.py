@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from ._resources import availableCPUs
 
-__all__ = ["MAX_WORKERS", "ClusterOptions", "autoWorkersWhy", "clusterOptions", "seconds", "workerCount"]
+__all__ = ["MAX_WORKERS", "ClusterOptions", "autoWorkersWhy", "clusterOptions", "controlPath", "seconds", "workerCount"]
 
 #: The most worker processes C{workers=} may ask for.
 MAX_WORKERS = 1024
@@ -76,22 +76,41 @@ class ClusterOptions(NamedTuple):
     workersWhy: str | None
     grace: float | None
     lameDuck: float | None
+    control: str | None
 
 
-def clusterOptions(workers: object, grace: object = None, lameDuck: object = None) -> ClusterOptions:
+def clusterOptions(workers: object, grace: object = None, lameDuck: object = None, control: object = None) -> ClusterOptions:
     """
-    Check an endpoint's C{workers}, C{grace} and C{lameDuck} (L{workerCount},
-    L{seconds}): the last two are the cluster primary's, so they need
-    C{workers} above 0.
+    Check an endpoint's C{workers}, C{grace}, C{lameDuck} (L{workerCount},
+    L{seconds}) and C{control} (a socket path): all but the first are the
+    cluster primary's, so they need C{workers} above 0.
 
     @raise ValueError: one line naming the bad option.
     """
     count = workerCount(workers)
-    timed = {"grace": seconds("grace", grace), "lameduck": seconds("lameduck", lameDuck)}
-    for name, given in timed.items():
-        if given is not None and not count:
+    given = {"grace": seconds("grace", grace), "lameduck": seconds("lameduck", lameDuck), "control": controlPath(control)}
+    for name, value in given.items():
+        if value is not None and not count:
             raise ValueError(f"{name} is a cluster primary's option: it needs workers=N (N above 0 or auto)")
-    return ClusterOptions(count, autoWorkersWhy(workers), timed["grace"], timed["lameduck"])
+    return ClusterOptions(count, autoWorkersWhy(workers), given["grace"], given["lameduck"], given["control"])  # type: ignore[arg-type]
+
+
+def controlPath(value: object) -> str | None:
+    """
+    C{value} as the path of a control socket (L{twisted_serversock.control});
+    C{None} stays C{None}.
+
+    @raise ValueError: for an empty path, a NUL byte, or one too long for a
+        UNIX socket address, naming C{control}.
+    """
+    if value is None:
+        return None
+    path = _text(value, "control")
+    if not path or "\0" in path:
+        raise ValueError(f"control must be a socket file's path, not {path!r}")
+    if len(path.encode()) > 107:
+        raise ValueError(f"control: a UNIX socket path is at most 107 bytes, not {len(path.encode())}: {path!r}")
+    return path
 
 
 def _text(value: object, what: str) -> str:

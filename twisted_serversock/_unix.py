@@ -202,7 +202,10 @@ def listenFilename(
         except OSError as e:
             raise NSError.fromOSError(e, f"check {shown}") from None
         else:
-            if not (reclaimStale and _reclaim(path, st)):
+            if reclaimStale and stat.S_ISSOCK(st.st_mode) and not _reclaim(path, st):
+                # (reclaim=1's advice would be no help: it was tried.)
+                raise _inUse(path, "a server is listening on the socket there (or it could not be probed)", "stop it or choose another path")
+            if not (reclaimStale and stat.S_ISSOCK(st.st_mode)):
                 raise _inUse(path, _describeEntry(path, st), _advice.forUNIXEntry(path, st))
         return _bindAndLink(path, parent, name, mode, backlog, gid)
     finally:

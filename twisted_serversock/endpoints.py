@@ -67,12 +67,12 @@ def endpointString(prefix: str, args: Iterable[object], options: Iterable[tuple[
 
 
 #: Options only a cluster primary reads, which a worker's listener need not match.
-_CLUSTER_ONLY = ("workers", "grace", "lameduck")
+_CLUSTER_ONLY = ("workers", "grace", "lameduck", "control")
 
 
 def _withoutWorkers(description: str) -> str:
     """
-    C{description} without its C{workers=}, C{grace=} and C{lameduck=} options (whatever their case).
+    C{description} without its cluster-only options (L{_CLUSTER_ONLY}, whatever their case).
     """
     segments = [""]
     escaped = False
@@ -112,9 +112,12 @@ class _GeckoEndpointBase:
     #: (L{ParentStop<twisted_serversock.ipc.signals.ParentStop>}); C{None}: not given.
     grace: float | None = None
     lameDuck: float | None = None
+    #: Cluster mode: the path of the primary's control socket
+    #: (L{twisted_serversock.control}); C{None}: none.
+    control: str | None = None
 
-    def _cluster(self, workers: int | str, grace: float | str | None, lameDuck: float | str | None) -> None:
-        self._workers, self.workersWhy, self.grace, self.lameDuck = clusterOptions(workers, grace, lameDuck)
+    def _cluster(self, workers: int | str, grace: float | str | None, lameDuck: float | str | None, control: str | None) -> None:
+        self._workers, self.workersWhy, self.grace, self.lameDuck, self.control = clusterOptions(workers, grace, lameDuck, control)
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -203,6 +206,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         connections when the cluster stops or reloads (default 10).
     @param lameDuck: cluster mode: seconds the cluster goes on accepting
         and serving after SIGTERM/SIGINT before it stops (default 0).
+    @param control: cluster mode: the path of the primary's control socket
+        (L{twisted_serversock.control}), for C{serversockctl}.
 
     @raise TypeError: for an argument of the wrong type (a string port, a
         string boolean such as C{"no"}, which would be true), naming it.
@@ -223,6 +228,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         workers: int | str = 0,
         grace: float | str | None = None,
         lameDuck: float | str | None = None,
+        control: str | None = None,
     ) -> None:
         port = _args.integer(port, "port", None, _args.MAX_PORT)
         backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
@@ -232,7 +238,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         dualStack = _args.boolean(dualStack, "dualStack")
         if interface is not None:
             interface = _args.text(interface, "interface")
-        self._cluster(workers, grace, lameDuck)
+        self._cluster(workers, grace, lameDuck, control)
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -312,6 +318,8 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         connections when the cluster stops or reloads (default 10).
     @param lameDuck: cluster mode: seconds the cluster goes on accepting
         and serving after SIGTERM/SIGINT before it stops (default 0).
+    @param control: cluster mode: the path of the primary's control socket
+        (L{twisted_serversock.control}), for C{serversockctl}.
 
     @raise TypeError: for an argument of the wrong type, naming it.
     @raise ValueError: for neither or both of C{path} and C{abstract},
@@ -332,8 +340,9 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         workers: int | str = 0,
         grace: float | str | None = None,
         lameDuck: float | str | None = None,
+        control: str | None = None,
     ) -> None:
-        self._cluster(workers, grace, lameDuck)
+        self._cluster(workers, grace, lameDuck, control)
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
         if path is not None:
@@ -492,8 +501,8 @@ def _options(
     return options, bool(args)
 
 
-_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck")
-_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck")
+_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck", "control")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck", "control")
 
 
 def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> GeckoServerEndpoint:
@@ -520,6 +529,7 @@ def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> Gecko
         workers=o.get("workers", 0),
         grace=o.get("grace"),
         lameDuck=o.get("lameduck"),
+        control=o.get("control"),
     )
     endpoint.description = endpointString("gecko", args, kwargs.items())
     return endpoint
@@ -567,6 +577,7 @@ def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> G
         workers=o.get("workers", 0),
         grace=o.get("grace"),
         lameDuck=o.get("lameduck"),
+        control=o.get("control"),
     )
     endpoint.description = endpointString("geckounix", args, kwargs.items())
     return endpoint

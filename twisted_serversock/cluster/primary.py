@@ -199,6 +199,7 @@ class ClusterPrimary(Primary):
             self._program = self._program or splitCommandLine(self._argv)
             if handOver is not None:
                 self.keepFiles(description, handOver)
+            self.openControl(getattr(endpoint, "control", None))
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
         try:

@@ -209,6 +209,18 @@ class WorkerPool:
         """Worker number C{index}'s slot (its counts); C{KeyError} if none."""
         return {slot.index: slot for slot in self._workers.slots}[index]
 
+    @property
+    def slots(self) -> list[Slot]:
+        """The workers' slots, by number (how many workers it keeps)."""
+        return self._workers.slots
+
+    def describe(self, now: float) -> list[dict[str, Any]]:
+        """Each live worker as plain values: number, pid, state, age, connections open and adopted, its slot's restarts."""
+        return [
+            {"index": w.index, "pid": w.pid, "state": w.state, "age": now - w.startedAt, "open": w.link.open, "served": w.link.adopted, "restarts": w.slot.restarts}
+            for w in self._workers.live
+        ]
+
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
         count = Counter(worker.state for worker in self._workers.live)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .._reaper import OrphanReaper
@@ -51,6 +52,7 @@ class Primary:
         self._grace = grace
         self._filesRead = 0  # the reload the TLS files were read for
         self._given: dict[str, float] = {}  # the largest grace and lame duck listeners gave
+        self.controlPath: str | None = None
 
     def allow(self, grace: float | None, lameDuck: float | None) -> None:
         """
@@ -64,6 +66,26 @@ class Primary:
                 self._given[name] = max(value, self._given.get(name, value))
         self._grace = self.stopper.grace = self._given.get("grace", self._grace)
         self.stopper.lameDuck = self._given.get("lameDuck", self.stopper.lameDuck)
+
+    def openControl(self, path: str | None) -> None:
+        """
+        Listen on the control socket at C{path} (L{twisted_serversock.control}),
+        once: another listener naming the same path shares it.
+
+        @raise ValueError: for a second, different path, or a socket that
+            cannot be had, naming it.
+        """
+        if path is None or path == self.controlPath:
+            return
+        if self.controlPath is not None:
+            raise ValueError(f"control={path}: this cluster's control socket is already {self.controlPath}")
+        from ..control import listenControl
+
+        try:
+            listenControl(self.reactor, path, self)
+        except CannotListenError as e:
+            raise ValueError(f"control={path}: {e.socketError}") from None
+        self.controlPath = path
 
     def handOff(self, name: str, factory: Any, listen: Callable[[HandOffFactory], Any]) -> tuple[Route, Any]:
         """
