@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 from twisted.internet.protocol import ProcessProtocol
 
 from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields, optional
+from .logs import LOG_FD, directDestination
 from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode, encodeControl
 
 __all__ = ["CHANNEL_FD", "FILES_ROOM", "STARTUP_FIELDS", "STARTUP_TIMEOUT", "WORKER_MODULE", "Command", "WorkerCommand"]
@@ -101,14 +102,20 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     Start one worker process running C{command}, its output read by
     C{processProtocol}, C{channel} (the caller closes it) as its
     L{CHANNEL_FD}; send its start-up message with C{send}, the channel's
-    other end's.  A message that cannot be encoded (too large, a field JSON
+    other end's.  Where the parent logs text to a plain descriptor, the
+    worker gets it as L{LOG_FD} and the start-up field C{log} (its
+    C{encoding} and C{limit}: L{directDestination<twisted_serversock.ipc.logs.directDestination>})
+    and writes its own log lines there.  A message that cannot be encoded (too large, a field JSON
     cannot carry) starts no process, which would only die waiting for it.
 
     @return: the C{IProcessTransport}.
     @raise ProtocolError: the start-up message cannot be encoded.
     """
-    message = encodeControl("start", **(command.startup or {}))
-    fds = {0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()}
+    startup, fds = dict(command.startup or {}), {0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()}
+    if (destination := directDestination()) is not None:
+        fds[LOG_FD] = destination.pop("fd")
+        startup["log"] = destination
+    message = encodeControl("start", **startup)
     process = reactor.spawnProcess(processProtocol, sys.executable, command.argv, env=command.env, path=command.path, childFDs=fds)
     send(message)
     return process
@@ -150,11 +157,13 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         message = decode(data, []) if data else None
         if not isinstance(message, Control) or message.type != "start":
             raise ProtocolError(f"it is {message!r}" if data else "the parent closed the channel")
-        kinds = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER}
+        kinds = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER, "log": optional(OBJECT, None)}
         kind = checkFields(message.fields, kinds, extra=True)["worker"]
         if kind not in STARTUP_FIELDS:
             raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")
         _checkFiles(message.fields.get("files", {}))
+        if message.fields.get("log") is not None:
+            checkFields(message.fields["log"], {"encoding": STRING, "limit": INTEGER})
         return checkFields(message.fields, {**kinds, **STARTUP_FIELDS[kind]})
     except (ProtocolError, MessageError) as e:
         raise ValueError(f"bad start-up message: {e}") from None
