@@ -29,7 +29,7 @@ def main() -> int:
         logObserver({"log_format": "{e}", "e": e, "log_level": LogLevel.critical})
         return 2
     startup["heartbeat"] = max(startup["heartbeat"], 0.01)
-    writeOwnLines(startup.pop("log"), startup["index"])  # where the parent logs text to a plain descriptor
+    writeOwnLines(startup.pop("log", None), startup["index"])  # where the parent logs text to a plain descriptor
     receive(startup.pop("files"))  # the TLS files the parent read for this worker (kept here only)
     if startup["worker"] == "cluster":
         from ..cluster.boot import run

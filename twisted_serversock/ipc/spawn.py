@@ -75,6 +75,8 @@ FILES_ROOM = MAX_MESSAGE - 16384
 #: besides C{index} (1, 2, ...) and C{heartbeat} (seconds between "alive"
 #: messages while idle).  C{files}: the TLS files the parent read
 #: (description -> {path as written: base64}), keys the workers' user may not read.
+#: Any kind may have C{log}: the encoding and longest line of the parent's
+#: log, passed as L{LOG_FD} (C{ipc.logs.directDestination}), to write to.
 STARTUP_FIELDS: dict[str, Spec] = {
     # The protocol factory's name, the parent's sys.path to find it, the
     # geckotls: routes whose TLS the worker runs (route id -> description).
@@ -157,13 +159,14 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         message = decode(data, []) if data else None
         if not isinstance(message, Control) or message.type != "start":
             raise ProtocolError(f"it is {message!r}" if data else "the parent closed the channel")
-        kinds = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER, "log": optional(OBJECT, None)}
+        kinds = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER}
         kind = checkFields(message.fields, kinds, extra=True)["worker"]
         if kind not in STARTUP_FIELDS:
             raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")
         _checkFiles(message.fields.get("files", {}))
-        if message.fields.get("log") is not None:
-            checkFields(message.fields["log"], {"encoding": STRING, "limit": INTEGER})
-        return checkFields(message.fields, {**kinds, **STARTUP_FIELDS[kind]})
+        # "log": where the parent logs, if the worker writes its own lines there.
+        log = checkFields(message.fields, {"log": optional(OBJECT, None)}, extra=True)["log"]
+        fields = checkFields({k: v for k, v in message.fields.items() if k != "log"}, {**kinds, **STARTUP_FIELDS[kind]})
+        return fields if log is None else {**fields, "log": checkFields(log, {"encoding": STRING, "limit": INTEGER})}
     except (ProtocolError, MessageError) as e:
         raise ValueError(f"bad start-up message: {e}") from None
