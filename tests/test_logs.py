@@ -32,6 +32,7 @@ from twisted_serversock.ipc import logs
 from twisted_serversock.ipc.logs import LogRelay, logObserver
 from twisted_serversock.ipc.slots import ENDED, LOG_BATCH, LOG_PIPE, Slot, Worker
 
+from ._memoryworkers import send
 from ._procs import PRIMARY_LISTENING, TWIST, TWISTD, spawn, stopCleanly
 from .conftest import connect, eventually, timeout
 
@@ -362,6 +363,34 @@ def test_aWorkerWritesItsOwnLinesWhole(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ZeroDivisionError" in second and "x" * 100 not in written
     [big] = relayed(relayedText.getvalue().encode())
     assert formatEvent(big) == "x" * select.PIPE_BUF
+
+
+@pytest.mark.parametrize(
+    "log, error",
+    [
+        ({"encoding": "utf-8", "limit": 4096}, None),
+        ({"encoding": "utf-8"}, "field 'log': missing field 'limit'"),
+        ({"encoding": "utf-8", "limit": "4096"}, "field 'log': field 'limit' is '4096', not an integer"),
+        ({"encoding": "no-such-codec", "limit": 4096}, "field 'log': no encoding 'no-such-codec'"),
+        ([], "field 'log' is [], not an object"),
+    ],
+)
+def test_theStartupMessageSaysWhereToLog(log: Any, error: str | None) -> None:
+    """A worker's start-up message may pass its parent's log; a bad one is one line naming it."""
+    from twisted_serversock.ipc.channel import channelPair
+    from twisted_serversock.ipc.spawn import readStartup
+
+    workerEnd, parentEnd = channelPair()
+    try:
+        send(parentEnd, "start", worker="cluster", index=1, heartbeat=1, argv=["p"], listeners={}, log=log)
+        if error is None:
+            assert readStartup(workerEnd, timeout=5)["log"] == log
+        else:
+            with pytest.raises(ValueError, match="^bad start-up message: " + re.escape(error) + "$"):
+                readStartup(workerEnd, timeout=5)
+    finally:
+        workerEnd.close()
+        parentEnd.close()
 
 
 LINES_RPY = """\

@@ -68,6 +68,18 @@ def _checkFiles(value: object) -> None:
                 raise MessageError(f"field 'files'[{description!r}][{path!r}] is not a base64 string") from None
 
 
+def _checkLog(value: dict[str, Any]) -> dict[str, Any]:
+    """@raise MessageError: a start-up message's C{log} is not {encoding, limit}, naming where."""
+    try:
+        log = checkFields(value, {"encoding": STRING, "limit": INTEGER})
+        "".encode(log["encoding"])
+    except MessageError as e:
+        raise MessageError(f"field 'log': {e}") from None
+    except LookupError:
+        raise MessageError(f"field 'log': no encoding {log['encoding']!r}") from None
+    return log
+
+
 #: Bytes of a start-up message its TLS files may take (the rest: command line, path, listeners).
 FILES_ROOM = MAX_MESSAGE - 16384
 
@@ -167,6 +179,6 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         # "log": where the parent logs, if the worker writes its own lines there.
         log = checkFields(message.fields, {"log": optional(OBJECT, None)}, extra=True)["log"]
         fields = checkFields({k: v for k, v in message.fields.items() if k != "log"}, {**kinds, **STARTUP_FIELDS[kind]})
-        return fields if log is None else {**fields, "log": checkFields(log, {"encoding": STRING, "limit": INTEGER})}
+        return fields if log is None else {**fields, "log": _checkLog(log)}
     except (ProtocolError, MessageError) as e:
         raise ValueError(f"bad start-up message: {e}") from None
