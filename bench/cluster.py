@@ -6,7 +6,10 @@ request (L{bench.handlers.work}) - with the usual C{twistd} log (the
 workers' access-log lines travel to the primary's log file, as they do for
 users).
 
-A second pair, C{A-quiet} and C{B-quiet}, runs the same with C{twistd
+C{A-direct} is A logging to its standard output (a file here) instead of
+C{--logfile} (a rotating log file, which the workers' lines reach through
+the primary): there the workers write their lines themselves.  A second
+pair, C{A-quiet} and C{B-quiet}, runs the same with C{twistd
 web --logfile /dev/null} (no access log): what the process model costs
 without the log lines' trip from the workers to the primary.  The
 difference of the primaries' CPU per request, A against A-quiet, is the
@@ -81,14 +84,18 @@ def _children(pid: int) -> list[int]:
 #: CPU counts as quiet (the note gives the ratio over quiet pairs too).
 QUIET = 0.15
 #: The pairs: (A, B, row name).
-PAIRS = [("A", "B", "twistd web workers=2 / one process"), ("A-quiet", "B-quiet", "same, no access log")]
+PAIRS = [
+    ("A", "B", "twistd web workers=2 / one process"),
+    ("A-direct", "B", "same, the log to standard output (written by the workers)"),
+    ("A-quiet", "B-quiet", "same, no access log"),
+]
 
 
 def _start(ctx: Context, key: str, env: dict[str, str], timeout: float = 60) -> Server:
     """
     C{twistd -n web} serving C{cpu.rpy}: through C{gecko:...:workers=2}
     (A, ready once both workers are) or C{tcp:} (B); C{-quiet} keys turn
-    the access log off.
+    the access log off, C{-direct} logs to standard output (a file).
     """
     root = ctx.workdir / "cluster-www"
     root.mkdir(exist_ok=True)
@@ -98,7 +105,10 @@ def _start(ctx: Context, key: str, env: dict[str, str], timeout: float = 60) -> 
     listen = f"gecko:port={port}:loopback=1:workers={WORKERS}" if cluster else f"tcp:{port}:interface=127.0.0.1"
     log = ctx.workdir / f"cluster-{key}.log"
     quiet = ["--logfile", "/dev/null"] if key.endswith("-quiet") else []
-    argv = [*_twistd(), "-n", "--pidfile=", f"--logfile={log}", "web", *quiet, "--listen", listen, "--path", str(root)]
+    direct = key.endswith("-direct")
+    argv = [*_twistd(), "-n", "--pidfile=", *([] if direct else [f"--logfile={log}"]), "web", *quiet, "--listen", listen, "--path", str(root)]
+    if direct:  # the same process (exec), its standard output the log
+        argv = ["/bin/sh", "-c", 'exec "$@" >"$0"', str(log), *argv]
     server = ctx.server(argv, f"cluster-{key}", cpu=None, env=env, readyLine=False)
     server.waitConnectable("127.0.0.1", port, timeout)
     if cluster:
@@ -119,7 +129,7 @@ def run(ctx: Context) -> Result:
     iterations, handlerMs = workIterations()
     env = {"BENCH_WORK_ITERS": str(iterations)}
     ctx.log(f"handler: {iterations} iterations = {handlerMs:.2f} ms of Python per request")
-    servers = {key: _start(ctx, key, env) for pair in PAIRS for key in pair[:2]}
+    servers = {key: _start(ctx, key, env) for key in dict.fromkeys(k for pair in PAIRS for k in pair[:2])}
     details: dict[str, object] = {"work_iterations": iterations, "handler_ms": handlerMs}
     try:
         for s in servers.values():  # warm-up, not measured
@@ -159,8 +169,8 @@ def run(ctx: Context) -> Result:
                     f"p99 {lat.a:.1f} vs {lat.b:.1f} ms; the primary's CPU {median(primaryUs[a]):.1f} µs/request; "
                     f"others' CPU {median(others[a]):.0%} vs {median(others[b]):.0%} of a CPU"
                 )
-                if a == "A":  # one access-log line a request: what relaying it costs the primary
-                    note += f"; the primary's CPU per relayed log line {median(primaryUs['A']) - median(primaryUs['A-quiet']):.1f} µs (against no access log)"
+                if a in ("A", "A-direct"):  # one access-log line a request: what it costs the primary
+                    note += f"; the primary's CPU per log line {median(primaryUs[a]) - median(primaryUs['A-quiet']):.1f} µs (against no access log)"
                 quiet = [(x, y) for x, y, ox, oy in zip(rate[a], rate[b], others[a], others[b]) if max(ox, oy) < QUIET]
                 if quiet and len(quiet) < len(rate[a]):
                     q = pairedRow("", "", quiet)

@@ -20,6 +20,7 @@ BENCHMARKS: tuple[str, ...] = (
     "dispatch",
     "skewed",
     "cluster",
+    "logs",
     "tls",
     "tlscluster",
     "tlsresume",

@@ -13,20 +13,27 @@ import io
 import json
 import os
 import re
+import select
+import signal
 import sys
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import (
+    FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, LogPublisher, formatEvent, jsonFileLogObserver, textFileLogObserver,
+)  # fmt: skip
+from twisted.python.logfile import LogFile
 from twisted.python.failure import Failure
 
 from twisted_serversock.ipc import logs
 from twisted_serversock.ipc.logs import LogRelay, logObserver
 from twisted_serversock.ipc.slots import ENDED, LOG_BATCH, LOG_PIPE, Slot, Worker
 
-from ._procs import PRIMARY_LISTENING, TWISTD, spawn, stopCleanly
+from ._memoryworkers import send
+from ._procs import PRIMARY_LISTENING, TWIST, TWISTD, spawn, stopCleanly
 from .conftest import connect, eventually, timeout
 
 
@@ -298,3 +305,176 @@ async def test_twistdsJSONLoggerGetsTheWorkersEvents(workdir: str) -> None:
     assert "Traceback" in proc.output and "ZeroDivisionError" in proc.output
 
 
+
+
+def test_theParentsTextLogToADescriptorIsPassedOn(tmp_path: Any) -> None:
+    """
+    C{twistd -n}'s and C{twist --log-format=text}'s log (text to a
+    descriptor, alone, perhaps behind a level filter) is one the workers
+    write to themselves; JSON, a rotating log file, a second observer or
+    another filter is not.
+    """
+    reader, writer = os.pipe()
+    with open(writer, "w", closefd=True) as out, open(tmp_path / "plain.log", "a") as plain:
+        text = textFileLogObserver(out)
+        destination = logs.directDestination(LogPublisher(text))
+        assert destination == {"fd": writer, "encoding": out.encoding, "limit": select.PIPE_BUF}
+        assert logs.directDestination(LogPublisher(textFileLogObserver(plain)))["limit"] > select.PIPE_BUF  # type: ignore[index]
+        byLevel = FilteringLogObserver(text, [LogLevelFilterPredicate(LogLevel.warn)])
+        assert logs.directDestination(LogPublisher(byLevel)) == destination
+        rotating = LogFile.fromFullPath(str(tmp_path / "twistd.log"))
+        others = [jsonFileLogObserver(out), textFileLogObserver(rotating), textFileLogObserver(out, timeFormat=None), FilteringLogObserver(text, [lambda e: True])]  # type: ignore[list-item]
+        for observer in others:
+            assert logs.directDestination(LogPublisher(observer)) is None, observer
+        assert logs.directDestination(LogPublisher(text, lambda event: None)) is None
+        rotating.close()
+    os.close(reader)
+
+
+def test_aWorkerWritesItsOwnLinesWhole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A worker given its parent's log writes each event there as one line of
+    the parent's text, with itself as the system, a failure's traceback in
+    the same write; a line longer than one write may carry whole goes to
+    the parent instead.
+    """
+    reader, writer = os.pipe()
+    relayedText = io.StringIO()
+    monkeypatch.setattr(sys, "__stderr__", relayedText)
+    monkeypatch.setattr(logs, "LOG_FD", writer)
+    monkeypatch.setattr(logs, "_direct", None)
+    try:
+        logs.writeOwnLines({"encoding": "utf-8", "limit": select.PIPE_BUF}, 3)
+        log = Logger(namespace="myapp", observer=logObserver)
+        log.error("order {order} failed", order=42)
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("dividing", log_system="HTTPChannel,1,127.0.0.1")
+        log.info("{big}", big="x" * select.PIPE_BUF)
+        written = os.read(reader, 65536).decode()
+    finally:
+        os.close(reader)
+        os.close(writer)
+    system = f"worker 3 pid {os.getpid()}"
+    first, second = written.split("\n", 1)
+    assert re.fullmatch(rf"\S+ \[{system}\] order 42 failed", first), first
+    assert second.startswith(f"{first[:first.index(' ')]} [{system} HTTPChannel,1,127.0.0.1] dividing\n\tTraceback"), second
+    assert "ZeroDivisionError" in second and "x" * 100 not in written
+    [big] = relayed(relayedText.getvalue().encode())
+    assert formatEvent(big) == "x" * select.PIPE_BUF
+
+
+@pytest.mark.parametrize(
+    "log, error",
+    [
+        ({"encoding": "utf-8", "limit": 4096}, None),
+        ({"encoding": "utf-8"}, "field 'log': missing field 'limit'"),
+        ({"encoding": "utf-8", "limit": "4096"}, "field 'log': field 'limit' is '4096', not an integer"),
+        ({"encoding": "no-such-codec", "limit": 4096}, "field 'log': no encoding 'no-such-codec'"),
+        ([], "field 'log' is [], not an object"),
+    ],
+)
+def test_theStartupMessageSaysWhereToLog(log: Any, error: str | None) -> None:
+    """A worker's start-up message may pass its parent's log; a bad one is one line naming it."""
+    from twisted_serversock.ipc.channel import channelPair
+    from twisted_serversock.ipc.spawn import readStartup
+
+    workerEnd, parentEnd = channelPair()
+    try:
+        send(parentEnd, "start", worker="cluster", index=1, heartbeat=1, argv=["p"], listeners={}, log=log)
+        if error is None:
+            assert readStartup(workerEnd, timeout=5)["log"] == log
+        else:
+            with pytest.raises(ValueError, match="^bad start-up message: " + re.escape(error) + "$"):
+                readStartup(workerEnd, timeout=5)
+    finally:
+        workerEnd.close()
+        parentEnd.close()
+
+
+LINES_RPY = """\
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+log = Logger(namespace="myapp.lines")
+
+
+class Lines(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        tag = request.args[b"tag"][0].decode()
+        for n in range(int(request.args[b"n"][0])):
+            log.info("tag {tag} line {n}", tag=tag, n=n)
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("failed {tag}", tag=tag)
+        return b"done"
+
+
+resource = Lines()
+"""
+
+#: A line of the text log (a time, the system, the text) or of a traceback in it.
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\S+ \[[^\]]+\] .*|\t.*|")
+
+
+async def request(port: int, *tags: str, n: int = 1) -> None:
+    """C{lines.rpy} with each of C{tags}, one after the other on one connection."""
+    client = await connect(port)
+    for i, tag in enumerate(tags):
+        client.transport.write(f"GET /lines.rpy?n={n}&tag={tag} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await eventually(lambda: client.received.count(b"done") == i + 1)
+    client.transport.loseConnection()
+
+
+@pytest.mark.parametrize("runner", ["twistd", "twist"])
+@pytest_twisted.ensureDeferred
+async def test_workersWriteTheirLinesToTheParentsStandardOutput(workdir: str, runner: str) -> None:
+    """
+    C{twistd -n} and C{twist --log-format=text} logging to standard output
+    (a pipe here, as under Docker, Kubernetes or journald), C{workers=2}:
+    each worker writes its own lines there, in the primary's format with
+    the worker as their system, even while the primary is stopped
+    (SIGSTOP); under load each worker's lines are all there, whole, in
+    order, and a failure's traceback follows its line.
+    """
+    with open(os.path.join(workdir, "lines.rpy"), "w") as f:
+        f.write(LINES_RPY)
+    listen = ["web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", workdir]
+    proc = spawn([*TWISTD, "-n", "--pidfile=", *listen] if runner == "twistd" else [*TWIST, *listen], workdir)
+    primary = proc.transport.pid
+    try:
+        port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
+        await proc.waitFor(r"Worker 2 \(pid \d+\) is ready")
+        # A connection a worker already has: it is served, and logged, without the primary.
+        client = await connect(port)
+        client.transport.write(b"GET /lines.rpy?n=1&tag=first HTTP/1.1\r\nHost: x\r\n\r\n")
+        await eventually(lambda: b"done" in client.received)
+        os.kill(primary, signal.SIGSTOP)
+        try:
+            client.transport.write(b"GET /lines.rpy?n=3&tag=stopped HTTP/1.1\r\nHost: x\r\n\r\n")
+            await proc.waitFor(r"\[worker [12] pid \d+\] tag stopped line 2\n")
+        finally:
+            os.kill(primary, signal.SIGCONT)
+        client.transport.loseConnection()
+        tags = [[f"c{c}r{r}" for r in range(3)] for c in range(8)]
+        await timeout(defer.gatherResults([defer.ensureDeferred(request(port, *t, n=200)) for t in tags]), 60)
+        await eventually(lambda: proc.output.count("GET /lines.rpy?n=200&") == 24)
+    finally:
+        status = await stopCleanly(proc)
+    assert status == 0, proc.output[-3000:]
+    lines = proc.output.split("\n")
+    assert [line for line in lines if not LOG_LINE.fullmatch(line)] == []
+    seen: dict[tuple[str, str], list[int]] = {}
+    for line in lines:
+        if m := re.fullmatch(r"\S+ \[worker [12] pid (\d+)\] tag (\w+) line (\d+)", line):
+            seen.setdefault((m.group(1), m.group(2)), []).append(int(m.group(3)))
+    assert {tag for _pid, tag in seen} == {"first", "stopped", *(t for c in tags for t in c)}
+    assert str(primary) not in {pid for pid, _tag in seen}
+    for (pid, tag), numbers in seen.items():
+        assert numbers == list(range({"first": 1, "stopped": 3}.get(tag, 200))), (pid, tag, numbers[:10])
+    failed = [i for i, line in enumerate(lines) if re.search(r"\[worker [12] pid \d+\] failed c0r0$", line)]
+    assert len(failed) == 1 and lines[failed[0] + 1] == "\tTraceback (most recent call last):", lines[failed[0] : failed[0] + 3]

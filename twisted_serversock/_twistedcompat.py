@@ -95,6 +95,7 @@ __all__ = [
     "betweenRequests",
     "goAwayHTTP2",
     "fitRunnersToWorker",
+    "textLogFile",
     "stopSignalsHandledBy",
     "problems",
     "twistedsChildren",
@@ -410,6 +411,37 @@ def fitRunnersToWorker(observer: ILogObserver) -> None:
     TwistOptions.postOptions = workerPostOptions  # type: ignore[method-assign]
 
 
+def textLogFile(publisher: Any) -> tuple[Any, Any] | None:
+    """
+    The file and formatter (C{formatEvent}) of C{publisher}'s one observer
+    if it is a C{FileLogObserver}, alone or behind a C{FilteringLogObserver}
+    by level only (C{twist}'s): the private C{_observers} of a
+    C{LogPublisher}, C{_outFile} of a C{FileLogObserver}, C{_observer} and
+    C{_shouldLogEvent} (a C{partial} of the predicates) of a
+    C{FilteringLogObserver}.  Otherwise C{None}.
+    """
+    from twisted.logger import FileLogObserver, FilteringLogObserver, LogLevelFilterPredicate
+
+    observers = list(getattr(publisher, "_observers", ()))
+    observer = observers[0] if len(observers) == 1 else None
+    if isinstance(observer, FilteringLogObserver):
+        predicates = getattr(getattr(observer, "_shouldLogEvent", None), "args", ([None],))[0]
+        levelsOnly = all(isinstance(p, LogLevelFilterPredicate) for p in predicates)
+        observer = getattr(observer, "_observer", None) if levelsOnly else None
+    if not isinstance(observer, FileLogObserver) or not hasattr(observer, "_outFile"):
+        return None
+    return observer._outFile, observer.formatEvent
+
+
+def _logProblems() -> list[str]:
+    from twisted.logger import FileLogObserver, FilteringLogObserver, LogPublisher
+
+    found = [f"{cls.__name__} has no {name} any more (textLogFile)" for cls, name in
+             ((LogPublisher, "self._observers"), (FileLogObserver, "self._outFile"), (FilteringLogObserver, "self._observer"),
+              (FilteringLogObserver, "self._shouldLogEvent = partial(shouldLogEvent, list(predicates))")) if name not in _source(cls.__init__)]  # fmt: skip
+    return found
+
+
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
@@ -486,6 +518,7 @@ def problems() -> list[str]:
     found.extend(_runnerProblems())
     found.extend(_tlsProblems())
     found.extend(_signalProblems())
+    found.extend(_logProblems())
     from twisted.internet import process
 
     if not isinstance(getattr(process, "reapProcessHandlers", None), dict) or "reapProcessHandlers" not in _source(process.reapAllProcesses):

@@ -14,6 +14,7 @@ import sys
 from twisted.logger import LogLevel
 
 from .._tlsfiles import receive
+from .logs import writeOwnLines
 from .spawn import CHANNEL_FD, readStartup
 from .worker import logObserver, serve
 
@@ -28,6 +29,7 @@ def main() -> int:
         logObserver({"log_format": "{e}", "e": e, "log_level": LogLevel.critical})
         return 2
     startup["heartbeat"] = max(startup["heartbeat"], 0.01)
+    writeOwnLines(startup.pop("log", None), startup["index"])  # where the parent logs text to a plain descriptor
     receive(startup.pop("files"))  # the TLS files the parent read for this worker (kept here only)
     if startup["worker"] == "cluster":
         from ..cluster.boot import run

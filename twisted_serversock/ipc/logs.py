@@ -5,19 +5,35 @@ one JSON text (L{logObserver}), the parent decodes it and publishes it to
 its own observers with the worker's number and pid as its system
 (L{LogRelay}), so an error in a worker is an error in the parent's log,
 journald or JSON log, with its namespace, fields and traceback.
+
+Where the parent's log is only text written to a plain descriptor (C{twistd
+-n} or C{twist --log-format=text} logging to standard output: a terminal,
+a file, Docker's or Kubernetes' pipe, journald's stream), the parent passes
+that descriptor on (L{directDestination}, as L{LOG_FD}) and each worker
+writes its own lines there (L{writeOwnLines}), formatted as the parent's
+observer would have, each with one C{write()}: the parent does nothing for
+them.
 """
 
 from __future__ import annotations
 
+import os
+import select
+import stat
 import sys
 import time
+from functools import partial
 from json import dumps, loads
 from typing import Any, Callable
 
-from twisted.logger import ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
+from twisted.logger import (
+    ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, formatEventAsClassicLogText, formatTime, globalLogPublisher, timeFormatRFC3339,
+)  # fmt: skip
 from zope.interface import provider
 
-__all__ = ["logObserver", "LogRelay", "RECORD_SEPARATOR"]
+from .._twistedcompat import textLogFile
+
+__all__ = ["logObserver", "LogRelay", "RECORD_SEPARATOR", "LOG_FD", "classicText", "directDestination", "writeOwnLines"]
 
 #: What starts an event's line (RFC 7464, as C{twisted.logger.jsonFileLogObserver}
 #: writes): any other line is text the program wrote itself.
@@ -33,11 +49,90 @@ def logObserver(event: dict[str, Any]) -> None:
     """
     if "log_time" not in event:  # an event not from a Logger
         event = {**event, "log_time": time.time()}
+    if _direct is not None and _writeOwnLine(event, *_direct):
+        return
     line = "\x1e" + _encode(event) + "\n"
     # The real standard error: twistd points sys.stderr at the log itself.
     stream = sys.__stderr__ or sys.stderr
     stream.write(line)
     stream.flush()
+
+
+#: The descriptor a worker writes its own log lines to, when its parent
+#: passes its log's (L{directDestination}).
+LOG_FD = 4
+#: The longest line a worker writes there itself (bytes) by its kind: one
+#: C{write()} of at most C{PIPE_BUF} bytes to a pipe is never mixed with
+#: another's, nor one to a stream socket of this size (one buffer), nor
+#: any to a regular file (Linux locks its offset, or C{O_APPEND}'s end, for
+#: the call).  A longer line (a long traceback) goes through the parent.
+_LIMITS = {stat.S_IFIFO: select.PIPE_BUF, stat.S_IFSOCK: select.PIPE_BUF, stat.S_IFCHR: select.PIPE_BUF, stat.S_IFREG: 1 << 20}
+#: (system, encoding, longest line) once L{writeOwnLines} was called.
+_direct: tuple[str, str, int] | None = None
+
+#: How C{twistd}'s and C{twist}'s text log formats an event.
+classicText: Callable[[dict[str, Any]], "str | None"] = partial(
+    formatEventAsClassicLogText, formatTime=partial(formatTime, timeFormat=timeFormatRFC3339)
+)
+#: An event both formats of a text log must write alike.
+_PROBE = {"log_time": 1e9 + 0.5, "log_system": "probe", "log_format": "probe {n}", "n": 1, "log_level": LogLevel.error, "log_namespace": "probe"}
+
+
+def directDestination(publisher: Any = globalLogPublisher) -> dict[str, Any] | None:
+    """
+    Where this process logs, if its workers can write their lines there
+    themselves as its observer would: C{publisher} has one observer, a
+    C{textFileLogObserver} (perhaps behind a level filter, which the
+    workers' own C{twist} applies too) writing to a pipe, a socket, a
+    terminal or a plain file.  A rotating C{twistd --logfile}, JSON,
+    syslog, a C{--logger} or a second observer: C{None} (the relay).
+
+    @return: C{{"fd": descriptor, "encoding": ..., "limit": longest line}}.
+    """
+    found = textLogFile(publisher)
+    if found is None:
+        return None
+    outFile, formatEvent = found
+    try:
+        if formatEvent(dict(_PROBE)) != classicText(dict(_PROBE)):
+            return None
+        fd, encoding = outFile.fileno(), getattr(outFile, "encoding", None) or "utf-8"
+        limit = _LIMITS.get(stat.S_IFMT(os.fstat(fd).st_mode))
+    except (AttributeError, OSError, ValueError):  # no descriptor (io.UnsupportedOperation), closed
+        return None
+    return None if limit is None else {"fd": fd, "encoding": encoding, "limit": limit}
+
+
+def writeOwnLines(settings: dict[str, Any] | None, index: int) -> None:
+    """
+    In worker C{index}: write each event as a line of text to L{LOG_FD}
+    from now on (L{logObserver}), if the parent passed its log's
+    descriptor (C{settings}: L{directDestination}'s encoding and limit).
+    """
+    global _direct
+    if settings is not None:
+        os.set_inheritable(LOG_FD, False)  # never into a process this one starts
+        _direct = (f"worker {index} pid {os.getpid()}", settings["encoding"], settings["limit"])
+
+
+def _writeOwnLine(event: dict[str, Any], system: str, encoding: str, limit: int) -> bool:
+    """Write C{event} to L{LOG_FD} as the parent would have; C{False}: relay it instead."""
+    global _direct
+    own = event.get("log_system")
+    text = classicText({**event, "log_system": system if own is None or own == "-" else f"{system} {own}"})
+    data = (text or "").encode(encoding, "backslashreplace")
+    if len(data) > limit:
+        return False
+    try:
+        while data:
+            try:
+                data = data[os.write(LOG_FD, data) :]
+            except BlockingIOError:  # as the parent's own write would, wait
+                select.select([], [LOG_FD], [])
+    except OSError:  # the destination is gone: the parent says what it can
+        _direct = None
+        return False
+    return True
 
 
 #: An event's keys that hold the objects that logged it: not sent.

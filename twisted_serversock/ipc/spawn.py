@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 from twisted.internet.protocol import ProcessProtocol
 
 from .control import INTEGER, NUMBER, OBJECT, STRING, STRINGS, MessageError, Spec, checkFields, optional
+from .logs import LOG_FD, directDestination
 from .wire import MAX_FDS, MAX_MESSAGE, Control, ProtocolError, decode, encodeControl
 
 __all__ = ["CHANNEL_FD", "FILES_ROOM", "STARTUP_FIELDS", "STARTUP_TIMEOUT", "WORKER_MODULE", "Command", "WorkerCommand"]
@@ -67,6 +68,18 @@ def _checkFiles(value: object) -> None:
                 raise MessageError(f"field 'files'[{description!r}][{path!r}] is not a base64 string") from None
 
 
+def _checkLog(value: dict[str, Any]) -> dict[str, Any]:
+    """@raise MessageError: a start-up message's C{log} is not {encoding, limit}, naming where."""
+    try:
+        log = checkFields(value, {"encoding": STRING, "limit": INTEGER})
+        "".encode(log["encoding"])
+    except MessageError as e:
+        raise MessageError(f"field 'log': {e}") from None
+    except LookupError:
+        raise MessageError(f"field 'log': no encoding {log['encoding']!r}") from None
+    return log
+
+
 #: Bytes of a start-up message its TLS files may take (the rest: command line, path, listeners).
 FILES_ROOM = MAX_MESSAGE - 16384
 
@@ -74,6 +87,8 @@ FILES_ROOM = MAX_MESSAGE - 16384
 #: besides C{index} (1, 2, ...) and C{heartbeat} (seconds between "alive"
 #: messages while idle).  C{files}: the TLS files the parent read
 #: (description -> {path as written: base64}), keys the workers' user may not read.
+#: Any kind may have C{log}: the encoding and longest line of the parent's
+#: log, passed as L{LOG_FD} (C{ipc.logs.directDestination}), to write to.
 STARTUP_FIELDS: dict[str, Spec] = {
     # The protocol factory's name, the parent's sys.path to find it, the
     # geckotls: routes whose TLS the worker runs (route id -> description).
@@ -101,14 +116,20 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     Start one worker process running C{command}, its output read by
     C{processProtocol}, C{channel} (the caller closes it) as its
     L{CHANNEL_FD}; send its start-up message with C{send}, the channel's
-    other end's.  A message that cannot be encoded (too large, a field JSON
+    other end's.  Where the parent logs text to a plain descriptor, the
+    worker gets it as L{LOG_FD} and the start-up field C{log} (its
+    C{encoding} and C{limit}: L{directDestination<twisted_serversock.ipc.logs.directDestination>})
+    and writes its own log lines there.  A message that cannot be encoded (too large, a field JSON
     cannot carry) starts no process, which would only die waiting for it.
 
     @return: the C{IProcessTransport}.
     @raise ProtocolError: the start-up message cannot be encoded.
     """
-    message = encodeControl("start", **(command.startup or {}))
-    fds = {0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()}
+    startup, fds = dict(command.startup or {}), {0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()}
+    if (destination := directDestination()) is not None:
+        fds[LOG_FD] = destination.pop("fd")
+        startup["log"] = destination
+    message = encodeControl("start", **startup)
     process = reactor.spawnProcess(processProtocol, sys.executable, command.argv, env=command.env, path=command.path, childFDs=fds)
     send(message)
     return process
@@ -155,6 +176,9 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         if kind not in STARTUP_FIELDS:
             raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")
         _checkFiles(message.fields.get("files", {}))
-        return checkFields(message.fields, {**kinds, **STARTUP_FIELDS[kind]})
+        # "log": where the parent logs, if the worker writes its own lines there.
+        log = checkFields(message.fields, {"log": optional(OBJECT, None)}, extra=True)["log"]
+        fields = checkFields({k: v for k, v in message.fields.items() if k != "log"}, {**kinds, **STARTUP_FIELDS[kind]})
+        return fields if log is None else {**fields, "log": _checkLog(log)}
     except (ProtocolError, MessageError) as e:
         raise ValueError(f"bad start-up message: {e}") from None
