@@ -460,6 +460,13 @@ class ServerSocket:
             )
 
     def close(self) -> None:
+        """
+        See L{IServerSocket.close}.  After L{asyncListen}, the connections
+        already in the kernel's accept queue are accepted before the socket
+        closes (not reset), and each is delivered as any accepted
+        connection, through the reactor, before the C{onStopListening}
+        (see L{_stop}).
+        """
         self._stop(NS_BINDING_ABORTED)
 
     # ------------------------------------------------------------------

@@ -30,8 +30,10 @@ _log = Logger()
 class ParentStop:
     """
     How a parent stops, whoever asks (SIGTERM/SIGINT, the reactor's
-    shutdown, C{stopService}): its listeners stop, then its workers get the
-    grace period to finish their connections; once.  A signal then stops
+    shutdown, C{stopService}): its listeners stop (a C{gecko:} one first
+    takes the connections its kernel queue holds: they go to the workers
+    too), then its workers get the grace period to finish their
+    connections; once.  A signal then stops
     the reactor, without re-raising the signal, so a graceful stop under
     C{twistd} exits with status 0.
 
