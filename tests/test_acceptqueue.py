@@ -284,6 +284,42 @@ def test_workerAdoptingWhileStoppingFinishesIt() -> None:
         parentEnd.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_childClosingItsListenerClosesItsQueueQuietly(logged: list[dict[str, Any]]) -> None:
+    """
+    A child that closes the listener it asked its parent for wants no more
+    connections: what the parent's kernel queue held at the close is
+    closed there, not sent to the child for a route it no longer has (no
+    error is logged; the client sees the connection end).
+    """
+    from twisted.logger import LogLevel
+
+    from twisted_serversock.ipc.channel import channelPair
+    from twisted_serversock.ipc.child import ParentLink, TCPServerSocketChild
+    from twisted_serversock.ipc.parent import Dispatcher, WorkerLink
+
+    parentEnd, childEnd = channelPair()
+    dispatcher = Dispatcher(theReactor().seconds)
+    link = WorkerLink(dispatcher, parentEnd, theReactor(), "child 1", listenPorts=range(65536))
+    parent = ParentLink(childEnd, theReactor())
+    try:
+        server = TCPServerSocketChild(parent, reactor=theReactor())
+        server.init(None)
+        server.listen(0, None, -1)
+        await eventually(lambda: server.localPort > 0 and link.listeners)
+        (serv, route), = link.listeners.values()
+        serv.pauseAccepting()
+        client = await connect(server.localPort)
+        await eventually(lambda: listenQueue(server.localPort) == 1)
+        server.close()
+        await timeout(client.closed)
+        await eventually(lambda: not dispatcher.routes)
+        assert dispatcher.accepted == 0 and not dispatcher.held
+        assert [e for e in logged if e.get("log_level") in (LogLevel.error, LogLevel.critical)] == []
+    finally:
+        parent.channel.loseConnection()
+
+
 # ----------------------------------------------------------------------
 # Cluster mode, with the installed twistd.
 
