@@ -320,6 +320,27 @@ async def test_childClosingItsListenerClosesItsQueueQuietly(logged: list[dict[st
         parent.channel.loseConnection()
 
 
+def test_queueTakenAtTheCloseDoesNotPauseAClosedRoute(logged: list[dict[str, Any]]) -> None:
+    """
+    Connections submitted to a route after its listener closed (what its
+    kernel queue held) wait for a worker however many they are, without
+    pausing a listener that is gone nor saying so.
+    """
+    from twisted_serversock.ipc.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(lambda: 0.0)
+    route = dispatcher.addRoute("closed")
+    dispatcher.closeRoute(route)
+    for _ in range(MAX_WAITING + 1):
+        dispatcher.submit(route, socket.socket())
+    try:
+        assert dispatcher.waiting == MAX_WAITING + 1
+        assert dispatcher.paused == dispatcher.pauses == 0 and not route.paused
+        assert not [e for e in logged if "pausing accepts" in e.get("log_format", "")]
+    finally:
+        assert dispatcher.dropAll("test") == MAX_WAITING + 1
+
+
 # ----------------------------------------------------------------------
 # Cluster mode, with the installed twistd.
 
