@@ -390,6 +390,8 @@ async def _stopWithAQueue(proc: Proc, port: int, workers: set[int], request: byt
         proc.transport.signalProcess(signal.SIGTERM)
         held = int((await proc.waitFor(r"Handing (\d+) held connection\(s\) to workers before stopping")).group(1))
         assert held == total, proc.output  # the kernel's queue too
+        took = re.search(r"took (\d+) connection\(s\) the kernel had queued, to be served", proc.output)
+        assert took and int(took.group(1)) >= 30, proc.output
         assert listenQueue(port) == 0
     finally:
         for pid in workers:

@@ -478,6 +478,12 @@ class ListeningPort(abstract.FileDescriptor):
                     )
                 break
             taken.append((skt, _peer(addr)))
+        if taken:
+            self._logger.info(
+                "Stopping to listen on {address}: took {n} connection(s) the kernel had queued, to be served",
+                address=self._address,
+                n=len(taken),
+            )
         return taken
 
     def connectionLost(self, reason: object) -> None:
