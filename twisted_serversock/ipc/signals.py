@@ -33,9 +33,9 @@ class ParentStop:
     shutdown, C{stopService}): its listeners stop (a C{gecko:} one first
     takes the connections its kernel queue holds: they go to the workers
     too), then its workers get the grace period to finish their
-    connections; once.  A signal then stops
-    the reactor, without re-raising the signal, so a graceful stop under
-    C{twistd} exits with status 0.
+    connections; once.  A signal then stops the reactor, without
+    re-raising the signal, so a graceful stop under C{twistd} exits with
+    status 0.
 
     @ivar pool: the L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}
         to stop, once there is one.
