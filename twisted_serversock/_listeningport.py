@@ -209,7 +209,9 @@ class GeckoListeningPort:
 
     def stopListening(self) -> defer.Deferred[None]:
         """
-        Stop listening; accepted connections are not affected.
+        Stop listening; accepted connections are not affected, and those
+        already in the kernel's accept queue are accepted and built (not
+        reset) before the factory stops.
 
         @return: a Deferred that fires once the server socket has reported
             C{onStopListening}.

@@ -31,6 +31,10 @@ loop.  This module's loop (see L{ListeningPort.doRead}):
     back.  The listener is never stopped for good by these errors;
   - logs such a shortage once per burst: one warning when it starts, one
     summary when an accept succeeds again (L{_Shortage}).
+
+Stopping for good (L{ListeningPort.stop} with C{takeQueued}: the server
+socket's C{close()}) first accepts what the kernel has queued, even while
+paused, so that closing does not reset it; the caller delivers it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import abstract
 from twisted.internet.address import UNIXAddress
@@ -51,7 +55,7 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    from ._types import Accept, Address, IServerReactor
+    from ._types import Accept, Address, IServerReactor, Peer
 
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
@@ -174,6 +178,14 @@ def _shedQueued(listener: socket.socket) -> tuple[int, bool]:
     return shed, drained
 
 
+def _peer(addr: Any) -> Peer:
+    """The peer address C{accept()} gave; an IPv6 one keeps its scope id in the host, as Twisted's."""
+    if len(addr) == 4:
+        host = socket.getnameinfo(addr, _NUMERIC)[0]
+        return (host,) + tuple(addr[1:])
+    return addr  # type: ignore[no-any-return]
+
+
 @implementer(IListeningPort)
 class ListeningPort(abstract.FileDescriptor):
     """
@@ -217,6 +229,7 @@ class ListeningPort(abstract.FileDescriptor):
         removed: Callable[[], None],
         close: Callable[[], None],
         prefix: str = "ServerSocket",
+        backlog: int = socket.SOMAXCONN,
     ) -> None:
         """
         @param skt: the bound, listening, non-blocking socket.
@@ -227,6 +240,7 @@ class ListeningPort(abstract.FileDescriptor):
         @param removed: see L{_removed}.
         @param close: see L{_close}.
         @param prefix: the log prefix.
+        @param backlog: see L{backlog}.
         """
         abstract.FileDescriptor.__init__(self, reactor)
         self.socket = skt
@@ -252,6 +266,8 @@ class ListeningPort(abstract.FileDescriptor):
         #: Accepting paused by L{pauseAccepting} (the worker pool's
         #: back-pressure): no accept until L{resumeAccepting}.
         self.paused = False
+        #: The backlog the socket listens with (bounds L{_takeQueued}).
+        self.backlog = backlog
 
     def __repr__(self) -> str:
         return f"<ListeningPort on {self._address}>"
@@ -306,11 +322,7 @@ class ListeningPort(abstract.FileDescriptor):
             accepted += 1
             if self._shortage is not None:
                 self._shortageOver()
-            if len(addr) == 4:
-                # IPv6: keep the scope id in the host, as Twisted does.
-                host = socket.getnameinfo(addr, _NUMERIC)[0]
-                addr = (host,) + tuple(addr[1:])
-            accept(skt, addr)
+            accept(skt, _peer(addr))
             if self.disconnecting or not self.connected or self.paused:
                 # close() was called from a listener callback: the rest of
                 # the kernel queue is not ours any more.
@@ -411,25 +423,68 @@ class ListeningPort(abstract.FileDescriptor):
         if retry is not None and retry.active():
             retry.cancel()
 
-    def stop(self) -> None:
+    def stop(self, takeQueued: bool = False) -> list[tuple[socket.socket, Peer]]:
         """
         Stop accepting and close the listening socket now.
 
         Closing synchronously (Twisted's C{loseConnection} closes a turn
         later) frees the port for an immediate re-listen and makes new
         connection attempts fail at once instead of being queued and reset.
+
+        @param takeQueued: first accept what the kernel has queued (even
+            while paused), so that closing does not reset it: see
+            L{_takeQueued}.
+        @return: the connections taken, with their peers, for the caller
+            to deliver.
         """
         self._cancelRetry()
         if not self.connected:
-            return
+            return []
         self.stopReading()
+        taken = self._takeQueued() if takeQueued else []
         self.connected = False
         self.disconnecting = True
-        self._realPortNumber = None
+        if not taken:  # (the transports of those taken name the port)
+            self._realPortNumber = None
         try:
             self.socket.close()
         except OSError:
             pass
+        return taken
+
+    def _takeQueued(self) -> list[tuple[socket.socket, Peer]]:
+        """
+        Accept what is queued, until C{EAGAIN} or L{backlog} + 1 connections
+        (the most the queue holds: a flood that refills it as fast cannot
+        keep this loop going).  A shortage of descriptors or memory ends it:
+        the rest are reset when the socket closes, as a handshake that
+        completes after the last accept is (logged).
+        """
+        taken: list[tuple[socket.socket, Peer]] = []
+        listener = self.socket
+        while len(taken) <= self.backlog:
+            try:
+                skt, addr = listener.accept()
+            except OSError as e:
+                if e.errno in _CONNECTION_ERRORS:
+                    continue
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    self._logger.warn(
+                        "Stopping to listen on {address}: cannot accept the connections still queued ({error}); "
+                        "closing resets them ({n} taken)",
+                        address=self._address,
+                        error=errno.errorcode.get(e.errno or 0, str(e)),
+                        n=len(taken),
+                    )
+                break
+            taken.append((skt, _peer(addr)))
+        if taken:
+            self._logger.info(
+                "Stopping to listen on {address}: took {n} connection(s) the kernel had queued, to be served",
+                address=self._address,
+                n=len(taken),
+            )
+        return taken
 
     def connectionLost(self, reason: object) -> None:
         """

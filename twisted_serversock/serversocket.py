@@ -155,6 +155,7 @@ class ServerSocket:
         self._allowedUids: frozenset[int | str] | None = None
         self._unregister: Callable[[], None] | None = None
         self._survivesOffline = True
+        self._backlog = socket.SOMAXCONN
 
     def __repr__(self) -> str:
         state = "listening" if self._port else "bound" if self._bound else "closed"
@@ -252,7 +253,7 @@ class ServerSocket:
         uids = _args.asNSError(_args.uids, allowedUids)
         gid = _args.asNSError(_args.groupId, group)
         self._checkUninitialized()
-        self._adopt(_bind.bindFilename(path, raw, mode, backlog, reclaimStale=reclaim, gid=gid), uids)
+        self._adopt(_bind.bindFilename(path, raw, mode, backlog, reclaimStale=reclaim, gid=gid), uids, backlog=backlog)
 
     def initWithAbstractAddress(
         self, name: str | bytes, backlog: int, *, allowedUids: Iterable[int | str] | None = None
@@ -267,7 +268,7 @@ class ServerSocket:
         backlog = _checkBacklog(backlog)
         uids = _args.asNSError(_args.uids, allowedUids)
         self._checkUninitialized()
-        self._adopt(_bind.bindAbstract(name, address, backlog), uids)
+        self._adopt(_bind.bindAbstract(name, address, backlog), uids, backlog=backlog)
 
     def _checkUninitialized(self) -> None:
         if self._bound is not None:
@@ -295,10 +296,14 @@ class ServerSocket:
         assert not isinstance(address, UNIXAddress)
         # Decided on the address bound, not the spelling asked for
         # ("0:0:0:0:0:0:0:1" is ::1).
-        self._adopt(bound, None, keepWhenOffline or isLocalListenAddress(address.host))
+        self._adopt(bound, None, keepWhenOffline or isLocalListenAddress(address.host), backlog=backlog)
 
     def _adopt(
-        self, bound: _bind.BoundSocket, allowedUids: frozenset[int | str] | None, survivesOffline: bool = True
+        self,
+        bound: _bind.BoundSocket,
+        allowedUids: frozenset[int | str] | None,
+        survivesOffline: bool = True,
+        backlog: int = socket.SOMAXCONN,
     ) -> None:
         """
         Take a freshly bound and listening socket as this object's; unless
@@ -306,6 +311,7 @@ class ServerSocket:
         asked to keep), the I/O service closes it on going offline.
         """
         self._bound = bound
+        self._backlog = backlog
         self._address = bound.address
         self._allowedUids = allowedUids
         self._survivesOffline = survivesOffline
@@ -350,6 +356,7 @@ class ServerSocket:
             removed=self._removedByReactor,
             close=self.close,
             prefix=_logPrefixOf(listener),
+            backlog=self._backlog,
         )
         pipeline.port = port
         port.startListening()
@@ -402,11 +409,17 @@ class ServerSocket:
         Close the listening socket now and, if a listener was listening,
         queue its one C{onStopListening(self, status)}; or, C{now}, deliver
         what is queued and then it at once.
+
+        A C{close()} after C{asyncListen} first accepts the connections the
+        kernel has queued (closing would reset them) and queues their
+        delivery, through the same stages as any accepted connection,
+        before the C{onStopListening}.  Not at the reactor's shutdown (no
+        turn is left to serve them), nor going offline, nor after a fatal
+        error.
         """
         port, bound, listener, pipeline = self._port, self._bound, self._listener, self._pipeline
         self._port = self._bound = self._listener = self._pipeline = None
-        if pipeline is not None:
-            pipeline.stop()
+        taken: list[tuple[socket.socket, Any]] = []
         unregister, self._unregister = self._unregister, None
         if unregister is not None:
             unregister()
@@ -415,9 +428,17 @@ class ServerSocket:
             # path would still be there but refuse connections.
             bound.unlink()
             if port is not None:
-                port.stop()
+                taken = port.stop(takeQueued=status == NS_BINDING_ABORTED and not now)
             else:
                 bound.socket.close()
+        if pipeline is not None:
+            if taken:
+                assert self._queue is not None
+                for skt, addr in taken:
+                    self._queue.call(pipeline.accept, skt, addr)
+                self._queue.call(pipeline.stop)
+            else:
+                pipeline.stop()
         if listener is not None:
             if status == NS_ERROR_ABORT:
                 _log.info("{serv!r} closed: the I/O service went offline", serv=self)
@@ -439,6 +460,13 @@ class ServerSocket:
             )
 
     def close(self) -> None:
+        """
+        See L{IServerSocket.close}.  After L{asyncListen}, the connections
+        already in the kernel's accept queue are accepted before the socket
+        closes (not reset), and each is delivered as any accepted
+        connection, through the reactor, before the C{onStopListening}
+        (see L{_stop}).
+        """
         self._stop(NS_BINDING_ABORTED)
 
     # ------------------------------------------------------------------

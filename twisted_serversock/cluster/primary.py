@@ -143,7 +143,7 @@ class PrimaryPort:
             raise CannotListenError(None, self.description, ValueError("a stopped cluster listener cannot listen again; listen on the endpoint anew"))
 
     def stopListening(self) -> defer.Deferred[None]:
-        """Stop accepting; connections already accepted still go to workers."""
+        """Stop accepting; connections already accepted, and those the kernel had queued, still go to workers."""
         if self._stopped is None:
             self._stopped = self._port.stopListening()
             self._onStop(self)

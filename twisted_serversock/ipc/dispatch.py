@@ -345,7 +345,9 @@ class Dispatcher:
             route.waiting.append(held)
             self._queued[route] = None
             self.waiting += 1
-            if self.waiting >= MAX_WAITING and route.setPaused(True):
+            # (A closed route's are what its listener's queue held at the
+            # close: there is no accepting left to pause.)
+            if self.waiting >= MAX_WAITING and not route.closed and route.setPaused(True):
                 self._paused(route)
 
     def _paused(self, route: Route) -> None:

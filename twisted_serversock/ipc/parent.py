@@ -102,9 +102,10 @@ class WorkerLink(Link):
     def channelLost(self, reason: Failure) -> None:
         self.lost = True
         self.ready = self.accepting = False
-        for serv, _route in list(self.listeners.values()):
+        listeners = list(self.listeners.values())
+        self.listeners.clear()  # first: what their queues held is closed (_ChildListener)
+        for serv, _route in listeners:
             serv.close()
-        self.listeners.clear()
         self._dispatcher.linkLost(self)
 
     # Control messages from the child; a heartbeat needs nothing but lastHeard.
@@ -269,6 +270,15 @@ class _ChildListener(_Submitter):
     def __init__(self, dispatcher: Dispatcher, route: Route, link: WorkerLink, id: int) -> None:
         super().__init__(dispatcher, route)
         self._link, self._id = link, id
+
+    def socketAccepted(self, skt: socket.socket, addr: Any) -> None:
+        entry = self._link.listeners.get(self._id)
+        if entry is None or entry[1] is not self.route:
+            # The child closed this listener, or is gone: what the kernel
+            # had queued, taken at the close, has nobody to go to.
+            skt.close()
+            return
+        super().socketAccepted(skt, addr)
 
     def onStopListening(self, serv: ServerSocket, status: int) -> None:
         self._link.listenerStopped(self._id, self.route, status)

@@ -14,6 +14,7 @@ process with the signal's default action.
 from __future__ import annotations
 
 import signal
+import socket
 from functools import partial
 from typing import Any, Callable
 
@@ -30,10 +31,12 @@ _log = Logger()
 class ParentStop:
     """
     How a parent stops, whoever asks (SIGTERM/SIGINT, the reactor's
-    shutdown, C{stopService}): its listeners stop, then its workers get the
-    grace period to finish their connections; once.  A signal then stops
-    the reactor, without re-raising the signal, so a graceful stop under
-    C{twistd} exits with status 0.
+    shutdown, C{stopService}): its listeners stop (a C{gecko:} one first
+    takes the connections its kernel queue holds: they go to the workers
+    too), then its workers get the grace period to finish their
+    connections; once.  A signal then stops the reactor, without
+    re-raising the signal, so a graceful stop under C{twistd} exits with
+    status 0.
 
     @ivar pool: the L{WorkerPool<twisted_serversock.ipc.pool.WorkerPool>}
         to stop, once there is one.
@@ -125,7 +128,7 @@ class ParentStop:
         if self._delay is not None and self._delay.active():
             self._delay.cancel()  # the reactor's shutdown, stopService: now
         if self._stopped is None:
-            stops = [defer.maybeDeferred(port.stopListening) for port in self._ports()]
+            stops = [defer.maybeDeferred(_stopListening, port) for port in self._ports()]
             self._stopped = stopped = defer.gatherResults(stops, consumeErrors=True)
             stopped.addErrback(lambda f: _log.failure("Error while stopping listening", f))
             pool = self.pool
@@ -135,3 +138,16 @@ class ParentStop:
         d: defer.Deferred[None] = defer.Deferred()
         self._stopped.addBoth(lambda _: d.callback(None))
         return d
+
+
+def _stopListening(port: Any) -> Any:
+    """
+    Stop C{port}.  A Twisted port of its own (C{twistd serversock --listen
+    tcp:...}) first accepts what its kernel queue holds, in one accept run
+    as long as its backlog (Twisted's would reset it); a gecko port does so
+    itself, in its close.
+    """
+    if getattr(port, "connected", False) and isinstance(getattr(port, "numberAccepts", None), int) and callable(getattr(port, "doRead", None)):
+        port.numberAccepts = int(getattr(port, "backlog", socket.SOMAXCONN)) + 1
+        port.doRead()  # (it logs what it raises itself)
+    return port.stopListening()

@@ -208,6 +208,14 @@ class Worker:
                 self.link.reportClosed()
 
         transport.connectionLost = connectionLost
+        if self._stopping:
+            # Handed over while draining (it was sent before the stop: a
+            # listener's queue taken at its close, a retiring worker's):
+            # it finishes like the others, within what is left of the grace.
+            try:
+                finishGracefully(getattr(transport, "protocol", None))
+            except Exception:
+                _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
 
     def _control(self, message: Control) -> None:
         if not self.controls.dispatch(message, "the parent", self.link.channel, self):
