@@ -276,7 +276,7 @@ async def test_aLiveControlSocketIsNotTaken(workdir: str) -> None:
     try:
         other = spawn([*SERVERSOCK, "--listen", "gecko:port=0:loopback=1", "--workers", "1", "--control", control], workdir)
         assert await timeout(other.ended, 30) == 1, other.output
-        assert re.search(rf"serversock: cannot listen on --control: control={re.escape(control)}: .*a server is listening on the socket there", other.output), other.output
+        assert re.search(rf"serversock: cannot listen on --control={re.escape(control)}: .*a server is listening on the socket there", other.output), other.output
         assert (await status(control))["target"] == 2
     finally:
         assert await stopCleanly(proc) == 0, proc.output

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from ._resources import availableCPUs
 
-__all__ = ["MAX_WORKERS", "ClusterOptions", "autoWorkersWhy", "clusterOptions", "controlPath", "seconds", "workerCount"]
+__all__ = ["MAX_WORKERS", "ClusterOptions", "autoWorkersWhy", "clusterOptions", "controlPath", "metricsEndpoint", "seconds", "workerCount"]
 
 #: The most worker processes C{workers=} may ask for.
 MAX_WORKERS = 1024
@@ -77,22 +77,50 @@ class ClusterOptions(NamedTuple):
     grace: float | None
     lameDuck: float | None
     control: str | None
+    metrics: str | None
 
 
-def clusterOptions(workers: object, grace: object = None, lameDuck: object = None, control: object = None) -> ClusterOptions:
+def clusterOptions(workers: object, grace: object = None, lameDuck: object = None, control: object = None, metrics: object = None) -> ClusterOptions:
     """
     Check an endpoint's C{workers}, C{grace}, C{lameDuck} (L{workerCount},
-    L{seconds}) and C{control} (a socket path): all but the first are the
-    cluster primary's, so they need C{workers} above 0.
+    L{seconds}), C{control} (L{controlPath}) and C{metrics}
+    (L{metricsEndpoint}): all but the first are the cluster primary's, so
+    they need C{workers} above 0.
 
     @raise ValueError: one line naming the bad option.
     """
     count = workerCount(workers)
-    given = {"grace": seconds("grace", grace), "lameduck": seconds("lameduck", lameDuck), "control": controlPath(control)}
+    given = {"grace": grace, "lameduck": lameDuck, "control": control, "metrics": metrics}
     for name, value in given.items():
         if value is not None and not count:
             raise ValueError(f"{name} is a cluster primary's option: it needs workers=N (N above 0 or auto)")
-    return ClusterOptions(count, autoWorkersWhy(workers), given["grace"], given["lameduck"], given["control"])  # type: ignore[arg-type]
+    return ClusterOptions(
+        count, autoWorkersWhy(workers), seconds("grace", grace), seconds("lameduck", lameDuck), controlPath(control), metricsEndpoint(metrics)
+    )
+
+
+def metricsEndpoint(value: object) -> str | None:
+    """
+    C{value} as the endpoint string the primary serves its metrics on
+    (L{twisted_serversock.metrics}), checked (parsed, not bound); C{None}
+    stays C{None}.
+
+    @raise ValueError: for a description Twisted cannot parse, or without
+        C{prometheus_client}, naming C{metrics}.
+    """
+    if value is None:
+        return None
+    from twisted.internet.endpoints import serverFromString
+
+    from .metrics import needPrometheus
+
+    description = _text(value, "metrics").strip()
+    try:
+        serverFromString(object(), description)  # only checked: no reactor is needed (or chosen) yet
+    except Exception as e:
+        raise ValueError(f"metrics={description!r}: {e}") from None
+    needPrometheus("metrics=")
+    return description
 
 
 def controlPath(value: object) -> str | None:

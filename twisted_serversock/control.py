@@ -66,7 +66,7 @@ class ControlTarget:
         """Everything C{status} and C{top} show, as plain JSON values."""
         pool, dispatcher = self.primary.pool, self.primary.dispatcher
         now = self._reactor.seconds()
-        workers = pool.describe(now) if pool is not None else []
+        workers = _describe(pool.workers.live, now) if pool is not None else []
         for worker in workers:
             stats = processStats(worker["pid"]) if worker["pid"] else None
             worker["rss"], worker["cpu"] = (stats.rss, stats.cpu) if stats is not None else (None, None)
@@ -74,7 +74,7 @@ class ControlTarget:
             "pid": os.getpid(),
             "uptime": now - self._started,
             "stopping": self.primary.stopper.stopping,
-            "target": len(pool.slots) if pool is not None else 0,
+            "target": len(pool.workers.slots) if pool is not None else 0,
             "reloads": pool.reloads if pool is not None else 0,
             "workers": workers,
             "listeners": [_listener(route) for route in dispatcher.routes.values()],
@@ -104,7 +104,7 @@ class ControlTarget:
         @raise ValueError: naming the bad C{target}.
         """
         pool = self._pool()
-        now = len(pool.slots)
+        now = len(pool.workers.slots)
         text = str(target).strip()
         if not re.fullmatch(r"[+-]?\d{1,4}", text):
             raise ValueError(f"workers must be a number or +N/-N, not {target!r}")
@@ -115,7 +115,7 @@ class ControlTarget:
             pool.addWorker()
         for _ in range(now - wanted):
             pool.removeWorker()
-        return len(pool.slots)
+        return len(pool.workers.slots)
 
     def _pool(self) -> Any:
         if self.primary.pool is None:
@@ -123,6 +123,14 @@ class ControlTarget:
         if self.primary.stopper.stopping:
             raise ValueError("the primary is stopping")
         return self.primary.pool
+
+
+def _describe(live: list[Any], now: float) -> list[dict[str, Any]]:
+    """Each live worker as plain values: number, pid, state, age, connections open and adopted, its slot's restarts."""
+    return [
+        {"index": w.index, "pid": w.pid, "state": w.state, "age": now - w.startedAt, "open": w.link.open, "served": w.link.adopted, "restarts": w.slot.restarts}
+        for w in live
+    ]
 
 
 def _listener(route: Any) -> dict[str, Any]:
@@ -217,15 +225,15 @@ class _ControlAddress:
         return serv
 
 
-def listenControl(reactor: Any, path: str, primary: Any) -> IListeningPort:
+def listenControl(reactor: Any, path: str, target: ControlTarget) -> IListeningPort:
     """
-    Listen on the control socket C{path} for C{primary}, now: a socket file
+    Listen on the control socket C{path} for C{target}, now: a socket file
     of mode 0600 that only this process's uid (and root) may connect to; a
     stale file (nobody listening) is replaced, a live one is an error.
 
     @raise CannotListenError: the socket cannot be had (its C{socketError}
         says why).
     """
-    port = GeckoListeningPort(_ControlAddress(reactor, path), ControlFactory(ControlTarget(primary, reactor)))
+    port = GeckoListeningPort(_ControlAddress(reactor, path), ControlFactory(target))
     port.startListening()
     return port

@@ -67,7 +67,7 @@ def endpointString(prefix: str, args: Iterable[object], options: Iterable[tuple[
 
 
 #: Options only a cluster primary reads, which a worker's listener need not match.
-_CLUSTER_ONLY = ("workers", "grace", "lameduck", "control")
+_CLUSTER_ONLY = ("workers", "grace", "lameduck", "control", "metrics")
 
 
 def _withoutWorkers(description: str) -> str:
@@ -115,9 +115,12 @@ class _GeckoEndpointBase:
     #: Cluster mode: the path of the primary's control socket
     #: (L{twisted_serversock.control}); C{None}: none.
     control: str | None = None
+    #: Cluster mode: the endpoint string the primary serves its metrics on
+    #: (L{twisted_serversock.metrics}); C{None}: none.
+    metrics: str | None = None
 
-    def _cluster(self, workers: int | str, grace: float | str | None, lameDuck: float | str | None, control: str | None) -> None:
-        self._workers, self.workersWhy, self.grace, self.lameDuck, self.control = clusterOptions(workers, grace, lameDuck, control)
+    def _cluster(self, workers: int | str, grace: float | str | None, lameDuck: float | str | None, control: str | None, metrics: str | None) -> None:
+        self._workers, self.workersWhy, self.grace, self.lameDuck, self.control, self.metrics = clusterOptions(workers, grace, lameDuck, control, metrics)
 
     def _init(self, serv: ServerSocket) -> None:
         raise NotImplementedError
@@ -208,6 +211,8 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         and serving after SIGTERM/SIGINT before it stops (default 0).
     @param control: cluster mode: the path of the primary's control socket
         (L{twisted_serversock.control}), for C{serversockctl}.
+    @param metrics: cluster mode: an endpoint string the primary serves its
+        metrics on (L{twisted_serversock.metrics}).
 
     @raise TypeError: for an argument of the wrong type (a string port, a
         string boolean such as C{"no"}, which would be true), naming it.
@@ -229,6 +234,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         grace: float | str | None = None,
         lameDuck: float | str | None = None,
         control: str | None = None,
+        metrics: str | None = None,
     ) -> None:
         port = _args.integer(port, "port", None, _args.MAX_PORT)
         backlog = _args.integer(backlog, "backlog", None, _args.MAX_BACKLOG)
@@ -238,7 +244,7 @@ class GeckoServerEndpoint(_GeckoEndpointBase):
         dualStack = _args.boolean(dualStack, "dualStack")
         if interface is not None:
             interface = _args.text(interface, "interface")
-        self._cluster(workers, grace, lameDuck, control)
+        self._cluster(workers, grace, lameDuck, control, metrics)
         if interface is not None and loopback:
             raise ValueError("interface and loopback cannot be combined: pick one address")
         if dualStack and (ipv6 or loopback or interface is not None):
@@ -320,6 +326,8 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         and serving after SIGTERM/SIGINT before it stops (default 0).
     @param control: cluster mode: the path of the primary's control socket
         (L{twisted_serversock.control}), for C{serversockctl}.
+    @param metrics: cluster mode: an endpoint string the primary serves its
+        metrics on (L{twisted_serversock.metrics}).
 
     @raise TypeError: for an argument of the wrong type, naming it.
     @raise ValueError: for neither or both of C{path} and C{abstract},
@@ -341,8 +349,9 @@ class GeckoUNIXServerEndpoint(_GeckoEndpointBase):
         grace: float | str | None = None,
         lameDuck: float | str | None = None,
         control: str | None = None,
+        metrics: str | None = None,
     ) -> None:
-        self._cluster(workers, grace, lameDuck, control)
+        self._cluster(workers, grace, lameDuck, control, metrics)
         if (path is None) == (abstract is None):
             raise ValueError("give exactly one of path and abstract")
         if path is not None:
@@ -501,8 +510,8 @@ def _options(
     return options, bool(args)
 
 
-_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck", "control")
-_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck", "control")
+_GECKO_OPTIONS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck", "control", "metrics")
+_GECKOUNIX_OPTIONS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck", "control", "metrics")
 
 
 def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> GeckoServerEndpoint:
@@ -530,6 +539,7 @@ def parseGecko(reactor: IReactorFDSet, *args: object, **kwargs: object) -> Gecko
         grace=o.get("grace"),
         lameDuck=o.get("lameduck"),
         control=o.get("control"),
+        metrics=o.get("metrics"),
     )
     endpoint.description = endpointString("gecko", args, kwargs.items())
     return endpoint
@@ -578,6 +588,7 @@ def parseGeckoUNIX(reactor: IReactorFDSet, *args: object, **kwargs: object) -> G
         grace=o.get("grace"),
         lameDuck=o.get("lameduck"),
         control=o.get("control"),
+        metrics=o.get("metrics"),
     )
     endpoint.description = endpointString("geckounix", args, kwargs.items())
     return endpoint

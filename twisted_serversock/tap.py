@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from ._labels import describeAddress
 from ._startup import cannotListenReason, failStartup
-from ._clusteroptions import autoWorkersWhy, controlPath, workerCount
+from ._clusteroptions import autoWorkersWhy, controlPath, metricsEndpoint, workerCount
 from .ipc.pool import WorkerPool
 from .ipc.primary import Primary
 from .ipc.sdnotify import SystemdNotifier
@@ -42,7 +42,7 @@ class Options(usage.Options):
 
     synopsis = (
         "[--listen DESC ...] [--factory MODULE.NAME] [--workers N] [--grace SECONDS] [--lame-duck SECONDS] "
-        "[--timeout SECONDS] [--control PATH] "
+        "[--timeout SECONDS] [--control PATH] [--metrics ENDPOINT] "
         "[--max-requests N [--max-requests-jitter J]]"
     )
     longdesc = (
@@ -58,6 +58,7 @@ class Options(usage.Options):
         ["max-requests", None, "0", "Replace a worker gracefully after it was given this many connections (0 = never)."],
         ["max-requests-jitter", None, "0", "Add a random 0..J to --max-requests per worker, so that they are not all replaced at once."],
         ["control", None, None, "A UNIX socket path for serversockctl (status, top, reload, scale); none by default."],
+        ["metrics", None, None, "An endpoint to serve Prometheus metrics at /metrics on (needs prometheus_client); none by default."],
     ]
 
     def opt_listen(self, description: str) -> None:
@@ -98,6 +99,7 @@ class Options(usage.Options):
         self._number("timeout", float, lambda n: 0 < n < float("inf"), "a finite number of seconds above 0")
         try:
             controlPath(self["control"])
+            metricsEndpoint(self["metrics"])
         except ValueError as e:
             raise usage.UsageError(f"--{e}") from None
         self.setdefault("listen", ["gecko:8080"])
@@ -124,11 +126,11 @@ class ServerSockService(service.Service):
     def __init__(
         self, descriptions: list[str], factory: Any, factoryName: str, workers: int, grace: float,
         reactor: Any = None, timeout: float = TIMEOUT, maxRequests: int = 0, maxRequestsJitter: int = 0, lameDuck: float = 0.0,
-        control: str | None = None,
+        control: str | None = None, metrics: str | None = None,
     ) -> None:  # fmt: skip
         self._descriptions, self._factory, self._factoryName = descriptions, factory, factoryName
         self._workers, self._grace, self._reactor, self._lameDuck = workers, grace, reactor, lameDuck
-        self._control = control
+        self._control, self._metrics = control, metrics
         self._poolOptions = {"timeout": timeout, "maxRequests": maxRequests, "maxRequestsJitter": maxRequestsJitter}
         self.ports: list[Any] = []
         self.pool: WorkerPool | None = None
@@ -160,14 +162,15 @@ class ServerSockService(service.Service):
             self.pool = self._primary.makePool(command, self._workers, **self._poolOptions)
         try:
             self._primary.openControl(self._control)
+            self._primary.openMetrics(self._metrics)
             for description in self._descriptions:
                 self.ports.append(self._listen(description, serverFromString(self._reactor, description)))
         except BaseException as e:
             for port in self.ports:
                 port.stopListening()
             self.ports = []
-            if isinstance(e, ValueError) and self._primary.controlPath is None and self._control is not None:
-                failStartup(f"serversock: cannot listen on --control: {e}")
+            if isinstance(e, ValueError) and str(e).startswith(("control=", "metrics=")):
+                failStartup(f"serversock: cannot listen on --{e}")
             if isinstance(e, Exception):
                 failStartup(f"serversock: cannot listen on --listen {description}: {cannotListenReason(e)}")
             raise
@@ -230,5 +233,5 @@ def makeService(options: Options) -> ServerSockService:
     return ServerSockService(
         list(options["listen"]), options["protocolFactory"], options["factory"], int(options["workers"]), float(options["grace"]),
         timeout=float(options["timeout"]), maxRequests=int(options["max-requests"]), maxRequestsJitter=int(options["max-requests-jitter"]),
-        lameDuck=float(options["lame-duck"]), control=options["control"],
+        lameDuck=float(options["lame-duck"]), control=options["control"], metrics=options["metrics"],
     )  # fmt: skip

@@ -431,8 +431,8 @@ _TLS_OPTIONS = (
     "privateKey", "certKey", "sslmethod", "extraCertChain", "dhParameters", "handshakeTimeout",
     "sniDir", "clientCert", "clientCA",
 )  # fmt: skip
-_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck", "control")
-_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck", "control")
+_GECKO_ADDRESS = ("port", "loopback", "backlog", "keepWhenOffline", "interface", "ipv6", "dualstack", "workers", "grace", "lameduck", "control", "metrics")
+_UNIX_ADDRESS = ("path", "mode", "backlog", "abstract", "reclaim", "uids", "group", "workers", "grace", "lameduck", "control", "metrics")
 
 
 def _split(prefix: str, kwargs: dict[Any, Any], address: tuple[str, ...]) -> tuple[dict[Any, Any], dict[str, str]]:

@@ -200,6 +200,7 @@ class ClusterPrimary(Primary):
             if handOver is not None:
                 self.keepFiles(description, handOver)
             self.openControl(getattr(endpoint, "control", None))
+            self.openMetrics(getattr(endpoint, "metrics", None))
         except ValueError as e:
             return defer.fail(CannotListenError(None, description, e))
         try:

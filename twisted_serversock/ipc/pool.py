@@ -96,7 +96,9 @@ class WorkerPool:
         self._hung = LoopingCall(self._killHung)
         self._hung.clock = reactor
         self._toldReady = -1  # the generation systemd was last told READY for
-        self.killedForTimeout = self.recycled = self.reloads = 0
+        self.killedForTimeout = self.recycled = self.reloads = self.starts = 0
+        #: Workers that ended, by why (L{EXIT_REASONS<twisted_serversock.ipc.slots.EXIT_REASONS>}).
+        self.exits: Counter[str] = Counter()
         self.everReady = self._started = False
 
     def addRoute(self, route: Route) -> None:
@@ -161,6 +163,7 @@ class WorkerPool:
         finally:
             childEnd.close()
         self._workers.live.append(worker)
+        self.starts += 1
         worker.pid = worker.process.pid
         link.name = f"worker {slot.index} (pid {worker.pid})"
         _log.info("Started worker {index} (pid {pid})", index=slot.index, pid=worker.pid)
@@ -210,16 +213,9 @@ class WorkerPool:
         return {slot.index: slot for slot in self._workers.slots}[index]
 
     @property
-    def slots(self) -> list[Slot]:
-        """The workers' slots, by number (how many workers it keeps)."""
-        return self._workers.slots
-
-    def describe(self, now: float) -> list[dict[str, Any]]:
-        """Each live worker as plain values: number, pid, state, age, connections open and adopted, its slot's restarts."""
-        return [
-            {"index": w.index, "pid": w.pid, "state": w.state, "age": now - w.startedAt, "open": w.link.open, "served": w.link.adopted, "restarts": w.slot.restarts}
-            for w in self._workers.live
-        ]
+    def workers(self) -> Workers:
+        """Its slots and live worker processes, to read (L{twisted_serversock.control})."""
+        return self._workers
 
     def status(self) -> str:
         """One line: how many workers serve, start and retire."""
@@ -246,6 +242,7 @@ class WorkerPool:
         if self._shutdown.stopping or self._workers.inSlot(worker.slot) != [worker]:
             return
         worker.link.stopAccepting()
+        worker.exitReason = "max-requests"
         self.recycled += 1
         _log.info("{worker} was given {n} connection(s) (--max-requests): replacing it", worker=worker, n=worker.link.sent)
         if self._spawn(worker.slot) is None:
@@ -259,6 +256,8 @@ class WorkerPool:
         _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._workers.slots))
         self._notifier.reloading(self.status())
         for slot in self._workers.slots:
+            for older in self._workers.inSlot(slot):
+                older.exitReason = older.exitReason or "reload"
             for successor in self._workers.inSlot(slot)[1:]:
                 # Started before this reload, maybe with the old code.
                 self._retire(successor, "a reload supersedes it")
@@ -286,6 +285,7 @@ class WorkerPool:
         self._restarts.cancel(slot)
         _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._workers.slots))
         for worker in reversed(self._workers.inSlot(slot)):
+            worker.exitReason = worker.exitReason or "scale"
             self._retire(worker, "one worker fewer")
         self._notifier.status(self.status())
 
@@ -298,6 +298,7 @@ class WorkerPool:
         ended: Any = reason.value  # ProcessDone or ProcessTerminated
         how = f"signal {ended.signal}" if ended.signal else f"status {ended.exitCode}"
         previous = self._workers.enter(worker, ENDED)
+        self.exits[worker.exitReason or ("stop" if self._shutdown.stopping else "crash")] += 1
         if previous is RETIRING or self._shutdown.stopping:
             _log.info("{worker} exited ({how}) after adopting {n} connection(s)", worker=worker, how=how, n=link.adopted)
         else:

@@ -53,6 +53,8 @@ class Primary:
         self._filesRead = 0  # the reload the TLS files were read for
         self._given: dict[str, float] = {}  # the largest grace and lame duck listeners gave
         self.controlPath: str | None = None
+        self.metricsAt: str | None = None
+        self._target: Any = None
 
     def allow(self, grace: float | None, lameDuck: float | None) -> None:
         """
@@ -82,10 +84,36 @@ class Primary:
         from ..control import listenControl
 
         try:
-            listenControl(self.reactor, path, self)
+            listenControl(self.reactor, path, self.target())
         except CannotListenError as e:
             raise ValueError(f"control={path}: {e.socketError}") from None
         self.controlPath = path
+
+    def openMetrics(self, description: str | None) -> None:
+        """
+        Serve this primary's metrics for Prometheus on the endpoint
+        C{description} (L{twisted_serversock.metrics}), once: another
+        listener naming the same endpoint shares it.
+
+        @raise ValueError: for a second, different endpoint, or one that
+            cannot listen, naming it.
+        """
+        if description is None or description == self.metricsAt:
+            return
+        if self.metricsAt is not None:
+            raise ValueError(f"metrics={description}: this cluster's metrics are already served on {self.metricsAt}")
+        from ..metrics import listenMetrics
+
+        listenMetrics(self.reactor, description, self.target())
+        self.metricsAt = description
+
+    def target(self) -> Any:
+        """What the control socket and the metrics read (a L{ControlTarget<twisted_serversock.control.ControlTarget>}), made once."""
+        if self._target is None:
+            from ..control import ControlTarget
+
+            self._target = ControlTarget(self, self.reactor)
+        return self._target
 
     def handOff(self, name: str, factory: Any, listen: Callable[[HandOffFactory], Any]) -> tuple[Route, Any]:
         """

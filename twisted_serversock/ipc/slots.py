@@ -27,6 +27,10 @@ __all__ = ["Slot", "Worker", "Workers", "STARTING", "SERVING", "RETIRING", "ENDE
 #: SERVING: ready, it gets connections; RETIRING: told to stop, it gets
 #: none and drains; ENDED: its process has exited.
 STARTING, SERVING, RETIRING, ENDED = "starting", "serving", "retiring", "ended"
+#: Why a worker ended: it died unasked ("crash"), was killed for silence
+#: ("timeout"), or was asked to leave by a reload, its C{--max-requests},
+#: one worker fewer ("scale") or the stop.
+EXIT_REASONS = ("crash", "timeout", "reload", "max-requests", "scale", "stop")
 #: The moves between them (see L{Worker.enter}).
 _MOVES = {STARTING: (SERVING, RETIRING, ENDED), SERVING: (RETIRING, ENDED), RETIRING: (ENDED,), ENDED: ()}
 #: A retired worker still there this long after its grace period is killed.
@@ -71,6 +75,9 @@ class Worker(ProcessProtocol):
         self.process: Any = None
         self.killAt = 0.0
         self.killed = False
+        #: Why it is leaving, once that is decided (L{EXIT_REASONS}); a
+        #: worker that ends with none set crashed.
+        self.exitReason: str | None = None
         self.state = STARTING
 
     @property
@@ -196,6 +203,7 @@ def killHung(now: float, timeout: float, workers: list[Worker], dispatcher: Disp
             continue
         if silent > timeout:
             killed += 1
+            worker.exitReason = "timeout"
             why = "{worker} was silent for {silent:.1f} s (--timeout {timeout} s) holding {n} unacknowledged connection(s)"
             _log.error(why + "; killing it", worker=worker, silent=silent, timeout=timeout, n=len(worker.link.inflight))
             kill(worker, dispatcher)
