@@ -18,7 +18,8 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
 from .._findfactory import importFactory
-from .._twistedcompat import betweenRequests, goAwayHTTP2, innerProtocol, proxyWrapped
+from .._h2compat import goAwayHTTP2
+from .._twistedcompat import betweenRequests, innerProtocol, proxyWrapped
 from .child import ParentLink
 from .control import BOOLEAN, INTEGER, NUMBER, ControlTable, optional
 from .logs import logObserver
