@@ -42,6 +42,13 @@ PRIMARY_LISTENING = r"Cluster primary \(pid \d+\): (?P<description>.*) on 127\.0
 #: number (group 1) and pid (group 2).
 SERVES = r"\[worker (\d+) pid (\d+)\] .*Cluster worker \d+ \(pid \d+\) serves"
 
+#: The primary's log line once a worker is ready: connections go to it from
+#: then on (its number, group 1; its pid, group 2).  Wait for this, not for
+#: L{SERVES}, before counting on a worker getting connections: a worker
+#: writes its own lines (where the primary logs text to standard output),
+#: so they may come out before the primary has acted on that worker.
+READY = r"Worker (\d+) \(pid (\d+)\) is ready"
+
 #: Twisted's own start line, as C{tcp.Port} logs it ("Site starting on
 #: N"); group 1 is the port.
 STARTING = r" starting on (\d+)"

@@ -29,7 +29,7 @@ from twisted_serversock._port import ListeningPort
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import PRIMARY_LISTENING, SERVERSOCK, SERVES, TWISTD, Proc, alive, listenQueue, serving, spawn, workerPids
+from ._procs import PRIMARY_LISTENING, READY, SERVERSOCK, TWISTD, Proc, alive, listenQueue, serving, spawn, workerPids
 from .conftest import Client, Recorder, connect, connectUNIX, eventually, sleep, theReactor, timeout
 
 N = 8
@@ -418,8 +418,8 @@ async def test_clusterHandsItsQueueToWorkersWhenItStops(site: str) -> None:
     """
     proc = spawn([*TWISTD, "-n", "--pidfile=", "web", "--listen", "gecko:port=0:loopback=1:workers=2", "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
-    workers = {int(m.group(2)) for m in re.finditer(SERVES, proc.output)}
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
+    workers = {int(m.group(2)) for m in re.finditer(READY, proc.output)}
     clients = await _stopWithAQueue(proc, port, workers, b"GET /pid.rpy HTTP/1.0\r\nHost: x\r\n\r\n")
     replies = [bytes(await timeout(client.closed, 30)) for client in clients]
     bad = [r for r in replies if not (r.startswith(b"HTTP/1.0 200 ") and int(r.rsplit(b"\r\n\r\n", 1)[1]) in workers)]

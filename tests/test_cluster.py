@@ -28,7 +28,7 @@ from twisted_serversock.cluster.primary import splitCommandLine
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint, workerCount
 from twisted_serversock.ipc.dispatch import INITIAL_WINDOW, MAX_WAITING
 
-from ._procs import BIN, PRIMARY_LISTENING, SERVES, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, twistdAsNobody, untilHolding
+from ._procs import BIN, PRIMARY_LISTENING, READY, SERVES, TWIST, TWISTD, Proc, alive, ask, childrenOf, listenQueue, spawn, twistdAsNobody, untilHolding
 from .conftest import connect, eventually, theReactor, timeout
 
 DAPHNE = os.path.join(BIN, "daphne")
@@ -207,7 +207,7 @@ async def servedByWorkers(proc: Proc, url: str, *extra: str) -> set[int]:
     Both workers answer C{url}; neither is the primary, both are its
     children.  The worker pids.
     """
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     pids = await pidsAnswering(url, *extra)
     primary = proc.transport.pid
     assert len(pids) == 2 and primary not in pids, (pids, primary, proc.output)
@@ -280,7 +280,7 @@ async def test_uidsSelfIsTheUserThatServes(site: str) -> None:
     """
     name = f"tss-self-{os.getpid()}"
     proc = twistdAsNobody(site, ["web", "--listen", f"geckounix:@{name}:uids=self:workers=2", "--path", site])
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     url = ["--abstract-unix-socket", name, "http://localhost/pid.rpy"]
     asNobody = ["--reuid=65534", "--regid=65534", "--clear-groups", CURL, "-sS", "--max-time", "30", *url]
     workers = childrenOf(proc.transport.pid)
@@ -482,7 +482,7 @@ async def test_daemonizedPrimary(site: str) -> None:
             return re.search(pattern, f.read())
 
     try:
-        await eventually(lambda: logged(SERVES + r"[\s\S]*" + SERVES) is not None, 30, 0.1)
+        await eventually(lambda: logged(READY + r"[\s\S]*" + READY) is not None, 30, 0.1)
         match = logged(PRIMARY_LISTENING)
         assert match is not None
         pids = await pidsAnswering(f"http://127.0.0.1:{match.group('port')}/pid.rpy")
@@ -537,7 +537,7 @@ async def test_haproxyWrapping(site: str) -> None:
         [*TWISTD, "-n", "--pidfile=", "web", "--listen", "haproxy:gecko:port=0:loopback=1:workers=2", "--path", site], site
     )
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     client = await connect(port)
     client.transport.write(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nGET /pid.rpy HTTP/1.0\r\nHost: x\r\n\r\n")
     reply = await client.whenClosed()

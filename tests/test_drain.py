@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 
 from twisted_serversock.endpoints import GeckoServerEndpoint, GeckoUNIXServerEndpoint
 
-from ._procs import LISTENING, PRIMARY_LISTENING, SERVERSOCK, SERVES, TWISTD, Proc, echo, spawn
+from ._procs import LISTENING, PRIMARY_LISTENING, READY, SERVERSOCK, TWISTD, Proc, echo, spawn
 from ._tlshelp import Certs, certs  # noqa: F401 (certs: a fixture)
 from .conftest import Client, connect, eventually, timeout
 
@@ -129,7 +129,7 @@ async def _web(site: str, options: str) -> tuple[Proc, int]:
     """C{twistd web} on C{gecko:...:workers=2:OPTIONS}, once both workers serve; it and its port."""
     proc = spawn([*TWISTD, "-n", "--pidfile=", "web", "--listen", f"gecko:port=0:loopback=1:workers=2:{options}", "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     return proc, port
 
 

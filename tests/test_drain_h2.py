@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from twisted_serversock.ipc.worker import finishGracefully
 
-from ._procs import PRIMARY_LISTENING, SERVES, TWISTD, Proc, spawn
+from ._procs import PRIMARY_LISTENING, READY, TWISTD, Proc, spawn
 from ._tlshelp import Certs, certs  # noqa: F401 (certs: a fixture)
 from .conftest import eventually, theReactor, timeout
 
@@ -264,7 +264,7 @@ async def _web(site: str, certs: Certs) -> tuple[Proc, int]:
     listen = f"geckotls:port=0:loopback=1:workers=2:grace=60:privateKey={key}"
     proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", "web", "--listen", listen, "--path", site], site)
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     return proc, port
 
 

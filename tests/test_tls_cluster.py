@@ -30,7 +30,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ._procs import PRIMARY_LISTENING, SERVES, TWISTD, Proc, alive, childrenOf, esc, serving, spawn, twistdAsNobody
+from ._procs import PRIMARY_LISTENING, READY, TWISTD, Proc, alive, childrenOf, esc, serving, spawn, twistdAsNobody
 from ._tlshelp import Certs, certs, makeCerts, sClient
 from .conftest import (
     WAIT,
@@ -86,7 +86,7 @@ async def twistdWeb(site: str, listen: str, *options: str) -> tuple[Proc, int]:
     match = await proc.waitFor(PRIMARY_LISTENING)
     # The primary names the listener by the string the user wrote.
     assert match.group("description") == listen.removeprefix("haproxy:"), proc.output
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     return proc, int(match.group("port"))
 
 
@@ -291,7 +291,7 @@ async def test_geckounixtlsInTheWorkers(certs: Certs, site: str) -> None:
     listen = f"geckounixtls:{esc(path)}:privateKey={esc(certs['server.pem'])}:workers=2"
     proc = spawn([*TWISTD, "-n", "--pidfile=", "--logfile=-", "web", "--listen", listen, "--path", site], site)
     await proc.waitFor(rf"Cluster primary \(pid \d+\): {re.escape(listen)} on ")
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     assert len(await pidsAnswering(path)) == 2
     assert len(await pidsAnswering(path, version="1.2")) == 2
     await stoppedCleanly(proc)
@@ -438,7 +438,7 @@ async def test_keyOnlyRootMayReadIsHandedToTheWorkers(certs: Certs, site: str) -
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
     proc = twistdAsNobody(site, ["web", "--listen", listen, "--path", site])
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     pids = await pidsAnswering(port)
     assert len(pids) == 2 and {_uid(p) for p in pids} == {65534}, proc.output
     body = _keyBody(key)
@@ -461,7 +461,7 @@ async def test_sighupCannotReadARootOnlyKeyAgain(certs: Certs, site: str) -> Non
     listen = f"geckotls:0:loopback=1:privateKey={esc(key)}:certKey={esc(cert)}:workers=2"
     proc = twistdAsNobody(site, ["web", "--listen", listen, "--path", site])
     port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
-    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    await proc.waitFor(READY + r"[\s\S]*" + READY)
     old = await pidsAnswering(port)
     before = (await get(port)).fingerprint
     proc.transport.signalProcess(signal.SIGHUP)
