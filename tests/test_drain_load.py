@@ -32,7 +32,7 @@ import shutil
 import signal
 import struct
 import tempfile
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import pytest_twisted
@@ -291,7 +291,7 @@ async def test_openWebSocketsGetACloseFrame(site: str) -> None:
     proc, port, _url = await _daphne(site, verbosity=2)
     clients = [await _websocket(port) for _ in range(6)]
     for client in clients:
-        await eventually(lambda: _opened(client), 30)
+        await eventually(lambda client=client: _opened(client), 30)
     openedBy = {frames(bytes(c.received))[0][1].split()[1] for c in clients}
     assert len(openedBy) == 2, openedBy  # both workers hold some
     stopping = defer.ensureDeferred(_stopped(proc))
@@ -322,7 +322,7 @@ async def test_webSocketsOpeningDuringTheStop(site: str) -> None:
     late = await connect(port)  # its request comes after the stop
     accepting = await _websocket(port, b"?accept=1.5")
     for client in (late, accepting):
-        await eventually(lambda: _heldByWorker(proc, client), 30)
+        await eventually(lambda client=client: _heldByWorker(proc, client), 30)
     stopping = defer.ensureDeferred(_stopped(proc))
     await proc.waitFor(r"Told 2 worker\(s\) to finish their connections")
     await _websocket(port, client=late)
