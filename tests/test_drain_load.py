@@ -22,6 +22,7 @@ once the client answers it the worker closes the connection; the ASGI
 application sees its C{websocket.disconnect}.  So is one whose opening
 handshake is under way at the stop, once the application accepts it, and
 one whose upgrade request arrives on a connection made before the stop.
+A protocol's own C{stopGracefully()} is called on each open connection.
 """
 
 from __future__ import annotations
@@ -332,3 +333,49 @@ async def test_webSocketsOpeningDuringTheStop(site: str) -> None:
     took = await stopping
     assert took <= GRACE + 1, (took, proc.output)
     assert disconnects(site) == ["disconnect 1001"] * 2, proc.output
+
+
+# ----------------------------------------------------------------------
+# A protocol's own hook.
+
+SHOUT_TAC = """\
+from twisted.application import service, strports
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+
+
+class Shout(LineReceiver):
+    def lineReceived(self, line):
+        self.sendLine(line.upper())
+
+    def stopGracefully(self):
+        self.sendLine(b"bye: server going away, reconnect")
+        self.transport.loseConnection()
+
+
+application = service.Application("shout")
+strports.service("gecko:port=0:loopback=1:workers=2:grace=%g", Factory.forProtocol(Shout)).setServiceParent(application)
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopGracefullyHook(site: str) -> None:
+    """
+    A protocol's own C{stopGracefully()} (docs/cluster.md's example, in a
+    C{.tac} file) is called on each open connection at SIGTERM: each
+    client reads its goodbye and the close, long before the grace period
+    would end, and the primary exits 0 within it and a second.
+    """
+    with open(os.path.join(site, "shout.tac"), "w") as f:
+        f.write(SHOUT_TAC % GRACE)
+    proc = spawn([*TWISTD, "-n", "--pidfile=", "-y", "shout.tac"], site)
+    port = int((await proc.waitFor(PRIMARY_LISTENING)).group("port"))
+    await proc.waitFor(SERVES + r"[\s\S]*" + SERVES)
+    clients = [await connect(port) for _ in range(4)]
+    for client in clients:
+        client.transport.write(b"hi\r\n")
+        await client.waitFor(4)
+    took = await _stopped(proc)
+    for client in clients:
+        assert await timeout(client.closed) == b"HI\r\nbye: server going away, reconnect\r\n"
+    assert took <= GRACE + 1, (took, proc.output)
