@@ -25,7 +25,7 @@ from .logs import logObserver
 from .spawn import GRACE
 from .wire import Control
 
-__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "goAway", "idleHTTP", "logObserver", "IDLE_SETTLE"]
+__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "goAway", "closeAfterResponse", "idleHTTP", "logObserver", "IDLE_SETTLE"]
 
 _log = Logger()
 
@@ -100,15 +100,18 @@ def goAway(protocol: Any) -> bool:
     (daphne's is): if so, it is sent a close frame, 1001 Going Away: now
     if it is open, else once its opening handshake is done (after what the
     application sends on accepting it).  autobahn then waits for the
-    client's close frame (for its C{closeHandshakeTimeout}, 1 s by
-    default) and closes the connection; the application hears of the
-    close (daphne's ASGI application gets its C{websocket.disconnect}).
+    client's close frame (until the worker's grace period ends, instead of
+    its C{closeHandshakeTimeout}) and closes the connection; the
+    application hears of the close (daphne's ASGI application gets its
+    C{websocket.disconnect}).
     """
     websocket = sys.modules.get("autobahn.twisted.websocket")
     if websocket is None or not isinstance(protocol, websocket.WebSocketServerProtocol):
         return False
     if protocol.state == protocol.STATE_OPEN:
-        # (sendClose() refuses 1001: only an endpoint going away sends it.)
+        # The client's answer is awaited until the grace period ends, not
+        # autobahn's closeHandshakeTimeout; and sendClose() refuses 1001.
+        protocol.closeHandshakeTimeout = 0
         protocol.sendCloseFrame(code=protocol.CLOSE_STATUS_CODE_GOING_AWAY, isReply=False)
     elif protocol.state in (protocol.STATE_CONNECTING, protocol.STATE_PROXY_CONNECTING):
         opened = protocol.onOpen
