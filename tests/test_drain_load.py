@@ -15,7 +15,9 @@ and wrk, whose connect does not wait, learns it when it writes the
 request: a write error (a connect error when the connect itself fails);
 it tries again at once until it is interrupted.  wrk counts errors
 without saying when, so a second wrk, on the same load, is interrupted
-just before the SIGTERM: it must have no error of any kind.
+just before the SIGTERM: it must have no error of any kind.  (The
+connections the kernel had queued on a listener when it closes are taken
+and served too: reset, they would be read errors.)
 
 A WebSocket open at the stop is sent a close frame, 1001 Going Away, and
 once the client answers it the worker closes the connection; the ASGI
