@@ -163,7 +163,8 @@ def idleHTTP(transport: Any) -> Any | None:
     byte of a next request waiting in the socket; else C{None}.
     """
     channel = innermost(transport)
-    if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(channel, http.HTTPChannel) or not betweenRequests(channel):
+    http = sys.modules.get("twisted.web.http")
+    if http is None or not isinstance(channel, http.HTTPChannel) or not betweenRequests(channel):
         return None
     try:
         waiting = transport.getHandle().recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
