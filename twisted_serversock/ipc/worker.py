@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
@@ -26,7 +26,7 @@ from .logs import logObserver
 from .spawn import GRACE
 from .wire import Control
 
-__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "idleHTTP", "logObserver", "IDLE_SETTLE"]
+__all__ = ["Worker", "serve", "resolveFactory", "finishGracefully", "goAway", "closeAfterResponse", "idleHTTP", "logObserver", "IDLE_SETTLE"]
 
 _log = Logger()
 
@@ -54,42 +54,102 @@ def resolveFactory(name: str) -> Any:
     return made
 
 
+def layers(protocol: Any) -> Iterator[Any]:
+    """
+    C{protocol} and the protocols inside its wrappers (PROXY, TLS,
+    twisted.web's HTTP/1-or-2 choice), outermost first.
+    """
+    for _ in range(8):  # a wrapper that wraps itself ends here
+        if protocol is None:
+            return
+        yield protocol
+        protocol = innerProtocol(protocol)
+
+
+def innermost(transport: Any) -> Any:
+    """The innermost of the L{layers} of C{transport}'s protocol (C{None} if it has none)."""
+    layer = None
+    for layer in layers(getattr(transport, "protocol", None)):
+        pass
+    return layer
+
+
 def finishGracefully(protocol: Any) -> None:
     """
     Ask a connection's protocol to end at its next natural boundary, so that
     a worker being stopped or replaced drains without cutting a client off:
-    its C{stopGracefully()} (or that of the protocol inside its wrappers:
-    PROXY, twisted.web's HTTP/1-or-2 choice) is called; Twisted's HTTP/1.1
-    channel says C{Connection: close} on the response being written and
-    every later one, so a keep-alive client moves to a new connection (and
-    so to a new worker) between requests (and L{Worker.stop} closes one
-    that stays idle, L{idleHTTP}); anything else is left alone until it
-    closes or the grace period ends.
+    the C{stopGracefully()} of the outermost of its L{layers} that has one
+    is called; an autobahn WebSocket server protocol (daphne's) is sent a
+    close frame (L{goAway}); Twisted's HTTP/2 connection a GOAWAY, its
+    streams finishing (L{goAwayHTTP2<twisted_serversock._h2compat.goAwayHTTP2>}); Twisted's HTTP/1.1 channel says C{Connection:
+    close} on the response being written and every later one
+    (L{closeAfterResponse}), so a keep-alive client moves to a new
+    connection (and so to a new worker) between requests (and
+    L{Worker.stop} closes one that stays idle, L{idleHTTP}); anything else
+    is left alone until it closes or the grace period ends.
     """
-    if callable(hook := getattr(protocol, "stopGracefully", None)):
-        hook()
-        return
-    if (inner := innerProtocol(protocol)) is not None:
-        # (A wrapper that wraps itself ends in RecursionError, which the caller logs.)
-        finishGracefully(inner)
-        return
-    if goAwayHTTP2(protocol):  # HTTP/2: GOAWAY, its streams finish, then it closes
-        return
-    if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(protocol, http.HTTPChannel):
-        return
+    for layer in layers(protocol):
+        if callable(hook := getattr(layer, "stopGracefully", None)):
+            hook()
+            return
+        if goAway(layer) or goAwayHTTP2(layer) or closeAfterResponse(layer):
+            return
+
+
+def goAway(protocol: Any) -> bool:
+    """
+    Whether C{protocol} is autobahn's Twisted WebSocket server protocol
+    (daphne's is): if so, it is sent a close frame, 1001 Going Away: now
+    if it is open, else once its opening handshake is done (after what the
+    application sends on accepting it).  autobahn then waits for the
+    client's close frame (until the worker's grace period ends, instead of
+    its C{closeHandshakeTimeout}) and closes the connection; the
+    application hears of the close (daphne's ASGI application gets its
+    C{websocket.disconnect}).
+    """
+    websocket = sys.modules.get("autobahn.twisted.websocket")
+    if websocket is None or not isinstance(protocol, websocket.WebSocketServerProtocol):
+        return False
+    if protocol.state == protocol.STATE_OPEN:
+        # The client's answer is awaited until the grace period ends, not
+        # autobahn's closeHandshakeTimeout; and sendClose() refuses 1001.
+        protocol.closeHandshakeTimeout = 0
+        protocol.sendCloseFrame(code=protocol.CLOSE_STATUS_CODE_GOING_AWAY, isReply=False)
+    elif protocol.state in (protocol.STATE_CONNECTING, protocol.STATE_PROXY_CONNECTING):
+        opened = protocol.onOpen
+
+        def onOpen() -> None:
+            try:
+                opened()
+            finally:
+                protocol.factory.reactor.callLater(0, goAway, protocol)
+
+        protocol.onOpen = onOpen
+    return True
+
+
+def closeAfterResponse(channel: Any) -> bool:
+    """
+    Whether C{channel} is Twisted's HTTP/1.x channel: if so, it says
+    C{Connection: close} on the response being written (or the next one)
+    and every later one, and closes after it.
+    """
+    if (http := sys.modules.get("twisted.web.http")) is None or not isinstance(channel, http.HTTPChannel):
+        return False
 
     def checkPersistence(request: Any, version: bytes) -> bool:
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         return False
 
-    protocol.checkPersistence = checkPersistence
+    channel.checkPersistence = checkPersistence
     # A request whose response has not begun closes after it too; one whose
     # headers are already out keeps its keep-alive, and the next one closes.
-    requests = getattr(protocol, "requests", [])
+    requests = getattr(channel, "requests", [])
     if requests and not any(getattr(request, "startedWriting", True) for request in requests):
-        protocol.persistent = False
+        channel.persistent = False
         for request in requests:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+    return True
 
 
 #: Seconds a stopping worker's keep-alive connection must stay between
@@ -100,16 +160,13 @@ IDLE_SETTLE = 0.5
 
 def idleHTTP(transport: Any) -> Any | None:
     """
-    The C{twisted.web} HTTP/1.x channel of C{transport} (inside its
-    wrappers) if it is idle between requests (L{betweenRequests}) with no
+    The C{twisted.web} HTTP/1.x channel of C{transport} (its L{innermost}
+    protocol) if it is idle between requests (L{betweenRequests}) with no
     byte of a next request waiting in the socket; else C{None}.
     """
-    protocol = getattr(transport, "protocol", None)
-    for _ in range(8):  # wrappers: PROXY, TLS, HTTP/1-or-2 (never a loop)
-        if protocol is None or betweenRequestsHere(protocol):
-            break
-        protocol = innerProtocol(protocol)
-    if protocol is None or not betweenRequestsHere(protocol):
+    channel = innermost(transport)
+    http = sys.modules.get("twisted.web.http")
+    if http is None or not isinstance(channel, http.HTTPChannel) or not betweenRequests(channel):
         return None
     try:
         waiting = transport.getHandle().recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -117,13 +174,7 @@ def idleHTTP(transport: Any) -> Any | None:
         waiting = b""
     except (OSError, AttributeError):
         return None
-    return None if waiting else protocol
-
-
-def betweenRequestsHere(protocol: Any) -> bool:
-    """Whether C{protocol} itself is a C{twisted.web} HTTP/1.x channel between requests."""
-    http = sys.modules.get("twisted.web.http")
-    return http is not None and isinstance(protocol, http.HTTPChannel) and betweenRequests(protocol)
+    return None if waiting else channel
 
 
 class Worker:
@@ -253,24 +304,30 @@ class Worker:
         # Heartbeats go on while draining: without them the parent would
         # take a long drain for a hang.
         self._deadline = self._reactor.seconds() + grace
+        self._drain(set(), {})
+        self._poll()
+
+    def _drain(self, seen: set[Any], told: dict[Any, Any]) -> None:
+        # Every IDLE_SETTLE while draining: a connection is told to finish
+        # (finishGracefully) once, and again if its protocol changed since
+        # (an HTTP request upgraded to a WebSocket) or came since.
+        told = {t: told[t] for t in self._transports if t in told}
         for transport in list(self._transports):
+            if transport in told and told[transport] is innermost(transport):
+                continue
+            told[transport] = innermost(transport)
             try:
                 finishGracefully(getattr(transport, "protocol", None))
             except Exception:
                 _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
-
-        def closeIdle(seen: set[Any]) -> None:
-            # Idle at two checks IDLE_SETTLE apart: any request meanwhile
-            # would have closed it after its response (as nginx, at once
-            # but for the race with a request crossing the close).
-            idle = {t: channel for t in self._transports if (channel := idleHTTP(t)) is not None}
-            for transport in seen & idle.keys():
-                idle.pop(transport).loseConnection()
-            if self._transports:
-                self._reactor.callLater(IDLE_SETTLE, closeIdle, set(idle))
-
-        closeIdle(set())
-        self._poll()
+        # Idle at two checks IDLE_SETTLE apart: any request meanwhile would
+        # have closed it after its response (as nginx, at once but for the
+        # race with a request crossing the close).
+        idle = {t: channel for t in self._transports if (channel := idleHTTP(t)) is not None}
+        for transport in seen & idle.keys():
+            idle.pop(transport).loseConnection()
+        if self._transports:
+            self._reactor.callLater(IDLE_SETTLE, self._drain, set(idle), told)
 
     def _poll(self) -> None:
         if not self._transports:
