@@ -238,7 +238,8 @@ def run(block: dict[str, Any]) -> str | None:
             failure = f"unused probes {probes}: the block starts fewer servers"
     finally:
         for running in servers:
-            failure = failure or stop(*running)
+            stopped = stop(*running)  # always: a failed block must not leave its servers running
+            failure = failure or stopped
         if failure:
             for cmd, proc, log in servers:
                 failure += f"\n--- output of {cmd!r}:\n{log.text()[-4000:]}"
