@@ -183,6 +183,26 @@ async def test_graceOverCutsASlowRequest(site: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_aWorkerSentSIGTERMItselfTakesTheClustersGrace(site: str) -> None:
+    """
+    SIGTERM sent to a worker itself (systemd's default C{KillMode} sends it
+    to every process of the service) gives that worker the cluster's
+    C{grace=}, not the default 10 s: it says so, and a request longer than
+    that is cut when it ends.
+    """
+    proc, port = await _web(site, "grace=0.5")
+    client = await _get(port, 60)
+    started = await proc.waitFor(r"\[worker \d+ pid (\d+)[^\]]*\] slow request started \(60\.0 s\)")
+    os.kill(int(started.group(1)), signal.SIGTERM)
+    await proc.waitFor(rf"\[worker \d+ pid {started.group(1)}[^\]]*\] SIGTERM: finishing open connections within 0\.5 s")
+    received = await timeout(client.closed, 30)
+    assert b"done by" not in received, received
+    await proc.waitFor(r"Grace period over; aborting 1 open connection\(s\)")
+    proc.transport.signalProcess(signal.SIGTERM)
+    await _ended(proc)
+
+
+@pytest_twisted.ensureDeferred
 async def test_lameDuckServesAfterSIGTERM(site: str) -> None:
     """
     With C{lameduck=}, the cluster says so at SIGTERM and goes on

@@ -19,7 +19,7 @@ from twisted_serversock.cluster.primary import STARTS_BEFORE_GIVING_UP, ClusterP
 from twisted_serversock.ipc.dispatch import Dispatcher
 from twisted_serversock.ipc.logs import LogRelay
 from twisted_serversock.ipc.pool import WorkerPool
-from twisted_serversock.ipc.spawn import Command
+from twisted_serversock.ipc.spawn import GRACE, Command
 
 from ._memoryworkers import Pool, StandInReactor, primary, pump, send  # noqa: F401 (primary: a fixture)
 
@@ -512,7 +512,7 @@ def test_startupMessageIsTheChannelsFirstMessage() -> None:
     try:
         [child] = reactor.children
         startup = readStartup(child, timeout=5)
-        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "factory": "myapp.factory", "path": command.startup["path"], "tls": {}, "files": {}}
+        assert startup == {"worker": "serversock", "index": 1, "heartbeat": pool.heartbeat, "grace": GRACE, "factory": "myapp.factory", "path": command.startup["path"], "tls": {}, "files": {}}
     finally:
         pool.stop(0)
         for child in reactor.children:

@@ -158,7 +158,7 @@ class ServerSockService(service.Service):
             self._reactor = reactor
         self._primary = Primary(self._reactor, self._grace, self._takePorts, self._lameDuck)
         if self._workers:
-            command = partial(serversockCommand, self._factoryName, tls=self._tlsFields)
+            command = partial(serversockCommand, self._factoryName, tls=self._tlsFields, grace=self._grace)
             self.pool = self._primary.makePool(command, self._workers, **self._poolOptions)
         try:
             self._primary.openControl(self._control)

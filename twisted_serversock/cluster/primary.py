@@ -241,7 +241,7 @@ class ClusterPrimary(Primary):
         """Worker C{index}'s command: the program's interpreter options; the program and our listeners."""
         assert self._program is not None
         listeners = {d: [p.route.id, encodeAddress(p.getHost())] for d, p in self._ports.items()}
-        startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "argv": self._argv, "listeners": listeners}
+        startup = {"worker": "cluster", "index": index, "heartbeat": heartbeat, "grace": self._grace, "argv": self._argv, "listeners": listeners}
         startup["files"] = self.files()
         argv = [sys.executable, *self._program.flags, "-m", WORKER_MODULE]
         return Command(argv, dict(os.environ), self._cwd if os.path.isdir(self._cwd) else None, startup)

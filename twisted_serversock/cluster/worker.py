@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from .._labels import describeAddress
 from ..ipc.control import ANY, INTEGER, STRING, ControlTable, optional
+from ..ipc.spawn import GRACE
 from ..ipc.worker import Worker
 
 __all__ = ["ClusterWorker", "WorkerPort", "encodeAddress", "decodeAddress"]
@@ -109,7 +110,7 @@ class ClusterWorker(Worker):
 
     def __init__(self, reactor: Any, channel: socket.socket, startup: dict[str, Any]) -> None:
         """@param startup: the start-up message's fields (C{ipc.spawn.STARTUP_FIELDS["cluster"]})."""
-        super().__init__(reactor, channel, startup["index"], startup["heartbeat"])
+        super().__init__(reactor, channel, startup["index"], startup["heartbeat"], grace=startup.get("grace", GRACE))
         # What the primary had when this worker started: description -> (route, address).
         self._known = {str(d): (int(route), decodeAddress(address)) for d, (route, address) in startup["listeners"].items()}
         self._descriptions: dict[str, WorkerPort] = {}

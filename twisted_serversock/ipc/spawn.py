@@ -135,15 +135,18 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     return process
 
 
-def serversockCommand(factoryName: str, index: int, heartbeat: float, tls: Callable[[], dict[str, Any]] | None = None) -> Command:
+def serversockCommand(factoryName: str, index: int, heartbeat: float, tls: Callable[[], dict[str, Any]] | None = None, grace: float = GRACE) -> Command:
     """
     The command of a C{twistd serversock} worker serving C{factoryName}.
+
+    @param grace: the grace period the worker takes when it is sent SIGTERM
+        itself (as systemd's default C{KillMode} does) or loses its parent.
 
     @param tls: returns the start-up fields C{tls} and C{files}, if some
         listeners' TLS runs in the workers.
     """
     path = [p or os.getcwd() for p in sys.path]
-    startup = {"worker": "serversock", "index": index, "heartbeat": heartbeat, "factory": factoryName, "path": path}
+    startup = {"worker": "serversock", "index": index, "heartbeat": heartbeat, "grace": grace, "factory": factoryName, "path": path}
     startup.update(tls() if tls is not None else {})
     return Command([sys.executable, "-m", WORKER_MODULE], dict(os.environ), None, startup)
 
@@ -171,7 +174,7 @@ def readStartup(channel: socket.socket, timeout: float = STARTUP_TIMEOUT) -> dic
         message = decode(data, []) if data else None
         if not isinstance(message, Control) or message.type != "start":
             raise ProtocolError(f"it is {message!r}" if data else "the parent closed the channel")
-        kinds = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER}
+        kinds: Spec = {"worker": STRING, "index": INTEGER, "heartbeat": NUMBER, "grace": optional(NUMBER, GRACE)}
         kind = checkFields(message.fields, kinds, extra=True)["worker"]
         if kind not in STARTUP_FIELDS:
             raise MessageError(f"field 'worker' is {kind!r}, not one of {sorted(STARTUP_FIELDS)}")

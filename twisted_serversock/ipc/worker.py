@@ -191,8 +191,10 @@ class Worker:
 
     controls = ControlTable()
 
-    def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None) -> None:
+    def __init__(self, reactor: Any, channel: socket.socket, index: int, heartbeat: float, factory: Any = None, grace: float = GRACE) -> None:
+        """@param grace: the grace period a SIGTERM to this process, or the parent's end, gives (the parent's own, as it said)."""
         self._reactor = reactor
+        self.grace = grace
         self._factory = factory
         self.factories: dict[int, Any] = {}
         self._proxied: set[int] = set()
@@ -215,7 +217,7 @@ class Worker:
         # would stop a worker that touches the terminal from the background.
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop, GRACE))
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self._terminated))
         if self._factory is not None:
             self._factory.doStart()
         # Also ends a cluster primary's count of this worker's failed starts.
@@ -293,8 +295,15 @@ class Worker:
 
     def _parentLost(self, reason: Failure) -> None:
         if not self._stopping:
-            _log.warn("The parent process went away; finishing open connections")
-            self.stop(GRACE)
+            _log.warn("The parent process went away; finishing open connections within {grace} s", grace=self.grace)
+            self.stop(self.grace)
+
+    def _terminated(self) -> None:
+        # SIGTERM to this process itself: systemd's default KillMode sends
+        # it to every process of the service, with the primary's.
+        if not self._stopping:
+            _log.info("SIGTERM: finishing open connections within {grace} s", grace=self.grace)
+        self.stop(self.grace)
 
     def stop(self, grace: float) -> None:
         """Let open connections finish for C{grace} seconds, then exit."""
@@ -367,7 +376,7 @@ def serve(channel: socket.socket, startup: dict[str, Any]) -> int:
     except ValueError as e:
         _log.error("{error}", error=e)
         return 2
-    worker = Worker(reactor, channel, startup["index"], startup["heartbeat"], factory)
+    worker = Worker(reactor, channel, startup["index"], startup["heartbeat"], factory, startup["grace"])
     worker.factories.update(tls)
     reactor.run(installSignalHandlers=False)
     return 0
