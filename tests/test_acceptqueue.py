@@ -237,8 +237,8 @@ def test_shortageWhileTakingTheQueueStopsIt(logged: list[dict[str, Any]]) -> Non
 def test_workerAdoptingWhileStoppingFinishesIt() -> None:
     """
     A connection a worker adopts after it was told to stop is asked to
-    finish (C{stopGracefully}) like those it had, and the worker waits for
-    it before it exits.
+    finish (C{stopGracefully}) like those it had, once, and the worker
+    waits for it before it exits.
     """
     from twisted_serversock.ipc.channel import channelPair
     from twisted_serversock.ipc.worker import Worker
@@ -274,6 +274,7 @@ def test_workerAdoptingWhileStoppingFinishesIt() -> None:
         first.connectionLost(None)
         reactor.advance(1)
         assert worker._transports == {second} and not reactor.hasStopped  # it waits for this one
+        assert second.protocol.stopped == 1  # told once, not again at the drain's next look
         second.connectionLost(None)
         reactor.advance(1)
         assert not worker._transports and reactor.hasStopped
@@ -377,7 +378,11 @@ async def _stopWithAQueue(proc: Proc, port: int, workers: set[int], request: byt
     C{request}; SIGTERM the primary and wait until it holds every
     connection for its workers; wake them.  The clients.
     """
-    total = MAX_WAITING + 2 * INITIAL_WINDOW + 40
+    # Twisted's own port accepts up to 100 a read before the pause it was
+    # asked for mid-read takes effect: as many more clients (and a backlog
+    # above its default 50 for them), so that some still wait in the
+    # kernel's queue.
+    total = MAX_WAITING + 2 * INITIAL_WINDOW + 40 + (0 if gecko else 100)
     assert len(workers) == 2, proc.output
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
@@ -402,7 +407,7 @@ async def _stopWithAQueue(proc: Proc, port: int, workers: set[int], request: byt
 
 async def _endedCleanly(proc: Proc, workers: set[int]) -> None:
     code = await timeout(proc.ended, 40)
-    assert code == 0 or proc.signal == signal.SIGTERM, proc.output
+    assert code == 0 and proc.signal is None, proc.output  # a graceful stop exits 0, not by the signal
     assert not re.search(r"\b[1-9]\d*( held connection\(s\))? closed unserved", proc.output), proc.output
     await eventually(lambda: not any(alive(p) for p in workers), 10)
 
@@ -424,11 +429,10 @@ async def test_clusterHandsItsQueueToWorkersWhenItStops(site: str) -> None:
     replies = [bytes(await timeout(client.closed, 30)) for client in clients]
     bad = [r for r in replies if not (r.startswith(b"HTTP/1.0 200 ") and int(r.rsplit(b"\r\n\r\n", 1)[1]) in workers)]
     assert not bad, (bad[:3], len(bad))
-    assert proc.signal is None
     await _endedCleanly(proc, workers)
 
 
-@pytest.mark.parametrize("listen", ["gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1"])
+@pytest.mark.parametrize("listen", ["gecko:port=0:loopback=1", "tcp:0:interface=127.0.0.1:backlog=512"])
 @pytest_twisted.ensureDeferred
 async def test_serversockHandsItsQueueToWorkersWhenItStops(site: str, listen: str) -> None:
     """
@@ -436,7 +440,8 @@ async def test_serversockHandsItsQueueToWorkersWhenItStops(site: str, listen: st
     every client queued at SIGTERM is echoed, on a C{gecko:} listener and
     on Twisted's own C{tcp:} port.
     """
-    proc = spawn([*SERVERSOCK, "--workers", "2", "--listen", listen], site)
+    # (--timeout: stopped workers are never taken for hung, however slow the machine.)
+    proc = spawn([*SERVERSOCK, "--workers", "2", "--timeout", "600", "--listen", listen], site)
     port = await serving(proc, 2)
     workers = set(workerPids(proc).values())
     clients = await _stopWithAQueue(proc, port, workers, b"echo me", gecko=listen.startswith("gecko:"))

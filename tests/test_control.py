@@ -128,6 +128,8 @@ async def test_scaleAndReload(workdir: str) -> None:
         await proc.waitFor(r"worker 3 \(pid \d+\) exited")
         out, err, code = await ctl("-s", control, "scale", "0")
         assert code == 1 and "workers must stay at 1 or more, not 0" in err, (out, err)
+        out, err, code = await ctl("-s", control, "scale", "+9999")
+        assert code == 1 and "workers can be at most 1024, not 10001" in err, (out, err)
         before = {w["pid"] for w in (await status(control))["workers"]}
         out, err, code = await ctl("-s", control, "reload")
         assert (out, code) == ("reloading: reload 1\n", 0), err
@@ -185,6 +187,10 @@ async def test_acceptQueueGrowsWhileWorkersAreStopped(workdir: str) -> None:
             if (s["listeners"][0]["queue"] or 0) >= 5:
                 break
         assert s["listeners"][0]["paused"] and s["listeners"][0]["queue"] >= 5, s
+        # Counters balance with connections waiting in the primary too.
+        c = s["connections"]
+        assert c["waiting"] > 0 and c["inFlight"] > 0, c
+        assert c["accepted"] == c["handedOff"] + c["closedUnserved"] + c["inFlight"] + c["waiting"], c
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
@@ -206,6 +212,10 @@ async def test_whoMayUseIt(workdir: str) -> None:
     """
     out, err, code = await ctl("-s", os.path.join(workdir, "none.sock"), "status")
     assert code == 1 and "no control socket at" in err, err
+    with open(os.path.join(workdir, "plain.sock"), "w"):
+        pass  # not a socket
+    out, err, code = await ctl("-s", os.path.join(workdir, "plain.sock"), "status")
+    assert code == 1 and err.startswith("serversockctl: ") and "Traceback" not in err, err
     env = {k: v for k, v in os.environ.items() if k != "SERVERSOCK_CONTROL"}
     out, err, code = await ctl("status", env=env)
     assert code == 2 and "give the control socket's path" in err, err
@@ -263,6 +273,7 @@ def test_badRequests() -> None:
     assert factory.answer(b"nonsense") == {"ok": False, "error": "a request is one JSON object per line"}
     assert factory.answer(b'{"command": "explode"}')["error"].startswith("unknown command 'explode'; known: reload, scale, status")
     assert factory.answer(b"[1]")["error"].startswith("unknown command None")
+    assert factory.answer(b"[" * 4000) == {"ok": False, "error": "a request is one JSON object per line"}
 
 
 @pytest_twisted.ensureDeferred
@@ -278,5 +289,21 @@ async def test_aLiveControlSocketIsNotTaken(workdir: str) -> None:
         assert await timeout(other.ended, 30) == 1, other.output
         assert re.search(rf"serversock: cannot listen on --control={re.escape(control)}: .*a server is listening on the socket there", other.output), other.output
         assert (await status(control))["target"] == 2
+    finally:
+        assert await stopCleanly(proc) == 0, proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_aStoppedPrimaryIsATimeoutNotAHang(workdir: str) -> None:
+    """A primary that does not answer (SIGSTOPped): C{-t SECONDS}, then one line and exit status 1."""
+    proc, _port, control = await startWeb(workdir, workers=1)
+    try:
+        proc.transport.signalProcess(signal.SIGSTOP)
+        try:
+            out, err, code = await ctl("-s", control, "-t", "0.5", "status")
+        finally:
+            proc.transport.signalProcess(signal.SIGCONT)
+        assert code == 1 and f"no answer from the cluster at {control} within 0.5 s" in err, (out, err)
+        assert (await status(control))["target"] == 1
     finally:
         assert await stopCleanly(proc) == 0, proc.output

@@ -322,6 +322,8 @@ def test_theParentsTextLogToADescriptorIsPassedOn(tmp_path: Any) -> None:
         assert logs.directDestination(LogPublisher(textFileLogObserver(plain)))["limit"] > select.PIPE_BUF  # type: ignore[index]
         byLevel = FilteringLogObserver(text, [LogLevelFilterPredicate(LogLevel.warn)])
         assert logs.directDestination(LogPublisher(byLevel)) == destination
+        # Workers that apply no filter of their own (twistd serversock's) must not write past it.
+        assert logs.directDestination(LogPublisher(byLevel), filtered=False) is None
         rotating = LogFile.fromFullPath(str(tmp_path / "twistd.log"))
         others = [jsonFileLogObserver(out), textFileLogObserver(rotating), textFileLogObserver(out, timeFormat=None), FilteringLogObserver(text, [lambda e: True])]  # type: ignore[list-item]
         for observer in others:

@@ -87,7 +87,8 @@ async def test_countersBalanceAcrossAReloadAndAKilledWorker(workdir: str) -> Non
     first and a SIGKILLed worker after the second: after each round the
     scraped counters balance (accepted = handed off + closed unserved + in
     flight + waiting), accepted is the number of connections opened, no
-    counter went down, and the exits are counted by why.
+    counter went down, and the exits are counted by why; then a worker
+    more, one fewer and one more again: that number's count goes on.
     """
     with open(os.path.join(workdir, "index.html"), "w") as f:
         f.write("hello")
@@ -131,6 +132,22 @@ async def test_countersBalanceAcrossAReloadAndAKilledWorker(workdir: str) -> Non
         assert value(before, "serversock_workers", state="serving") == 2
         assert value(before, "serversock_listener_backlog", listener="gecko:port=0:loopback=1") > 0
         assert all(v > 0 for (name, _), v in before.items() if name == "serversock_worker_resident_memory_bytes")
+        # One worker more (SIGTTIN), serving; one fewer (SIGTTOU); one more
+        # again, under the same number: its count goes on, never back.
+        proc.transport.signalProcess(signal.SIGTTIN)
+        await readyWorkers(proc, 6)
+        await served(port, 300)
+        third = value(await scrape(metricsPort), "serversock_worker_connections_total", worker="3")
+        assert third > 0
+        proc.transport.signalProcess(signal.SIGTTOU)
+        await proc.waitFor(r"worker 3 \(pid \d+\) exited")
+        proc.transport.signalProcess(signal.SIGTTIN)
+        await readyWorkers(proc, 7)
+        now = await scrape(metricsPort)
+        assert value(now, "serversock_worker_connections_total", worker="3") == third
+        served_ = sum(v for (name, _), v in now.items() if name == "serversock_worker_connections_total")
+        assert served_ == value(now, "serversock_connections_handed_off_total") == opened + 300
+        assert value(now, "serversock_worker_exits_total", reason="scale") == 1
     finally:
         assert await stopCleanly(proc) == 0, proc.output
 

@@ -106,6 +106,32 @@ def test_crashDuringReloadCountsOnTheSuccessor(pool: Pool) -> None:
     assert pool.pool.status().startswith("1 of 1 worker(s) serving, 0 starting, 0 retiring")
 
 
+def test_exitsAreCountedByWhyTheWorkerLeft(pool: Pool) -> None:
+    """
+    A worker's exit is counted by why it left, decided when it is retired:
+    a reload whose new worker died before it was ready leaves the old one
+    serving, unretired, so when that one dies later it is a crash; a
+    worker a reload replaced is a reload; one fewer is a scale.
+    """
+    pool.ready(0)
+    pool.pool.reload()
+    pool.end(1, signal=9)
+    pool.wait(1)
+    pool.end(0, signal=9)
+    assert pool.pool.exits == {"crash": 2}
+    pool.wait(Restarts.FIRST_DELAY * 2)
+    pool.ready(2)
+    pool.pool.reload()
+    pool.ready(3)
+    pool.end(2)
+    pool.pool.addWorker()
+    pool.ready(4)
+    pool.pool.removeWorker()
+    pool.end(4)
+    assert pool.pool.exits == {"crash": 2, "reload": 1, "scale": 1}
+    assert pool.pool.starts == 5
+
+
 def test_maxRequestsRecyclesGracefully(pool: Pool) -> None:
     """
     A worker given its C{maxRequests} connections gets no more; its

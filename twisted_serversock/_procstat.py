@@ -63,8 +63,13 @@ def acceptQueue(fd: int) -> tuple[int, int] | None:
     if tcpInfo is None:
         return None
     try:
-        skt = socket.socket(fileno=os.dup(fd))
+        copy = os.dup(fd)
     except OSError:
+        return None
+    try:
+        skt = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)  # not a socket
         return None
     try:
         if skt.family not in (socket.AF_INET, socket.AF_INET6):

@@ -350,20 +350,21 @@ def fitRunnersToWorker(observer: ILogObserver) -> None:
     TwistOptions.postOptions = workerPostOptions  # type: ignore[method-assign]
 
 
-def textLogFile(publisher: Any) -> tuple[Any, Any] | None:
+def textLogFile(publisher: Any, filtered: bool = True) -> tuple[Any, Any] | None:
     """
     The file and formatter (C{formatEvent}) of C{publisher}'s one observer
     if it is a C{FileLogObserver}, alone or behind a C{FilteringLogObserver}
     by level only (C{twist}'s): the private C{_observers} of a
     C{LogPublisher}, C{_outFile} of a C{FileLogObserver}, C{_observer} and
     C{_shouldLogEvent} (a C{partial} of the predicates) of a
-    C{FilteringLogObserver}.  Otherwise C{None}.
+    C{FilteringLogObserver}.  Otherwise C{None}; and for a filtered one
+    unless C{filtered} (whoever writes to the file applies the same filter).
     """
     from twisted.logger import FileLogObserver, FilteringLogObserver, LogLevelFilterPredicate
 
     observers = list(getattr(publisher, "_observers", ()))
     observer = observers[0] if len(observers) == 1 else None
-    if isinstance(observer, FilteringLogObserver):
+    if isinstance(observer, FilteringLogObserver) and filtered:
         predicates = getattr(getattr(observer, "_shouldLogEvent", None), "args", ([None],))[0]
         levelsOnly = all(isinstance(p, LogLevelFilterPredicate) for p in predicates)
         observer = getattr(observer, "_observer", None) if levelsOnly else None

@@ -36,6 +36,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from ._clusteroptions import MAX_WORKERS
 from ._listeningport import GeckoListeningPort
 from ._procstat import acceptQueue, processStats
 from .results import NSError
@@ -85,7 +86,7 @@ class ControlTarget:
                 "refused": dispatcher.refused,
                 "closedUnserved": dispatcher.dropped,
                 "waiting": dispatcher.waiting,
-                "inFlight": len(dispatcher.held),
+                "inFlight": len(dispatcher.held) - dispatcher.waiting,  # held: sent or waiting
             },
             "acceptPauses": dispatcher.pauses,
         }
@@ -99,7 +100,7 @@ class ControlTarget:
     def scale(self, target: str | int) -> int:
         """
         Workers to C{target}: a number, or C{"+N"}/C{"-N"} relative to now
-        (as SIGTTIN/SIGTTOU, never below one); the number after it.
+        (as SIGTTIN/SIGTTOU, never below one nor above C{MAX_WORKERS}); the number after it.
 
         @raise ValueError: naming the bad C{target}.
         """
@@ -111,6 +112,8 @@ class ControlTarget:
         wanted = now + int(text) if text[0] in "+-" else int(text)
         if wanted < 1:
             raise ValueError(f"workers must stay at 1 or more, not {wanted}")
+        if wanted > MAX_WORKERS:
+            raise ValueError(f"workers can be at most {MAX_WORKERS}, not {wanted}")
         for _ in range(wanted - now):
             pool.addWorker()
         for _ in range(now - wanted):
@@ -163,6 +166,7 @@ class ControlProtocol(LineOnlyReceiver):
     factory: ControlFactory
 
     def lineReceived(self, line: bytes) -> None:
+        """Answer one request (the answer's C{error} says what was wrong with a bad one)."""
         try:
             answer = self.factory.answer(line)
         except Exception:
@@ -198,7 +202,7 @@ class ControlFactory(Factory):
         """The answer to one request line (a clear C{error} for a bad one)."""
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested too deep: not a request either)
             return {"ok": False, "error": "a request is one JSON object per line"}
         command = request.get("command") if isinstance(request, dict) else None
         handler = self._commands.get(command) if isinstance(command, str) else None

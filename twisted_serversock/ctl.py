@@ -54,18 +54,27 @@ def request(path: str, message: dict[str, Any], timeout: float = 10.0) -> dict[s
         except OSError as e:
             if e.errno == errno.ECONNREFUSED:
                 raise ControlError(f"nothing is listening at {path} (the cluster is not running)") from None
-            raise ControlError(f"{path}: {e.strerror}") from None
+            raise ControlError(f"{path}: {e.strerror or e}") from None
         try:
             skt.sendall(json.dumps(message).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             answer = b""  # closed at once: turned away (see below)
         else:
             answer = _readLine(skt)
+    except socket.timeout:
+        raise ControlError(f"no answer from the cluster at {path} within {timeout:g} s (is its primary stopped or busy?)") from None
+    except OSError as e:
+        raise ControlError(f"{path}: {e.strerror or e}") from None
     finally:
         skt.close()
     if not answer:
         raise ControlError(f"the cluster at {path} closed the connection without an answer: this user is not allowed to steer it")
-    reply: dict[str, Any] = json.loads(answer)
+    try:
+        reply: dict[str, Any] = json.loads(answer)
+    except ValueError:
+        raise ControlError(f"the answer from {path} is not JSON: is it a twisted-serversock control socket?") from None
+    if not isinstance(reply, dict):
+        raise ControlError(f"the answer from {path} is not a JSON object: is it a twisted-serversock control socket?")
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error", "the cluster refused the request")))
     return reply
@@ -130,12 +139,12 @@ def render(status: dict[str, Any], cpuPercent: dict[int, float] | None = None) -
     return "\n".join(lines)
 
 
-def _top(path: str, interval: float, count: int, out: TextIO) -> None:
+def _top(path: str, interval: float, count: int, out: TextIO, timeout: float) -> None:
     """Print L{render} every C{interval} seconds (C{count} times; 0: until interrupted), with CPU % since the last."""
     before: tuple[float, dict[int, float]] | None = None
     shown = 0
     while True:
-        status = request(path, {"command": "status"})["status"]
+        status = request(path, {"command": "status"}, timeout)["status"]
         now = time.monotonic()
         cpu = {w["pid"]: w["cpu"] for w in status["workers"] if w["cpu"] is not None}
         percent: dict[int, float] = {}
@@ -155,6 +164,7 @@ def _top(path: str, interval: float, count: int, out: TextIO) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serversockctl", description="See and steer a running twisted-serversock cluster through its control socket.")
     parser.add_argument("-s", "--socket", default=os.environ.get("SERVERSOCK_CONTROL"), help="the control socket's path (default: $SERVERSOCK_CONTROL)")
+    parser.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds to wait for the primary's answer (default 10)")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="workers, connections and listeners, once")
     status.add_argument("--json", action="store_true", help="the primary's answer as JSON")
@@ -176,14 +186,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     try:
         if args.command == "status":
-            status = request(args.socket, {"command": "status"})["status"]
+            status = request(args.socket, {"command": "status"}, args.timeout)["status"]
             out.write((json.dumps(status, indent=2) if args.json else render(status)) + "\n")
         elif args.command == "top":
-            _top(args.socket, args.interval, args.count, out)
+            _top(args.socket, args.interval, args.count, out, args.timeout)
         elif args.command == "reload":
-            out.write(f"reloading: reload {request(args.socket, {'command': 'reload'})['reloads']}\n")
+            out.write(f"reloading: reload {request(args.socket, {'command': 'reload'}, args.timeout)['reloads']}\n")
         else:
-            out.write(f"{request(args.socket, {'command': 'scale', 'workers': args.workers})['workers']} worker(s)\n")
+            out.write(f"{request(args.socket, {'command': 'scale', 'workers': args.workers}, args.timeout)['workers']} worker(s)\n")
     except ControlError as e:
         print(f"serversockctl: {e}", file=sys.stderr)
         return 1

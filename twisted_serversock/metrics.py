@@ -100,7 +100,7 @@ class ClusterCollector:
         yield from (open_, rss, cpu)
         if pool is not None:
             served = CounterMetricFamily(PREFIX + "worker_connections", "Connections adopted by each worker number's processes, across restarts.", labels=["worker"])
-            for index, n in sorted(servedBySlot(pool.workers).items()):
+            for index, n in sorted(servedBySlot(pool).items()):
                 served.add_metric([str(index)], n)
             yield served
             yield CounterMetricFamily(PREFIX + "worker_starts", "Worker processes started.", value=pool.starts)
@@ -119,18 +119,38 @@ class ClusterCollector:
         yield from (queue, backlog)
 
 
-def servedBySlot(workers: Any) -> dict[int, int]:
+def servedBySlot(pool: Any) -> dict[int, int]:
     """
-    Connections adopted by each worker number's processes since the start
-    (a pool's L{Workers<twisted_serversock.ipc.slots.Workers>}): ended ones'
-    (kept by the slot) and the live ones', so never less than before,
-    whatever restarted.
+    Connections adopted by each worker number's processes since the start:
+    those of its ended workers (L{WorkerPool.adoptedBy
+    <twisted_serversock.ipc.pool.WorkerPool.adoptedBy>}, kept even for a
+    number L{removeWorker<twisted_serversock.ipc.pool.WorkerPool.removeWorker>}
+    gave up) and of its live ones, so never less than before, whatever
+    restarted or was scaled.
     """
-    served = {slot.index: slot.adopted for slot in workers.slots}
-    for worker in workers.live:
-        if worker.index in served:
-            served[worker.index] += worker.link.adopted
+    served = dict(pool.adoptedBy)
+    for worker in pool.workers.live:
+        served[worker.index] = served.get(worker.index, 0) + worker.link.adopted
     return served
+
+
+def _MetricsPage(registry: Any) -> Any:
+    """
+    The C{/metrics} resource: rendered in the reactor's thread, where the
+    figures it reads change (C{prometheus_client.twisted.MetricsResource}
+    renders in a thread pool, which would read them mid-change).
+    """
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+    from twisted.web.resource import Resource
+
+    class MetricsPage(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+            return generate_latest(registry)
+
+    return MetricsPage()
 
 
 def listenMetrics(reactor: Any, description: str, target: Any) -> IListeningPort:
@@ -143,14 +163,13 @@ def listenMetrics(reactor: Any, description: str, target: Any) -> IListeningPort
     @raise ValueError: naming the endpoint, if it cannot listen.
     """
     from prometheus_client import CollectorRegistry
-    from prometheus_client.twisted import MetricsResource
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(target))
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=registry))
+    root.putChild(b"metrics", _MetricsPage(registry))
     site = Site(root)
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]  # scrapes are not access-logged

@@ -78,18 +78,18 @@ classicText: Callable[[dict[str, Any]], "str | None"] = partial(
 _PROBE = {"log_time": 1e9 + 0.5, "log_system": "probe", "log_format": "probe {n}", "n": 1, "log_level": LogLevel.error, "log_namespace": "probe"}
 
 
-def directDestination(publisher: Any = globalLogPublisher) -> dict[str, Any] | None:
+def directDestination(publisher: Any = globalLogPublisher, filtered: bool = True) -> dict[str, Any] | None:
     """
     Where this process logs, if its workers can write their lines there
     themselves as its observer would: C{publisher} has one observer, a
-    C{textFileLogObserver} (perhaps behind a level filter, which the
-    workers' own C{twist} applies too) writing to a pipe, a socket, a
+    C{textFileLogObserver} (perhaps behind a level filter, if C{filtered}:
+    the workers apply it too, as a cluster worker's own C{twist} does) writing to a pipe, a socket, a
     terminal or a plain file.  A rotating C{twistd --logfile}, JSON,
     syslog, a C{--logger} or a second observer: C{None} (the relay).
 
     @return: C{{"fd": descriptor, "encoding": ..., "limit": longest line}}.
     """
-    found = textLogFile(publisher)
+    found = textLogFile(publisher, filtered)
     if found is None:
         return None
     outFile, formatEvent = found

@@ -99,6 +99,8 @@ class WorkerPool:
         self.killedForTimeout = self.recycled = self.reloads = self.starts = 0
         #: Workers that ended, by why (L{EXIT_REASONS<twisted_serversock.ipc.slots.EXIT_REASONS>}).
         self.exits: Counter[str] = Counter()
+        #: Connections adopted by each worker number's ended workers (kept after L{removeWorker}).
+        self.adoptedBy: Counter[int] = Counter()
         self.everReady = self._started = False
 
     def addRoute(self, route: Route) -> None:
@@ -137,7 +139,7 @@ class WorkerPool:
         self._hung.start(min(max(self._timeout / 10, 0.05), 1.0), now=False)
         self._notifier.startWatchdog()
 
-    def _spawn(self, slot: Slot) -> Worker | None:
+    def _spawn(self, slot: Slot, cause: str = "start") -> Worker | None:
         if self._shutdown.stopping or slot not in self._workers.slots:
             return None
         alone = not self._workers.inSlot(slot)
@@ -146,6 +148,7 @@ class WorkerPool:
         parentEnd, childEnd = _channel()
         link = WorkerLink(self.dispatcher, parentEnd, self._reactor, f"worker {slot.index}")
         worker = Worker(slot, link, self._reactor.seconds(), self.reloads, self.workerEnded, self._reactor)
+        worker.cause = cause
         link.onReady = lambda link: self._ready(worker)
         link.onLimit = lambda link: self._recycle(worker)
         link.onControl = self._onControl
@@ -176,7 +179,7 @@ class WorkerPool:
         for older in self._workers.inSlot(worker.slot):
             if older is worker:
                 break
-            self._retire(older, f"{worker} replaces it")
+            self._retire(older, f"{worker} replaces it", worker.cause)
         self._workers.enter(worker, SERVING)
         _log.info("Worker {index} (pid {pid}) is ready", index=worker.index, pid=worker.pid)
         self.everReady = True
@@ -223,12 +226,13 @@ class WorkerPool:
         workers = f"{count[SERVING]} of {len(self._workers.slots)} worker(s) serving, {count[STARTING]} starting, {count[RETIRING]} retiring"
         return f"{workers}; {self.dispatcher.accepted} connection(s) accepted"
 
-    def _retire(self, worker: Worker, why: str) -> None:
+    def _retire(self, worker: Worker, why: str, reason: str) -> None:
         # No new connections for it; it drains within the grace period and
         # exits (or is killed shortly after).
         if worker.state in (RETIRING, ENDED):
             return
         self._workers.enter(worker, RETIRING)
+        worker.exitReason = worker.exitReason or reason
         worker.killAt = self._reactor.seconds() + self._grace + KILL_MARGIN
         _log.info("Retiring {worker}: {why}", worker=worker, why=why)
         if not worker.link.lost:
@@ -242,10 +246,9 @@ class WorkerPool:
         if self._shutdown.stopping or self._workers.inSlot(worker.slot) != [worker]:
             return
         worker.link.stopAccepting()
-        worker.exitReason = "max-requests"
         self.recycled += 1
         _log.info("{worker} was given {n} connection(s) (--max-requests): replacing it", worker=worker, n=worker.link.sent)
-        if self._spawn(worker.slot) is None:
+        if self._spawn(worker.slot, "max-requests") is None:
             worker.link.resumeAccepting()
 
     def reload(self) -> None:
@@ -256,13 +259,11 @@ class WorkerPool:
         _log.info("Reloading: starting {n} fresh worker(s)", n=len(self._workers.slots))
         self._notifier.reloading(self.status())
         for slot in self._workers.slots:
-            for older in self._workers.inSlot(slot):
-                older.exitReason = older.exitReason or "reload"
             for successor in self._workers.inSlot(slot)[1:]:
                 # Started before this reload, maybe with the old code.
-                self._retire(successor, "a reload supersedes it")
+                self._retire(successor, "a reload supersedes it", "reload")
             self._restarts.cancel(slot)
-            self._spawn(slot)
+            self._spawn(slot, "reload")
         self._announce()
 
     def addWorker(self) -> None:
@@ -285,8 +286,7 @@ class WorkerPool:
         self._restarts.cancel(slot)
         _log.info("Removing worker {index}: {n} worker(s) now", index=slot.index, n=len(self._workers.slots))
         for worker in reversed(self._workers.inSlot(slot)):
-            worker.exitReason = worker.exitReason or "scale"
-            self._retire(worker, "one worker fewer")
+            self._retire(worker, "one worker fewer", "scale")
         self._notifier.status(self.status())
 
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
@@ -295,6 +295,7 @@ class WorkerPool:
         if not link.lost:
             link.close()  # reads its last acks first; re-sends the rest
         worker.slot.adopted += link.adopted
+        self.adoptedBy[worker.index] += link.adopted
         ended: Any = reason.value  # ProcessDone or ProcessTerminated
         how = f"signal {ended.signal}" if ended.signal else f"status {ended.exitCode}"
         previous = self._workers.enter(worker, ENDED)

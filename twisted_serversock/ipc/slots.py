@@ -75,9 +75,12 @@ class Worker(ProcessProtocol):
         self.process: Any = None
         self.killAt = 0.0
         self.killed = False
-        #: Why it is leaving, once that is decided (L{EXIT_REASONS}); a
-        #: worker that ends with none set crashed.
+        #: Why it is leaving, once it is retired or killed (L{EXIT_REASONS});
+        #: a worker that ends with none set crashed (or was stopped).
         self.exitReason: str | None = None
+        #: Why it was started: C{"start"}, or the reason the worker it
+        #: replaces retires (C{"reload"}, C{"max-requests"}).
+        self.cause = "start"
         self.state = STARTING
 
     @property

@@ -126,7 +126,9 @@ def spawnWorkerProcess(reactor: Any, processProtocol: ProcessProtocol, channel: 
     @raise ProtocolError: the start-up message cannot be encoded.
     """
     startup, fds = dict(command.startup or {}), {0: "w", 1: "r", 2: "r", CHANNEL_FD: channel.fileno()}
-    if (destination := directDestination()) is not None:
+    # (A cluster worker's own twist applies twist's level filter; a
+    # twistd serversock worker has no filter of its own.)
+    if (destination := directDestination(filtered=startup.get("worker") == "cluster")) is not None:
         fds[LOG_FD] = destination.pop("fd")
         startup["log"] = destination
     message = encodeControl("start", **startup)

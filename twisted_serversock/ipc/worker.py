@@ -204,6 +204,7 @@ class Worker:
         self._transports: set[Any] = set()
         self.adopted = 0
         self._stopping = False
+        self._told: dict[Any, Any] = {}  # draining: each connection told to finish, and its innermost protocol then
         self.link = ParentLink(channel, reactor, name=f"worker {index} channel")
         self.link.onConnection = self._adopt
         self.link.onControl = self._control
@@ -266,10 +267,7 @@ class Worker:
             # Handed over while draining (it was sent before the stop: a
             # listener's queue taken at its close, a retiring worker's):
             # it finishes like the others, within what is left of the grace.
-            try:
-                finishGracefully(getattr(transport, "protocol", None))
-            except Exception:
-                _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
+            self._tell(transport)
 
     def _control(self, message: Control) -> None:
         if not self.controls.dispatch(message, "the parent", self.link.channel, self):
@@ -313,22 +311,27 @@ class Worker:
         # Heartbeats go on while draining: without them the parent would
         # take a long drain for a hang.
         self._deadline = self._reactor.seconds() + grace
-        self._drain(set(), {})
+        self._drain(set())
         self._poll()
 
-    def _drain(self, seen: set[Any], told: dict[Any, Any]) -> None:
-        # Every IDLE_SETTLE while draining: a connection is told to finish
-        # (finishGracefully) once, and again if its protocol changed since
-        # (an HTTP request upgraded to a WebSocket) or came since.
-        told = {t: told[t] for t in self._transports if t in told}
+    def _tell(self, transport: Any) -> None:
+        # A connection is told to finish (finishGracefully) once, and again
+        # only if its protocol changed since (an HTTP request upgraded to a
+        # WebSocket).
+        if transport in self._told and self._told[transport] is innermost(transport):
+            return
+        self._told[transport] = innermost(transport)
+        try:
+            finishGracefully(getattr(transport, "protocol", None))
+        except Exception:
+            _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
+
+    def _drain(self, seen: set[Any]) -> None:
+        # Every IDLE_SETTLE while draining: each connection is told to
+        # finish (L{_tell}), and idle HTTP/1.1 ones are closed.
+        self._told = {t: self._told[t] for t in self._transports if t in self._told}
         for transport in list(self._transports):
-            if transport in told and told[transport] is innermost(transport):
-                continue
-            told[transport] = innermost(transport)
-            try:
-                finishGracefully(getattr(transport, "protocol", None))
-            except Exception:
-                _log.failure("Could not ask {protocol!r} to finish", protocol=getattr(transport, "protocol", None))
+            self._tell(transport)
         # Idle at two checks IDLE_SETTLE apart: any request meanwhile would
         # have closed it after its response (as nginx, at once but for the
         # race with a request crossing the close).
@@ -336,7 +339,7 @@ class Worker:
         for transport in seen & idle.keys():
             idle.pop(transport).loseConnection()
         if self._transports:
-            self._reactor.callLater(IDLE_SETTLE, self._drain, set(idle), told)
+            self._reactor.callLater(IDLE_SETTLE, self._drain, set(idle))
 
     def _poll(self) -> None:
         if not self._transports:
