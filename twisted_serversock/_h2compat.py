@@ -9,9 +9,10 @@ installed versions no longer have.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from typing import Any
+
+from ._sourcetext import source as _source
 
 __all__ = ["goAwayHTTP2", "http2Problems"]
 
@@ -109,9 +110,3 @@ def http2Problems() -> list[str]:
         found.append(f"h2 can no longer answer a stream after close_connection() with its state put back: {e} (goAwayHTTP2)")
     return found
 
-
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):
-        return ""

@@ -77,6 +77,9 @@ from typing import Any, Collection
 from twisted.internet import abstract, tcp
 from twisted.logger import ILogObserver
 
+from ._sourcetext import mroSource as _mroSource
+from ._sourcetext import source as _source
+
 __all__ = [
     "bufferedOutput",
     "relabel",
@@ -380,17 +383,6 @@ def _logProblems() -> list[str]:
              ((LogPublisher, "self._observers"), (FileLogObserver, "self._outFile"), (FilteringLogObserver, "self._observer"),
               (FilteringLogObserver, "self._shouldLogEvent = partial(shouldLogEvent, list(predicates))")) if name not in _source(cls.__init__)]  # fmt: skip
     return found
-
-
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):
-        return ""
-
-
-def _mroSource(cls: type) -> str:
-    return "\n".join(_source(klass) for klass in cls.__mro__ if klass.__module__.startswith("twisted."))
 
 
 def stopSignalsHandledBy(reactor: Any, handler: Any) -> None:
